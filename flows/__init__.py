@@ -1,0 +1,1 @@
+"""Prefect flows: the pipeline (one micro-batch per run)."""

@@ -1,0 +1,69 @@
+"""Decoding uploads safely and shaping them for stage 1; encoding results."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from img2img.errors import InvalidImage
+from img2img.settings import ImageLimits
+
+
+def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
+    """Decode `data` into an upright RGB image, refusing anything outside `limits`.
+
+    The size and pixel checks run on the header, before any pixel is decoded, so a
+    decompression bomb costs a few hundred bytes of reading.
+    """
+    if not data:
+        raise InvalidImage("object is empty (0 bytes)")
+    if len(data) > limits.max_bytes:
+        raise InvalidImage(f"object is {len(data)} bytes; the limit is {limits.max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+    except UnidentifiedImageError as exc:
+        raise InvalidImage(
+            f"not a readable image: {len(data)} bytes starting {data[:8]!r} match no known "
+            f"image format (accepted: {', '.join(limits.formats)})"
+        ) from exc
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise InvalidImage(f"image exceeds Pillow's pixel limit: {exc}") from exc
+    if image.format not in limits.formats:
+        raise InvalidImage(
+            f"image format {image.format} is not accepted; expected one of {list(limits.formats)}"
+        )
+    width, height = image.size
+    if width * height > limits.max_pixels:
+        raise InvalidImage(
+            f"image is {width}x{height} = {width * height} pixels; the limit is {limits.max_pixels}"
+        )
+    if min(width, height) < limits.min_side:
+        raise InvalidImage(
+            f"image is {width}x{height}; each side must be at least {limits.min_side} pixels"
+        )
+    try:
+        image.load()
+        upright = ImageOps.exif_transpose(image)
+    except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
+        raise InvalidImage(f"image data is corrupt: {exc}") from exc
+    return upright.convert("RGB")
+
+
+def fit_to_shape(image: Image.Image, width: int, height: int) -> Image.Image:
+    """Centre-crop `image` to the aspect of width × height, then resize to exactly that.
+
+    Stage 1 runs at one static shape; this is the one explicit place where an upload is
+    brought to it, so nothing downstream ever runs at another shape.
+    """
+    return ImageOps.fit(image, (width, height), method=Image.Resampling.LANCZOS)
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """Losslessly encode a result."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG", optimize=False)
+    return buffer.getvalue()

@@ -1,0 +1,95 @@
+"""One image's way through a batch: its keys, parameters, intermediate images, timings and
+outcome. Steps mutate jobs in place and skip those that already finished or failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+from PIL import Image
+
+from img2img.errors import is_retryable
+from img2img.events import ObjectRef
+from img2img.keys import UploadKeys, keys_for
+from img2img.params import ImageParams
+from img2img.timing import Timings
+
+Status = Literal["pending", "completed", "failed", "skipped"]
+
+
+@dataclass
+class Failure:
+    stage: str
+    reason: str
+    error: str
+    retryable: bool
+
+
+@dataclass
+class ImageJob:
+    ref: ObjectRef
+    keys: UploadKeys
+    timings: Timings = field(default_factory=Timings)
+    params: ImageParams | None = None
+    seed: int = 0
+    image: Image.Image | None = None
+    stage1: Image.Image | None = None
+    stage2: Image.Image | None = None
+    status: Status = "pending"
+    failure: Failure | None = None
+    result_uri: str | None = None
+    note: str = ""
+
+    @classmethod
+    def for_ref(cls, ref: ObjectRef) -> ImageJob:
+        return cls(ref=ref, keys=keys_for(ref))
+
+    @property
+    def active(self) -> bool:
+        return self.status == "pending"
+
+    def fail(self, stage: str, exc: BaseException) -> None:
+        """Mark this image failed at `stage`; later steps skip it, post-process records it."""
+        self.status = "failed"
+        self.failure = Failure(
+            stage=stage,
+            reason=str(exc) or type(exc).__name__,
+            error=type(exc).__name__,
+            retryable=is_retryable(exc),
+        )
+        self.image = self.stage1 = self.stage2 = None
+
+
+def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
+    """The JSON document written to `failed/<key>@<tag>.json` for a failed image."""
+    assert job.failure is not None
+    return {
+        "source": job.ref.uri,
+        "etag": job.ref.etag,
+        "version_id": job.ref.version_id,
+        "stage": job.failure.stage,
+        "reason": job.failure.reason,
+        "error": job.failure.error,
+        "retryable": job.failure.retryable,
+        "flow_run_id": flow_run_id,
+        "failed_at": datetime.now(timezone.utc).isoformat(),
+    }
+
+
+def result_record(job: ImageJob, result_bucket: str, flow_run_id: str | None) -> dict[str, Any]:
+    """The JSON metadata written next to a result image."""
+    assert job.params is not None and job.stage2 is not None
+    return {
+        "source": job.ref.uri,
+        "etag": job.ref.etag,
+        "version_id": job.ref.version_id,
+        "result": f"s3://{result_bucket}/{job.keys.result}",
+        "width": job.stage2.size[0],
+        "height": job.stage2.size[1],
+        "params": job.params.model_dump(),
+        "seed": job.seed,
+        "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
+        "flow_run_id": flow_run_id,
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+    }

@@ -1,0 +1,142 @@
+"""Loading the stage models, once per process, from a folder, an s3:// URI or the tiny default."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from img2img.errors import ModelLoadError
+from img2img.settings import StageSettings
+from img2img.tiny import save_tiny
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+StageKind = Literal["img2img", "upscale"]
+
+
+def _pipeline_class(kind: StageKind) -> Any:
+    from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionUpscalePipeline
+
+    return {"img2img": StableDiffusionImg2ImgPipeline, "upscale": StableDiffusionUpscalePipeline}[
+        kind
+    ]
+
+
+def resolve_source(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Path:
+    """The local folder holding the model of `kind`, fetching or building it when needed."""
+    source = settings.img2img_model if kind == "img2img" else settings.upscale_model
+    cache = settings.model_cache_dir
+    if source is None:
+        folder = cache / f"tiny-{kind}"
+        if not (folder / "model_index.json").exists():
+            _build_atomically(folder, lambda tmp: save_tiny(kind, tmp))
+        return folder
+    if source.startswith("s3://"):
+        if s3 is None:
+            raise ModelLoadError(f"{kind} model {source} is on S3 but no S3 client was given")
+        bucket, _, prefix = source[5:].partition("/")
+        folder = cache / "s3" / bucket / prefix.strip("/")
+        if not (folder / "model_index.json").exists():
+            _build_atomically(folder, lambda tmp: download_prefix(s3, bucket, prefix, tmp))
+        return folder
+    folder = Path(source)
+    if not (folder / "model_index.json").exists():
+        raise ModelLoadError(
+            f"{kind} model folder {folder} has no model_index.json (expected a diffusers "
+            "save_pretrained layout)"
+        )
+    return folder
+
+
+def _build_atomically(folder: Path, fill: Any) -> None:
+    """Fill a temporary sibling folder, then rename it into place: concurrent processes
+    never see half a model, and the loser of a race simply uses the winner's copy."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        fill(tmp)
+        try:
+            os.rename(tmp, folder)
+        except OSError:
+            if not (folder / "model_index.json").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def download_prefix(s3: S3Client, bucket: str, prefix: str, dest: Path) -> None:
+    """Download every object under s3://bucket/prefix into `dest`, keeping relative paths."""
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    paginator = s3.get_paginator("list_objects_v2")
+    found = 0
+    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
+        for item in page.get("Contents", []):
+            rel = item["Key"][len(prefix):]
+            if not rel or rel.endswith("/"):
+                continue
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            s3.download_file(bucket, item["Key"], str(target))
+            found += 1
+    if not found:
+        raise ModelLoadError(f"s3://{bucket}/{prefix} holds no files")
+
+
+@dataclass
+class ModelCache:
+    """Pipelines loaded in this process, keyed by stage kind and source folder.
+
+    `loads` counts real loads, so callers (and tests) can see that a model was loaded once
+    and then reused.
+    """
+
+    _pipes: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    loads: int = 0
+
+    def get(self, kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
+        folder = resolve_source(kind, settings, s3)
+        key = (kind, str(folder.resolve()), settings.device, settings.dtype)
+        with self._lock:
+            pipe = self._pipes.get(key)
+            if pipe is None:
+                pipe = _load(kind, folder, settings)
+                self._pipes[key] = pipe
+                self.loads += 1
+            return pipe
+
+
+def _load(kind: StageKind, folder: Path, settings: StageSettings) -> Any:
+    import torch
+
+    dtype = getattr(torch, settings.dtype)
+    if dtype != torch.float32 and settings.device == "cpu":
+        raise ModelLoadError(f"dtype {settings.dtype} needs a GPU; stages.device is 'cpu'")
+    log.info("loading %s model from %s on %s (%s)", kind, folder, settings.device, settings.dtype)
+    try:
+        pipe = _pipeline_class(kind).from_pretrained(str(folder), torch_dtype=dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load {kind} model from {folder}: {exc}") from exc
+    pipe = pipe.to(settings.device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+_process_cache: ModelCache | None = None
+
+
+def process_models() -> ModelCache:
+    """The model cache of this process (created on first use, never at import)."""
+    global _process_cache
+    if _process_cache is None:
+        _process_cache = ModelCache()
+    return _process_cache

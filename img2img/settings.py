@@ -1,0 +1,177 @@
+"""All configuration in one pydantic-settings tree, read from `IMG2IMG_*` environment variables.
+
+Nested fields use a double underscore: `IMG2IMG_AWS__ENDPOINT_URL`, `IMG2IMG_DISPATCH__MAX_BATCH`.
+Nothing reads the environment at import time: call `load_settings()` where a process starts.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class AwsSettings(BaseModel):
+    """How to reach AWS (or the local emulator that stands in for it)."""
+
+    region: str = Field("us-east-1", description="AWS Region of every client.")
+    endpoint_url: str | None = Field(
+        None,
+        description="Endpoint of an S3/SQS emulator such as http://127.0.0.1:4566; None on AWS.",
+    )
+    express_session_auth: bool = Field(
+        True,
+        description="S3 Express One Zone session auth (CreateSession). Keep on against AWS; "
+        "the local emulator needs it off.",
+    )
+    credentials_block: str | None = Field(
+        None,
+        description="Name of a prefect-aws AwsCredentials block; when set, flows build their "
+        "clients from it instead of from these settings.",
+    )
+    max_pool_connections: int = Field(
+        32, ge=1, le=1024, description="HTTP connections per client (bounds copy concurrency)."
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, le=120, description="Connect timeout per call.")
+    read_timeout_s: float = Field(30.0, gt=0, le=900, description="Read timeout per call.")
+    max_attempts: int = Field(
+        4, ge=1, le=20, description="botocore attempts per call (adaptive retry mode)."
+    )
+
+
+class StorageSettings(BaseModel):
+    """The buckets and queues of the data path."""
+
+    uploads_bucket: str = Field(
+        "img2img-uploads", description="General-purpose bucket that users upload to."
+    )
+    stage_bucket: str = Field(
+        "img2img-stage--use1-az4--x-s3",
+        description="S3 Express One Zone directory bucket for the hot path (inputs, stage outputs).",
+    )
+    results_bucket: str = Field(
+        "img2img-results", description="Bucket for results and failure records."
+    )
+    ingest_queue: str = Field("img2img-ingest", description="SQS queue fed by S3 notifications.")
+    dead_letter_queue: str = Field("img2img-ingest-dlq", description="Its dead-letter queue.")
+    copy_concurrency: int = Field(
+        16, ge=1, le=256, description="Parallel CopyObject calls into the directory bucket."
+    )
+
+
+class ImageLimits(BaseModel):
+    """What an upload may be before it is decoded."""
+
+    max_bytes: int = Field(
+        25 * 1024 * 1024, ge=1, description="Largest accepted object, in bytes."
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Largest accepted width × height (decompression bombs)."
+    )
+    min_side: int = Field(8, ge=1, description="Smallest accepted width or height, in pixels.")
+    formats: tuple[str, ...] = Field(
+        ("JPEG", "PNG", "WEBP"), description="Accepted Pillow format names."
+    )
+
+
+class StageSettings(BaseModel):
+    """The two inference stages: which models, on what backend, at which shape."""
+
+    backend: Literal["eager"] = Field(
+        "eager", description="Model backend: eager diffusers on CPU or CUDA."
+    )
+    device: str = Field("cpu", description="torch device for the eager backend (cpu, cuda).")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float32", description="Weights dtype; float16 only on CUDA."
+    )
+    img2img_model: str | None = Field(
+        None,
+        description="Stage-1 model: a diffusers folder or s3:// URI. None builds the tiny "
+        "random-weight model (produces noise).",
+    )
+    upscale_model: str | None = Field(
+        None,
+        description="Stage-2 x4 upscaler: a diffusers folder or s3:// URI. None builds the tiny "
+        "random-weight model (produces noise).",
+    )
+    model_cache_dir: Path = Field(
+        Path(".img2img/models"), description="Where built and downloaded models are kept."
+    )
+    height: int = Field(64, ge=8, le=2048, multiple_of=8, description="Stage-1 input height.")
+    width: int = Field(64, ge=8, le=2048, multiple_of=8, description="Stage-1 input width.")
+    noise_level: int = Field(20, ge=0, le=350, description="x4 upscaler noise level.")
+    torch_threads: int = Field(
+        1, ge=1, le=256, description="torch threads per process (1 is fastest on small hosts)."
+    )
+
+
+class DispatchSettings(BaseModel):
+    """The S3-event dispatcher: long polling and micro-batching."""
+
+    deployment: str = Field(
+        "img2img-pipeline/inf2", description="Pipeline deployment, as FLOW_NAME/DEPLOYMENT_NAME."
+    )
+    max_batch: int = Field(8, ge=1, le=64, description="Most images in one flow run.")
+    max_wait_s: float = Field(
+        2.0, ge=0, le=300, description="Longest an image waits for its batch to fill."
+    )
+    poll_wait_s: int = Field(
+        2, ge=0, le=20, description="SQS long-poll wait per ReceiveMessage call."
+    )
+    visibility_timeout_s: int = Field(
+        120, ge=10, le=43200, description="How long received messages stay hidden from others."
+    )
+    dedup_window: int = Field(
+        100_000, ge=0, description="Recently dispatched objects remembered in memory."
+    )
+
+    @model_validator(mode="after")
+    def _batch_fits_visibility(self) -> DispatchSettings:
+        if self.max_wait_s + 30 > self.visibility_timeout_s:
+            raise ValueError(
+                "dispatch.visibility_timeout_s must exceed dispatch.max_wait_s by at least 30 s "
+                f"(messages would reappear while batching), but max_wait_s={self.max_wait_s} "
+                f"and visibility_timeout_s={self.visibility_timeout_s}"
+            )
+        return self
+
+
+class LocalStackSettings(BaseModel):
+    """The embedded local stack: Prefect server and moto on loopback."""
+
+    state_dir: Path = Field(Path(".img2img"), description="State, logs and PIDs of the stack.")
+    host: str = Field("127.0.0.1", description="Loopback address every local service binds to.")
+    prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server port.")
+    moto_port: int = Field(4566, ge=1, le=65535, description="moto (S3, SQS) server port.")
+    workers: int = Field(1, ge=0, le=32, description="Pipeline workers started by `local up`.")
+    start_timeout_s: float = Field(120, gt=0, description="Longest wait for a service to answer.")
+
+    @property
+    def prefect_api_url(self) -> str:
+        return f"http://{self.host}:{self.prefect_port}/api"
+
+    @property
+    def moto_url(self) -> str:
+        return f"http://{self.host}:{self.moto_port}"
+
+
+class Settings(BaseSettings):
+    """Root of the settings tree."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="IMG2IMG_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    aws: AwsSettings = Field(default_factory=AwsSettings)  # type: ignore[arg-type]
+    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
+    limits: ImageLimits = Field(default_factory=ImageLimits)  # type: ignore[arg-type]
+    stages: StageSettings = Field(default_factory=StageSettings)  # type: ignore[arg-type]
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)  # type: ignore[arg-type]
+    local: LocalStackSettings = Field(default_factory=LocalStackSettings)  # type: ignore[arg-type]
+
+
+def load_settings() -> Settings:
+    """Read the settings from the environment (and nothing else)."""
+    return Settings()

@@ -1,0 +1,1 @@
+"""The two inference stages. Each takes a loaded pipeline, so it never knows the backend."""

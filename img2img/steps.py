@@ -1,0 +1,217 @@
+"""The I/O and CPU steps around the two inference stages, one function per step.
+
+Each takes clients and settings as arguments, works on a list of jobs, records per-image
+timings and turns per-image permanent errors into failed jobs. Retryable errors propagate,
+so the caller (a Prefect task) can retry the step; jobs already done are skipped on retry.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING
+
+from PIL import Image
+
+from img2img import storage
+from img2img.errors import PermanentError, is_retryable
+from img2img.images import decode_image, encode_png, fit_to_shape
+from img2img.jobs import ImageJob, failure_record, result_record
+from img2img.params import ImageParams, params_from_metadata
+from img2img.settings import ImageLimits, StageSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+def _each(jobs: list[ImageJob], stage: str, work: Callable[[ImageJob], None],
+          concurrency: int) -> None:
+    """Run `work` on every active job, `concurrency` at a time.
+
+    A permanent error fails that job only. The first retryable error is re-raised after the
+    others have run, so one slow or throttled image does not hold back the rest.
+    """
+    active = [j for j in jobs if j.active]
+    if not active:
+        return
+
+    def guarded(job: ImageJob) -> BaseException | None:
+        try:
+            with job.timings.measure(stage):
+                work(job)
+        except PermanentError as exc:
+            job.fail(stage, exc)
+        except Exception as exc:
+            if is_retryable(exc):
+                return exc
+            job.fail(stage, exc)
+        return None
+
+    if concurrency <= 1 or len(active) == 1:
+        errors = [guarded(j) for j in active]
+    else:
+        with ThreadPoolExecutor(max_workers=min(concurrency, len(active))) as pool:
+            errors = list(pool.map(guarded, active))
+    for err in errors:
+        if err is not None:
+            raise err
+
+
+def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -> None:
+    """Skip uploads that already have a result or a failure record (a redelivered event)."""
+    def check(job: ImageJob) -> None:
+        for key in (job.keys.result_meta, job.keys.failure):
+            if storage.exists(s3, results_bucket, key):
+                job.status = "skipped"
+                job.result_uri = f"s3://{results_bucket}/{key}"
+                job.note = "already processed by an earlier run"
+                return
+
+    _each(jobs, "check", check, concurrency=16)
+
+
+def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
+    """Queue wait = flow run start − the upload's event time."""
+    for job in jobs:
+        if job.ref.event_time is not None:
+            wait = (started - job.ref.event_time).total_seconds() * 1000.0
+            job.timings["queue_wait"] = max(wait, 0.0)
+
+
+def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str,
+                  concurrency: int) -> None:
+    """Server-side copy of every upload into the directory bucket, concurrently."""
+    _each(
+        jobs,
+        "copy",
+        lambda job: storage.copy_to_stage(s3, job.ref, stage_bucket, job.keys.input),
+        concurrency,
+    )
+
+
+def preprocess(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, limits: ImageLimits,
+               stages: StageSettings, defaults: ImageParams, concurrency: int) -> None:
+    """Download from the directory bucket, validate parameters, decode and fit to shape."""
+    def one(job: ImageJob) -> None:
+        with job.timings.measure("download"):
+            got = storage.download(s3, stage_bucket, job.keys.input)
+        job.params = params_from_metadata(got.metadata, defaults)
+        job.seed = job.params.seed_for(job.ref.identity)
+        image = decode_image(got.body, limits)
+        job.image = fit_to_shape(image, stages.width, stages.height)
+
+    # "preprocess" is measured around everything; the download part is subtracted below so
+    # the two columns do not overlap.
+    _each(jobs, "preprocess", one, concurrency)
+    for job in jobs:
+        if "download" in job.timings and "preprocess" in job.timings:
+            job.timings["preprocess"] -= job.timings["download"]
+
+
+def decode_png(data: bytes) -> Image.Image:
+    return Image.open(io.BytesIO(data)).convert("RGB")
+
+
+def postprocess(s3: S3Client, jobs: list[ImageJob], results_bucket: str,
+                flow_run_id: str | None, concurrency: int) -> None:
+    """Encode and write each finished image (create-once) and its metadata."""
+    def one(job: ImageJob) -> None:
+        assert job.stage2 is not None
+        with job.timings.measure("encode"):
+            png = encode_png(job.stage2)
+        with job.timings.measure("upload"):
+            created = storage.put_once(s3, results_bucket, job.keys.result, png, "image/png")
+            doc = result_record(job, results_bucket, flow_run_id)
+            storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc)
+        job.status = "completed" if created else "skipped"
+        job.note = "" if created else "result already written by another run"
+        job.result_uri = f"s3://{results_bucket}/{job.keys.result}"
+
+    _each(jobs, "postprocess", one, concurrency)
+    for job in jobs:
+        if "encode" in job.timings:
+            # postprocess = encode; the upload column holds the PUTs.
+            job.timings["postprocess"] = job.timings.pop("encode")
+
+
+def write_failures(s3: S3Client, jobs: list[ImageJob], results_bucket: str,
+                   flow_run_id: str | None) -> None:
+    """Write one failure record per failed image (create-once, like results)."""
+    for job in jobs:
+        if job.status == "failed":
+            storage.put_json_once(
+                s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
+            )
+            job.result_uri = f"s3://{results_bucket}/{job.keys.failure}"
+
+
+def finish_timings(jobs: list[ImageJob], finished: datetime | None = None) -> None:
+    """total = upload event → now (end-to-end), else the sum of the measured stages."""
+    finished = finished or datetime.now(timezone.utc)
+    for job in jobs:
+        if "total" in job.timings:
+            continue
+        if job.ref.event_time is not None:
+            job.timings["total"] = (finished - job.ref.event_time).total_seconds() * 1000.0
+        else:
+            job.timings["total"] = sum(v for k, v in job.timings.items() if k != "total")
+
+
+class StageOutputs:
+    """Keeps stage outputs in the directory bucket without holding up the device.
+
+    Writes go to a small thread pool; `close()` waits for them. A failed intermediate write
+    costs only the ability to resume from it, so it is reported, not raised.
+    """
+
+    def __init__(self, s3: S3Client, bucket: str, threads: int = 4) -> None:
+        self._s3 = s3
+        self._bucket = bucket
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage-out")
+        self._pending: list[tuple[str, Future[None]]] = []
+
+    def save(self, key: str, image: Image.Image) -> None:
+        def write() -> None:
+            storage.put(self._s3, self._bucket, key, encode_png(image), "image/png")
+
+        self._pending.append((key, self._pool.submit(write)))
+
+    def load(self, key: str) -> Image.Image | None:
+        """A stage output kept by an earlier attempt, or None."""
+        data = storage.download_if_exists(self._s3, self._bucket, key)
+        return decode_png(data) if data is not None else None
+
+    def close(self) -> list[str]:
+        """Wait for every write; returns messages for the ones that failed."""
+        problems = []
+        for key, fut in self._pending:
+            exc = fut.exception()
+            if exc is not None:
+                problems.append(f"s3://{self._bucket}/{key}: {exc}")
+        self._pending.clear()
+        self._pool.shutdown(wait=True)
+        return problems
+
+
+def run_stage(jobs: list[ImageJob], stage: str,
+              infer: Callable[[ImageJob], Image.Image], outputs: StageOutputs,
+              resume: bool) -> None:
+    """Run one inference stage over the active jobs, one device call at a time.
+
+    With `resume`, an output kept by an earlier attempt of this upload is reused instead of
+    recomputed (stage 2 can be retried without redoing stage 1).
+    """
+    def one(job: ImageJob) -> None:
+        key = job.keys.stage1 if stage == "stage1" else job.keys.stage2
+        existing = outputs.load(key) if resume else None
+        image = existing if existing is not None else infer(job)
+        if stage == "stage1":
+            job.stage1, job.image = image, None
+        else:
+            job.stage2, job.stage1 = image, None
+        if existing is None:
+            outputs.save(key, image)
+
+    _each(jobs, stage, one, concurrency=1)

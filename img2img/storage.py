@@ -1,0 +1,109 @@
+"""The S3 calls of the pipeline, each translated onto the img2img error tree."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from img2img.aws import is_precondition_failed, translate_error
+from img2img.events import ObjectRef
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass(frozen=True)
+class Downloaded:
+    body: bytes
+    metadata: dict[str, str]
+
+
+def copy_to_stage(s3: S3Client, ref: ObjectRef, stage_bucket: str, key: str) -> None:
+    """Server-side copy of an upload into the directory bucket.
+
+    Directory buckets have no object tagging: the default tagging directive (COPY) fails with
+    501 on a tagged source, so tags are replaced (with none). User metadata is kept.
+    """
+    source: dict[str, str] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id:
+        source["VersionId"] = ref.version_id
+    extra: dict[str, Any] = {}
+    if ref.etag and not ref.version_id:
+        # Copy exactly the upload the event named, not a later overwrite of the same key.
+        extra["CopySourceIfMatch"] = f'"{ref.etag}"'
+    try:
+        s3.copy_object(
+            Bucket=stage_bucket,
+            Key=key,
+            CopySource=source,  # type: ignore[arg-type]
+            MetadataDirective="COPY",
+            TaggingDirective="REPLACE",
+            **extra,
+        )
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_error(exc, ref.uri) from exc
+
+
+def download(s3: S3Client, bucket: str, key: str) -> Downloaded:
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+        return Downloaded(body=response["Body"].read(), metadata=dict(response.get("Metadata", {})))
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
+    try:
+        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return None
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+    except BotoCoreError as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def exists(s3: S3Client, bucket: str, key: str) -> bool:
+    try:
+        s3.head_object(Bucket=bucket, Key=key)
+        return True
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            return False
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+    except BotoCoreError as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def put(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str) -> None:
+    try:
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def put_once(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str) -> bool:
+    """Create `key` only if it does not exist yet (S3 conditional write).
+
+    Returns False when it already existed: another run wrote this outcome first, so there
+    is still exactly one.
+    """
+    try:
+        s3.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
+        )
+        return True
+    except ClientError as exc:
+        if is_precondition_failed(exc):
+            return False
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+    except BotoCoreError as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+
+
+def put_json_once(s3: S3Client, bucket: str, key: str, doc: dict[str, Any]) -> bool:
+    body = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
+    return put_once(s3, bucket, key, body, "application/json")

@@ -1,0 +1,1 @@
+"""Infrastructure: the local stack's AWS resources (mirroring the AWS templates)."""

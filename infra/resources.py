@@ -1,0 +1,115 @@
+"""Create the pipeline's S3 and SQS resources, idempotently, through any endpoint.
+
+On the local stack this runs against moto; it makes the same resources the AWS templates
+make: private encrypted buckets, an ingest queue with a redrive policy to a dead-letter
+queue, and ObjectCreated notifications from the uploads bucket to the queue.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+
+from botocore.exceptions import ClientError
+
+from img2img.aws import AwsClients
+from img2img.settings import DispatchSettings, StorageSettings
+
+log = logging.getLogger(__name__)
+
+MAX_RECEIVE_COUNT = 5
+DLQ_RETENTION_S = 14 * 24 * 3600
+
+
+@dataclass(frozen=True)
+class QueueUrls:
+    ingest: str
+    dead_letter: str
+
+
+def ensure_resources(
+    clients: AwsClients, storage: StorageSettings, dispatch: DispatchSettings, region: str
+) -> QueueUrls:
+    for bucket in (storage.uploads_bucket, storage.stage_bucket, storage.results_bucket):
+        _ensure_bucket(clients, bucket, region)
+    queues = ensure_queues(clients, storage, dispatch)
+    queue_arn = clients.sqs.get_queue_attributes(
+        QueueUrl=queues.ingest, AttributeNames=["QueueArn"]
+    )["Attributes"]["QueueArn"]
+    clients.s3.put_bucket_notification_configuration(
+        Bucket=storage.uploads_bucket,
+        NotificationConfiguration={
+            "QueueConfigurations": [
+                {"Id": "img2img-ingest", "QueueArn": queue_arn, "Events": ["s3:ObjectCreated:*"]}
+            ]
+        },
+    )
+    return queues
+
+
+def ensure_queues(
+    clients: AwsClients, storage: StorageSettings, dispatch: DispatchSettings
+) -> QueueUrls:
+    sqs = clients.sqs
+    dlq_url = sqs.create_queue(
+        QueueName=storage.dead_letter_queue,
+        Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S), "SqsManagedSseEnabled": "true"},
+    )["QueueUrl"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    attributes = {
+        "VisibilityTimeout": str(dispatch.visibility_timeout_s),
+        "ReceiveMessageWaitTimeSeconds": str(dispatch.poll_wait_s),
+        "SqsManagedSseEnabled": "true",
+        "RedrivePolicy": json.dumps(
+            {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)}
+        ),
+    }
+    try:
+        ingest_url = sqs.create_queue(QueueName=storage.ingest_queue, Attributes=attributes)[
+            "QueueUrl"
+        ]
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+            raise
+        ingest_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
+        sqs.set_queue_attributes(QueueUrl=ingest_url, Attributes=attributes)
+    return QueueUrls(ingest=ingest_url, dead_letter=dlq_url)
+
+
+def _ensure_bucket(clients: AwsClients, bucket: str, region: str) -> None:
+    s3 = clients.s3
+    try:
+        if region == "us-east-1":
+            s3.create_bucket(Bucket=bucket)
+        else:
+            s3.create_bucket(
+                Bucket=bucket,
+                CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
+            )
+        log.info("created bucket %s", bucket)
+    except ClientError as exc:
+        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+            raise
+    if bucket.endswith("--x-s3"):
+        return  # directory buckets: always encrypted and private, no such settings to make
+    s3.put_public_access_block(
+        Bucket=bucket,
+        PublicAccessBlockConfiguration={
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
+        },
+    )
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                 "BucketKeyEnabled": True}
+            ]
+        },
+    )

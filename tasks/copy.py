@@ -1,0 +1,23 @@
+"""Task: copy the batch's uploads into the S3 Express directory bucket."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from img2img import steps
+from img2img.jobs import ImageJob
+from tasks.runtime import get_runtime, retry_if_transient
+
+
+@task(name="copy-to-directory-bucket", retries=3, retry_delay_seconds=[1, 4, 10],
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=300)
+def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
+    rt = get_runtime()
+    storage = rt.settings.storage
+    steps.mark_already_done(rt.clients.s3, jobs, storage.results_bucket)
+    steps.copy_to_stage(rt.clients.s3, jobs, storage.stage_bucket, storage.copy_concurrency)
+    get_run_logger().info(
+        "copied %d of %d uploads to s3://%s",
+        sum(1 for j in jobs if j.active), len(jobs), storage.stage_bucket,
+    )

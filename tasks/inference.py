@@ -1,0 +1,49 @@
+"""Tasks: the two inference stages. Models are loaded once per process and reused."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+
+from img2img import steps
+from img2img.jobs import ImageJob
+from img2img.stages.img2img import run_img2img
+from img2img.stages.upscale import run_upscale
+from tasks.runtime import get_runtime, retry_if_transient
+
+
+@task(name="stage1-img2img", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=1800)
+def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
+    rt = get_runtime()
+    st = rt.settings.stages
+    if not any(j.active for j in jobs):
+        return
+    pipe = rt.models.get("img2img", st, rt.clients.s3)
+    shape = (st.width, st.height)
+
+    def infer(job: ImageJob):  # type: ignore[no-untyped-def]
+        assert job.image is not None and job.params is not None
+        return run_img2img(pipe, job.image, job.params, job.seed, shape)
+
+    steps.run_stage(jobs, "stage1", infer, outputs, resume=True)
+    get_run_logger().info("stage 1 done for %d images (model loads in this process: %d)",
+                          sum(1 for j in jobs if j.stage1 is not None), rt.models.loads)
+
+
+@task(name="stage2-upscale", retries=2, retry_delay_seconds=[2, 10],
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=1800)
+def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
+    rt = get_runtime()
+    st = rt.settings.stages
+    if not any(j.active for j in jobs):
+        return
+    pipe = rt.models.get("upscale", st, rt.clients.s3)
+
+    def infer(job: ImageJob):  # type: ignore[no-untyped-def]
+        assert job.stage1 is not None and job.params is not None
+        return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
+
+    steps.run_stage(jobs, "stage2", infer, outputs, resume=True)
+    get_run_logger().info("stage 2 done for %d images",
+                          sum(1 for j in jobs if j.stage2 is not None))

@@ -1,0 +1,33 @@
+"""Task: encode and write results and failure records (each exactly once)."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from img2img import steps
+from img2img.jobs import ImageJob
+from tasks.runtime import get_runtime, retry_if_transient
+
+
+@task(name="postprocess", retries=3, retry_delay_seconds=[1, 4, 10],
+      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=300)
+def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
+    rt = get_runtime()
+    bucket = rt.settings.storage.results_bucket
+    steps.postprocess(rt.clients.s3, jobs, bucket, flow_run_id, concurrency=8)
+    steps.write_failures(rt.clients.s3, jobs, bucket, flow_run_id)
+    steps.finish_timings(jobs)
+    logger = get_run_logger()
+    for job in jobs:
+        if job.status == "failed" and job.failure is not None:
+            logger.error("%s failed at %s: %s", job.ref.uri, job.failure.stage,
+                         job.failure.reason)
+        emit_event(
+            event=f"img2img.image.{job.status}",
+            resource={"prefect.resource.id": f"img2img.upload.{job.ref.identity}",
+                      "prefect.resource.name": job.ref.key},
+            payload={"source": job.ref.uri, "outcome": job.result_uri or "",
+                     "total_ms": round(job.timings.get("total", 0.0), 1)},
+        )

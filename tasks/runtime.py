@@ -1,0 +1,61 @@
+"""What every task of a run needs, built once per process: settings, AWS clients, models."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from prefect.states import State
+
+from img2img.aws import AwsClients, clients_from_block, clients_from_settings
+from img2img.errors import is_retryable
+from img2img.models import ModelCache, process_models
+from img2img.settings import Settings, load_settings
+
+
+@dataclass(frozen=True)
+class Runtime:
+    settings: Settings
+    clients: AwsClients
+    models: ModelCache
+
+
+_lock = threading.Lock()
+_runtime: Runtime | None = None
+
+
+def get_runtime() -> Runtime:
+    """The process's runtime, built on first use.
+
+    With `aws.credentials_block` set, clients come from that prefect-aws `AwsCredentials`
+    block, so credentials live in Prefect and never in code or flow parameters.
+    """
+    global _runtime
+    with _lock:
+        if _runtime is None:
+            import torch
+
+            settings = load_settings()
+            torch.set_num_threads(settings.stages.torch_threads)
+            if settings.aws.credentials_block:
+                from prefect_aws import AwsCredentials
+
+                block = AwsCredentials.load(settings.aws.credentials_block)
+                clients = clients_from_block(block, settings.aws)
+            else:
+                clients = clients_from_settings(settings.aws)
+            _runtime = Runtime(settings=settings, clients=clients, models=process_models())
+        return _runtime
+
+
+def reset_runtime() -> None:
+    """Forget the process's runtime (tests that change settings between runs)."""
+    global _runtime
+    with _lock:
+        _runtime = None
+
+
+def retry_if_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
+    """`retry_condition_fn` for every task: retry throttling, timeouts and device faults only."""
+    return isinstance(state.data, BaseException) and is_retryable(state.data)
