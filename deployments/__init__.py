@@ -1,0 +1,1 @@
+"""What `prefect deploy` and the services need: the S3-event dispatcher, job templates."""

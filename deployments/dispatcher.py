@@ -1,0 +1,189 @@
+"""The S3-event dispatcher: SQS notifications in, one pipeline flow run per micro-batch out.
+
+A long-running service and a competing consumer: run as many replicas as you like. Each
+flow run is created with an idempotency key derived from its objects, so a redelivered
+message never makes a second run, and a message is deleted only after its run exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+from img2img.batching import Batch, Batcher
+from img2img.errors import InvalidEvent
+from img2img.events import parse_message
+from img2img.settings import DispatchSettings, StorageSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from prefect.client.orchestration import SyncPrefectClient
+
+log = logging.getLogger("img2img.dispatcher")
+
+RETRY_BACKOFF_S = 2.0
+
+
+@dataclass
+class DispatchStats:
+    messages: int = 0
+    objects: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    runs_created: int = 0
+    run_errors: int = 0
+    flow_run_ids: list[str] = field(default_factory=list)
+
+
+class Dispatcher:
+    """One consumer of the ingest queue. `step()` is one poll; `run()` loops until stopped."""
+
+    def __init__(
+        self,
+        sqs: SQSClient,
+        prefect: SyncPrefectClient,
+        storage: StorageSettings,
+        settings: DispatchSettings,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.sqs = sqs
+        self.prefect = prefect
+        self.settings = settings
+        self.clock = clock
+        self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
+        self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
+        self.batcher = Batcher(settings.max_batch, settings.max_wait_s, settings.dedup_window)
+        self.stats = DispatchStats()
+        self._deployment_id: UUID | None = None
+        self._stop = threading.Event()
+        self._retry_after = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop_after_s: float | None = None) -> DispatchStats:
+        """Poll and dispatch until `stop()` (or SIGTERM/SIGINT), then flush what is pending."""
+        deadline = None if stop_after_s is None else self.clock() + stop_after_s
+        log.info("dispatching from %s to deployment %s (batches of up to %d, %.1f s wait)",
+                 self.queue_url, self.settings.deployment, self.settings.max_batch,
+                 self.settings.max_wait_s)
+        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
+            self.step()
+        self.flush()
+        return self.stats
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: finishing pending batches and stopping", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+    def step(self) -> None:
+        """Receive one round of messages (long-polling up to the next batch deadline),
+        then dispatch every batch that is due."""
+        due_in = self.batcher.next_due_in(self.clock())
+        wait = self.settings.poll_wait_s if due_in is None else min(
+            self.settings.poll_wait_s, int(due_in)
+        )
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=max(0, wait),
+            VisibilityTimeout=self.settings.visibility_timeout_s,
+        )
+        now = self.clock()
+        deletable: list[str] = []
+        for message in response.get("Messages", []):
+            deletable += self._take(message, now)
+        self._delete(deletable)
+        self._dispatch_due(flush=False)
+
+    def flush(self) -> None:
+        """Dispatch every pending object now (on shutdown)."""
+        self._retry_after = 0.0
+        self._dispatch_due(flush=True)
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def _take(self, message: Any, now: float) -> list[str]:
+        self.stats.messages += 1
+        try:
+            parsed = parse_message(message.get("Body", ""))
+        except InvalidEvent as exc:
+            self._dead_letter(message, str(exc))
+            return [message["ReceiptHandle"]]
+        for reason in parsed.skipped:
+            log.info("skipped message %s: %s", message["MessageId"], reason)
+            self.stats.skipped += 1
+        self.stats.objects += len(parsed.objects)
+        return self.batcher.add(message["MessageId"], message["ReceiptHandle"],
+                                parsed.objects, now)
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        log.error("message %s is not a usable S3 notification, moved to the dead-letter "
+                  "queue: %s", message["MessageId"], reason)
+        self.sqs.send_message(
+            QueueUrl=self.dlq_url,
+            MessageBody=message.get("Body", "") or "<empty>",
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:1000]},
+                "source_message_id": {"DataType": "String", "StringValue": message["MessageId"]},
+            },
+        )
+        self.stats.dead_lettered += 1
+
+    def _dispatch_due(self, flush: bool) -> None:
+        now = self.clock()
+        if now < self._retry_after:
+            return
+        for batch in self.batcher.due(now, flush=flush):
+            try:
+                run_id = self._create_run(batch)
+            except Exception as exc:  # the server may be restarting: keep and retry
+                self.stats.run_errors += 1
+                log.warning("could not create a flow run for %d objects (will retry in "
+                            "%.0f s): %s", len(batch.objects), RETRY_BACKOFF_S, exc)
+                self.batcher.released(batch, self.clock())
+                self._retry_after = self.clock() + RETRY_BACKOFF_S
+                return  # the other due batches stay pending and go after the backoff
+            self.stats.runs_created += 1
+            self.stats.flow_run_ids.append(run_id)
+            self._delete(self.batcher.dispatched(batch))
+
+    def _create_run(self, batch: Batch) -> str:
+        if self._deployment_id is None:
+            deployment = self.prefect.read_deployment_by_name(self.settings.deployment)
+            self._deployment_id = deployment.id
+        first = batch.objects[0].key.rsplit("/", 1)[-1][:40]
+        run = self.prefect.create_flow_run_from_deployment(
+            self._deployment_id,
+            parameters={"objects": [o.model_dump(mode="json") for o in batch.objects]},
+            idempotency_key=batch.idempotency_key,
+            name=f"batch-{len(batch.objects)}-{first}",
+            tags=["img2img", "s3-event"],
+        )
+        log.info("flow run %s for %d objects (key %s)", run.id, len(batch.objects),
+                 batch.idempotency_key)
+        return str(run.id)
+
+    def _delete(self, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            result = self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
+            )
+            for failed in result.get("Failed", []):
+                # The message will reappear and be recognised as a duplicate then.
+                log.warning("could not delete a message: %s", json.dumps(failed))

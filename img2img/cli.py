@@ -1,0 +1,147 @@
+"""The `img2img` command line: local stack, dispatcher, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from img2img.settings import Settings, load_settings
+
+NOISE_NOTICE = (
+    "note: the stages use tiny random-weight models (no model hub here), so results are "
+    "noise. Set IMG2IMG_STAGES__IMG2IMG_MODEL and IMG2IMG_STAGES__UPSCALE_MODEL to diffusers "
+    "checkpoints (folders or s3:// URIs) for real images."
+)
+
+
+def _say(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.local_stack import LocalStack, describe
+
+    if args.workers is not None:
+        settings.local.workers = args.workers
+    stack = LocalStack(settings)
+    if args.action == "up":
+        stack.up(_say)
+        _say(f"Prefect UI: http://{settings.local.host}:{settings.local.prefect_port}")
+        _say(f"state, logs and PIDs: {stack.state}")
+    elif args.action == "down":
+        stack.down(_say)
+    else:
+        print(describe(stack.status()))
+    return 0
+
+
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from prefect.client.orchestration import get_client
+
+    from deployments.dispatcher import Dispatcher
+    from img2img.aws import clients_from_settings
+
+    if args.max_batch is not None:
+        settings.dispatch.max_batch = args.max_batch
+    if args.max_wait is not None:
+        settings.dispatch.max_wait_s = args.max_wait
+    clients = clients_from_settings(settings.aws)
+    with get_client(sync_client=True) as client:
+        dispatcher = Dispatcher(clients.sqs, client, settings.storage, settings.dispatch)
+        dispatcher.install_signal_handlers()
+        stats = dispatcher.run()
+    logging.getLogger("img2img.dispatcher").info("stopped: %s", stats)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from img2img import demo
+    from img2img.aws import clients_from_settings
+    from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+
+    stack = LocalStack(settings)
+    _say("bringing the local stack up (idempotent)")
+    stack.up(_say)
+    _say(NOISE_NOTICE)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+    aws = settings.aws.model_copy(
+        update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
+    )
+    s3 = clients_from_settings(aws).s3
+    refs = demo.upload_samples(s3, settings.storage.uploads_bucket, args.images, args.steps,
+                               args.upscale_steps)
+    _say(f"uploaded {len(refs)} images to s3://{settings.storage.uploads_bucket}/"
+         f"{refs[0].key.rsplit('/', 1)[0]}/ ; waiting for results (timeout {args.timeout} s)")
+    outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
+    completed = [o for o in outcomes if o.status == "completed"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    pending = [o for o in outcomes if o.status == "pending"]
+    ui = f"http://{settings.local.host}:{settings.local.prefect_port}"
+    print(demo.stage_table(outcomes), file=sys.stderr)
+    for o in failed:
+        _say(f"FAILED {o.ref.uri}: {o.doc.get('stage')}: {o.doc.get('reason')}")
+    for o in pending:
+        _say(f"TIMED OUT {o.ref.uri}: no result or failure record within {args.timeout} s")
+    _say(f"{len(completed)} completed, {len(failed)} failed, {len(pending)} timed out")
+    _say(f"runs: {ui}/runs   timing artifacts: {ui}/artifacts/key/img2img-stage-timings")
+    _say("the stack keeps running for the UI; stop it with: img2img local down")
+    flow_runs = sorted({str(o.doc["flow_run_id"]) for o in outcomes
+                        if o.doc.get("flow_run_id")})
+    summary: dict[str, Any] = {
+        "submitted": len(refs),
+        "completed": len(completed),
+        "failed": len(failed) + len(pending),
+        "stage_p50_ms": demo.stage_p50(outcomes),
+        "results": [o.doc["result"] for o in completed],
+        "flow_runs": flow_runs,
+        "ui": f"{ui}/artifacts/key/img2img-stage-timings",
+    }
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if len(completed) == len(refs) else 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="img2img", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    local = sub.add_parser("local", help="the embedded local stack")
+    local.add_argument("action", choices=["up", "down", "status"])
+    local.add_argument("--workers", type=int, default=None, help="pipeline workers to start")
+    local.set_defaults(func=cmd_local)
+
+    dispatch = sub.add_parser("dispatch", help="run the S3-event dispatcher (long-running)")
+    dispatch.add_argument("--max-batch", type=int, default=None, help="most images per run")
+    dispatch.add_argument("--max-wait", type=float, default=None, help="batching window, s")
+    dispatch.set_defaults(func=cmd_dispatch)
+
+    demo = sub.add_parser("demo", help="run sample images through the local stack")
+    demo.add_argument("--images", type=int, default=8, help="how many sample images")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary last")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    demo.add_argument("--steps", type=int, default=10, help="stage-1 steps (metadata)")
+    demo.add_argument("--upscale-steps", type=int, default=5, help="stage-2 steps (metadata)")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
+                        "%(message)s", stream=sys.stderr)
+    if args.command == "demo" and args.images < 1:
+        print(f"--images must be at least 1, got {args.images}", file=sys.stderr)
+        return 2
+    settings = load_settings()
+    result: int = args.func(args, settings)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

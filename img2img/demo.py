@@ -1,0 +1,96 @@
+"""The main job on the local stack: upload samples, wait for every outcome, report timings."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+from img2img import storage
+from img2img.events import ObjectRef
+from img2img.keys import keys_for
+from img2img.samples import sample_metadata, sample_png
+from img2img.timing import STAGES, percentile
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+@dataclass
+class Outcome:
+    ref: ObjectRef
+    status: str = "pending"  # completed | failed | pending
+    doc: dict[str, Any] = field(default_factory=dict)
+
+
+def upload_samples(s3: S3Client, bucket: str, count: int, steps: int,
+                   upscale_steps: int) -> list[ObjectRef]:
+    """Upload `count` sample images under a fresh prefix; returns what was uploaded."""
+    prefix = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    refs = []
+    for i in range(count):
+        key = f"{prefix}/sample {i:03d}.png"
+        response = s3.put_object(Bucket=bucket, Key=key, Body=sample_png(i),
+                                 ContentType="image/png",
+                                 Metadata=sample_metadata(i, steps, upscale_steps))
+        refs.append(ObjectRef(bucket=bucket, key=key, etag=response["ETag"].strip('"'),
+                              version_id=response.get("VersionId")))
+    return refs
+
+
+def wait_for_outcomes(s3: S3Client, results_bucket: str, refs: list[ObjectRef],
+                      timeout_s: float, out: TextIO = sys.stderr) -> list[Outcome]:
+    """Poll for a result or a failure record per upload, with a progress bar."""
+    outcomes = [Outcome(ref) for ref in refs]
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for item in outcomes:
+            if item.status != "pending":
+                continue
+            keys = keys_for(item.ref)
+            for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
+                body = storage.download_if_exists(s3, results_bucket, key)
+                if body is not None:
+                    item.status, item.doc = status, json.loads(body)
+                    break
+        done = sum(1 for o in outcomes if o.status != "pending")
+        _progress(out, done, len(outcomes), deadline - time.monotonic())
+        if done == len(outcomes):
+            break
+        time.sleep(0.5)
+    out.write("\n")
+    return outcomes
+
+
+def _progress(out: TextIO, done: int, total: int, left_s: float) -> None:
+    width = 30
+    filled = width * done // max(total, 1)
+    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} outcomes "
+              f"({max(left_s, 0):.0f} s left) ")
+    out.flush()
+
+
+def stage_p50(outcomes: list[Outcome]) -> dict[str, float]:
+    """Per-stage p50 over completed images, in ms."""
+    out: dict[str, float] = {}
+    for stage in STAGES:
+        values = [o.doc["timings_ms"][stage] for o in outcomes
+                  if o.status == "completed" and stage in o.doc.get("timings_ms", {})]
+        if values:
+            out[stage] = round(percentile(values, 50), 1)
+    return out
+
+
+def stage_table(outcomes: list[Outcome]) -> str:
+    completed = [o for o in outcomes if o.status == "completed"]
+    lines = [f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}"]
+    for stage in STAGES:
+        values = [o.doc["timings_ms"][stage] for o in completed
+                  if stage in o.doc.get("timings_ms", {})]
+        if values:
+            lines.append(f"{stage:<12}{percentile(values, 50):>10.1f}"
+                         f"{percentile(values, 95):>10.1f}{max(values):>10.1f}")
+    return "\n".join(lines)

@@ -1,0 +1,39 @@
+"""Create the local stack's work pool and prefect-aws credentials block (idempotent).
+
+Run as `python -m infra.local_blocks` with PREFECT_API_URL pointing at the local server.
+The block's endpoint points at moto and turns S3 Express session auth off, which only the
+emulator needs (FACTS.md); on AWS the block has no endpoint and session auth stays on.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectAlreadyExists
+from prefect_aws import AwsClientParameters, AwsCredentials
+
+from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY, POOL
+
+
+def main() -> None:
+    endpoint = os.environ["IMG2IMG_AWS__ENDPOINT_URL"]
+    AwsCredentials(
+        aws_access_key_id=LOCAL_AWS_KEY,
+        aws_secret_access_key=LOCAL_AWS_KEY,  # type: ignore[arg-type]
+        region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
+        aws_client_parameters=AwsClientParameters(
+            endpoint_url=endpoint,
+            config={"s3": {"disable_s3_express_session_auth": True}},
+        ),
+    ).save(CREDENTIALS_BLOCK, overwrite=True)
+    with get_client(sync_client=True) as client:
+        try:
+            client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+        except ObjectAlreadyExists:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,310 @@
+"""The embedded local stack: Prefect server, moto, resources, deployments, worker, dispatcher.
+
+Everything binds to loopback; state, logs and PIDs live in `local.state_dir`. `up` starts
+only what is not already running and answering; `down` stops only what `up` started (it
+checks each PID's command line before signalling it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from img2img.aws import clients_from_settings
+from img2img.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CREDENTIALS_BLOCK = "img2img-local"
+POOL = "inf2"
+# Fixed, non-secret credentials for the local emulator only.
+LOCAL_AWS_KEY = "local-stack"
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    argv: list[str]
+    marker: str  # a string that must be in the process's command line to be ours
+    healthy: Callable[[], bool]
+
+
+def _http_ok(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return 200 <= response.status < 500
+    except (urllib.error.URLError, OSError):
+        return False
+
+
+class LocalStack:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        local = settings.local
+        self.state = local.state_dir.resolve()
+        self.pids = self.state / "pids"
+        self.logs = self.state / "logs"
+
+    # -- environment shared by every child process ----------------------------------------
+
+    def child_env(self) -> dict[str, str]:
+        local = self.settings.local
+        env = dict(os.environ)
+        env.update(
+            {
+                "PREFECT_API_URL": local.prefect_api_url,
+                "PREFECT_HOME": str(self.state / "prefect"),
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "PREFECT_SERVER_API_HOST": local.host,
+                "PREFECT_SERVER_API_PORT": str(local.prefect_port),
+                "PREFECT_UI_API_URL": local.prefect_api_url,
+                # Pick up new runs within a second instead of the default 10 s.
+                "PREFECT_WORKER_QUERY_SECONDS": "1",
+                "PREFECT_LOGGING_LEVEL": "INFO",
+                "AWS_ACCESS_KEY_ID": LOCAL_AWS_KEY,
+                "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,
+                "AWS_DEFAULT_REGION": self.settings.aws.region,
+                "IMG2IMG_PROJECT_DIR": str(PROJECT_DIR),
+                "IMG2IMG_LOCAL__STATE_DIR": str(self.state),
+                "IMG2IMG_AWS__ENDPOINT_URL": local.moto_url,
+                "IMG2IMG_AWS__EXPRESS_SESSION_AUTH": "false",
+                "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(
+                    self.settings.stages.model_cache_dir.resolve()
+                ),
+                "TOKENIZERS_PARALLELISM": "false",
+                "OMP_NUM_THREADS": str(self.settings.stages.torch_threads),
+            }
+        )
+        return env
+
+    def worker_env(self) -> dict[str, str]:
+        env = self.child_env()
+        # Flows take their AWS clients from the prefect-aws block, as on AWS.
+        env["IMG2IMG_AWS__CREDENTIALS_BLOCK"] = CREDENTIALS_BLOCK
+        return env
+
+    # -- services -----------------------------------------------------------------------------
+
+    def services(self) -> list[Service]:
+        local = self.settings.local
+        py = sys.executable
+        services = [
+            Service(
+                "moto",
+                [py, "-m", "moto.server", "-H", local.host, "-p", str(local.moto_port)],
+                "moto.server",
+                lambda: _http_ok(f"{local.moto_url}/moto-api/"),
+            ),
+            Service(
+                "prefect-server",
+                [py, "-m", "prefect", "server", "start", "--host", local.host, "--port",
+                 str(local.prefect_port)],
+                "server",
+                lambda: _http_ok(f"{local.prefect_api_url}/health"),
+            ),
+        ]
+        for i in range(local.workers):
+            services.append(
+                Service(
+                    f"worker-{i}",
+                    [py, "-m", "prefect", "worker", "start", "--pool", POOL, "--name",
+                     f"local-worker-{i}", "--type", "process"],
+                    "worker",
+                    lambda: True,
+                )
+            )
+        services.append(
+            Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch",
+                    lambda: True)
+        )
+        return services
+
+    def _pidfile(self, name: str) -> Path:
+        return self.pids / f"{name}.pid"
+
+    def pid_of(self, service: Service) -> int | None:
+        """PID of a running process that this stack started for `service`."""
+        try:
+            pid = int(self._pidfile(service.name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return None
+        return pid if service.marker in cmdline else None
+
+    def _start(self, service: Service, env: dict[str, str]) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pids.mkdir(parents=True, exist_ok=True)
+        log_file = open(self.logs / f"{service.name}.log", "ab")  # noqa: SIM115 (child owns it)
+        proc = subprocess.Popen(
+            service.argv,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            cwd=PROJECT_DIR,
+            start_new_session=True,
+        )
+        self._pidfile(service.name).write_text(str(proc.pid))
+        log.info("started %s (pid %d), log %s", service.name, proc.pid,
+                 self.logs / f"{service.name}.log")
+
+    def _wait_healthy(self, service: Service) -> None:
+        deadline = time.monotonic() + self.settings.local.start_timeout_s
+        while time.monotonic() < deadline:
+            if service.healthy():
+                return
+            if self.pid_of(service) is None:
+                raise RuntimeError(
+                    f"{service.name} exited while starting; see {self.logs / service.name}.log"
+                )
+            time.sleep(0.5)
+        raise TimeoutError(
+            f"{service.name} did not answer within {self.settings.local.start_timeout_s} s; "
+            f"see {self.logs / service.name}.log"
+        )
+
+    # -- up / down / status -----------------------------------------------------------------
+
+    def up(self, say: Callable[[str], None] = log.info) -> None:
+        env = self.child_env()
+        services = {s.name: s for s in self.services()}
+        for name in ("moto", "prefect-server"):
+            service = services[name]
+            if self.pid_of(service) is not None and service.healthy():
+                say(f"{name}: already running")
+                continue
+            if service.healthy():
+                raise RuntimeError(
+                    f"{name}: something else already answers on its port; stop it or change "
+                    "the port setting (IMG2IMG_LOCAL__PREFECT_PORT / IMG2IMG_LOCAL__MOTO_PORT)"
+                )
+            say(f"{name}: starting")
+            self._start(service, env)
+            self._wait_healthy(service)
+        self._provision(env, say)
+        for name, service in services.items():
+            if name in ("moto", "prefect-server"):
+                continue
+            if self.pid_of(service) is not None:
+                say(f"{name}: already running")
+                continue
+            say(f"{name}: starting")
+            self._start(service, self.worker_env() if name.startswith("worker") else env)
+
+    def _provision(self, env: dict[str, str], say: Callable[[str], None]) -> None:
+        from infra.resources import ensure_resources
+
+        aws = self.settings.aws.model_copy(
+            update={"endpoint_url": self.settings.local.moto_url, "express_session_auth": False}
+        )
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+        ensure_resources(clients_from_settings(aws), self.settings.storage,
+                         self.settings.dispatch, aws.region)
+        say("aws: buckets, queue, dead-letter queue and notifications ready")
+        self._prefect_setup(env, say)
+
+    def _prefect_setup(self, env: dict[str, str], say: Callable[[str], None]) -> None:
+        py = sys.executable
+        self._run([py, "-m", "infra.local_blocks"], env)
+        fingerprint = _deploy_fingerprint()
+        stamp = self.state / "deployed.sha"
+        if stamp.exists() and stamp.read_text() == fingerprint and self._deployment_exists(env):
+            say("prefect: work pool and deployments up to date")
+            return
+        self._run([py, "-m", "prefect", "--no-prompt", "deploy", "--all"], env)
+        stamp.write_text(fingerprint)
+        say("prefect: work pool, credentials block and deployments applied (prefect deploy)")
+
+    def _deployment_exists(self, env: dict[str, str]) -> bool:
+        url = env["PREFECT_API_URL"] + "/deployments/name/img2img-pipeline/inf2"
+        return _http_ok(url) and _http_status(url) == 200
+
+    def _run(self, argv: list[str], env: dict[str, str]) -> None:
+        out = subprocess.run(argv, env=env, cwd=PROJECT_DIR, capture_output=True, text=True,
+                             timeout=300, check=False)
+        if out.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{out.stdout[-3000:]}"
+                               f"{out.stderr[-3000:]}")
+
+    def down(self, say: Callable[[str], None] = log.info) -> None:
+        for service in reversed(self.services() + self._extra_workers()):
+            pid = self.pid_of(service)
+            if pid is None:
+                self._pidfile(service.name).unlink(missing_ok=True)
+                continue
+            say(f"{service.name}: stopping (pid {pid})")
+            _terminate(pid)
+            self._pidfile(service.name).unlink(missing_ok=True)
+
+    def _extra_workers(self) -> list[Service]:
+        """Workers started beyond the configured count (by an earlier, larger `up`)."""
+        known = {s.name for s in self.services()}
+        extra = []
+        if self.pids.exists():
+            for f in self.pids.glob("worker-*.pid"):
+                if f.stem not in known:
+                    extra.append(Service(f.stem, [], "worker", lambda: True))
+        return extra
+
+    def status(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for service in self.services() + self._extra_workers():
+            pid = self.pid_of(service)
+            out[service.name] = {"running": pid is not None, "pid": pid,
+                                 "healthy": pid is not None and service.healthy()}
+        return out
+
+
+def _http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+            return int(response.status)
+    except urllib.error.HTTPError as exc:
+        return int(exc.code)
+    except (urllib.error.URLError, OSError):
+        return 0
+
+
+def _terminate(pid: int, grace_s: float = 20.0) -> None:
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _deploy_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for path in sorted([PROJECT_DIR / "prefect.yaml", *PROJECT_DIR.glob("flows/*.py")]):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def describe(status: dict[str, dict[str, object]]) -> str:
+    return json.dumps(status, indent=2)
