@@ -70,9 +70,13 @@ class Dispatcher:
     def run(self, stop_after_s: float | None = None) -> DispatchStats:
         """Poll and dispatch until `stop()` (or SIGTERM/SIGINT), then flush what is pending."""
         deadline = None if stop_after_s is None else self.clock() + stop_after_s
-        log.info("dispatching from %s to deployment %s (batches of up to %d, %.1f s wait)",
-                 self.queue_url, self.settings.deployment, self.settings.max_batch,
-                 self.settings.max_wait_s)
+        log.info(
+            "dispatching from %s to deployment %s (batches of up to %d, %.1f s wait)",
+            self.queue_url,
+            self.settings.deployment,
+            self.settings.max_batch,
+            self.settings.max_wait_s,
+        )
         while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
             self.step()
         self.flush()
@@ -93,8 +97,10 @@ class Dispatcher:
         """Receive one round of messages (long-polling up to the next batch deadline),
         then dispatch every batch that is due."""
         due_in = self.batcher.next_due_in(self.clock())
-        wait = self.settings.poll_wait_s if due_in is None else min(
-            self.settings.poll_wait_s, int(due_in)
+        wait = (
+            self.settings.poll_wait_s
+            if due_in is None
+            else min(self.settings.poll_wait_s, int(due_in))
         )
         response = self.sqs.receive_message(
             QueueUrl=self.queue_url,
@@ -127,12 +133,14 @@ class Dispatcher:
             log.info("skipped message %s: %s", message["MessageId"], reason)
             self.stats.skipped += 1
         self.stats.objects += len(parsed.objects)
-        return self.batcher.add(message["MessageId"], message["ReceiptHandle"],
-                                parsed.objects, now)
+        return self.batcher.add(message["MessageId"], message["ReceiptHandle"], parsed.objects, now)
 
     def _dead_letter(self, message: Any, reason: str) -> None:
-        log.error("message %s is not a usable S3 notification, moved to the dead-letter "
-                  "queue: %s", message["MessageId"], reason)
+        log.error(
+            "message %s is not a usable S3 notification, moved to the dead-letter queue: %s",
+            message["MessageId"],
+            reason,
+        )
         self.sqs.send_message(
             QueueUrl=self.dlq_url,
             MessageBody=message.get("Body", "") or "<empty>",
@@ -152,8 +160,12 @@ class Dispatcher:
                 run_id = self._create_run(batch)
             except Exception as exc:  # the server may be restarting: keep and retry
                 self.stats.run_errors += 1
-                log.warning("could not create a flow run for %d objects (will retry in "
-                            "%.0f s): %s", len(batch.objects), RETRY_BACKOFF_S, exc)
+                log.warning(
+                    "could not create a flow run for %d objects (will retry in %.0f s): %s",
+                    len(batch.objects),
+                    RETRY_BACKOFF_S,
+                    exc,
+                )
                 self.batcher.released(batch, self.clock())
                 self._retry_after = self.clock() + RETRY_BACKOFF_S
                 return  # the other due batches stay pending and go after the backoff
@@ -173,8 +185,9 @@ class Dispatcher:
             name=f"batch-{len(batch.objects)}-{first}",
             tags=["img2img", "s3-event"],
         )
-        log.info("flow run %s for %d objects (key %s)", run.id, len(batch.objects),
-                 batch.idempotency_key)
+        log.info(
+            "flow run %s for %d objects (key %s)", run.id, len(batch.objects), batch.idempotency_key
+        )
         return str(run.id)
 
     def _delete(self, receipt_handles: list[str]) -> None:

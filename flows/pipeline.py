@@ -32,9 +32,7 @@ from tasks.runtime import get_runtime
 
 
 @flow(name="img2img-pipeline", log_prints=False, validate_parameters=True)
-def img2img_pipeline(
-    objects: list[ObjectRef], defaults: ImageParams | None = None
-) -> State[Any]:
+def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = None) -> State[Any]:
     """Process one micro-batch of uploads into results or failure records.
 
     Args:
@@ -67,13 +65,16 @@ def img2img_pipeline(
         "skipped": report.skipped,
         "outcomes": {j.ref.identity: j.result_uri for j in jobs},
     }
-    message = (f"{report.completed} completed, {report.failed} failed, "
-               f"{report.skipped} already processed, of {len(jobs)}")
+    message = (
+        f"{report.completed} completed, {report.failed} failed, "
+        f"{report.skipped} already processed, of {len(jobs)}"
+    )
     if report.failed:
         # A partial failure fails the run, so it shows in the UI and in alerts; every failed
         # image has its failure record, so nothing is lost.
-        return Failed(message=f"{report.failed} of {len(jobs)} images failed: {message}",
-                      data=result)
+        return Failed(
+            message=f"{report.failed} of {len(jobs)} images failed: {message}", data=result
+        )
     return Completed(message=message, data=result)
 
 

@@ -53,8 +53,9 @@ class Batcher:
     def pending_count(self) -> int:
         return len(self._pending)
 
-    def add(self, message_id: str, receipt_handle: str, objects: list[ObjectRef],
-            now: float) -> list[str]:
+    def add(
+        self, message_id: str, receipt_handle: str, objects: list[ObjectRef], now: float
+    ) -> list[str]:
         """Take one message's objects. Returns receipt handles that can be deleted now
         (messages with nothing left to dispatch: duplicates, test events)."""
         msg = self._messages.get(message_id)

@@ -74,10 +74,13 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
     )
     s3 = clients_from_settings(aws).s3
-    refs = demo.upload_samples(s3, settings.storage.uploads_bucket, args.images, args.steps,
-                               args.upscale_steps)
-    _say(f"uploaded {len(refs)} images to s3://{settings.storage.uploads_bucket}/"
-         f"{refs[0].key.rsplit('/', 1)[0]}/ ; waiting for results (timeout {args.timeout} s)")
+    refs = demo.upload_samples(
+        s3, settings.storage.uploads_bucket, args.images, args.steps, args.upscale_steps
+    )
+    _say(
+        f"uploaded {len(refs)} images to s3://{settings.storage.uploads_bucket}/"
+        f"{refs[0].key.rsplit('/', 1)[0]}/ ; waiting for results (timeout {args.timeout} s)"
+    )
     outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
     completed = [o for o in outcomes if o.status == "completed"]
     failed = [o for o in outcomes if o.status == "failed"]
@@ -91,8 +94,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     _say(f"{len(completed)} completed, {len(failed)} failed, {len(pending)} timed out")
     _say(f"runs: {ui}/runs   timing artifacts: {ui}/artifacts/key/img2img-stage-timings")
     _say("the stack keeps running for the UI; stop it with: img2img local down")
-    flow_runs = sorted({str(o.doc["flow_run_id"]) for o in outcomes
-                        if o.doc.get("flow_run_id")})
+    flow_runs = sorted({str(o.doc["flow_run_id"]) for o in outcomes if o.doc.get("flow_run_id")})
     summary: dict[str, Any] = {
         "submitted": len(refs),
         "completed": len(completed),
@@ -133,8 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: "
-                        "%(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
     if args.command == "demo" and args.images < 1:
         print(f"--images must be at least 1, got {args.images}", file=sys.stderr)
         return 2

@@ -26,25 +26,42 @@ class Outcome:
     doc: dict[str, Any] = field(default_factory=dict)
 
 
-def upload_samples(s3: S3Client, bucket: str, count: int, steps: int,
-                   upscale_steps: int) -> list[ObjectRef]:
+def upload_samples(
+    s3: S3Client, bucket: str, count: int, steps: int, upscale_steps: int
+) -> list[ObjectRef]:
     """Upload `count` sample images under a fresh prefix; returns what was uploaded."""
     prefix = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     refs = []
     for i in range(count):
         key = f"{prefix}/sample {i:03d}.png"
-        response = s3.put_object(Bucket=bucket, Key=key, Body=sample_png(i),
-                                 ContentType="image/png",
-                                 Metadata=sample_metadata(i, steps, upscale_steps))
-        refs.append(ObjectRef(bucket=bucket, key=key, etag=response["ETag"].strip('"'),
-                              version_id=response.get("VersionId")))
+        response = s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=sample_png(i),
+            ContentType="image/png",
+            Metadata=sample_metadata(i, steps, upscale_steps),
+        )
+        refs.append(
+            ObjectRef(
+                bucket=bucket,
+                key=key,
+                etag=response["ETag"].strip('"'),
+                version_id=response.get("VersionId"),
+            )
+        )
     return refs
 
 
-def wait_for_outcomes(s3: S3Client, results_bucket: str, refs: list[ObjectRef],
-                      timeout_s: float, out: TextIO = sys.stderr) -> list[Outcome]:
+def wait_for_outcomes(
+    s3: S3Client,
+    results_bucket: str,
+    refs: list[ObjectRef],
+    timeout_s: float,
+    out: TextIO = sys.stderr,
+) -> list[Outcome]:
     """Poll for a result or a failure record per upload, with a progress bar."""
     outcomes = [Outcome(ref) for ref in refs]
+    shown = -1
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         for item in outcomes:
@@ -57,7 +74,9 @@ def wait_for_outcomes(s3: S3Client, results_bucket: str, refs: list[ObjectRef],
                     item.status, item.doc = status, json.loads(body)
                     break
         done = sum(1 for o in outcomes if o.status != "pending")
-        _progress(out, done, len(outcomes), deadline - time.monotonic())
+        if out.isatty() or done != shown:
+            _progress(out, done, len(outcomes), deadline - time.monotonic())
+            shown = done
         if done == len(outcomes):
             break
         time.sleep(0.5)
@@ -68,8 +87,11 @@ def wait_for_outcomes(s3: S3Client, results_bucket: str, refs: list[ObjectRef],
 def _progress(out: TextIO, done: int, total: int, left_s: float) -> None:
     width = 30
     filled = width * done // max(total, 1)
-    out.write(f"\r  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} outcomes "
-              f"({max(left_s, 0):.0f} s left) ")
+    start = "\r" if out.isatty() else "\n"
+    out.write(
+        f"{start}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} outcomes "
+        f"({max(left_s, 0):.0f} s left) "
+    )
     out.flush()
 
 
@@ -77,8 +99,11 @@ def stage_p50(outcomes: list[Outcome]) -> dict[str, float]:
     """Per-stage p50 over completed images, in ms."""
     out: dict[str, float] = {}
     for stage in STAGES:
-        values = [o.doc["timings_ms"][stage] for o in outcomes
-                  if o.status == "completed" and stage in o.doc.get("timings_ms", {})]
+        values = [
+            o.doc["timings_ms"][stage]
+            for o in outcomes
+            if o.status == "completed" and stage in o.doc.get("timings_ms", {})
+        ]
         if values:
             out[stage] = round(percentile(values, 50), 1)
     return out
@@ -88,9 +113,12 @@ def stage_table(outcomes: list[Outcome]) -> str:
     completed = [o for o in outcomes if o.status == "completed"]
     lines = [f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}"]
     for stage in STAGES:
-        values = [o.doc["timings_ms"][stage] for o in completed
-                  if stage in o.doc.get("timings_ms", {})]
+        values = [
+            o.doc["timings_ms"][stage] for o in completed if stage in o.doc.get("timings_ms", {})
+        ]
         if values:
-            lines.append(f"{stage:<12}{percentile(values, 50):>10.1f}"
-                         f"{percentile(values, 95):>10.1f}{max(values):>10.1f}")
+            lines.append(
+                f"{stage:<12}{percentile(values, 50):>10.1f}"
+                f"{percentile(values, 95):>10.1f}{max(values):>10.1f}"
+            )
     return "\n".join(lines)

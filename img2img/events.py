@@ -113,8 +113,9 @@ def _parse_records(records: Any) -> ParsedMessage:
             parsed.skipped.append(f"Records[{i}]: eventName {name!r} is not an object creation")
             continue
         s3 = _field(record, "s3", dict, f"Records[{i}]")
-        bucket = _field(_field(s3, "bucket", dict, f"Records[{i}].s3"), "name", str,
-                        f"Records[{i}].s3.bucket")
+        bucket = _field(
+            _field(s3, "bucket", dict, f"Records[{i}].s3"), "name", str, f"Records[{i}].s3.bucket"
+        )
         obj = _field(s3, "object", dict, f"Records[{i}].s3")
         raw_key = _field(obj, "key", str, f"Records[{i}].s3.object")
         parsed.objects.append(
@@ -163,9 +164,7 @@ def _parse_eventbridge(doc: dict[str, Any]) -> ParsedMessage:
 def _field(container: dict[str, Any], name: str, kind: type, where: str) -> Any:
     value = container.get(name)
     if not isinstance(value, kind) or (kind is str and not value):
-        raise InvalidEvent(
-            f"{where}.{name} must be a non-empty {kind.__name__}, got {value!r:.80}"
-        )
+        raise InvalidEvent(f"{where}.{name} must be a non-empty {kind.__name__}, got {value!r:.80}")
     return value
 
 

@@ -32,6 +32,8 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         ) from exc
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise InvalidImage(f"image exceeds Pillow's pixel limit: {exc}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:  # a header cut short or malformed
+        raise InvalidImage(f"image data is corrupt: {exc}") from exc
     if image.format not in limits.formats:
         raise InvalidImage(
             f"image format {image.format} is not accepted; expected one of {list(limits.formats)}"

@@ -72,6 +72,7 @@ def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
         "reason": job.failure.reason,
         "error": job.failure.error,
         "retryable": job.failure.retryable,
+        "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
         "flow_run_id": flow_run_id,
         "failed_at": datetime.now(timezone.utc).isoformat(),
     }

@@ -80,7 +80,7 @@ def download_prefix(s3: S3Client, bucket: str, prefix: str, dest: Path) -> None:
     found = 0
     for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
         for item in page.get("Contents", []):
-            rel = item["Key"][len(prefix):]
+            rel = item["Key"][len(prefix) :]
             if not rel or rel.endswith("/"):
                 continue
             target = dest / rel

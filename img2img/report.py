@@ -38,9 +38,9 @@ def build_report(jobs: list[ImageJob], wall_s: float) -> BatchReport:
         row: dict[str, Any] = {"image": job.ref.key, "status": job.status}
         for stage in STAGES:
             row[f"{stage}_ms"] = _ms(job.timings.get(stage))
-        row["detail"] = (
-            f"{job.failure.stage}: {job.failure.reason}" if job.failure else job.note
-        )[:200]
+        row["detail"] = (f"{job.failure.stage}: {job.failure.reason}" if job.failure else job.note)[
+            :200
+        ]
         rows.append(row)
     summary = summarize([j.timings for j in processed if j.status == "completed"])
     for label in ("p50", "p95", "max"):

@@ -27,8 +27,9 @@ def sample_png(index: int) -> bytes:
         for x in range(width):
             pixels[x, y] = ((x * 255) // width, (y * 255) // height, (index * 47) % 256)
     draw = ImageDraw.Draw(image)
-    draw.ellipse((width // 4, height // 4, 3 * width // 4, 3 * height // 4),
-                 outline=(255, 255, 255), width=2)
+    draw.ellipse(
+        (width // 4, height // 4, 3 * width // 4, 3 * height // 4), outline=(255, 255, 255), width=2
+    )
     draw.text((4, 4), str(index), fill=(255, 255, 255))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")

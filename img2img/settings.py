@@ -49,7 +49,8 @@ class StorageSettings(BaseModel):
     )
     stage_bucket: str = Field(
         "img2img-stage--use1-az4--x-s3",
-        description="S3 Express One Zone directory bucket for the hot path (inputs, stage outputs).",
+        description="S3 Express One Zone directory bucket for the hot path (inputs, stage "
+        "outputs).",
     )
     results_bucket: str = Field(
         "img2img-results", description="Bucket for results and failure records."
@@ -64,9 +65,7 @@ class StorageSettings(BaseModel):
 class ImageLimits(BaseModel):
     """What an upload may be before it is decoded."""
 
-    max_bytes: int = Field(
-        25 * 1024 * 1024, ge=1, description="Largest accepted object, in bytes."
-    )
+    max_bytes: int = Field(25 * 1024 * 1024, ge=1, description="Largest accepted object, in bytes.")
     max_pixels: int = Field(
         40_000_000, ge=1, description="Largest accepted width × height (decompression bombs)."
     )
@@ -164,12 +163,12 @@ class Settings(BaseSettings):
         env_prefix="IMG2IMG_", env_nested_delimiter="__", extra="ignore"
     )
 
-    aws: AwsSettings = Field(default_factory=AwsSettings)  # type: ignore[arg-type]
-    storage: StorageSettings = Field(default_factory=StorageSettings)  # type: ignore[arg-type]
-    limits: ImageLimits = Field(default_factory=ImageLimits)  # type: ignore[arg-type]
-    stages: StageSettings = Field(default_factory=StageSettings)  # type: ignore[arg-type]
-    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)  # type: ignore[arg-type]
-    local: LocalStackSettings = Field(default_factory=LocalStackSettings)  # type: ignore[arg-type]
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    limits: ImageLimits = Field(default_factory=ImageLimits)
+    stages: StageSettings = Field(default_factory=StageSettings)
+    dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 
 def load_settings() -> Settings:

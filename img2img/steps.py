@@ -26,8 +26,13 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def _each(jobs: list[ImageJob], stage: str, work: Callable[[ImageJob], None],
-          concurrency: int) -> None:
+def _each(
+    jobs: list[ImageJob],
+    stage: str,
+    work: Callable[[ImageJob], None],
+    concurrency: int,
+    measure: bool = True,
+) -> None:
     """Run `work` on every active job, `concurrency` at a time.
 
     A permanent error fails that job only. The first retryable error is re-raised after the
@@ -39,7 +44,10 @@ def _each(jobs: list[ImageJob], stage: str, work: Callable[[ImageJob], None],
 
     def guarded(job: ImageJob) -> BaseException | None:
         try:
-            with job.timings.measure(stage):
+            if measure:
+                with job.timings.measure(stage):
+                    work(job)
+            else:
                 work(job)
         except PermanentError as exc:
             job.fail(stage, exc)
@@ -61,6 +69,7 @@ def _each(jobs: list[ImageJob], stage: str, work: Callable[[ImageJob], None],
 
 def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -> None:
     """Skip uploads that already have a result or a failure record (a redelivered event)."""
+
     def check(job: ImageJob) -> None:
         for key in (job.keys.result_meta, job.keys.failure):
             if storage.exists(s3, results_bucket, key):
@@ -80,8 +89,7 @@ def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
             job.timings["queue_wait"] = max(wait, 0.0)
 
 
-def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str,
-                  concurrency: int) -> None:
+def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, concurrency: int) -> None:
     """Server-side copy of every upload into the directory bucket, concurrently."""
     _each(
         jobs,
@@ -91,9 +99,17 @@ def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str,
     )
 
 
-def preprocess(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, limits: ImageLimits,
-               stages: StageSettings, defaults: ImageParams, concurrency: int) -> None:
+def preprocess(
+    s3: S3Client,
+    jobs: list[ImageJob],
+    stage_bucket: str,
+    limits: ImageLimits,
+    stages: StageSettings,
+    defaults: ImageParams,
+    concurrency: int,
+) -> None:
     """Download from the directory bucket, validate parameters, decode and fit to shape."""
+
     def one(job: ImageJob) -> None:
         with job.timings.measure("download"):
             got = storage.download(s3, stage_bucket, job.keys.input)
@@ -114,33 +130,39 @@ def decode_png(data: bytes) -> Image.Image:
     return Image.open(io.BytesIO(data)).convert("RGB")
 
 
-def postprocess(s3: S3Client, jobs: list[ImageJob], results_bucket: str,
-                flow_run_id: str | None, concurrency: int) -> None:
-    """Encode and write each finished image (create-once) and its metadata."""
+def postprocess(
+    s3: S3Client,
+    jobs: list[ImageJob],
+    results_bucket: str,
+    flow_run_id: str | None,
+    concurrency: int,
+) -> None:
+    """Encode and write each finished image (create-once), then its metadata document,
+    which carries the image's complete timings."""
+
     def one(job: ImageJob) -> None:
         assert job.stage2 is not None
-        with job.timings.measure("encode"):
+        with job.timings.measure("postprocess"):
             png = encode_png(job.stage2)
         with job.timings.measure("upload"):
             created = storage.put_once(s3, results_bucket, job.keys.result, png, "image/png")
-            doc = result_record(job, results_bucket, flow_run_id)
-            storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc)
+        finish_timings([job])
+        doc = result_record(job, results_bucket, flow_run_id)
+        storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc)
         job.status = "completed" if created else "skipped"
         job.note = "" if created else "result already written by another run"
         job.result_uri = f"s3://{results_bucket}/{job.keys.result}"
 
-    _each(jobs, "postprocess", one, concurrency)
-    for job in jobs:
-        if "encode" in job.timings:
-            # postprocess = encode; the upload column holds the PUTs.
-            job.timings["postprocess"] = job.timings.pop("encode")
+    _each(jobs, "postprocess", one, concurrency, measure=False)
 
 
-def write_failures(s3: S3Client, jobs: list[ImageJob], results_bucket: str,
-                   flow_run_id: str | None) -> None:
+def write_failures(
+    s3: S3Client, jobs: list[ImageJob], results_bucket: str, flow_run_id: str | None
+) -> None:
     """Write one failure record per failed image (create-once, like results)."""
     for job in jobs:
         if job.status == "failed":
+            finish_timings([job])
             storage.put_json_once(
                 s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
             )
@@ -195,14 +217,19 @@ class StageOutputs:
         return problems
 
 
-def run_stage(jobs: list[ImageJob], stage: str,
-              infer: Callable[[ImageJob], Image.Image], outputs: StageOutputs,
-              resume: bool) -> None:
+def run_stage(
+    jobs: list[ImageJob],
+    stage: str,
+    infer: Callable[[ImageJob], Image.Image],
+    outputs: StageOutputs,
+    resume: bool,
+) -> None:
     """Run one inference stage over the active jobs, one device call at a time.
 
     With `resume`, an output kept by an earlier attempt of this upload is reused instead of
     recomputed (stage 2 can be retried without redoing stage 1).
     """
+
     def one(job: ImageJob) -> None:
         key = job.keys.stage1 if stage == "stage1" else job.keys.stage2
         existing = outputs.load(key) if resume else None

@@ -38,7 +38,7 @@ def copy_to_stage(s3: S3Client, ref: ObjectRef, stage_bucket: str, key: str) -> 
         s3.copy_object(
             Bucket=stage_bucket,
             Key=key,
-            CopySource=source,  # type: ignore[arg-type]
+            CopySource=source,
             MetadataDirective="COPY",
             TaggingDirective="REPLACE",
             **extra,
@@ -92,9 +92,7 @@ def put_once(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str
     is still exactly one.
     """
     try:
-        s3.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
-        )
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
         return True
     except ClientError as exc:
         if is_precondition_failed(exc):

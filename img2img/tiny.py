@@ -90,6 +90,7 @@ def build_tiny_img2img(seed: int = 0) -> Any:
         beta_schedule="scaled_linear",
         clip_sample=False,
         set_alpha_to_one=False,
+        steps_offset=1,
     )
     return StableDiffusionImg2ImgPipeline(
         vae=vae,

@@ -7,6 +7,7 @@ emulator needs (FACTS.md); on AWS the block has no endpoint and session auth sta
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from prefect.client.orchestration import get_client
@@ -21,18 +22,15 @@ def main() -> None:
     endpoint = os.environ["IMG2IMG_AWS__ENDPOINT_URL"]
     AwsCredentials(
         aws_access_key_id=LOCAL_AWS_KEY,
-        aws_secret_access_key=LOCAL_AWS_KEY,  # type: ignore[arg-type]
+        aws_secret_access_key=LOCAL_AWS_KEY,
         region_name=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"),
         aws_client_parameters=AwsClientParameters(
             endpoint_url=endpoint,
             config={"s3": {"disable_s3_express_session_auth": True}},
         ),
     ).save(CREDENTIALS_BLOCK, overwrite=True)
-    with get_client(sync_client=True) as client:
-        try:
-            client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
-        except ObjectAlreadyExists:
-            pass
+    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
+        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ checks each PID's command line before signalling it).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -43,7 +44,7 @@ class Service:
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return 200 <= response.status < 500
     except (urllib.error.URLError, OSError):
         return False
@@ -109,8 +110,17 @@ class LocalStack:
             ),
             Service(
                 "prefect-server",
-                [py, "-m", "prefect", "server", "start", "--host", local.host, "--port",
-                 str(local.prefect_port)],
+                [
+                    py,
+                    "-m",
+                    "prefect",
+                    "server",
+                    "start",
+                    "--host",
+                    local.host,
+                    "--port",
+                    str(local.prefect_port),
+                ],
                 "server",
                 lambda: _http_ok(f"{local.prefect_api_url}/health"),
             ),
@@ -119,15 +129,25 @@ class LocalStack:
             services.append(
                 Service(
                     f"worker-{i}",
-                    [py, "-m", "prefect", "worker", "start", "--pool", POOL, "--name",
-                     f"local-worker-{i}", "--type", "process"],
+                    [
+                        py,
+                        "-m",
+                        "prefect",
+                        "worker",
+                        "start",
+                        "--pool",
+                        POOL,
+                        "--name",
+                        f"local-worker-{i}",
+                        "--type",
+                        "process",
+                    ],
                     "worker",
                     lambda: True,
                 )
             )
         services.append(
-            Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch",
-                    lambda: True)
+            Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch", lambda: True)
         )
         return services
 
@@ -160,8 +180,9 @@ class LocalStack:
             start_new_session=True,
         )
         self._pidfile(service.name).write_text(str(proc.pid))
-        log.info("started %s (pid %d), log %s", service.name, proc.pid,
-                 self.logs / f"{service.name}.log")
+        log.info(
+            "started %s (pid %d), log %s", service.name, proc.pid, self.logs / f"{service.name}.log"
+        )
 
     def _wait_healthy(self, service: Service) -> None:
         deadline = time.monotonic() + self.settings.local.start_timeout_s
@@ -214,8 +235,9 @@ class LocalStack:
         )
         os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-        ensure_resources(clients_from_settings(aws), self.settings.storage,
-                         self.settings.dispatch, aws.region)
+        ensure_resources(
+            clients_from_settings(aws), self.settings.storage, self.settings.dispatch, aws.region
+        )
         say("aws: buckets, queue, dead-letter queue and notifications ready")
         self._prefect_setup(env, say)
 
@@ -236,11 +258,13 @@ class LocalStack:
         return _http_ok(url) and _http_status(url) == 200
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
-        out = subprocess.run(argv, env=env, cwd=PROJECT_DIR, capture_output=True, text=True,
-                             timeout=300, check=False)
+        out = subprocess.run(
+            argv, env=env, cwd=PROJECT_DIR, capture_output=True, text=True, timeout=300, check=False
+        )
         if out.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv[2:])} failed:\n{out.stdout[-3000:]}"
-                               f"{out.stderr[-3000:]}")
+            raise RuntimeError(
+                f"{' '.join(argv[2:])} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
+            )
 
     def down(self, say: Callable[[str], None] = log.info) -> None:
         for service in reversed(self.services() + self._extra_workers()):
@@ -266,14 +290,17 @@ class LocalStack:
         out: dict[str, dict[str, object]] = {}
         for service in self.services() + self._extra_workers():
             pid = self.pid_of(service)
-            out[service.name] = {"running": pid is not None, "pid": pid,
-                                 "healthy": pid is not None and service.healthy()}
+            out[service.name] = {
+                "running": pid is not None,
+                "pid": pid,
+                "healthy": pid is not None and service.healthy(),
+            }
         return out
 
 
 def _http_status(url: str) -> int:
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=5) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
@@ -293,10 +320,8 @@ def _terminate(pid: int, grace_s: float = 20.0) -> None:
         except ProcessLookupError:
             return
         time.sleep(0.2)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _deploy_fingerprint() -> str:

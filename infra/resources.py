@@ -56,9 +56,9 @@ def ensure_queues(
         QueueName=storage.dead_letter_queue,
         Attributes={"MessageRetentionPeriod": str(DLQ_RETENTION_S), "SqsManagedSseEnabled": "true"},
     )["QueueUrl"]
-    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])[
-        "Attributes"
-    ]["QueueArn"]
+    dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
+        "QueueArn"
+    ]
     attributes = {
         "VisibilityTimeout": str(dispatch.visibility_timeout_s),
         "ReceiveMessageWaitTimeSeconds": str(dispatch.poll_wait_s),
@@ -82,17 +82,23 @@ def ensure_queues(
 def _ensure_bucket(clients: AwsClients, bucket: str, region: str) -> None:
     s3 = clients.s3
     try:
-        if region == "us-east-1":
-            s3.create_bucket(Bucket=bucket)
-        else:
-            s3.create_bucket(
-                Bucket=bucket,
-                CreateBucketConfiguration={"LocationConstraint": region},  # type: ignore[typeddict-item]
-            )
-        log.info("created bucket %s", bucket)
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise
+        s3.head_bucket(Bucket=bucket)
+    except ClientError:
+        try:
+            if region == "us-east-1":
+                s3.create_bucket(Bucket=bucket)
+            else:
+                s3.create_bucket(
+                    Bucket=bucket,
+                    CreateBucketConfiguration={"LocationConstraint": region},
+                )
+            log.info("created bucket %s", bucket)
+        except ClientError as exc:
+            if exc.response["Error"]["Code"] not in (
+                "BucketAlreadyOwnedByYou",
+                "BucketAlreadyExists",
+            ):
+                raise
     if bucket.endswith("--x-s3"):
         return  # directory buckets: always encrypted and private, no such settings to make
     s3.put_public_access_block(
@@ -108,8 +114,10 @@ def _ensure_bucket(clients: AwsClients, bucket: str, region: str) -> None:
         Bucket=bucket,
         ServerSideEncryptionConfiguration={
             "Rules": [
-                {"ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
-                 "BucketKeyEnabled": True}
+                {
+                    "ApplyServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"},
+                    "BucketKeyEnabled": True,
+                }
             ]
         },
     )

@@ -18,10 +18,14 @@ SUMMARY_KEY = "img2img-batch-summary"
 def publish_timings(jobs: list[ImageJob], wall_s: float) -> BatchReport:
     report = build_report(jobs, wall_s)
     create_table_artifact(
-        report.rows, key=TIMINGS_KEY,
+        report.rows,
+        key=TIMINGS_KEY,
         description="Per-image stage timings in ms (queue wait = upload event → run start; "
         "total = upload event → result), then p50 / p95 / max over completed images.",
     )
-    create_markdown_artifact(markdown_summary(report, jobs), key=SUMMARY_KEY,
-                             description="Images completed and failed, throughput, slowest stage")
+    create_markdown_artifact(
+        markdown_summary(report, jobs),
+        key=SUMMARY_KEY,
+        description="Images completed and failed, throughput, slowest stage",
+    )
     return report

@@ -10,8 +10,14 @@ from img2img.jobs import ImageJob
 from tasks.runtime import get_runtime, retry_if_transient
 
 
-@task(name="copy-to-directory-bucket", retries=3, retry_delay_seconds=[1, 4, 10],
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=300)
+@task(
+    name="copy-to-directory-bucket",
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
+)
 def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
     rt = get_runtime()
     storage = rt.settings.storage
@@ -19,5 +25,7 @@ def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
     steps.copy_to_stage(rt.clients.s3, jobs, storage.stage_bucket, storage.copy_concurrency)
     get_run_logger().info(
         "copied %d of %d uploads to s3://%s",
-        sum(1 for j in jobs if j.active), len(jobs), storage.stage_bucket,
+        sum(1 for j in jobs if j.active),
+        len(jobs),
+        storage.stage_bucket,
     )

@@ -12,8 +12,14 @@ from img2img.stages.upscale import run_upscale
 from tasks.runtime import get_runtime, retry_if_transient
 
 
-@task(name="stage1-img2img", retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=1800)
+@task(
+    name="stage1-img2img",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=1800,
+)
 def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     rt = get_runtime()
     st = rt.settings.stages
@@ -27,12 +33,21 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         return run_img2img(pipe, job.image, job.params, job.seed, shape)
 
     steps.run_stage(jobs, "stage1", infer, outputs, resume=True)
-    get_run_logger().info("stage 1 done for %d images (model loads in this process: %d)",
-                          sum(1 for j in jobs if j.stage1 is not None), rt.models.loads)
+    get_run_logger().info(
+        "stage 1 done for %d images (model loads in this process: %d)",
+        sum(1 for j in jobs if j.stage1 is not None),
+        rt.models.loads,
+    )
 
 
-@task(name="stage2-upscale", retries=2, retry_delay_seconds=[2, 10],
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=1800)
+@task(
+    name="stage2-upscale",
+    retries=2,
+    retry_delay_seconds=[2, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=1800,
+)
 def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     rt = get_runtime()
     st = rt.settings.stages
@@ -45,5 +60,6 @@ def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
 
     steps.run_stage(jobs, "stage2", infer, outputs, resume=True)
-    get_run_logger().info("stage 2 done for %d images",
-                          sum(1 for j in jobs if j.stage2 is not None))
+    get_run_logger().info(
+        "stage 2 done for %d images", sum(1 for j in jobs if j.stage2 is not None)
+    )

@@ -11,8 +11,14 @@ from img2img.jobs import ImageJob
 from tasks.runtime import get_runtime, retry_if_transient
 
 
-@task(name="postprocess", retries=3, retry_delay_seconds=[1, 4, 10],
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=300)
+@task(
+    name="postprocess",
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
+)
 def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
     rt = get_runtime()
     bucket = rt.settings.storage.results_bucket
@@ -22,12 +28,16 @@ def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
     logger = get_run_logger()
     for job in jobs:
         if job.status == "failed" and job.failure is not None:
-            logger.error("%s failed at %s: %s", job.ref.uri, job.failure.stage,
-                         job.failure.reason)
+            logger.error("%s failed at %s: %s", job.ref.uri, job.failure.stage, job.failure.reason)
         emit_event(
             event=f"img2img.image.{job.status}",
-            resource={"prefect.resource.id": f"img2img.upload.{job.ref.identity}",
-                      "prefect.resource.name": job.ref.key},
-            payload={"source": job.ref.uri, "outcome": job.result_uri or "",
-                     "total_ms": round(job.timings.get("total", 0.0), 1)},
+            resource={
+                "prefect.resource.id": f"img2img.upload.{job.ref.identity}",
+                "prefect.resource.name": job.ref.key,
+            },
+            payload={
+                "source": job.ref.uri,
+                "outcome": job.result_uri or "",
+                "total_ms": round(job.timings.get("total", 0.0), 1),
+            },
         )

@@ -11,13 +11,20 @@ from img2img.params import ImageParams
 from tasks.runtime import get_runtime, retry_if_transient
 
 
-@task(name="preprocess", retries=3, retry_delay_seconds=[1, 4, 10],
-      retry_condition_fn=retry_if_transient, cache_policy=NO_CACHE, timeout_seconds=300)
+@task(
+    name="preprocess",
+    retries=3,
+    retry_delay_seconds=[1, 4, 10],
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+    timeout_seconds=300,
+)
 def preprocess(jobs: list[ImageJob], defaults: ImageParams) -> None:
     rt = get_runtime()
     s = rt.settings
-    steps.preprocess(rt.clients.s3, jobs, s.storage.stage_bucket, s.limits, s.stages, defaults,
-                     concurrency=8)
+    steps.preprocess(
+        rt.clients.s3, jobs, s.storage.stage_bucket, s.limits, s.stages, defaults, concurrency=8
+    )
     logger = get_run_logger()
     for job in jobs:
         if job.failure and job.failure.stage == "preprocess":

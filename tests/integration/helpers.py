@@ -1,0 +1,47 @@
+"""Helpers for integration tests: uploads and reading outcomes back from moto."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+from PIL import Image
+
+from img2img.events import ObjectRef
+from img2img.keys import keys_for
+
+
+def png(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+FAST = {"steps": "4", "upscale-steps": "2", "strength": "0.5", "prompt": "a test card"}
+
+
+def upload(
+    clients: Any, bucket: str, key: str, body: bytes, metadata: dict[str, str] | None = None
+) -> ObjectRef:
+    response = clients.s3.put_object(
+        Bucket=bucket, Key=key, Body=body, Metadata=FAST if metadata is None else metadata
+    )
+    return ObjectRef(bucket=bucket, key=key, etag=response["ETag"].strip('"'))
+
+
+def outcome(clients: Any, results_bucket: str, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
+    """("completed", meta) or ("failed", record) or ("missing", {})."""
+    keys = keys_for(ref)
+    for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
+        try:
+            body = clients.s3.get_object(Bucket=results_bucket, Key=key)["Body"].read()
+        except clients.s3.exceptions.NoSuchKey:
+            continue
+        return status, json.loads(body)
+    return "missing", {}
+
+
+def result_keys(clients: Any, bucket: str) -> list[str]:
+    response = clients.s3.list_objects_v2(Bucket=bucket)
+    return sorted(o["Key"] for o in response.get("Contents", []))

@@ -1,0 +1,172 @@
+"""The dispatcher against real SQS (moto, with real S3 notifications) and a real Prefect API."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import pytest
+
+from deployments.dispatcher import Dispatcher
+from flows.pipeline import img2img_pipeline
+from img2img.events import ObjectRef
+from tests.integration.helpers import outcome, png, upload
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+@pytest.fixture
+def prefect_client():  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+@pytest.fixture
+def deployment(prefect_client: Any) -> str:
+    """The pipeline deployment, registered in the test server (no worker needed)."""
+    flow_id = prefect_client.create_flow_from_name("img2img-pipeline")
+    prefect_client.create_deployment(
+        flow_id=flow_id,
+        name="inf2",
+        entrypoint="flows.pipeline.img2img_pipeline",
+    )
+    return "img2img-pipeline/inf2"
+
+
+def dispatcher(clients: Any, prefect_client: Any, settings: Any, **overrides: Any) -> Dispatcher:
+    dispatch = settings.dispatch.model_copy(
+        update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 8, **overrides}
+    )
+    return Dispatcher(clients.sqs, prefect_client, settings.storage, dispatch)
+
+
+def runs_of(prefect_client: Any) -> list[Any]:
+    return [r for r in prefect_client.read_flow_runs() if "s3-event" in r.tags]
+
+
+def queue_depth(clients: Any, queue: str) -> int:
+    url = clients.sqs.get_queue_url(QueueName=queue)["QueueUrl"]
+    attrs = clients.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]) + int(
+        attrs["ApproximateNumberOfMessagesNotVisible"]
+    )
+
+
+def drain(d: Dispatcher, until: Any, limit_s: float = 20.0) -> None:
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline and not until():
+        d.step()
+    d.flush()
+
+
+def test_uploads_become_one_run_and_messages_are_deleted(aws, prefect_client, deployment) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    before = len(runs_of(prefect_client))
+    refs = [
+        upload(clients, settings.storage.uploads_bucket, f"d/{i} x.png", png()) for i in range(3)
+    ]
+    d = dispatcher(clients, prefect_client, settings)
+
+    drain(d, lambda: d.stats.objects >= 3 and d.batcher.pending_count == 0)
+
+    assert d.stats.runs_created == 1 and d.stats.skipped >= 1  # moto's s3:TestEvent
+    runs = runs_of(prefect_client)
+    assert len(runs) == before + 1
+    params = runs[0].parameters["objects"]
+    assert sorted(p["key"] for p in params) == [r.key for r in refs]
+    assert {p["etag"] for p in params} == {r.etag for r in refs}
+    assert all(p["event_time"] for p in params)
+    assert queue_depth(clients, settings.storage.ingest_queue) == 0
+
+
+def test_the_same_event_twice_gives_one_run_and_one_result(aws, prefect_client, deployment) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    st = settings.storage
+    ref = upload(clients, st.uploads_bucket, "dup/one.png", png())
+    queue_url = clients.sqs.get_queue_url(QueueName=st.ingest_queue)["QueueUrl"]
+    # Capture the real notification, then deliver it again, to two independent replicas.
+    messages = []
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not any("one.png" in m["Body"] for m in messages):
+        messages += clients.sqs.receive_message(
+            QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+        ).get("Messages", [])
+    body = next(m["Body"] for m in messages if "one.png" in m["Body"])
+    for m in messages:
+        clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
+    before = len(runs_of(prefect_client))
+
+    run_ids = set()
+    for _replica in range(2):
+        clients.sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+        d = dispatcher(clients, prefect_client, settings)
+        drain(d, lambda d=d: d.stats.runs_created >= 1)
+        run_ids.update(d.stats.flow_run_ids)
+
+    assert len(run_ids) == 1
+    assert len(runs_of(prefect_client)) == before + 1
+    assert queue_depth(clients, st.ingest_queue) == 0
+
+    # Run what was dispatched, twice (as if a worker picked it up again): one result.
+    [run_id] = run_ids
+    run = prefect_client.read_flow_run(run_id)
+    objects = [ObjectRef.model_validate(o) for o in run.parameters["objects"]]
+    assert img2img_pipeline(objects=objects, return_state=True).is_completed()
+    assert img2img_pipeline(objects=objects, return_state=True).is_completed()
+    assert outcome(clients, st.results_bucket, ref)[0] == "completed"
+    listing = clients.s3.list_objects_v2(Bucket=st.results_bucket, Prefix="results/dup/")
+    assert len(listing["Contents"]) == 2  # the image and its metadata, once
+
+
+def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(  # type: ignore[no-untyped-def]
+    aws, prefect_client, deployment
+) -> None:
+    clients, settings = aws
+    st = settings.storage
+    queue_url = clients.sqs.get_queue_url(QueueName=st.ingest_queue)["QueueUrl"]
+    dlq_url = clients.sqs.get_queue_url(QueueName=st.dead_letter_queue)["QueueUrl"]
+    clients.sqs.send_message(QueueUrl=queue_url, MessageBody="{not json")
+    clients.sqs.send_message(
+        QueueUrl=queue_url,
+        MessageBody=json.dumps(
+            {
+                "Records": [
+                    {
+                        "eventSource": "aws:s3",
+                        "eventName": "ObjectCreated:Put",
+                        "s3": {"bucket": {}},
+                    }
+                ]
+            }
+        ),
+    )
+    d = dispatcher(clients, prefect_client, settings)
+
+    drain(d, lambda: d.stats.dead_lettered >= 2)
+
+    assert d.stats.runs_created == 0
+    dead = clients.sqs.receive_message(
+        QueueUrl=dlq_url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], WaitTimeSeconds=1
+    )
+    reasons = sorted(m["MessageAttributes"]["reason"]["StringValue"] for m in dead["Messages"])
+    assert len(reasons) == 2
+    assert "not JSON" in reasons[0] or "not JSON" in reasons[1]
+    assert any("Records[0].s3.bucket.name" in r for r in reasons)
+    assert queue_depth(clients, st.ingest_queue) == 0
+
+
+def test_objects_wait_and_are_retried_when_the_run_cannot_be_created(aws, prefect_client) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    upload(clients, settings.storage.uploads_bucket, "nodeploy/a.png", png())
+    d = dispatcher(clients, prefect_client, settings, deployment="no-such-flow/nope")
+
+    drain(d, lambda: d.stats.run_errors >= 1, limit_s=10)
+
+    assert d.stats.runs_created == 0 and d.batcher.pending_count == 1
+    assert queue_depth(clients, settings.storage.ingest_queue) >= 1  # nothing deleted

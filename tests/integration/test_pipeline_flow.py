@@ -1,0 +1,137 @@
+"""The pipeline flow against a real moto server, a real Prefect API and tiny real models."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pytest
+from PIL import Image
+
+from flows.pipeline import img2img_pipeline
+from img2img.keys import keys_for
+from tests.integration.helpers import FAST, outcome, png, result_keys, upload
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def test_upload_to_result_with_timings_and_artifacts(aws) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    st = settings.storage
+    ref = upload(
+        clients,
+        st.uploads_bucket,
+        "photos/my cat.png",
+        png((120, 80)),
+        {**FAST, "prompt": "caf%C3%A9 cat"},
+    )
+
+    state = img2img_pipeline(objects=[ref], return_state=True)
+
+    assert state.is_completed(), state.message
+    status, meta = outcome(clients, st.results_bucket, ref)
+    assert status == "completed"
+    image = Image.open(
+        io.BytesIO(
+            clients.s3.get_object(Bucket=st.results_bucket, Key=keys_for(ref).result)["Body"].read()
+        )
+    )
+    # Stage 1 runs at the static shape; stage 2 multiplies each side by four.
+    assert image.size == (settings.stages.width * 4, settings.stages.height * 4)
+    assert meta["params"]["prompt"] == "café cat" and meta["params"]["steps"] == 4
+    for stage in (
+        "copy",
+        "download",
+        "preprocess",
+        "stage1",
+        "stage2",
+        "postprocess",
+        "upload",
+        "total",
+    ):
+        assert meta["timings_ms"][stage] >= 0, stage
+    # Stage outputs are kept in the directory bucket under entropy-free prefixes.
+    kept = result_keys(clients, st.stage_bucket)
+    assert keys_for(ref).input in kept and keys_for(ref).stage1 in kept
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["img2img-stage-timings"]))
+        )
+    rows = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+    assert rows, "no timing artifact for the run"
+    table = json.loads(rows[0].data) if isinstance(rows[0].data, str) else rows[0].data
+    assert table[0]["image"] == "photos/my cat.png" and table[0]["stage2_ms"] > 0
+    assert [r["image"] for r in table[-3:]] == ["(p50)", "(p95)", "(max)"]
+
+
+def test_bad_images_get_failure_records_and_good_ones_finish(aws) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    st = settings.storage
+    good = [
+        upload(clients, st.uploads_bucket, f"batch/good-{i}.png", png((64 + 8 * i, 64)))
+        for i in range(2)
+    ]
+    corrupt = png((64, 64))
+    bad = {
+        "corrupt": upload(
+            clients, st.uploads_bucket, "batch/corrupt.png", corrupt[: len(corrupt) // 2]
+        ),
+        "empty": upload(clients, st.uploads_bucket, "batch/empty.png", b""),
+        "not-image": upload(clients, st.uploads_bucket, "batch/notes.png", b"hello, world"),
+        "too-big": upload(clients, st.uploads_bucket, "batch/huge.png", png((7000, 6000))),
+        "bad-param": upload(
+            clients, st.uploads_bucket, "batch/param.png", png(), {**FAST, "strength": "1.5"}
+        ),
+    }
+
+    state = img2img_pipeline(objects=[*good, *bad.values()], return_state=True)
+
+    assert state.is_failed()
+    assert "5 of 7 images failed" in state.message
+    for ref in good:
+        assert outcome(clients, st.results_bucket, ref)[0] == "completed"
+    reasons = {}
+    for name, ref in bad.items():
+        status, record = outcome(clients, st.results_bucket, ref)
+        assert status == "failed", name
+        assert record["stage"] == "preprocess" and record["retryable"] is False
+        assert record["source"] == ref.uri
+        reasons[name] = record["reason"]
+    assert "corrupt" in reasons["corrupt"]
+    assert "empty (0 bytes)" in reasons["empty"]
+    assert "no known image format" in reasons["not-image"]
+    assert "42000000 pixels; the limit is 40000000" in reasons["too-big"]
+    assert "metadata 'strength'" in reasons["bad-param"] and "'1.5'" in reasons["bad-param"]
+
+
+def test_a_batch_run_twice_writes_each_outcome_once(aws) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    st = settings.storage
+    ref = upload(clients, st.uploads_bucket, "twice/a.png", png())
+    assert img2img_pipeline(objects=[ref], return_state=True).is_completed()
+    before = clients.s3.head_object(Bucket=st.results_bucket, Key=keys_for(ref).result)
+
+    second = img2img_pipeline(objects=[ref, ref], return_state=True)
+
+    assert second.is_completed()
+    assert "0 completed" in second.message and "1 already processed" in second.message
+    after = clients.s3.head_object(Bucket=st.results_bucket, Key=keys_for(ref).result)
+    assert after["ETag"] == before["ETag"] and after["LastModified"] == before["LastModified"]
+    assert result_keys(clients, st.results_bucket) == sorted(
+        [keys_for(ref).result, keys_for(ref).result_meta]
+    )
+
+
+def test_missing_upload_is_a_failure_record(aws) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    from img2img.events import ObjectRef
+
+    ref = ObjectRef(bucket=settings.storage.uploads_bucket, key="gone.png", etag="abc")
+    state = img2img_pipeline(objects=[ref], return_state=True)
+    assert state.is_failed()
+    status, record = outcome(clients, settings.storage.results_bucket, ref)
+    assert status == "failed" and record["stage"] == "copy"

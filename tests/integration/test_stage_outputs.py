@@ -1,0 +1,38 @@
+"""Stage outputs kept in the directory bucket let a stage be retried without its predecessor."""
+
+from __future__ import annotations
+
+from PIL import Image
+
+from img2img.events import ObjectRef
+from img2img.jobs import ImageJob
+from img2img.params import ImageParams
+from img2img.steps import StageOutputs, run_stage
+
+
+def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    calls: list[str] = []
+
+    def infer(job: ImageJob) -> Image.Image:
+        calls.append(job.ref.key)
+        return Image.new("RGB", (8, 8), (1, 2, 3))
+
+    def fresh_job() -> ImageJob:
+        job = ImageJob.for_ref(ObjectRef(bucket="u", key="k.png", etag="e"))
+        job.params, job.image = ImageParams(), Image.new("RGB", (8, 8))
+        return job
+
+    outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
+    first = fresh_job()
+    run_stage([first], "stage1", infer, outputs, resume=True)
+    assert outputs.close() == []
+    assert calls == ["k.png"]
+
+    # A later attempt (stage 2 failed, the run is retried): stage 1 is not run again.
+    outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
+    second = fresh_job()
+    run_stage([second], "stage1", infer, outputs, resume=True)
+    outputs.close()
+    assert calls == ["k.png"]
+    assert second.stage1 is not None and second.stage1.getpixel((0, 0)) == (1, 2, 3)

@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import io
+
+import pytest
+from PIL import Image
+
+from img2img.errors import InvalidImage
+from img2img.images import decode_image, encode_png, fit_to_shape
+from img2img.settings import ImageLimits
+
+
+def encoded(size: tuple[int, int], fmt: str = "PNG", color=(200, 10, 10), **save) -> bytes:  # type: ignore[no-untyped-def]
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format=fmt, **save)
+    return buffer.getvalue()
+
+
+LIMITS = ImageLimits()
+
+
+def test_png_and_jpeg_decode_to_rgb() -> None:
+    for fmt in ("PNG", "JPEG", "WEBP"):
+        image = decode_image(encoded((40, 30), fmt), LIMITS)
+        assert image.mode == "RGB" and image.size == (40, 30)
+
+
+def test_grayscale_and_alpha_are_converted_to_rgb() -> None:
+    buffer = io.BytesIO()
+    Image.new("RGBA", (20, 20), (1, 2, 3, 100)).save(buffer, format="PNG")
+    assert decode_image(buffer.getvalue(), LIMITS).mode == "RGB"
+
+
+def test_exif_orientation_is_applied() -> None:
+    image = Image.new("RGB", (40, 20), (0, 0, 255))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90° clockwise to display
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", exif=exif)
+    assert decode_image(buffer.getvalue(), LIMITS).size == (20, 40)
+
+
+def test_empty_object_is_refused() -> None:
+    with pytest.raises(InvalidImage, match="empty"):
+        decode_image(b"", LIMITS)
+
+
+def test_non_image_is_refused_naming_the_accepted_formats() -> None:
+    with pytest.raises(InvalidImage, match=r"match no known image format.*JPEG"):
+        decode_image(b"%PDF-1.7 hello", LIMITS)
+
+
+def test_truncated_image_is_refused_as_corrupt() -> None:
+    data = encoded((64, 64), "JPEG", quality=95)
+    with pytest.raises(InvalidImage, match="corrupt"):
+        decode_image(data[: len(data) // 2], LIMITS)
+
+
+def test_too_many_pixels_is_refused_before_decoding() -> None:
+    limits = ImageLimits(max_pixels=100 * 100)
+    with pytest.raises(InvalidImage, match="101x100 = 10100 pixels; the limit is 10000"):
+        decode_image(encoded((101, 100)), limits)
+
+
+def test_too_many_bytes_is_refused() -> None:
+    data = encoded((50, 50))
+    with pytest.raises(InvalidImage, match=f"{len(data)} bytes; the limit is 10"):
+        decode_image(data, ImageLimits(max_bytes=10))
+
+
+def test_tiny_and_unaccepted_formats_are_refused() -> None:
+    with pytest.raises(InvalidImage, match="at least 8 pixels"):
+        decode_image(encoded((4, 40)), LIMITS)
+    with pytest.raises(InvalidImage, match="format GIF is not accepted"):
+        decode_image(encoded((20, 20), "GIF"), LIMITS)
+
+
+def test_fit_to_shape_gives_exactly_the_stage_shape_and_keeps_the_centre() -> None:
+    image = Image.new("RGB", (300, 100), (0, 0, 0))
+    image.paste((255, 255, 255), (100, 0, 200, 100))  # a white centre square
+    fitted = fit_to_shape(image, 64, 64)
+    assert fitted.size == (64, 64)
+    assert fitted.getpixel((32, 32)) == (255, 255, 255)
+    assert fitted.getpixel((1, 32))[0] > 200  # the crop took the centre, not the black sides
+
+
+def test_encode_png_round_trips() -> None:
+    image = Image.new("RGB", (16, 8), (9, 8, 7))
+    assert Image.open(io.BytesIO(encode_png(image))).getpixel((3, 3)) == (9, 8, 7)

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import pytest
+
+from img2img.errors import InvalidParameters
+from img2img.params import ImageParams, params_from_metadata
+
+DEFAULTS = ImageParams(prompt="default prompt", steps=20)
+
+
+def test_no_metadata_gives_the_defaults() -> None:
+    assert params_from_metadata({}, DEFAULTS) == DEFAULTS
+    assert params_from_metadata({"app-user": "42"}, DEFAULTS) == DEFAULTS
+
+
+def test_metadata_overrides_and_is_url_decoded() -> None:
+    params = params_from_metadata(
+        {
+            "prompt": "caf%C3%A9 at night",
+            "Strength": "0.3",
+            "steps": "12",
+            "seed": "7",
+            "negative-prompt": "blurry",
+            "guidance": "5",
+            "upscale-steps": "3",
+        },
+        DEFAULTS,
+    )
+    assert params.prompt == "café at night"
+    assert (params.strength, params.steps, params.seed, params.guidance) == (0.3, 12, 7, 5.0)
+    assert params.negative_prompt == "blurry" and params.upscale_steps == 3
+
+
+@pytest.mark.parametrize(
+    ("metadata", "message"),
+    [
+        (
+            {"strength": "1.3"},
+            "metadata 'strength': Input should be less than or equal to 1 but is '1.3'",
+        ),
+        ({"strength": "0"}, "metadata 'strength'"),
+        ({"steps": "many"}, "metadata 'steps'"),
+        ({"steps": "500"}, "less than or equal to 150 but is '500'"),
+        ({"seed": "-1"}, "metadata 'seed'"),
+        ({"prompt": "x" * 1001}, "metadata 'prompt'"),
+    ],
+)
+def test_out_of_range_values_name_the_key_and_the_value(metadata: dict, message: str) -> None:
+    with pytest.raises(InvalidParameters) as info:
+        params_from_metadata(metadata, DEFAULTS)
+    assert message in str(info.value)
+
+
+def test_seed_is_stable_per_upload_and_differs_between_uploads() -> None:
+    params = ImageParams()
+    assert params.seed_for("b/k@e1") == params.seed_for("b/k@e1")
+    assert params.seed_for("b/k@e1") != params.seed_for("b/k@e2")
+    assert ImageParams(seed=5).seed_for("anything") == 5

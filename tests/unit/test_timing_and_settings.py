@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import math
+
+import pytest
+from pydantic import ValidationError
+
+from img2img.settings import DispatchSettings, Settings
+from img2img.timing import Timings, percentile, slowest_stage, summarize
+
+
+def test_percentile_interpolates_and_handles_edges() -> None:
+    assert percentile([1, 2, 3, 4], 50) == 2.5
+    assert percentile([5], 95) == 5
+    assert percentile([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], 95) == pytest.approx(9.55)
+    assert math.isnan(percentile([], 50))
+
+
+def test_summary_and_slowest_stage_ignore_queue_wait_and_total() -> None:
+    rows = [
+        Timings(stage1=10, stage2=30, queue_wait=500, total=600),
+        Timings(stage1=20, stage2=50, queue_wait=400, total=700),
+    ]
+    summary = summarize(rows)
+    assert summary["p50"]["stage2"] == 40 and summary["max"]["stage1"] == 20
+    assert slowest_stage(summary) == "stage2"
+
+
+def test_timings_measure_accumulates() -> None:
+    t = Timings()
+    with t.measure("copy"):
+        pass
+    t.add("copy", 5.0)
+    assert t["copy"] >= 5.0
+
+
+def test_batch_window_must_fit_in_the_visibility_timeout() -> None:
+    with pytest.raises(ValidationError, match="visibility_timeout_s must exceed"):
+        DispatchSettings(max_wait_s=100, visibility_timeout_s=60)
+
+
+def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG2IMG_DISPATCH__MAX_BATCH", "3")
+    monkeypatch.setenv("IMG2IMG_STAGES__HEIGHT", "512")
+    settings = Settings()
+    assert settings.dispatch.max_batch == 3 and settings.stages.height == 512
+    monkeypatch.setenv("IMG2IMG_STAGES__HEIGHT", "500")
+    with pytest.raises(ValidationError, match="multiple of 8"):
+        Settings()
