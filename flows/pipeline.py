@@ -12,13 +12,15 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
+from img2img.cancel import RunCancelled, registry
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
@@ -47,17 +49,32 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     record_queue_wait(jobs, started)
 
     rt = get_runtime()
+    cancels = registry()
     outputs = StageOutputs(rt.clients.s3, rt.settings.storage.stage_bucket)
+    steps: list[tuple[str, Callable[[], None]]] = [
+        ("copy", lambda: copy_to_directory_bucket(jobs)),
+        ("preprocess", lambda: preprocess(jobs, defaults or ImageParams())),
+        ("stage1", lambda: img2img_stage(jobs, outputs)),
+        ("stage2", lambda: upscale_stage(jobs, outputs)),
+    ]
+    cancelled = False
     try:
-        _guarded(jobs, "copy", lambda: copy_to_directory_bucket(jobs))
-        _guarded(jobs, "preprocess", lambda: preprocess(jobs, defaults or ImageParams()))
-        _guarded(jobs, "stage1", lambda: img2img_stage(jobs, outputs))
-        _guarded(jobs, "stage2", lambda: upscale_stage(jobs, outputs))
+        for stage, step in steps:
+            if cancels.requested(run_id):
+                cancelled = True
+            if cancelled or not _guarded(jobs, stage, step):
+                cancelled = True
+                for job in jobs:
+                    if job.active:
+                        job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
+                break
     finally:
         for problem in outputs.close():
             logger.warning("could not keep a stage output: %s", problem)
     postprocess(jobs, run_id)
     report = publish_timings(jobs, time.perf_counter() - clock)
+    if run_id is not None:
+        cancels.clear(run_id)
 
     result = {
         "completed": report.completed,
@@ -69,6 +86,12 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
         f"{report.completed} completed, {report.failed} failed, "
         f"{report.skipped} already processed, of {len(jobs)}"
     )
+    if cancelled:
+        return Cancelled(
+            message=f"cancelled: {message}; unfinished images have failure "
+            "records (stage 'cancelled')",
+            data=result,
+        )
     if report.failed:
         # A partial failure fails the run, so it shows in the UI and in alerts; every failed
         # image has its failure record, so nothing is lost.
@@ -85,15 +108,18 @@ def _unique(objects: list[ObjectRef]) -> list[ObjectRef]:
     return list(seen.values())
 
 
-def _guarded(jobs: list[ImageJob], stage: str, step: Any) -> None:
+def _guarded(jobs: list[ImageJob], stage: str, step: Callable[[], None]) -> bool:
     """Run a task; when it fails for good (retries spent), fail its still-active images
-    instead of the whole batch, so each ends as a failure record."""
+    instead of the whole batch, so each ends as a failure record. False if cancelled."""
     try:
         step()
+    except RunCancelled:
+        return False
     except Exception as exc:
         for job in jobs:
             if job.active:
                 job.fail(stage, exc)
+    return True
 
 
 def main() -> None:

@@ -78,7 +78,12 @@ def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
     }
 
 
-def result_record(job: ImageJob, result_bucket: str, flow_run_id: str | None) -> dict[str, Any]:
+def result_record(
+    job: ImageJob,
+    result_bucket: str,
+    flow_run_id: str | None,
+    worker: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """The JSON metadata written next to a result image."""
     assert job.params is not None and job.stage2 is not None
     return {
@@ -92,5 +97,6 @@ def result_record(job: ImageJob, result_bucket: str, flow_run_id: str | None) ->
         "seed": job.seed,
         "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
         "flow_run_id": flow_run_id,
+        "worker": worker or {},
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }

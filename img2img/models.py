@@ -7,6 +7,7 @@ import os
 import shutil
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -102,17 +103,56 @@ class ModelCache:
     _pipes: dict[tuple[str, str, str, str], Any] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     loads: int = 0
+    load_s: float = 0.0
+    # Held for a whole stage over a batch: device calls of concurrent runs never overlap.
+    device_lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
-        folder = resolve_source(kind, settings, s3)
-        key = (kind, str(folder.resolve()), settings.device, settings.dtype)
         with self._lock:
+            if settings.backend == "simulated":
+                key = (kind, "simulated", "", "")
+                folder = None
+            else:
+                folder = resolve_source(kind, settings, s3)
+                key = (kind, str(folder.resolve()), settings.device, settings.dtype)
             pipe = self._pipes.get(key)
             if pipe is None:
-                pipe = _load(kind, folder, settings)
+                start = time.perf_counter()
+                pipe = (
+                    _load_simulated(kind, settings)
+                    if folder is None
+                    else _load(kind, folder, settings)
+                )
                 self._pipes[key] = pipe
                 self.loads += 1
+                self.load_s += time.perf_counter() - start
             return pipe
+
+    def warm_up(self, settings: StageSettings, s3: S3Client | None = None) -> None:
+        """Load both stage models and run one call through each, so the first real
+        request does not pay for lazy initialisation."""
+        from PIL import Image
+
+        from img2img.params import ImageParams
+        from img2img.stages.img2img import run_img2img
+        from img2img.stages.upscale import run_upscale
+
+        params = ImageParams(prompt="warm-up", steps=2, strength=0.5, upscale_steps=1)
+        shape = (settings.width, settings.height)
+        with self.device_lock:
+            first = run_img2img(
+                self.get("img2img", settings, s3), Image.new("RGB", shape), params, 0, shape
+            )
+            run_upscale(self.get("upscale", settings, s3), first, params, 0, settings.noise_level)
+
+
+def _load_simulated(kind: StageKind, settings: StageSettings) -> Any:
+    from img2img.simulated import SimulatedPipeline
+
+    time.sleep(settings.simulated_load_s / 2)  # half the load time for each of two models
+    if kind == "img2img":
+        return SimulatedPipeline(kind, settings.simulated_img2img_ms, scale=1)
+    return SimulatedPipeline(kind, settings.simulated_upscale_ms, scale=4)
 
 
 def _load(kind: StageKind, folder: Path, settings: StageSettings) -> Any:
@@ -126,7 +166,12 @@ def _load(kind: StageKind, folder: Path, settings: StageSettings) -> Any:
         pipe = _pipeline_class(kind).from_pretrained(str(folder), torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {kind} model from {folder}: {exc}") from exc
-    pipe = pipe.to(settings.device)
+    try:
+        pipe = pipe.to(settings.device)
+    except (RuntimeError, AssertionError, ValueError) as exc:
+        raise ModelLoadError(
+            f"cannot put the {kind} model on device {settings.device!r}: {exc}"
+        ) from exc
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

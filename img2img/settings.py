@@ -78,8 +78,30 @@ class ImageLimits(BaseModel):
 class StageSettings(BaseModel):
     """The two inference stages: which models, on what backend, at which shape."""
 
-    backend: Literal["eager"] = Field(
-        "eager", description="Model backend: eager diffusers on CPU or CUDA."
+    backend: Literal["eager", "simulated"] = Field(
+        "eager",
+        description="Model backend: eager diffusers on CPU or CUDA; simulated waits a fixed "
+        "device time per call without using the CPU (benchmarks only).",
+    )
+    simulated_img2img_ms: float = Field(
+        2020.0,
+        ge=0,
+        le=600_000,
+        description="Simulated stage-1 device time per call (default: SD 1.5 512², 50 steps, "
+        "inf2.xlarge, Neuron 2.21).",
+    )
+    simulated_upscale_ms: float = Field(
+        2020.0,
+        ge=0,
+        le=600_000,
+        description="Simulated stage-2 device time per call (no published Inf2 figure for the "
+        "x4 upscaler; assumed equal to stage 1).",
+    )
+    simulated_load_s: float = Field(
+        20.0,
+        ge=0,
+        le=3600,
+        description="Simulated time to load both stage models onto the device.",
     )
     device: str = Field("cpu", description="torch device for the eager backend (cpu, cuda).")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
@@ -104,6 +126,60 @@ class StageSettings(BaseModel):
     torch_threads: int = Field(
         1, ge=1, le=256, description="torch threads per process (1 is fastest on small hosts)."
     )
+
+
+class WorkerSettings(BaseModel):
+    """The warm worker: long-lived slots that keep the stage models resident."""
+
+    slots: int = Field(1, ge=1, le=64, description="Executor processes (device shares) per worker.")
+    runs_per_slot: int = Field(
+        2,
+        ge=1,
+        le=8,
+        description="Flow runs a slot holds at once: 2 double-buffers (one on the device, one "
+        "in copy/preprocess/post-process); device calls never overlap.",
+    )
+    core_groups: list[str] = Field(
+        default_factory=list,
+        description="NeuronCore group per slot for NEURON_RT_VISIBLE_CORES, e.g. ['0-1', '2-3']; "
+        "when set, there is one slot per group.",
+    )
+    devices: list[str] = Field(
+        default_factory=list,
+        description="torch device per slot for the eager backend, e.g. ['cuda:0', 'cuda:1']; "
+        "when set, there is one slot per device.",
+    )
+    drain_timeout_s: float = Field(
+        900.0,
+        gt=0,
+        le=86_400,
+        description="On SIGTERM, how long running flow runs may take to finish before exit.",
+    )
+    slot_start_timeout_s: float = Field(
+        900.0, gt=0, description="Longest wait for a slot to load its models."
+    )
+    restart_backoff_s: float = Field(
+        5.0, gt=0, le=3600, description="First wait before restarting a failed slot (doubles)."
+    )
+    cancel_grace_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="After a cancel request, how long a run may take to stop before its slot "
+        "is killed and replaced.",
+    )
+
+    def slot_count(self) -> int:
+        return len(self.core_groups) or len(self.devices) or self.slots
+
+    def slot_env(self, index: int) -> dict[str, str]:
+        """Environment that gives slot `index` its share of the device."""
+        env = {"IMG2IMG_SLOT": str(index)}
+        if self.core_groups:
+            env["NEURON_RT_VISIBLE_CORES"] = self.core_groups[index]
+        if self.devices:
+            env["IMG2IMG_STAGES__DEVICE"] = self.devices[index]
+        return env
 
 
 class DispatchSettings(BaseModel):
@@ -145,6 +221,9 @@ class LocalStackSettings(BaseModel):
     prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server port.")
     moto_port: int = Field(4566, ge=1, le=65535, description="moto (S3, SQS) server port.")
     workers: int = Field(1, ge=0, le=32, description="Pipeline workers started by `local up`.")
+    worker_type: Literal["img2img-warm", "process"] = Field(
+        "img2img-warm", description="Worker type of the local pipeline pool."
+    )
     start_timeout_s: float = Field(120, gt=0, description="Longest wait for a service to answer.")
 
     @property
@@ -167,6 +246,7 @@ class Settings(BaseSettings):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: ImageLimits = Field(default_factory=ImageLimits)
     stages: StageSettings = Field(default_factory=StageSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 import io
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from img2img import storage
+from img2img.cancel import RunCancelled
 from img2img.errors import PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
 from img2img.jobs import ImageJob, failure_record, result_record
@@ -32,6 +34,7 @@ def _each(
     work: Callable[[ImageJob], None],
     concurrency: int,
     measure: bool = True,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run `work` on every active job, `concurrency` at a time.
 
@@ -43,6 +46,8 @@ def _each(
         return
 
     def guarded(job: ImageJob) -> BaseException | None:
+        if should_stop is not None and should_stop():
+            return RunCancelled(f"cancelled before {stage}")
         try:
             if measure:
                 with job.timings.measure(stage):
@@ -51,6 +56,8 @@ def _each(
                 work(job)
         except PermanentError as exc:
             job.fail(stage, exc)
+        except RunCancelled as exc:
+            return exc
         except Exception as exc:
             if is_retryable(exc):
                 return exc
@@ -62,7 +69,8 @@ def _each(
     else:
         with ThreadPoolExecutor(max_workers=min(concurrency, len(active))) as pool:
             errors = list(pool.map(guarded, active))
-    for err in errors:
+    cancelled = [e for e in errors if isinstance(e, RunCancelled)]
+    for err in cancelled or errors:
         if err is not None:
             raise err
 
@@ -136,6 +144,7 @@ def postprocess(
     results_bucket: str,
     flow_run_id: str | None,
     concurrency: int,
+    worker: dict[str, Any] | None = None,
 ) -> None:
     """Encode and write each finished image (create-once), then its metadata document,
     which carries the image's complete timings."""
@@ -147,7 +156,7 @@ def postprocess(
         with job.timings.measure("upload"):
             created = storage.put_once(s3, results_bucket, job.keys.result, png, "image/png")
         finish_timings([job])
-        doc = result_record(job, results_bucket, flow_run_id)
+        doc = result_record(job, results_bucket, flow_run_id, worker)
         storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc)
         job.status = "completed" if created else "skipped"
         job.note = "" if created else "result already written by another run"
@@ -223,22 +232,39 @@ def run_stage(
     infer: Callable[[ImageJob], Image.Image],
     outputs: StageOutputs,
     resume: bool,
+    device_lock: AbstractContextManager[Any] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     """Run one inference stage over the active jobs, one device call at a time.
 
-    With `resume`, an output kept by an earlier attempt of this upload is reused instead of
-    recomputed (stage 2 can be retried without redoing stage 1).
+    With `resume`, outputs kept by an earlier attempt of an upload are reused instead of
+    recomputed (stage 2 can be retried without redoing stage 1); that lookup happens before
+    the device is taken. `device_lock` is held for the whole stage over the batch.
     """
 
-    def one(job: ImageJob) -> None:
-        key = job.keys.stage1 if stage == "stage1" else job.keys.stage2
-        existing = outputs.load(key) if resume else None
-        image = existing if existing is not None else infer(job)
+    def key_of(job: ImageJob) -> str:
+        return job.keys.stage1 if stage == "stage1" else job.keys.stage2
+
+    def accept(job: ImageJob, image: Image.Image) -> None:
         if stage == "stage1":
             job.stage1, job.image = image, None
         else:
             job.stage2, job.stage1 = image, None
-        if existing is None:
-            outputs.save(key, image)
 
-    _each(jobs, stage, one, concurrency=1)
+    def reuse(job: ImageJob) -> None:
+        existing = outputs.load(key_of(job))
+        if existing is not None:
+            accept(job, existing)
+            job.note = f"{stage} reused from an earlier attempt"
+
+    def compute(job: ImageJob) -> None:
+        if (job.stage1 if stage == "stage1" else job.stage2) is not None:
+            return  # reused
+        image = infer(job)
+        accept(job, image)
+        outputs.save(key_of(job), image)
+
+    if resume:
+        _each(jobs, f"{stage}_lookup", reuse, concurrency=8, measure=False)
+    with device_lock if device_lock is not None else nullcontext():
+        _each(jobs, stage, compute, concurrency=1, should_stop=should_stop)

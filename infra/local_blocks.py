@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
@@ -16,6 +17,13 @@ from prefect.exceptions import ObjectAlreadyExists
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY, POOL
+
+TEMPLATE = (
+    Path(__file__).resolve().parent.parent
+    / "deployments"
+    / "base-job-templates"
+    / ("img2img-warm.json")
+)
 
 
 def main() -> None:

@@ -78,6 +78,7 @@ class LocalStack:
                 "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,
                 "AWS_DEFAULT_REGION": self.settings.aws.region,
                 "IMG2IMG_PROJECT_DIR": str(PROJECT_DIR),
+                "IMG2IMG_LOCAL__WORKER_TYPE": local.worker_type,
                 "IMG2IMG_LOCAL__STATE_DIR": str(self.state),
                 "IMG2IMG_AWS__ENDPOINT_URL": local.moto_url,
                 "IMG2IMG_AWS__EXPRESS_SESSION_AUTH": "false",
@@ -140,7 +141,7 @@ class LocalStack:
                         "--name",
                         f"local-worker-{i}",
                         "--type",
-                        "process",
+                        local.worker_type,
                     ],
                     "worker",
                     lambda: True,
@@ -244,7 +245,7 @@ class LocalStack:
     def _prefect_setup(self, env: dict[str, str], say: Callable[[str], None]) -> None:
         py = sys.executable
         self._run([py, "-m", "infra.local_blocks"], env)
-        fingerprint = _deploy_fingerprint()
+        fingerprint = _deploy_fingerprint() + self.settings.local.worker_type
         stamp = self.state / "deployed.sha"
         if stamp.exists() and stamp.read_text() == fingerprint and self._deployment_exists(env):
             say("prefect: work pool and deployments up to date")
@@ -308,17 +309,19 @@ def _http_status(url: str) -> int:
         return 0
 
 
-def _terminate(pid: int, grace_s: float = 20.0) -> None:
+def _terminate(pid: int, grace_s: float = 60.0) -> None:
+    """SIGTERM the service's main process only (a warm worker then drains its slots), wait
+    for it, then SIGKILL whatever is left of its process group."""
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         try:
-            os.killpg(pid, 0)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            return
+            break
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)

@@ -9,7 +9,7 @@ from img2img import steps
 from img2img.jobs import ImageJob
 from img2img.stages.img2img import run_img2img
 from img2img.stages.upscale import run_upscale
-from tasks.runtime import get_runtime, retry_if_transient
+from tasks.runtime import get_runtime, retry_if_transient, stop_requested
 
 
 @task(
@@ -32,7 +32,15 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         assert job.image is not None and job.params is not None
         return run_img2img(pipe, job.image, job.params, job.seed, shape)
 
-    steps.run_stage(jobs, "stage1", infer, outputs, resume=True)
+    steps.run_stage(
+        jobs,
+        "stage1",
+        infer,
+        outputs,
+        resume=True,
+        device_lock=rt.models.device_lock,
+        should_stop=stop_requested(),
+    )
     get_run_logger().info(
         "stage 1 done for %d images (model loads in this process: %d)",
         sum(1 for j in jobs if j.stage1 is not None),
@@ -59,7 +67,15 @@ def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         assert job.stage1 is not None and job.params is not None
         return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
 
-    steps.run_stage(jobs, "stage2", infer, outputs, resume=True)
+    steps.run_stage(
+        jobs,
+        "stage2",
+        infer,
+        outputs,
+        resume=True,
+        device_lock=rt.models.device_lock,
+        should_stop=stop_requested(),
+    )
     get_run_logger().info(
         "stage 2 done for %d images", sum(1 for j in jobs if j.stage2 is not None)
     )

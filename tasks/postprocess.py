@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
@@ -22,7 +24,13 @@ from tasks.runtime import get_runtime, retry_if_transient
 def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
     rt = get_runtime()
     bucket = rt.settings.storage.results_bucket
-    steps.postprocess(rt.clients.s3, jobs, bucket, flow_run_id, concurrency=8)
+    worker = {
+        "pid": os.getpid(),
+        "slot": os.environ.get("IMG2IMG_SLOT"),
+        "model_loads": rt.models.loads,
+        "backend": rt.settings.stages.backend,
+    }
+    steps.postprocess(rt.clients.s3, jobs, bucket, flow_run_id, concurrency=8, worker=worker)
     steps.write_failures(rt.clients.s3, jobs, bucket, flow_run_id)
     steps.finish_timings(jobs)
     logger = get_run_logger()

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from prefect.states import State
 
 from img2img.aws import AwsClients, clients_from_block, clients_from_settings
+from img2img.cancel import registry
 from img2img.errors import is_retryable
 from img2img.models import ModelCache, process_models
 from img2img.settings import Settings, load_settings
@@ -54,6 +56,15 @@ def reset_runtime() -> None:
     global _runtime
     with _lock:
         _runtime = None
+
+
+def stop_requested() -> Callable[[], bool]:
+    """A check the steps call between images: has this flow run been cancelled?"""
+    from prefect.runtime import flow_run
+
+    run_id = str(flow_run.id) if flow_run.id else None
+    cancels = registry()
+    return lambda: cancels.requested(run_id)
 
 
 def retry_if_transient(task: Any, task_run: Any, state: State[Any]) -> bool:

@@ -1,0 +1,250 @@
+"""The worker side of warm slots: start, watch, hand out and replace slot processes."""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+from img2img.settings import WorkerSettings
+
+CRASHED = "CRASHED"
+
+
+@dataclass
+class Slot:
+    """Handle of one slot process."""
+
+    index: int
+    env: dict[str, str]
+    state: str = "starting"  # starting | ready | failed | dead | stopped
+    reason: str = ""
+    pid: int | None = None
+    process: Any = None
+    conn: Any = None
+    inflight: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+    ready_event: threading.Event = field(default_factory=threading.Event)
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def send(self, message: dict[str, Any]) -> None:
+        with self.send_lock:
+            self.conn.send(message)
+
+    def describe(self) -> str:
+        share = (
+            self.env.get("NEURON_RT_VISIBLE_CORES")
+            or self.env.get("IMG2IMG_STAGES__DEVICE")
+            or "cpu"
+        )
+        return f"slot {self.index} ({share})"
+
+
+class SlotPool:
+    """All slots of one worker. Thread-safe; the worker's event loop polls it."""
+
+    def __init__(self, settings: WorkerSettings, base_env: dict[str, str], logger: Any) -> None:
+        self.settings = settings
+        self.base_env = base_env
+        self.log = logger
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self.slots: list[Slot] = []
+        self.restarts = 0
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start_all(self) -> None:
+        for index in range(self.settings.slot_count()):
+            env = {**self.base_env, **self.settings.slot_env(index)}
+            self.slots.append(Slot(index=index, env=env))
+        for slot in self.slots:
+            self._spawn(slot)
+
+    def _spawn(self, slot: Slot) -> None:
+        from deployments.slot import slot_main
+
+        ctx = multiprocessing.get_context("spawn")
+        parent, child = ctx.Pipe(duplex=True)
+        process = ctx.Process(
+            target=slot_main,
+            args=(child, slot.index, slot.env),
+            name=f"img2img-slot-{slot.index}",
+            daemon=False,
+        )
+        process.start()
+        child.close()
+        with self._lock:
+            slot.state, slot.reason, slot.process, slot.conn = "starting", "", process, parent
+            slot.pid = process.pid
+            slot.ready_event.clear()
+        self.log.info("%s: started (pid %s), loading models", slot.describe(), process.pid)
+        threading.Thread(
+            target=self._read,
+            args=(slot, process, parent),
+            daemon=True,
+            name=f"slot-{slot.index}-reader",
+        ).start()
+
+    def _read(self, slot: Slot, process: Any, conn: Any) -> None:
+        """Follow one slot process until it ends; then fail its runs and replace it."""
+        failure = ""
+        while True:
+            try:
+                message = conn.recv()
+            except (EOFError, OSError):
+                break
+            kind = message.get("kind")
+            if kind == "ready":
+                with self._lock:
+                    slot.state, slot.info = "ready", message
+                slot.ready_event.set()
+                self.log.info(
+                    "%s: ready (pid %s, %d model loads in %.1f s)",
+                    slot.describe(),
+                    message["pid"],
+                    message["loads"],
+                    message["load_s"],
+                )
+            elif kind == "load_failed":
+                failure = f"could not load its models: {message['reason']}"
+                self.log.error("%s %s", slot.describe(), failure)
+            elif kind == "done":
+                with self._lock:
+                    future = slot.inflight.pop(message["run_id"], None)
+                if future is not None:
+                    future.set_result(message)
+        process.join(timeout=30)
+        code = process.exitcode
+        with self._lock:
+            stopping = self._stopping.is_set() or slot.state == "stopped"
+            orphans = list(slot.inflight.items())
+            slot.inflight.clear()
+            slot.state = "stopped" if stopping else ("failed" if failure else "dead")
+            slot.reason = failure or _exit_reason(code)
+        for run_id, future in orphans:
+            future.set_result(
+                {
+                    "kind": "done",
+                    "run_id": run_id,
+                    "state": CRASHED,
+                    "error": f"{slot.describe()} (pid {slot.pid}) {slot.reason}",
+                }
+            )
+        if stopping:
+            return
+        if not failure:
+            self.log.error("%s (pid %s) %s; replacing it", slot.describe(), slot.pid, slot.reason)
+        self._restart_later(slot, failed=bool(failure))
+
+    def _restart_later(self, slot: Slot, failed: bool) -> None:
+        attempts = slot.info.get("_failures", 0) + 1 if failed else 0
+        slot.info = {"_failures": attempts}
+        delay = (
+            0.0 if not failed else min(self.settings.restart_backoff_s * 2 ** (attempts - 1), 300.0)
+        )
+        if failed:
+            self.log.error(
+                "%s: retrying in %.0f s; the other slots keep running", slot.describe(), delay
+            )
+
+        def later() -> None:
+            if self._stopping.wait(delay):
+                return
+            self.restarts += 1
+            self._spawn(slot)
+
+        threading.Thread(target=later, daemon=True).start()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask every slot to finish its runs and exit; kill what is still there after
+        `timeout_s`."""
+        self._stopping.set()
+        for slot in self.slots:
+            with self._lock:
+                slot.state = "stopped"
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                slot.send({"kind": "stop"})
+        deadline = time.monotonic() + timeout_s
+        for slot in self.slots:
+            if slot.process is None:
+                continue
+            slot.process.join(timeout=max(0.0, deadline - time.monotonic()))
+            if slot.process.is_alive():
+                self.log.warning("%s did not stop in time; killing it", slot.describe())
+                slot.process.kill()
+                slot.process.join(timeout=10)
+
+    # -- handing out runs -------------------------------------------------------------------
+
+    def any_ready(self) -> bool:
+        with self._lock:
+            return any(s.state == "ready" for s in self.slots)
+
+    def try_acquire(self, run_id: str) -> tuple[Slot, Future[dict[str, Any]]] | None:
+        """Reserve room for `run_id` on the ready slot with the fewest runs, or None."""
+        with self._lock:
+            ready = [
+                s
+                for s in self.slots
+                if s.state == "ready" and len(s.inflight) < self.settings.runs_per_slot
+            ]
+            if not ready:
+                return None
+            slot = min(ready, key=lambda s: len(s.inflight))
+            future: Future[dict[str, Any]] = Future()
+            slot.inflight[run_id] = future
+        try:
+            slot.send({"kind": "run", "run_id": run_id})
+        except (OSError, ValueError) as exc:
+            with self._lock:
+                slot.inflight.pop(run_id, None)
+            future.set_result(
+                {
+                    "kind": "done",
+                    "run_id": run_id,
+                    "state": CRASHED,
+                    "error": f"{slot.describe()} unreachable: {exc}",
+                }
+            )
+        return slot, future
+
+    def slot_of(self, run_id: str) -> Slot | None:
+        with self._lock:
+            return next((s for s in self.slots if run_id in s.inflight), None)
+
+    def kill(self, slot: Slot) -> None:
+        """Kill a slot process (it is then replaced, models loaded again)."""
+        if slot.pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(slot.pid, signal.SIGKILL)
+
+    def status(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [
+                {
+                    "slot": s.index,
+                    "state": s.state,
+                    "pid": s.pid,
+                    "runs": len(s.inflight),
+                    "reason": s.reason,
+                }
+                for s in self.slots
+            ]
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is None:
+        return "did not exit"
+    if code < 0:
+        try:
+            return f"was killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"

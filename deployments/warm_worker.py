@@ -1,0 +1,183 @@
+"""The `img2img-warm` Prefect worker type: flow runs execute inside long-lived slot
+processes that keep the stage models resident, instead of a fresh process per run.
+
+    prefect work-pool create inf2 --type img2img-warm \\
+        --base-job-template deployments/base-job-templates/img2img-warm.json
+    prefect worker start --pool inf2 --type img2img-warm
+
+Slots come from the `IMG2IMG_WORKER__*` settings (one per NeuronCore group, GPU or CPU share).
+SIGTERM drains: the worker stops taking runs, lets the running ones finish (bounded by
+`worker.drain_timeout_s`) and exits, which is what scale-in needs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import time
+from typing import Any
+from uuid import UUID
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun
+from prefect.exceptions import Abort, ObjectNotFound
+from prefect.states import Crashed
+from prefect.utilities.engine import propose_state
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+
+from deployments.slots import CRASHED, SlotPool
+from img2img.settings import WorkerSettings
+
+ACQUIRE_POLL_S = 0.1
+
+
+class WarmJobConfiguration(BaseJobConfiguration):
+    """Nothing to configure per run: the slot's models and device are the worker's."""
+
+
+class WarmVariables(BaseVariables):
+    """The base variables (env, labels, name); env is informational for warm slots."""
+
+
+class WarmWorkerResult(BaseWorkerResult):
+    """Outcome of one flow run on a slot."""
+
+
+class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
+    type = "img2img-warm"
+    job_configuration = WarmJobConfiguration
+    job_configuration_variables = WarmVariables
+    _description = (
+        "Runs img2img flow runs inside long-lived slot processes (one per NeuronCore group, "
+        "GPU or CPU share) that keep the stage models loaded across runs."
+    )
+    _display_name = "img2img warm worker"
+    _documentation_url = "https://github.com/img2img/img2img#warm-worker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from img2img.settings import load_settings
+
+        settings = load_settings().worker
+        if kwargs.get("limit") is None:
+            kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
+        super().__init__(*args, **kwargs)
+        self.worker_settings: WorkerSettings = settings
+        self.pool: SlotPool | None = None
+        self.draining = False
+        self._cancelled: set[str] = set()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        await super().setup()
+        self.pool = SlotPool(self.worker_settings, dict(os.environ), self._logger)
+        self.pool.start_all()
+        loop = asyncio.get_running_loop()
+        # ValueError: not the main thread (a worker driven in-process, as in some tests).
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(self.begin_drain))
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self.pool is not None:
+            await anyio.to_thread.run_sync(self.pool.stop, 60.0)
+        await super().teardown(*exc_info)
+
+    def begin_drain(self) -> None:
+        """First SIGTERM: stop taking runs, finish the running ones, exit. Second: exit now."""
+        if self.draining:
+            self._logger.warning("second SIGTERM: stopping without waiting for runs")
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        self.draining = True
+        self._logger.info(
+            "SIGTERM: draining (no new runs; waiting up to %.0f s for %d running)",
+            self.worker_settings.drain_timeout_s,
+            self.running_count(),
+        )
+        asyncio.get_running_loop().create_task(self._drain_then_exit())
+
+    async def _drain_then_exit(self) -> None:
+        await self.wait_idle(self.worker_settings.drain_timeout_s)
+        self._logger.info("drained; stopping")
+        os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler turns this into a clean exit
+
+    def running_count(self) -> int:
+        return int(self._limiter.borrowed_tokens) if self._limiter is not None else 0
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.running_count() > 0 and time.monotonic() < deadline:
+            await anyio.sleep(0.2)
+        return self.running_count() == 0
+
+    # -- taking runs ------------------------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        # While draining, or while no slot has its models loaded, leave runs to others.
+        if self.draining or self.pool is None or not self.pool.any_ready():
+            return []
+        return await super().get_and_submit_flow_runs()
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: WarmJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> WarmWorkerResult:
+        assert self.pool is not None
+        run_id = str(flow_run.id)
+        while (acquired := self.pool.try_acquire(run_id)) is None:
+            await anyio.sleep(ACQUIRE_POLL_S)
+        slot, future = acquired
+        identifier = f"{socket.gethostname()}:{slot.pid}:slot-{slot.index}"
+        if task_status is not None:
+            task_status.started(slot.pid or 0)
+        outcome = await asyncio.wrap_future(future)
+        if outcome["state"] != CRASHED or run_id in self._cancelled:
+            self._cancelled.discard(run_id)
+            return WarmWorkerResult(identifier=identifier, status_code=0)
+        message = f"{outcome.get('error')}; the slot is being replaced"
+        self.get_flow_run_logger(flow_run).error("flow run crashed: %s", message)
+        with contextlib.suppress(Abort, ObjectNotFound):
+            await propose_state(self.client, Crashed(message=message), flow_run_id=flow_run.id)
+        return WarmWorkerResult(identifier=identifier, status_code=1)
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    async def _cancel_run(self, flow_run_id: UUID) -> None:
+        run_id = str(flow_run_id)
+        slot = self.pool.slot_of(run_id) if self.pool is not None else None
+        if slot is None:
+            await super()._cancel_run(flow_run_id)
+            return
+        self._logger.info("cancelling flow run %s on %s", run_id, slot.describe())
+        future = slot.inflight.get(run_id)
+        slot.send({"kind": "cancel", "run_id": run_id})
+        if future is None:
+            return
+        try:
+            await asyncio.wait_for(
+                asyncio.shield(asyncio.wrap_future(future)), self.worker_settings.cancel_grace_s
+            )
+        except asyncio.TimeoutError:
+            self._logger.warning(
+                "flow run %s did not stop within %.0f s; killing %s",
+                run_id,
+                self.worker_settings.cancel_grace_s,
+                slot.describe(),
+            )
+            self._cancelled.add(run_id)
+            self.pool.kill(slot)  # type: ignore[union-attr]
+            flow_run = await self.client.read_flow_run(flow_run_id)
+            await self._mark_flow_run_as_cancelled(
+                flow_run, {"message": "cancelled; its slot was killed and is being replaced"}
+            )

@@ -1,0 +1,39 @@
+"""The simulated backend: a stand-in pipeline that waits a fixed device time per call.
+
+It measures orchestration and I/O at accelerator speeds on a machine without one: the wait
+is a sleep, so it holds no CPU, like a call blocked on a NeuronCore. Benchmarks only; every
+output that used it says so.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass
+class SimulatedOutput:
+    images: list[Image.Image]
+
+
+class SimulatedPipeline:
+    """Called like a diffusers pipeline; returns the input resized by `scale`."""
+
+    def __init__(self, kind: str, call_ms: float, scale: int) -> None:
+        self.kind = kind
+        self.call_ms = call_ms
+        self.scale = scale
+        self.calls = 0
+
+    def __call__(self, *, image: Image.Image, **_: Any) -> SimulatedOutput:
+        time.sleep(self.call_ms / 1000.0)
+        self.calls += 1
+        width, height = image.size
+        out = image.resize((width * self.scale, height * self.scale), Image.Resampling.NEAREST)
+        return SimulatedOutput(images=[out])
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        return None
