@@ -30,6 +30,8 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s slot-{index} %(levelname)s %(message)s"
     )
+    for noisy in ("httpx", "httpcore", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     send_lock = threading.Lock()
 
     def send(message: dict[str, Any]) -> None:

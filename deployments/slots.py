@@ -215,6 +215,10 @@ class SlotPool:
             )
         return slot, future
 
+    def running_ids(self) -> list[str]:
+        with self._lock:
+            return [run_id for s in self.slots for run_id in s.inflight]
+
     def slot_of(self, run_id: str) -> Slot | None:
         with self._lock:
             return next((s for s in self.slots if run_id in s.inflight), None)

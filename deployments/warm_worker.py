@@ -38,6 +38,22 @@ from deployments.slots import CRASHED, SlotPool
 from img2img.settings import WorkerSettings
 
 ACQUIRE_POLL_S = 0.1
+CANCEL_POLL_S = 1.0
+
+
+def slot_base_env() -> dict[str, str]:
+    """The worker's environment plus its Prefect connection, for the slot processes (the
+    API URL may come from a profile or a test harness rather than the environment)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    env = dict(os.environ)
+    for setting in (PREFECT_API_URL, PREFECT_API_KEY, PREFECT_API_AUTH_STRING):
+        value = setting.value()
+        if value:
+            env[setting.name] = str(
+                value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            )
+    return env
 
 
 class WarmJobConfiguration(BaseJobConfiguration):
@@ -79,8 +95,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     async def setup(self) -> None:
         await super().setup()
-        self.pool = SlotPool(self.worker_settings, dict(os.environ), self._logger)
+        self.pool = SlotPool(self.worker_settings, slot_base_env(), self._logger)
         self.pool.start_all()
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._watch_cancellations)
         loop = asyncio.get_running_loop()
         # ValueError: not the main thread (a worker driven in-process, as in some tests).
         with contextlib.suppress(ValueError):
@@ -152,6 +170,43 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         return WarmWorkerResult(identifier=identifier, status_code=1)
 
     # -- cancellation -----------------------------------------------------------------------
+
+    async def _watch_cancellations(self) -> None:
+        """Prefect's worker cancels only runs that have not started (a started run is the
+        job of its own process's runner). Runs on warm slots share a process, so the worker
+        watches its running runs for a Cancelling state and tells their slot."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        handled: set[str] = set()
+        while True:
+            await anyio.sleep(CANCEL_POLL_S)
+            running = self.pool.running_ids() if self.pool is not None else []
+            handled &= set(running)
+            if not running:
+                continue
+            try:
+                runs = await self.client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        id=FlowRunFilterId(any_=[UUID(r) for r in running]),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
+                        ),
+                    )
+                )
+            except Exception as exc:  # the API may be briefly unreachable
+                self._logger.warning("could not check for cancellations: %s", exc)
+                continue
+            for run in runs:
+                if str(run.id) not in handled:
+                    handled.add(str(run.id))
+                    assert self._runs_task_group is not None
+                    self._runs_task_group.start_soon(self._cancel_run, run.id)
 
     async def _cancel_run(self, flow_run_id: UUID) -> None:
         run_id = str(flow_run_id)

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from img2img.cancel import RunCancelled
 from img2img.errors import is_retryable
 from img2img.events import ObjectRef
 from img2img.keys import UploadKeys, keys_for
@@ -56,7 +57,8 @@ class ImageJob:
             stage=stage,
             reason=str(exc) or type(exc).__name__,
             error=type(exc).__name__,
-            retryable=is_retryable(exc),
+            # A cancelled image can simply be submitted again.
+            retryable=is_retryable(exc) or isinstance(exc, RunCancelled),
         )
         self.image = self.stage1 = self.stage2 = None
 

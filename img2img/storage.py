@@ -13,6 +13,7 @@ from img2img.events import ObjectRef
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ def copy_to_stage(s3: S3Client, ref: ObjectRef, stage_bucket: str, key: str) -> 
     Directory buckets have no object tagging: the default tagging directive (COPY) fails with
     501 on a tagged source, so tags are replaced (with none). User metadata is kept.
     """
-    source: dict[str, str] = {"Bucket": ref.bucket, "Key": ref.key}
+    source: CopySourceTypeDef = {"Bucket": ref.bucket, "Key": ref.key}
     if ref.version_id:
         source["VersionId"] = ref.version_id
     extra: dict[str, Any] = {}

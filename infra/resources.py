@@ -10,11 +10,15 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
 
 from botocore.exceptions import ClientError
 
 from img2img.aws import AwsClients
 from img2img.settings import DispatchSettings, StorageSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs.literals import QueueAttributeNameType
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,7 @@ def ensure_queues(
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
     ]
-    attributes = {
+    attributes: dict[QueueAttributeNameType, str] = {
         "VisibilityTimeout": str(dispatch.visibility_timeout_s),
         "ReceiveMessageWaitTimeSeconds": str(dispatch.poll_wait_s),
         "SqsManagedSseEnabled": "true",
@@ -90,7 +94,7 @@ def _ensure_bucket(clients: AwsClients, bucket: str, region: str) -> None:
             else:
                 s3.create_bucket(
                     Bucket=bucket,
-                    CreateBucketConfiguration={"LocationConstraint": region},
+                    CreateBucketConfiguration={"LocationConstraint": cast(Any, region)},
                 )
             log.info("created bucket %s", bucket)
         except ClientError as exc:

@@ -16,7 +16,6 @@ from tasks.runtime import get_runtime, retry_if_transient
     retry_delay_seconds=[1, 4, 10],
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
-    timeout_seconds=300,
 )
 def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
     rt = get_runtime()

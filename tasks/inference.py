@@ -18,7 +18,6 @@ from tasks.runtime import get_runtime, retry_if_transient, stop_requested
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
-    timeout_seconds=1800,
 )
 def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     rt = get_runtime()
@@ -54,7 +53,6 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     retry_delay_seconds=[2, 10],
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
-    timeout_seconds=1800,
 )
 def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     rt = get_runtime()

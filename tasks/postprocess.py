@@ -19,7 +19,6 @@ from tasks.runtime import get_runtime, retry_if_transient
     retry_delay_seconds=[1, 4, 10],
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
-    timeout_seconds=300,
 )
 def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
     rt = get_runtime()

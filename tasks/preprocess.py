@@ -17,7 +17,6 @@ from tasks.runtime import get_runtime, retry_if_transient
     retry_delay_seconds=[1, 4, 10],
     retry_condition_fn=retry_if_transient,
     cache_policy=NO_CACHE,
-    timeout_seconds=300,
 )
 def preprocess(jobs: list[ImageJob], defaults: ImageParams) -> None:
     rt = get_runtime()

@@ -1,0 +1,160 @@
+"""The `img2img-warm` worker type, as a real `prefect worker start` process against a real
+Prefect API and moto: resident models, crash replacement, cancel, drain, load failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.states import Cancelling
+
+from tests.integration.helpers import outcome
+from tests.integration.warm import (
+    create_pool_and_deployment,
+    final_state,
+    state_of,
+    submit,
+    wait_for,
+    warm_worker,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+SLOW_SIM = {
+    "IMG2IMG_STAGES__BACKEND": "simulated",
+    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1500",
+    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "1500",
+    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.2",
+}
+
+
+@pytest.fixture
+def client(prefect_api: None):  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        yield c
+
+
+def ready(log: Path, count: int = 1) -> bool:
+    return log.read_text(errors="replace").count(": ready (pid") >= count
+
+
+def test_the_worker_type_is_registered_with_its_job_template() -> None:
+    from prefect.plugins import load_prefect_collections
+    from prefect.workers.base import BaseWorker
+
+    from deployments.warm_worker import WarmWorker
+
+    load_prefect_collections()
+    assert BaseWorker.get_worker_class_from_type("img2img-warm") is WarmWorker
+    shipped = Path("deployments/base-job-templates/img2img-warm.json")
+    assert json.loads(shipped.read_text()) == WarmWorker.get_default_base_job_template()
+
+
+def test_models_load_once_per_slot_across_runs(aws, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, {}):  # eager backend, tiny real diffusers models
+        runs = [submit(client, clients, settings, deployment_id, f"warm{i}") for i in range(3)]
+        states = [final_state(client, run.id) for run, _ in runs]
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    workers = [
+        outcome(clients, settings.storage.results_bucket, refs[0])[1]["worker"] for _, refs in runs
+    ]
+    assert len({w["pid"] for w in workers}) == 1, workers
+    assert all(w["model_loads"] == 2 for w in workers), workers  # img2img + upscale, once
+    assert log.read_text().count("2 model loads") == 1
+
+
+def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, SLOW_SIM):
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        run, _ = submit(client, clients, settings, deployment_id, "crash", count=3)
+        running = wait_for(
+            lambda: (
+                (r := client.read_flow_run(run.id)).state.is_running()
+                and r.infrastructure_pid
+                and r
+            ),
+            60,
+            "the run to start",
+        )
+        slot_pid = int(running.infrastructure_pid)
+        os.kill(slot_pid, signal.SIGKILL)
+
+        crashed = final_state(client, run.id)
+        assert crashed.is_crashed()
+        assert f"pid {slot_pid}" in crashed.message and "SIGKILL" in crashed.message
+        wait_for(lambda: ready(log, 2), 120, "a replacement slot")
+        after, refs = submit(client, clients, settings, deployment_id, "after-crash")
+        assert final_state(client, after.id).is_completed()
+    worker = outcome(clients, settings.storage.results_bucket, refs[0])[1]["worker"]
+    assert worker["pid"] != slot_pid
+
+
+def test_cancelling_a_running_run_stops_it_and_records_the_rest(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, SLOW_SIM):
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        run, refs = submit(client, clients, settings, deployment_id, "cancel", count=4)
+        wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
+        client.set_flow_run_state(run.id, Cancelling(message="operator"), force=True)
+        state = final_state(client, run.id, timeout_s=90)
+    assert state.is_cancelled(), state
+    outcomes = [outcome(clients, settings.storage.results_bucket, r) for r in refs]
+    assert all(status in ("completed", "failed") for status, _ in outcomes)  # nothing lost
+    cancelled = [doc for status, doc in outcomes if status == "failed"]
+    assert cancelled and all(d["stage"] == "cancelled" and d["retryable"] for d in cancelled)
+
+
+def test_sigterm_drains_running_runs_and_takes_no_new_ones(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, SLOW_SIM) as proc:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        run, _ = submit(client, clients, settings, deployment_id, "drain", count=2)
+        wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
+        os.kill(proc.pid, signal.SIGTERM)
+        later, _ = submit(client, clients, settings, deployment_id, "after-sigterm")
+        proc.wait(timeout=90)
+        assert state_of(client, run.id).is_completed()
+        assert state_of(client, later.id).is_scheduled()
+    assert "draining" in log.read_text()
+
+
+def test_a_slot_that_cannot_load_says_why_and_the_others_keep_working(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    env = {
+        "IMG2IMG_WORKER__DEVICES": '["cpu", "cuda:0"]',
+        "IMG2IMG_WORKER__RESTART_BACKOFF_S": "60",
+    }
+    with warm_worker(pool, log, env):
+        wait_for(lambda: "could not load its models" in log.read_text(), 120, "the failure")
+        run, _ = submit(client, clients, settings, deployment_id, "one-slot")
+        assert final_state(client, run.id).is_completed()
+    text = log.read_text()
+    assert "slot 1 (cuda:0) could not load its models: ModelLoadError" in text
+    assert "device 'cuda:0'" in text
+    assert "slot 0 (cpu): ready" in text
