@@ -51,8 +51,10 @@ def _http_ok(url: str, timeout: float = 2.0) -> bool:
 
 
 class LocalStack:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, extra_env: dict[str, str] | None = None) -> None:
+        """`extra_env` is added to every child process (benchmarks set the backend there)."""
         self.settings = settings
+        self.extra_env = dict(extra_env or {})
         local = settings.local
         self.state = local.state_dir.resolve()
         self.pids = self.state / "pids"
@@ -89,6 +91,7 @@ class LocalStack:
                 "OMP_NUM_THREADS": str(self.settings.stages.torch_threads),
             }
         )
+        env.update(self.extra_env)
         return env
 
     def worker_env(self) -> dict[str, str]:
@@ -127,26 +130,24 @@ class LocalStack:
             ),
         ]
         for i in range(local.workers):
-            services.append(
-                Service(
-                    f"worker-{i}",
-                    [
-                        py,
-                        "-m",
-                        "prefect",
-                        "worker",
-                        "start",
-                        "--pool",
-                        POOL,
-                        "--name",
-                        f"local-worker-{i}",
-                        "--type",
-                        local.worker_type,
-                    ],
-                    "worker",
-                    lambda: True,
-                )
-            )
+            argv = [
+                py,
+                "-m",
+                "prefect",
+                "worker",
+                "start",
+                "--pool",
+                POOL,
+                "--name",
+                f"local-worker-{i}",
+                "--type",
+                local.worker_type,
+            ]
+            if local.worker_type == "process":
+                # The stock worker would start every run at once; one device serves one
+                # run at a time per slot, so it gets the same number of slots.
+                argv += ["--limit", str(self.settings.worker.slot_count())]
+            services.append(Service(f"worker-{i}", argv, "worker", lambda: True))
         services.append(
             Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch", lambda: True)
         )
@@ -266,6 +267,22 @@ class LocalStack:
             raise RuntimeError(
                 f"{' '.join(argv[2:])} failed:\n{out.stdout[-3000:]}{out.stderr[-3000:]}"
             )
+
+    def stop(self, names: list[str], say: Callable[[str], None] = log.info) -> None:
+        """Stop the named services (for example the worker and dispatcher, to restart them
+        with other settings) and leave the rest running."""
+        for service in self.services() + self._extra_workers():
+            if service.name in names or any(
+                n.endswith("*") and service.name.startswith(n[:-1]) for n in names
+            ):
+                pid = self.pid_of(service)
+                if pid is not None:
+                    say(f"{service.name}: stopping (pid {pid})")
+                    _terminate(pid)
+                self._pidfile(service.name).unlink(missing_ok=True)
+
+    def log_path(self, name: str) -> Path:
+        return self.logs / f"{name}.log"
 
     def down(self, say: Callable[[str], None] = log.info) -> None:
         for service in reversed(self.services() + self._extra_workers()):
