@@ -134,6 +134,67 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
+    from img2img.scaling_sim import TRACES, simulate
+
+    names = list(TRACES) if args.trace == "all" else [args.trace]
+    policy = settings.scaling.model_copy(
+        update={
+            "max_hosts": args.max_hosts,
+            "slots_per_host": args.slots_per_host,
+            "expected_run_s": args.service_s,
+            **({"target_utilization": args.target} if args.target is not None else {}),
+        }
+    )
+    print(
+        f"simulated: {args.service_s} s per image, {args.slots_per_host} slots per host, "
+        f"hosts start in {args.host_start_s} s, target utilisation "
+        f"{policy.target_utilization}, decisions every {policy.interval_s} s",
+        file=sys.stderr,
+    )
+    header = (
+        f"{'trace':<10}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
+        f"{'host-h':>9}{'min h':>8}{'ratio':>7}{'events':>8}{'max':>6}{'cold s':>8}"
+    )
+    print(header, file=sys.stderr)
+    rows = []
+    for name in names:
+        row = simulate(
+            TRACES[name], policy, args.service_s, args.host_start_s, seed=args.seed
+        ).summary(args.host_start_s, args.slots_per_host)
+        rows.append(row)
+        print(
+            f"{row['trace']:<10}{row['requests']:>10}{row['p50_wait_s']:>8.1f}"
+            f"{row['p95_wait_s']:>8.1f}{row['p99_wait_s']:>8.1f}{row['host_hours']:>9.2f}"
+            f"{row['min_host_hours']:>8.2f}{row['host_hours_ratio']:>7.2f}"
+            f"{row['scale_events']:>8}{row['max_hosts']:>6}"
+            f"{row['cold_start_to_first_result_s']:>8.1f}",
+            file=sys.stderr,
+        )
+    if args.json:
+        keys = (
+            "trace",
+            "p95_wait_s",
+            "host_start_s",
+            "host_hours",
+            "min_host_hours",
+            "scale_events",
+            "cold_start_to_first_result_s",
+        )
+        for row in rows:
+            print(
+                json.dumps(
+                    {k: row[k] for k in keys}
+                    | {
+                        "p50_wait_s": row["p50_wait_s"],
+                        "p99_wait_s": row["p99_wait_s"],
+                        "target_utilization": policy.target_utilization,
+                    }
+                )
+            )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="img2img", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -185,6 +246,39 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--keep", action="store_true", help="leave the bench stack running")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench_pipeline)
+
+    scaling = bench_sub.add_parser("scaling", help="simulate request traces through the policy")
+    scaling.add_argument(
+        "--trace", choices=["steady", "spike", "diurnal", "lyrebird", "all"], default="all"
+    )
+    scaling.add_argument(
+        "--service-s",
+        type=float,
+        default=4.04,
+        help="device seconds per image (SD 1.5 img2img + x4 upscale, Inf2)",
+    )
+    scaling.add_argument(
+        "--slots-per-host",
+        type=int,
+        default=12,
+        help="slots per host (inf2.48xlarge: 24 NeuronCores, 2 per slot)",
+    )
+    scaling.add_argument(
+        "--host-start-s",
+        type=float,
+        default=90.0,
+        help="launch to first request: boot + model load",
+    )
+    scaling.add_argument("--max-hosts", type=int, default=400)
+    scaling.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="target utilisation (default: the scaling setting, 0.75)",
+    )
+    scaling.add_argument("--seed", type=int, default=7)
+    scaling.add_argument("--json", action="store_true")
+    scaling.set_defaults(func=cmd_bench_scaling)
     return parser
 
 

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from img2img.scaling import ScalingSettings
+
 
 class AwsSettings(BaseModel):
     """How to reach AWS (or the local emulator that stands in for it)."""
@@ -213,6 +215,37 @@ class DispatchSettings(BaseModel):
         return self
 
 
+class AutoscalerSettings(BaseModel):
+    """Where the autoscaler applies the size it decides, and what it publishes."""
+
+    pool: str = Field("inf2", description="Work pool whose queue drives the size.")
+    backend: Literal["local", "asg", "ecs"] = Field(
+        "local",
+        description="local: worker processes here; asg: an EC2 Auto Scaling group; "
+        "ecs: an ECS service's desired count.",
+    )
+    asg_name: str | None = Field(None, description="Auto Scaling group (backend asg).")
+    ecs_cluster: str | None = Field(None, description="ECS cluster (backend ecs).")
+    ecs_service: str | None = Field(None, description="ECS service (backend ecs).")
+    cloudwatch_namespace: str | None = Field(
+        "img2img", description="Namespace for the usage and backlog metrics; None: off."
+    )
+    rate_window_s: float = Field(
+        60.0, gt=0, le=3600, description="Window over which the arrival rate is measured."
+    )
+
+    @model_validator(mode="after")
+    def _backend_named(self) -> AutoscalerSettings:
+        if self.backend == "asg" and not self.asg_name:
+            raise ValueError("autoscaler.asg_name is required with autoscaler.backend=asg")
+        if self.backend == "ecs" and not (self.ecs_cluster and self.ecs_service):
+            raise ValueError(
+                "autoscaler.ecs_cluster and autoscaler.ecs_service are required "
+                "with autoscaler.backend=ecs"
+            )
+        return self
+
+
 class LocalStackSettings(BaseModel):
     """The embedded local stack: Prefect server and moto on loopback."""
 
@@ -248,6 +281,8 @@ class Settings(BaseSettings):
     stages: StageSettings = Field(default_factory=StageSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    scaling: ScalingSettings = Field(default_factory=ScalingSettings)
+    autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

@@ -55,6 +55,7 @@ class LocalStack:
         """`extra_env` is added to every child process (benchmarks set the backend there)."""
         self.settings = settings
         self.extra_env = dict(extra_env or {})
+        self._procs: dict[str, subprocess.Popen[bytes]] = {}
         local = settings.local
         self.state = local.state_dir.resolve()
         self.pids = self.state / "pids"
@@ -182,6 +183,7 @@ class LocalStack:
             start_new_session=True,
         )
         self._pidfile(service.name).write_text(str(proc.pid))
+        self._procs[service.name] = proc
         log.info(
             "started %s (pid %d), log %s", service.name, proc.pid, self.logs / f"{service.name}.log"
         )
@@ -191,7 +193,8 @@ class LocalStack:
         while time.monotonic() < deadline:
             if service.healthy():
                 return
-            if self.pid_of(service) is None:
+            proc = self._procs.get(service.name)
+            if proc is not None and proc.poll() is not None:
                 raise RuntimeError(
                     f"{service.name} exited while starting; see {self.logs / service.name}.log"
                 )
@@ -334,14 +337,21 @@ def _terminate(pid: int, grace_s: float = 60.0) -> None:
     except ProcessLookupError:
         return
     deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while time.monotonic() < deadline and _alive(pid):
         time.sleep(0.2)
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)  # reap it if this process started it
+
+
+def _alive(pid: int) -> bool:
+    """True while `pid` runs; a zombie (exited, not yet reaped by its parent) is not alive."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
 def _deploy_fingerprint() -> str:

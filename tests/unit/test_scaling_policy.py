@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+import pytest
+from pydantic import ValidationError
+
+from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
+
+S = ScalingSettings(
+    min_hosts=0,
+    max_hosts=10,
+    slots_per_host=2,
+    target_utilization=0.75,
+    scale_out_cooldown_s=60,
+    scale_in_cooldown_s=120,
+    idle_to_zero_s=300,
+    drain_target_s=120,
+    expected_run_s=30,
+)
+
+
+def obs(
+    now: float,
+    queued: int = 0,
+    running: int = 0,
+    current: int = 0,
+    rate: float | None = None,
+    run_s: float | None = None,
+) -> Observation:
+    return Observation(
+        now=now,
+        queued=queued,
+        running=running,
+        current_desired=current,
+        arrival_rate=rate,
+        recent_run_s=run_s,
+    )
+
+
+def test_leaves_zero_at_once_on_the_first_run() -> None:
+    decision, state = decide(S, obs(0, queued=1), PolicyState())
+    assert decision.desired == 1 and decision.reason.startswith("activate from zero")
+    assert state.last_scale_out == 0
+
+
+def test_stays_at_zero_without_demand_and_honours_the_activation_threshold() -> None:
+    assert decide(S, obs(0), PolicyState())[0].desired == 0
+    strict = S.model_copy(update={"activation_threshold": 3})
+    assert decide(strict, obs(0, queued=2), PolicyState())[0].desired == 0
+    assert decide(strict, obs(0, queued=3), PolicyState())[0].desired >= 1
+
+
+def test_sizes_to_keep_pace_with_arrivals_at_the_target_utilisation() -> None:
+    # 1 run/s × 30 s per run = 30 busy slots; 2 slots per host at 0.75 → 20 hosts, capped at 10.
+    decision, _ = decide(S, obs(0, running=2, current=1, rate=0.1, run_s=30), PolicyState())
+    assert decision.desired == 2  # 0.1/s × 30 s = 3 slots → 3 / 1.5 = 2 hosts
+    capped, _ = decide(S, obs(0, running=2, current=1, rate=1.0, run_s=30), PolicyState())
+    assert capped.desired == 10
+
+
+def test_a_backlog_counts_by_the_time_it_takes_not_one_slot_per_run() -> None:
+    # 60 queued runs of 30 s drained within 120 s need 15 slots, not 60.
+    decision, _ = decide(S, obs(0, queued=60, current=1, rate=0.0, run_s=30), PolicyState())
+    assert decision.desired == 10  # 15 slots / 1.5 per host = 10
+    small, _ = decide(S, obs(0, queued=8, current=1, rate=0.0, run_s=30), PolicyState())
+    assert small.desired == 2  # 2 slots / 1.5 → 2 hosts
+
+
+def test_scale_out_cooldown_holds_further_scale_outs() -> None:
+    d1, st = decide(S, obs(0, queued=6, current=1, rate=0.0, run_s=30), PolicyState())
+    assert d1.desired == 1 or d1.desired > 1
+    d1, st = decide(S, obs(0, queued=12, current=1, rate=0.0, run_s=30), PolicyState())
+    assert d1.desired == 2
+    d2, st = decide(S, obs(30, queued=40, current=2, rate=0.0, run_s=30), st)
+    assert d2.desired == 2 and d2.reason == "hold: scale-out cooldown"
+    d3, _ = decide(S, obs(61, queued=40, current=2, rate=0.0, run_s=30), st)
+    assert d3.desired == 7
+
+
+def test_scale_in_waits_for_the_cooldown_and_uses_the_window_maximum() -> None:
+    state = PolicyState(last_scale_out=0.0)
+    busy = obs(10, running=6, current=4, rate=0.2, run_s=30)  # 6 slots → 4 hosts
+    _, state = decide(S, busy, state)
+    quiet = obs(60, running=1, current=4, rate=0.02, run_s=30)  # 0.6 slots → 1 host
+    d, state = decide(S, quiet, state)
+    assert d.desired == 4 and d.reason.startswith("hold: scale-in window (needed 1 now, 4")
+    # 130 s after the scale-out, but the busy sample at t=10 is still in the window.
+    d, state = decide(S, obs(125, running=1, current=4, rate=0.02, run_s=30), state)
+    assert d.desired == 4
+    d, state = decide(S, obs(135, running=1, current=4, rate=0.02, run_s=30), state)
+    assert d.desired == 1 and d.reason.startswith("scale in")
+
+
+def test_goes_to_zero_only_after_the_idle_time_and_to_min_hosts() -> None:
+    state = PolicyState()
+    d, state = decide(S, obs(0, current=2), state)
+    assert d.desired == 2 and "idle for 0 s" in d.reason
+    d, state = decide(S, obs(299, current=2), state)
+    assert d.desired == 2
+    d, state = decide(S, obs(300, current=2), state)
+    assert d.desired == 0 and d.reason.startswith("idle for 300 s")
+    keep_one = S.model_copy(update={"min_hosts": 1})
+    d, _ = decide(keep_one, obs(400, current=2), PolicyState(idle_since=0))
+    assert d.desired == 1
+
+
+def test_new_demand_resets_the_idle_clock() -> None:
+    _, state = decide(S, obs(0, current=2), PolicyState())
+    _, state = decide(S, obs(200, queued=1, current=2, rate=0.01, run_s=30), state)
+    d, _ = decide(S, obs(400, current=2), state)
+    assert d.desired == 2  # idle only since t=400
+
+
+def test_bounds_are_enforced() -> None:
+    d, _ = decide(S.model_copy(update={"min_hosts": 2}), obs(0), PolicyState())
+    assert d.desired == 2 and "min_hosts" in d.reason
+    d, _ = decide(S, obs(0, current=50), PolicyState())
+    assert d.desired == 10 and "max_hosts" in d.reason
+    with pytest.raises(ValidationError, match=r"min_hosts \(5\) must not exceed"):
+        ScalingSettings(min_hosts=5, max_hosts=2)
+
+
+def test_steady_noisy_load_does_not_flap() -> None:
+    """An hour of load whose rate wobbles ±8% around 10 hosts' worth: few changes."""
+    settings = S.model_copy(update={"max_hosts": 100})
+    state, current, changes = PolicyState(), 10, 0
+    for i in range(240):
+        rate = 0.5 * (1.08 if i % 2 else 0.92)  # 15 busy slots ± 8% → 10 hosts
+        d, state = decide(
+            settings, obs(i * 15.0, running=15, current=current, rate=rate, run_s=30), state
+        )
+        changes += d.desired != current
+        current = d.desired
+    assert changes <= 2 and 9 <= current <= 12
