@@ -104,3 +104,13 @@ def is_precondition_failed(exc: Exception) -> bool:
         return False
     code = str(exc.response.get("Error", {}).get("Code", ""))
     return code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+
+
+def service_client(aws: AwsSettings, service: str) -> Any:
+    """A client for any other service (autoscaling, ecs, cloudwatch) from the same settings."""
+    session = boto3.Session(region_name=aws.region)
+    return session.client(
+        service,
+        endpoint_url=aws.endpoint_url,  # type: ignore[call-overload]
+        config=Config(**botocore_config(aws)),
+    )

@@ -57,6 +57,47 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    from prefect.client.orchestration import get_client
+
+    from deployments.autoscaler import Autoscaler, build_backend
+    from deployments.scaling_backends import CloudWatchMetrics
+    from img2img.aws import service_client
+
+    backend = build_backend(settings)
+    metrics = None
+    if settings.autoscaler.cloudwatch_namespace:
+        metrics = CloudWatchMetrics(
+            service_client(settings.aws, "cloudwatch"),
+            settings.autoscaler.cloudwatch_namespace,
+            settings.autoscaler.pool,
+        )
+    with get_client(sync_client=True) as client:
+        scaler = Autoscaler(
+            client,
+            settings.autoscaler.pool,
+            settings.scaling,
+            backend,
+            metrics,
+            settings.autoscaler.rate_window_s,
+        )
+        if args.once:
+            decision = scaler.step()
+            print(
+                json.dumps(
+                    {
+                        "desired": decision.desired,
+                        "reason": decision.reason,
+                        "demand": decision.demand,
+                    }
+                )
+            )
+            return 0
+        scaler.install_signal_handlers()
+        scaler.run()
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
@@ -208,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
     dispatch.add_argument("--max-batch", type=int, default=None, help="most images per run")
     dispatch.add_argument("--max-wait", type=float, default=None, help="batching window, s")
     dispatch.set_defaults(func=cmd_dispatch)
+
+    autoscale = sub.add_parser("autoscale", help="run the autoscaler (long-running)")
+    autoscale.add_argument("--once", action="store_true", help="one decision, then exit")
+    autoscale.set_defaults(func=cmd_autoscale)
 
     demo = sub.add_parser("demo", help="run sample images through the local stack")
     demo.add_argument("--images", type=int, default=8, help="how many sample images")

@@ -253,7 +253,14 @@ class LocalStackSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Loopback address every local service binds to.")
     prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server port.")
     moto_port: int = Field(4566, ge=1, le=65535, description="moto (S3, SQS) server port.")
-    workers: int = Field(1, ge=0, le=32, description="Pipeline workers started by `local up`.")
+    workers: int = Field(
+        0,
+        ge=0,
+        le=32,
+        description="Workers started by `local up` besides the autoscaler's (0: the autoscaler "
+        "starts them on demand and stops them when idle).",
+    )
+    autoscaler: bool = Field(True, description="Run the autoscaler in the local stack.")
     worker_type: Literal["img2img-warm", "process"] = Field(
         "img2img-warm", description="Worker type of the local pipeline pool."
     )

@@ -30,6 +30,15 @@ log = logging.getLogger(__name__)
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CREDENTIALS_BLOCK = "img2img-local"
 POOL = "inf2"
+LOCAL_SCALING = {
+    "IMG2IMG_SCALING__MAX_HOSTS": "2",
+    "IMG2IMG_SCALING__INTERVAL_S": "2",
+    "IMG2IMG_SCALING__SCALE_OUT_COOLDOWN_S": "10",
+    "IMG2IMG_SCALING__SCALE_IN_COOLDOWN_S": "30",
+    "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "300",
+    "IMG2IMG_SCALING__EXPECTED_RUN_S": "10",
+    "IMG2IMG_SCALING__DRAIN_TARGET_S": "30",
+}
 # Fixed, non-secret credentials for the local emulator only.
 LOCAL_AWS_KEY = "local-stack"
 
@@ -89,6 +98,8 @@ class LocalStack:
                     self.settings.stages.model_cache_dir.resolve()
                 ),
                 "TOKENIZERS_PARALLELISM": "false",
+                # A laptop-sized autoscaler: decide every 2 s, react within seconds.
+                **{k: os.environ.get(k, v) for k, v in LOCAL_SCALING.items()},
                 "OMP_NUM_THREADS": str(self.settings.stages.torch_threads),
             }
         )
@@ -130,29 +141,70 @@ class LocalStack:
                 lambda: _http_ok(f"{local.prefect_api_url}/health"),
             ),
         ]
-        for i in range(local.workers):
-            argv = [
-                py,
-                "-m",
-                "prefect",
-                "worker",
-                "start",
-                "--pool",
-                POOL,
-                "--name",
-                f"local-worker-{i}",
-                "--type",
-                local.worker_type,
-            ]
-            if local.worker_type == "process":
-                # The stock worker would start every run at once; one device serves one
-                # run at a time per slot, so it gets the same number of slots.
-                argv += ["--limit", str(self.settings.worker.slot_count())]
-            services.append(Service(f"worker-{i}", argv, "worker", lambda: True))
+        services += [self.worker_service(i) for i in range(local.workers)]
         services.append(
             Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch", lambda: True)
         )
+        if local.autoscaler:
+            services.append(
+                Service(
+                    "autoscaler", [py, "-m", "img2img.cli", "autoscale"], "autoscale", lambda: True
+                )
+            )
         return services
+
+    def worker_service(self, index: int) -> Service:
+        local = self.settings.local
+        argv = [
+            sys.executable,
+            "-m",
+            "prefect",
+            "worker",
+            "start",
+            "--pool",
+            POOL,
+            "--name",
+            f"local-worker-{index}",
+            "--type",
+            local.worker_type,
+        ]
+        if local.worker_type == "process":
+            # The stock worker would start every run at once; one device serves one run
+            # at a time per slot, so it gets the same number of slots.
+            argv += ["--limit", str(self.settings.worker.slot_count())]
+        return Service(f"worker-{index}", argv, "worker", lambda: True)
+
+    # -- workers the autoscaler adds and removes ---------------------------------------------
+
+    def running_workers(self) -> list[tuple[int, str]]:
+        """(index, worker name) of the workers running and not draining."""
+        found = []
+        if self.pids.exists():
+            for f in self.pids.glob("worker-*.pid"):
+                suffix = f.stem.removeprefix("worker-")
+                if not suffix.isdigit():
+                    continue  # draining
+                index = int(suffix)
+                if self.pid_of(self.worker_service(index)) is not None:
+                    found.append((index, f"local-worker-{index}"))
+        return sorted(found)
+
+    def start_worker(self) -> int:
+        used = {i for i, _ in self.running_workers()}
+        used |= {int(f.stem.split("-")[1].split(".")[0]) for f in self.pids.glob("worker-*.pid")}
+        index = next(i for i in range(len(used) + 1) if i not in used)
+        self._start(self.worker_service(index), self.worker_env())
+        return index
+
+    def drain_worker(self, index: int) -> None:
+        """SIGTERM a worker (it finishes its runs, then exits) and mark it as leaving."""
+        service = self.worker_service(index)
+        pid = self.pid_of(service)
+        if pid is None:
+            return
+        os.kill(pid, signal.SIGTERM)
+        self._pidfile(service.name).rename(self.pids / f"worker-{index}.draining.pid")
+        log.info("draining worker-%d (pid %d)", index, pid)
 
     def _pidfile(self, name: str) -> Path:
         return self.pids / f"{name}.pid"

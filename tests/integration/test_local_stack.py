@@ -1,7 +1,9 @@
 """The main job end to end: `img2img demo` on a fresh local stack, then `local down`.
 
-Starts real processes (moto, Prefect server, a worker, the dispatcher) on free loopback
-ports with a private state folder, exactly as `make demo` does.
+Starts real processes (moto, Prefect server, the dispatcher, the autoscaler and the warm
+workers it starts) on free loopback ports with a private state folder, exactly as
+`make demo` does. The stack starts with zero workers: the autoscaler must start one for the
+burst of uploads and take it back to zero when idle, with nothing lost or done twice.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,11 +56,30 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
             assert summary["stage_p50_ms"][stage] > 0
         assert "tiny random-weight models" in demo.stderr
 
-        status = json.loads(img2img(["local", "status"], env, 60).stdout)
+        # Exactly one result per upload: nothing lost, nothing done twice.
+        assert len(set(summary["results"])) == 3
+
+        def services() -> dict:
+            return json.loads(img2img(["local", "status"], env, 60).stdout)
+
+        def workers(status: dict) -> list[str]:
+            return [k for k, v in status.items() if k.startswith("worker") and v["running"]]
+
+        status = services()
+        assert status["autoscaler"]["running"] and status["dispatcher"]["running"]
         again = img2img(["local", "up"], env, 300)
         assert again.returncode == 0, again.stderr[-2000:]
         assert "already running" in again.stderr
-        assert json.loads(img2img(["local", "status"], env, 60).stdout) == status
+        steady = {k: v for k, v in services().items() if not k.startswith("worker")}
+        assert steady == {k: v for k, v in status.items() if not k.startswith("worker")}
+
+        # Idle: the autoscaler drains the worker it started, back to zero.
+        deadline = time.monotonic() + 180
+        while workers(services()) and time.monotonic() < deadline:
+            time.sleep(2)
+        assert workers(services()) == []
+        log = (tmp_path / "state" / "logs" / "autoscaler.log").read_text()
+        assert "activate from zero" in log and "scale to 0" in log
     finally:
         down = img2img(["local", "down"], env, 120)
     assert down.returncode == 0

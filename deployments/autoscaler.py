@@ -1,0 +1,221 @@
+"""The autoscaler service: reads the work pool's queue, decides, applies, publishes.
+
+It runs as a long-running service (like the dispatcher), not as a scheduled deployment:
+a decision every `scaling.interval_s` seconds needs no worker of its own to pick it up, does
+not add a flow run to the UI every 15 seconds, and reacts within one interval. Every change
+of size is visible in Prefect all the same: an event `img2img.autoscaler.scaled` on the
+work pool's resource (Events page, automations) and a table artifact `img2img-autoscaler`
+whose history lists each decision with its reason.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import statistics
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from types import FrameType
+from typing import Any
+
+from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
+
+log = logging.getLogger("img2img.autoscaler")
+
+ARTIFACT_KEY = "img2img-autoscaler"
+
+
+class Autoscaler:
+    def __init__(
+        self,
+        prefect: Any,
+        pool: str,
+        policy: ScalingSettings,
+        backend: Any,
+        metrics: Any | None = None,
+        rate_window_s: float = 60.0,
+        clock: Any = time.monotonic,
+    ) -> None:
+        self.prefect = prefect
+        self.pool = pool
+        self.policy = policy
+        self.backend = backend
+        self.metrics = metrics
+        self.rate_window_s = rate_window_s
+        self.clock = clock
+        self.state = PolicyState()
+        self.history: list[dict[str, Any]] = []
+        self.busy: set[str] = set()
+        self._stop = threading.Event()
+
+    # -- observing the pool -----------------------------------------------------------------
+
+    def observe(self) -> Observation:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        now = datetime.now(timezone.utc)
+        pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool]))
+
+        def runs_filter(*types: StateType, **extra: Any) -> FlowRunFilter:
+            return FlowRunFilter(
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))), **extra
+            )
+
+        # Scheduled (late included) and pending runs that are due: not ones set for later.
+        queued = self.prefect.count_flow_runs(
+            flow_run_filter=runs_filter(
+                StateType.SCHEDULED,
+                StateType.PENDING,
+                expected_start_time=FlowRunFilterExpectedStartTime(
+                    before_=now + timedelta(seconds=self.policy.interval_s)
+                ),
+            ),
+            work_pool_filter=pool,
+        )
+        running_runs = self.prefect.read_flow_runs(
+            flow_run_filter=runs_filter(StateType.RUNNING, StateType.CANCELLING),
+            work_pool_filter=pool,
+            limit=1000,
+        )
+        self.busy = {
+            str(r.labels.get("prefect.worker.name"))
+            for r in running_runs
+            if r.labels and r.labels.get("prefect.worker.name")
+        }
+        window = timedelta(seconds=self.rate_window_s)
+        arrived = self.prefect.count_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                expected_start_time=FlowRunFilterExpectedStartTime(after_=now - window, before_=now)
+            ),
+            work_pool_filter=pool,
+        )
+        recent = self.prefect.read_flow_runs(
+            flow_run_filter=runs_filter(StateType.COMPLETED, StateType.FAILED),
+            work_pool_filter=pool,
+            sort=FlowRunSort.END_TIME_DESC,
+            limit=20,
+        )
+        durations = [
+            r.total_run_time.total_seconds()
+            for r in recent
+            if r.total_run_time and r.total_run_time.total_seconds() > 0
+        ]
+        return Observation(
+            now=self.clock(),
+            queued=int(queued),
+            running=len(running_runs),
+            current_desired=self.backend.current(),
+            recent_run_s=statistics.median(durations) if durations else None,
+            arrival_rate=arrived / self.rate_window_s,
+        )
+
+    # -- deciding and applying --------------------------------------------------------------
+
+    def step(self) -> Decision:
+        obs = self.observe()
+        decision, self.state = decide(self.policy, obs, self.state)
+        if decision.desired != obs.current_desired:
+            applied = self.backend.apply(decision.desired, self.busy)
+            log.info(
+                "%d → %d hosts: %s (%s)",
+                obs.current_desired,
+                decision.desired,
+                decision.reason,
+                applied,
+            )
+            self._record(obs, decision)
+        else:
+            log.debug("%s", decision.reason)
+        if self.metrics is not None:
+            try:
+                self.metrics.publish(obs, decision)
+            except Exception as exc:  # metrics are advisory: never stop scaling for them
+                log.warning("could not publish metrics: %s", exc)
+        return decision
+
+    def _record(self, obs: Observation, decision: Decision) -> None:
+        from prefect.artifacts import create_table_artifact
+        from prefect.events import emit_event
+
+        row = {
+            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "from": obs.current_desired,
+            "to": decision.desired,
+            "queued": obs.queued,
+            "running": obs.running,
+            "arrivals_per_s": round(obs.arrival_rate or 0.0, 3),
+            "usage": round(decision.usage, 3) if decision.usage != float("inf") else None,
+            "reason": decision.reason,
+        }
+        self.history = [*self.history, row][-50:]
+        try:
+            emit_event(
+                event="img2img.autoscaler.scaled",
+                resource={
+                    "prefect.resource.id": f"prefect.work-pool.{self.pool}",
+                    "prefect.resource.name": self.pool,
+                },
+                payload=row,
+            )
+            create_table_artifact(
+                list(reversed(self.history)),
+                key=ARTIFACT_KEY,
+                description=f"Scaling decisions for work pool {self.pool}",
+            )
+        except Exception as exc:
+            log.warning("could not record the decision in Prefect: %s", exc)
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop_after_s: float | None = None) -> None:
+        deadline = None if stop_after_s is None else self.clock() + stop_after_s
+        log.info(
+            "autoscaling work pool %s with the %s backend every %.0f s (%d to %d hosts)",
+            self.pool,
+            self.backend.name,
+            self.policy.interval_s,
+            self.policy.min_hosts,
+            self.policy.max_hosts,
+        )
+        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
+            try:
+                self.step()
+            except Exception as exc:  # the API or a backend may be briefly unavailable
+                log.warning("scaling step failed (will retry): %s", exc)
+            self._stop.wait(self.policy.interval_s)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, frame: FrameType | None) -> None:
+            log.info("signal %d: stopping the autoscaler (hosts are left as they are)", signum)
+            self.stop()
+
+        signal.signal(signal.SIGTERM, handler)
+        signal.signal(signal.SIGINT, handler)
+
+
+def build_backend(settings: Any) -> Any:
+    """The backend named by `settings.autoscaler`."""
+    from deployments.scaling_backends import AsgBackend, EcsBackend, LocalBackend
+    from img2img.aws import service_client
+
+    auto = settings.autoscaler
+    if auto.backend == "asg":
+        return AsgBackend(service_client(settings.aws, "autoscaling"), auto.asg_name)
+    if auto.backend == "ecs":
+        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, auto.ecs_service)
+    from infra.local_stack import LocalStack
+
+    return LocalBackend(LocalStack(settings))

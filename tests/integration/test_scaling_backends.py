@@ -1,0 +1,128 @@
+"""Scaling backends and the autoscaler against moto (Auto Scaling, ECS, CloudWatch) and a
+real Prefect API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from deployments.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
+from img2img.aws import service_client
+from img2img.scaling import Decision, Observation, ScalingSettings
+
+
+@pytest.fixture
+def asg(aws):  # type: ignore[no-untyped-def]
+    _, settings = aws
+    ec2 = service_client(settings.aws, "ec2")
+    autoscaling = service_client(settings.aws, "autoscaling")
+    ec2.create_launch_template(
+        LaunchTemplateName="inf2",
+        LaunchTemplateData={"ImageId": "ami-12c6146b", "InstanceType": "inf2.xlarge"},
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="img2img-inf2",
+        MinSize=0,
+        MaxSize=6,
+        DesiredCapacity=3,
+        LaunchTemplate={"LaunchTemplateName": "inf2", "Version": "$Latest"},
+        AvailabilityZones=["us-east-1a"],
+    )
+    return autoscaling
+
+
+def protection(autoscaling: Any) -> dict[str, bool]:
+    group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["img2img-inf2"])[
+        "AutoScalingGroups"
+    ][0]
+    return {i["InstanceId"]: i["ProtectedFromScaleIn"] for i in group["Instances"]}
+
+
+def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
+    backend = AsgBackend(asg, "img2img-inf2")
+    assert backend.current() == 3
+    busy_host = sorted(protection(asg))[0]
+
+    message = backend.apply(1, busy={busy_host})
+
+    assert "1 busy hosts protected" in message
+    assert backend.current() == 1
+    flags = protection(asg)
+    assert flags.get(busy_host) is True  # the host running a flow run is not scaled in
+    assert not any(v for k, v in flags.items() if k != busy_host)
+
+
+def test_asg_backend_names_a_missing_group(aws) -> None:  # type: ignore[no-untyped-def]
+    _, settings = aws
+    backend = AsgBackend(service_client(settings.aws, "autoscaling"), "nope")
+    with pytest.raises(LookupError, match="'nope' does not exist"):
+        backend.current()
+
+
+@pytest.fixture
+def ecs(aws):  # type: ignore[no-untyped-def]
+    _, settings = aws
+    client = service_client(settings.aws, "ecs")
+    client.create_cluster(clusterName="img2img")
+    client.register_task_definition(
+        family="worker",
+        containerDefinitions=[{"name": "worker", "image": "img2img:latest", "memory": 512}],
+    )
+    client.create_service(
+        cluster="img2img", serviceName="workers", taskDefinition="worker", desiredCount=1
+    )
+    return client
+
+
+def test_ecs_backend_sets_the_desired_count(ecs: Any) -> None:
+    backend = EcsBackend(ecs, "img2img", "workers")
+    assert backend.current() == 1
+    backend.apply(4, busy=set())
+    assert backend.current() == 4
+
+
+def test_cloudwatch_metrics_are_published(aws) -> None:  # type: ignore[no-untyped-def]
+    _, settings = aws
+    cloudwatch = service_client(settings.aws, "cloudwatch")
+    metrics = CloudWatchMetrics(cloudwatch, "img2img-test", "inf2")
+    obs = Observation(now=0, queued=6, running=2, current_desired=2)
+    metrics.publish(obs, Decision(desired=3, reason="scale out", usage=4.0, needed=3, demand=8))
+    listed = cloudwatch.list_metrics(Namespace="img2img-test")["Metrics"]
+    names = {m["MetricName"] for m in listed}
+    assert {"QueuedRuns", "RunningRuns", "DesiredHosts", "UsageRate", "BacklogPerHost"} <= names
+    assert all(m["Dimensions"] == [{"Name": "WorkPool", "Value": "inf2"}] for m in listed)
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> None:  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from deployments.autoscaler import ARTIFACT_KEY, Autoscaler
+    from tests.integration.warm import create_pool_and_deployment
+
+    ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
+    with get_client(sync_client=True) as client:
+        pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
+        for _ in range(3):
+            client.create_flow_run_from_deployment(deployment_id, parameters={"objects": []})
+        policy = ScalingSettings(
+            max_hosts=5, slots_per_host=1, expected_run_s=60, drain_target_s=60
+        )
+        scaler = Autoscaler(client, pool, policy, EcsBackend(ecs, "img2img", "workers"))
+
+        obs = scaler.observe()
+        assert (obs.queued, obs.running, obs.current_desired) == (3, 0, 0)
+        assert obs.arrival_rate == pytest.approx(3 / 60)
+        decision = scaler.step()
+
+        assert decision.desired >= 1 and decision.reason.startswith("activate from zero")
+        assert EcsBackend(ecs, "img2img", "workers").current() == decision.desired
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
+        )
+        assert artifacts and "activate from zero" in str(artifacts[0].data)
+        # The same state again is a hold: no flapping, no new record.
+        again = scaler.step()
+        assert again.desired == decision.desired and again.reason.startswith("hold")
