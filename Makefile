@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+# checkov pins its own dependency set, so it lives in a virtual environment of its own.
+CHECKOV_VENV ?= .venv-checkov
+CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install demo test lint down status
+.PHONY: install demo test lint infra-check down status
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -13,6 +16,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $(STAMP)
+
+$(CHECKOV_STAMP):
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q "checkov>=3.2,<4"
+	touch $(CHECKOV_STAMP)
 
 install: $(STAMP)
 
@@ -24,7 +32,12 @@ lint: install
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: lint
+infra-check: install $(CHECKOV_STAMP)
+	$(BIN)/cfn-lint infra/aws/*.yaml
+	$(CHECKOV_VENV)/bin/checkov -d infra/aws --framework cloudformation --compact --quiet \
+		--skip-download
+
+test: lint infra-check
 	$(BIN)/python -m pytest -q
 
 down:

@@ -82,11 +82,22 @@ class Autoscaler:
             ),
             work_pool_filter=pool,
         )
-        running_runs = self.prefect.read_flow_runs(
-            flow_run_filter=runs_filter(StateType.RUNNING, StateType.CANCELLING),
-            work_pool_filter=pool,
-            limit=1000,
+        running_filter = runs_filter(StateType.RUNNING, StateType.CANCELLING)
+        running = self.prefect.count_flow_runs(
+            flow_run_filter=running_filter, work_pool_filter=pool
         )
+        # The API serves at most 200 runs a page; more pages only for the busy-host names.
+        running_runs: list[Any] = []
+        while len(running_runs) < running:
+            page = self.prefect.read_flow_runs(
+                flow_run_filter=running_filter,
+                work_pool_filter=pool,
+                limit=200,
+                offset=len(running_runs),
+            )
+            if not page:
+                break
+            running_runs += page
         self.busy = {
             str(r.labels.get("prefect.worker.name"))
             for r in running_runs
@@ -113,7 +124,7 @@ class Autoscaler:
         return Observation(
             now=self.clock(),
             queued=int(queued),
-            running=len(running_runs),
+            running=int(running),
             current_desired=self.backend.current(),
             recent_run_s=statistics.median(durations) if durations else None,
             arrival_rate=arrived / self.rate_window_s,

@@ -1,0 +1,107 @@
+"""Static checks of the CloudFormation templates: what moto cannot show when it deploys them
+(public access blocks, TLS-only policies, least privilege), read from the templates."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.integration.test_aws_templates import load_template
+
+
+@pytest.fixture(scope="module")
+def storage() -> dict[str, Any]:
+    return load_template("storage.yaml")["Resources"]
+
+
+@pytest.fixture(scope="module")
+def compute() -> dict[str, Any]:
+    return load_template("compute.yaml")["Resources"]
+
+
+def of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
+    return {k: v for k, v in resources.items() if v["Type"] == kind}
+
+
+def test_every_bucket_is_private_encrypted_and_tls_only(storage: dict[str, Any]) -> None:
+    buckets = of_type(storage, "AWS::S3::Bucket")
+    policies = of_type(storage, "AWS::S3::BucketPolicy")
+    assert set(buckets) == {"AccessLogBucket", "UploadsBucket", "ResultsBucket"}
+    for name, bucket in buckets.items():
+        props = bucket["Properties"]
+        assert all(props["PublicAccessBlockConfiguration"].values()), name
+        assert props["BucketEncryption"]["ServerSideEncryptionConfiguration"], name
+        assert props["OwnershipControls"]["Rules"][0]["ObjectOwnership"] == "BucketOwnerEnforced"
+        assert props["VersioningConfiguration"]["Status"] == "Enabled", name
+        policy = next(p for p in policies.values() if p["Properties"]["Bucket"] == {"Ref": name})
+        statements = policy["Properties"]["PolicyDocument"]["Statement"]
+        assert any(
+            s["Effect"] == "Deny" and s["Condition"]["Bool"]["aws:SecureTransport"] == "false"
+            for s in statements
+        ), name
+
+
+def test_directory_bucket_is_in_the_chosen_az_and_expires_stage_outputs(
+    storage: dict[str, Any],
+) -> None:
+    stage = storage["StageBucket"]["Properties"]
+    assert stage["LocationName"] == {"Ref": "AvailabilityZoneId"}
+    assert "--x-s3" in json.dumps(stage["BucketName"])
+    rules = stage["LifecycleConfiguration"]["Rules"]
+    assert any(r.get("ExpirationInDays") == {"Ref": "StageOutputExpiryDays"} for r in rules)
+
+
+def test_queues_are_encrypted_and_only_the_uploads_bucket_may_send(
+    storage: dict[str, Any],
+) -> None:
+    for queue in of_type(storage, "AWS::SQS::Queue").values():
+        assert queue["Properties"]["SqsManagedSseEnabled"] is True
+    [policy] = of_type(storage, "AWS::SQS::QueuePolicy").values()
+    allow = next(
+        s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"
+    )
+    assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
+    assert "aws:SourceArn" in allow["Condition"]["ArnEquals"]
+
+
+def test_alarms_watch_the_dead_letter_queue_and_message_age(storage: dict[str, Any]) -> None:
+    metrics = {
+        a["Properties"]["MetricName"] for a in of_type(storage, "AWS::CloudWatch::Alarm").values()
+    }
+    assert metrics == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}
+
+
+def test_roles_are_least_privilege(compute: dict[str, Any]) -> None:
+    for name, role in of_type(compute, "AWS::IAM::Role").items():
+        for policy in role["Properties"]["Policies"]:
+            for statement in policy["PolicyDocument"]["Statement"]:
+                actions = statement["Action"]
+                actions = actions if isinstance(actions, list) else [actions]
+                assert not any(a == "*" or a.endswith(":*") for a in actions), (name, actions)
+                if statement["Resource"] == "*":
+                    # Only calls that cannot be scoped to a resource, or a condition scopes.
+                    assert (
+                        all(a.startswith("autoscaling:Describe") for a in actions)
+                        or "Condition" in statement
+                    ), (name, statement["Sid"])
+    worker = json.dumps(compute["WorkerRole"])
+    assert "s3express:CreateSession" in worker and "s3:DeleteObject" not in worker
+
+
+def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
+    compute: dict[str, Any],
+) -> None:
+    for template in of_type(compute, "AWS::EC2::LaunchTemplate").values():
+        data = template["Properties"]["LaunchTemplateData"]
+        assert data["MetadataOptions"]["HttpTokens"] == "required"
+        assert all(m["Ebs"]["Encrypted"] for m in data["BlockDeviceMappings"])
+        user_data = json.dumps(data["UserData"])
+        assert "secretsmanager get-secret-value" in user_data  # the key never in plain text
+    group = compute["InferenceGroup"]["Properties"]
+    [hook] = group["LifecycleHookSpecificationList"]
+    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert group["VPCZoneIdentifier"] == [{"Ref": "InferenceSubnetId"}]
+    inference = json.dumps(compute["InferenceLaunchTemplate"])
+    assert "--type img2img-warm" in inference and "--name $IID" in inference
