@@ -43,6 +43,8 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
             "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
             "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
+            "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "8",
+            "IMG2IMG_SCALING__INTERVAL_S": "1",
         }
     )
     try:
