@@ -8,12 +8,13 @@ emulator needs (FACTS.md); on AWS the block has no endpoint and session auth sta
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import WorkPoolCreate
-from prefect.exceptions import ObjectAlreadyExists
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY, POOL
@@ -37,8 +38,27 @@ def main() -> None:
             config={"s3": {"disable_s3_express_session_auth": True}},
         ),
     ).save(CREDENTIALS_BLOCK, overwrite=True)
-    with get_client(sync_client=True) as client, contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=POOL, type="process"))
+    ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
+    ensure_pool("control", "process")
+
+
+def ensure_pool(name: str, pool_type: str) -> None:
+    """Create the work pool with `pool_type` (with its base job template from deployments/
+    for the warm type), replacing a local pool of another type."""
+    template = json.loads(TEMPLATE.read_text()) if pool_type == "img2img-warm" else None
+    with get_client(sync_client=True) as client:
+        try:
+            existing = client.read_work_pool(name)
+        except ObjectNotFound:
+            existing = None
+        if existing is not None and existing.type != pool_type:
+            client.delete_work_pool(name)
+            existing = None
+        if existing is None:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_work_pool(
+                    WorkPoolCreate(name=name, type=pool_type, base_job_template=template or {})
+                )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,59 @@
+"""The autoscaler as a Prefect flow: one run keeps the pool sized for `duration_s` seconds.
+
+The recommended way to run the autoscaler is the long-running `img2img autoscale` service
+(see README, Scaling). This flow is the same loop under Prefect's supervision, for teams that
+want it as a deployment: schedule it hourly with a concurrency limit of one and each run
+scales for the hour, its decisions in the run's logs and the `img2img-autoscaler` artifact.
+
+    python -m flows.autoscale --duration 300
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from prefect import flow, get_run_logger
+
+
+@flow(name="img2img-autoscaler", log_prints=False)
+def autoscale(duration_s: float = 3600.0) -> int:
+    """Scale the pool for `duration_s` seconds; returns the size it leaves."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.autoscaler import Autoscaler, build_backend
+    from deployments.scaling_backends import CloudWatchMetrics
+    from img2img.aws import service_client
+    from img2img.settings import load_settings
+
+    settings = load_settings()
+    backend = build_backend(settings)
+    metrics = None
+    if settings.autoscaler.cloudwatch_namespace and settings.autoscaler.backend != "local":
+        metrics = CloudWatchMetrics(
+            service_client(settings.aws, "cloudwatch"),
+            settings.autoscaler.cloudwatch_namespace,
+            settings.autoscaler.pool,
+        )
+    with get_client(sync_client=True) as client:
+        scaler = Autoscaler(
+            client,
+            settings.autoscaler.pool,
+            settings.scaling,
+            backend,
+            metrics,
+            settings.autoscaler.rate_window_s,
+        )
+        scaler.run(stop_after_s=duration_s)
+    size: int = backend.current()
+    get_run_logger().info("left the pool at %d host(s) after %.0f s", size, duration_s)
+    return size
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Run the autoscaler for a while.")
+    parser.add_argument("--duration", type=float, default=3600.0, help="seconds")
+    autoscale(duration_s=parser.parse_args().duration)
+
+
+if __name__ == "__main__":
+    main()
