@@ -230,3 +230,25 @@ def build_backend(settings: Any) -> Any:
     from infra.local_stack import LocalStack
 
     return LocalBackend(LocalStack(settings))
+
+
+def build_autoscaler(settings: Any, prefect: Any) -> Autoscaler:
+    """The autoscaler the settings describe: backend, CloudWatch metrics, policy."""
+    from deployments.scaling_backends import CloudWatchMetrics
+    from img2img.aws import service_client
+
+    metrics = None
+    if settings.autoscaler.cloudwatch_namespace:
+        metrics = CloudWatchMetrics(
+            service_client(settings.aws, "cloudwatch"),
+            settings.autoscaler.cloudwatch_namespace,
+            settings.autoscaler.pool,
+        )
+    return Autoscaler(
+        prefect,
+        settings.autoscaler.pool,
+        settings.scaling,
+        build_backend(settings),
+        metrics,
+        settings.autoscaler.rate_window_s,
+    )

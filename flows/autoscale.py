@@ -20,31 +20,13 @@ def autoscale(duration_s: float = 3600.0) -> int:
     """Scale the pool for `duration_s` seconds; returns the size it leaves."""
     from prefect.client.orchestration import get_client
 
-    from deployments.autoscaler import Autoscaler, build_backend
-    from deployments.scaling_backends import CloudWatchMetrics
-    from img2img.aws import service_client
+    from deployments.autoscaler import build_autoscaler
     from img2img.settings import load_settings
 
-    settings = load_settings()
-    backend = build_backend(settings)
-    metrics = None
-    if settings.autoscaler.cloudwatch_namespace and settings.autoscaler.backend != "local":
-        metrics = CloudWatchMetrics(
-            service_client(settings.aws, "cloudwatch"),
-            settings.autoscaler.cloudwatch_namespace,
-            settings.autoscaler.pool,
-        )
     with get_client(sync_client=True) as client:
-        scaler = Autoscaler(
-            client,
-            settings.autoscaler.pool,
-            settings.scaling,
-            backend,
-            metrics,
-            settings.autoscaler.rate_window_s,
-        )
+        scaler = build_autoscaler(load_settings(), client)
         scaler.run(stop_after_s=duration_s)
-    size: int = backend.current()
+    size: int = scaler.backend.current()
     get_run_logger().info("left the pool at %d host(s) after %.0f s", size, duration_s)
     return size
 

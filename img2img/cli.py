@@ -60,27 +60,10 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.autoscaler import Autoscaler, build_backend
-    from deployments.scaling_backends import CloudWatchMetrics
-    from img2img.aws import service_client
+    from deployments.autoscaler import build_autoscaler
 
-    backend = build_backend(settings)
-    metrics = None
-    if settings.autoscaler.cloudwatch_namespace:
-        metrics = CloudWatchMetrics(
-            service_client(settings.aws, "cloudwatch"),
-            settings.autoscaler.cloudwatch_namespace,
-            settings.autoscaler.pool,
-        )
     with get_client(sync_client=True) as client:
-        scaler = Autoscaler(
-            client,
-            settings.autoscaler.pool,
-            settings.scaling,
-            backend,
-            metrics,
-            settings.autoscaler.rate_window_s,
-        )
+        scaler = build_autoscaler(settings, client)
         if args.once:
             decision = scaler.step()
             print(
