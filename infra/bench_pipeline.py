@@ -44,6 +44,9 @@ def bench_settings(base: Settings, state_dir: Path) -> Settings:
             "state_dir": state_dir,
             "prefect_port": base.local.prefect_port + 10,
             "moto_port": base.local.moto_port + 10,
+            # One fixed worker and no autoscaler: this measures the worker, not scaling.
+            "workers": 1,
+            "autoscaler": False,
         }
     )
     return base.model_copy(update={"local": local})
