@@ -5,6 +5,7 @@
 
 Run it directly against the local stack:
 
+    eval "$(img2img local env)"
     python -m flows.pipeline --bucket img2img-uploads --key photos/cat.png
 """
 
@@ -129,7 +130,20 @@ def main() -> None:
     parser.add_argument("--prompt", default=None, help="default prompt")
     args = parser.parse_args()
     defaults = ImageParams(prompt=args.prompt) if args.prompt else None
-    refs = [ObjectRef(bucket=args.bucket, key=k) for k in args.key]
+    # Name each upload as its S3 event would (ETag, version), so outcomes land where the
+    # event-driven path would put them and a re-run is recognised as one.
+    s3 = get_runtime().clients.s3
+    refs = []
+    for key in args.key:
+        head = s3.head_object(Bucket=args.bucket, Key=key)
+        refs.append(
+            ObjectRef(
+                bucket=args.bucket,
+                key=key,
+                etag=head["ETag"].strip('"'),
+                version_id=head.get("VersionId"),
+            )
+        )
     img2img_pipeline(objects=refs, defaults=defaults)
 
 

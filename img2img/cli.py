@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 from typing import Any
 
@@ -33,6 +34,12 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
         _say(f"state, logs and PIDs: {stack.state}")
     elif args.action == "down":
         stack.down(_say)
+    elif args.action == "env":
+        # For running flows or the CLI by hand against the local stack: eval "$(img2img local env)"
+        env = stack.child_env()
+        for key in sorted(env):
+            if key.startswith(("IMG2IMG_", "AWS_")) or key == "PREFECT_API_URL":
+                print(f"export {key}={shlex.quote(env[key])}")
     else:
         print(describe(stack.status()))
     return 0
@@ -224,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     local = sub.add_parser("local", help="the embedded local stack")
-    local.add_argument("action", choices=["up", "down", "status"])
+    local.add_argument("action", choices=["up", "down", "status", "env"])
     local.add_argument("--workers", type=int, default=None, help="pipeline workers to start")
     local.set_defaults(func=cmd_local)
 
