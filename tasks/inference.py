@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
@@ -27,7 +28,7 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     pipe = rt.models.get("img2img", st, rt.clients.s3)
     shape = (st.width, st.height)
 
-    def infer(job: ImageJob):  # type: ignore[no-untyped-def]
+    def infer(job: ImageJob) -> Image.Image:
         assert job.image is not None and job.params is not None
         return run_img2img(pipe, job.image, job.params, job.seed, shape)
 
@@ -61,7 +62,7 @@ def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         return
     pipe = rt.models.get("upscale", st, rt.clients.s3)
 
-    def infer(job: ImageJob):  # type: ignore[no-untyped-def]
+    def infer(job: ImageJob) -> Image.Image:
         assert job.stage1 is not None and job.params is not None
         return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
 
