@@ -11,14 +11,13 @@ whose history lists each decision with its reason.
 from __future__ import annotations
 
 import logging
-import signal
 import statistics
 import threading
 import time
 from datetime import datetime, timedelta, timezone
-from types import FrameType
 from typing import Any
 
+from deployments.signals import stop_on_signals
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
 
 log = logging.getLogger("img2img.autoscaler")
@@ -209,12 +208,7 @@ class Autoscaler:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %d: stopping the autoscaler (hosts are left as they are)", signum)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.stop, log, "stopping the autoscaler (hosts are left as they are)")
 
 
 def build_backend(settings: Any) -> Any:

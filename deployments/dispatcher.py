@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import json
 import logging
-import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
+from deployments.signals import stop_on_signals
 from img2img.batching import Batch, Batcher
 from img2img.errors import InvalidEvent
 from img2img.events import parse_message
@@ -86,12 +85,7 @@ class Dispatcher:
         self._stop.set()
 
     def install_signal_handlers(self) -> None:
-        def handler(signum: int, frame: FrameType | None) -> None:
-            log.info("signal %d: finishing pending batches and stopping", signum)
-            self.stop()
-
-        signal.signal(signal.SIGTERM, handler)
-        signal.signal(signal.SIGINT, handler)
+        stop_on_signals(self.stop, log, "finishing pending batches and stopping")
 
     def step(self) -> None:
         """Receive one round of messages (long-polling up to the next batch deadline),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from PIL import Image
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -13,6 +15,29 @@ from img2img.stages.upscale import run_upscale
 from tasks.runtime import get_runtime, retry_if_transient, stop_requested
 
 
+def _run_on_device(
+    jobs: list[ImageJob],
+    outputs: steps.StageOutputs,
+    stage: str,
+    infer: Callable[[ImageJob], Image.Image],
+) -> None:
+    """Run one stage over the batch on this process's device, then log how it went."""
+    rt = get_runtime()
+    steps.run_stage(
+        jobs,
+        stage,
+        infer,
+        outputs,
+        resume=True,
+        device_lock=rt.models.device_lock,
+        should_stop=stop_requested(),
+    )
+    done = sum(1 for j in jobs if (j.stage1 if stage == "stage1" else j.stage2) is not None)
+    get_run_logger().info(
+        "%s done for %d images (model loads in this process: %d)", stage, done, rt.models.loads
+    )
+
+
 @task(
     name="stage1-img2img",
     retries=2,
@@ -21,10 +46,10 @@ from tasks.runtime import get_runtime, retry_if_transient, stop_requested
     cache_policy=NO_CACHE,
 )
 def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
+    if not any(j.active for j in jobs):
+        return  # nothing left to do: do not even load the model
     rt = get_runtime()
     st = rt.settings.stages
-    if not any(j.active for j in jobs):
-        return
     pipe = rt.models.get("img2img", st, rt.clients.s3)
     shape = (st.width, st.height)
 
@@ -32,20 +57,7 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
         assert job.image is not None and job.params is not None
         return run_img2img(pipe, job.image, job.params, job.seed, shape)
 
-    steps.run_stage(
-        jobs,
-        "stage1",
-        infer,
-        outputs,
-        resume=True,
-        device_lock=rt.models.device_lock,
-        should_stop=stop_requested(),
-    )
-    get_run_logger().info(
-        "stage 1 done for %d images (model loads in this process: %d)",
-        sum(1 for j in jobs if j.stage1 is not None),
-        rt.models.loads,
-    )
+    _run_on_device(jobs, outputs, "stage1", infer)
 
 
 @task(
@@ -56,25 +68,14 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     cache_policy=NO_CACHE,
 )
 def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
-    rt = get_runtime()
-    st = rt.settings.stages
     if not any(j.active for j in jobs):
         return
+    rt = get_runtime()
+    st = rt.settings.stages
     pipe = rt.models.get("upscale", st, rt.clients.s3)
 
     def infer(job: ImageJob) -> Image.Image:
         assert job.stage1 is not None and job.params is not None
         return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
 
-    steps.run_stage(
-        jobs,
-        "stage2",
-        infer,
-        outputs,
-        resume=True,
-        device_lock=rt.models.device_lock,
-        should_stop=stop_requested(),
-    )
-    get_run_logger().info(
-        "stage 2 done for %d images", sum(1 for j in jobs if j.stage2 is not None)
-    )
+    _run_on_device(jobs, outputs, "stage2", infer)

@@ -6,7 +6,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prefect.states import Cancelling
@@ -43,6 +46,19 @@ def ready(log: Path, count: int = 1) -> bool:
     return log.read_text(errors="replace").count(": ready (pid") >= count
 
 
+@contextmanager
+def loaded_worker(
+    client: Any, tmp_path: Path, env: dict[str, str]
+) -> Iterator[tuple[Any, Path, Any]]:
+    """A fresh pool and deployment, and a warm worker on it whose slot has loaded its models;
+    yields (deployment id, worker log, worker process)."""
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, env) as proc:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        yield deployment_id, log, proc
+
+
 def test_the_worker_type_is_registered_with_its_job_template() -> None:
     from prefect.plugins import load_prefect_collections
     from prefect.workers.base import BaseWorker
@@ -75,10 +91,7 @@ def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(  # type: ignore[n
     aws, client, tmp_path: Path
 ) -> None:
     clients, settings = aws
-    pool, deployment_id = create_pool_and_deployment(client)
-    log = tmp_path / "worker.log"
-    with warm_worker(pool, log, SLOW_SIM):
-        wait_for(lambda: ready(log), 120, "the slot to load")
+    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, _proc):
         run, _ = submit(client, clients, settings, deployment_id, "crash", count=3)
         running = wait_for(
             lambda: (
@@ -106,10 +119,7 @@ def test_cancelling_a_running_run_stops_it_and_records_the_rest(  # type: ignore
     aws, client, tmp_path: Path
 ) -> None:
     clients, settings = aws
-    pool, deployment_id = create_pool_and_deployment(client)
-    log = tmp_path / "worker.log"
-    with warm_worker(pool, log, SLOW_SIM):
-        wait_for(lambda: ready(log), 120, "the slot to load")
+    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, _log, _proc):
         run, refs = submit(client, clients, settings, deployment_id, "cancel", count=4)
         wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
         client.set_flow_run_state(run.id, Cancelling(message="operator"), force=True)
@@ -125,10 +135,7 @@ def test_sigterm_drains_running_runs_and_takes_no_new_ones(  # type: ignore[no-u
     aws, client, tmp_path: Path
 ) -> None:
     clients, settings = aws
-    pool, deployment_id = create_pool_and_deployment(client)
-    log = tmp_path / "worker.log"
-    with warm_worker(pool, log, SLOW_SIM) as proc:
-        wait_for(lambda: ready(log), 120, "the slot to load")
+    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, proc):
         run, _ = submit(client, clients, settings, deployment_id, "drain", count=2)
         wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
         os.kill(proc.pid, signal.SIGTERM)
