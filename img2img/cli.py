@@ -1,4 +1,4 @@
-"""The `img2img` command line: local stack, dispatcher, demo."""
+"""The `img2img` command line: local stack, dispatcher, demo, compile, benchmarks."""
 
 from __future__ import annotations
 
@@ -226,6 +226,72 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
+    from img2img.aws import clients_from_settings
+    from img2img.compiled.compile import CompileRequest, compile_stage
+    from img2img.errors import Img2ImgError
+
+    needs_s3 = any(v.startswith("s3://") for v in (args.model, args.out))
+    s3 = clients_from_settings(settings.aws).s3 if needs_s3 else None
+    request = CompileRequest(
+        stage=args.stage,
+        model=args.model,
+        height=args.height,
+        width=args.width,
+        batch=args.batch,
+        backend=args.backend,
+        out=args.out,
+        guidance=not args.no_guidance,
+        cores=args.cores,
+        dtype=args.dtype,
+    )
+    try:
+        manifest = compile_stage(request, s3, progress=_say)
+    except Img2ImgError as exc:
+        print(f"img2img compile: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(manifest.to_json().replace("\n", " "))
+    return 0
+
+
+def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from infra.bench_models import ModelBenchConfig, neuron_available, run_models_bench
+
+    torch.set_num_threads(settings.stages.torch_threads)
+    backends = ["eager", "torchscript"] + (["neuron"] if neuron_available() else [])
+    if args.backend != "all":
+        backends = [args.backend]
+    if args.device != "cpu" and "torchscript" in backends:
+        print(
+            "the torchscript backend is benchmarked on cpu only; use --backend eager or "
+            "--backend neuron with --device",
+            file=sys.stderr,
+        )
+        return 2
+    side = args.height or (64 if args.size == "tiny" else 512)
+    cfg = ModelBenchConfig(
+        stages=["img2img", "upscale"] if args.stage == "all" else [args.stage],
+        backends=backends,
+        size=args.size,
+        height=side,
+        width=args.width or side,
+        batch=args.batch,
+        steps=args.steps,
+        strength=args.strength,
+        upscale_steps=args.upscale_steps,
+        guidance=args.guidance,
+        calls=args.calls,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    _say(f"bench models: {cfg}")
+    run_models_bench(cfg, _say, args.json)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="img2img", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -251,6 +317,31 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, default=10, help="stage-1 steps (metadata)")
     demo.add_argument("--upscale-steps", type=int, default=5, help="stage-2 steps (metadata)")
     demo.set_defaults(func=cmd_demo)
+    comp = sub.add_parser("compile", help="compile a stage to static-shape artifacts")
+    comp.add_argument("--stage", choices=["img2img", "upscale"], required=True)
+    comp.add_argument(
+        "--model",
+        required=True,
+        help="diffusers folder, s3:// URI, 'tiny' or 'random:sd15|sd21' (random weights)",
+    )
+    comp.add_argument("--height", type=int, required=True, help="stage input height")
+    comp.add_argument("--width", type=int, required=True, help="stage input width")
+    comp.add_argument("--batch", type=int, default=1, help="images per call")
+    comp.add_argument("--backend", choices=["neuron", "torchscript"], required=True)
+    comp.add_argument("--out", required=True, help="new folder or s3:// prefix")
+    comp.add_argument(
+        "--no-guidance", action="store_true", help="compile for guidance_scale <= 1 (no CFG)"
+    )
+    comp.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="NeuronCores the UNet batch splits over (default 2 for neuron, 1 for torchscript)",
+    )
+    comp.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    comp.add_argument("--json", action="store_true", help="print the manifest")
+    comp.set_defaults(func=cmd_compile)
+
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     pipe = bench_sub.add_parser("pipeline", help="images through the whole local path")
@@ -281,6 +372,25 @@ def build_parser() -> argparse.ArgumentParser:
     pipe.add_argument("--keep", action="store_true", help="leave the bench stack running")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench_pipeline)
+
+    models = bench_sub.add_parser("models", help="stage latency per backend")
+    models.add_argument("--stage", choices=["img2img", "upscale", "all"], default="all")
+    models.add_argument(
+        "--backend", choices=["eager", "torchscript", "neuron", "all"], default="all"
+    )
+    models.add_argument("--size", choices=["tiny", "sd15", "sd21"], default="tiny")
+    models.add_argument("--height", type=int, default=None, help="default 64 tiny, 512 real")
+    models.add_argument("--width", type=int, default=None, help="default: --height")
+    models.add_argument("--batch", type=int, default=1)
+    models.add_argument("--steps", type=int, default=30, help="img2img steps")
+    models.add_argument("--strength", type=float, default=0.75)
+    models.add_argument("--upscale-steps", type=int, default=20)
+    models.add_argument("--guidance", type=float, default=7.5)
+    models.add_argument("--calls", type=int, default=3, help="timed calls after one warm-up")
+    models.add_argument("--device", default="cpu", help="cpu or cuda (eager)")
+    models.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_bench_models)
 
     scaling = bench_sub.add_parser("scaling", help="simulate request traces through the policy")
     scaling.add_argument(

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 StageKind = Literal["img2img", "upscale"]
 
 
-def _pipeline_class(kind: StageKind) -> Any:
+def pipeline_class(kind: StageKind) -> Any:
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionUpscalePipeline
 
     return {"img2img": StableDiffusionImg2ImgPipeline, "upscale": StableDiffusionUpscalePipeline}[
@@ -109,20 +109,11 @@ class ModelCache:
 
     def get(self, kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
         with self._lock:
-            if settings.backend == "simulated":
-                key = (kind, "simulated", "", "")
-                folder = None
-            else:
-                folder = resolve_source(kind, settings, s3)
-                key = (kind, str(folder.resolve()), settings.device, settings.dtype)
+            key = _cache_key(kind, settings)
             pipe = self._pipes.get(key)
             if pipe is None:
                 start = time.perf_counter()
-                pipe = (
-                    _load_simulated(kind, settings)
-                    if folder is None
-                    else _load(kind, folder, settings)
-                )
+                pipe = load_pipeline(kind, settings, s3)
                 self._pipes[key] = pipe
                 self.loads += 1
                 self.load_s += time.perf_counter() - start
@@ -146,6 +137,28 @@ class ModelCache:
             run_upscale(self.get("upscale", settings, s3), first, params, 0, settings.noise_level)
 
 
+def _cache_key(kind: StageKind, settings: StageSettings) -> tuple[str, str, str, str]:
+    if settings.backend == "simulated":
+        return (kind, "simulated", "", "")
+    if settings.backend in ("torchscript", "neuron"):
+        source = settings.img2img_artifacts if kind == "img2img" else settings.upscale_artifacts
+        return (kind, settings.backend, str(source), settings.device)
+    source = settings.img2img_model if kind == "img2img" else settings.upscale_model
+    return (kind, str(source), settings.device, settings.dtype)
+
+
+def load_pipeline(kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
+    """The pipeline of `kind` on the backend the settings name. Every backend returns an
+    object called like a diffusers pipeline, so the stage code never knows which it has."""
+    if settings.backend == "simulated":
+        return _load_simulated(kind, settings)
+    if settings.backend in ("torchscript", "neuron"):
+        from img2img.compiled.loader import load_compiled
+
+        return load_compiled(kind, settings, s3)
+    return _load(kind, resolve_source(kind, settings, s3), settings)
+
+
 def _load_simulated(kind: StageKind, settings: StageSettings) -> Any:
     from img2img.simulated import SimulatedPipeline
 
@@ -163,7 +176,7 @@ def _load(kind: StageKind, folder: Path, settings: StageSettings) -> Any:
         raise ModelLoadError(f"dtype {settings.dtype} needs a GPU; stages.device is 'cpu'")
     log.info("loading %s model from %s on %s (%s)", kind, folder, settings.device, settings.dtype)
     try:
-        pipe = _pipeline_class(kind).from_pretrained(str(folder), torch_dtype=dtype)
+        pipe = pipeline_class(kind).from_pretrained(str(folder), torch_dtype=dtype)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelLoadError(f"cannot load {kind} model from {folder}: {exc}") from exc
     try:

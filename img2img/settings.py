@@ -80,10 +80,22 @@ class ImageLimits(BaseModel):
 class StageSettings(BaseModel):
     """The two inference stages: which models, on what backend, at which shape."""
 
-    backend: Literal["eager", "simulated"] = Field(
+    backend: Literal["eager", "torchscript", "neuron", "simulated"] = Field(
         "eager",
-        description="Model backend: eager diffusers on CPU or CUDA; simulated waits a fixed "
-        "device time per call without using the CPU (benchmarks only).",
+        description="Model backend: eager diffusers on CPU or CUDA; torchscript runs artifacts "
+        "traced by `img2img compile` (CPU/CUDA, what CI uses for the Neuron code path); "
+        "neuron runs Neuron-compiled artifacts on the slot's NeuronCores (Inf2); simulated "
+        "waits a fixed device time per call without using the CPU (benchmarks only).",
+    )
+    img2img_artifacts: str | None = Field(
+        None,
+        description="Compiled stage-1 artifacts (folder or s3:// URI written by `img2img "
+        "compile`) for the torchscript and neuron backends. None: torchscript compiles "
+        "img2img_model once into model_cache_dir; neuron refuses.",
+    )
+    upscale_artifacts: str | None = Field(
+        None,
+        description="Compiled stage-2 artifacts (folder or s3:// URI), as img2img_artifacts.",
     )
     simulated_img2img_ms: float = Field(
         2020.0,

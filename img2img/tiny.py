@@ -27,13 +27,20 @@ def _write_tokenizer_files(folder: Path) -> None:
     (folder / "merges.txt").write_text("#version: 0.2\n")
 
 
-def _text_parts(seed: int) -> tuple[Any, Any]:
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def tiny_tokenizer() -> Any:
+    """A CLIP tokenizer with one token per printable character, padded to 77 tokens."""
+    from transformers import CLIPTokenizer
 
     with tempfile.TemporaryDirectory() as tmp:
         _write_tokenizer_files(Path(tmp))
         # from_pretrained reads vocab.json + merges.txt on transformers 4.x and 5.x alike.
-        tokenizer = CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+        return CLIPTokenizer.from_pretrained(tmp, model_max_length=77)
+
+
+def _text_parts(seed: int) -> tuple[Any, Any]:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    tokenizer = tiny_tokenizer()
     torch.manual_seed(seed)
     config = CLIPTextConfig(
         bos_token_id=0,

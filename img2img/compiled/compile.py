@@ -1,0 +1,213 @@
+"""`img2img compile`: trace one stage's parts at a static shape and write them with a manifest.
+
+Compiling and serving are separate steps in separate processes (the Neuron compiler needs
+tens of GB of host memory and minutes per part; a serving slot only loads the result).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from img2img.compiled.backends import get_backend
+from img2img.compiled.cache import split_s3_uri
+from img2img.compiled.manifest import MANIFEST, Manifest, PartRecord, installed_versions, sha256_of
+from img2img.compiled.parts import StageKind, example_inputs, shapes_of, stage_part_names, traceable
+from img2img.compiled.runtime import save_pipeline_configs
+from img2img.errors import InvalidParameters, ModelLoadError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CompileRequest:
+    """What to compile. `model` is a diffusers folder, an s3:// URI, `tiny` (the random-weight
+    test model) or `random:<size>` (a real architecture with random weights, see realsize)."""
+
+    stage: StageKind
+    model: str
+    height: int
+    width: int
+    batch: int
+    backend: str
+    out: str
+    guidance: bool = True
+    cores: int | None = None  # UNet split; default 2 for neuron (the recipe), 1 for torchscript
+    dtype: str = "float32"
+
+    def unet_cores(self) -> int:
+        if self.cores is not None:
+            return self.cores
+        call_batch = self.batch * (2 if self.guidance else 1)
+        return 2 if self.backend == "neuron" and call_batch % 2 == 0 else 1
+
+
+def load_source(
+    stage: StageKind, model: str, dtype: str, s3: S3Client | None, scratch: Path
+) -> tuple[Any, str]:
+    """The diffusers pipeline to compile, and a revision string that identifies its weights."""
+    from img2img.models import download_prefix, pipeline_class
+    from img2img.realsize import build_random
+
+    torch_dtype = getattr(torch, dtype)
+    if model == "tiny" or model.startswith("random:"):
+        size = "tiny" if model == "tiny" else model.removeprefix("random:")
+        pipe = build_random(stage, size)
+        return (pipe if dtype == "float32" else pipe.to(torch_dtype)), f"{size}-random-seed0"
+    folder = Path(model)
+    if model.startswith("s3://"):
+        if s3 is None:
+            raise ModelLoadError(f"model {model} is on S3 but no S3 client was given")
+        bucket, prefix = split_s3_uri(model)
+        folder = scratch / "source"
+        download_prefix(s3, bucket, prefix, folder)
+    if not (folder / "model_index.json").exists():
+        raise ModelLoadError(f"model {model} has no model_index.json (a diffusers folder expected)")
+    try:
+        pipe = pipeline_class(stage).from_pretrained(str(folder), torch_dtype=torch_dtype)
+    except (OSError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"cannot load the {stage} model from {model}: {exc}") from exc
+    return pipe, _folder_revision(folder)
+
+
+def _folder_revision(folder: Path) -> str:
+    """SHA-256 over every file's path and bytes: the same weights give the same revision."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode())
+        digest.update(sha256_of(path).encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def compile_stage(
+    req: CompileRequest, s3: S3Client | None = None, progress: Progress | None = None
+) -> Manifest:
+    """Load `req.model`, trace every part of `req.stage`, write artifacts and manifest to
+    `req.out`."""
+    say = progress or log.info
+    get_backend(req.backend)  # fail before the (slow) model load when the backend is missing
+    _refuse_existing(req.out, s3)
+    with tempfile.TemporaryDirectory(prefix="img2img-compile-") as scratch_dir:
+        start = time.perf_counter()
+        pipe, revision = load_source(req.stage, req.model, req.dtype, s3, Path(scratch_dir))
+        say(f"loaded {req.stage} model {req.model} in {time.perf_counter() - start:.1f} s")
+        return compile_pipeline(pipe, req, revision, s3, say)
+
+
+def compile_pipeline(
+    pipe: Any,
+    req: CompileRequest,
+    revision: str,
+    s3: S3Client | None = None,
+    progress: Progress | None = None,
+) -> Manifest:
+    """Trace every part of the loaded `pipe` and publish them with a manifest to `req.out`."""
+    say = progress or log.info
+    if req.dtype not in ("float32", "bfloat16", "float16"):
+        raise InvalidParameters(f"dtype must be float32, bfloat16 or float16 but is {req.dtype!r}")
+    backend = get_backend(req.backend)
+    start = time.perf_counter()
+    shapes = shapes_of(
+        pipe, req.stage, req.height, req.width, req.batch, req.guidance, req.unet_cores()
+    )
+    with tempfile.TemporaryDirectory(prefix="img2img-compile-") as scratch_dir:
+        scratch = Path(scratch_dir)
+        staging = scratch / "out"
+        staging.mkdir()
+        names = stage_part_names(req.stage)
+        parts: dict[str, PartRecord] = {}
+        for i, part in enumerate(names, 1):
+            inputs = example_inputs(shapes, part, getattr(torch, req.dtype))
+            shown = ", ".join(f"{k}={list(v)}" for k, v in shapes.inputs(part).items())
+            say(f"[{i}/{len(names)}] {part}: tracing with {req.backend} at {shown}")
+            t0 = time.perf_counter()
+            with warnings.catch_warnings():
+                # Shape-dependent Python branches are frozen on purpose: the shapes are static.
+                warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                traced = backend.trace(
+                    traceable(pipe, req.stage, part), inputs, part, scratch / "work"
+                )
+            path = staging / f"{part}.pt"
+            torch.jit.save(traced, str(path))
+            took = time.perf_counter() - t0
+            size = path.stat().st_size
+            parts[part] = PartRecord(
+                file=path.name,
+                sha256=sha256_of(path),
+                bytes=size,
+                inputs={k: list(v) for k, v in shapes.inputs(part).items()},
+                compiler_args=backend.compiler_args(part),
+                compile_s=round(took, 2),
+            )
+            say(f"[{i}/{len(names)}] {part}: done in {took:.1f} s, {size / 1e6:.1f} MB")
+            del traced
+        save_pipeline_configs(pipe, staging)
+        manifest = Manifest(
+            stage=req.stage,
+            backend=req.backend,
+            source_model=req.model,
+            source_revision=revision,
+            height=req.height,
+            width=req.width,
+            batch=req.batch,
+            guidance=req.guidance,
+            unet_cores=shapes.unet_cores,
+            dtype=req.dtype,
+            versions=installed_versions(),
+            parts=parts,
+            created_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            shapes=asdict(shapes),
+        )
+        (staging / MANIFEST).write_text(manifest.to_json())
+        _publish(staging, req.out, s3)
+    say(
+        f"wrote {len(parts)} parts and {MANIFEST} to {req.out} in "
+        f"{time.perf_counter() - start:.1f} s"
+    )
+    return manifest
+
+
+def _refuse_existing(out: str, s3: S3Client | None) -> None:
+    """Artifacts are immutable: a new compile goes to a new place (caches key on the manifest)."""
+    if out.startswith("s3://"):
+        if s3 is None:
+            raise ModelLoadError(f"--out {out} is on S3 but no S3 client was given")
+        bucket, prefix = split_s3_uri(out)
+        key = f"{prefix}/{MANIFEST}" if prefix else MANIFEST
+        found = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
+        if found:
+            raise InvalidParameters(f"{out} already holds compiled artifacts; choose a new --out")
+    elif (Path(out) / MANIFEST).exists():
+        raise InvalidParameters(f"{out} already holds compiled artifacts; choose a new --out")
+
+
+def _publish(staging: Path, out: str, s3: S3Client | None) -> None:
+    """Copy the staged folder to `out`, the manifest last so readers never see half of it."""
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    if out.startswith("s3://"):
+        assert s3 is not None
+        bucket, prefix = split_s3_uri(out)
+        for path in files:
+            rel = path.relative_to(staging).as_posix()
+            s3.upload_file(str(path), bucket, f"{prefix}/{rel}" if prefix else rel)
+        return
+    dest = Path(out)
+    for path in files:
+        target = dest / path.relative_to(staging)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)

@@ -1,0 +1,125 @@
+"""Loading a stage from compiled artifacts: fetch, check the manifest, load the parts.
+
+This is the one entry point `img2img.models` calls for the `torchscript` and `neuron`
+backends. With no artifacts configured, the torchscript backend compiles the stage's model
+once into the model cache (the embedded default needs no extra step); the neuron backend
+refuses, because a Neuron compile takes tens of minutes and belongs on a compile host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from img2img.compiled.backends import get_backend
+from img2img.compiled.cache import exclusive_lock, fetch_artifacts
+from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.compiled.manifest import (
+    MANIFEST,
+    check_manifest,
+    installed_versions,
+    read_manifest,
+    soft_differences,
+    verify_files,
+)
+from img2img.compiled.parts import Shapes, StageKind
+from img2img.compiled.runtime import assemble_pipeline
+from img2img.errors import ModelLoadError
+from img2img.settings import StageSettings
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
+
+
+def artifacts_source(kind: StageKind, settings: StageSettings) -> str | None:
+    return settings.img2img_artifacts if kind == "img2img" else settings.upscale_artifacts
+
+
+def load_compiled(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Any:
+    """A pipeline of `kind` running on compiled parts, checked against `settings`."""
+    source = artifacts_source(kind, settings)
+    if source is None:
+        folder, from_cache = _compile_default(kind, settings, s3), True
+    else:
+        fetched = fetch_artifacts(source, settings.model_cache_dir, s3)
+        folder, from_cache = fetched.folder, source.startswith("s3://")
+    manifest = read_manifest(folder)
+    here = installed_versions()
+    problems = check_manifest(
+        manifest,
+        stage=kind,
+        backend=settings.backend,
+        height=settings.height,
+        width=settings.width,
+        dtype=settings.dtype,
+        versions=here,
+    )
+    if problems:
+        raise ModelLoadError(
+            f"compiled {kind} artifacts {source or folder} do not fit: " + "; ".join(problems)
+        )
+    for note in soft_differences(manifest, here):
+        log.warning(
+            "compiled %s artifacts: %s (only the untraced pipeline code differs)", kind, note
+        )
+    # Cache folders were hashed when they were fetched; a plain folder is hashed now.
+    verify_files(folder, manifest, hash_files=not from_cache)
+    backend = get_backend(settings.backend, settings.device)
+    start = time.perf_counter()
+    runners = {
+        part: backend.load(folder / rec.file, part, manifest.unet_cores)  # type: ignore[arg-type]
+        for part, rec in manifest.parts.items()
+    }
+    log.info(
+        "loaded %d compiled %s parts (%s) in %.1f s",
+        len(runners),
+        kind,
+        settings.backend,
+        time.perf_counter() - start,
+    )
+    return assemble_pipeline(folder, manifest, Shapes(**manifest.shapes), runners, settings.device)
+
+
+def _compile_default(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Path:
+    """Compile the stage's configured model for torchscript once per cache (not for neuron)."""
+    if settings.backend != "torchscript":
+        env = f"IMG2IMG_STAGES__{kind.upper()}_ARTIFACTS"
+        raise ModelLoadError(
+            f"stages.backend is {settings.backend!r} but no compiled {kind} artifacts are set: "
+            f"run `img2img compile --stage {kind} --backend {settings.backend} ...` on a compile "
+            f"host and set {env} to its --out"
+        )
+    from img2img.models import resolve_source
+
+    model = str(resolve_source(kind, settings, s3))
+    tag = hashlib.sha256(f"{model}|{settings.dtype}".encode()).hexdigest()[:12]
+    folder = (
+        settings.model_cache_dir
+        / "compiled"
+        / (f"torchscript-{kind}-{settings.width}x{settings.height}-{tag}")
+    )
+    if (folder / MANIFEST).exists():
+        return folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder.parent / f"{folder.name}.lock"):
+        if not (folder / MANIFEST).exists():
+            log.info("compiling %s from %s for torchscript into %s", kind, model, folder)
+            compile_stage(
+                CompileRequest(
+                    stage=kind,
+                    model=model,
+                    height=settings.height,
+                    width=settings.width,
+                    batch=1,
+                    backend="torchscript",
+                    out=str(folder),
+                    dtype=settings.dtype,
+                ),
+                s3,
+            )
+    return folder
