@@ -128,9 +128,7 @@ class NeuronBackend:
                 "give the slot a core group of that size (worker.core_groups)"
             )
         # Device ids are relative to the cores this process may see (its slot's core group).
-        return self.neuronx.DataParallel(
-            module, list(range(cores)), set_dynamic_batching=False
-        )
+        return self.neuronx.DataParallel(module, list(range(cores)), set_dynamic_batching=False)
 
 
 def visible_core_count(value: str | None = None) -> int | None:
