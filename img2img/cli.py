@@ -95,8 +95,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from img2img.aws import clients_from_settings
     from infra.local_stack import LOCAL_AWS_KEY, LocalStack
 
+    if args.backend is not None:
+        # Children (dispatcher, autoscaler, workers) read their settings from the environment.
+        os.environ["IMG2IMG_STAGES__BACKEND"] = args.backend
+        settings.stages.backend = args.backend
     stack = LocalStack(settings)
-    _say("bringing the local stack up (idempotent)")
+    _say(f"bringing the local stack up on the {settings.stages.backend} backend (idempotent)")
     stack.up(_say)
     _say(NOISE_NOTICE)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
@@ -316,6 +320,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
     demo.add_argument("--steps", type=int, default=10, help="stage-1 steps (metadata)")
     demo.add_argument("--upscale-steps", type=int, default=5, help="stage-2 steps (metadata)")
+    demo.add_argument(
+        "--backend",
+        choices=["eager", "torchscript", "simulated"],
+        default=None,
+        help="stage backend (default: stages.backend); torchscript compiles the tiny models "
+        "once into the model cache and runs the Neuron code path on CPU",
+    )
     demo.set_defaults(func=cmd_demo)
     comp = sub.add_parser("compile", help="compile a stage to static-shape artifacts")
     comp.add_argument("--stage", choices=["img2img", "upscale"], required=True)

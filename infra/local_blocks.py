@@ -40,6 +40,7 @@ def main() -> None:
     ).save(CREDENTIALS_BLOCK, overwrite=True)
     ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
     ensure_pool("control", "process")
+    ensure_pool("compile", "process")
 
 
 def ensure_pool(name: str, pool_type: str) -> None:

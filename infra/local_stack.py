@@ -275,6 +275,7 @@ class LocalStack:
             self._start(service, env)
             self._wait_healthy(service)
         self._provision(env, say)
+        self._restart_on_backend_change(say)
         for name, service in services.items():
             if name in ("moto", "prefect-server"):
                 continue
@@ -283,6 +284,18 @@ class LocalStack:
                 continue
             say(f"{name}: starting")
             self._start(service, self.worker_env() if name.startswith("worker") else env)
+
+    def _restart_on_backend_change(self, say: Callable[[str], None]) -> None:
+        """Workers keep the backend they started with; a new `stages.backend` restarts the
+        services that run or start them (the server, moto and their data stay)."""
+        marker = self.state / "stages-backend"
+        backend = self.settings.stages.backend
+        before = marker.read_text().strip() if marker.exists() else backend
+        if before != backend:
+            say(f"stages.backend changed from {before} to {backend}: restarting the pipeline")
+            self.stop(["autoscaler", "worker*"], say)
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(backend)
 
     def _provision(self, env: dict[str, str], say: Callable[[str], None]) -> None:
         from infra.resources import ensure_resources

@@ -302,3 +302,37 @@ def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
         ]
         # Neuron auto-casts matmuls to bf16: a looser bound than torchscript's.
         assert float(np.abs(outs[0] - outs[1]).max()) < 0.05
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws) -> None:  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.compile import compile_model
+
+    clients, settings = aws
+    uri = f"s3://{settings.storage.results_bucket}/models/img2img/flow"
+    state = compile_model(
+        stage="img2img",
+        model="tiny",
+        height=64,
+        width=64,
+        out=uri,
+        backend="torchscript",
+        return_state=True,
+    )
+    assert state.is_completed(), state.message
+    assert state.result() == "tiny-random-seed0"
+    keys = clients.s3.list_objects_v2(
+        Bucket=settings.storage.results_bucket, Prefix="models/img2img/flow/"
+    )["Contents"]
+    assert "models/img2img/flow/manifest.json" in {k["Key"] for k in keys}
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["img2img-compile"]))
+        )
+    mine = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
+    rows = json.loads(mine[0].data) if isinstance(mine[0].data, str) else mine[0].data
+    assert [r["part"] for r in rows] == ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
+    assert rows[1]["inputs"].startswith("sample=[2, 4, 16, 16]")

@@ -128,3 +128,39 @@ def test_missing_upload_is_a_failure_record(aws) -> None:  # type: ignore[no-unt
     assert state.is_failed()
     status, record = outcome(clients, settings.storage.results_bucket, ref)
     assert status == "failed" and record["stage"] == "copy"
+
+
+def test_pipeline_runs_on_the_torchscript_backend(aws, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """The Neuron code path (traced parts, manifest, static-shape checks) end to end, with
+    the stages compiled on first use into the model cache; a request the compiled shape
+    cannot serve becomes one failure record that names both shapes."""
+    from tasks.runtime import reset_runtime
+
+    clients, settings = aws
+    monkeypatch.setenv("IMG2IMG_STAGES__BACKEND", "torchscript")
+    reset_runtime()
+    st = settings.storage
+    good = upload(clients, st.uploads_bucket, "ts/good.png", png((80, 64)))
+    no_cfg = upload(
+        clients, st.uploads_bucket, "ts/no-guidance.png", png(), {**FAST, "guidance": "1.0"}
+    )
+
+    state = img2img_pipeline(objects=[good, no_cfg], return_state=True)
+
+    assert state.is_failed() and "1 failed" in str(state.message), state.message
+    status, meta = outcome(clients, st.results_bucket, good)
+    assert status == "completed" and meta["timings_ms"]["stage2"] > 0
+    image = Image.open(
+        io.BytesIO(
+            clients.s3.get_object(Bucket=st.results_bucket, Key=keys_for(good).result)[
+                "Body"
+            ].read()
+        )
+    )
+    assert image.size == (settings.stages.width * 4, settings.stages.height * 4)
+    status, record = outcome(clients, st.results_bucket, no_cfg)
+    assert status == "failed" and record["stage"] == "stage1"
+    assert "[2, 4, 16, 16]" in record["reason"] and "[1, 4, 16, 16]" in record["reason"]
+    compiled = sorted(p.name for p in (settings.stages.model_cache_dir / "compiled").iterdir())
+    assert any(name.startswith("torchscript-img2img-64x64") for name in compiled)
+    assert any(name.startswith("torchscript-upscale-64x64") for name in compiled)

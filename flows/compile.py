@@ -1,0 +1,72 @@
+"""Compile a stage's model to static-shape artifacts on a compile host (the `compile`
+deployment). The serving slots load the result in their own processes, never this one.
+
+    python -m flows.compile --stage img2img --model s3://models/sd15 --height 512 \\
+        --width 512 --backend neuron --out s3://models/compiled/sd15-512-b1/v1
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Literal
+
+from prefect import flow
+
+from img2img.compiled.compile import CompileRequest
+from tasks.compile import compile_task
+
+
+@flow(name="img2img-compile", log_prints=False)
+def compile_model(
+    stage: Literal["img2img", "upscale"],
+    model: str,
+    height: int,
+    width: int,
+    out: str,
+    backend: Literal["neuron", "torchscript"] = "neuron",
+    batch: int = 1,
+    guidance: bool = True,
+    cores: int | None = None,
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+) -> str:
+    """Compile `stage` of `model` at `height` × `width` input for `backend` into `out`
+    (a new folder or s3:// prefix); returns the source revision that was compiled."""
+    request = CompileRequest(
+        stage=stage,
+        model=model,
+        height=height,
+        width=width,
+        batch=batch,
+        backend=backend,
+        out=out,
+        guidance=guidance,
+        cores=cores,
+        dtype=dtype,
+    )
+    manifest = compile_task(request)
+    return manifest.source_revision
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Compile a stage (as `img2img compile`).")
+    parser.add_argument("--stage", choices=["img2img", "upscale"], required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--height", type=int, required=True)
+    parser.add_argument("--width", type=int, required=True)
+    parser.add_argument("--out", required=True)
+    parser.add_argument("--backend", choices=["neuron", "torchscript"], default="neuron")
+    parser.add_argument("--batch", type=int, default=1)
+    args = parser.parse_args()
+    compile_model(
+        stage=args.stage,
+        model=args.model,
+        height=args.height,
+        width=args.width,
+        out=args.out,
+        backend=args.backend,
+        batch=args.batch,
+    )
+
+
+if __name__ == "__main__":
+    main()

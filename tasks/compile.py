@@ -1,0 +1,36 @@
+"""Task: compile one stage to static-shape artifacts and record each part in the UI."""
+
+from __future__ import annotations
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.compiled.manifest import Manifest
+from tasks.runtime import get_runtime
+
+COMPILE_KEY = "img2img-compile"
+
+
+@task(name="compile-stage", cache_policy=NO_CACHE)  # compile errors are not transient
+def compile_task(request: CompileRequest) -> Manifest:
+    logger = get_run_logger()
+    manifest = compile_stage(request, get_runtime().clients.s3, progress=logger.info)
+    create_table_artifact(
+        [
+            {
+                "part": name,
+                "compile_s": rec.compile_s,
+                "mb": round(rec.bytes / 1e6, 1),
+                "inputs": " ".join(f"{k}={v}" for k, v in rec.inputs.items()),
+                "compiler_args": " ".join(rec.compiler_args) or "(torch.jit.trace)",
+            }
+            for name, rec in manifest.parts.items()
+        ],
+        key=COMPILE_KEY,
+        description=f"{request.stage} compiled with {request.backend} at "
+        f"{request.width}x{request.height}, batch {request.batch}, guidance "
+        f"{'on' if request.guidance else 'off'} → {request.out}",
+    )
+    return manifest
