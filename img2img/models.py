@@ -147,15 +147,18 @@ def _cache_key(kind: StageKind, settings: StageSettings) -> tuple[str, str, str,
     return (kind, str(source), settings.device, settings.dtype)
 
 
-def load_pipeline(kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
+def load_pipeline(
+    kind: StageKind, settings: StageSettings, s3: S3Client | None = None, batch: int = 1
+) -> Any:
     """The pipeline of `kind` on the backend the settings name. Every backend returns an
-    object called like a diffusers pipeline, so the stage code never knows which it has."""
+    object called like a diffusers pipeline, so the stage code never knows which it has.
+    `batch` is the images per call (compiled artifacts are checked against it)."""
     if settings.backend == "simulated":
         return _load_simulated(kind, settings)
     if settings.backend in ("torchscript", "neuron"):
         from img2img.compiled.loader import load_compiled
 
-        return load_compiled(kind, settings, s3)
+        return load_compiled(kind, settings, s3, batch)
     return _load(kind, resolve_source(kind, settings, s3), settings)
 
 

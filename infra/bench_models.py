@@ -137,7 +137,7 @@ def bench_stage(
                     upscale_artifacts=str(out),
                     model_cache_dir=Path(tmp) / "cache",
                 )
-                pipe = load_pipeline(stage, settings)
+                pipe = load_pipeline(stage, settings, batch=cfg.batch)
             times, images = _time_calls(pipe, args, cfg.calls, cfg.device)
             if reference is None:
                 reference = images

@@ -40,8 +40,11 @@ def artifacts_source(kind: StageKind, settings: StageSettings) -> str | None:
     return settings.img2img_artifacts if kind == "img2img" else settings.upscale_artifacts
 
 
-def load_compiled(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Any:
-    """A pipeline of `kind` running on compiled parts, checked against `settings`."""
+def load_compiled(
+    kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int = 1
+) -> Any:
+    """A pipeline of `kind` running on compiled parts, checked against `settings` and the
+    number of images the caller passes per call (`batch`; the pipeline's stages pass 1)."""
     source = artifacts_source(kind, settings)
     if source is None:
         folder, from_cache = _compile_default(kind, settings, s3), True
@@ -58,6 +61,7 @@ def load_compiled(kind: StageKind, settings: StageSettings, s3: S3Client | None)
         width=settings.width,
         dtype=settings.dtype,
         versions=here,
+        batch=batch,
     )
     if problems:
         raise ModelLoadError(

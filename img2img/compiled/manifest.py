@@ -118,6 +118,7 @@ def check_manifest(
     width: int,
     dtype: str,
     versions: dict[str, str],
+    batch: int = 1,
 ) -> list[str]:
     """Every way `manifest` does not fit this stage, backend, shape, dtype and environment.
 
@@ -137,6 +138,11 @@ def check_manifest(
         problems.append(
             f"compiled for {manifest.width}x{manifest.height} input images, the stage settings "
             f"give {width}x{height} (stages.width x stages.height)"
+        )
+    if manifest.batch != batch:
+        problems.append(
+            f"compiled for {manifest.batch} image(s) per call, the caller runs {batch} "
+            "(the pipeline's stages run one image per call: compile with --batch 1)"
         )
     if manifest.dtype != dtype:
         problems.append(f"compiled in {manifest.dtype}, settings say {dtype} (stages.dtype)")

@@ -124,3 +124,9 @@ def test_visible_core_count() -> None:
     assert visible_core_count("3") == 1
     assert visible_core_count("0,2-4") == 4
     assert visible_core_count("") is None
+
+
+def test_batch_must_match_the_images_per_call() -> None:
+    (problem,) = check(manifest(batch=2))
+    assert "2 image(s) per call" in problem and "runs 1" in problem
+    assert check(manifest(batch=2), batch=2) == []
