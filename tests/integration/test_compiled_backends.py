@@ -185,23 +185,9 @@ def test_compile_upload_and_load_on_a_fresh_host(
     clients, settings = aws
     bucket = settings.storage.results_bucket
     uri = f"s3://{bucket}/models/upscale/v1"
-    code = cli(
-        [
-            "compile",
-            "--stage",
-            "upscale",
-            "--model",
-            "tiny",
-            "--height",
-            "64",
-            "--width",
-            "64",
-            "--backend",
-            "torchscript",
-            "--out",
-            uri,
-        ]
-    )
+    compile_argv = ["compile", "--stage", "upscale", "--model", "tiny", "--height", "64"]
+    compile_argv += ["--width", "64", "--backend", "torchscript", "--out", uri]
+    code = cli(compile_argv)
     assert code == 0
     progress = capsys.readouterr().err
     assert "[2/3] unet: done in" in progress and "manifest.json" in progress
@@ -228,26 +214,7 @@ def test_compile_upload_and_load_on_a_fresh_host(
     pipe = load_pipeline("upscale", st, clients.s3)
     assert run(pipe, "upscale").shape == (1, 256, 256, 3)
     # The same prefix cannot be compiled over: the cache keys on the manifest.
-    assert (
-        cli(
-            [
-                "compile",
-                "--stage",
-                "upscale",
-                "--model",
-                "tiny",
-                "--height",
-                "64",
-                "--width",
-                "64",
-                "--backend",
-                "torchscript",
-                "--out",
-                uri,
-            ]
-        )
-        == 2
-    )
+    assert cli(compile_argv) == 2
     assert "already holds compiled artifacts" in capsys.readouterr().err
 
 
