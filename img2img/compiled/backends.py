@@ -109,6 +109,8 @@ class NeuronBackend:
         part: PartName,
         workdir: Path,
     ) -> Any:
+        # The published recipe's setting: fused softmax in the attention blocks.
+        os.environ.setdefault("NEURON_FUSE_SOFTMAX", "1")
         return self.neuronx.trace(
             module,
             inputs,

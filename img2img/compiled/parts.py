@@ -211,8 +211,18 @@ def shapes_of(
 
 
 def traceable(pipe: Any, kind: StageKind, part: PartName) -> torch.nn.Module:
-    """The wrapper module of `part`, in eval mode."""
+    """The wrapper module of `part`, in eval mode.
+
+    UNet and VAE attention is switched to diffusers' plain `AttnProcessor` (explicit
+    matmul-softmax-matmul), as the Neuron recipe traces it: the compiler fuses that pattern,
+    while a fused SDPA kernel has no Neuron lowering. Both backends trace the same graph.
+    """
+    from diffusers.models.attention_processor import AttnProcessor
+
     module: torch.nn.Module
+    if part in ("unet", "vae_encoder", "vae_decoder"):
+        owner = pipe.unet if part == "unet" else pipe.vae
+        owner.set_attn_processor(AttnProcessor())
     if part == "text_encoder":
         module = TextEncoderPart(pipe.text_encoder)
     elif part == "unet":
