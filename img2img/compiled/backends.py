@@ -22,8 +22,8 @@ from img2img.errors import ModelLoadError
 NEURON_INSTALL = (
     "torch_neuronx is not installed. It only installs on an Inf2/Trn1 host with the Neuron "
     "DLAMI: `pip install --extra-index-url https://pip.repos.neuron.amazonaws.com "
-    "torch-neuronx neuronx-cc` in the Neuron PyTorch virtual environment (see README, "
-    "'Running on Inferentia2')"
+    "torch-neuronx neuronx-cc` in the Neuron PyTorch virtual environment (README: "
+    "'Running on a real Inf2 host')"
 )
 
 # The published Stable Diffusion recipe: UNet and VAE compile as unet-inference, matmuls
