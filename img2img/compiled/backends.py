@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import torch
 
-from img2img.compiled.parts import PartName
+from img2img.compiled.parts import PartName, use_plain_attention
 from img2img.errors import ModelLoadError
 
 NEURON_INSTALL = (
@@ -43,6 +43,10 @@ class Backend(Protocol):
 
     def compiler_args(self, part: PartName) -> list[str]: ...
 
+    def prepare(self, pipe: Any) -> None:
+        """Adjust the loaded source pipeline before its parts are traced."""
+        ...
+
     def trace(
         self,
         module: torch.nn.Module,
@@ -64,6 +68,9 @@ class TorchScriptBackend:
 
     def compiler_args(self, part: PartName) -> list[str]:
         return []
+
+    def prepare(self, pipe: Any) -> None:
+        return None
 
     def trace(
         self,
@@ -101,6 +108,9 @@ class NeuronBackend:
 
     def compiler_args(self, part: PartName) -> list[str]:
         return list(NEURON_COMPILER_ARGS[part])
+
+    def prepare(self, pipe: Any) -> None:
+        use_plain_attention(pipe)
 
     def trace(
         self,

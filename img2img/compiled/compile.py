@@ -121,6 +121,7 @@ def compile_pipeline(
     if req.dtype not in ("float32", "bfloat16", "float16"):
         raise InvalidParameters(f"dtype must be float32, bfloat16 or float16 but is {req.dtype!r}")
     backend = get_backend(req.backend)
+    backend.prepare(pipe)
     start = time.perf_counter()
     shapes = shapes_of(
         pipe, req.stage, req.height, req.width, req.batch, req.guidance, req.unet_cores()

@@ -211,18 +211,8 @@ def shapes_of(
 
 
 def traceable(pipe: Any, kind: StageKind, part: PartName) -> torch.nn.Module:
-    """The wrapper module of `part`, in eval mode.
-
-    UNet and VAE attention is switched to diffusers' plain `AttnProcessor` (explicit
-    matmul-softmax-matmul), as the Neuron recipe traces it: the compiler fuses that pattern,
-    while a fused SDPA kernel has no Neuron lowering. Both backends trace the same graph.
-    """
-    from diffusers.models.attention_processor import AttnProcessor
-
+    """The wrapper module of `part`, in eval mode."""
     module: torch.nn.Module
-    if part in ("unet", "vae_encoder", "vae_decoder"):
-        owner = pipe.unet if part == "unet" else pipe.vae
-        owner.set_attn_processor(AttnProcessor())
     if part == "text_encoder":
         module = TextEncoderPart(pipe.text_encoder)
     elif part == "unet":
@@ -232,6 +222,17 @@ def traceable(pipe: Any, kind: StageKind, part: PartName) -> torch.nn.Module:
     else:
         module = VaeDecoderPart(pipe.vae)
     return module.eval()
+
+
+def use_plain_attention(pipe: Any) -> None:
+    """Switch UNet and VAE attention to diffusers' `AttnProcessor` (explicit matmul, softmax,
+    matmul), as the Neuron recipe traces it: neuronx-cc fuses that pattern. On CPU the fused
+    SDPA kernel is faster (it never builds the full attention matrix), so only the neuron
+    backend does this."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    pipe.unet.set_attn_processor(AttnProcessor())
+    pipe.vae.set_attn_processor(AttnProcessor())
 
 
 def example_inputs(shapes: Shapes, part: PartName, dtype: torch.dtype) -> tuple[torch.Tensor, ...]:

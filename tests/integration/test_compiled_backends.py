@@ -303,3 +303,33 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws) -> None:  # type: ig
     rows = json.loads(mine[0].data) if isinstance(mine[0].data, str) else mine[0].data
     assert [r["part"] for r in rows] == ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
     assert rows[1]["inputs"].startswith("sample=[2, 4, 16, 16]")
+
+
+def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> None:
+    """The neuron backend traces attention as explicit matmuls (the recipe's form); trace that
+    graph with torchscript here so what Inf2 compiles is checked against eager in CI."""
+    from img2img.compiled.compile import compile_pipeline
+    from img2img.compiled.parts import use_plain_attention
+
+    source = build_tiny_upscale()
+    use_plain_attention(source)
+    out = tmp_path / "plain"
+    request = CompileRequest(
+        stage="upscale",
+        model="tiny",
+        height=64,
+        width=64,
+        batch=1,
+        backend="torchscript",
+        out=str(out),
+    )
+    compile_pipeline(source, request, revision="tiny-plain-attention")
+    traced = load_pipeline(
+        "upscale",
+        StageSettings(
+            backend="torchscript", upscale_artifacts=str(out), model_cache_dir=tmp_path / "cache"
+        ),
+    )
+    eager = build_tiny_upscale()
+    eager.set_progress_bar_config(disable=True)
+    assert float(np.abs(run(traced, "upscale") - run(eager, "upscale")).max()) < TOLERANCE
