@@ -179,6 +179,8 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
             "slots_per_host": args.slots_per_host,
             "expected_run_s": args.service_s,
             **({"target_utilization": args.target} if args.target is not None else {}),
+            **({"drain_target_s": args.drain_target_s} if args.drain_target_s else {}),
+            **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
         }
     )
     print(
@@ -431,6 +433,18 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=None,
         help="target utilisation (default: the scaling setting, 0.75)",
+    )
+    scaling.add_argument(
+        "--drain-target-s",
+        type=float,
+        default=None,
+        help="time to clear a backlog (default: the scaling setting, 120 s)",
+    )
+    scaling.add_argument(
+        "--idle-to-zero-s",
+        type=float,
+        default=None,
+        help="idle time before scaling to zero (default: the scaling setting, 120 s)",
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

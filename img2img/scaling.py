@@ -5,21 +5,23 @@ scale-out cooldown 60 s, scale-in 120 s, scale to zero), but fed straight from t
 pool's queue, so it reacts in seconds instead of after CloudWatch's metric delay:
 
     keep_up = arrival rate × run time    (Little's law; the running runs when no rate is known)
-    busy    = keep_up + queued runs × run time ÷ drain target
-    needed  = ceil(busy ÷ (slots per host × target utilisation))
+    backlog = queued runs × run time ÷ drain target
+    needed  = ceil(keep_up ÷ (slots per host × target utilisation) + backlog ÷ slots per host)
 
-`busy` is the slots the work keeps busy: what keeps pace with arrivals, plus the slots that
-clear the backlog (scheduled, late and pending runs) within
-the drain target. Counting a backlog by the time it takes rather than one slot per queued
-run keeps a burst that queued while hosts were starting from launching ten times the hosts
-it needs; counting arrivals lets the first scale-out from zero be the right size.
+`keep_up` is the slots that keep pace with arrivals, with the target's headroom for their
+randomness; `backlog` is the slots that clear the queued runs (scheduled, late, pending)
+within the drain target, without headroom: that work is already known. Counting a backlog
+by the time it takes rather than one slot per queued run keeps a burst that queued while
+hosts were starting from launching ten times the hosts it needs; counting arrivals lets the
+first scale-out from zero be the right size.
 
 - Leaving zero: as soon as demand reaches the activation threshold, no cooldown.
 - Scaling out: to `needed` at once (the backlog counts in demand, so one step drains it),
   then not again for the scale-out cooldown.
-- Scaling in: only to the highest `needed` seen during the last scale-in cooldown
-  (a stabilisation window), and not within the scale-in cooldown of any scale event; this
-  is what keeps it from flapping under steady or noisy load.
+- Scaling in: only to the highest arrival need seen during the last scale-in cooldown (a
+  stabilisation window, which smooths the noisy part) plus the backlog need now (observed
+  directly: a cleared backlog is gone), and not within the scale-in cooldown of any scale
+  event; this is what keeps it from flapping under steady or noisy load.
 - Going to zero: after `idle_to_zero_s` with no demand at all.
 - Always within [min_hosts, max_hosts].
 """
@@ -107,7 +109,7 @@ class PolicyState:
     last_scale_out: float = -math.inf
     last_scale_in: float = -math.inf
     idle_since: float | None = None
-    recommendations: tuple[tuple[float, int], ...] = field(default_factory=tuple)
+    recommendations: tuple[tuple[float, float], ...] = field(default_factory=tuple)
 
 
 @dataclass(frozen=True)
@@ -133,13 +135,23 @@ def decide(
     # Running runs that drain a backlog are not new load: with a known arrival rate they
     # are not counted twice.
     keep_up = obs.arrival_rate * run_s if obs.arrival_rate is not None else float(obs.running)
-    busy = keep_up + backlog_slots
-    per_host = settings.slots_per_host * settings.target_utilization
-    needed = _clamp(settings, math.ceil(busy / per_host - 1e-9)) if demand else (settings.min_hosts)
+    # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
+    # already here is known work and gets exactly the slots that clear it in time.
+    keep_hosts = keep_up / (settings.slots_per_host * settings.target_utilization)
+    backlog_hosts = backlog_slots / settings.slots_per_host
+    needed = (
+        _clamp(settings, math.ceil(keep_hosts + backlog_hosts - 1e-9))
+        if demand
+        else settings.min_hosts
+    )
     capacity = obs.current_desired * settings.slots_per_host
     usage = demand / capacity if capacity else (math.inf if demand else 0.0)
     window_start = obs.now - settings.scale_in_cooldown_s
-    recs = (*tuple(r for r in state.recommendations if r[0] >= window_start), (obs.now, needed))
+    # The window smooths the noisy part, the arrival rate; the backlog is counted directly.
+    recs = (
+        *tuple(r for r in state.recommendations if r[0] >= window_start),
+        (obs.now, keep_hosts if demand else 0.0),
+    )
     idle_since = None if demand else (state.idle_since if state.idle_since is not None else obs.now)
     state = replace(state, recommendations=recs, idle_since=idle_since)
     current = obs.current_desired
@@ -179,7 +191,7 @@ def decide(
             )
         return result(current, "hold: scale-out cooldown")
 
-    stable = max(n for _, n in recs)
+    stable = _clamp(settings, math.ceil(max(n for _, n in recs) + backlog_hosts - 1e-9))
     if stable < current and (
         stable <= current * (1 - settings.scale_in_tolerance) or stable == settings.min_hosts
     ):

@@ -58,11 +58,15 @@ def test_sizes_to_keep_pace_with_arrivals_at_the_target_utilisation() -> None:
 
 
 def test_a_backlog_counts_by_the_time_it_takes_not_one_slot_per_run() -> None:
-    # 60 queued runs of 30 s drained within 120 s need 15 slots, not 60.
+    # 60 queued runs of 30 s drained within 120 s need 15 slots, not 60; a backlog is known
+    # work, so it gets no utilisation headroom: 15 slots / 2 per host → 8 hosts.
     decision, _ = decide(S, obs(0, queued=60, current=1, rate=0.0, run_s=30), PolicyState())
-    assert decision.desired == 10  # 15 slots / 1.5 per host = 10
+    assert decision.desired == 8
     small, _ = decide(S, obs(0, queued=8, current=1, rate=0.0, run_s=30), PolicyState())
-    assert small.desired == 2  # 2 slots / 1.5 → 2 hosts
+    assert small.desired == 1  # 2 slots → 1 host
+    # Arrivals do get the headroom: 0.1/s × 30 s = 3 slots / 1.5 = 2 hosts, + 8 for the backlog.
+    both, _ = decide(S, obs(0, queued=60, current=1, rate=0.1, run_s=30), PolicyState())
+    assert both.desired == 10
 
 
 def test_scale_out_cooldown_holds_further_scale_outs() -> None:
@@ -73,7 +77,7 @@ def test_scale_out_cooldown_holds_further_scale_outs() -> None:
     d2, st = decide(S, obs(30, queued=40, current=2, rate=0.0, run_s=30), st)
     assert d2.desired == 2 and d2.reason == "hold: scale-out cooldown"
     d3, _ = decide(S, obs(61, queued=40, current=2, rate=0.0, run_s=30), st)
-    assert d3.desired == 7
+    assert d3.desired == 5  # 40 × 30 s / 120 s = 10 slots → 5 hosts
 
 
 def test_scale_in_waits_for_the_cooldown_and_uses_the_window_maximum() -> None:
@@ -131,3 +135,16 @@ def test_steady_noisy_load_does_not_flap() -> None:
         changes += d.desired != current
         current = d.desired
     assert changes <= 2 and 9 <= current <= 12
+
+
+def test_a_cleared_backlog_scales_in_after_the_cooldown_not_after_the_window() -> None:
+    """The stabilisation window smooths the arrival rate; a backlog that is gone is gone."""
+    state = PolicyState()
+    d, state = decide(S, obs(0, queued=60, running=2, current=1, rate=0.1, run_s=30), state)
+    assert d.desired == 10  # 2 hosts for arrivals + 8 for the backlog
+    # The backlog is cleared; arrivals go on at the same rate. The window still holds the
+    # t=0 sample, but only its arrival part (2 hosts) counts.
+    d, state = decide(S, obs(100, running=3, current=10, rate=0.1, run_s=30), state)
+    assert d.desired == 10 and d.reason == "hold: scale-in cooldown"
+    d, state = decide(S, obs(121, running=3, current=10, rate=0.1, run_s=30), state)
+    assert d.desired == 2 and d.reason.startswith("scale in")
