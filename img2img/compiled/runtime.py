@@ -34,6 +34,17 @@ def _refuse(
         )
 
 
+def _refuse_extras(part: str, extra: dict[str, Any]) -> None:
+    """The traced graph takes only tensors of its compiled inputs: any other argument the
+    pipeline passes with a value (LoRA scales, timestep conditioning, masks) would be
+    silently ignored, so it is refused instead."""
+    used = sorted(name for name, value in extra.items() if value is not None and value != {})
+    if used:
+        raise InvalidParameters(
+            f"the compiled {part} cannot take {', '.join(used)}: it was traced without them"
+        )
+
+
 class _Shell(torch.nn.Module):
     """What the pipeline reads from a component besides calling it: config, device, dtype."""
 
@@ -65,13 +76,14 @@ class CompiledTextEncoder(_Shell):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         output_hidden_states: bool | None = None,
-        **_: Any,
+        **extra: Any,
     ) -> tuple[torch.Tensor]:
         if output_hidden_states:
             raise InvalidParameters(
                 "the compiled text encoder returns only its last hidden state "
                 "(clip_skip is not supported)"
             )
+        _refuse_extras("text encoder", {"attention_mask": attention_mask, **extra})
         _refuse(
             "text encoder",
             "input_ids",
@@ -103,8 +115,9 @@ class CompiledUNet(_Shell):
         encoder_hidden_states: torch.Tensor,
         class_labels: torch.Tensor | None = None,
         return_dict: bool = True,
-        **_: Any,
+        **extra: Any,
     ) -> Any:
+        _refuse_extras("UNet", extra)
         guidance = "on" if self.shapes.guidance else "off"
         _refuse(
             "UNet",

@@ -333,3 +333,15 @@ def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> 
     eager = build_tiny_upscale()
     eager.set_progress_bar_config(disable=True)
     assert float(np.abs(run(traced, "upscale") - run(eager, "upscale")).max()) < TOLERANCE
+
+
+def test_arguments_the_graph_cannot_take_are_refused(
+    compiled: dict[str, Path], tmp_path: Path
+) -> None:
+    pipe = load_pipeline("img2img", settings_for(compiled, tmp_path))
+    sample, context = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
+    assert pipe.unet(sample, 10, context, return_dict=False)[0].shape == (2, 4, 16, 16)
+    with pytest.raises(InvalidParameters, match="UNet cannot take cross_attention_kwargs"):
+        pipe.unet(sample, 10, context, cross_attention_kwargs={"scale": 0.5})
+    with pytest.raises(InvalidParameters, match="text encoder cannot take attention_mask"):
+        pipe.text_encoder(torch.zeros(1, 77, dtype=torch.long), attention_mask=torch.ones(1, 77))
