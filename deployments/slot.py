@@ -1,5 +1,5 @@
 """A warm slot: a long-lived process that owns a share of the device, loads the stage models
-once, and runs flow runs in threads, as many as the worker hands it (double buffering).
+once, and runs flow runs in threads, as many as the worker hands it (pipelining).
 
 Protocol over a multiprocessing pipe (dicts):
     worker → slot: {"kind": "run", "run_id"}, {"kind": "cancel", "run_id"}, {"kind": "stop"}

@@ -147,11 +147,12 @@ class WorkerSettings(BaseModel):
 
     slots: int = Field(1, ge=1, le=64, description="Executor processes (device shares) per worker.")
     runs_per_slot: int = Field(
-        2,
+        3,
         ge=1,
         le=8,
-        description="Flow runs a slot holds at once: 2 double-buffers (one on the device, one "
-        "in copy/preprocess/post-process); device calls never overlap.",
+        description="Flow runs a slot holds at once: 3 keeps the device fed (one on the device, "
+        "the next in copy/preprocess, the previous in post-process/upload); device calls "
+        "never overlap.",
     )
     core_groups: list[str] = Field(
         default_factory=list,

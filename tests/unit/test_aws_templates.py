@@ -105,3 +105,8 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     assert group["VPCZoneIdentifier"] == [{"Ref": "InferenceSubnetId"}]
     inference = json.dumps(compute["InferenceLaunchTemplate"])
     assert "--type img2img-warm" in inference and "--name $IID" in inference
+    # Inf2 hosts serve compiled artifacts, and the autoscaler counts their slots.
+    assert "IMG2IMG_STAGES__BACKEND=neuron" in inference
+    assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
+    control = json.dumps(compute["ControlLaunchTemplate"])
+    assert "IMG2IMG_SCALING__SLOTS_PER_HOST=$SLOTS" in control and "${SlotCoreGroups}" in control
