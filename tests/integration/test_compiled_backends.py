@@ -26,36 +26,24 @@ from img2img.tiny import build_tiny_img2img, build_tiny_upscale
 TOLERANCE = 1e-4
 
 
+def tiny_request(stage: str, out: str, **kw: Any) -> CompileRequest:
+    """Compile the tiny model of `stage` at 64×64, batch 1, for torchscript unless told."""
+    args: dict[str, Any] = dict(
+        stage=stage, model="tiny", height=64, width=64, batch=1, backend="torchscript", out=out
+    )
+    args.update(kw)
+    return CompileRequest(**args)
+
+
 @pytest.fixture(scope="module")
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compiled")
     out = {}
     for stage in ("img2img", "upscale"):
         out[stage] = root / stage
-        compile_stage(
-            CompileRequest(
-                stage=stage,
-                model="tiny",
-                height=64,
-                width=64,
-                batch=1,  # type: ignore[arg-type]
-                backend="torchscript",
-                out=str(out[stage]),
-            )
-        )
+        compile_stage(tiny_request(stage, str(out[stage])))
     out["img2img-2cores"] = root / "img2img-2cores"
-    compile_stage(
-        CompileRequest(
-            stage="img2img",
-            model="tiny",
-            height=64,
-            width=64,
-            batch=1,
-            backend="torchscript",
-            out=str(out["img2img-2cores"]),
-            cores=2,
-        )
-    )
+    compile_stage(tiny_request("img2img", str(out["img2img-2cores"]), cores=2))
     return out
 
 
@@ -164,17 +152,7 @@ def test_version_mismatch_and_damage_are_clear_errors(
 
 def test_compile_refuses_to_overwrite(compiled: dict[str, Path]) -> None:
     with pytest.raises(InvalidParameters, match="already holds compiled artifacts"):
-        compile_stage(
-            CompileRequest(
-                stage="img2img",
-                model="tiny",
-                height=64,
-                width=64,
-                batch=1,
-                backend="torchscript",
-                out=str(compiled["img2img"]),
-            )
-        )
+        compile_stage(tiny_request("img2img", str(compiled["img2img"])))
 
 
 def test_compile_upload_and_load_on_a_fresh_host(
@@ -241,17 +219,7 @@ def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
     pytest.importorskip("torch_neuronx", reason="needs torch-neuronx on an Inf2/Trn1 host")
     for stage in ("img2img", "upscale"):
         for backend in ("torchscript", "neuron"):
-            compile_stage(
-                CompileRequest(
-                    stage=stage,
-                    model="tiny",
-                    height=64,
-                    width=64,  # type: ignore[arg-type]
-                    batch=1,
-                    backend=backend,
-                    out=str(tmp_path / backend / stage),
-                )
-            )
+            compile_stage(tiny_request(stage, str(tmp_path / backend / stage), backend=backend))
         outs = [
             run(
                 load_pipeline(
@@ -314,15 +282,7 @@ def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> 
     source = build_tiny_upscale()
     use_plain_attention(source)
     out = tmp_path / "plain"
-    request = CompileRequest(
-        stage="upscale",
-        model="tiny",
-        height=64,
-        width=64,
-        batch=1,
-        backend="torchscript",
-        out=str(out),
-    )
+    request = tiny_request("upscale", str(out))
     compile_pipeline(source, request, revision="tiny-plain-attention")
     traced = load_pipeline(
         "upscale",
