@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import shutil
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from img2img.buildonce import build_once
 from img2img.errors import ModelLoadError
+from img2img.s3folders import download_prefix, split_s3_uri
 from img2img.settings import StageSettings
 from img2img.tiny import save_tiny
 
@@ -33,21 +32,23 @@ def pipeline_class(kind: StageKind) -> Any:
 
 
 def resolve_source(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Path:
-    """The local folder holding the model of `kind`, fetching or building it when needed."""
+    """The local folder holding the model of `kind`, fetching or building it once per host."""
     source = settings.img2img_model if kind == "img2img" else settings.upscale_model
     cache = settings.model_cache_dir
     if source is None:
         folder = cache / f"tiny-{kind}"
-        if not (folder / "model_index.json").exists():
-            _build_atomically(folder, lambda tmp: save_tiny(kind, tmp))
+        build_once(folder, "model_index.json", lambda tmp: save_tiny(kind, tmp))
         return folder
     if source.startswith("s3://"):
         if s3 is None:
             raise ModelLoadError(f"{kind} model {source} is on S3 but no S3 client was given")
-        bucket, _, prefix = source[5:].partition("/")
-        folder = cache / "s3" / bucket / prefix.strip("/")
-        if not (folder / "model_index.json").exists():
-            _build_atomically(folder, lambda tmp: download_prefix(s3, bucket, prefix, tmp))
+        bucket, prefix = split_s3_uri(source)
+        folder = cache / "s3" / bucket / prefix
+        build_once(
+            folder,
+            "model_index.json",
+            lambda tmp: download_prefix(s3, bucket, prefix, tmp, required=["model_index.json"]),
+        )
         return folder
     folder = Path(source)
     if not (folder / "model_index.json").exists():
@@ -56,40 +57,6 @@ def resolve_source(kind: StageKind, settings: StageSettings, s3: S3Client | None
             "save_pretrained layout)"
         )
     return folder
-
-
-def _build_atomically(folder: Path, fill: Any) -> None:
-    """Fill a temporary sibling folder, then rename it into place: concurrent processes
-    never see half a model, and the loser of a race simply uses the winner's copy."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    try:
-        fill(tmp)
-        try:
-            os.rename(tmp, folder)
-        except OSError:
-            if not (folder / "model_index.json").exists():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def download_prefix(s3: S3Client, bucket: str, prefix: str, dest: Path) -> None:
-    """Download every object under s3://bucket/prefix into `dest`, keeping relative paths."""
-    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    paginator = s3.get_paginator("list_objects_v2")
-    found = 0
-    for page in paginator.paginate(Bucket=bucket, Prefix=prefix):
-        for item in page.get("Contents", []):
-            rel = item["Key"][len(prefix) :]
-            if not rel or rel.endswith("/"):
-                continue
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(bucket, item["Key"], str(target))
-            found += 1
-    if not found:
-        raise ModelLoadError(f"s3://{bucket}/{prefix} holds no files")
 
 
 @dataclass

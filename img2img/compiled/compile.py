@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from img2img.compiled.backends import get_backend
-from img2img.compiled.cache import split_s3_uri
 from img2img.compiled.manifest import MANIFEST, Manifest, PartRecord, installed_versions, sha256_of
 from img2img.compiled.parts import StageKind, example_inputs, shapes_of, stage_part_names, traceable
 from img2img.compiled.runtime import save_pipeline_configs
 from img2img.errors import InvalidParameters, ModelLoadError
+from img2img.s3folders import download_prefix, split_s3_uri, upload_folder
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -61,7 +61,7 @@ def load_source(
     stage: StageKind, model: str, dtype: str, s3: S3Client | None, scratch: Path
 ) -> tuple[Any, str]:
     """The diffusers pipeline to compile, and a revision string that identifies its weights."""
-    from img2img.models import download_prefix, pipeline_class
+    from img2img.models import pipeline_class
     from img2img.realsize import build_random
 
     torch_dtype = getattr(torch, dtype)
@@ -198,17 +198,15 @@ def _refuse_existing(out: str, s3: S3Client | None) -> None:
 
 
 def _publish(staging: Path, out: str, s3: S3Client | None) -> None:
-    """Copy the staged folder to `out`, the manifest last so readers never see half of it."""
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    """Put the staged folder at `out`, the manifest last so readers never see half of it."""
     if out.startswith("s3://"):
         assert s3 is not None
         bucket, prefix = split_s3_uri(out)
-        for path in files:
-            rel = path.relative_to(staging).as_posix()
-            s3.upload_file(str(path), bucket, f"{prefix}/{rel}" if prefix else rel)
+        upload_folder(s3, staging, bucket, prefix, last=MANIFEST)
         return
     dest = Path(out)
-    for path in files:
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    for path in files:  # moved, not copied: the parts are gigabytes at real size
         target = dest / path.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, target)
+        shutil.move(path, target)

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from img2img.buildonce import build_once
 from img2img.compiled.backends import get_backend
-from img2img.compiled.cache import exclusive_lock, fetch_artifacts
+from img2img.compiled.cache import fetch_artifacts
 from img2img.compiled.compile import CompileRequest, compile_stage
 from img2img.compiled.manifest import (
     MANIFEST,
@@ -107,23 +108,20 @@ def _compile_default(kind: StageKind, settings: StageSettings, s3: S3Client | No
         / "compiled"
         / (f"torchscript-{kind}-{settings.width}x{settings.height}-{tag}")
     )
-    if (folder / MANIFEST).exists():
-        return folder
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with exclusive_lock(folder.parent / f"{folder.name}.lock"):
-        if not (folder / MANIFEST).exists():
-            log.info("compiling %s from %s for torchscript into %s", kind, model, folder)
-            compile_stage(
-                CompileRequest(
-                    stage=kind,
-                    model=model,
-                    height=settings.height,
-                    width=settings.width,
-                    batch=1,
-                    backend="torchscript",
-                    out=str(folder),
-                    dtype=settings.dtype,
-                ),
-                s3,
-            )
+
+    def fill(tmp: Path) -> None:
+        log.info("compiling %s from %s for torchscript into %s", kind, model, folder)
+        request = CompileRequest(
+            stage=kind,
+            model=model,
+            height=settings.height,
+            width=settings.width,
+            batch=1,
+            backend="torchscript",
+            out=str(tmp),
+            dtype=settings.dtype,
+        )
+        compile_stage(request, s3)
+
+    build_once(folder, MANIFEST, fill)
     return folder
