@@ -52,11 +52,8 @@ class Service:
 
 
 def _http_ok(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:
-            return 200 <= response.status < 500
-    except (urllib.error.URLError, OSError):
-        return False
+    # urlopen raises for 4xx and 5xx, so a status it returns is a success or a redirect.
+    return 200 <= _http_status(url, timeout) < 400
 
 
 class LocalStack:
@@ -325,7 +322,7 @@ class LocalStack:
 
     def _deployment_exists(self, env: dict[str, str]) -> bool:
         url = env["PREFECT_API_URL"] + "/deployments/name/img2img-pipeline/inf2"
-        return _http_ok(url) and _http_status(url) == 200
+        return _http_status(url) == 200
 
     def _run(self, argv: list[str], env: dict[str, str]) -> None:
         out = subprocess.run(
@@ -384,9 +381,10 @@ class LocalStack:
         return out
 
 
-def _http_status(url: str) -> int:
+def _http_status(url: str, timeout: float = 5.0) -> int:
+    """The HTTP status of a GET of `url`, 0 when nothing answers."""
     try:
-        with urllib.request.urlopen(url, timeout=5) as response:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
             return int(response.status)
     except urllib.error.HTTPError as exc:
         return int(exc.code)
