@@ -18,6 +18,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from deployments.signals import stop_on_signals
+from deployments.warm_worker import host_of
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
 
 log = logging.getLogger("img2img.autoscaler")
@@ -98,7 +99,7 @@ class Autoscaler:
                 break
             running_runs += page
         self.busy = {
-            str(r.labels.get("prefect.worker.name"))
+            host_of(str(r.labels.get("prefect.worker.name")))
             for r in running_runs
             if r.labels and r.labels.get("prefect.worker.name")
         }

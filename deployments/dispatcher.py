@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +20,8 @@ from uuid import UUID
 from deployments.signals import stop_on_signals
 from img2img.batching import Batch, Batcher
 from img2img.errors import InvalidEvent
-from img2img.events import parse_message
+from img2img.events import ObjectRef, parse_message
+from img2img.keys import unsafe_key_reason
 from img2img.settings import DispatchSettings, StorageSettings
 
 if TYPE_CHECKING:
@@ -56,6 +59,7 @@ class Dispatcher:
         self.prefect = prefect
         self.settings = settings
         self.clock = clock
+        self.upload_buckets = storage.upload_buckets
         self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
         self.batcher = Batcher(settings.max_batch, settings.max_wait_s, settings.dedup_window)
@@ -126,12 +130,32 @@ class Dispatcher:
         for reason in parsed.skipped:
             log.info("skipped message %s: %s", message["MessageId"], reason)
             self.stats.skipped += 1
-        self.stats.objects += len(parsed.objects)
-        return self.batcher.add(message["MessageId"], message["ReceiptHandle"], parsed.objects, now)
+        accepted, refused = self._screen(parsed.objects)
+        if refused:
+            self._dead_letter(message, "; ".join(refused))
+        self.stats.objects += len(accepted)
+        return self.batcher.add(message["MessageId"], message["ReceiptHandle"], accepted, now)
+
+    def _screen(self, objects: list[ObjectRef]) -> tuple[list[ObjectRef], list[str]]:
+        """Objects this pipeline takes, and why it refuses the others (another bucket, or a
+        key unsafe to build outcome keys from)."""
+        accepted: list[ObjectRef] = []
+        refused: list[str] = []
+        for ref in objects:
+            if ref.bucket not in self.upload_buckets:
+                refused.append(
+                    f"s3://{ref.bucket}/{ref.key[:200]}: bucket {ref.bucket!r} is not an upload "
+                    f"bucket of this pipeline (accepted: {', '.join(sorted(self.upload_buckets))})"
+                )
+            elif (reason := unsafe_key_reason(ref)) is not None:
+                refused.append(f"s3://{ref.bucket}: {reason}")
+            else:
+                accepted.append(ref)
+        return accepted, refused
 
     def _dead_letter(self, message: Any, reason: str) -> None:
         log.error(
-            "message %s is not a usable S3 notification, moved to the dead-letter queue: %s",
+            "message %s moved to the dead-letter queue: %s",
             message["MessageId"],
             reason,
         )
@@ -165,7 +189,16 @@ class Dispatcher:
                 return  # the other due batches stay pending and go after the backoff
             self.stats.runs_created += 1
             self.stats.flow_run_ids.append(run_id)
+            self._maybe_crash()
             self._delete(self.batcher.dispatched(batch))
+
+    def _maybe_crash(self) -> None:
+        """Fault injection: die between creating a run and deleting its messages."""
+        flag = self.settings.crash_flag
+        if flag is not None and flag.exists():
+            flag.unlink(missing_ok=True)
+            log.error("fault injection (%s): killing the dispatcher now", flag)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     def _create_run(self, batch: Batch) -> str:
         if self._deployment_id is None:

@@ -99,6 +99,7 @@ class LocalBackend:
         self.stack = stack
 
     def current(self) -> int:
+        self.stack.reap()  # workers that exited (drained or killed) leave no <defunct> child
         return len(self.stack.running_workers())
 
     def apply(self, desired: int, busy: set[str]) -> str:

@@ -5,6 +5,7 @@ Protocol over a multiprocessing pipe (dicts):
     worker → slot: {"kind": "run", "run_id"}, {"kind": "cancel", "run_id"}, {"kind": "stop"}
     slot → worker: {"kind": "ready", "pid", "loads", "load_s"},
                    {"kind": "load_failed", "reason"},
+                   {"kind": "device", "run_id"} (the run now on the device, None: free),
                    {"kind": "done", "run_id", "state", "error"}
 """
 
@@ -47,6 +48,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
     except Exception as exc:
         send({"kind": "load_failed", "reason": f"{type(exc).__name__}: {exc}"})
         return
+    rt.models.device_lock = ReportingDeviceLock(send)
     send(
         {
             "kind": "ready",
@@ -63,7 +65,11 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         try:
             message = conn.recv()
         except (EOFError, OSError):
-            break  # the worker went away
+            # The worker is gone (killed, host lost). A slot never outlives its worker: the
+            # runs it holds are recovered elsewhere, so it stops now rather than finish them
+            # with nobody to report to.
+            log.error("the worker went away; stopping this slot and its runs now")
+            os._exit(70)
         kind = message.get("kind")
         if kind == "run":
             thread = threading.Thread(
@@ -80,6 +86,27 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             break
     for thread in threads:
         thread.join()
+
+
+class ReportingDeviceLock:
+    """The slot's device lock, which also tells the worker which flow run holds it. When the
+    slot dies, only that run is blamed (it crashed); the others it held at the time are
+    victims and are re-run without counting a crash against their images."""
+
+    def __init__(self, send: Any) -> None:
+        self._lock = threading.Lock()
+        self._send = send
+
+    def __enter__(self) -> ReportingDeviceLock:
+        self._lock.acquire()
+        from prefect.runtime import flow_run
+
+        self._send({"kind": "device", "run_id": str(flow_run.id) if flow_run.id else None})
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._send({"kind": "device", "run_id": None})
+        self._lock.release()
 
 
 def _execute(run_id: str, send: Any) -> None:

@@ -32,6 +32,7 @@ class Slot:
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     ready_event: threading.Event = field(default_factory=threading.Event)
     info: dict[str, Any] = field(default_factory=dict)
+    on_device: str | None = None  # the flow run that holds the device now
 
     def send(self, message: dict[str, Any]) -> None:
         with self.send_lock:
@@ -115,6 +116,9 @@ class SlotPool:
             elif kind == "load_failed":
                 failure = f"could not load its models: {message['reason']}"
                 self.log.error("%s %s", slot.describe(), failure)
+            elif kind == "device":
+                with self._lock:
+                    slot.on_device = message["run_id"]
             elif kind == "done":
                 with self._lock:
                     future = slot.inflight.pop(message["run_id"], None)
@@ -126,14 +130,19 @@ class SlotPool:
             stopping = self._stopping.is_set() or slot.state == "stopped"
             orphans = list(slot.inflight.items())
             slot.inflight.clear()
+            culprit, slot.on_device = slot.on_device, None
             slot.state = "stopped" if stopping else ("failed" if failure else "dead")
             slot.reason = failure or _exit_reason(code)
         for run_id, future in orphans:
+            # With a run on the device when the slot died, that run is the one that crashed
+            # it; the others it held are victims, re-run without blame.
+            victim = culprit is not None and run_id != culprit
             future.set_result(
                 {
                     "kind": "done",
                     "run_id": run_id,
                     "state": CRASHED,
+                    "victim_of": culprit if victim else None,
                     "error": f"{slot.describe()} (pid {slot.pid}) {slot.reason}",
                 }
             )

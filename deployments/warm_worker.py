@@ -19,13 +19,13 @@ import signal
 import socket
 import time
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 import anyio
 import anyio.abc
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import Crashed
+from prefect.states import AwaitingRetry, Crashed
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -38,6 +38,15 @@ from deployments.slots import CRASHED, SlotPool
 from img2img.settings import WorkerSettings
 
 ACQUIRE_POLL_S = 0.1
+# A warm worker is named "<host>@<process nonce>"; scaling backends match on <host>.
+HOST_SEPARATOR = "@"
+
+
+def host_of(worker_name: str) -> str:
+    """The host part of a worker name (the instance id, task id or local worker name)."""
+    return worker_name.split(HOST_SEPARATOR, 1)[0]
+
+
 CANCEL_POLL_S = 1.0
 
 
@@ -83,6 +92,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         from img2img.settings import load_settings
 
         settings = load_settings().worker
+        if kwargs.get("name"):
+            # Unique per process: the recovery service tells a dead worker's runs by its
+            # silent heartbeat, which a restarted worker of the same name would hide.
+            kwargs["name"] = f"{kwargs['name']}{HOST_SEPARATOR}{uuid4().hex[:8]}"
         if kwargs.get("limit") is None:
             kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
         super().__init__(*args, **kwargs)
@@ -164,10 +177,23 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self._cancelled.discard(run_id)
             return WarmWorkerResult(identifier=identifier, status_code=0)
         message = f"{outcome.get('error')}; the slot is being replaced"
+        culprit = outcome.get("victim_of")
+        if culprit:
+            # Not this run's fault: run it again at once, counting no crash against it.
+            message = f"{message}; flow run {culprit} was on the device, this run is re-run"
+            self.get_flow_run_logger(flow_run).warning("%s", message)
+            with contextlib.suppress(ObjectNotFound):
+                await self.client.set_flow_run_state(
+                    flow_run.id, AwaitingRetry(message=message), force=True
+                )
+            return WarmWorkerResult(identifier=identifier, status_code=0)
         self.get_flow_run_logger(flow_run).error("flow run crashed: %s", message)
         with contextlib.suppress(Abort, ObjectNotFound):
             await propose_state(self.client, Crashed(message=message), flow_run_id=flow_run.id)
-        return WarmWorkerResult(identifier=identifier, status_code=1)
+        # Status 0 although it crashed: the state is set above, once. A non-zero status would
+        # make BaseWorker propose Crashed a second time, after the recovery service may have
+        # already re-scheduled the run (and a second crash would be counted).
+        return WarmWorkerResult(identifier=identifier, status_code=0)
 
     # -- cancellation -----------------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from img2img.cancel import RunCancelled, registry
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
-from img2img.steps import StageOutputs, record_queue_wait
+from img2img.steps import StageOutputs, record_queue_wait, reject_unaccepted
 from tasks.artifacts import publish_timings
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
@@ -50,6 +50,7 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     record_queue_wait(jobs, started)
 
     rt = get_runtime()
+    reject_unaccepted(jobs, rt.settings.storage.upload_buckets)
     cancels = registry()
     outputs = StageOutputs(rt.clients.s3, rt.settings.storage.stage_bucket)
     steps: list[tuple[str, Callable[[], None]]] = [

@@ -9,6 +9,7 @@ import shlex
 import sys
 from typing import Any
 
+from img2img.cli_recovery import add_commands as add_recovery_commands
 from img2img.settings import Settings, load_settings
 
 NOISE_NOTICE = (
@@ -27,6 +28,10 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers is not None:
         settings.local.workers = args.workers
+    if args.action == "supervise":
+        from img2img.cli_recovery import cmd_supervise
+
+        return cmd_supervise(settings)
     stack = LocalStack(settings)
     if args.action == "up":
         stack.up(_say)
@@ -303,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     local = sub.add_parser("local", help="the embedded local stack")
-    local.add_argument("action", choices=["up", "down", "status", "env"])
+    local.add_argument("action", choices=["up", "down", "status", "env", "supervise"])
     local.add_argument("--workers", type=int, default=None, help="pipeline workers to start")
     local.set_defaults(func=cmd_local)
 
@@ -315,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     autoscale = sub.add_parser("autoscale", help="run the autoscaler (long-running)")
     autoscale.add_argument("--once", action="store_true", help="one decision, then exit")
     autoscale.set_defaults(func=cmd_autoscale)
+
+    add_recovery_commands(sub)
 
     demo = sub.add_parser("demo", help="run sample images through the local stack")
     demo.add_argument("--images", type=int, default=8, help="how many sample images")

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-import warnings
+import threading
+from functools import cache
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -15,23 +16,22 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
     """Decode `data` into an upright RGB image, refusing anything outside `limits`.
 
     The size and pixel checks run on the header, before any pixel is decoded, so a
-    decompression bomb costs a few hundred bytes of reading.
+    decompression bomb costs a few hundred bytes of reading and is refused by the project's
+    own rule (`limits.max_pixels`), not by Pillow's. Animated images (GIF, WebP) give their
+    first frame; HEIC/HEIF needs pillow-heif, which is registered on first use.
     """
     if not data:
         raise InvalidImage("object is empty (0 bytes)")
     if len(data) > limits.max_bytes:
         raise InvalidImage(f"object is {len(data)} bytes; the limit is {limits.max_bytes}")
+    _register_heif()
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = _open_header(data)
     except UnidentifiedImageError as exc:
         raise InvalidImage(
             f"not a readable image: {len(data)} bytes starting {data[:8]!r} match no known "
             f"image format (accepted: {', '.join(limits.formats)})"
         ) from exc
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise InvalidImage(f"image exceeds Pillow's pixel limit: {exc}") from exc
     except (OSError, SyntaxError, ValueError) as exc:  # a header cut short or malformed
         raise InvalidImage(f"image data is corrupt: {exc}") from exc
     if image.format not in limits.formats:
@@ -48,11 +48,41 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
             f"image is {width}x{height}; each side must be at least {limits.min_side} pixels"
         )
     try:
+        image.seek(0)  # the first frame of an animation
         image.load()
         upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
         raise InvalidImage(f"image data is corrupt: {exc}") from exc
     return upright.convert("RGB")
+
+
+_open_lock = threading.Lock()
+
+
+def _open_header(data: bytes) -> Image.Image:
+    """`Image.open` (which reads the header only) with Pillow's own decompression-bomb
+    guard off, so the caller's pixel limit is the one that refuses a large image, with its
+    own message. The guard is a module global: the lock keeps other decodes in this process
+    from running without it."""
+    with _open_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None
+        try:
+            return Image.open(io.BytesIO(data))
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+@cache
+def _register_heif() -> bool:
+    """Teach Pillow HEIC/HEIF (what phones upload), once per process; False without
+    pillow-heif, in which case such an upload is refused as an unknown format."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
 
 
 def fit_to_shape(image: Image.Image, width: int, height: int) -> Image.Image:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -72,7 +73,8 @@ class ModelCache:
     loads: int = 0
     load_s: float = 0.0
     # Held for a whole stage over a batch: device calls of concurrent runs never overlap.
-    device_lock: threading.Lock = field(default_factory=threading.Lock)
+    # A warm slot swaps in a lock that also tells its worker which run is on the device.
+    device_lock: AbstractContextManager[Any] = field(default_factory=threading.Lock)
 
     def get(self, kind: StageKind, settings: StageSettings, s3: S3Client | None = None) -> Any:
         with self._lock:
@@ -134,7 +136,12 @@ def _load_simulated(kind: StageKind, settings: StageSettings) -> Any:
 
     time.sleep(settings.simulated_load_s / 2)  # half the load time for each of two models
     if kind == "img2img":
-        return SimulatedPipeline(kind, settings.simulated_img2img_ms, scale=1)
+        return SimulatedPipeline(
+            kind,
+            settings.simulated_img2img_ms,
+            scale=1,
+            crash_marker=settings.simulated_crash_marker,
+        )
     return SimulatedPipeline(kind, settings.simulated_upscale_ms, scale=4)
 
 

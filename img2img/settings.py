@@ -49,6 +49,11 @@ class StorageSettings(BaseModel):
     uploads_bucket: str = Field(
         "img2img-uploads", description="General-purpose bucket that users upload to."
     )
+    extra_upload_buckets: list[str] = Field(
+        default_factory=list,
+        description="Other buckets whose events are accepted; events naming any other bucket "
+        "go to the dead-letter queue.",
+    )
     stage_bucket: str = Field(
         "img2img-stage--use1-az4--x-s3",
         description="S3 Express One Zone directory bucket for the hot path (inputs, stage "
@@ -63,6 +68,11 @@ class StorageSettings(BaseModel):
         16, ge=1, le=256, description="Parallel CopyObject calls into the directory bucket."
     )
 
+    @property
+    def upload_buckets(self) -> frozenset[str]:
+        """Every bucket whose uploads the pipeline accepts."""
+        return frozenset([self.uploads_bucket, *self.extra_upload_buckets])
+
 
 class ImageLimits(BaseModel):
     """What an upload may be before it is decoded."""
@@ -73,7 +83,9 @@ class ImageLimits(BaseModel):
     )
     min_side: int = Field(8, ge=1, description="Smallest accepted width or height, in pixels.")
     formats: tuple[str, ...] = Field(
-        ("JPEG", "PNG", "WEBP"), description="Accepted Pillow format names."
+        ("JPEG", "PNG", "WEBP", "HEIF", "AVIF", "GIF"),
+        description="Accepted Pillow format names (HEIC/HEIF through pillow-heif; GIF and "
+        "animated WebP give their first frame).",
     )
 
 
@@ -116,6 +128,13 @@ class StageSettings(BaseModel):
         ge=0,
         le=3600,
         description="Simulated time to load both stage models onto the device.",
+    )
+    simulated_crash_marker: str | None = Field(
+        None,
+        min_length=3,
+        description="Fault injection (simulated backend only): a stage-1 call whose prompt "
+        "contains this string kills its process, as a compiled graph that faults on one input "
+        "would. None: off.",
     )
     device: str = Field("cpu", description="torch device for the eager backend (cpu, cuda).")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
@@ -216,6 +235,12 @@ class DispatchSettings(BaseModel):
     dedup_window: int = Field(
         100_000, ge=0, description="Recently dispatched objects remembered in memory."
     )
+    crash_flag: Path | None = Field(
+        None,
+        description="Fault injection (`img2img chaos`): when this file exists right after a "
+        "flow run was created, the dispatcher removes it and kills itself before deleting the "
+        "run's messages. None: off.",
+    )
 
     @model_validator(mode="after")
     def _batch_fits_visibility(self) -> DispatchSettings:
@@ -257,6 +282,61 @@ class AutoscalerSettings(BaseModel):
                 "with autoscaler.backend=ecs"
             )
         return self
+
+
+class RecoverySettings(BaseModel):
+    """Recovery of crashed and orphaned flow runs, and the upload reconciler."""
+
+    interval_s: float = Field(
+        15.0, gt=0, le=3600, description="How often the recovery service looks for crashed runs."
+    )
+    orphan_after_s: float = Field(
+        90.0,
+        ge=5,
+        le=3600,
+        description="A Pending or Running run whose worker has sent no heartbeat for this long "
+        "is orphaned (its host is gone) and is recovered. At least 3 worker heartbeats "
+        "(PREFECT_WORKER_HEARTBEAT_SECONDS, 30 s by default).",
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        le=20,
+        description="Crashes an image may take before it gets a failure record "
+        "(stage 'crashed', retryable).",
+    )
+    split_after: int = Field(
+        2,
+        ge=1,
+        le=20,
+        description="Crashes of a batch of several images before it is split in two halves "
+        "(bisection isolates an image that kills its slot every time).",
+    )
+    backoff_s: float = Field(
+        5.0, ge=0, le=3600, description="Wait before the first re-run of a crashed run (doubles)."
+    )
+    max_backoff_s: float = Field(
+        300.0, ge=0, le=86_400, description="Longest wait between re-runs."
+    )
+    reconcile_interval_s: float = Field(
+        900.0,
+        ge=0,
+        le=86_400,
+        description="How often the recovery service reconciles uploads against outcomes "
+        "(0: never; `img2img reconcile` runs it by hand).",
+    )
+    reconcile_older_than_s: float = Field(
+        1800.0,
+        ge=0,
+        le=30 * 86_400,
+        description="Uploads younger than this are left to the event path by the periodic "
+        "reconcile (longer than the queue's visibility timeout plus a batch).",
+    )
+    lookback_s: float = Field(
+        86_400.0,
+        gt=0,
+        description="The periodic reconcile looks at uploads no older than this (0 < age).",
+    )
 
 
 class LocalStackSettings(BaseModel):
@@ -303,6 +383,7 @@ class Settings(BaseSettings):
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
+    recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

@@ -7,6 +7,8 @@ output that used it says so.
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +24,19 @@ class SimulatedOutput:
 class SimulatedPipeline:
     """Called like a diffusers pipeline; returns the input resized by `scale`."""
 
-    def __init__(self, kind: str, call_ms: float, scale: int) -> None:
+    def __init__(
+        self, kind: str, call_ms: float, scale: int, crash_marker: str | None = None
+    ) -> None:
         self.kind = kind
         self.call_ms = call_ms
         self.scale = scale
+        self.crash_marker = crash_marker
         self.calls = 0
 
-    def __call__(self, *, image: Image.Image, **_: Any) -> SimulatedOutput:
+    def __call__(self, *, image: Image.Image, prompt: Any = None, **_: Any) -> SimulatedOutput:
+        if self.crash_marker and self.crash_marker in str(prompt or ""):
+            # Fault injection: die the way a faulting compiled graph takes its process down.
+            os.kill(os.getpid(), signal.SIGKILL)
         time.sleep(self.call_ms / 1000.0)
         self.calls += 1
         width, height = image.size

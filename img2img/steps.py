@@ -18,9 +18,10 @@ from PIL import Image
 
 from img2img import storage
 from img2img.cancel import RunCancelled
-from img2img.errors import PermanentError, is_retryable
+from img2img.errors import InvalidEvent, PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
 from img2img.jobs import ImageJob, failure_record, result_record
+from img2img.keys import unsafe_key_reason
 from img2img.params import ImageParams, params_from_metadata
 from img2img.settings import ImageLimits, StageSettings
 
@@ -73,6 +74,23 @@ def _each(
     for err in cancelled or errors:
         if err is not None:
             raise err
+
+
+def reject_unaccepted(jobs: list[ImageJob], upload_buckets: frozenset[str]) -> None:
+    """Fail uploads from a bucket this pipeline does not serve, or whose key is unsafe to
+    build outcome keys from. The dispatcher refuses them first (to the dead-letter queue);
+    this catches runs created any other way."""
+    for job in jobs:
+        if job.ref.bucket not in upload_buckets:
+            job.fail(
+                "validate",
+                InvalidEvent(
+                    f"bucket {job.ref.bucket!r} is not an upload bucket of this pipeline "
+                    f"(accepted: {', '.join(sorted(upload_buckets))})"
+                ),
+            )
+        elif (reason := unsafe_key_reason(job.ref)) is not None:
+            job.fail("validate", InvalidEvent(reason))
 
 
 def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -> None:

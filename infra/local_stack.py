@@ -39,6 +39,18 @@ LOCAL_SCALING = {
     "IMG2IMG_SCALING__EXPECTED_RUN_S": "10",
     "IMG2IMG_SCALING__DRAIN_TARGET_S": "30",
 }
+# Recovery on a laptop's time scale: workers heartbeat every 5 s, a worker silent for 20 s
+# is gone (the issue's bound is 2 minutes), crashed runs are looked at every 2 s.
+LOCAL_RECOVERY = {
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+    "IMG2IMG_RECOVERY__INTERVAL_S": "2",
+    "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "20",
+    "IMG2IMG_RECOVERY__BACKOFF_S": "1",
+    "IMG2IMG_RECOVERY__RECONCILE_INTERVAL_S": "60",
+    "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "180",
+}
+# The services the supervisor keeps running (restarted when they die).
+SUPERVISED = ("dispatcher", "autoscaler", "recovery")
 # Fixed, non-secret credentials for the local emulator only.
 LOCAL_AWS_KEY = "local-stack"
 
@@ -97,6 +109,7 @@ class LocalStack:
                 "TOKENIZERS_PARALLELISM": "false",
                 # A laptop-sized autoscaler: decide every 2 s, react within seconds.
                 **{k: os.environ.get(k, v) for k, v in LOCAL_SCALING.items()},
+                **{k: os.environ.get(k, v) for k, v in LOCAL_RECOVERY.items()},
                 "OMP_NUM_THREADS": str(self.settings.stages.torch_threads),
             }
         )
@@ -148,6 +161,18 @@ class LocalStack:
                     "autoscaler", [py, "-m", "img2img.cli", "autoscale"], "autoscale", lambda: True
                 )
             )
+        services.append(
+            Service("recovery", [py, "-m", "img2img.cli", "recover"], "recover", lambda: True)
+        )
+        # Last, so `down` (which goes in reverse) stops it before what it would restart.
+        services.append(
+            Service(
+                "supervisor",
+                [py, "-m", "img2img.cli", "local", "supervise"],
+                "supervise",
+                lambda: True,
+            )
+        )
         return services
 
     def worker_service(self, index: int) -> Service:
@@ -201,7 +226,25 @@ class LocalStack:
             return
         os.kill(pid, signal.SIGTERM)
         self._pidfile(service.name).rename(self.pids / f"worker-{index}.draining.pid")
+        proc = self._procs.pop(service.name, None)
+        if proc is not None:
+            self._procs[f"worker-{index}.draining"] = proc
         log.info("draining worker-%d (pid %d)", index, pid)
+
+    def reap(self) -> list[str]:
+        """Collect the exit status of the processes this object started (no `<defunct>`
+        children) and forget the PID files of those that ended; returns their names."""
+        ended = []
+        for name, proc in list(self._procs.items()):
+            if proc.poll() is None:
+                continue
+            del self._procs[name]
+            ended.append(name)
+            for pidfile in (self._pidfile(name), self.pids / f"{name}.draining.pid"):
+                with contextlib.suppress(OSError, ValueError):
+                    if int(pidfile.read_text().strip()) == proc.pid:
+                        pidfile.unlink()
+        return ended
 
     def _pidfile(self, name: str) -> Path:
         return self.pids / f"{name}.pid"
@@ -274,22 +317,46 @@ class LocalStack:
         self._provision(env, say)
         self._restart_on_backend_change(say)
         for name, service in services.items():
-            if name in ("moto", "prefect-server"):
+            if name in ("moto", "prefect-server", "supervisor"):
                 continue
             if self.pid_of(service) is not None:
                 say(f"{name}: already running")
                 continue
             say(f"{name}: starting")
             self._start(service, self.worker_env() if name.startswith("worker") else env)
+        supervisor = services["supervisor"]
+        if self.pid_of(supervisor) is None:
+            say("supervisor: starting (restarts the dispatcher, autoscaler and recovery service)")
+            self._start(supervisor, env)
+        else:
+            say("supervisor: already running")
+
+    def supervise(self, stop: Callable[[], bool], interval_s: float = 2.0) -> None:
+        """Keep the dispatcher, the autoscaler and the recovery service running: restart
+        any that died, and reap what ended. Returns when `stop()` is true."""
+        env = self.child_env()
+        services = {s.name: s for s in self.services() if s.name in SUPERVISED}
+        while not stop():
+            self.reap()
+            for name, service in services.items():
+                if self.pid_of(service) is None:
+                    log.warning("%s is not running; restarting it", name)
+                    self._start(service, env)
+            time.sleep(interval_s)
+        self.reap()
 
     def _restart_on_backend_change(self, say: Callable[[str], None]) -> None:
         """Workers keep the backend they started with; a new `stages.backend` restarts the
         services that run or start them (the server, moto and their data stay)."""
         marker = self.state / "stages-backend"
-        backend = self.settings.stages.backend
+        stages = self.settings.stages
+        backend: str = stages.backend
+        if stages.simulated_crash_marker:
+            backend += f" (crash marker {stages.simulated_crash_marker!r})"
         before = marker.read_text().strip() if marker.exists() else backend
         if before != backend:
             say(f"stages.backend changed from {before} to {backend}: restarting the pipeline")
+            self.stop(["supervisor"], say)  # first, or it would restart the others
             self.stop(["autoscaler", "worker*"], say)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(backend)

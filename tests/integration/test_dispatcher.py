@@ -120,7 +120,9 @@ def test_the_same_event_twice_gives_one_run_and_one_result(aws, prefect_client, 
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
     assert outcome(clients, st.results_bucket, ref)[0] == "completed"
-    listing = clients.s3.list_objects_v2(Bucket=st.results_bucket, Prefix="results/dup/")
+    listing = clients.s3.list_objects_v2(
+        Bucket=st.results_bucket, Prefix=f"results/{st.uploads_bucket}/dup/"
+    )
     assert len(listing["Contents"]) == 2  # the image and its metadata, once
 
 
@@ -170,3 +172,76 @@ def test_objects_wait_and_are_retried_when_the_run_cannot_be_created(aws, prefec
 
     assert d.stats.runs_created == 0 and d.batcher.pending_count == 1
     assert queue_depth(clients, settings.storage.ingest_queue) >= 1  # nothing deleted
+
+
+def notification(bucket: str, key: str, etag: str = "0123abcd") -> str:
+    from urllib.parse import quote_plus
+
+    return json.dumps(
+        {
+            "Records": [
+                {
+                    "eventSource": "aws:s3",
+                    "eventName": "ObjectCreated:Put",
+                    "eventTime": "2026-11-28T12:00:00.000Z",
+                    "s3": {
+                        "bucket": {"name": bucket},
+                        "object": {"key": quote_plus(key), "eTag": etag, "size": 10},
+                    },
+                }
+            ]
+        }
+    )
+
+
+def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reason(  # type: ignore[no-untyped-def]
+    aws, prefect_client, deployment
+) -> None:
+    clients, settings = aws
+    st = settings.storage
+    queue_url = clients.sqs.get_queue_url(QueueName=st.ingest_queue)["QueueUrl"]
+    for body in (
+        notification("someone-elses-bucket", "ok/cat.png"),
+        notification(st.uploads_bucket, "../ev/../etc/passwd.jpg"),
+        notification(st.uploads_bucket, "ctl/a\x07b.png"),
+    ):
+        clients.sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    d = dispatcher(clients, prefect_client, settings)
+
+    drain(d, lambda: d.stats.dead_lettered >= 3)
+
+    assert d.stats.runs_created == 0
+    from deployments import dlq
+
+    letters = dlq.show(clients.sqs, st)
+    reasons = sorted(letter.reason for letter in letters)
+    assert len(reasons) == 3, reasons
+    assert any("'someone-elses-bucket' is not an upload bucket" in r for r in reasons)
+    assert any("'..' path segments" in r for r in reasons)
+    assert any("control characters (0x07)" in r for r in reasons)
+    assert queue_depth(clients, st.ingest_queue) == 0
+
+
+def test_dead_letters_are_replayed_to_the_ingest_queue_without_loss(aws) -> None:  # type: ignore[no-untyped-def]
+    from deployments import dlq
+
+    clients, settings = aws
+    st = settings.storage
+    dlq_url = clients.sqs.get_queue_url(QueueName=st.dead_letter_queue)["QueueUrl"]
+    bodies = {notification(st.uploads_bucket, f"replay/{i}.png") for i in range(13)}
+    for body in bodies:
+        clients.sqs.send_message(QueueUrl=dlq_url, MessageBody=body)
+
+    assert dlq.replay(clients.sqs, st, dry_run=True)["messages"] == 13
+    assert queue_depth(clients, st.dead_letter_queue) == 13  # a dry run moves nothing
+    moved = dlq.replay(clients.sqs, st)
+
+    assert moved["moved"] == 13 and queue_depth(clients, st.dead_letter_queue) == 0
+    queue_url = clients.sqs.get_queue_url(QueueName=st.ingest_queue)["QueueUrl"]
+    arrived: set[str] = set()
+    for _ in range(20):
+        got = clients.sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+        arrived |= {m["Body"] for m in got.get("Messages", [])}
+        if not got.get("Messages"):
+            break
+    assert bodies <= arrived

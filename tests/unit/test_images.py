@@ -71,8 +71,47 @@ def test_too_many_bytes_is_refused() -> None:
 def test_tiny_and_unaccepted_formats_are_refused() -> None:
     with pytest.raises(InvalidImage, match="at least 8 pixels"):
         decode_image(encoded((4, 40)), LIMITS)
-    with pytest.raises(InvalidImage, match="format GIF is not accepted"):
-        decode_image(encoded((20, 20), "GIF"), LIMITS)
+    with pytest.raises(InvalidImage, match="format BMP is not accepted"):
+        decode_image(encoded((20, 20), "BMP"), LIMITS)
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height, with no pixel data at all."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_a_decompression_bomb_is_refused_by_the_projects_rule_from_the_header() -> None:
+    # 30000 x 30000 = 900 MP: over Pillow's own guard (179 MP), which must not be the one
+    # that answers; the 40 MP rule names the figures.
+    with pytest.raises(InvalidImage, match="30000x30000 = 900000000 pixels; the limit is 40000000"):
+        decode_image(png_header_only(30000, 30000), LIMITS)
+
+
+@pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
+def test_phone_formats_heic_and_avif_are_accepted(fmt: str) -> None:
+    from img2img.images import _register_heif
+
+    assert _register_heif()
+    image = decode_image(encoded((48, 32), fmt), LIMITS)
+    assert image.mode == "RGB" and image.size == (48, 32)
+
+
+@pytest.mark.parametrize("fmt", ["GIF", "WEBP"])
+def test_an_animation_gives_its_first_frame(fmt: str) -> None:
+    frames = [Image.new("RGB", (24, 16), c) for c in ((250, 0, 0), (0, 0, 250))]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], duration=100)
+    image = decode_image(buffer.getvalue(), LIMITS)
+    red, _green, blue = image.getpixel((12, 8))  # type: ignore[misc]
+    assert image.size == (24, 16) and red > 200 and blue < 50
 
 
 def test_fit_to_shape_gives_exactly_the_stage_shape_and_keeps_the_centre() -> None:

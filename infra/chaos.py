@@ -1,0 +1,246 @@
+"""`img2img chaos`: fault-injection scenarios on the local stack, with real processes.
+
+Each scenario uploads images, injects one fault, waits until every upload has an outcome,
+then until the autoscaler has taken the pool back to zero hosts, and reports:
+
+    {"scenario", "uploads", "results", "failure_records", "lost", "duplicated",
+     "recovery_s", "hosts_after_idle"}
+
+`lost` counts uploads with no outcome by the deadline; `duplicated`, uploads with more than
+one (a result and a failure record). `recovery_s` runs from the fault to the last outcome.
+The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
+for the poison scenario.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import quote_plus
+
+from img2img.aws import clients_from_settings
+from img2img.events import ObjectRef
+from img2img.keys import keys_for
+from img2img.settings import Settings
+
+SCENARIOS = (
+    "slot-kill",
+    "worker-kill",
+    "dispatcher-kill",
+    "server-restart",
+    "redelivery",
+    "poison",
+)
+POISON_MARKER = "img2img-chaos-poison"
+SIM_ENV = {
+    "IMG2IMG_STAGES__BACKEND": "simulated",
+    "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": POISON_MARKER,
+    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "300",
+    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
+    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "1",
+}
+POLL_S = 0.5
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (96, 64), (40, 90, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _wait(predicate: Callable[[], Any], timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(POLL_S)
+    return None
+
+
+class Chaos:
+    """One scenario against a running local stack (`LocalStack`)."""
+
+    def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
+        from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+
+        for key, value in SIM_ENV.items():
+            os.environ[key] = value  # the stack's children read their settings from here
+        settings.stages.backend = "simulated"
+        settings.stages.simulated_crash_marker = POISON_MARKER
+        flag = settings.local.state_dir.resolve() / "chaos-dispatcher-crash"
+        os.environ["IMG2IMG_DISPATCH__CRASH_FLAG"] = str(flag)
+        self.crash_flag = flag
+        self.settings = settings
+        self.say = say
+        self.stack = LocalStack(settings)
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+        aws = settings.aws.model_copy(
+            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
+        )
+        self.clients = clients_from_settings(aws)
+        os.environ["PREFECT_API_URL"] = settings.local.prefect_api_url
+
+    # -- the pieces ------------------------------------------------------------------------
+
+    def upload(self, scenario: str, images: int) -> list[ObjectRef]:
+        bucket = self.settings.storage.uploads_bucket
+        prefix = f"chaos/{scenario}/{uuid.uuid4().hex[:8]}"
+        body = _png()
+        refs = []
+        for i in range(images):
+            prompt = POISON_MARKER if scenario == "poison" and i == images // 2 else "chaos"
+            meta = {"prompt": prompt, "steps": "4", "strength": "0.5", "upscale-steps": "2"}
+            got = self.clients.s3.put_object(
+                Bucket=bucket, Key=f"{prefix}/{i}.png", Body=body, Metadata=meta
+            )
+            refs.append(
+                ObjectRef(bucket=bucket, key=f"{prefix}/{i}.png", etag=got["ETag"].strip('"'))
+            )
+        return refs
+
+    def outcomes(self, refs: list[ObjectRef]) -> tuple[int, int, int, int]:
+        """(results, failure records, lost, duplicated) right now."""
+        from img2img.storage import exists
+
+        bucket = self.settings.storage.results_bucket
+        results = failures = lost = duplicated = 0
+        for ref in refs:
+            keys = keys_for(ref)
+            has_result = exists(self.clients.s3, bucket, keys.result_meta)
+            has_failure = exists(self.clients.s3, bucket, keys.failure)
+            results += has_result
+            failures += has_failure
+            lost += not (has_result or has_failure)
+            duplicated += has_result and has_failure
+        return results, failures, lost, duplicated
+
+    def running_run(self, timeout_s: float = 120) -> Any:
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        with get_client(sync_client=True) as client:
+
+            def find() -> Any:
+                runs = client.read_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.RUNNING])
+                        )
+                    ),
+                    limit=5,
+                )
+                return next((r for r in runs if r.infrastructure_pid), None)
+
+            return _wait(find, timeout_s)
+
+    def redeliver(self, refs: list[ObjectRef]) -> None:
+        """Send every upload's notification once more, as S3 may."""
+        queue = self.clients.sqs.get_queue_url(QueueName=self.settings.storage.ingest_queue)
+        for ref in refs:
+            record = {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": ref.bucket},
+                    "object": {"key": quote_plus(ref.key), "eTag": ref.etag},
+                },
+            }
+            self.clients.sqs.send_message(
+                QueueUrl=queue["QueueUrl"], MessageBody=json.dumps({"Records": [record]})
+            )
+
+    def inject(self, scenario: str, refs: list[ObjectRef]) -> None:
+        if scenario == "slot-kill":
+            run = self.running_run()
+            if run is None:
+                raise RuntimeError("no run started within 120 s: nothing to kill")
+            self.say(f"SIGKILL slot pid {run.infrastructure_pid} (flow run {run.name})")
+            os.kill(int(run.infrastructure_pid), signal.SIGKILL)
+        elif scenario == "worker-kill":
+            if self.running_run() is None:
+                raise RuntimeError("no run started within 120 s: nothing to kill")
+            workers = self.stack.running_workers()
+            for index, _name in workers:
+                pid = self.stack.pid_of(self.stack.worker_service(index))
+                if pid is not None:
+                    self.say(f"SIGKILL worker-{index} pid {pid} (its slots must follow)")
+                    os.kill(pid, signal.SIGKILL)
+        elif scenario == "server-restart":
+            if self.running_run() is None:
+                raise RuntimeError("no run started within 120 s")
+            self.say("stopping the Prefect server mid-stream, then starting it again")
+            self.stack.stop(["prefect-server"], self.say)
+            time.sleep(2)
+            self.stack.up(self.say)
+        elif scenario == "redelivery":
+            self.redeliver(refs)
+            self.say(f"sent {len(refs)} duplicate notifications")
+
+    # -- a whole scenario ------------------------------------------------------------------
+
+    def run(self, scenario: str, images: int, timeout_s: float) -> dict[str, Any]:
+        self.say(f"chaos {scenario}: bringing the local stack up (simulated backend)")
+        self.stack.up(self.say)
+        if scenario == "dispatcher-kill":
+            self.crash_flag.parent.mkdir(parents=True, exist_ok=True)
+            self.crash_flag.write_text("kill the dispatcher after its next run\n")
+        refs = self.upload(scenario, images)
+        self.say(f"uploaded {len(refs)} images")
+        started = time.monotonic()
+        self.inject(scenario, refs)
+        if scenario == "dispatcher-kill":
+            _wait(lambda: not self.crash_flag.exists(), 60)
+            self.say("the dispatcher killed itself after creating a run, before deleting")
+        last_change = time.monotonic()
+        seen = -1
+        deadline = started + timeout_s
+        while time.monotonic() < deadline:
+            results, failures, lost, _ = self.outcomes(refs)
+            if results + failures != seen:
+                seen, last_change = results + failures, time.monotonic()
+            if lost == 0:
+                break
+            time.sleep(1.0)
+        results, failures, lost, duplicated = self.outcomes(refs)
+        recovery_s = round(last_change - started, 1)
+        idle_wait = self.settings.scaling.idle_to_zero_s + 120
+        self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
+        _wait(lambda: not self.stack.running_workers(), idle_wait)
+        return {
+            "scenario": scenario,
+            "uploads": len(refs),
+            "results": results,
+            "failure_records": failures,
+            "lost": lost,
+            "duplicated": duplicated,
+            "recovery_s": recovery_s,
+            "hosts_after_idle": len(self.stack.running_workers()),
+        }
+
+
+def run_scenario(
+    scenario: str,
+    settings: Settings,
+    images: int = 8,
+    say: Callable[[str], None] = print,
+    timeout_s: float = 600.0,
+) -> dict[str, Any]:
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}; expected one of {', '.join(SCENARIOS)}")
+    return Chaos(settings, say).run(scenario, images, timeout_s)

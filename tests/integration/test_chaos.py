@@ -1,0 +1,64 @@
+"""`img2img chaos` on a fresh local stack: the operator's fault scenarios, with the whole
+stack's real processes (moto, Prefect server, supervisor, dispatcher, autoscaler, recovery
+service, warm workers). Each scenario must end with 0 lost, 0 duplicated and no host left
+once idle. (The slot-kill and poison scenarios run at a finer grain in test_recovery.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def img2img(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "img2img.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
+    env.update(
+        {
+            "IMG2IMG_LOCAL__STATE_DIR": str(tmp_path / "state"),
+            "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
+            "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "6",
+            "IMG2IMG_SCALING__INTERVAL_S": "1",
+            "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "10",
+            "IMG2IMG_DISPATCH__VISIBILITY_TIMEOUT_S": "35",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "2",
+        }
+    )
+    lines = []
+    try:
+        for scenario in ("dispatcher-kill", "worker-kill", "redelivery", "server-restart"):
+            done = img2img(["chaos", "--scenario", scenario, "--images", "6", "--json"], env, 600)
+            assert done.returncode == 0, (scenario, done.stdout[-2000:], done.stderr[-4000:])
+            line = json.loads(done.stdout.strip().splitlines()[-1])
+            lines.append(line)
+            assert line["scenario"] == scenario and line["uploads"] == 6
+            assert line["lost"] == 0 and line["duplicated"] == 0, line
+            assert line["results"] == 6, line
+            assert line["hosts_after_idle"] == 0, line
+        status = json.loads(img2img(["local", "status"], env, 60).stdout)
+        # The supervisor brought the dispatcher back after it killed itself.
+        assert status["dispatcher"]["running"] and status["supervisor"]["running"]
+        assert not any(name.endswith(".draining") for name in status)  # all reaped
+    finally:
+        down = img2img(["local", "down"], env, 300)
+        print("\n".join(json.dumps(line) for line in lines))
+        assert down.returncode == 0, down.stderr[-2000:]

@@ -1,0 +1,211 @@
+"""Fault injection with real processes: a real Prefect API, moto over HTTP, real warm-worker
+processes killed by their PIDs, and the recovery service. Every scenario ends with each
+upload having exactly one outcome."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from deployments.recovery import RecoveryService, RunRecovery
+from tests.integration.helpers import FAST, outcome
+from tests.integration.warm import (
+    create_pool_and_deployment,
+    submit,
+    wait_for,
+    warm_worker,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+SIM = {
+    "IMG2IMG_STAGES__BACKEND": "simulated",
+    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "400",
+    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
+    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.2",
+    "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": "POISON",
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "1",
+}
+
+
+@pytest.fixture
+def client(prefect_api: None):  # type: ignore[no-untyped-def]
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        yield c
+
+
+@contextmanager
+def recovery(client: Any, clients: Any, settings: Any, pool: str) -> Iterator[RunRecovery]:
+    """The recovery service, on a test's time scale, in a thread of this process."""
+    fast = settings.model_copy(
+        update={
+            "recovery": settings.recovery.model_copy(
+                update={"interval_s": 0.5, "orphan_after_s": 8, "backoff_s": 0.5}
+            )
+        }
+    )
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as own:  # a client of its own: it runs in a thread
+        runs = RunRecovery(own, clients.s3, fast, pool)
+        service = RecoveryService(runs)
+        thread = threading.Thread(target=service.run, daemon=True)
+        thread.start()
+        try:
+            yield runs
+        finally:
+            service.stop()
+            thread.join(timeout=30)
+
+
+def settled(client: Any, run_id: Any, timeout_s: float = 150) -> Any:
+    """The run's state once recovery is done with it: final, and not a crash still to be
+    handled (a Crashed run is re-run, split or given up by the recovery service)."""
+    return wait_for(
+        lambda: (
+            (s := client.read_flow_run(run_id).state) is not None
+            and s.is_final()
+            and s.name != "Crashed"
+            and s
+        ),
+        timeout_s,
+        f"flow run {run_id} to settle",
+    )
+
+
+def ready(log: Path, count: int = 1) -> bool:
+    return log.read_text(errors="replace").count(": ready (pid") >= count
+
+
+def outcomes(clients: Any, settings: Any, refs: list[Any]) -> list[tuple[str, dict[str, Any]]]:
+    return [outcome(clients, settings.storage.results_bucket, r) for r in refs]
+
+
+def exactly_one_outcome_each(clients: Any, settings: Any, refs: list[Any]) -> None:
+    """Each upload has a result or a failure record, never both, and one of each kind."""
+    from img2img.keys import keys_for
+
+    bucket = settings.storage.results_bucket
+    listing = clients.s3.list_objects_v2(Bucket=bucket).get("Contents", [])
+    keys = {o["Key"] for o in listing}
+    for ref in refs:
+        k = keys_for(ref)
+        assert (k.result_meta in keys) != (k.failure in keys), ref.key
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, SIM), recovery(client, clients, settings, pool) as rec:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
+        running = wait_for(
+            lambda: (
+                (r := client.read_flow_run(run.id)).state.is_running()
+                and r.infrastructure_pid
+                and r
+            ),
+            60,
+            "the run to start",
+        )
+        os.kill(int(running.infrastructure_pid), signal.SIGKILL)
+        state = settled(client, run.id)
+        history = [s.name for s in client.read_flow_run_states(run.id)]
+    assert state.is_completed(), (state, history)
+    assert "Crashed" in history and "AwaitingRetry" in history
+    assert rec.stats.retried >= 1
+    assert [status for status, _ in outcomes(clients, settings, refs)] == ["completed"] * 6
+    exactly_one_outcome_each(clients, settings, refs)
+
+
+def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
+    with recovery(client, clients, settings, pool) as rec:
+        with warm_worker(pool, first_log, SIM) as first:
+            wait_for(lambda: ready(first_log), 120, "the slot to load")
+            runs = [
+                submit(client, clients, settings, deployment_id, f"workerkill{i}", count=4)
+                for i in range(2)
+            ]
+            running = wait_for(
+                lambda: (
+                    (r := client.read_flow_run(runs[0][0].id)).state.is_running()
+                    and r.infrastructure_pid
+                    and r
+                ),
+                60,
+                "a run to start",
+            )
+            slot_pid = int(running.infrastructure_pid)
+            first.send_signal(signal.SIGKILL)  # the worker alone, as a lost host would
+            first.wait(timeout=30)
+            # A slot never outlives its worker.
+            wait_for(lambda: not alive(slot_pid), 30, "the orphaned slot to stop")
+        with warm_worker(pool, second_log, SIM):  # the replacement host
+            states = [settled(client, run.id) for run, _ in runs]
+    assert all(s.is_completed() for s in states), [s.message for s in states]
+    assert rec.stats.orphaned >= 1
+    refs = [ref for _, batch in runs for ref in batch]
+    assert [status for status, _ in outcomes(clients, settings, refs)] == ["completed"] * 8
+    exactly_one_outcome_each(clients, settings, refs)
+
+
+def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    from tests.integration.helpers import png, upload
+
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    refs = []
+    for i in range(8):
+        meta = {**FAST, "prompt": "POISON pill" if i == 5 else "a test card"}
+        refs.append(
+            upload(clients, settings.storage.uploads_bucket, f"poison/{i}.png", png(), meta)
+        )
+    with warm_worker(pool, log, SIM), recovery(client, clients, settings, pool) as rec:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        client.create_flow_run_from_deployment(
+            deployment_id, parameters={"objects": [r.model_dump(mode="json") for r in refs]}
+        )
+        wait_for(
+            lambda: all(s != "missing" for s, _ in outcomes(clients, settings, refs)),
+            300,
+            "every upload to have an outcome",
+            interval=1.0,
+        )
+    results = outcomes(clients, settings, refs)
+    assert [s for s, _ in results] == ["completed"] * 5 + ["failed"] + ["completed"] * 2, [
+        (s, d.get("reason")) for s, d in results if s == "failed"
+    ] + rec.stats.actions
+    assert [s for s, _ in results] == ["completed"] * 5 + ["failed"] + ["completed"] * 2
+    record = results[5][1]
+    assert record["stage"] == "crashed" and record["retryable"] is True
+    assert rec.stats.split >= 3 and rec.stats.gave_up == 1
+    exactly_one_outcome_each(clients, settings, refs)

@@ -1,0 +1,118 @@
+"""The recovery policy (retry, split, give up) and orphan detection, as pure functions."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from img2img.events import ObjectRef
+from img2img.recovery import (
+    GiveUp,
+    Retry,
+    Split,
+    inherited_crashes,
+    orphan_reason,
+    plan,
+    split_tags,
+)
+from img2img.settings import RecoverySettings
+
+POLICY = RecoverySettings(max_attempts=3, split_after=2, backoff_s=5, max_backoff_s=30)
+
+
+def refs(n: int) -> list[ObjectRef]:
+    return [ObjectRef(bucket="b", key=f"k{i}", etag="e") for i in range(n)]
+
+
+def test_a_first_crash_is_retried_with_backoff_that_doubles_up_to_the_cap() -> None:
+    first = plan(1, refs(8), POLICY)
+    assert isinstance(first, Retry) and first.delay_s == 5
+    single = [plan(c, refs(1), POLICY) for c in (1, 2)]
+    assert [a.delay_s for a in single if isinstance(a, Retry)] == [5, 10]
+    capped = plan(5, refs(1), RecoverySettings(max_attempts=9, backoff_s=5, max_backoff_s=30))
+    assert isinstance(capped, Retry) and capped.delay_s == 30
+
+
+def test_a_batch_that_crashes_again_is_split_in_two_halves_keeping_every_upload() -> None:
+    batch = refs(7)
+    action = plan(2, batch, POLICY)
+    assert isinstance(action, Split)
+    left, right = action.halves
+    assert (len(left), len(right)) == (4, 3) and left + right == batch
+
+
+def test_a_poison_image_ends_alone_with_a_failure_after_log2_splits() -> None:
+    """Follow the policy as the service applies it: every run with the poison crashes."""
+    poison = refs(8)[5]
+    runs = [(refs(8), 0)]  # (objects, inherited crashes)
+    splits = gave_up = 0
+    for _ in range(50):  # bounded
+        if not runs:
+            break
+        objects, inherited = runs.pop()
+        if poison not in objects:
+            continue  # completes: no crash
+        crashes = inherited + 1
+        while True:
+            action = plan(crashes, objects, POLICY)
+            if isinstance(action, Retry):
+                crashes += 1  # crashes again
+                continue
+            break
+        if isinstance(action, Split):
+            splits += 1
+            runs += [(half, crashes) for half in action.halves]
+        else:
+            assert isinstance(action, GiveUp) and objects == [poison]
+            gave_up += 1
+    assert gave_up == 1 and splits == 3 and not runs
+
+
+def test_zero_crashes_is_a_caller_error() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        plan(0, refs(1), POLICY)
+
+
+def test_split_children_carry_the_crash_count_in_a_tag() -> None:
+    assert inherited_crashes(split_tags(3)) == 3
+    assert inherited_crashes(["img2img", "s3-event"]) == 0
+    assert inherited_crashes(["img2img-crashes:x"]) == 0
+
+
+NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
+
+
+def orphan(**kw):  # type: ignore[no-untyped-def]
+    args = {
+        "state_name": "Running",
+        "state_since": NOW - timedelta(seconds=300),
+        "worker": "host-1@ab",
+        "last_heartbeat": NOW - timedelta(seconds=5),
+        "now": NOW,
+        "orphan_after_s": 20.0,
+    }
+    return orphan_reason(**{**args, **kw})
+
+
+def test_a_run_whose_worker_heartbeats_is_not_orphaned() -> None:
+    assert orphan() is None
+
+
+def test_a_run_whose_worker_went_silent_or_away_is_orphaned() -> None:
+    assert "no heartbeat for 60 s" in orphan(last_heartbeat=NOW - timedelta(seconds=60))
+    assert "gone from the work pool" in orphan(last_heartbeat=None)
+
+
+def test_a_run_that_just_changed_state_is_never_orphaned() -> None:
+    # A new worker has just claimed a re-run: its label may still name the dead worker.
+    assert orphan(state_since=NOW - timedelta(seconds=3), last_heartbeat=None) is None
+
+
+def test_pending_without_any_worker_is_orphaned_but_a_hand_run_is_not() -> None:
+    assert "no worker took it" in orphan(state_name="Pending", worker=None)
+    # ... but only after three windows: a worker labels what it claims a little later.
+    assert (
+        orphan(state_name="Pending", worker=None, state_since=NOW - timedelta(seconds=50)) is None
+    )
+    assert orphan(state_name="Running", worker=None) is None
