@@ -50,8 +50,7 @@ class AsgBackend:
     def protect(self, busy: set[str]) -> tuple[list[str], list[str]]:
         """Protect busy instances from scale-in and release idle ones."""
         instances = [i["InstanceId"] for i in self._describe().get("Instances", [])]
-        protect = [i for i in instances if i in busy]
-        release = [i for i in instances if i not in busy]
+        protect, release = protection_plan(instances, busy)
         for ids, flag in ((protect, True), (release, False)):
             for start in range(0, len(ids), 50):
                 self.autoscaling.set_instance_protection(
@@ -69,8 +68,27 @@ class AsgBackend:
         return f"asg {self.group}: desired {desired} ({len(protected)} busy hosts protected)"
 
 
+def protection_plan(
+    members: list[str], busy: set[str], host_of_member: Any = None
+) -> tuple[list[str], list[str]]:
+    """Which members (instances, tasks) to protect from scale-in and which to release: a
+    member is busy when its host name (`host_of_member(member)`, the member itself by
+    default) names a worker that runs flow runs."""
+    name = host_of_member or (lambda member: member)
+    protect = [m for m in members if name(m) in busy]
+    release = [m for m in members if name(m) not in busy]
+    return protect, release
+
+
 class EcsBackend:
-    """An ECS service (EC2 launch type with the Neuron device mapped, or CPU on Fargate)."""
+    """An ECS service (EC2 launch type with the Neuron device mapped, or CPU on Fargate).
+
+    Each task's warm worker is named by its task id (`--name <task id>`). Tasks running flow
+    runs get ECS task scale-in protection and idle ones lose it, so lowering the desired
+    count stops idle tasks only; without it, ECS would pick any task and cut a drain short at
+    the container's stop timeout. Protection expires after `protect_minutes` as a safety net
+    (renewed every decision while the task is busy).
+    """
 
     name = "ecs"
 
@@ -85,9 +103,34 @@ class EcsBackend:
             raise LookupError(f"ECS service {self.service!r} not found in {self.cluster!r}")
         return int(services["services"][0]["desiredCount"])
 
+    protect_minutes = 120
+
+    def protect(self, busy: set[str]) -> tuple[list[str], list[str]]:
+        """Protect the service's busy tasks from scale-in and release the idle ones."""
+        arns: list[str] = []
+        for page in self.ecs.get_paginator("list_tasks").paginate(
+            cluster=self.cluster, serviceName=self.service, desiredStatus="RUNNING"
+        ):
+            arns += page.get("taskArns", [])
+        protect, release = protection_plan(arns, busy, lambda arn: arn.rsplit("/", 1)[-1])
+        for tasks, flag in ((protect, True), (release, False)):
+            for start in range(0, len(tasks), 10):  # the API takes 10 tasks per call
+                extra = {"expiresInMinutes": self.protect_minutes} if flag else {}
+                self.ecs.update_task_protection(
+                    cluster=self.cluster,
+                    tasks=tasks[start : start + 10],
+                    protectionEnabled=flag,
+                    **extra,
+                )
+        return protect, release
+
     def apply(self, desired: int, busy: set[str]) -> str:
+        protected, _ = self.protect(busy)
         self.ecs.update_service(cluster=self.cluster, service=self.service, desiredCount=desired)
-        return f"ecs {self.cluster}/{self.service}: desired {desired}"
+        return (
+            f"ecs {self.cluster}/{self.service}: desired {desired} "
+            f"({len(protected)} busy tasks protected)"
+        )
 
 
 class LocalBackend:

@@ -33,6 +33,7 @@ SCENARIOS = (
     "worker-kill",
     "dispatcher-kill",
     "server-restart",
+    "s3-errors",
     "redelivery",
     "poison",
 )
@@ -80,6 +81,7 @@ class Chaos:
         flag = settings.local.state_dir.resolve() / "chaos-dispatcher-crash"
         os.environ["IMG2IMG_DISPATCH__CRASH_FLAG"] = str(flag)
         self.crash_flag = flag
+        self._burst: Any = None
         self.settings = settings
         self.say = say
         self.stack = LocalStack(settings)
@@ -188,15 +190,64 @@ class Chaos:
             self.stack.stop(["prefect-server"], self.say)
             time.sleep(2)
             self.stack.up(self.say)
+        elif scenario == "s3-errors":
+            if self.running_run() is None:
+                raise RuntimeError("no run started within 120 s")
+            self.say("one burst of S3 throttling (3 s of 503 SlowDown)")
+            self._burst.start_burst(3.0)
         elif scenario == "redelivery":
             self.redeliver(refs)
             self.say(f"sent {len(refs)} duplicate notifications")
 
     # -- a whole scenario ------------------------------------------------------------------
 
+    def drain_workers(self, timeout_s: float = 120) -> None:
+        """Let the running workers finish and exit (the next ones start on demand)."""
+        for index, _name in self.stack.running_workers():
+            self.stack.drain_worker(index)
+        _wait(lambda: not any(self._draining_alive()), timeout_s)
+
+    def _draining_alive(self) -> list[int]:
+        from infra.local_stack import _alive
+
+        alive = []
+        for f in self.stack.pids.glob("worker-*.draining.pid"):
+            try:
+                pid = int(f.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if _alive(pid):
+                alive.append(pid)
+        return alive
+
     def run(self, scenario: str, images: int, timeout_s: float) -> dict[str, Any]:
         self.say(f"chaos {scenario}: bringing the local stack up (simulated backend)")
         self.stack.up(self.say)
+        if scenario == "s3-errors":
+            return self._through_fault_proxy(images, timeout_s)
+        return self._run(scenario, images, timeout_s)
+
+    def _through_fault_proxy(self, images: int, timeout_s: float) -> dict[str, Any]:
+        """S3 answers 503 SlowDown or 500 on 5% of the workers' requests, plus one burst of
+        throttling: the workers reach moto through the fault proxy for this scenario."""
+        from infra.faultproxy import FaultProxy
+        from infra.local_blocks import save_credentials_block
+
+        moto = self.settings.local.moto_url
+        self.drain_workers()  # the next workers build their clients through the proxy
+        proxy = FaultProxy(moto, error_rate=0.05).start()
+        save_credentials_block(proxy.url)
+        try:
+            self._burst = proxy
+            result = self._run("s3-errors", images, timeout_s)
+        finally:
+            save_credentials_block(moto)
+            self.drain_workers()
+            proxy.stop()
+        self.say(f"fault proxy: {proxy.injected} S3 errors injected, {proxy.forwarded} forwarded")
+        return {**result, "s3_errors_injected": proxy.injected, "s3_requests": proxy.forwarded}
+
+    def _run(self, scenario: str, images: int, timeout_s: float) -> dict[str, Any]:
         if scenario == "dispatcher-kill":
             self.crash_flag.parent.mkdir(parents=True, exist_ok=True)
             self.crash_flag.write_text("kill the dispatcher after its next run\n")
@@ -221,7 +272,7 @@ class Chaos:
         recovery_s = round(last_change - started, 1)
         idle_wait = self.settings.scaling.idle_to_zero_s + 120
         self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
-        _wait(lambda: not self.stack.running_workers(), idle_wait)
+        _wait(lambda: not self.stack.running_workers() and not self._draining_alive(), idle_wait)
         return {
             "scenario": scenario,
             "uploads": len(refs),
@@ -230,7 +281,7 @@ class Chaos:
             "lost": lost,
             "duplicated": duplicated,
             "recovery_s": recovery_s,
-            "hosts_after_idle": len(self.stack.running_workers()),
+            "hosts_after_idle": len(self.stack.running_workers()) + len(self._draining_alive()),
         }
 
 

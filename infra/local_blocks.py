@@ -28,7 +28,15 @@ TEMPLATE = (
 
 
 def main() -> None:
-    endpoint = os.environ["IMG2IMG_AWS__ENDPOINT_URL"]
+    save_credentials_block(os.environ["IMG2IMG_AWS__ENDPOINT_URL"])
+    ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
+    ensure_pool("control", "process")
+    ensure_pool("compile", "process")
+
+
+def save_credentials_block(endpoint: str) -> None:
+    """The flows' AWS access: fixed emulator credentials and the endpoint they talk to
+    (moto, or the chaos scenario's fault proxy in front of it)."""
     AwsCredentials(
         aws_access_key_id=LOCAL_AWS_KEY,
         aws_secret_access_key=LOCAL_AWS_KEY,
@@ -38,9 +46,6 @@ def main() -> None:
             config={"s3": {"disable_s3_express_session_auth": True}},
         ),
     ).save(CREDENTIALS_BLOCK, overwrite=True)
-    ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
-    ensure_pool("control", "process")
-    ensure_pool("compile", "process")
 
 
 def ensure_pool(name: str, pool_type: str) -> None:

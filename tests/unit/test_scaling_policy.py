@@ -148,3 +148,19 @@ def test_a_cleared_backlog_scales_in_after_the_cooldown_not_after_the_window() -
     assert d.desired == 10 and d.reason == "hold: scale-in cooldown"
     d, state = decide(S, obs(121, running=3, current=10, rate=0.1, run_s=30), state)
     assert d.desired == 2 and d.reason.startswith("scale in")
+
+
+def test_scale_in_protection_covers_exactly_the_busy_hosts_on_any_backend() -> None:
+    from deployments.scaling_backends import protection_plan
+    from deployments.warm_worker import host_of
+
+    # Workers are named "<host>@<process nonce>"; the autoscaler reduces them to hosts.
+    busy = {host_of("i-0aa@1f2e3d4c"), host_of("9c1d0e@77aa0011")}
+    protect, release = protection_plan(["i-0aa", "i-0bb"], busy)
+    assert (protect, release) == (["i-0aa"], ["i-0bb"])
+    tasks = [
+        "arn:aws:ecs:us-east-1:1:task/img2img/9c1d0e",
+        "arn:aws:ecs:us-east-1:1:task/img2img/5f5f5f",
+    ]
+    protect, release = protection_plan(tasks, busy, lambda arn: arn.rsplit("/", 1)[-1])
+    assert protect == tasks[:1] and release == tasks[1:]
