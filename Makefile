@@ -31,6 +31,7 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 infra-check: install $(CHECKOV_STAMP)
 	$(BIN)/cfn-lint infra/aws/*.yaml

@@ -14,12 +14,17 @@ import logging
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import host_of
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
 
 log = logging.getLogger("img2img.autoscaler")
 
@@ -29,13 +34,13 @@ ARTIFACT_KEY = "img2img-autoscaler"
 class Autoscaler:
     def __init__(
         self,
-        prefect: Any,
+        prefect: SyncPrefectClient,
         pool: str,
         policy: ScalingSettings,
-        backend: Any,
-        metrics: Any | None = None,
+        backend: ScalingBackend,
+        metrics: MetricsSink | None = None,
         rate_window_s: float = 60.0,
-        clock: Any = time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.prefect = prefect
         self.pool = pool
@@ -210,40 +215,3 @@ class Autoscaler:
 
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stop, log, "stopping the autoscaler (hosts are left as they are)")
-
-
-def build_backend(settings: Any) -> Any:
-    """The backend named by `settings.autoscaler`."""
-    from deployments.scaling_backends import AsgBackend, EcsBackend, LocalBackend
-    from img2img.aws import service_client
-
-    auto = settings.autoscaler
-    if auto.backend == "asg":
-        return AsgBackend(service_client(settings.aws, "autoscaling"), auto.asg_name)
-    if auto.backend == "ecs":
-        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, auto.ecs_service)
-    from infra.local_stack import LocalStack
-
-    return LocalBackend(LocalStack(settings))
-
-
-def build_autoscaler(settings: Any, prefect: Any) -> Autoscaler:
-    """The autoscaler the settings describe: backend, CloudWatch metrics, policy."""
-    from deployments.scaling_backends import CloudWatchMetrics
-    from img2img.aws import service_client
-
-    metrics = None
-    if settings.autoscaler.cloudwatch_namespace:
-        metrics = CloudWatchMetrics(
-            service_client(settings.aws, "cloudwatch"),
-            settings.autoscaler.cloudwatch_namespace,
-            settings.autoscaler.pool,
-        )
-    return Autoscaler(
-        prefect,
-        settings.autoscaler.pool,
-        settings.scaling,
-        build_backend(settings),
-        metrics,
-        settings.autoscaler.rate_window_s,
-    )

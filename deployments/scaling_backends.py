@@ -16,11 +16,19 @@ log = logging.getLogger("img2img.autoscaler")
 
 
 class ScalingBackend(Protocol):
+    """Where the autoscaler applies its decision."""
+
     name: str
 
     def current(self) -> int: ...
 
     def apply(self, desired: int, busy: set[str]) -> str: ...
+
+
+class MetricsSink(Protocol):
+    """Where the autoscaler publishes its signal (CloudWatch on AWS)."""
+
+    def publish(self, obs: Observation, decision: Decision) -> None: ...
 
 
 class AsgBackend:
@@ -131,31 +139,6 @@ class EcsBackend:
             f"ecs {self.cluster}/{self.service}: desired {desired} "
             f"({len(protected)} busy tasks protected)"
         )
-
-
-class LocalBackend:
-    """Warm worker processes on this machine (the embedded default)."""
-
-    name = "local"
-
-    def __init__(self, stack: Any) -> None:
-        self.stack = stack
-
-    def current(self) -> int:
-        self.stack.reap()  # workers that exited (drained or killed) leave no <defunct> child
-        return len(self.stack.running_workers())
-
-    def apply(self, desired: int, busy: set[str]) -> str:
-        workers = self.stack.running_workers()  # [(index, worker name)]
-        if desired > len(workers):
-            for _ in range(desired - len(workers)):
-                self.stack.start_worker()
-        elif desired < len(workers):
-            # Idle workers first, newest first; a busy one drains before it exits.
-            order = sorted(workers, key=lambda w: (w[1] in busy, -w[0]))
-            for index, _name in order[: len(workers) - desired]:
-                self.stack.drain_worker(index)
-        return f"local: {desired} warm worker(s)"
 
 
 class CloudWatchMetrics:

@@ -40,20 +40,26 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             conn.send(message)
 
     try:
-        from tasks.runtime import get_runtime
+        from img2img.aws import clients_from_settings
+        from img2img.models import configure_torch, process_models
+        from img2img.settings import load_settings
 
         start = time.perf_counter()
-        rt = get_runtime()
-        rt.models.warm_up(rt.settings.stages, rt.clients.s3)
+        settings = load_settings()
+        configure_torch(settings.stages)
+        # The process-wide model cache the pipeline's tasks use too: what is loaded here is
+        # what every run of this slot gets.
+        models = process_models()
+        models.warm_up(settings.stages, clients_from_settings(settings.aws).s3)
     except Exception as exc:
         send({"kind": "load_failed", "reason": f"{type(exc).__name__}: {exc}"})
         return
-    rt.models.device_lock = ReportingDeviceLock(send)
+    models.device_lock = ReportingDeviceLock(send)
     send(
         {
             "kind": "ready",
             "pid": os.getpid(),
-            "loads": rt.models.loads,
+            "loads": models.loads,
             "load_s": round(time.perf_counter() - start, 3),
         }
     )

@@ -20,8 +20,8 @@ def autoscale(duration_s: float = 3600.0) -> int:
     """Scale the pool for `duration_s` seconds; returns the size it leaves."""
     from prefect.client.orchestration import get_client
 
-    from deployments.autoscaler import build_autoscaler
     from img2img.settings import load_settings
+    from infra.autoscaling import build_autoscaler
 
     with get_client(sync_client=True) as client:
         scaler = build_autoscaler(load_settings(), client)

@@ -12,7 +12,7 @@ from typing import Literal
 
 from prefect import flow
 
-from img2img.compiled.compile import CompileRequest
+from img2img.compiled.compile import CompileRequest, add_compile_arguments, request_from_args
 from tasks.compile import compile_task
 
 
@@ -49,22 +49,20 @@ def compile_model(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Compile a stage (as `img2img compile`).")
-    parser.add_argument("--stage", choices=["img2img", "upscale"], required=True)
-    parser.add_argument("--model", required=True)
-    parser.add_argument("--height", type=int, required=True)
-    parser.add_argument("--width", type=int, required=True)
-    parser.add_argument("--out", required=True)
-    parser.add_argument("--backend", choices=["neuron", "torchscript"], default="neuron")
-    parser.add_argument("--batch", type=int, default=1)
+    add_compile_arguments(parser, backend_required=False)
     args = parser.parse_args()
+    request = request_from_args(args)
     compile_model(
-        stage=args.stage,
-        model=args.model,
-        height=args.height,
-        width=args.width,
-        out=args.out,
+        stage=request.stage,
+        model=request.model,
+        height=request.height,
+        width=request.width,
+        out=request.out,
         backend=args.backend,
-        batch=args.batch,
+        batch=request.batch,
+        guidance=request.guidance,
+        cores=request.cores,
+        dtype=args.dtype,
     )
 
 

@@ -35,7 +35,8 @@ def botocore_config(aws: AwsSettings) -> dict[str, Any]:
         "retries": {"mode": "adaptive", "max_attempts": aws.max_attempts},
     }
     if not aws.express_session_auth:
-        # The only spelling botocore honours (FACTS.md); needed for moto, never on AWS.
+        # The only spelling botocore honours (the other spellings fail with KeyError:
+        # 'Credentials'); needed for moto, never on AWS.
         config["s3"] = {"disable_s3_express_session_auth": True}
     return config
 
@@ -70,7 +71,11 @@ def clients_from_block(block: Any, aws: AwsSettings) -> AwsClients:
     return clients_from_session(block.get_boto3_session(), endpoint, config)
 
 
-_MISSING_CODES = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+# The one list of "not there" answers: a GET's NoSuchKey, a HEAD's bare 404. Lookups that
+# ask "is there an outcome yet?" treat only these as no; a missing bucket is a fault there.
+MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
+# For an upload being read, a missing bucket means the object is gone as well.
+_GONE_CODES = MISSING_OBJECT_CODES | {"NoSuchBucket"}
 _RETRYABLE_CODES = {
     "SlowDown",
     "Throttling",
@@ -88,7 +93,7 @@ def translate_error(exc: Exception, what: str) -> Exception:
     """Map a botocore error on `what` (for example "s3://b/k") onto the img2img error tree."""
     if isinstance(exc, ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in _MISSING_CODES:
+        if code in _GONE_CODES:
             return ObjectMissing(f"{what} does not exist ({code})")
         if code in _RETRYABLE_CODES:
             return StorageUnavailable(f"{what}: {code}")
@@ -96,6 +101,13 @@ def translate_error(exc: Exception, what: str) -> Exception:
     if isinstance(exc, BotoCoreError):
         return StorageUnavailable(f"{what}: {exc}")
     return exc
+
+
+def is_missing_object(exc: Exception) -> bool:
+    """True for the answer to a read of a key that does not exist."""
+    return isinstance(exc, ClientError) and (
+        str(exc.response.get("Error", {}).get("Code", "")) in MISSING_OBJECT_CODES
+    )
 
 
 def is_precondition_failed(exc: Exception) -> bool:

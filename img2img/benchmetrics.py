@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from img2img.timing import STAGES, percentile
+from img2img.timing import summarize
 
 DEVICE_STAGES = ("stage1", "stage2")
 
@@ -24,13 +24,9 @@ def pipeline_figures(docs: list[dict[str, Any]], started: datetime, slots: int) 
     wall_s = (finished - started).total_seconds()
     device_ms = sum(d["timings_ms"].get(s, 0.0) for d in docs for s in DEVICE_STAGES)
     capacity_ms = wall_s * 1000.0 * slots
-    stage_p50 = {}
-    stage_p95 = {}
-    for stage in STAGES:
-        values = [d["timings_ms"][stage] for d in docs if stage in d["timings_ms"]]
-        if values:
-            stage_p50[stage] = round(percentile(values, 50), 1)
-            stage_p95[stage] = round(percentile(values, 95), 1)
+    summary = summarize([d["timings_ms"] for d in docs])
+    stage_p50 = {stage: round(ms, 1) for stage, ms in summary["p50"].items()}
+    stage_p95 = {stage: round(ms, 1) for stage, ms in summary["p95"].items()}
     return {
         "images": len(docs),
         "wall_s": round(wall_s, 2),

@@ -13,7 +13,7 @@ from img2img import storage
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
 from img2img.samples import sample_metadata, sample_png
-from img2img.timing import STAGES, percentile
+from img2img.timing import STAGES, summarize
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -95,30 +95,22 @@ def _progress(out: TextIO, done: int, total: int, left_s: float) -> None:
     out.flush()
 
 
+def _summary(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:
+    return summarize([o.doc.get("timings_ms", {}) for o in outcomes if o.status == "completed"])
+
+
 def stage_p50(outcomes: list[Outcome]) -> dict[str, float]:
     """Per-stage p50 over completed images, in ms."""
-    out: dict[str, float] = {}
-    for stage in STAGES:
-        values = [
-            o.doc["timings_ms"][stage]
-            for o in outcomes
-            if o.status == "completed" and stage in o.doc.get("timings_ms", {})
-        ]
-        if values:
-            out[stage] = round(percentile(values, 50), 1)
-    return out
+    return {stage: round(ms, 1) for stage, ms in _summary(outcomes)["p50"].items()}
 
 
 def stage_table(outcomes: list[Outcome]) -> str:
-    completed = [o for o in outcomes if o.status == "completed"]
+    summary = _summary(outcomes)
     lines = [f"{'stage':<12}{'p50 ms':>10}{'p95 ms':>10}{'max ms':>10}"]
     for stage in STAGES:
-        values = [
-            o.doc["timings_ms"][stage] for o in completed if stage in o.doc.get("timings_ms", {})
-        ]
-        if values:
+        if stage in summary["p50"]:
             lines.append(
-                f"{stage:<12}{percentile(values, 50):>10.1f}"
-                f"{percentile(values, 95):>10.1f}{max(values):>10.1f}"
+                f"{stage:<12}{summary['p50'][stage]:>10.1f}"
+                f"{summary['p95'][stage]:>10.1f}{summary['max'][stage]:>10.1f}"
             )
     return "\n".join(lines)

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from img2img.aws import is_precondition_failed, translate_error
+from img2img.aws import is_missing_object, is_precondition_failed, translate_error
 from img2img.events import ObjectRef
 
 if TYPE_CHECKING:
@@ -60,7 +60,7 @@ def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
     try:
         return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing_object(exc):
             return None
         raise translate_error(exc, f"s3://{bucket}/{key}") from exc
     except BotoCoreError as exc:
@@ -72,7 +72,7 @@ def exists(s3: S3Client, bucket: str, key: str) -> bool:
         s3.head_object(Bucket=bucket, Key=key)
         return True
     except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+        if is_missing_object(exc):
             return False
         raise translate_error(exc, f"s3://{bucket}/{key}") from exc
     except BotoCoreError as exc:

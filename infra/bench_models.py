@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from PIL import Image
 
+from img2img.backends import load as load_pipeline
 from img2img.compiled.compile import CompileRequest, compile_pipeline
 from img2img.compiled.parts import StageKind
-from img2img.models import load_pipeline
 from img2img.realsize import build_random
 from img2img.settings import StageSettings
 

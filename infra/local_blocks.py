@@ -2,7 +2,8 @@
 
 Run as `python -m infra.local_blocks` with PREFECT_API_URL pointing at the local server.
 The block's endpoint points at moto and turns S3 Express session auth off, which only the
-emulator needs (FACTS.md); on AWS the block has no endpoint and session auth stays on.
+emulator needs (botocore's `disable_s3_express_session_auth`); on AWS the block has no
+endpoint and session auth stays on.
 """
 
 from __future__ import annotations

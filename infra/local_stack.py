@@ -153,22 +153,18 @@ class LocalStack:
         ]
         services += [self.worker_service(i) for i in range(local.workers)]
         services.append(
-            Service("dispatcher", [py, "-m", "img2img.cli", "dispatch"], "dispatch", lambda: True)
+            Service("dispatcher", [py, "-m", "cli", "dispatch"], "dispatch", lambda: True)
         )
         if local.autoscaler:
             services.append(
-                Service(
-                    "autoscaler", [py, "-m", "img2img.cli", "autoscale"], "autoscale", lambda: True
-                )
+                Service("autoscaler", [py, "-m", "cli", "autoscale"], "autoscale", lambda: True)
             )
-        services.append(
-            Service("recovery", [py, "-m", "img2img.cli", "recover"], "recover", lambda: True)
-        )
+        services.append(Service("recovery", [py, "-m", "cli", "recover"], "recover", lambda: True))
         # Last, so `down` (which goes in reverse) stops it before what it would restart.
         services.append(
             Service(
                 "supervisor",
-                [py, "-m", "img2img.cli", "local", "supervise"],
+                [py, "-m", "cli", "local", "supervise"],
                 "supervise",
                 lambda: True,
             )

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from img2img import steps
 from img2img.jobs import ImageJob
-from tasks.runtime import get_runtime, retry_if_transient
+from tasks.policy import transient_task
+from tasks.runtime import get_runtime
 
 
-@task(
-    name="copy-to-directory-bucket",
-    retries=3,
-    retry_delay_seconds=[1, 4, 10],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("copy-to-directory-bucket")
 def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
     rt = get_runtime()
     storage = rt.settings.storage

@@ -5,14 +5,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from PIL import Image
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 
 from img2img import steps
 from img2img.jobs import ImageJob
 from img2img.stages.img2img import run_img2img
 from img2img.stages.upscale import run_upscale
-from tasks.runtime import get_runtime, retry_if_transient, stop_requested
+from tasks.policy import DEVICE_DELAYS_S, transient_task
+from tasks.runtime import get_runtime, stop_requested
 
 
 def _run_on_device(
@@ -38,13 +38,7 @@ def _run_on_device(
     )
 
 
-@task(
-    name="stage1-img2img",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("stage1-img2img", DEVICE_DELAYS_S)
 def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     if not any(j.active for j in jobs):
         return  # nothing left to do: do not even load the model
@@ -60,13 +54,7 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     _run_on_device(jobs, outputs, "stage1", infer)
 
 
-@task(
-    name="stage2-upscale",
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("stage2-upscale", DEVICE_DELAYS_S)
 def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
     if not any(j.active for j in jobs):
         return

@@ -4,22 +4,16 @@ from __future__ import annotations
 
 import os
 
-from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE
+from prefect import get_run_logger
 from prefect.events import emit_event
 
 from img2img import steps
 from img2img.jobs import ImageJob
-from tasks.runtime import get_runtime, retry_if_transient
+from tasks.policy import transient_task
+from tasks.runtime import get_runtime
 
 
-@task(
-    name="postprocess",
-    retries=3,
-    retry_delay_seconds=[1, 4, 10],
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@transient_task("postprocess")
 def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
     rt = get_runtime()
     bucket = rt.settings.storage.results_bucket

@@ -5,14 +5,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from prefect.states import State
 
 from img2img.aws import AwsClients, clients_from_block, clients_from_settings
 from img2img.cancel import registry
-from img2img.errors import is_retryable
-from img2img.models import ModelCache, process_models
+from img2img.models import ModelCache, configure_torch, process_models
 from img2img.settings import Settings, load_settings
 
 
@@ -36,10 +32,8 @@ def get_runtime() -> Runtime:
     global _runtime
     with _lock:
         if _runtime is None:
-            import torch
-
             settings = load_settings()
-            torch.set_num_threads(settings.stages.torch_threads)
+            configure_torch(settings.stages)
             if settings.aws.credentials_block:
                 from prefect_aws import AwsCredentials
 
@@ -65,8 +59,3 @@ def stop_requested() -> Callable[[], bool]:
     run_id = str(flow_run.id) if flow_run.id else None
     cancels = registry()
     return lambda: cancels.requested(run_id)
-
-
-def retry_if_transient(task: Any, task_run: Any, state: State[Any]) -> bool:
-    """`retry_condition_fn` for every task: retry throttling, timeouts and device faults only."""
-    return isinstance(state.data, BaseException) and is_retryable(state.data)

@@ -6,6 +6,7 @@ tens of GB of host memory and minutes per part; a serving slot only loads the re
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import logging
 import shutil
@@ -57,11 +58,57 @@ class CompileRequest:
         return 2 if self.backend == "neuron" and call_batch % 2 == 0 else 1
 
 
+def add_compile_arguments(parser: argparse.ArgumentParser, backend_required: bool = True) -> None:
+    """The compile command line, shared by `img2img compile` and `python -m flows.compile`."""
+    parser.add_argument("--stage", choices=["img2img", "upscale"], required=True)
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="diffusers folder, s3:// URI, 'tiny' or 'random:sd15|sd21' (random weights)",
+    )
+    parser.add_argument("--height", type=int, required=True, help="stage input height")
+    parser.add_argument("--width", type=int, required=True, help="stage input width")
+    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument(
+        "--backend",
+        choices=["neuron", "torchscript"],
+        required=backend_required,
+        default=None if backend_required else "neuron",
+    )
+    parser.add_argument("--out", required=True, help="new folder or s3:// prefix")
+    parser.add_argument(
+        "--no-guidance", action="store_true", help="compile for guidance_scale <= 1 (no CFG)"
+    )
+    parser.add_argument(
+        "--cores",
+        type=int,
+        default=None,
+        help="NeuronCores the UNet batch splits over (default 2 for neuron, 1 for torchscript)",
+    )
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+
+
+def request_from_args(args: argparse.Namespace) -> CompileRequest:
+    """The request the arguments of `add_compile_arguments` describe."""
+    return CompileRequest(
+        stage=args.stage,
+        model=args.model,
+        height=args.height,
+        width=args.width,
+        batch=args.batch,
+        backend=args.backend,
+        out=args.out,
+        guidance=not args.no_guidance,
+        cores=args.cores,
+        dtype=args.dtype,
+    )
+
+
 def load_source(
     stage: StageKind, model: str, dtype: str, s3: S3Client | None, scratch: Path
 ) -> tuple[Any, str]:
     """The diffusers pipeline to compile, and a revision string that identifies its weights."""
-    from img2img.models import pipeline_class
+    from img2img.eager import pipeline_class
     from img2img.realsize import build_random
 
     torch_dtype = getattr(torch, dtype)

@@ -99,7 +99,7 @@ def _compile_default(kind: StageKind, settings: StageSettings, s3: S3Client | No
             f"run `img2img compile --stage {kind} --backend {settings.backend} ...` on a compile "
             f"host and set {env} to its --out"
         )
-    from img2img.models import resolve_source
+    from img2img.eager import resolve_source
 
     model = str(resolve_source(kind, settings, s3))
     tag = hashlib.sha256(f"{model}|{settings.dtype}".encode()).hexdigest()[:12]

@@ -70,11 +70,6 @@ class Manifest:
         except (ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelLoadError(f"{where} is not a valid img2img compile manifest: {exc}") from exc
 
-    def output_size(self) -> tuple[int, int]:
-        """(width, height) of the images this stage produces."""
-        scale = 4 if self.stage == "upscale" else 1
-        return self.width * scale, self.height * scale
-
 
 def read_manifest(folder: Path) -> Manifest:
     path = folder / MANIFEST

@@ -14,11 +14,9 @@ from typing import Any, Literal
 
 import torch
 
-StageKind = Literal["img2img", "upscale"]
-PartName = Literal["text_encoder", "unet", "vae_encoder", "vae_decoder"]
+from img2img.stages import StageKind
 
-# The x4 upscaler's UNet takes the low-resolution image as 3 extra input channels.
-UPSCALE_IMAGE_CHANNELS = 3
+PartName = Literal["text_encoder", "unet", "vae_encoder", "vae_decoder"]
 
 
 class TextEncoderPart(torch.nn.Module):

@@ -13,12 +13,12 @@ import pytest
 import torch
 from PIL import Image
 
-from img2img.cli import main as cli
+from cli.main import main as cli
+from img2img.backends import load as load_pipeline
 from img2img.compiled.backends import NEURON_INSTALL, get_backend
 from img2img.compiled.cache import fetch_artifacts
 from img2img.compiled.compile import CompileRequest, compile_stage
 from img2img.errors import InvalidParameters, ModelLoadError
-from img2img.models import load_pipeline
 from img2img.settings import StageSettings
 from img2img.tiny import build_tiny_img2img, build_tiny_upscale
 

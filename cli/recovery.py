@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import threading
 from typing import Any
 
+from cli.common import say
 from img2img.settings import Settings
 
 
@@ -109,7 +109,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     if args.scenario not in SCENARIOS:
         print(f"unknown scenario {args.scenario!r}", file=sys.stderr)
         return 2
-    result = run_scenario(args.scenario, settings, images=args.images, say=_say)
+    result = run_scenario(args.scenario, settings, images=args.images, say=say)
     if args.json:
         print(json.dumps(result))
     else:
@@ -117,20 +117,6 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{key}: {value}")
     ok = result["lost"] == 0 and result["duplicated"] == 0
     return 0 if ok else 1
-
-
-def _say(message: str) -> None:
-    print(f"  {message}", file=sys.stderr, flush=True)
-
-
-def cmd_supervise(settings: Settings) -> int:
-    from deployments.signals import stop_on_signals
-    from infra.local_stack import LocalStack, log
-
-    stopped = threading.Event()
-    stop_on_signals(stopped.set, log, "supervisor stopping (services are left running)")
-    LocalStack(settings).supervise(stopped.is_set)
-    return 0
 
 
 def add_commands(sub: Any) -> None:

@@ -1,0 +1,233 @@
+"""Command group: `img2img bench pipeline | models | scaling`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cli.common import say
+from img2img.settings import Settings
+
+
+def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.bench_pipeline import BenchConfig, run_bench
+
+    if args.images < 1 or args.batch_size < 1:
+        print("--images and --batch-size must be at least 1", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(
+        images=args.images,
+        batch_size=args.batch_size,
+        backend=args.backend,
+        worker="img2img-warm" if args.worker == "warm" else "process",
+        img2img_ms=args.stage1_ms,
+        upscale_ms=args.stage2_ms,
+        load_s=args.load_s,
+        timeout_s=args.timeout,
+        steps=args.steps,
+        upscale_steps=args.upscale_steps,
+    )
+    if args.worker == "process" and args.compare:
+        print("--compare already runs the process worker; use --worker warm", file=sys.stderr)
+        return 2
+    run_bench(settings, cfg, args.compare, settings.local.state_dir / "bench", args.json, args.keep)
+    return 0
+
+
+def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
+    from img2img.scaling_sim import TRACES, simulate
+
+    names = list(TRACES) if args.trace == "all" else [args.trace]
+    policy = settings.scaling.model_copy(
+        update={
+            "max_hosts": args.max_hosts,
+            "slots_per_host": args.slots_per_host,
+            "expected_run_s": args.service_s,
+            **({"target_utilization": args.target} if args.target is not None else {}),
+            **({"drain_target_s": args.drain_target_s} if args.drain_target_s else {}),
+            **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
+        }
+    )
+    print(
+        f"simulated: {args.service_s} s per image, {args.slots_per_host} slots per host, "
+        f"hosts start in {args.host_start_s} s, target utilisation "
+        f"{policy.target_utilization}, decisions every {policy.interval_s} s",
+        file=sys.stderr,
+    )
+    header = (
+        f"{'trace':<10}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
+        f"{'host-h':>9}{'min h':>8}{'ratio':>7}{'events':>8}{'max':>6}{'cold s':>8}"
+    )
+    print(header, file=sys.stderr)
+    rows = []
+    for name in names:
+        row = simulate(
+            TRACES[name], policy, args.service_s, args.host_start_s, seed=args.seed
+        ).summary(args.host_start_s, args.slots_per_host)
+        rows.append(row)
+        print(
+            f"{row['trace']:<10}{row['requests']:>10}{row['p50_wait_s']:>8.1f}"
+            f"{row['p95_wait_s']:>8.1f}{row['p99_wait_s']:>8.1f}{row['host_hours']:>9.2f}"
+            f"{row['min_host_hours']:>8.2f}{row['host_hours_ratio']:>7.2f}"
+            f"{row['scale_events']:>8}{row['max_hosts']:>6}"
+            f"{row['cold_start_to_first_result_s']:>8.1f}",
+            file=sys.stderr,
+        )
+    if args.json:
+        keys = (
+            "trace",
+            "p95_wait_s",
+            "host_start_s",
+            "host_hours",
+            "min_host_hours",
+            "scale_events",
+            "cold_start_to_first_result_s",
+        )
+        for row in rows:
+            print(
+                json.dumps(
+                    {k: row[k] for k in keys}
+                    | {
+                        "p50_wait_s": row["p50_wait_s"],
+                        "p99_wait_s": row["p99_wait_s"],
+                        "target_utilization": policy.target_utilization,
+                    }
+                )
+            )
+    return 0
+
+
+def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from infra.bench_models import ModelBenchConfig, neuron_available, run_models_bench
+
+    torch.set_num_threads(settings.stages.torch_threads)
+    backends = ["eager", "torchscript"] + (["neuron"] if neuron_available() else [])
+    if args.backend != "all":
+        backends = [args.backend]
+    if args.device != "cpu" and "torchscript" in backends:
+        print(
+            "the torchscript backend is benchmarked on cpu only; use --backend eager or "
+            "--backend neuron with --device",
+            file=sys.stderr,
+        )
+        return 2
+    side = args.height or (64 if args.size == "tiny" else 512)
+    cfg = ModelBenchConfig(
+        stages=["img2img", "upscale"] if args.stage == "all" else [args.stage],
+        backends=backends,
+        size=args.size,
+        height=side,
+        width=args.width or side,
+        batch=args.batch,
+        steps=args.steps,
+        strength=args.strength,
+        upscale_steps=args.upscale_steps,
+        guidance=args.guidance,
+        calls=args.calls,
+        device=args.device,
+        dtype=args.dtype,
+    )
+    say(f"bench models: {cfg}")
+    run_models_bench(cfg, say, args.json)
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    bench = sub.add_parser("bench", help="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    pipe = bench_sub.add_parser("pipeline", help="images through the whole local path")
+    pipe.add_argument("--images", type=int, default=32)
+    pipe.add_argument("--batch-size", type=int, default=8)
+    pipe.add_argument("--backend", choices=["simulated", "eager"], default="simulated")
+    pipe.add_argument("--worker", choices=["warm", "process"], default="warm")
+    pipe.add_argument(
+        "--compare",
+        action="store_true",
+        help="also run the stock process worker, one run per image",
+    )
+    pipe.add_argument(
+        "--stage1-ms",
+        type=float,
+        default=2020.0,
+        help="simulated stage-1 device time per call (SD 1.5 512², Inf2)",
+    )
+    pipe.add_argument(
+        "--stage2-ms", type=float, default=2020.0, help="simulated stage-2 device time per call"
+    )
+    pipe.add_argument(
+        "--load-s", type=float, default=20.0, help="simulated model load time per process"
+    )
+    pipe.add_argument("--steps", type=int, default=10, help="eager: stage-1 steps")
+    pipe.add_argument("--upscale-steps", type=int, default=5, help="eager: stage-2 steps")
+    pipe.add_argument("--timeout", type=float, default=3600.0)
+    pipe.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    pipe.add_argument("--json", action="store_true")
+    pipe.set_defaults(func=cmd_bench_pipeline)
+
+    models = bench_sub.add_parser("models", help="stage latency per backend")
+    models.add_argument("--stage", choices=["img2img", "upscale", "all"], default="all")
+    models.add_argument(
+        "--backend", choices=["eager", "torchscript", "neuron", "all"], default="all"
+    )
+    models.add_argument("--size", choices=["tiny", "sd15", "sd21"], default="tiny")
+    models.add_argument("--height", type=int, default=None, help="default 64 tiny, 512 real")
+    models.add_argument("--width", type=int, default=None, help="default: --height")
+    models.add_argument("--batch", type=int, default=1)
+    models.add_argument("--steps", type=int, default=30, help="img2img steps")
+    models.add_argument("--strength", type=float, default=0.75)
+    models.add_argument("--upscale-steps", type=int, default=20)
+    models.add_argument("--guidance", type=float, default=7.5)
+    models.add_argument("--calls", type=int, default=3, help="timed calls after one warm-up")
+    models.add_argument("--device", default="cpu", help="cpu or cuda (eager)")
+    models.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_bench_models)
+
+    scaling = bench_sub.add_parser("scaling", help="simulate request traces through the policy")
+    scaling.add_argument(
+        "--trace", choices=["steady", "spike", "diurnal", "lyrebird", "all"], default="all"
+    )
+    scaling.add_argument(
+        "--service-s",
+        type=float,
+        default=4.04,
+        help="device seconds per image (SD 1.5 img2img + x4 upscale, Inf2)",
+    )
+    scaling.add_argument(
+        "--slots-per-host",
+        type=int,
+        default=12,
+        help="slots per host (inf2.48xlarge: 24 NeuronCores, 2 per slot)",
+    )
+    scaling.add_argument(
+        "--host-start-s",
+        type=float,
+        default=90.0,
+        help="launch to first request: boot + model load",
+    )
+    scaling.add_argument("--max-hosts", type=int, default=400)
+    scaling.add_argument(
+        "--target",
+        type=float,
+        default=None,
+        help="target utilisation (default: the scaling setting, 0.75)",
+    )
+    scaling.add_argument(
+        "--drain-target-s",
+        type=float,
+        default=None,
+        help="time to clear a backlog (default: the scaling setting, 120 s)",
+    )
+    scaling.add_argument(
+        "--idle-to-zero-s",
+        type=float,
+        default=None,
+        help="idle time before scaling to zero (default: the scaling setting, 120 s)",
+    )
+    scaling.add_argument("--seed", type=int, default=7)
+    scaling.add_argument("--json", action="store_true")
+    scaling.set_defaults(func=cmd_bench_scaling)

@@ -1,0 +1,84 @@
+"""Command group: `img2img demo`, sample uploads through the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from cli.common import NOISE_NOTICE, say
+from img2img.settings import Settings
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+
+    from img2img import demo
+    from img2img.aws import clients_from_settings
+    from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+
+    if args.backend is not None:
+        # Children (dispatcher, autoscaler, workers) read their settings from the environment.
+        os.environ["IMG2IMG_STAGES__BACKEND"] = args.backend
+        settings.stages.backend = args.backend
+    stack = LocalStack(settings)
+    say(f"bringing the local stack up on the {settings.stages.backend} backend (idempotent)")
+    stack.up(say)
+    say(NOISE_NOTICE)
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+    aws = settings.aws.model_copy(
+        update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
+    )
+    s3 = clients_from_settings(aws).s3
+    refs = demo.upload_samples(
+        s3, settings.storage.uploads_bucket, args.images, args.steps, args.upscale_steps
+    )
+    say(
+        f"uploaded {len(refs)} images to s3://{settings.storage.uploads_bucket}/"
+        f"{refs[0].key.rsplit('/', 1)[0]}/ ; waiting for results (timeout {args.timeout} s)"
+    )
+    outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
+    completed = [o for o in outcomes if o.status == "completed"]
+    failed = [o for o in outcomes if o.status == "failed"]
+    pending = [o for o in outcomes if o.status == "pending"]
+    ui = f"http://{settings.local.host}:{settings.local.prefect_port}"
+    print(demo.stage_table(outcomes), file=sys.stderr)
+    for o in failed:
+        say(f"FAILED {o.ref.uri}: {o.doc.get('stage')}: {o.doc.get('reason')}")
+    for o in pending:
+        say(f"TIMED OUT {o.ref.uri}: no result or failure record within {args.timeout} s")
+    say(f"{len(completed)} completed, {len(failed)} failed, {len(pending)} timed out")
+    say(f"runs: {ui}/runs   timing artifacts: {ui}/artifacts/key/img2img-stage-timings")
+    say("the stack keeps running for the UI; stop it with: img2img local down")
+    flow_runs = sorted({str(o.doc["flow_run_id"]) for o in outcomes if o.doc.get("flow_run_id")})
+    summary: dict[str, Any] = {
+        "submitted": len(refs),
+        "completed": len(completed),
+        "failed": len(failed) + len(pending),
+        "stage_p50_ms": demo.stage_p50(outcomes),
+        "results": [o.doc["result"] for o in completed],
+        "flow_runs": flow_runs,
+        "ui": f"{ui}/artifacts/key/img2img-stage-timings",
+    }
+    if args.json:
+        print(json.dumps(summary))
+    return 0 if len(completed) == len(refs) else 1
+
+
+def add_commands(sub: Any) -> None:
+    demo = sub.add_parser("demo", help="run sample images through the local stack")
+    demo.add_argument("--images", type=int, default=8, help="how many sample images")
+    demo.add_argument("--json", action="store_true", help="print a JSON summary last")
+    demo.add_argument("--timeout", type=float, default=600.0, help="seconds to wait")
+    demo.add_argument("--steps", type=int, default=10, help="stage-1 steps (metadata)")
+    demo.add_argument("--upscale-steps", type=int, default=5, help="stage-2 steps (metadata)")
+    demo.add_argument(
+        "--backend",
+        choices=["eager", "torchscript", "simulated"],
+        default=None,
+        help="stage backend (default: stages.backend); torchscript compiles the tiny models "
+        "once into the model cache and runs the Neuron code path on CPU",
+    )
+    demo.set_defaults(func=cmd_demo)

@@ -1,0 +1,55 @@
+"""Command group: `img2img local up | down | status | env | supervise`."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+from typing import Any
+
+from cli.common import say
+from img2img.settings import Settings
+
+
+def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.local_stack import LocalStack, describe
+
+    if args.workers is not None:
+        settings.local.workers = args.workers
+    if args.action == "supervise":
+        return cmd_supervise(settings)
+    stack = LocalStack(settings)
+    if args.action == "up":
+        stack.up(say)
+        say(f"Prefect UI: http://{settings.local.host}:{settings.local.prefect_port}")
+        say(f"state, logs and PIDs: {stack.state}")
+    elif args.action == "down":
+        stack.down(say)
+    elif args.action == "env":
+        # For running flows or the CLI by hand against the local stack: eval "$(img2img local env)"
+        env = stack.child_env()
+        for key in sorted(env):
+            if key.startswith(("IMG2IMG_", "AWS_")) or key == "PREFECT_API_URL":
+                print(f"export {key}={shlex.quote(env[key])}")
+    else:
+        print(describe(stack.status()))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    local = sub.add_parser("local", help="the embedded local stack")
+    local.add_argument("action", choices=["up", "down", "status", "env", "supervise"])
+    local.add_argument("--workers", type=int, default=None, help="pipeline workers to start")
+    local.set_defaults(func=cmd_local)
+
+
+def cmd_supervise(settings: Settings) -> int:
+    """The local stack's supervisor process (started by `local up`)."""
+    import threading
+
+    from deployments.signals import stop_on_signals
+    from infra.local_stack import LocalStack, log
+
+    stopped = threading.Event()
+    stop_on_signals(stopped.set, log, "supervisor stopping (services are left running)")
+    LocalStack(settings).supervise(stopped.is_set)
+    return 0

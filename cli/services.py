@@ -1,0 +1,64 @@
+"""Command group: the long-running services `img2img dispatch | autoscale`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from typing import Any
+
+from img2img.settings import Settings
+
+
+def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    from prefect.client.orchestration import get_client
+
+    from deployments.dispatcher import Dispatcher
+    from img2img.aws import clients_from_settings
+
+    if args.max_batch is not None:
+        settings.dispatch.max_batch = args.max_batch
+    if args.max_wait is not None:
+        settings.dispatch.max_wait_s = args.max_wait
+    clients = clients_from_settings(settings.aws)
+    with get_client(sync_client=True) as client:
+        dispatcher = Dispatcher(clients.sqs, client, settings.storage, settings.dispatch)
+        dispatcher.install_signal_handlers()
+        stats = dispatcher.run()
+    logging.getLogger("img2img.dispatcher").info("stopped: %s", stats)
+    return 0
+
+
+def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
+    from prefect.client.orchestration import get_client
+
+    from infra.autoscaling import build_autoscaler
+
+    with get_client(sync_client=True) as client:
+        scaler = build_autoscaler(settings, client)
+        if args.once:
+            decision = scaler.step()
+            print(
+                json.dumps(
+                    {
+                        "desired": decision.desired,
+                        "reason": decision.reason,
+                        "demand": decision.demand,
+                    }
+                )
+            )
+            return 0
+        scaler.install_signal_handlers()
+        scaler.run()
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    dispatch = sub.add_parser("dispatch", help="run the S3-event dispatcher (long-running)")
+    dispatch.add_argument("--max-batch", type=int, default=None, help="most images per run")
+    dispatch.add_argument("--max-wait", type=float, default=None, help="batching window, s")
+    dispatch.set_defaults(func=cmd_dispatch)
+
+    autoscale = sub.add_parser("autoscale", help="run the autoscaler (long-running)")
+    autoscale.add_argument("--once", action="store_true", help="one decision, then exit")
+    autoscale.set_defaults(func=cmd_autoscale)

@@ -1,0 +1,81 @@
+"""Builds the autoscaler for where the pool's hosts are: this machine's local stack, an EC2
+Auto Scaling group or an ECS service. The services in `deployments/` know none of them by
+name; this is the one place that picks (the command line and the autoscale flow call it).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from deployments.autoscaler import Autoscaler
+from deployments.scaling_backends import (
+    AsgBackend,
+    CloudWatchMetrics,
+    EcsBackend,
+    ScalingBackend,
+)
+from img2img.aws import service_client
+from img2img.settings import Settings
+from infra.local_stack import LocalStack
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+
+log = logging.getLogger("img2img.autoscaler")
+
+
+class LocalBackend:
+    """Warm worker processes on this machine (the embedded default)."""
+
+    name = "local"
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+
+    def current(self) -> int:
+        self.stack.reap()  # workers that exited (drained or killed) leave no <defunct> child
+        return len(self.stack.running_workers())
+
+    def apply(self, desired: int, busy: set[str]) -> str:
+        workers = self.stack.running_workers()  # [(index, worker name)]
+        if desired > len(workers):
+            for _ in range(desired - len(workers)):
+                self.stack.start_worker()
+        elif desired < len(workers):
+            # Idle workers first, newest first; a busy one drains before it exits.
+            order = sorted(workers, key=lambda w: (w[1] in busy, -w[0]))
+            for index, _name in order[: len(workers) - desired]:
+                self.stack.drain_worker(index)
+        return f"local: {desired} warm worker(s)"
+
+
+def build_backend(settings: Settings) -> ScalingBackend:
+    """The backend named by `settings.autoscaler`."""
+    auto = settings.autoscaler
+    if auto.backend == "asg":
+        assert auto.asg_name is not None  # the settings validate it
+        return AsgBackend(service_client(settings.aws, "autoscaling"), auto.asg_name)
+    if auto.backend == "ecs":
+        assert auto.ecs_cluster is not None and auto.ecs_service is not None
+        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, auto.ecs_service)
+    return LocalBackend(LocalStack(settings))
+
+
+def build_autoscaler(settings: Settings, prefect: SyncPrefectClient) -> Autoscaler:
+    """The autoscaler the settings describe: backend, CloudWatch metrics, policy."""
+    metrics = None
+    if settings.autoscaler.cloudwatch_namespace:
+        metrics = CloudWatchMetrics(
+            service_client(settings.aws, "cloudwatch"),
+            settings.autoscaler.cloudwatch_namespace,
+            settings.autoscaler.pool,
+        )
+    return Autoscaler(
+        prefect,
+        settings.autoscaler.pool,
+        settings.scaling,
+        build_backend(settings),
+        metrics,
+        settings.autoscaler.rate_window_s,
+    )
