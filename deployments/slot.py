@@ -1,12 +1,7 @@
 """A warm slot: a long-lived process that owns a share of the device, loads the stage models
 once, and runs flow runs in threads, as many as the worker hands it (pipelining).
 
-Protocol over a multiprocessing pipe (dicts):
-    worker → slot: {"kind": "run", "run_id"}, {"kind": "cancel", "run_id"}, {"kind": "stop"}
-    slot → worker: {"kind": "ready", "pid", "loads", "load_s"},
-                   {"kind": "load_failed", "reason"},
-                   {"kind": "device", "run_id"} (the run now on the device, None: free),
-                   {"kind": "done", "run_id", "state", "error"}
+The messages it exchanges with its worker are the typed ones of `slot_protocol`.
 """
 
 from __future__ import annotations
@@ -19,6 +14,18 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 from uuid import UUID
+
+from deployments.slot_protocol import (
+    CRASHED,
+    CancelRequest,
+    LoadFailed,
+    OnDevice,
+    Ready,
+    RunDone,
+    RunRequest,
+    SlotMessage,
+    StopRequest,
+)
 
 log = logging.getLogger("img2img.slot")
 
@@ -35,7 +42,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     send_lock = threading.Lock()
 
-    def send(message: dict[str, Any]) -> None:
+    def send(message: SlotMessage) -> None:
         with send_lock:
             conn.send(message)
 
@@ -52,17 +59,10 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         models = process_models()
         models.warm_up(settings.stages, clients_from_settings(settings.aws).s3)
     except Exception as exc:
-        send({"kind": "load_failed", "reason": f"{type(exc).__name__}: {exc}"})
+        send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return
     models.device_lock = ReportingDeviceLock(send)
-    send(
-        {
-            "kind": "ready",
-            "pid": os.getpid(),
-            "loads": models.loads,
-            "load_s": round(time.perf_counter() - start, 3),
-        }
-    )
+    send(Ready(pid=os.getpid(), loads=models.loads, load_s=round(time.perf_counter() - start, 3)))
 
     from img2img.cancel import registry
 
@@ -76,19 +76,18 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             # with nobody to report to.
             log.error("the worker went away; stopping this slot and its runs now")
             os._exit(70)
-        kind = message.get("kind")
-        if kind == "run":
+        if isinstance(message, RunRequest):
             thread = threading.Thread(
                 target=_execute,
-                args=(message["run_id"], send),
-                name=f"run-{message['run_id'][:8]}",
+                args=(message.run_id, send),
+                name=f"run-{message.run_id[:8]}",
                 daemon=True,
             )
             thread.start()
             threads = [t for t in threads if t.is_alive()] + [thread]
-        elif kind == "cancel":
-            registry().request(message["run_id"])
-        elif kind == "stop":
+        elif isinstance(message, CancelRequest):
+            registry().request(message.run_id)
+        elif isinstance(message, StopRequest):
             break
     for thread in threads:
         thread.join()
@@ -107,11 +106,11 @@ class ReportingDeviceLock:
         self._lock.acquire()
         from prefect.runtime import flow_run
 
-        self._send({"kind": "device", "run_id": str(flow_run.id) if flow_run.id else None})
+        self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._send({"kind": "device", "run_id": None})
+        self._send(OnDevice(run_id=None))
         self._lock.release()
 
 
@@ -123,21 +122,7 @@ def _execute(run_id: str, send: Any) -> None:
         flow_run = load_flow_run(UUID(run_id))
         flow = load_flow(flow_run)
         state = run_flow(flow, flow_run=flow_run, return_type="state")
-        send(
-            {
-                "kind": "done",
-                "run_id": run_id,
-                "state": str(state.type.value),  # type: ignore[union-attr]
-                "error": None,
-            }
-        )
+        send(RunDone(run_id=run_id, state=str(state.type.value)))  # type: ignore[union-attr]
     except BaseException as exc:
         log.exception("flow run %s raised out of the engine", run_id)
-        send(
-            {
-                "kind": "done",
-                "run_id": run_id,
-                "state": "CRASHED",
-                "error": f"{type(exc).__name__}: {exc}",
-            }
-        )
+        send(RunDone(run_id=run_id, state=CRASHED, error=f"{type(exc).__name__}: {exc}"))

@@ -12,9 +12,18 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
+from deployments.slot_protocol import (
+    CRASHED,
+    LoadFailed,
+    OnDevice,
+    Ready,
+    RunDone,
+    RunRequest,
+    SlotState,
+    StopRequest,
+    WorkerMessage,
+)
 from img2img.settings import WorkerSettings
-
-CRASHED = "CRASHED"
 
 
 @dataclass
@@ -23,18 +32,20 @@ class Slot:
 
     index: int
     env: dict[str, str]
-    state: str = "starting"  # starting | ready | failed | dead | stopped
+    state: SlotState = "starting"
     reason: str = ""
     pid: int | None = None
     process: Any = None
     conn: Any = None
-    inflight: dict[str, Future[dict[str, Any]]] = field(default_factory=dict)
+    inflight: dict[str, Future[RunDone]] = field(default_factory=dict)
     send_lock: threading.Lock = field(default_factory=threading.Lock)
     ready_event: threading.Event = field(default_factory=threading.Event)
-    info: dict[str, Any] = field(default_factory=dict)
+    start_timed_out: bool = False
+    ready: Ready | None = None
+    load_failures: int = 0  # consecutive, for the restart back-off
     on_device: str | None = None  # the flow run that holds the device now
 
-    def send(self, message: dict[str, Any]) -> None:
+    def send(self, message: WorkerMessage) -> None:
         with self.send_lock:
             self.conn.send(message)
 
@@ -85,6 +96,7 @@ class SlotPool:
             slot.state, slot.reason, slot.process, slot.conn = "starting", "", process, parent
             slot.pid = process.pid
             slot.ready_event.clear()
+            slot.start_timed_out = False
         self.log.info("%s: started (pid %s), loading models", slot.describe(), process.pid)
         threading.Thread(
             target=self._read,
@@ -92,6 +104,27 @@ class SlotPool:
             daemon=True,
             name=f"slot-{slot.index}-reader",
         ).start()
+        threading.Thread(
+            target=self._bound_start,
+            args=(slot, process),
+            daemon=True,
+            name=f"slot-{slot.index}-start-timeout",
+        ).start()
+
+    def _bound_start(self, slot: Slot, process: Any) -> None:
+        """Kill a slot that has not loaded its models within `slot_start_timeout_s` (a hung
+        device or download); it is then restarted with back-off like a failed load."""
+        if slot.ready_event.wait(self.settings.slot_start_timeout_s) or self._stopping.is_set():
+            return
+        if slot.process is process and process.is_alive():
+            self.log.error(
+                "%s (pid %s) did not load its models within %.0f s; killing it",
+                slot.describe(),
+                process.pid,
+                self.settings.slot_start_timeout_s,
+            )
+            slot.start_timed_out = True
+            process.kill()
 
     def _read(self, slot: Slot, process: Any, conn: Any) -> None:
         """Follow one slot process until it ends; then fail its runs and replace it."""
@@ -101,29 +134,33 @@ class SlotPool:
                 message = conn.recv()
             except (EOFError, OSError):
                 break
-            kind = message.get("kind")
-            if kind == "ready":
+            if isinstance(message, Ready):
                 with self._lock:
-                    slot.state, slot.info = "ready", message
+                    slot.state, slot.ready, slot.load_failures = "ready", message, 0
                 slot.ready_event.set()
                 self.log.info(
                     "%s: ready (pid %s, %d model loads in %.1f s)",
                     slot.describe(),
-                    message["pid"],
-                    message["loads"],
-                    message["load_s"],
+                    message.pid,
+                    message.loads,
+                    message.load_s,
                 )
-            elif kind == "load_failed":
-                failure = f"could not load its models: {message['reason']}"
+            elif isinstance(message, LoadFailed):
+                failure = f"could not load its models: {message.reason}"
                 self.log.error("%s %s", slot.describe(), failure)
-            elif kind == "device":
+            elif isinstance(message, OnDevice):
                 with self._lock:
-                    slot.on_device = message["run_id"]
-            elif kind == "done":
+                    slot.on_device = message.run_id
+            elif isinstance(message, RunDone):
                 with self._lock:
-                    future = slot.inflight.pop(message["run_id"], None)
+                    future = slot.inflight.pop(message.run_id, None)
                 if future is not None:
                     future.set_result(message)
+        if not failure and slot.start_timed_out:
+            failure = (
+                f"did not load its models within {self.settings.slot_start_timeout_s:.0f} s "
+                "(worker.slot_start_timeout_s); it was killed"
+            )
         process.join(timeout=30)
         code = process.exitcode
         with self._lock:
@@ -138,13 +175,12 @@ class SlotPool:
             # it; the others it held are victims, re-run without blame.
             victim = culprit is not None and run_id != culprit
             future.set_result(
-                {
-                    "kind": "done",
-                    "run_id": run_id,
-                    "state": CRASHED,
-                    "victim_of": culprit if victim else None,
-                    "error": f"{slot.describe()} (pid {slot.pid}) {slot.reason}",
-                }
+                RunDone(
+                    run_id=run_id,
+                    state=CRASHED,
+                    victim_of=culprit if victim else None,
+                    error=f"{slot.describe()} (pid {slot.pid}) {slot.reason}",
+                )
             )
         if stopping:
             return
@@ -153,8 +189,8 @@ class SlotPool:
         self._restart_later(slot, failed=bool(failure))
 
     def _restart_later(self, slot: Slot, failed: bool) -> None:
-        attempts = slot.info.get("_failures", 0) + 1 if failed else 0
-        slot.info = {"_failures": attempts}
+        attempts = slot.load_failures + 1 if failed else 0
+        slot.load_failures = attempts
         delay = (
             0.0 if not failed else min(self.settings.restart_backoff_s * 2 ** (attempts - 1), 300.0)
         )
@@ -179,7 +215,7 @@ class SlotPool:
             with self._lock:
                 slot.state = "stopped"
             with contextlib.suppress(OSError, ValueError, AttributeError):
-                slot.send({"kind": "stop"})
+                slot.send(StopRequest())
         deadline = time.monotonic() + timeout_s
         for slot in self.slots:
             if slot.process is None:
@@ -196,7 +232,7 @@ class SlotPool:
         with self._lock:
             return any(s.state == "ready" for s in self.slots)
 
-    def try_acquire(self, run_id: str) -> tuple[Slot, Future[dict[str, Any]]] | None:
+    def try_acquire(self, run_id: str) -> tuple[Slot, Future[RunDone]] | None:
         """Reserve room for `run_id` on the ready slot with the fewest runs, or None."""
         with self._lock:
             ready = [
@@ -207,20 +243,15 @@ class SlotPool:
             if not ready:
                 return None
             slot = min(ready, key=lambda s: len(s.inflight))
-            future: Future[dict[str, Any]] = Future()
+            future: Future[RunDone] = Future()
             slot.inflight[run_id] = future
         try:
-            slot.send({"kind": "run", "run_id": run_id})
+            slot.send(RunRequest(run_id=run_id))
         except (OSError, ValueError) as exc:
             with self._lock:
                 slot.inflight.pop(run_id, None)
             future.set_result(
-                {
-                    "kind": "done",
-                    "run_id": run_id,
-                    "state": CRASHED,
-                    "error": f"{slot.describe()} unreachable: {exc}",
-                }
+                RunDone(run_id=run_id, state=CRASHED, error=f"{slot.describe()} unreachable: {exc}")
             )
         return slot, future
 

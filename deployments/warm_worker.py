@@ -12,7 +12,6 @@ SIGTERM drains: the worker stops taking runs, lets the running ones finish (boun
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import signal
@@ -25,7 +24,7 @@ import anyio
 import anyio.abc
 from prefect.client.schemas.objects import FlowRun
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import AwaitingRetry, Crashed
+from prefect.states import AwaitingRetry, Cancelled, Crashed
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -34,7 +33,8 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
-from deployments.slots import CRASHED, SlotPool
+from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
+from deployments.slots import SlotPool
 from img2img.settings import WorkerSettings
 
 ACQUIRE_POLL_S = 0.1
@@ -111,11 +111,20 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self.pool = SlotPool(self.worker_settings, slot_base_env(), self._logger)
         self.pool.start_all()
         assert self._runs_task_group is not None
+        # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and
+        # cancellation observer use, and it lives as long as the worker.
         self._runs_task_group.start_soon(self._watch_cancellations)
-        loop = asyncio.get_running_loop()
-        # ValueError: not the main thread (a worker driven in-process, as in some tests).
-        with contextlib.suppress(ValueError):
-            signal.signal(signal.SIGTERM, lambda *_: loop.call_soon_threadsafe(self.begin_drain))
+        self._runs_task_group.start_soon(self._watch_sigterm)
+
+    async def _watch_sigterm(self) -> None:
+        """SIGTERM drains (see `begin_drain`); anyio's signal receiver, in the worker's loop."""
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    self.begin_drain()
+        except (NotImplementedError, ValueError, RuntimeError):
+            # Not the main thread (a worker driven in-process, as in some tests): no drain.
+            return
 
     async def teardown(self, *exc_info: Any) -> None:
         if self.pool is not None:
@@ -134,7 +143,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self.worker_settings.drain_timeout_s,
             self.running_count(),
         )
-        asyncio.get_running_loop().create_task(self._drain_then_exit())
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._drain_then_exit)  # held by the task group
 
     async def _drain_then_exit(self) -> None:
         await self.wait_idle(self.worker_settings.drain_timeout_s)
@@ -142,7 +152,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler turns this into a clean exit
 
     def running_count(self) -> int:
-        return int(self._limiter.borrowed_tokens) if self._limiter is not None else 0
+        try:
+            return int(self.limiter.borrowed_tokens)
+        except RuntimeError:  # not set up yet
+            return 0
 
     async def wait_idle(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -169,15 +182,15 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         while (acquired := self.pool.try_acquire(run_id)) is None:
             await anyio.sleep(ACQUIRE_POLL_S)
         slot, future = acquired
-        identifier = f"{socket.gethostname()}:{slot.pid}:slot-{slot.index}"
+        identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
         if task_status is not None:
-            task_status.started(slot.pid or 0)
-        outcome = await asyncio.wrap_future(future)
-        if outcome["state"] != CRASHED or run_id in self._cancelled:
+            task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
+        outcome = await anyio.to_thread.run_sync(future.result)
+        if outcome.state != CRASHED or run_id in self._cancelled:
             self._cancelled.discard(run_id)
             return WarmWorkerResult(identifier=identifier, status_code=0)
-        message = f"{outcome.get('error')}; the slot is being replaced"
-        culprit = outcome.get("victim_of")
+        message = f"{outcome.error}; the slot is being replaced"
+        culprit = outcome.victim_of
         if culprit:
             # Not this run's fault: run it again at once, counting no crash against it.
             message = f"{message}; flow run {culprit} was on the device, this run is re-run"
@@ -232,24 +245,25 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                 if str(run.id) not in handled:
                     handled.add(str(run.id))
                     assert self._runs_task_group is not None
-                    self._runs_task_group.start_soon(self._cancel_run, run.id)
+                    self._runs_task_group.start_soon(self._cancel_started_run, run.id)
 
-    async def _cancel_run(self, flow_run_id: UUID) -> None:
+    async def _cancel_started_run(self, flow_run_id: UUID) -> None:
+        """Tell the run's slot to stop it (between diffusion steps); past the grace period,
+        kill the slot. BaseWorker's own cancellation handles runs not yet started."""
         run_id = str(flow_run_id)
         slot = self.pool.slot_of(run_id) if self.pool is not None else None
         if slot is None:
-            await super()._cancel_run(flow_run_id)
             return
         self._logger.info("cancelling flow run %s on %s", run_id, slot.describe())
         future = slot.inflight.get(run_id)
-        slot.send({"kind": "cancel", "run_id": run_id})
+        slot.send(CancelRequest(run_id=run_id))
         if future is None:
             return
-        try:
-            await asyncio.wait_for(
-                asyncio.shield(asyncio.wrap_future(future)), self.worker_settings.cancel_grace_s
-            )
-        except asyncio.TimeoutError:
+        stopped = False
+        with anyio.move_on_after(self.worker_settings.cancel_grace_s):
+            await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            stopped = True
+        if not stopped:
             self._logger.warning(
                 "flow run %s did not stop within %.0f s; killing %s",
                 run_id,
@@ -258,7 +272,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             )
             self._cancelled.add(run_id)
             self.pool.kill(slot)  # type: ignore[union-attr]
-            flow_run = await self.client.read_flow_run(flow_run_id)
-            await self._mark_flow_run_as_cancelled(
-                flow_run, {"message": "cancelled; its slot was killed and is being replaced"}
+            await self.client.set_flow_run_state(
+                flow_run_id,
+                Cancelled(message="cancelled; its slot was killed and is being replaced"),
+                force=True,
             )

@@ -6,7 +6,7 @@ import hashlib
 from typing import Any
 from urllib.parse import unquote
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from img2img.errors import InvalidParameters
 
@@ -36,6 +36,16 @@ class ImageParams(BaseModel):
         None, ge=0, le=2**32 - 1, description="Random seed; None derives one from the upload."
     )
     upscale_steps: int = Field(20, ge=1, le=150, description="Stage-2 denoising steps.")
+
+    @model_validator(mode="after")
+    def _at_least_one_denoising_step(self) -> ImageParams:
+        # img2img runs int(steps × strength) steps: zero would return the input unchanged.
+        if int(self.steps * self.strength) < 1:
+            raise ValueError(
+                "steps × strength must be at least 1 denoising step, but is "
+                f"{self.steps} × {self.strength}"
+            )
+        return self
 
     def seed_for(self, identity: str) -> int:
         """The seed to use: the given one, else a stable hash of the upload's identity, so a
@@ -68,7 +78,10 @@ def _describe(exc: ValidationError, given: dict[str, Any]) -> str:
     reverse = {v: k for k, v in METADATA_FIELDS.items()}
     parts = []
     for err in exc.errors():
-        name = str(err["loc"][0]) if err["loc"] else "?"
+        if not err["loc"]:  # a rule across fields
+            parts.append(str(err["msg"]).removeprefix("Value error, "))
+            continue
+        name = str(err["loc"][0])
         value = given.get(name, "<default>")
         parts.append(
             f"metadata '{reverse.get(name, name)}': {err['msg']} but is {str(value)[:60]!r}"

@@ -49,7 +49,7 @@ def img2img_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
 
     def infer(job: ImageJob) -> Image.Image:
         assert job.image is not None and job.params is not None
-        return run_img2img(pipe, job.image, job.params, job.seed, shape)
+        return run_img2img(pipe, job.image, job.params, job.seed, shape, stop_requested())
 
     _run_on_device(jobs, outputs, "stage1", infer)
 
@@ -64,6 +64,6 @@ def upscale_stage(jobs: list[ImageJob], outputs: steps.StageOutputs) -> None:
 
     def infer(job: ImageJob) -> Image.Image:
         assert job.stage1 is not None and job.params is not None
-        return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level)
+        return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level, stop_requested())
 
     _run_on_device(jobs, outputs, "stage2", infer)

@@ -164,3 +164,21 @@ def test_a_slot_that_cannot_load_says_why_and_the_others_keep_working(  # type: 
     assert "slot 1 (cuda:0) could not load its models: ModelLoadError" in text
     assert "device 'cuda:0'" in text
     assert "slot 0 (cpu): ready" in text
+
+
+def test_a_slot_that_hangs_while_loading_is_killed_after_the_start_timeout(  # type: ignore[no-untyped-def]
+    aws, client, tmp_path: Path
+) -> None:
+    pool, _ = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    env = {
+        **SLOW_SIM,
+        "IMG2IMG_STAGES__SIMULATED_LOAD_S": "600",  # a load that never ends
+        "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "4",
+        "IMG2IMG_WORKER__RESTART_BACKOFF_S": "60",
+    }
+    with warm_worker(pool, log, env):
+        wait_for(
+            lambda: "did not load its models within 4 s" in log.read_text(), 120, "the timeout"
+        )
+        wait_for(lambda: "retrying in 60 s" in log.read_text(), 30, "the back-off")

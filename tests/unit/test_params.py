@@ -56,3 +56,11 @@ def test_seed_is_stable_per_upload_and_differs_between_uploads() -> None:
     assert params.seed_for("b/k@e1") == params.seed_for("b/k@e1")
     assert params.seed_for("b/k@e1") != params.seed_for("b/k@e2")
     assert ImageParams(seed=5).seed_for("anything") == 5
+
+
+def test_steps_times_strength_below_one_step_is_refused_where_parameters_are_read() -> None:
+    from img2img.errors import InvalidParameters
+    from img2img.params import params_from_metadata
+
+    with pytest.raises(InvalidParameters, match=r"steps × strength must be at least 1 .* 2 × 0.3"):
+        params_from_metadata({"steps": "2", "strength": "0.3"}, DEFAULTS)

@@ -1,0 +1,58 @@
+"""The one way a stage calls its pipeline: no autograd, device faults mapped onto the error
+tree, and a cancel request honoured between diffusion steps, not only between images."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from PIL import Image
+
+from img2img.cancel import RunCancelled
+from img2img.errors import DeviceError
+
+
+def call_pipeline(
+    pipe: Any, stage: str, should_stop: Callable[[], bool] | None = None, **kwargs: Any
+) -> Image.Image:
+    """`pipe(**kwargs).images[0]`. With `should_stop`, the pipeline's step callback checks it
+    after every denoising step and stops the call with `RunCancelled` when it says so
+    (diffusers' `callback_on_step_end`, or the older `callback` of the x4 upscaler)."""
+    import torch
+
+    if should_stop is not None:
+        kwargs.update(_step_guard(pipe, stage, should_stop))
+    try:
+        with torch.inference_mode():
+            out = pipe(**kwargs)
+    except torch.cuda.OutOfMemoryError as exc:
+        raise DeviceError(f"{stage} ran out of device memory: {exc}") from exc
+    result: Image.Image = out.images[0]
+    return result
+
+
+def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool]) -> dict[str, Any]:
+    try:
+        accepted = inspect.signature(pipe.__call__).parameters
+    except (TypeError, ValueError):
+        return {}
+
+    def check(step: int) -> None:
+        if should_stop():
+            raise RunCancelled(f"run cancelled during {stage}, after denoising step {step + 1}")
+
+    if "callback_on_step_end" in accepted:
+
+        def on_step_end(_pipe: Any, step: int, _t: Any, kw: dict[str, Any]) -> dict[str, Any]:
+            check(step)
+            return kw
+
+        return {"callback_on_step_end": on_step_end}
+    if "callback" in accepted and "callback_steps" in accepted:
+
+        def on_step(step: int, _t: Any, _latents: Any) -> None:
+            check(step)
+
+        return {"callback": on_step, "callback_steps": 1}
+    return {}
