@@ -7,13 +7,14 @@ import sys
 from typing import Any
 
 from cli.common import say
-from img2img.compiled.compile import add_compile_arguments
+from img2img.compiled.request import add_compile_arguments
 from img2img.settings import Settings
 
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     from img2img.aws import clients_from_settings
-    from img2img.compiled.compile import compile_stage, request_from_args
+    from img2img.compiled.compile import compile_stage
+    from img2img.compiled.request import request_from_args
     from img2img.errors import Img2ImgError
 
     needs_s3 = any(v.startswith("s3://") for v in (args.model, args.out))

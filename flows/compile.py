@@ -12,7 +12,7 @@ from typing import Literal
 
 from prefect import flow
 
-from img2img.compiled.compile import CompileRequest, add_compile_arguments, request_from_args
+from img2img.compiled.request import CompileRequest, add_compile_arguments, request_from_args
 from tasks.compile import compile_task
 
 

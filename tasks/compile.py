@@ -6,8 +6,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.compiled.compile import compile_stage
 from img2img.compiled.manifest import Manifest
+from img2img.compiled.request import CompileRequest
 from tasks.runtime import get_runtime
 
 COMPILE_KEY = "img2img-compile"

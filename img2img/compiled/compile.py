@@ -6,7 +6,6 @@ tens of GB of host memory and minutes per part; a serving slot only loads the re
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import logging
 import shutil
@@ -14,7 +13,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +23,7 @@ import torch
 from img2img.compiled.backends import get_backend
 from img2img.compiled.manifest import MANIFEST, Manifest, PartRecord, installed_versions, sha256_of
 from img2img.compiled.parts import StageKind, example_inputs, shapes_of, stage_part_names, traceable
+from img2img.compiled.request import CompileRequest
 from img2img.compiled.runtime import save_pipeline_configs
 from img2img.errors import InvalidParameters, ModelLoadError
 from img2img.s3folders import download_prefix, split_s3_uri, upload_folder
@@ -33,75 +33,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 Progress = Callable[[str], None]
-
-
-@dataclass(frozen=True)
-class CompileRequest:
-    """What to compile. `model` is a diffusers folder, an s3:// URI, `tiny` (the random-weight
-    test model) or `random:<size>` (a real architecture with random weights, see realsize)."""
-
-    stage: StageKind
-    model: str
-    height: int
-    width: int
-    batch: int
-    backend: str
-    out: str
-    guidance: bool = True
-    cores: int | None = None  # UNet split; default 2 for neuron (the recipe), 1 for torchscript
-    dtype: str = "float32"
-
-    def unet_cores(self) -> int:
-        if self.cores is not None:
-            return self.cores
-        call_batch = self.batch * (2 if self.guidance else 1)
-        return 2 if self.backend == "neuron" and call_batch % 2 == 0 else 1
-
-
-def add_compile_arguments(parser: argparse.ArgumentParser, backend_required: bool = True) -> None:
-    """The compile command line, shared by `img2img compile` and `python -m flows.compile`."""
-    parser.add_argument("--stage", choices=["img2img", "upscale"], required=True)
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="diffusers folder, s3:// URI, 'tiny' or 'random:sd15|sd21' (random weights)",
-    )
-    parser.add_argument("--height", type=int, required=True, help="stage input height")
-    parser.add_argument("--width", type=int, required=True, help="stage input width")
-    parser.add_argument("--batch", type=int, default=1, help="images per call")
-    parser.add_argument(
-        "--backend",
-        choices=["neuron", "torchscript"],
-        required=backend_required,
-        default=None if backend_required else "neuron",
-    )
-    parser.add_argument("--out", required=True, help="new folder or s3:// prefix")
-    parser.add_argument(
-        "--no-guidance", action="store_true", help="compile for guidance_scale <= 1 (no CFG)"
-    )
-    parser.add_argument(
-        "--cores",
-        type=int,
-        default=None,
-        help="NeuronCores the UNet batch splits over (default 2 for neuron, 1 for torchscript)",
-    )
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
-
-
-def request_from_args(args: argparse.Namespace) -> CompileRequest:
-    """The request the arguments of `add_compile_arguments` describe."""
-    return CompileRequest(
-        stage=args.stage,
-        model=args.model,
-        height=args.height,
-        width=args.width,
-        batch=args.batch,
-        backend=args.backend,
-        out=args.out,
-        guidance=not args.no_guidance,
-        cores=args.cores,
-        dtype=args.dtype,
-    )
 
 
 def load_source(

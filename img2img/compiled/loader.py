@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from img2img.buildonce import build_once
 from img2img.compiled.backends import get_backend
 from img2img.compiled.cache import fetch_artifacts
-from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.compiled.compile import compile_stage
 from img2img.compiled.manifest import (
     MANIFEST,
     check_manifest,
@@ -27,6 +27,7 @@ from img2img.compiled.manifest import (
     verify_files,
 )
 from img2img.compiled.parts import Shapes, StageKind
+from img2img.compiled.request import CompileRequest
 from img2img.compiled.runtime import assemble_pipeline
 from img2img.errors import ModelLoadError
 from img2img.settings import StageSettings
