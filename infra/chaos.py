@@ -208,7 +208,7 @@ class Chaos:
         _wait(lambda: not any(self._draining_alive()), timeout_s)
 
     def _draining_alive(self) -> list[int]:
-        from infra.local_stack import _alive
+        from infra.processes import alive as _alive
 
         alive = []
         for f in self.stack.pids.glob("worker-*.draining.pid"):

@@ -1,0 +1,83 @@
+"""The local stack's settings for its child processes: one environment, loopback only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from img2img.settings import Settings
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+CREDENTIALS_BLOCK = "img2img-local"
+POOL = "inf2"
+LOCAL_SCALING = {
+    "IMG2IMG_SCALING__MAX_HOSTS": "2",
+    "IMG2IMG_SCALING__INTERVAL_S": "2",
+    "IMG2IMG_SCALING__SCALE_OUT_COOLDOWN_S": "10",
+    "IMG2IMG_SCALING__SCALE_IN_COOLDOWN_S": "30",
+    "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "300",
+    "IMG2IMG_SCALING__EXPECTED_RUN_S": "10",
+    "IMG2IMG_SCALING__DRAIN_TARGET_S": "30",
+}
+# Recovery on a laptop's time scale: workers heartbeat every 5 s, a worker silent for 20 s
+# is gone (the README promises detection within 2 minutes), crashed runs are looked at
+# every 2 s.
+LOCAL_RECOVERY = {
+    "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",
+    "IMG2IMG_RECOVERY__INTERVAL_S": "2",
+    "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "20",
+    "IMG2IMG_RECOVERY__BACKOFF_S": "1",
+    "IMG2IMG_RECOVERY__RECONCILE_INTERVAL_S": "60",
+    "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "180",
+}
+# The services the supervisor keeps running (restarted when they die).
+SUPERVISED = ("dispatcher", "autoscaler", "recovery")
+# Fixed, non-secret credentials for the local emulator only.
+LOCAL_AWS_KEY = "local-stack"
+
+
+def child_env(
+    settings: Settings, state: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """The environment of every process the local stack starts."""
+    local = settings.local
+    env = dict(os.environ)
+    env.update(
+        {
+            "PREFECT_API_URL": local.prefect_api_url,
+            "PREFECT_HOME": str(state / "prefect"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            "PREFECT_SERVER_API_HOST": local.host,
+            "PREFECT_SERVER_API_PORT": str(local.prefect_port),
+            "PREFECT_UI_API_URL": local.prefect_api_url,
+            # Pick up new runs within a second instead of the default 10 s.
+            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            "PREFECT_LOGGING_LEVEL": "INFO",
+            "AWS_ACCESS_KEY_ID": LOCAL_AWS_KEY,
+            "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,
+            "AWS_DEFAULT_REGION": settings.aws.region,
+            "IMG2IMG_PROJECT_DIR": str(PROJECT_DIR),
+            "IMG2IMG_LOCAL__WORKER_TYPE": local.worker_type,
+            "IMG2IMG_LOCAL__STATE_DIR": str(state),
+            "IMG2IMG_AWS__ENDPOINT_URL": local.moto_url,
+            "IMG2IMG_AWS__EXPRESS_SESSION_AUTH": "false",
+            "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(settings.stages.model_cache_dir.resolve()),
+            "TOKENIZERS_PARALLELISM": "false",
+            # A laptop-sized autoscaler: decide every 2 s, react within seconds.
+            **{k: os.environ.get(k, v) for k, v in LOCAL_SCALING.items()},
+            **{k: os.environ.get(k, v) for k, v in LOCAL_RECOVERY.items()},
+            "OMP_NUM_THREADS": str(settings.stages.torch_threads),
+        }
+    )
+    env.update(extra_env or {})
+    return env
+
+
+def worker_env(
+    settings: Settings, state: Path, extra_env: dict[str, str] | None = None
+) -> dict[str, str]:
+    """A warm worker's environment: flows take their AWS clients from the prefect-aws block,
+    as on AWS."""
+    env = child_env(settings, state, extra_env)
+    env["IMG2IMG_AWS__CREDENTIALS_BLOCK"] = CREDENTIALS_BLOCK
+    return env
