@@ -12,7 +12,7 @@ from img2img.settings import Settings
 
 
 def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.bench_pipeline import BenchConfig, run_bench
+    from infra.bench.pipeline import BenchConfig, run_bench
 
     if args.images < 1 or args.batch_size < 1:
         print("--images and --batch-size must be at least 1", file=sys.stderr)
@@ -37,7 +37,7 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
-    from img2img.scaling_sim import TRACES, simulate
+    from infra.bench.scaling_sim import TRACES, simulate
 
     names = list(TRACES) if args.trace == "all" else [args.trace]
     policy = settings.scaling.model_copy(
@@ -102,7 +102,7 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from infra.bench_models import ModelBenchConfig, neuron_available, run_models_bench
+    from infra.bench.models import ModelBenchConfig, neuron_available, run_models_bench
 
     torch.set_num_threads(settings.stages.torch_threads)
     backends = ["eager", "torchscript"] + (["neuron"] if neuron_available() else [])

@@ -14,8 +14,8 @@ from img2img.settings import Settings
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from img2img import demo
     from img2img.aws import clients_from_settings
+    from infra import demo
     from infra.local_stack import LOCAL_AWS_KEY, LocalStack
 
     if args.backend is not None:

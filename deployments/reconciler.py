@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from img2img.events import ObjectRef, batch_idempotency_key
+from img2img.events import ObjectRef
+from img2img.idempotency import reconcile_key
 from img2img.keys import outcome_stem
 from img2img.reconcile import list_uploads, outcome_stems, without_outcome
 from img2img.settings import Settings
@@ -127,7 +128,7 @@ def _resubmit(
         run = prefect.create_flow_run_from_deployment(
             deployment.id,
             parameters={"objects": [o.model_dump(mode="json") for o in batch]},
-            idempotency_key=f"reconcile-{batch_idempotency_key(batch)}",
+            idempotency_key=reconcile_key(batch),
             name=f"reconcile-{len(batch)}-{batch[0].key.rsplit('/', 1)[-1][:40]}",
             tags=["img2img", "reconcile"],
         )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from img2img import recovery
 from img2img.events import ObjectRef
+from img2img.idempotency import split_key
 from img2img.outcomes import outcome_key, write_failure
 from img2img.settings import Settings
 
@@ -237,7 +238,7 @@ class RunRecovery:
         child = self.prefect.create_flow_run_from_deployment(
             run.deployment_id,
             parameters=parameters,
-            idempotency_key=f"{run.id}:split:{index}",
+            idempotency_key=split_key(str(run.id), index),
             name=f"{run.name}-{'ab'[index]}"[:100],
             tags=recovery.split_tags(crashes),
         )

@@ -60,7 +60,7 @@ def _compiled_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:
 
 
 def _simulated(kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int) -> Any:
-    from img2img.simulated import SimulatedPipeline
+    from img2img.dev.simulated import SimulatedPipeline
 
     time.sleep(settings.simulated_load_s / 2)  # half the load time for each of two models
     if kind == "img2img":

@@ -10,7 +10,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from img2img.events import ObjectRef, batch_idempotency_key
+from img2img.events import ObjectRef
+from img2img.idempotency import batch_key
 
 
 @dataclass
@@ -19,7 +20,7 @@ class Batch:
 
     @property
     def idempotency_key(self) -> str:
-        return batch_idempotency_key(self.objects)
+        return batch_key(self.objects)
 
 
 @dataclass

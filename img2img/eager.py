@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from img2img.buildonce import build_once
+from img2img.dev.tiny import save_tiny
 from img2img.errors import ModelLoadError
 from img2img.s3folders import download_prefix, split_s3_uri
 from img2img.settings import StageSettings
 from img2img.stages import StageKind
-from img2img.tiny import save_tiny
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

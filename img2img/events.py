@@ -13,7 +13,6 @@ Three envelopes are accepted, as AWS documents them:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -59,12 +58,6 @@ class ParsedMessage:
 
     objects: list[ObjectRef] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
-
-
-def batch_idempotency_key(objects: list[ObjectRef]) -> str:
-    """Idempotency key of a flow run for `objects`: the same set always gives the same key."""
-    digest = hashlib.sha256("\n".join(sorted(o.identity for o in objects)).encode()).hexdigest()
-    return f"img2img-batch-{digest[:40]}"
 
 
 def parse_message(body: str) -> ParsedMessage:

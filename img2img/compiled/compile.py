@@ -39,8 +39,8 @@ def load_source(
     stage: StageKind, model: str, dtype: str, s3: S3Client | None, scratch: Path
 ) -> tuple[Any, str]:
     """The diffusers pipeline to compile, and a revision string that identifies its weights."""
+    from img2img.dev.realsize import build_random
     from img2img.eager import pipeline_class
-    from img2img.realsize import build_random
 
     torch_dtype = getattr(torch, dtype)
     if model == "tiny" or model.startswith("random:"):

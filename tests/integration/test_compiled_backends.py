@@ -18,9 +18,9 @@ from img2img.backends import load as load_pipeline
 from img2img.compiled.backends import NEURON_INSTALL, get_backend
 from img2img.compiled.cache import fetch_artifacts
 from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale
 from img2img.errors import InvalidParameters, ModelLoadError
 from img2img.settings import StageSettings
-from img2img.tiny import build_tiny_img2img, build_tiny_upscale
 
 # Traced graphs run the same kernels as eager; only op fusion order may differ.
 TOLERANCE = 1e-4

@@ -6,7 +6,8 @@ from datetime import datetime, timezone
 import pytest
 
 from img2img.errors import InvalidEvent
-from img2img.events import ObjectRef, batch_idempotency_key, parse_message
+from img2img.events import ObjectRef, parse_message
+from img2img.idempotency import batch_key as batch_idempotency_key
 
 
 def s3_record(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from img2img.realsize import folder_for, parameter_counts
+from img2img.dev.realsize import folder_for, parameter_counts
 
 
 def test_configs_give_the_published_parameter_counts() -> None:

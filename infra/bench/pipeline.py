@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from img2img import demo
 from img2img.aws import clients_from_settings
-from img2img.benchmetrics import pipeline_figures
 from img2img.settings import Settings
+from infra import demo
+from infra.bench.metrics import pipeline_figures
 from infra.local_stack import LOCAL_AWS_KEY, LocalStack
 
 

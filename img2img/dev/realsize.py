@@ -56,7 +56,7 @@ def build_random(stage: str, size: str) -> Any:
     """A diffusers pipeline of `stage` at `size`: tiny (the test model) or a real architecture."""
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionUpscalePipeline
 
-    from img2img.tiny import build_tiny_img2img, build_tiny_upscale, tiny_tokenizer
+    from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale, tiny_tokenizer
 
     if size == "tiny":
         return build_tiny_img2img() if stage == "img2img" else build_tiny_upscale()

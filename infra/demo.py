@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from img2img import storage
+from img2img.dev.samples import sample_metadata, sample_png
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
-from img2img.samples import sample_metadata, sample_png
 from img2img.timing import STAGES, summarize
 
 if TYPE_CHECKING:

@@ -24,7 +24,7 @@ from img2img.backends import load as load_pipeline
 from img2img.compiled.compile import compile_pipeline
 from img2img.compiled.parts import StageKind
 from img2img.compiled.request import CompileRequest
-from img2img.realsize import build_random
+from img2img.dev.realsize import build_random
 from img2img.settings import StageSettings
 
 
