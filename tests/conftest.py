@@ -7,8 +7,12 @@ import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
+
+from img2img.aws import AwsClients
+from img2img.settings import Settings
 
 # Set before anything imports torch or tokenizers: one thread per process on small hosts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -65,8 +69,15 @@ def test_env(moto_url: str, model_cache: Path) -> Iterator[dict[str, str]]:
             os.environ[key] = value
 
 
+class AwsEnv(NamedTuple):
+    """What the `aws` fixture yields: clients of the moto server, and the settings."""
+
+    clients: AwsClients
+    settings: Settings
+
+
 @pytest.fixture
-def aws(test_env: dict[str, str], moto_url: str):  # type: ignore[no-untyped-def]
+def aws(test_env: dict[str, str], moto_url: str) -> Iterator[AwsEnv]:
     """Fresh moto state with the pipeline's buckets and queues; yields (clients, settings)."""
     from img2img.aws import clients_from_settings
     from img2img.settings import load_settings
@@ -79,7 +90,7 @@ def aws(test_env: dict[str, str], moto_url: str):  # type: ignore[no-untyped-def
     clients = clients_from_settings(settings.aws)
     ensure_resources(clients, settings.storage, settings.dispatch, settings.aws.region)
     reset_runtime()
-    yield clients, settings
+    yield AwsEnv(clients, settings)
     reset_runtime()
 
 

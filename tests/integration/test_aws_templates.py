@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome, png, upload
 
 TEMPLATES = Path(__file__).resolve().parents[2] / "infra" / "aws"
@@ -30,6 +31,7 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
     elif isinstance(node, yaml.SequenceNode):
         value = loader.construct_sequence(node, deep=True)
     else:
+        assert isinstance(node, yaml.MappingNode)
         value = loader.construct_mapping(node, deep=True)
     return {name: value}
 
@@ -57,7 +59,7 @@ def without_unsupported(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_storage_stack_on_moto_runs_the_pipeline(aws) -> None:  # type: ignore[no-untyped-def]
+def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
     from flows.pipeline import img2img_pipeline
     from img2img.aws import service_client
     from tasks.runtime import reset_runtime

@@ -21,6 +21,7 @@ from img2img.compiled.compile import CompileRequest, compile_stage
 from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale
 from img2img.errors import InvalidParameters, ModelLoadError
 from img2img.settings import StageSettings
+from tests.conftest import AwsEnv
 
 # Traced graphs run the same kernels as eager; only op fusion order may differ.
 TOLERANCE = 1e-4
@@ -156,8 +157,8 @@ def test_compile_refuses_to_overwrite(compiled: dict[str, Path]) -> None:
 
 
 def test_compile_upload_and_load_on_a_fresh_host(
-    aws,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    aws: AwsEnv,
+    tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     clients, settings = aws
@@ -204,7 +205,7 @@ def test_neuron_without_artifacts_says_what_to_do(tmp_path: Path) -> None:
 
 def test_missing_torch_neuronx_names_the_install_step() -> None:
     try:
-        import torch_neuronx  # type: ignore[import-not-found]  # noqa: F401
+        import torch_neuronx  # noqa: F401
     except ImportError:
         with pytest.raises(ModelLoadError) as err:
             get_backend("neuron")
@@ -224,9 +225,9 @@ def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
             run(
                 load_pipeline(
                     stage,
-                    StageSettings(  # type: ignore[arg-type]
+                    StageSettings(
                         backend=b,
-                        img2img_artifacts=str(tmp_path / b / stage),  # type: ignore[arg-type]
+                        img2img_artifacts=str(tmp_path / b / stage),
                         upscale_artifacts=str(tmp_path / b / stage),
                         model_cache_dir=tmp_path / "c",
                     ),
@@ -240,7 +241,7 @@ def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws) -> None:  # type: ignore[no-untyped-def]
+def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws: AwsEnv) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
@@ -268,7 +269,7 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws) -> None:  # type: ig
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["img2img-compile"]))
         )
     mine = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
-    rows = json.loads(mine[0].data) if isinstance(mine[0].data, str) else mine[0].data
+    rows: Any = json.loads(mine[0].data) if isinstance(mine[0].data, str) else mine[0].data
     assert [r["part"] for r in rows] == ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
     assert rows[1]["inputs"].startswith("sample=[2, 4, 16, 16]")
 

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
+from uuid import UUID
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.dispatcher import Dispatcher
 from flows.pipeline import img2img_pipeline
 from img2img.events import ObjectRef
+from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome, png, upload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
-def prefect_client():  # type: ignore[no-untyped-def]
+def prefect_client() -> Iterator[SyncPrefectClient]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as client:
@@ -65,7 +69,9 @@ def drain(d: Dispatcher, until: Any, limit_s: float = 20.0) -> None:
     d.flush()
 
 
-def test_uploads_become_one_run_and_messages_are_deleted(aws, prefect_client, deployment) -> None:  # type: ignore[no-untyped-def]
+def test_uploads_become_one_run_and_messages_are_deleted(
+    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+) -> None:
     clients, settings = aws
     before = len(runs_of(prefect_client))
     refs = [
@@ -85,13 +91,15 @@ def test_uploads_become_one_run_and_messages_are_deleted(aws, prefect_client, de
     assert queue_depth(clients, settings.storage.ingest_queue) == 0
 
 
-def test_the_same_event_twice_gives_one_run_and_one_result(aws, prefect_client, deployment) -> None:  # type: ignore[no-untyped-def]
+def test_the_same_event_twice_gives_one_run_and_one_result(
+    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+) -> None:
     clients, settings = aws
     st = settings.storage
     ref = upload(clients, st.uploads_bucket, "dup/one.png", png())
     queue_url = clients.sqs.get_queue_url(QueueName=st.ingest_queue)["QueueUrl"]
     # Capture the real notification, then deliver it again, to two independent replicas.
-    messages = []
+    messages: list[Any] = []
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and not any("one.png" in m["Body"] for m in messages):
         messages += clients.sqs.receive_message(
@@ -115,7 +123,7 @@ def test_the_same_event_twice_gives_one_run_and_one_result(aws, prefect_client, 
 
     # Run what was dispatched, twice (as if a worker picked it up again): one result.
     [run_id] = run_ids
-    run = prefect_client.read_flow_run(run_id)
+    run = prefect_client.read_flow_run(UUID(run_id))
     objects = [ObjectRef.model_validate(o) for o in run.parameters["objects"]]
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
@@ -126,8 +134,8 @@ def test_the_same_event_twice_gives_one_run_and_one_result(aws, prefect_client, 
     assert len(listing["Contents"]) == 2  # the image and its metadata, once
 
 
-def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(  # type: ignore[no-untyped-def]
-    aws, prefect_client, deployment
+def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(
+    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
     st = settings.storage
@@ -163,7 +171,9 @@ def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(  # type
     assert queue_depth(clients, st.ingest_queue) == 0
 
 
-def test_objects_wait_and_are_retried_when_the_run_cannot_be_created(aws, prefect_client) -> None:  # type: ignore[no-untyped-def]
+def test_objects_wait_and_are_retried_when_the_run_cannot_be_created(
+    aws: AwsEnv, prefect_client: SyncPrefectClient
+) -> None:
     clients, settings = aws
     upload(clients, settings.storage.uploads_bucket, "nodeploy/a.png", png())
     d = dispatcher(clients, prefect_client, settings, deployment="no-such-flow/nope")
@@ -194,8 +204,8 @@ def notification(bucket: str, key: str, etag: str = "0123abcd") -> str:
     )
 
 
-def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reason(  # type: ignore[no-untyped-def]
-    aws, prefect_client, deployment
+def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reason(
+    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
     st = settings.storage
@@ -222,7 +232,7 @@ def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reas
     assert queue_depth(clients, st.ingest_queue) == 0
 
 
-def test_dead_letters_are_replayed_to_the_ingest_queue_without_loss(aws) -> None:  # type: ignore[no-untyped-def]
+def test_dead_letters_are_replayed_to_the_ingest_queue_without_loss(aws: AwsEnv) -> None:
     from deployments import dlq
 
     clients, settings = aws

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -11,12 +12,13 @@ from PIL import Image
 from flows.pipeline import img2img_pipeline
 from img2img.keys import keys_for
 from img2img.timing import STAGES
+from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome, png, result_keys, upload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def test_upload_to_result_with_timings_and_artifacts(aws) -> None:  # type: ignore[no-untyped-def]
+def test_upload_to_result_with_timings_and_artifacts(aws: AwsEnv) -> None:
     clients, settings = aws
     st = settings.storage
     ref = upload(
@@ -56,12 +58,12 @@ def test_upload_to_result_with_timings_and_artifacts(aws) -> None:  # type: igno
         )
     rows = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
     assert rows, "no timing artifact for the run"
-    table = json.loads(rows[0].data) if isinstance(rows[0].data, str) else rows[0].data
+    table: Any = json.loads(rows[0].data) if isinstance(rows[0].data, str) else rows[0].data
     assert table[0]["image"] == "photos/my cat.png" and table[0]["stage2_ms"] > 0
     assert [r["image"] for r in table[-3:]] == ["(p50)", "(p95)", "(max)"]
 
 
-def test_bad_images_get_failure_records_and_good_ones_finish(aws) -> None:  # type: ignore[no-untyped-def]
+def test_bad_images_get_failure_records_and_good_ones_finish(aws: AwsEnv) -> None:
     clients, settings = aws
     st = settings.storage
     good = [
@@ -84,7 +86,7 @@ def test_bad_images_get_failure_records_and_good_ones_finish(aws) -> None:  # ty
     state = img2img_pipeline(objects=[*good, *bad.values()], return_state=True)
 
     assert state.is_failed()
-    assert "5 of 7 images failed" in state.message
+    assert "5 of 7 images failed" in str(state.message)
     for ref in good:
         assert outcome(clients, st.results_bucket, ref)[0] == "completed"
     reasons = {}
@@ -101,7 +103,7 @@ def test_bad_images_get_failure_records_and_good_ones_finish(aws) -> None:  # ty
     assert "metadata 'strength'" in reasons["bad-param"] and "'1.5'" in reasons["bad-param"]
 
 
-def test_a_batch_run_twice_writes_each_outcome_once(aws) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_run_twice_writes_each_outcome_once(aws: AwsEnv) -> None:
     clients, settings = aws
     st = settings.storage
     ref = upload(clients, st.uploads_bucket, "twice/a.png", png())
@@ -111,7 +113,8 @@ def test_a_batch_run_twice_writes_each_outcome_once(aws) -> None:  # type: ignor
     second = img2img_pipeline(objects=[ref, ref], return_state=True)
 
     assert second.is_completed()
-    assert "0 completed" in second.message and "1 already processed" in second.message
+    assert "0 completed" in str(second.message)
+    assert "1 already processed" in str(second.message)
     after = clients.s3.head_object(Bucket=st.results_bucket, Key=keys_for(ref).result)
     assert after["ETag"] == before["ETag"] and after["LastModified"] == before["LastModified"]
     assert result_keys(clients, st.results_bucket) == sorted(
@@ -119,7 +122,7 @@ def test_a_batch_run_twice_writes_each_outcome_once(aws) -> None:  # type: ignor
     )
 
 
-def test_missing_upload_is_a_failure_record(aws) -> None:  # type: ignore[no-untyped-def]
+def test_missing_upload_is_a_failure_record(aws: AwsEnv) -> None:
     clients, settings = aws
     from img2img.events import ObjectRef
 
@@ -130,7 +133,9 @@ def test_missing_upload_is_a_failure_record(aws) -> None:  # type: ignore[no-unt
     assert status == "failed" and record["stage"] == "copy"
 
 
-def test_pipeline_runs_on_the_torchscript_backend(aws, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_pipeline_runs_on_the_torchscript_backend(
+    aws: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The Neuron code path (traced parts, manifest, static-shape checks) end to end, with
     the stages compiled on first use into the model cache; a request the compiled shape
     cannot serve becomes one failure record that names both shapes."""

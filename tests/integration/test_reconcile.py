@@ -3,26 +3,29 @@ event path lost are found by listing, and resubmitting them twice creates one ru
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.reconciler import reconcile
 from img2img.outcomes import write_failure
+from tests.conftest import AwsEnv
 from tests.integration.helpers import png, upload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
-def client(prefect_api: None):  # type: ignore[no-untyped-def]
+def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as c:
         yield c
 
 
-def test_lost_uploads_are_listed_and_resubmitted_once(aws, client: Any) -> None:  # type: ignore[no-untyped-def]
+def test_lost_uploads_are_listed_and_resubmitted_once(aws: AwsEnv, client: Any) -> None:
     from prefect.client.schemas.actions import WorkPoolCreate
 
     clients, settings = aws

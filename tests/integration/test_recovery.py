@@ -13,8 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.recovery import RecoveryService, RunRecovery
+from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome
 from tests.integration.warm import (
     create_pool_and_deployment,
@@ -36,7 +38,7 @@ SIM = {
 
 
 @pytest.fixture
-def client(prefect_api: None):  # type: ignore[no-untyped-def]
+def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as c:
@@ -111,8 +113,8 @@ def alive(pid: int) -> bool:
     return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
 
 
-def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
@@ -122,7 +124,8 @@ def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(  # type: ig
         run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
         running = wait_for(
             lambda: (
-                (r := client.read_flow_run(run.id)).state.is_running()
+                (r := client.read_flow_run(run.id)).state is not None
+                and r.state.is_running()
                 and r.infrastructure_pid
                 and r
             ),
@@ -139,8 +142,8 @@ def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(  # type: ig
     exactly_one_outcome_each(clients, settings, refs)
 
 
-def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
@@ -154,7 +157,8 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(  # typ
             ]
             running = wait_for(
                 lambda: (
-                    (r := client.read_flow_run(runs[0][0].id)).state.is_running()
+                    (r := client.read_flow_run(runs[0][0].id)).state is not None
+                    and r.state.is_running()
                     and r.infrastructure_pid
                     and r
                 ),
@@ -175,8 +179,8 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(  # typ
     exactly_one_outcome_each(clients, settings, refs)
 
 
-def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     from tests.integration.helpers import png, upload
 

@@ -10,10 +10,11 @@ import pytest
 from deployments.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
 from img2img.aws import service_client
 from img2img.scaling import Decision, Observation, ScalingSettings
+from tests.conftest import AwsEnv
 
 
 @pytest.fixture
-def asg(aws):  # type: ignore[no-untyped-def]
+def asg(aws: AwsEnv) -> Any:
     _, settings = aws
     ec2 = service_client(settings.aws, "ec2")
     autoscaling = service_client(settings.aws, "autoscaling")
@@ -53,7 +54,7 @@ def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
     assert not any(v for k, v in flags.items() if k != busy_host)
 
 
-def test_asg_backend_names_a_missing_group(aws) -> None:  # type: ignore[no-untyped-def]
+def test_asg_backend_names_a_missing_group(aws: AwsEnv) -> None:
     _, settings = aws
     backend = AsgBackend(service_client(settings.aws, "autoscaling"), "nope")
     with pytest.raises(LookupError, match="'nope' does not exist"):
@@ -61,7 +62,7 @@ def test_asg_backend_names_a_missing_group(aws) -> None:  # type: ignore[no-unty
 
 
 @pytest.fixture
-def ecs(aws):  # type: ignore[no-untyped-def]
+def ecs(aws: AwsEnv) -> Any:
     _, settings = aws
     client = service_client(settings.aws, "ecs")
     client.create_cluster(clusterName="img2img")
@@ -82,7 +83,7 @@ def test_ecs_backend_sets_the_desired_count(ecs: Any) -> None:
     assert backend.current() == 4
 
 
-def test_cloudwatch_metrics_are_published(aws) -> None:  # type: ignore[no-untyped-def]
+def test_cloudwatch_metrics_are_published(aws: AwsEnv) -> None:
     _, settings = aws
     cloudwatch = service_client(settings.aws, "cloudwatch")
     metrics = CloudWatchMetrics(cloudwatch, "img2img-test", "inf2")
@@ -95,7 +96,7 @@ def test_cloudwatch_metrics_are_published(aws) -> None:  # type: ignore[no-untyp
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> None:  # type: ignore[no-untyped-def]
+def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> None:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 

@@ -8,9 +8,10 @@ from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
 from img2img.steps import StageOutputs, run_stage
+from tests.conftest import AwsEnv
 
 
-def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws) -> None:  # type: ignore[no-untyped-def]
+def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> None:
     clients, settings = aws
     calls: list[str] = []
 

@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelling
 
+from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome
 from tests.integration.warm import (
     create_pool_and_deployment,
@@ -35,7 +37,7 @@ SLOW_SIM = {
 
 
 @pytest.fixture
-def client(prefect_api: None):  # type: ignore[no-untyped-def]
+def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as c:
@@ -71,7 +73,9 @@ def test_the_worker_type_is_registered_with_its_job_template() -> None:
     assert json.loads(shipped.read_text()) == WarmWorker.get_default_base_job_template()
 
 
-def test_models_load_once_per_slot_across_runs(aws, client, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_models_load_once_per_slot_across_runs(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"
@@ -87,15 +91,16 @@ def test_models_load_once_per_slot_across_runs(aws, client, tmp_path: Path) -> N
     assert log.read_text().count("2 model loads") == 1
 
 
-def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, _proc):
         run, _ = submit(client, clients, settings, deployment_id, "crash", count=3)
         running = wait_for(
             lambda: (
-                (r := client.read_flow_run(run.id)).state.is_running()
+                (r := client.read_flow_run(run.id)).state is not None
+                and r.state.is_running()
                 and r.infrastructure_pid
                 and r
             ),
@@ -115,8 +120,8 @@ def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(  # type: ignore[n
     assert worker["pid"] != slot_pid
 
 
-def test_cancelling_a_running_run_stops_it_and_records_the_rest(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_cancelling_a_running_run_stops_it_and_records_the_rest(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, _log, _proc):
@@ -131,8 +136,8 @@ def test_cancelling_a_running_run_stops_it_and_records_the_rest(  # type: ignore
     assert cancelled and all(d["stage"] == "cancelled" and d["retryable"] for d in cancelled)
 
 
-def test_sigterm_drains_running_runs_and_takes_no_new_ones(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_sigterm_drains_running_runs_and_takes_no_new_ones(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, proc):
@@ -146,8 +151,8 @@ def test_sigterm_drains_running_runs_and_takes_no_new_ones(  # type: ignore[no-u
     assert "draining" in log.read_text()
 
 
-def test_a_slot_that_cannot_load_says_why_and_the_others_keep_working(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_slot_that_cannot_load_says_why_and_the_others_keep_working(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
@@ -166,8 +171,8 @@ def test_a_slot_that_cannot_load_says_why_and_the_others_keep_working(  # type: 
     assert "slot 0 (cpu): ready" in text
 
 
-def test_a_slot_that_hangs_while_loading_is_killed_after_the_start_timeout(  # type: ignore[no-untyped-def]
-    aws, client, tmp_path: Path
+def test_a_slot_that_hangs_while_loading_is_killed_after_the_start_timeout(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     pool, _ = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from img2img.compiled.backends import visible_core_count
@@ -114,7 +116,7 @@ def test_unet_batch_splits_over_cores() -> None:
         (("img2img", 64, 64, 1, False, 2, 8), "does not split evenly over 2 cores"),
     ],
 )
-def test_impossible_compile_shapes_are_refused(args: tuple, message: str) -> None:  # type: ignore[type-arg]
+def test_impossible_compile_shapes_are_refused(args: tuple[Any, ...], message: str) -> None:
     with pytest.raises(InvalidParameters, match=message):
         check_compile_shape(*args)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import pytest
 
@@ -83,7 +84,7 @@ def test_split_children_carry_the_crash_count_in_a_tag() -> None:
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 
 
-def orphan(**kw):  # type: ignore[no-untyped-def]
+def orphan(**kw: Any) -> str | None:
     args = {
         "state_name": "Running",
         "state_since": NOW - timedelta(seconds=300),
@@ -100,8 +101,8 @@ def test_a_run_whose_worker_heartbeats_is_not_orphaned() -> None:
 
 
 def test_a_run_whose_worker_went_silent_or_away_is_orphaned() -> None:
-    assert "no heartbeat for 60 s" in orphan(last_heartbeat=NOW - timedelta(seconds=60))
-    assert "gone from the work pool" in orphan(last_heartbeat=None)
+    assert "no heartbeat for 60 s" in str(orphan(last_heartbeat=NOW - timedelta(seconds=60)))
+    assert "gone from the work pool" in str(orphan(last_heartbeat=None))
 
 
 def test_a_run_that_just_changed_state_is_never_orphaned() -> None:
@@ -110,7 +111,7 @@ def test_a_run_that_just_changed_state_is_never_orphaned() -> None:
 
 
 def test_pending_without_any_worker_is_orphaned_but_a_hand_run_is_not() -> None:
-    assert "no worker took it" in orphan(state_name="Pending", worker=None)
+    assert "no worker took it" in str(orphan(state_name="Pending", worker=None))
     # ... but only after three windows: a worker labels what it claims a little later.
     assert (
         orphan(state_name="Pending", worker=None, state_since=NOW - timedelta(seconds=50)) is None
