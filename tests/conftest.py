@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import pytest
+from prefect.client.orchestration import SyncPrefectClient
 
 from img2img.aws import AwsClients
 from img2img.settings import Settings
@@ -101,3 +102,12 @@ def prefect_api() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=120):
         yield
+
+
+@pytest.fixture
+def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
+    """A synchronous client of the test Prefect API."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as c:
+        yield c

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import subprocess
+import sys
 from typing import Any
 
 from PIL import Image
@@ -45,3 +47,17 @@ def outcome(clients: Any, results_bucket: str, ref: ObjectRef) -> tuple[str, dic
 def result_keys(clients: Any, bucket: str) -> list[str]:
     response = clients.s3.list_objects_v2(Bucket=bucket)
     return sorted(o["Key"] for o in response.get("Contents", []))
+
+
+def img2img(
+    args: list[str], env: dict[str, str], timeout: float
+) -> subprocess.CompletedProcess[str]:
+    """Run the `img2img` command line in a child process."""
+    return subprocess.run(
+        [sys.executable, "-m", "cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )

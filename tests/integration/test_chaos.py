@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.helpers import img2img
 from tests.integration.warm import wait_for
 
 # slot-kill and poison run at a finer grain in test_recovery.
 SCENARIOS = ("dispatcher-kill", "worker-kill", "redelivery", "server-restart", "s3-errors")
 
 pytestmark = pytest.mark.slow
-
-
-def img2img(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from typing import Any
 from uuid import UUID
 
@@ -21,18 +20,10 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 @pytest.fixture
-def prefect_client() -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as client:
-        yield client
-
-
-@pytest.fixture
-def deployment(prefect_client: Any) -> str:
+def deployment(client: Any) -> str:
     """The pipeline deployment, registered in the test server (no worker needed)."""
-    flow_id = prefect_client.create_flow_from_name("img2img-pipeline")
-    prefect_client.create_deployment(
+    flow_id = client.create_flow_from_name("img2img-pipeline")
+    client.create_deployment(
         flow_id=flow_id,
         name="inf2",
         entrypoint="flows.pipeline.img2img_pipeline",
@@ -40,15 +31,15 @@ def deployment(prefect_client: Any) -> str:
     return "img2img-pipeline/inf2"
 
 
-def dispatcher(clients: Any, prefect_client: Any, settings: Any, **overrides: Any) -> Dispatcher:
+def dispatcher(clients: Any, client: Any, settings: Any, **overrides: Any) -> Dispatcher:
     dispatch = settings.dispatch.model_copy(
         update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 8, **overrides}
     )
-    return Dispatcher(clients.sqs, prefect_client, settings.storage, dispatch)
+    return Dispatcher(clients.sqs, client, settings.storage, dispatch)
 
 
-def runs_of(prefect_client: Any) -> list[Any]:
-    return [r for r in prefect_client.read_flow_runs() if "s3-event" in r.tags]
+def runs_of(client: Any) -> list[Any]:
+    return [r for r in client.read_flow_runs() if "s3-event" in r.tags]
 
 
 def queue_depth(clients: Any, queue: str) -> int:
@@ -70,19 +61,19 @@ def drain(d: Dispatcher, until: Any, limit_s: float = 20.0) -> None:
 
 
 def test_uploads_become_one_run_and_messages_are_deleted(
-    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
-    before = len(runs_of(prefect_client))
+    before = len(runs_of(client))
     refs = [
         upload(clients, settings.storage.uploads_bucket, f"d/{i} x.png", png()) for i in range(3)
     ]
-    d = dispatcher(clients, prefect_client, settings)
+    d = dispatcher(clients, client, settings)
 
     drain(d, lambda: d.stats.objects >= 3 and d.batcher.pending_count == 0)
 
     assert d.stats.runs_created == 1 and d.stats.skipped >= 1  # moto's s3:TestEvent
-    runs = runs_of(prefect_client)
+    runs = runs_of(client)
     assert len(runs) == before + 1
     params = runs[0].parameters["objects"]
     assert sorted(p["key"] for p in params) == [r.key for r in refs]
@@ -92,7 +83,7 @@ def test_uploads_become_one_run_and_messages_are_deleted(
 
 
 def test_the_same_event_twice_gives_one_run_and_one_result(
-    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
     st = settings.storage
@@ -108,22 +99,22 @@ def test_the_same_event_twice_gives_one_run_and_one_result(
     body = next(m["Body"] for m in messages if "one.png" in m["Body"])
     for m in messages:
         clients.sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
-    before = len(runs_of(prefect_client))
+    before = len(runs_of(client))
 
     run_ids = set()
     for _replica in range(2):
         clients.sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-        d = dispatcher(clients, prefect_client, settings)
+        d = dispatcher(clients, client, settings)
         drain(d, lambda d=d: d.stats.runs_created >= 1)
         run_ids.update(d.stats.flow_run_ids)
 
     assert len(run_ids) == 1
-    assert len(runs_of(prefect_client)) == before + 1
+    assert len(runs_of(client)) == before + 1
     assert queue_depth(clients, st.ingest_queue) == 0
 
     # Run what was dispatched, twice (as if a worker picked it up again): one result.
     [run_id] = run_ids
-    run = prefect_client.read_flow_run(UUID(run_id))
+    run = client.read_flow_run(UUID(run_id))
     objects = [ObjectRef.model_validate(o) for o in run.parameters["objects"]]
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
     assert img2img_pipeline(objects=objects, return_state=True).is_completed()
@@ -135,7 +126,7 @@ def test_the_same_event_twice_gives_one_run_and_one_result(
 
 
 def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(
-    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
     st = settings.storage
@@ -156,7 +147,7 @@ def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(
             }
         ),
     )
-    d = dispatcher(clients, prefect_client, settings)
+    d = dispatcher(clients, client, settings)
 
     drain(d, lambda: d.stats.dead_lettered >= 2)
 
@@ -172,11 +163,11 @@ def test_unparseable_messages_go_to_the_dead_letter_queue_with_a_reason(
 
 
 def test_objects_wait_and_are_retried_when_the_run_cannot_be_created(
-    aws: AwsEnv, prefect_client: SyncPrefectClient
+    aws: AwsEnv, client: SyncPrefectClient
 ) -> None:
     clients, settings = aws
     upload(clients, settings.storage.uploads_bucket, "nodeploy/a.png", png())
-    d = dispatcher(clients, prefect_client, settings, deployment="no-such-flow/nope")
+    d = dispatcher(clients, client, settings, deployment="no-such-flow/nope")
 
     drain(d, lambda: d.stats.run_errors >= 1, limit_s=10)
 
@@ -205,7 +196,7 @@ def notification(bucket: str, key: str, etag: str = "0123abcd") -> str:
 
 
 def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reason(
-    aws: AwsEnv, prefect_client: SyncPrefectClient, deployment: str
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
 ) -> None:
     clients, settings = aws
     st = settings.storage
@@ -216,7 +207,7 @@ def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reas
         notification(st.uploads_bucket, "ctl/a\x07b.png"),
     ):
         clients.sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-    d = dispatcher(clients, prefect_client, settings)
+    d = dispatcher(clients, client, settings)
 
     drain(d, lambda: d.stats.dead_lettered >= 3)
 

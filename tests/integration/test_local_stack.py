@@ -10,27 +10,15 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port
+from tests.integration.helpers import img2img
 
 pytestmark = pytest.mark.slow
-
-
-def img2img(args: list[str], env: dict[str, str], timeout: float) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:

@@ -3,11 +3,9 @@ event path lost are found by listing, and resubmitting them twice creates one ru
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.reconciler import reconcile
 from img2img.outcomes import write_failure
@@ -15,14 +13,6 @@ from tests.conftest import AwsEnv
 from tests.integration.helpers import png, upload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
-
-
-@pytest.fixture
-def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as c:
-        yield c
 
 
 def test_lost_uploads_are_listed_and_resubmitted_once(aws: AwsEnv, client: Any) -> None:

@@ -37,14 +37,6 @@ SIM = {
 }
 
 
-@pytest.fixture
-def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as c:
-        yield c
-
-
 @contextmanager
 def recovery(client: Any, clients: Any, settings: Any, pool: str) -> Iterator[RunRecovery]:
     """The recovery service, on a test's time scale, in a thread of this process."""

@@ -36,14 +36,6 @@ SLOW_SIM = {
 }
 
 
-@pytest.fixture
-def client(prefect_api: None) -> Iterator[SyncPrefectClient]:
-    from prefect.client.orchestration import get_client
-
-    with get_client(sync_client=True) as c:
-        yield c
-
-
 def ready(log: Path, count: int = 1) -> bool:
     return log.read_text(errors="replace").count(": ready (pid") >= count
 
