@@ -33,8 +33,8 @@ from prefect.workers.base import (
     BaseWorkerResult,
 )
 
+from deployments.slot_pool import SlotPool
 from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
-from deployments.slots import SlotPool
 from img2img.settings import WorkerSettings
 
 ACQUIRE_POLL_S = 0.1

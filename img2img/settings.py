@@ -2,6 +2,9 @@
 
 Nested fields use a double underscore: `IMG2IMG_AWS__ENDPOINT_URL`, `IMG2IMG_DISPATCH__MAX_BATCH`.
 Nothing reads the environment at import time: call `load_settings()` where a process starts.
+
+It is one module (about 400 lines, over the usual 300) on purpose: every setting, its
+description and its bounds are found in one place, as in Prefect's own settings tree.
 """
 
 from __future__ import annotations

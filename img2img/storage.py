@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -14,6 +15,8 @@ from img2img.events import ObjectRef
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import CopySourceTypeDef
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -57,23 +60,24 @@ def download(s3: S3Client, bucket: str, key: str) -> Downloaded:
 
 
 def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
-    try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except ClientError as exc:
-        if is_missing_object(exc):
-            return None
-        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
-    except BotoCoreError as exc:
-        raise translate_error(exc, f"s3://{bucket}/{key}") from exc
+    """The object's bytes, or None when the key does not exist."""
+    return _unless_missing(
+        lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(), bucket, key
+    )
 
 
 def exists(s3: S3Client, bucket: str, key: str) -> bool:
+    return _unless_missing(lambda: s3.head_object(Bucket=bucket, Key=key), bucket, key) is not None
+
+
+def _unless_missing(call: Callable[[], T], bucket: str, key: str) -> T | None:
+    """`call()`, or None when it answers that the key does not exist; any other error is
+    translated onto the img2img error tree."""
     try:
-        s3.head_object(Bucket=bucket, Key=key)
-        return True
+        return call()
     except ClientError as exc:
         if is_missing_object(exc):
-            return False
+            return None
         raise translate_error(exc, f"s3://{bucket}/{key}") from exc
     except BotoCoreError as exc:
         raise translate_error(exc, f"s3://{bucket}/{key}") from exc

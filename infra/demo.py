@@ -59,40 +59,41 @@ def wait_for_outcomes(
     timeout_s: float,
     out: TextIO = sys.stderr,
 ) -> list[Outcome]:
-    """Poll for a result or a failure record per upload, with a progress bar."""
+    """Poll for a result or a failure record per upload, with a progress bar (rich's, on
+    `out`; a plain line per change when `out` is not a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
     outcomes = [Outcome(ref) for ref in refs]
-    shown = -1
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for item in outcomes:
-            if item.status != "pending":
-                continue
-            keys = keys_for(item.ref)
-            for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
-                body = storage.download_if_exists(s3, results_bucket, key)
-                if body is not None:
-                    item.status, item.doc = status, json.loads(body)
-                    break
-        done = sum(1 for o in outcomes if o.status != "pending")
-        if out.isatty() or done != shown:
-            _progress(out, done, len(outcomes), deadline - time.monotonic())
-            shown = done
-        if done == len(outcomes):
-            break
-        time.sleep(0.5)
-    out.write("\n")
+    console = Console(file=out)
+    columns = (
+        TextColumn("  outcomes"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[left]:.0f} s left"),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        task = progress.add_task("outcomes", total=len(outcomes), left=timeout_s)
+        while time.monotonic() < deadline:
+            for item in outcomes:
+                if item.status == "pending":
+                    _look_up(s3, results_bucket, item)
+            done = sum(1 for o in outcomes if o.status != "pending")
+            progress.update(task, completed=done, left=max(deadline - time.monotonic(), 0.0))
+            if done == len(outcomes):
+                break
+            time.sleep(0.5)
     return outcomes
 
 
-def _progress(out: TextIO, done: int, total: int, left_s: float) -> None:
-    width = 30
-    filled = width * done // max(total, 1)
-    start = "\r" if out.isatty() else "\n"
-    out.write(
-        f"{start}  [{'#' * filled}{'.' * (width - filled)}] {done}/{total} outcomes "
-        f"({max(left_s, 0):.0f} s left) "
-    )
-    out.flush()
+def _look_up(s3: S3Client, results_bucket: str, item: Outcome) -> None:
+    keys = keys_for(item.ref)
+    for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
+        body = storage.download_if_exists(s3, results_bucket, key)
+        if body is not None:
+            item.status, item.doc = status, json.loads(body)
+            return
 
 
 def _summary(outcomes: list[Outcome]) -> dict[str, dict[str, float]]:

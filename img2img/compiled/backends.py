@@ -38,7 +38,11 @@ NEURON_COMPILER_ARGS: dict[str, list[str]] = {
 }
 
 
-class Backend(Protocol):
+class TraceBackend(Protocol):
+    """How the compiled backends (torchscript, neuron) trace, save and load a part. The
+    backend registry (`img2img.backends`) is what the rest of the code chooses backends by;
+    this is the compile-time half of its two compiled entries."""
+
     name: str
 
     def compiler_args(self, part: PartName) -> list[str]: ...
@@ -168,7 +172,7 @@ def _import_torch_neuronx() -> Any:
     return torch_neuronx
 
 
-def get_backend(name: str, device: str = "cpu") -> Backend:
+def get_backend(name: str, device: str = "cpu") -> TraceBackend:
     if name == "torchscript":
         return TorchScriptBackend(device)
     if name == "neuron":

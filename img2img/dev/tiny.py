@@ -57,39 +57,50 @@ def _text_parts(seed: int) -> tuple[Any, Any]:
     return CLIPTextModel(config).eval(), tokenizer
 
 
-def build_tiny_img2img(seed: int = 0) -> Any:
-    """A random-weight `StableDiffusionImg2ImgPipeline` (latents at 1/4 of the image side)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        StableDiffusionImg2ImgPipeline,
-        UNet2DConditionModel,
-    )
+def _tiny_unet(seed: int, in_channels: int, **extra: Any) -> Any:
+    """The UNet both tiny stages share; the upscaler's takes the low-resolution image as 3
+    more input channels and a noise-level class embedding (`extra`)."""
+    from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return UNet2DConditionModel(
         block_out_channels=(16, 32),
         layers_per_block=1,
         sample_size=16,
-        in_channels=4,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=4,
         norm_num_groups=8,
+        **extra,
     )
+
+
+def _tiny_vae(seed: int, block_out_channels: tuple[int, ...], **extra: Any) -> Any:
+    """Three down and three up blocks: latents at 1/4 of the image side."""
+    from diffusers import AutoencoderKL
+
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 16, 16),
+    return AutoencoderKL(
+        block_out_channels=block_out_channels,
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 3,
         up_block_types=("UpDecoderBlock2D",) * 3,
         latent_channels=4,
         norm_num_groups=8,
-        sample_size=64,
+        **extra,
     )
+
+
+def build_tiny_img2img(seed: int = 0) -> Any:
+    """A random-weight `StableDiffusionImg2ImgPipeline` (latents at 1/4 of the image side)."""
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    unet = _tiny_unet(seed, in_channels=4)
+    vae = _tiny_vae(seed, (8, 16, 16), sample_size=64)
     text_encoder, tokenizer = _text_parts(seed)
     scheduler = DDIMScheduler(
         beta_start=0.00085,
@@ -113,39 +124,10 @@ def build_tiny_img2img(seed: int = 0) -> Any:
 
 def build_tiny_upscale(seed: int = 0) -> Any:
     """A random-weight `StableDiffusionUpscalePipeline` (x4: the VAE decodes 4× the latents)."""
-    from diffusers import (
-        AutoencoderKL,
-        DDIMScheduler,
-        DDPMScheduler,
-        StableDiffusionUpscalePipeline,
-        UNet2DConditionModel,
-    )
+    from diffusers import DDIMScheduler, DDPMScheduler, StableDiffusionUpscalePipeline
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(16, 32),
-        layers_per_block=1,
-        sample_size=16,
-        in_channels=7,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=4,
-        norm_num_groups=8,
-        num_class_embeds=351,
-    )
-    torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        block_out_channels=(8, 8, 16),
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        latent_channels=4,
-        norm_num_groups=8,
-        scaling_factor=0.08333,
-    )
+    unet = _tiny_unet(seed, in_channels=7, num_class_embeds=351)
+    vae = _tiny_vae(seed, (8, 8, 16), scaling_factor=0.08333)
     text_encoder, tokenizer = _text_parts(seed)
     return StableDiffusionUpscalePipeline(
         vae=vae,

@@ -20,6 +20,7 @@ from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome
 from tests.integration.warm import (
     create_pool_and_deployment,
+    ready,
     submit,
     wait_for,
     warm_worker,
@@ -74,10 +75,6 @@ def settled(client: Any, run_id: Any, timeout_s: float = 150) -> Any:
         timeout_s,
         f"flow run {run_id} to settle",
     )
-
-
-def ready(log: Path, count: int = 1) -> bool:
-    return log.read_text(errors="replace").count(": ready (pid") >= count
 
 
 def outcomes(clients: Any, settings: Any, refs: list[Any]) -> list[tuple[str, dict[str, Any]]]:

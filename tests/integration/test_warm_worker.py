@@ -20,6 +20,7 @@ from tests.integration.helpers import outcome
 from tests.integration.warm import (
     create_pool_and_deployment,
     final_state,
+    ready,
     state_of,
     submit,
     wait_for,
@@ -34,10 +35,6 @@ SLOW_SIM = {
     "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "1500",
     "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.2",
 }
-
-
-def ready(log: Path, count: int = 1) -> bool:
-    return log.read_text(errors="replace").count(": ready (pid") >= count
 
 
 @contextmanager

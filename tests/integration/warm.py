@@ -114,3 +114,8 @@ def final_state(client: Any, run_id: Any, timeout_s: float = 120) -> Any:
         timeout_s,
         f"flow run {run_id} to finish",
     )
+
+
+def ready(log: Path, count: int = 1) -> bool:
+    """Whether the worker logging to `log` has `count` slots that loaded their models."""
+    return log.read_text(errors="replace").count(": ready (pid") >= count

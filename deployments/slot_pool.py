@@ -80,7 +80,7 @@ class SlotPool:
             self._spawn(slot)
 
     def _spawn(self, slot: Slot) -> None:
-        from deployments.slot import slot_main
+        from deployments.slot_process import slot_main
 
         ctx = multiprocessing.get_context("spawn")
         parent, child = ctx.Pipe(duplex=True)
