@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from cli import bench, compile, demo, local, recovery, services
@@ -31,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Transport noise (a line per HTTP request) only when asked for: IMG2IMG_LOG_TRANSPORT=1.
+    if not os.environ.get("IMG2IMG_LOG_TRANSPORT"):
+        for noisy in ("httpx", "httpcore", "botocore", "urllib3", "werkzeug"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.command == "demo" and args.images < 1:
         print(f"--images must be at least 1, got {args.images}", file=sys.stderr)
         return 2

@@ -53,6 +53,7 @@ class Autoscaler:
         self.history: list[dict[str, Any]] = []
         self.busy: set[str] = set()
         self._stop = threading.Event()
+        self._pool_uuid: str | None = None
 
     # -- observing the pool -----------------------------------------------------------------
 
@@ -159,6 +160,11 @@ class Autoscaler:
                 log.warning("could not publish metrics: %s", exc)
         return decision
 
+    def _pool_id(self) -> str:
+        if self._pool_uuid is None:
+            self._pool_uuid = str(self.prefect.read_work_pool(self.pool).id)
+        return self._pool_uuid
+
     def _record(self, obs: Observation, decision: Decision) -> None:
         from prefect.artifacts import create_table_artifact
         from prefect.events import emit_event
@@ -178,7 +184,8 @@ class Autoscaler:
             emit_event(
                 event="img2img.autoscaler.scaled",
                 resource={
-                    "prefect.resource.id": f"prefect.work-pool.{self.pool}",
+                    # Prefect names a work pool's resource by its id, not its name.
+                    "prefect.resource.id": f"prefect.work-pool.{self._pool_id()}",
                     "prefect.resource.name": self.pool,
                 },
                 payload=row,

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
-from prefect import flow, get_run_logger
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Cancelled, Completed, Failed, State
 
@@ -25,7 +25,7 @@ from img2img.cancel import RunCancelled, registry
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
-from img2img.steps import StageOutputs, record_queue_wait, reject_unaccepted
+from img2img.steps import record_queue_wait, reject_unaccepted
 from tasks.artifacts import publish_timings
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
@@ -44,7 +44,6 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     """
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    logger = get_run_logger()
     run_id = str(flow_run.id) if flow_run.id else None
     jobs = [ImageJob.for_ref(ref) for ref in _unique(objects)]
     record_queue_wait(jobs, started)
@@ -52,28 +51,28 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     rt = get_runtime()
     reject_unaccepted(jobs, rt.settings.storage.upload_buckets)
     cancels = registry()
-    outputs = StageOutputs(rt.clients.s3, rt.settings.storage.stage_bucket)
-    steps: list[tuple[str, Callable[[], None]]] = [
-        ("copy", lambda: copy_to_directory_bucket(jobs)),
-        ("preprocess", lambda: preprocess(jobs, defaults or ImageParams())),
-        ("stage1", lambda: img2img_stage(jobs, outputs)),
-        ("stage2", lambda: upscale_stage(jobs, outputs)),
+    # Each step takes the batch and returns it, each image updated where it is (an image
+    # that fails is marked failed; the others go on): a retry of a step sees what the
+    # earlier attempt finished.
+    steps: list[tuple[str, Callable[[list[ImageJob]], list[ImageJob]]]] = [
+        ("copy", copy_to_directory_bucket),
+        ("preprocess", lambda batch: preprocess(batch, defaults or ImageParams())),
+        ("stage1", img2img_stage),
+        ("stage2", upscale_stage),
     ]
     cancelled = False
-    try:
-        for stage, step in steps:
-            if cancels.requested(run_id):
-                cancelled = True
-            if cancelled or not _guarded(jobs, stage, step):
-                cancelled = True
-                for job in jobs:
-                    if job.active:
-                        job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
-                break
-    finally:
-        for problem in outputs.close():
-            logger.warning("could not keep a stage output: %s", problem)
-    postprocess(jobs, run_id)
+    for stage, step in steps:
+        if cancels.requested(run_id):
+            cancelled = True
+        if not cancelled:
+            jobs, finished = _guarded(jobs, stage, step)
+            cancelled = not finished
+        if cancelled:
+            for job in jobs:
+                if job.active:
+                    job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
+            break
+    jobs = postprocess(jobs, run_id)
     report = publish_timings(jobs, time.perf_counter() - clock)
     if run_id is not None:
         cancels.clear(run_id)
@@ -110,18 +109,21 @@ def _unique(objects: list[ObjectRef]) -> list[ObjectRef]:
     return list(seen.values())
 
 
-def _guarded(jobs: list[ImageJob], stage: str, step: Callable[[], None]) -> bool:
-    """Run a task; when it fails for good (retries spent), fail its still-active images
-    instead of the whole batch, so each ends as a failure record. False if cancelled."""
+def _guarded(
+    jobs: list[ImageJob], stage: str, step: Callable[[list[ImageJob]], list[ImageJob]]
+) -> tuple[list[ImageJob], bool]:
+    """Run a task on the batch; returns the batch it gives back and False if the run was
+    cancelled. When the task fails for good (retries spent), its still-active images fail
+    instead of the whole batch, so each ends as a failure record."""
     try:
-        step()
+        return step(jobs), True
     except RunCancelled:
-        return False
+        return jobs, False
     except Exception as exc:
         for job in jobs:
             if job.active:
                 job.fail(stage, exc)
-    return True
+    return jobs, True
 
 
 def main() -> None:

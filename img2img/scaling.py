@@ -186,8 +186,10 @@ def decide(
         if obs.now - state.last_scale_out >= settings.scale_out_cooldown_s:
             return result(
                 needed,
-                f"scale out: usage {usage:.2f} > target "
-                f"{settings.target_utilization:.2f}, demand {demand}",
+                f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
+                f"{keep_up:.1f} slots to keep up at target {settings.target_utilization:.2f} "
+                f"+ {backlog_slots:.1f} to clear the backlog, {settings.slots_per_host} per "
+                "host)",
             )
         return result(current, "hold: scale-out cooldown")
 
@@ -199,9 +201,10 @@ def decide(
         if since_event >= settings.scale_in_cooldown_s:
             return result(
                 stable,
-                f"scale in: usage {usage:.2f} < target "
-                f"{settings.target_utilization:.2f} for "
-                f"{settings.scale_in_cooldown_s:.0f} s",
+                f"scale in: at most {stable} hosts needed over the last "
+                f"{settings.scale_in_cooldown_s:.0f} s, {current} running (demand {demand}: "
+                f"{keep_up:.1f} slots to keep up at target {settings.target_utilization:.2f} "
+                f"+ {backlog_slots:.1f} for the backlog)",
             )
         return result(current, "hold: scale-in cooldown")
     if needed < current:

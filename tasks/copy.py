@@ -11,7 +11,7 @@ from tasks.runtime import get_runtime
 
 
 @transient_task("copy-to-directory-bucket")
-def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
+def copy_to_directory_bucket(jobs: list[ImageJob]) -> list[ImageJob]:
     rt = get_runtime()
     storage = rt.settings.storage
     steps.mark_already_done(rt.clients.s3, jobs, storage.results_bucket)
@@ -22,3 +22,4 @@ def copy_to_directory_bucket(jobs: list[ImageJob]) -> None:
         len(jobs),
         storage.stage_bucket,
     )
+    return jobs

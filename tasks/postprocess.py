@@ -14,7 +14,7 @@ from tasks.runtime import get_runtime
 
 
 @transient_task("postprocess")
-def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
+def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> list[ImageJob]:
     rt = get_runtime()
     bucket = rt.settings.storage.results_bucket
     worker = {
@@ -42,3 +42,4 @@ def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> None:
                 "total_ms": round(job.timings.get("total", 0.0), 1),
             },
         )
+    return jobs

@@ -12,7 +12,7 @@ from tasks.runtime import get_runtime
 
 
 @transient_task("preprocess")
-def preprocess(jobs: list[ImageJob], defaults: ImageParams) -> None:
+def preprocess(jobs: list[ImageJob], defaults: ImageParams) -> list[ImageJob]:
     rt = get_runtime()
     s = rt.settings
     steps.preprocess(
@@ -22,3 +22,4 @@ def preprocess(jobs: list[ImageJob], defaults: ImageParams) -> None:
     for job in jobs:
         if job.failure and job.failure.stage == "preprocess":
             logger.warning("%s refused: %s", job.ref.uri, job.failure.reason)
+    return jobs
