@@ -25,6 +25,7 @@ from img2img.cancel import RunCancelled, registry
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
+from img2img.stages.spec import STAGE1, STAGE2
 from img2img.steps import record_queue_wait, reject_unaccepted
 from tasks.artifacts import publish_timings
 from tasks.copy import copy_to_directory_bucket
@@ -57,8 +58,8 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     steps: list[tuple[str, Callable[[list[ImageJob]], list[ImageJob]]]] = [
         ("copy", copy_to_directory_bucket),
         ("preprocess", lambda batch: preprocess(batch, defaults or ImageParams())),
-        ("stage1", img2img_stage),
-        ("stage2", upscale_stage),
+        (STAGE1.name, img2img_stage),
+        (STAGE2.name, upscale_stage),
     ]
     cancelled = False
     for stage, step in steps:

@@ -24,6 +24,7 @@ from img2img.jobs import ImageJob, failure_record, result_record
 from img2img.keys import unsafe_key_reason
 from img2img.params import ImageParams, params_from_metadata
 from img2img.settings import ImageLimits, StageSettings
+from img2img.stages.spec import Stage
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -246,7 +247,7 @@ class StageOutputs:
 
 def run_stage(
     jobs: list[ImageJob],
-    stage: str,
+    stage: Stage,
     infer: Callable[[ImageJob], Image.Image],
     outputs: StageOutputs,
     resume: bool,
@@ -260,29 +261,20 @@ def run_stage(
     the device is taken. `device_lock` is held for the whole stage over the batch.
     """
 
-    def key_of(job: ImageJob) -> str:
-        return job.keys.stage1 if stage == "stage1" else job.keys.stage2
-
-    def accept(job: ImageJob, image: Image.Image) -> None:
-        if stage == "stage1":
-            job.stage1, job.image = image, None
-        else:
-            job.stage2, job.stage1 = image, None
-
     def reuse(job: ImageJob) -> None:
-        existing = outputs.load(key_of(job))
+        existing = outputs.load(stage.output_key(job))
         if existing is not None:
-            accept(job, existing)
-            job.note = f"{stage} reused from an earlier attempt"
+            stage.accept(job, existing)
+            job.note = f"{stage.name} reused from an earlier attempt"
 
     def compute(job: ImageJob) -> None:
-        if (job.stage1 if stage == "stage1" else job.stage2) is not None:
+        if stage.output(job) is not None:
             return  # reused
         image = infer(job)
-        accept(job, image)
-        outputs.save(key_of(job), image)
+        stage.accept(job, image)
+        outputs.save(stage.output_key(job), image)
 
     if resume:
-        _each(jobs, f"{stage}_lookup", reuse, concurrency=8, measure=False)
+        _each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     with device_lock if device_lock is not None else nullcontext():
-        _each(jobs, stage, compute, concurrency=1, should_stop=should_stop)
+        _each(jobs, stage.name, compute, concurrency=1, should_stop=should_stop)

@@ -7,6 +7,7 @@ from PIL import Image
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
+from img2img.stages.spec import STAGE1
 from img2img.steps import StageOutputs, run_stage
 from tests.conftest import AwsEnv
 
@@ -26,14 +27,14 @@ def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> No
 
     outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
     first = fresh_job()
-    run_stage([first], "stage1", infer, outputs, resume=True)
+    run_stage([first], STAGE1, infer, outputs, resume=True)
     assert outputs.close() == []
     assert calls == ["k.png"]
 
     # A later attempt (stage 2 failed, the run is retried): stage 1 is not run again.
     outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
     second = fresh_job()
-    run_stage([second], "stage1", infer, outputs, resume=True)
+    run_stage([second], STAGE1, infer, outputs, resume=True)
     outputs.close()
     assert calls == ["k.png"]
     assert second.stage1 is not None and second.stage1.getpixel((0, 0)) == (1, 2, 3)
