@@ -18,6 +18,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from deployments.pool_runs import pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import host_of
@@ -88,22 +89,10 @@ class Autoscaler:
             ),
             work_pool_filter=pool,
         )
-        running_filter = runs_filter(StateType.RUNNING, StateType.CANCELLING)
-        running = self.prefect.count_flow_runs(
-            flow_run_filter=running_filter, work_pool_filter=pool
-        )
-        # The API serves at most 200 runs a page; more pages only for the busy-host names.
-        running_runs: list[Any] = []
-        while len(running_runs) < running:
-            page = self.prefect.read_flow_runs(
-                flow_run_filter=running_filter,
-                work_pool_filter=pool,
-                limit=200,
-                offset=len(running_runs),
-            )
-            if not page:
-                break
-            running_runs += page
+        # The running runs themselves (their workers are the busy hosts); their count is
+        # the running figure, so it needs no request of its own.
+        running_runs = pool_runs(self.prefect, self.pool, ["RUNNING", "CANCELLING"])
+        running = len(running_runs)
         self.busy = {
             host_of(str(r.labels.get("prefect.worker.name")))
             for r in running_runs

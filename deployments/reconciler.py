@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
+from deployments.pool_runs import pool_runs
 from img2img.events import ObjectRef
 from img2img.idempotency import reconcile_key
 from img2img.keys import outcome_stem
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("img2img.reconcile")
 
 LIVE_STATES = ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]
-PAGE = 200
 
 
 @dataclass
@@ -53,35 +53,11 @@ class ReconcileReport:
 
 def live_stems(prefect: SyncPrefectClient, pool: str) -> set[str]:
     """Outcome stems of the uploads that a not-yet-finished run of `pool` holds."""
-    from prefect.client.schemas.filters import (
-        FlowRunFilter,
-        FlowRunFilterState,
-        FlowRunFilterStateType,
-        WorkPoolFilter,
-        WorkPoolFilterName,
-    )
-    from prefect.client.schemas.objects import StateType
-
-    flt = FlowRunFilter(
-        state=FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType(s) for s in LIVE_STATES])
-        )
-    )
-    stems: set[str] = set()
-    offset = 0
-    while True:
-        page = prefect.read_flow_runs(
-            flow_run_filter=flt,
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
-            limit=PAGE,
-            offset=offset,
-        )
-        for run in page:
-            for obj in (run.parameters or {}).get("objects", []):
-                stems.add(outcome_stem(ObjectRef.model_validate(obj)))
-        offset += len(page)
-        if len(page) < PAGE:
-            return stems
+    return {
+        outcome_stem(ObjectRef.model_validate(obj))
+        for run in pool_runs(prefect, pool, LIVE_STATES)
+        for obj in (run.parameters or {}).get("objects", [])
+    }
 
 
 def reconcile(

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from deployments.pool_runs import PAGE, pool_runs
 from img2img import recovery
 from img2img.events import ObjectRef
 from img2img.idempotency import split_key
@@ -40,7 +41,6 @@ log = logging.getLogger("img2img.recovery")
 
 CRASHED_NAME = "Crashed"
 SPLIT_NAME = "Split"
-PAGE = 200
 
 
 @dataclass
@@ -80,31 +80,7 @@ class RunRecovery:
         return self.stats
 
     def _runs(self, types: list[str], names: list[str] | None = None) -> list[FlowRun]:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterState,
-            FlowRunFilterStateName,
-            FlowRunFilterStateType,
-            WorkPoolFilter,
-            WorkPoolFilterName,
-        )
-        from prefect.client.schemas.objects import StateType
-
-        state = FlowRunFilterState(
-            type=FlowRunFilterStateType(any_=[StateType(t) for t in types]),
-            name=FlowRunFilterStateName(any_=names) if names else None,
-        )
-        runs: list[FlowRun] = []
-        while True:  # bounded by the number of such runs; pages of PAGE
-            page = self.prefect.read_flow_runs(
-                flow_run_filter=FlowRunFilter(state=state),
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
-                limit=PAGE,
-                offset=len(runs),
-            )
-            runs += page
-            if len(page) < PAGE:
-                return runs
+        return pool_runs(self.prefect, self.pool, types, names)
 
     # -- orphans ----------------------------------------------------------------------------
 

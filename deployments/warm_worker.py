@@ -102,6 +102,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self.worker_settings: WorkerSettings = settings
         self.pool: SlotPool | None = None
         self.draining = False
+        # Waiting for a slot's answer parks a thread; these have their own limiter, sized for
+        # every run the worker may hold plus a cancel each, so anyio's shared default of 40
+        # threads never makes a run wait for a thread (12 slots x 3 runs is already 36).
+        self._waits = anyio.CapacityLimiter(2 * settings.slot_count() * settings.runs_per_slot)
         self._cancelled: set[str] = set()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -185,7 +189,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
         if task_status is not None:
             task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
-        outcome = await anyio.to_thread.run_sync(future.result)
+        outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
         if outcome.state != CRASHED or run_id in self._cancelled:
             self._cancelled.discard(run_id)
             return WarmWorkerResult(identifier=identifier, status_code=0)
@@ -261,7 +265,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return
         stopped = False
         with anyio.move_on_after(self.worker_settings.cancel_grace_s):
-            await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+            await anyio.to_thread.run_sync(
+                future.result, abandon_on_cancel=True, limiter=self._waits
+            )
             stopped = True
         if not stopped:
             self._logger.warning(

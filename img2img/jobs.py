@@ -102,3 +102,15 @@ def result_record(
         "worker": worker or {},
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }
+
+
+def finish_timings(jobs: list[ImageJob], finished: datetime | None = None) -> None:
+    """total = upload event → now (end-to-end), else the sum of the measured stages."""
+    finished = finished or datetime.now(timezone.utc)
+    for job in jobs:
+        if "total" in job.timings:
+            continue
+        if job.ref.event_time is not None:
+            job.timings["total"] = (finished - job.ref.event_time).total_seconds() * 1000.0
+        else:
+            job.timings["total"] = sum(v for k, v in job.timings.items() if k != "total")

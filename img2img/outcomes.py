@@ -1,5 +1,5 @@
-"""Whether an upload has its one outcome (a result or a failure record), and the failure
-record written for uploads that no run could finish."""
+"""Whether an upload has its one outcome (a result or a failure record), and writing failure
+records: for a batch's failed images, and for uploads that no run could finish."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 from img2img import storage
 from img2img.events import ObjectRef
-from img2img.jobs import Failure, ImageJob, failure_record
+from img2img.jobs import Failure, ImageJob, failure_record, finish_timings
 from img2img.keys import keys_for
-from img2img.steps import finish_timings
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -24,6 +23,18 @@ def outcome_key(s3: S3Client, results_bucket: str, ref: ObjectRef) -> str | None
     return None
 
 
+def write_failure_record(
+    s3: S3Client, results_bucket: str, job: ImageJob, flow_run_id: str | None
+) -> bool:
+    """Write a failed job's record (create-once); False when it already had one."""
+    finish_timings([job])
+    created = storage.put_json_once(
+        s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
+    )
+    job.result_uri = f"s3://{results_bucket}/{job.keys.failure}"
+    return created
+
+
 def write_failure(
     s3: S3Client,
     results_bucket: str,
@@ -34,11 +45,9 @@ def write_failure(
     retryable: bool,
     flow_run_id: str | None,
 ) -> bool:
-    """Write `ref`'s failure record (create-once); False when it already had one."""
+    """Write `ref`'s failure record for an upload no run could finish; False when it
+    already had one."""
     job = ImageJob.for_ref(ref)
     job.status = "failed"
     job.failure = Failure(stage=stage, reason=reason, error=stage, retryable=retryable)
-    finish_timings([job])
-    return storage.put_json_once(
-        s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
-    )
+    return write_failure_record(s3, results_bucket, job, flow_run_id)

@@ -11,7 +11,7 @@ import io
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from PIL import Image
@@ -20,8 +20,9 @@ from img2img import storage
 from img2img.cancel import RunCancelled
 from img2img.errors import InvalidEvent, PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
-from img2img.jobs import ImageJob, failure_record, result_record
+from img2img.jobs import ImageJob, finish_timings, result_record
 from img2img.keys import unsafe_key_reason
+from img2img.outcomes import outcome_key, write_failure_record
 from img2img.params import ImageParams, params_from_metadata
 from img2img.settings import ImageLimits, StageSettings
 from img2img.stages.spec import Stage
@@ -98,12 +99,11 @@ def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -
     """Skip uploads that already have a result or a failure record (a redelivered event)."""
 
     def check(job: ImageJob) -> None:
-        for key in (job.keys.result_meta, job.keys.failure):
-            if storage.exists(s3, results_bucket, key):
-                job.status = "skipped"
-                job.result_uri = f"s3://{results_bucket}/{key}"
-                job.note = "already processed by an earlier run"
-                return
+        key = outcome_key(s3, results_bucket, job.ref)
+        if key is not None:
+            job.status = "skipped"
+            job.result_uri = f"s3://{results_bucket}/{key}"
+            job.note = "already processed by an earlier run"
 
     _each(jobs, "check", check, concurrency=16)
 
@@ -190,23 +190,7 @@ def write_failures(
     """Write one failure record per failed image (create-once, like results)."""
     for job in jobs:
         if job.status == "failed":
-            finish_timings([job])
-            storage.put_json_once(
-                s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
-            )
-            job.result_uri = f"s3://{results_bucket}/{job.keys.failure}"
-
-
-def finish_timings(jobs: list[ImageJob], finished: datetime | None = None) -> None:
-    """total = upload event → now (end-to-end), else the sum of the measured stages."""
-    finished = finished or datetime.now(timezone.utc)
-    for job in jobs:
-        if "total" in job.timings:
-            continue
-        if job.ref.event_time is not None:
-            job.timings["total"] = (finished - job.ref.event_time).total_seconds() * 1000.0
-        else:
-            job.timings["total"] = sum(v for k, v in job.timings.items() if k != "total")
+            write_failure_record(s3, results_bucket, job, flow_run_id)
 
 
 class StageOutputs:

@@ -205,20 +205,7 @@ class Chaos:
         """Let the running workers finish and exit (the next ones start on demand)."""
         for index, _name in self.stack.running_workers():
             self.stack.drain_worker(index)
-        _wait(lambda: not any(self._draining_alive()), timeout_s)
-
-    def _draining_alive(self) -> list[int]:
-        from infra.processes import alive as _alive
-
-        alive = []
-        for f in self.stack.pids.glob("worker-*.draining.pid"):
-            try:
-                pid = int(f.read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if _alive(pid):
-                alive.append(pid)
-        return alive
+        _wait(lambda: not any(self.stack.draining_workers()), timeout_s)
 
     def run(self, scenario: str, images: int, timeout_s: float) -> dict[str, Any]:
         self.say(f"chaos {scenario}: bringing the local stack up (simulated backend)")
@@ -272,7 +259,10 @@ class Chaos:
         recovery_s = round(last_change - started, 1)
         idle_wait = self.settings.scaling.idle_to_zero_s + 120
         self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
-        _wait(lambda: not self.stack.running_workers() and not self._draining_alive(), idle_wait)
+        _wait(
+            lambda: not self.stack.running_workers() and not self.stack.draining_workers(),
+            idle_wait,
+        )
         return {
             "scenario": scenario,
             "uploads": len(refs),
@@ -281,7 +271,8 @@ class Chaos:
             "lost": lost,
             "duplicated": duplicated,
             "recovery_s": recovery_s,
-            "hosts_after_idle": len(self.stack.running_workers()) + len(self._draining_alive()),
+            "hosts_after_idle": len(self.stack.running_workers())
+            + len(self.stack.draining_workers()),
         }
 
 

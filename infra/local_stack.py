@@ -153,6 +153,17 @@ class LocalStack:
                     found.append((index, f"local-worker-{index}"))
         return sorted(found)
 
+    def draining_workers(self) -> list[int]:
+        """PIDs of the workers that were asked to drain and are still running."""
+        pids = []
+        if self.pids.exists():
+            for f in self.pids.glob("worker-*.draining.pid"):
+                name = f.name.removesuffix(".pid")
+                pid = self.pid_of(Service(name, [], "worker", lambda: True))
+                if pid is not None and alive(pid):
+                    pids.append(pid)
+        return pids
+
     def start_worker(self) -> int:
         used = {i for i, _ in self.running_workers()}
         used |= {int(f.stem.split("-")[1].split(".")[0]) for f in self.pids.glob("worker-*.pid")}

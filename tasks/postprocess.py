@@ -8,7 +8,7 @@ from prefect import get_run_logger
 from prefect.events import emit_event
 
 from img2img import steps
-from img2img.jobs import ImageJob
+from img2img.jobs import ImageJob, finish_timings
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
 
@@ -25,7 +25,7 @@ def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> list[ImageJob]
     }
     steps.postprocess(rt.clients.s3, jobs, bucket, flow_run_id, concurrency=8, worker=worker)
     steps.write_failures(rt.clients.s3, jobs, bucket, flow_run_id)
-    steps.finish_timings(jobs)
+    finish_timings(jobs)
     logger = get_run_logger()
     for job in jobs:
         if job.status == "failed" and job.failure is not None:

@@ -16,11 +16,13 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.recovery import RecoveryService, RunRecovery
+from infra.processes import alive
 from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome
 from tests.integration.warm import (
     create_pool_and_deployment,
     ready,
+    slot_pid_of_running,
     submit,
     wait_for,
     warm_worker,
@@ -93,15 +95,6 @@ def exactly_one_outcome_each(clients: Any, settings: Any, refs: list[Any]) -> No
         assert (k.result_meta in keys) != (k.failure in keys), ref.key
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return stat.exists() and stat.read_text().rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
@@ -111,17 +104,8 @@ def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
     with warm_worker(pool, log, SIM), recovery(client, clients, settings, pool) as rec:
         wait_for(lambda: ready(log), 120, "the slot to load")
         run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
-        running = wait_for(
-            lambda: (
-                (r := client.read_flow_run(run.id)).state is not None
-                and r.state.is_running()
-                and r.infrastructure_pid
-                and r
-            ),
-            60,
-            "the run to start",
-        )
-        os.kill(int(running.infrastructure_pid), signal.SIGKILL)
+        slot_pid = slot_pid_of_running(client, run.id)
+        os.kill(slot_pid, signal.SIGKILL)
         state = settled(client, run.id)
         history = [s.name for s in client.read_flow_run_states(run.id)]
     assert state.is_completed(), (state, history)
@@ -144,17 +128,7 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
                 submit(client, clients, settings, deployment_id, f"workerkill{i}", count=4)
                 for i in range(2)
             ]
-            running = wait_for(
-                lambda: (
-                    (r := client.read_flow_run(runs[0][0].id)).state is not None
-                    and r.state.is_running()
-                    and r.infrastructure_pid
-                    and r
-                ),
-                60,
-                "a run to start",
-            )
-            slot_pid = int(running.infrastructure_pid)
+            slot_pid = slot_pid_of_running(client, runs[0][0].id)
             first.send_signal(signal.SIGKILL)  # the worker alone, as a lost host would
             first.wait(timeout=30)
             # A slot never outlives its worker.

@@ -21,6 +21,7 @@ from tests.integration.warm import (
     create_pool_and_deployment,
     final_state,
     ready,
+    slot_pid_of_running,
     state_of,
     submit,
     wait_for,
@@ -86,17 +87,7 @@ def test_a_crashed_slot_marks_its_run_crashed_and_is_replaced(
     clients, settings = aws
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, _proc):
         run, _ = submit(client, clients, settings, deployment_id, "crash", count=3)
-        running = wait_for(
-            lambda: (
-                (r := client.read_flow_run(run.id)).state is not None
-                and r.state.is_running()
-                and r.infrastructure_pid
-                and r
-            ),
-            60,
-            "the run to start",
-        )
-        slot_pid = int(running.infrastructure_pid)
+        slot_pid = slot_pid_of_running(client, run.id)
         os.kill(slot_pid, signal.SIGKILL)
 
         crashed = final_state(client, run.id)

@@ -119,3 +119,18 @@ def final_state(client: Any, run_id: Any, timeout_s: float = 120) -> Any:
 def ready(log: Path, count: int = 1) -> bool:
     """Whether the worker logging to `log` has `count` slots that loaded their models."""
     return log.read_text(errors="replace").count(": ready (pid") >= count
+
+
+def slot_pid_of_running(client: Any, run_id: Any, timeout_s: float = 60) -> int:
+    """Wait until the run is Running on a slot; the slot process's pid."""
+    run = wait_for(
+        lambda: (
+            (r := client.read_flow_run(run_id)).state is not None
+            and r.state.is_running()
+            and r.infrastructure_pid
+            and r
+        ),
+        timeout_s,
+        f"flow run {run_id} to start on a slot",
+    )
+    return int(run.infrastructure_pid)

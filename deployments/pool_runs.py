@@ -1,0 +1,46 @@
+"""Reading a work pool's flow runs by state, a page at a time (the API serves at most 200 a
+page): the one query the autoscaler, the recovery service and the reconciler share."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.objects import FlowRun
+
+PAGE = 200
+
+
+def pool_runs(
+    prefect: SyncPrefectClient,
+    pool: str,
+    types: list[str],
+    names: list[str] | None = None,
+) -> list[FlowRun]:
+    """Every run of `pool` whose state type is in `types` (and name in `names`, if given)."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateName,
+        FlowRunFilterStateType,
+        WorkPoolFilter,
+        WorkPoolFilterName,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    state = FlowRunFilterState(
+        type=FlowRunFilterStateType(any_=[StateType(t) for t in types]),
+        name=FlowRunFilterStateName(any_=names) if names else None,
+    )
+    runs: list[FlowRun] = []
+    while True:  # bounded by the number of such runs
+        page = prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(state=state),
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            limit=PAGE,
+            offset=len(runs),
+        )
+        runs += page
+        if len(page) < PAGE:
+            return runs
