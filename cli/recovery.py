@@ -22,11 +22,13 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
 
     from deployments.reconciler import reconcile
     from deployments.recovery import RecoveryService, RunRecovery
+    from img2img.announce import Announcer
 
     clients = _local_clients(settings)
     policy = settings.recovery
+    announcer = Announcer.for_clients(clients, settings)
     with get_client(sync_client=True) as client:
-        runs = RunRecovery(client, clients.s3, settings, settings.autoscaler.pool)
+        runs = RunRecovery(client, clients.s3, settings, settings.autoscaler.pool, announcer)
         if args.once:
             stats = runs.step()
             print(json.dumps(stats.__dict__))

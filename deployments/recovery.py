@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from deployments.pool_runs import PAGE, pool_runs
 from img2img import recovery
+from img2img.announce import Announcer
+from img2img.errors import is_retryable
 from img2img.events import ObjectRef
 from img2img.idempotency import split_key
 from img2img.outcomes import outcome_key, write_failure
@@ -59,10 +61,18 @@ class RunRecovery:
     Crashed run of the pool."""
 
     def __init__(
-        self, prefect: SyncPrefectClient, s3: S3Client, settings: Settings, pool: str
+        self,
+        prefect: SyncPrefectClient,
+        s3: S3Client,
+        settings: Settings,
+        pool: str,
+        announcer: Announcer | None = None,
     ) -> None:
         self.prefect = prefect
         self.s3 = s3
+        # Sends the completion message of the failure records written here, and of outcomes
+        # whose run crashed after writing them but before announcing them.
+        self.announcer = announcer
         self.settings = settings
         self.policy = settings.recovery
         self.pool = pool
@@ -152,6 +162,8 @@ class RunRecovery:
         unfinished = [o for o in objects if outcome_key(self.s3, results, o) is None]
         last = run.state.message if run.state is not None else ""
         if not unfinished:
+            # The run may have crashed between writing an outcome and announcing it.
+            self._announce(objects, {})
             self.prefect.set_flow_run_state(
                 run.id,
                 Completed(message=f"after a crash ({last}): every upload already has its outcome"),
@@ -182,9 +194,9 @@ class RunRecovery:
                 force=True,
             )
             return self._did(run, "split", f"{action.reason} → {', '.join(children)}")
-        written = 0
+        docs: dict[str, dict[str, Any]] = {}
         for ref in unfinished:
-            written += write_failure(
+            job = write_failure(
                 self.s3,
                 results,
                 ref,
@@ -193,7 +205,12 @@ class RunRecovery:
                 retryable=True,
                 flow_run_id=str(run.id),
             )
-        self.stats.failure_records += written
+            if job.outcome_doc is not None:
+                docs[ref.identity] = job.outcome_doc
+        self.stats.failure_records += len(docs)
+        # A retryable error here leaves the run Crashed: the next pass finds every outcome
+        # written and announces what is still unannounced.
+        self._announce(objects, docs)
         self.prefect.set_flow_run_state(
             run.id,
             Failed(
@@ -203,6 +220,23 @@ class RunRecovery:
             force=True,
         )
         return self._did(run, "gave_up", action.reason)
+
+    def _announce(self, objects: list[ObjectRef], written: dict[str, dict[str, Any]]) -> None:
+        """Announce the failure records written now, and any outcome of `objects` that an
+        earlier writer left unannounced; a refusal is logged, not raised."""
+        if self.announcer is None or not self.announcer.enabled:
+            return
+        for ref in objects:
+            try:
+                doc = written.get(ref.identity)
+                if doc is not None:
+                    self.announcer.announce(ref, "failure", doc, written_now=True)
+                else:
+                    self.announcer.announce_existing(ref)
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise
+                log.error("completion message for %s not sent: %s", ref.uri, exc)
 
     def _create_half(self, run: FlowRun, index: int, half: list[ObjectRef], crashes: int) -> str:
         if run.deployment_id is None:

@@ -78,27 +78,38 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     if run_id is not None:
         cancels.clear(run_id)
 
+    unannounced = [j for j in jobs if j.announce_error is not None]
     result = {
         "completed": report.completed,
         "failed": report.failed,
         "skipped": report.skipped,
+        "unannounced": len(unannounced),
         "outcomes": {j.ref.identity: j.result_uri for j in jobs},
     }
     message = (
         f"{report.completed} completed, {report.failed} failed, "
         f"{report.skipped} already processed, of {len(jobs)}"
     )
+    if unannounced:
+        # Every image has its outcome, but the app was not told: another run of the same
+        # uploads (a redelivery, or this run retried from the UI) sends what is missing.
+        message += (
+            f"; {len(unannounced)} completion message(s) not sent: {unannounced[0].announce_error}"
+        )
     if cancelled:
         return Cancelled(
             message=f"cancelled: {message}; unfinished images have failure "
             "records (stage 'cancelled')",
             data=result,
         )
-    if report.failed:
+    if report.failed or unannounced:
         # A partial failure fails the run, so it shows in the UI and in alerts; every failed
         # image has its failure record, so nothing is lost.
         return Failed(
-            message=f"{report.failed} of {len(jobs)} images failed: {message}", data=result
+            message=f"{report.failed} of {len(jobs)} images failed: {message}"
+            if report.failed
+            else message,
+            data=result,
         )
     return Completed(message=message, data=result)
 

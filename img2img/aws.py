@@ -13,7 +13,9 @@ from img2img.errors import ObjectMissing, StorageUnavailable
 from img2img.settings import AwsSettings
 
 if TYPE_CHECKING:
+    from mypy_boto3_events import EventBridgeClient
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sns import SNSClient
     from mypy_boto3_sqs import SQSClient
 
 
@@ -23,6 +25,8 @@ class AwsClients:
 
     s3: S3Client
     sqs: SQSClient
+    sns: SNSClient
+    events: EventBridgeClient
 
 
 def botocore_config(aws: AwsSettings) -> dict[str, Any]:
@@ -55,6 +59,8 @@ def clients_from_session(
     return AwsClients(
         s3=session.client("s3", endpoint_url=endpoint_url, config=cfg),
         sqs=session.client("sqs", endpoint_url=endpoint_url, config=cfg),
+        sns=session.client("sns", endpoint_url=endpoint_url, config=cfg),
+        events=session.client("events", endpoint_url=endpoint_url, config=cfg),
     )
 
 

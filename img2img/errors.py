@@ -3,13 +3,15 @@
     Img2ImgError
     ├── RetryableError            transient: try the same thing again later
     │   ├── StorageUnavailable    S3/SQS throttling, timeouts, 5xx
+    │   ├── NotifyUnavailable     SNS/EventBridge throttling, timeouts, 5xx
     │   └── DeviceError           accelerator or runtime fault during inference
     └── PermanentError            retrying cannot help: record a failure and move on
         ├── InvalidEvent          an S3/SQS message that is not a usable notification
         ├── InvalidImage          an object that is not an acceptable image
         ├── InvalidParameters     per-image or stage parameters out of range
         ├── ObjectMissing         the uploaded object is gone
-        └── ModelLoadError        a model that cannot be found or does not fit the settings
+        ├── ModelLoadError        a model that cannot be found or does not fit the settings
+        └── NotifyRefused         the topic or bus refused a message (missing, denied, invalid)
 
 Retries (Prefect task retries, the dispatcher's loop) test `is_retryable` and nothing else.
 """
@@ -27,6 +29,10 @@ class RetryableError(Img2ImgError):
 
 class StorageUnavailable(RetryableError):
     """S3 or SQS throttled, timed out or answered with a server error."""
+
+
+class NotifyUnavailable(RetryableError):
+    """SNS or EventBridge throttled, timed out or answered with a server error."""
 
 
 class DeviceError(RetryableError):
@@ -55,6 +61,11 @@ class ObjectMissing(PermanentError):
 
 class ModelLoadError(PermanentError):
     """A model that cannot be loaded or does not match the stage settings."""
+
+
+class NotifyRefused(PermanentError):
+    """The notification topic or bus refused a message: it does not exist, the role may not
+    publish to it, or the message is invalid."""
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -41,6 +41,13 @@ class ImageJob:
     failure: Failure | None = None
     result_uri: str | None = None
     note: str = ""
+    # The caller's own id, from the upload's metadata (x-amz-meta-request-id), once read.
+    request_id: str | None = None
+    # The outcome document this run created (None: it created none), and whether the
+    # upload's completion message went out (`announce_error` says why not).
+    outcome_doc: dict[str, Any] | None = None
+    announced: bool = False
+    announce_error: str | None = None
 
     @classmethod
     def for_ref(cls, ref: ObjectRef) -> ImageJob:
@@ -70,6 +77,7 @@ def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
         "source": job.ref.uri,
         "etag": job.ref.etag,
         "version_id": job.ref.version_id,
+        "request_id": job.request_id,
         "stage": job.failure.stage,
         "reason": job.failure.reason,
         "error": job.failure.error,
@@ -92,6 +100,7 @@ def result_record(
         "source": job.ref.uri,
         "etag": job.ref.etag,
         "version_id": job.ref.version_id,
+        "request_id": job.request_id,
         "result": f"s3://{result_bucket}/{job.keys.result}",
         "width": job.stage2.size[0],
         "height": job.stage2.size[1],

@@ -3,15 +3,19 @@ records: for a batch's failed images, and for uploads that no run could finish."
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING
 
 from img2img import storage
 from img2img.events import ObjectRef
 from img2img.jobs import Failure, ImageJob, failure_record, finish_timings
 from img2img.keys import keys_for
+from img2img.notify import request_id_from
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+
+log = logging.getLogger(__name__)
 
 
 def outcome_key(s3: S3Client, results_bucket: str, ref: ObjectRef) -> str | None:
@@ -28,10 +32,11 @@ def write_failure_record(
 ) -> bool:
     """Write a failed job's record (create-once); False when it already had one."""
     finish_timings([job])
-    created = storage.put_json_once(
-        s3, results_bucket, job.keys.failure, failure_record(job, flow_run_id)
-    )
+    record = failure_record(job, flow_run_id)
+    created = storage.put_json_once(s3, results_bucket, job.keys.failure, record)
     job.result_uri = f"s3://{results_bucket}/{job.keys.failure}"
+    if created:
+        job.outcome_doc = record
     return created
 
 
@@ -44,10 +49,22 @@ def write_failure(
     reason: str,
     retryable: bool,
     flow_run_id: str | None,
-) -> bool:
-    """Write `ref`'s failure record for an upload no run could finish; False when it
-    already had one."""
+) -> ImageJob:
+    """Write `ref`'s failure record for an upload no run could finish. The job returned has
+    `outcome_doc` set when the record was written now (None: it already had one)."""
     job = ImageJob.for_ref(ref)
     job.status = "failed"
     job.failure = Failure(stage=stage, reason=reason, error=stage, retryable=retryable)
-    return write_failure_record(s3, results_bucket, job, flow_run_id)
+    job.request_id = caller_id(s3, ref)
+    write_failure_record(s3, results_bucket, job, flow_run_id)
+    return job
+
+
+def caller_id(s3: S3Client, ref: ObjectRef) -> str | None:
+    """The caller's id from the upload's metadata, for an outcome written without having
+    read the upload (best effort: an upload that is gone or unreadable has none)."""
+    try:
+        return request_id_from(storage.upload_metadata(s3, ref))
+    except Exception as exc:  # a missing id must not cost the upload its outcome
+        log.warning("no caller id for %s: %s", ref.uri, exc)
+        return None

@@ -342,6 +342,33 @@ class RecoverySettings(BaseModel):
     )
 
 
+class NotifySettings(BaseModel):
+    """Where each upload's outcome is announced to the app: one message per result or failure
+    record, to an SNS topic, an EventBridge bus, or both (neither: no messages)."""
+
+    topic_arn: str | None = Field(
+        None,
+        description="SNS topic that gets one message per outcome (a `.fifo` topic also gets "
+        "a de-duplication id and a message group per upload key).",
+    )
+    event_bus: str | None = Field(
+        None,
+        description="EventBridge bus (name or ARN) that gets the same message as an event "
+        "(source `img2img`, detail-type `img2img outcome`).",
+    )
+    presign_s: int = Field(
+        0,
+        ge=0,
+        le=7 * 86_400,
+        description="Lifetime of a presigned GET URL of the result added to the message "
+        "(0: no URL; S3 caps it at 7 days, and at the signing credentials' own expiry).",
+    )
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.topic_arn or self.event_bus)
+
+
 class LocalStackSettings(BaseModel):
     """The embedded local stack: Prefect server and moto on loopback."""
 
@@ -387,6 +414,7 @@ class Settings(BaseSettings):
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

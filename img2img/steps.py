@@ -17,12 +17,14 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from img2img import storage
+from img2img.announce import Announcer
 from img2img.cancel import RunCancelled
 from img2img.errors import InvalidEvent, PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
 from img2img.jobs import ImageJob, finish_timings, result_record
 from img2img.keys import unsafe_key_reason
-from img2img.outcomes import outcome_key, write_failure_record
+from img2img.notify import Outcome, request_id_from
+from img2img.outcomes import caller_id, outcome_key, write_failure_record
 from img2img.params import ImageParams, params_from_metadata
 from img2img.settings import ImageLimits, StageSettings
 from img2img.stages.spec import Stage
@@ -140,6 +142,7 @@ def preprocess(
     def one(job: ImageJob) -> None:
         with job.timings.measure("download"):
             got = storage.download(s3, stage_bucket, job.keys.input)
+        job.request_id = request_id_from(got.metadata)
         job.params = params_from_metadata(got.metadata, defaults)
         job.seed = job.params.seed_for(job.ref.identity)
         image = decode_image(got.body, limits)
@@ -176,7 +179,8 @@ def postprocess(
             created = storage.put_once(s3, results_bucket, job.keys.result, png, "image/png")
         finish_timings([job])
         doc = result_record(job, results_bucket, flow_run_id, worker)
-        storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc)
+        if storage.put_json_once(s3, results_bucket, job.keys.result_meta, doc):
+            job.outcome_doc = doc
         job.status = "completed" if created else "skipped"
         job.note = "" if created else "result already written by another run"
         job.result_uri = f"s3://{results_bucket}/{job.keys.result}"
@@ -187,10 +191,47 @@ def postprocess(
 def write_failures(
     s3: S3Client, jobs: list[ImageJob], results_bucket: str, flow_run_id: str | None
 ) -> None:
-    """Write one failure record per failed image (create-once, like results)."""
+    """Write one failure record per failed image (create-once, like results). An image that
+    failed before its upload was read gets the caller's id from the upload's metadata, unless
+    it was refused at validation (its bucket or key is not one this pipeline reads)."""
     for job in jobs:
         if job.status == "failed":
+            stage = job.failure.stage if job.failure is not None else ""
+            if job.request_id is None and stage != "validate":
+                job.request_id = caller_id(s3, job.ref)
             write_failure_record(s3, results_bucket, job, flow_run_id)
+
+
+def announce(announcer: Announcer, jobs: list[ImageJob], concurrency: int = 8) -> None:
+    """Send each finished image's completion message, once (see `announce.py`).
+
+    An outcome this run wrote is announced from its document; one an earlier run wrote
+    (a skipped image) only when that run did not announce it. A retryable error is
+    re-raised after the others were sent, so the task retries only what is left; a
+    permanent one (the topic refuses) is kept in `announce_error`.
+    """
+    todo = [j for j in jobs if not j.announced and not j.active]
+    if not announcer.enabled or not todo:
+        return
+
+    def one(job: ImageJob) -> BaseException | None:
+        try:
+            if job.outcome_doc is not None:
+                outcome: Outcome = "failure" if job.status == "failed" else "result"
+                announcer.announce(job.ref, outcome, job.outcome_doc, written_now=True)
+            else:
+                announcer.announce_existing(job.ref)
+        except Exception as exc:
+            if is_retryable(exc):
+                return exc
+            job.announce_error = str(exc) or type(exc).__name__
+        job.announced = job.announce_error is None
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(todo))) as pool:
+        errors = [e for e in pool.map(one, todo) if e is not None]
+    if errors:
+        raise errors[0]
 
 
 class StageOutputs:

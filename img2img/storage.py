@@ -110,3 +110,29 @@ def put_once(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str
 def put_json_once(s3: S3Client, bucket: str, key: str, doc: dict[str, Any]) -> bool:
     body = json.dumps(doc, indent=2, sort_keys=True, default=str).encode()
     return put_once(s3, bucket, key, body, "application/json")
+
+
+def upload_metadata(s3: S3Client, ref: ObjectRef) -> dict[str, str] | None:
+    """An upload's user metadata (HEAD, the exact version the event named), or None when
+    the upload is gone."""
+
+    def head() -> dict[str, str]:
+        extra: dict[str, Any] = {"VersionId": ref.version_id} if ref.version_id else {}
+        return dict(s3.head_object(Bucket=ref.bucket, Key=ref.key, **extra).get("Metadata", {}))
+
+    return _unless_missing(head, ref.bucket, ref.key)
+
+
+def get_tags(s3: S3Client, bucket: str, key: str) -> dict[str, str] | None:
+    """The object's tags, or None when the key does not exist."""
+    got = _unless_missing(lambda: s3.get_object_tagging(Bucket=bucket, Key=key), bucket, key)
+    return None if got is None else {t["Key"]: t["Value"] for t in got["TagSet"]}
+
+
+def put_tags(s3: S3Client, bucket: str, key: str, tags: dict[str, str]) -> None:
+    """Set the object's tags (replacing any it had)."""
+    tag_set: list[Any] = [{"Key": k, "Value": v} for k, v in tags.items()]
+    try:
+        s3.put_object_tagging(Bucket=bucket, Key=key, Tagging={"TagSet": tag_set})
+    except (ClientError, BotoCoreError) as exc:
+        raise translate_error(exc, f"s3://{bucket}/{key}") from exc

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from img2img.settings import Settings
+from infra.resources import local_topic_arn
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CREDENTIALS_BLOCK = "img2img-local"
@@ -66,6 +67,11 @@ def child_env(
             # A laptop-sized autoscaler: decide every 2 s, react within seconds.
             **{k: os.environ.get(k, v) for k, v in LOCAL_SCALING.items()},
             **{k: os.environ.get(k, v) for k, v in LOCAL_RECOVERY.items()},
+            # Completion messages go to the local topic unless the caller chose otherwise
+            # (an empty value turns them off).
+            "IMG2IMG_NOTIFY__TOPIC_ARN": os.environ.get(
+                "IMG2IMG_NOTIFY__TOPIC_ARN", local_topic_arn(settings.aws.region)
+            ),
             "OMP_NUM_THREADS": str(settings.stages.torch_threads),
         }
     )

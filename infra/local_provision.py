@@ -20,15 +20,22 @@ def provision(
 ) -> None:
     """The buckets, queues and notifications on moto; the credentials block, work pools
     and deployments on the Prefect server (`prefect deploy`, skipped when unchanged)."""
-    from infra.resources import ensure_resources
+    from infra.resources import ensure_notifications, ensure_resources, local_topic_arn
 
     aws = settings.aws.model_copy(
         update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
     )
     os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-    ensure_resources(clients_from_settings(aws), settings.storage, settings.dispatch, aws.region)
-    say("aws: buckets, queue, dead-letter queue and notifications ready")
+    clients = clients_from_settings(aws)
+    ensure_resources(clients, settings.storage, settings.dispatch, aws.region)
+    topic_arn, _ = ensure_notifications(clients)
+    if "IMG2IMG_NOTIFY__TOPIC_ARN" not in os.environ and topic_arn != local_topic_arn(aws.region):
+        raise RuntimeError(
+            f"the completion topic is {topic_arn}, but the stack's processes were told "
+            f"{local_topic_arn(aws.region)} (is MOTO_ACCOUNT_ID set?)"
+        )
+    say("aws: buckets, queues, S3 notifications and the completion topic ready")
     _prefect_setup(settings, state, env, say)
 
 

@@ -24,6 +24,16 @@ log = logging.getLogger(__name__)
 
 MAX_RECEIVE_COUNT = 5
 DLQ_RETENTION_S = 14 * 24 * 3600
+# The completion topic and the app backend's queue subscribed to it (infra/aws/notify.yaml
+# makes the same pair on AWS).
+OUTCOME_TOPIC = "img2img-outcomes"
+APP_QUEUE = "img2img-app-outcomes"
+# moto's account: the local topic's ARN is known before the stack is up.
+LOCAL_ACCOUNT = "123456789012"
+
+
+def local_topic_arn(region: str) -> str:
+    return f"arn:aws:sns:{region}:{LOCAL_ACCOUNT}:{OUTCOME_TOPIC}"
 
 
 @dataclass(frozen=True)
@@ -50,6 +60,45 @@ def ensure_resources(
         },
     )
     return queues
+
+
+def ensure_notifications(clients: AwsClients) -> tuple[str, str]:
+    """The completion topic (encrypted) and the app's queue subscribed to it with raw
+    delivery (the message body is the completion message itself); (topic ARN, queue URL)."""
+    topic_arn = clients.sns.create_topic(
+        Name=OUTCOME_TOPIC, Attributes={"KmsMasterKeyId": "alias/aws/sns"}
+    )["TopicArn"]
+    sqs = clients.sqs
+    queue_url = sqs.create_queue(
+        QueueName=APP_QUEUE,
+        Attributes={"SqsManagedSseEnabled": "true", "MessageRetentionPeriod": str(4 * 86_400)},
+    )["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    policy = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "TopicDelivers",
+                "Effect": "Allow",
+                "Principal": {"Service": "sns.amazonaws.com"},
+                "Action": "sqs:SendMessage",
+                "Resource": queue_arn,
+                "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}},
+            }
+        ],
+    }
+    sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={"Policy": json.dumps(policy)})
+    subscribed = clients.sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+    if not any(s.get("Endpoint") == queue_arn for s in subscribed):
+        clients.sns.subscribe(
+            TopicArn=topic_arn,
+            Protocol="sqs",
+            Endpoint=queue_arn,
+            Attributes={"RawMessageDelivery": "true"},
+        )
+    return topic_arn, queue_url
 
 
 def ensure_queues(

@@ -8,6 +8,7 @@ from prefect import get_run_logger
 from prefect.events import emit_event
 
 from img2img import steps
+from img2img.announce import Announcer
 from img2img.jobs import ImageJob, finish_timings
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
@@ -27,9 +28,13 @@ def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> list[ImageJob]
     steps.write_failures(rt.clients.s3, jobs, bucket, flow_run_id)
     finish_timings(jobs)
     logger = get_run_logger()
+    # Raises on a retryable error after the rest were sent: the retry sends what is left.
+    steps.announce(Announcer.for_clients(rt.clients, rt.settings), jobs)
     for job in jobs:
         if job.status == "failed" and job.failure is not None:
             logger.error("%s failed at %s: %s", job.ref.uri, job.failure.stage, job.failure.reason)
+        if job.announce_error is not None:
+            logger.error("%s: completion message not sent: %s", job.ref.uri, job.announce_error)
         emit_event(
             event=f"img2img.image.{job.status}",
             resource={

@@ -61,3 +61,20 @@ def img2img(
         timeout=timeout,
         check=False,
     )
+
+
+def drain(sqs: Any, queue_url: str, quiet_s: float = 1.0, limit_s: float = 60.0) -> list[Any]:
+    """Every message on a queue (deleted as read) until it stays empty for `quiet_s`;
+    bodies parsed as JSON."""
+    import time
+
+    found: list[Any] = []
+    deadline = time.monotonic() + limit_s
+    quiet_until = time.monotonic() + quiet_s
+    while time.monotonic() < deadline and time.monotonic() < quiet_until:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in got.get("Messages", []):
+            found.append(json.loads(message["Body"]))
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            quiet_until = time.monotonic() + quiet_s
+    return found

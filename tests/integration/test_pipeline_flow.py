@@ -13,7 +13,7 @@ from flows.pipeline import img2img_pipeline
 from img2img.keys import keys_for
 from img2img.timing import STAGES
 from tests.conftest import AwsEnv
-from tests.integration.helpers import FAST, outcome, png, result_keys, upload
+from tests.integration.helpers import FAST, drain, outcome, png, result_keys, upload
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -169,3 +169,81 @@ def test_pipeline_runs_on_the_torchscript_backend(
     compiled = sorted(p.name for p in (settings.stages.model_cache_dir / "compiled").iterdir())
     assert any(name.startswith("torchscript-img2img-64x64") for name in compiled)
     assert any(name.startswith("torchscript-upscale-64x64") for name in compiled)
+
+
+@pytest.fixture
+def announced(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Completion messages on: the local topic and the app's queue; yields the queue URL."""
+    from infra.resources import ensure_notifications
+    from tasks.runtime import reset_runtime
+
+    topic, queue = ensure_notifications(aws.clients)
+    monkeypatch.setenv("IMG2IMG_NOTIFY__TOPIC_ARN", topic)
+    reset_runtime()
+    return queue
+
+
+def test_every_outcome_of_a_mixed_batch_is_announced_once(aws: AwsEnv, announced: str) -> None:
+    from img2img.events import ObjectRef
+
+    clients, settings = aws
+    st = settings.storage
+    good = upload(
+        clients, st.uploads_bucket, "mixed/good.png", png(), {**FAST, "request-id": "req-good"}
+    )
+    bad = upload(
+        clients, st.uploads_bucket, "mixed/bad.png", b"not an image", {"request-id": "req-bad"}
+    )
+    gone = ObjectRef(bucket=st.uploads_bucket, key="mixed/gone.png", etag="abc")
+
+    first = img2img_pipeline(objects=[good, bad, gone], return_state=True)
+    # The same batch again (a redelivered event, a second dispatcher): no new messages.
+    again = img2img_pipeline(objects=[good, bad, gone], return_state=True)
+
+    assert first.is_failed() and again.is_completed()
+    received = drain(clients.sqs, announced)
+    messages = {m["upload"]["key"]: m for m in received}
+    assert len(received) == 3
+    assert sorted(messages) == ["mixed/bad.png", "mixed/gone.png", "mixed/good.png"]
+    ok = messages["mixed/good.png"]
+    assert ok["outcome"] == "result" and ok["request_id"] == "req-good"
+    assert ok["result"]["uri"] == f"s3://{st.results_bucket}/{keys_for(good).result}"
+    assert ok["timings_ms"]["stage2"] > 0 and ok["flow_run_id"]
+    failed = messages["mixed/bad.png"]
+    assert failed["outcome"] == "failure" and failed["request_id"] == "req-bad"
+    assert failed["failure"]["stage"] == "preprocess" and not failed["failure"]["retryable"]
+    assert "no known image format" in failed["failure"]["reason"]
+    assert messages["mixed/gone.png"]["failure"]["stage"] == "copy"
+    assert messages["mixed/gone.png"]["request_id"] is None
+    # The outcome documents carry the caller's id too, for apps that poll.
+    assert outcome(clients, st.results_bucket, good)[1]["request_id"] == "req-good"
+
+
+def test_a_refused_message_fails_the_run_but_keeps_the_outcome(
+    aws: AwsEnv, announced: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.runtime import reset_runtime
+
+    clients, settings = aws
+    st = settings.storage
+    ref = upload(clients, st.uploads_bucket, "refused/a.png", png(), {**FAST, "request-id": "r"})
+    monkeypatch.setenv("IMG2IMG_NOTIFY__TOPIC_ARN", "arn:aws:sns:us-east-1:123456789012:gone")
+    reset_runtime()
+
+    state = img2img_pipeline(objects=[ref], return_state=True)
+
+    assert state.is_failed()
+    assert "1 completion message(s) not sent" in str(state.message)
+    assert "gone" in str(state.message)
+    assert outcome(clients, st.results_bucket, ref)[0] == "completed"
+
+    # Once the topic is right, a run of the same upload announces what was missing.
+    monkeypatch.setenv("IMG2IMG_NOTIFY__TOPIC_ARN", _topic(aws))
+    reset_runtime()
+    assert img2img_pipeline(objects=[ref], return_state=True).is_completed()
+    messages = drain(clients.sqs, announced)
+    assert [m["request_id"] for m in messages] == ["r"]
+
+
+def _topic(aws: AwsEnv) -> str:
+    return aws.clients.sns.list_topics()["Topics"][0]["TopicArn"]

@@ -1,0 +1,155 @@
+"""Completion messages against a real moto server: SNS to a subscribed queue, EventBridge to
+a rule's queue, the announced tag, presigned URLs, and a topic that refuses."""
+
+from __future__ import annotations
+
+import json
+import urllib.request
+
+import pytest
+
+from img2img.announce import ANNOUNCED_TAG, Announcer
+from img2img.errors import NotifyRefused
+from img2img.keys import keys_for
+from img2img.notify import EVENT_DETAIL_TYPE, EVENT_SOURCE
+from img2img.settings import NotifySettings
+from infra.resources import ensure_notifications
+from tests.conftest import AwsEnv
+from tests.integration.helpers import drain, png, upload
+
+
+def _announcer(aws: AwsEnv, **notify: object) -> Announcer:
+    clients, settings = aws
+    return Announcer(
+        s3=clients.s3,
+        sns=clients.sns,
+        events=clients.events,
+        settings=NotifySettings.model_validate(notify),
+        results_bucket=settings.storage.results_bucket,
+    )
+
+
+def _write_result(aws: AwsEnv, key: str) -> tuple[object, dict]:
+    """An upload with a result image and metadata document, as a run writes them."""
+    clients, settings = aws
+    st = settings.storage
+    ref = upload(clients, st.uploads_bucket, key, png(), {"request-id": "req-1"})
+    keys = keys_for(ref)
+    clients.s3.put_object(Bucket=st.results_bucket, Key=keys.result, Body=png((256, 256)))
+    doc = {
+        "source": ref.uri,
+        "request_id": "req-1",
+        "result": f"s3://{st.results_bucket}/{keys.result}",
+        "width": 256,
+        "height": 256,
+        "timings_ms": {"stage1": 5.0, "total": 9.0},
+        "flow_run_id": None,
+        "finished_at": "2026-11-29T10:00:00+00:00",
+    }
+    clients.s3.put_object(Bucket=st.results_bucket, Key=keys.result_meta, Body=json.dumps(doc))
+    return ref, doc
+
+
+def test_one_message_per_outcome_and_none_once_tagged(aws: AwsEnv) -> None:
+    clients, settings = aws
+    topic, queue = ensure_notifications(clients)
+    announcer = _announcer(aws, topic_arn=topic)
+    ref, doc = _write_result(aws, "a/cat.png")
+
+    assert announcer.announce(ref, "result", doc, written_now=True)
+    # A re-run that finds the outcome, or a second batch, sends nothing more.
+    assert not announcer.announce(ref, "result", doc, written_now=False)
+    assert not announcer.announce_existing(ref)
+
+    messages = drain(clients.sqs, queue)
+    assert len(messages) == 1
+    message = messages[0]
+    assert message["outcome"] == "result" and message["request_id"] == "req-1"
+    assert message["dedup_id"] == keys_for(ref).result_meta
+    assert message["result"]["uri"].endswith(keys_for(ref).result)
+    tags = clients.s3.get_object_tagging(
+        Bucket=settings.storage.results_bucket, Key=keys_for(ref).result_meta
+    )["TagSet"]
+    assert [t["Key"] for t in tags] == [ANNOUNCED_TAG]
+
+
+def test_an_outcome_left_unannounced_is_announced_once_by_whoever_finds_it(aws: AwsEnv) -> None:
+    clients, _ = aws
+    topic, queue = ensure_notifications(clients)
+    announcer = _announcer(aws, topic_arn=topic)
+    ref, _ = _write_result(aws, "b/dog.png")  # its writer died before announcing
+
+    assert announcer.announce_existing(ref)
+    assert not announcer.announce_existing(ref)
+
+    messages = drain(clients.sqs, queue)
+    assert [m["upload"]["key"] for m in messages] == ["b/dog.png"]
+    assert messages[0]["timings_ms"] == {"stage1": 5.0, "total": 9.0}
+
+
+def test_eventbridge_bus_gets_the_same_message(aws: AwsEnv) -> None:
+    clients, _ = aws
+    bus = "img2img-outcomes"
+    clients.events.create_event_bus(Name=bus)
+    queue = clients.sqs.create_queue(QueueName="rule-target")["QueueUrl"]
+    arn = clients.sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    clients.events.put_rule(
+        Name="results-only",
+        EventBusName=bus,
+        EventPattern=json.dumps({"source": [EVENT_SOURCE], "detail": {"outcome": ["result"]}}),
+    )
+    clients.events.put_targets(
+        Rule="results-only", EventBusName=bus, Targets=[{"Id": "app", "Arn": arn}]
+    )
+    ref, doc = _write_result(aws, "c/bird.png")
+
+    assert _announcer(aws, event_bus=bus).announce(ref, "result", doc, written_now=True)
+
+    events = drain(clients.sqs, queue)
+    assert len(events) == 1
+    assert events[0]["detail-type"] == EVENT_DETAIL_TYPE
+    assert events[0]["detail"]["request_id"] == "req-1"
+
+
+def test_presigned_url_fetches_the_result(aws: AwsEnv) -> None:
+    clients, settings = aws
+    topic, queue = ensure_notifications(clients)
+    ref, doc = _write_result(aws, "d/fox.png")
+
+    _announcer(aws, topic_arn=topic, presign_s=600).announce(ref, "result", doc, written_now=True)
+
+    result = drain(clients.sqs, queue)[0]["result"]
+    with urllib.request.urlopen(result["presigned_url"], timeout=10) as response:
+        body = response.read()
+    stored = clients.s3.get_object(
+        Bucket=settings.storage.results_bucket, Key=keys_for(ref).result
+    )["Body"].read()
+    assert body == stored
+    assert result["presigned_expires_at"] > doc["finished_at"]
+
+
+def test_a_missing_topic_is_a_clear_refusal_and_leaves_no_tag(aws: AwsEnv) -> None:
+    clients, settings = aws
+    missing = "arn:aws:sns:us-east-1:123456789012:no-such-topic"
+    ref, doc = _write_result(aws, "e/owl.png")
+
+    with pytest.raises(NotifyRefused, match="no-such-topic"):
+        _announcer(aws, topic_arn=missing).announce(ref, "result", doc, written_now=True)
+
+    tags = clients.s3.get_object_tagging(
+        Bucket=settings.storage.results_bucket, Key=keys_for(ref).result_meta
+    )["TagSet"]
+    assert tags == []
+
+
+def test_nothing_is_sent_when_no_topic_or_bus_is_set(aws: AwsEnv) -> None:
+    clients, _ = aws
+    _, queue = ensure_notifications(clients)
+    ref, doc = _write_result(aws, "f/elk.png")
+    announcer = _announcer(aws)
+
+    assert not announcer.enabled
+    assert not announcer.announce(ref, "result", doc, written_now=True)
+    assert drain(clients.sqs, queue, quiet_s=0.5) == []

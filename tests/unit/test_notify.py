@@ -1,0 +1,129 @@
+"""The completion message: built from the outcome document, whatever wrote it."""
+
+from __future__ import annotations
+
+from botocore.exceptions import ClientError, EndpointConnectionError
+
+from img2img.announce import _translate
+from img2img.errors import NotifyRefused, NotifyUnavailable
+from img2img.events import ObjectRef
+from img2img.keys import keys_for
+from img2img.notify import (
+    MAX_REASON_CHARS,
+    fifo_ids,
+    outcome_message,
+    request_id_from,
+    sns_attributes,
+)
+
+REF = ObjectRef(bucket="uploads", key="photos/cat.png", etag="e1", version_id="v1")
+
+
+def result_doc() -> dict:
+    return {
+        "source": REF.uri,
+        "request_id": "req-42",
+        "result": f"s3://results/{keys_for(REF).result}",
+        "width": 2048,
+        "height": 2048,
+        "timings_ms": {"stage1": 10.0, "total": 50.0},
+        "flow_run_id": "run-1",
+        "finished_at": "2026-11-29T10:00:00+00:00",
+    }
+
+
+def test_result_message_names_the_upload_the_result_and_the_caller() -> None:
+    message = outcome_message(REF, "results", "result", result_doc())
+
+    assert message["version"] == 1 and message["outcome"] == "result"
+    assert message["dedup_id"] == keys_for(REF).result_meta
+    assert message["upload"] == {
+        "bucket": "uploads",
+        "key": "photos/cat.png",
+        "version_id": "v1",
+        "etag": "e1",
+        "uri": "s3://uploads/photos/cat.png",
+    }
+    assert message["request_id"] == "req-42"
+    assert message["result"] == {
+        "uri": f"s3://results/{keys_for(REF).result}",
+        "width": 2048,
+        "height": 2048,
+    }
+    assert message["failure"] is None
+    assert message["timings_ms"] == {"stage1": 10.0, "total": 50.0}
+    assert message["finished_at"] == "2026-11-29T10:00:00+00:00"
+
+
+def test_presigned_url_and_its_expiry_go_with_the_result() -> None:
+    message = outcome_message(
+        REF, "results", "result", result_doc(), ("https://signed", "2026-11-29T11:00:00+00:00")
+    )
+    assert message["result"]["presigned_url"] == "https://signed"
+    assert message["result"]["presigned_expires_at"] == "2026-11-29T11:00:00+00:00"
+
+
+def test_failure_message_carries_stage_reason_retryable_and_record() -> None:
+    doc = {
+        "stage": "preprocess",
+        "reason": "x" * (MAX_REASON_CHARS + 500),
+        "retryable": False,
+        "timings_ms": {"copy": 3.0},
+        "failed_at": "2026-11-29T10:00:00+00:00",
+        "request_id": None,
+    }
+    message = outcome_message(REF, "results", "failure", doc)
+
+    assert message["dedup_id"] == keys_for(REF).failure
+    assert message["result"] is None and message["request_id"] is None
+    failure = message["failure"]
+    assert failure["stage"] == "preprocess" and failure["retryable"] is False
+    assert len(failure["reason"]) == MAX_REASON_CHARS
+    assert failure["record_uri"] == f"s3://results/{keys_for(REF).failure}"
+    assert message["finished_at"] == "2026-11-29T10:00:00+00:00"
+
+
+def test_request_id_comes_from_the_metadata_key_request_id() -> None:
+    assert request_id_from({"request-id": "abc", "prompt": "p"}) == "abc"
+    assert request_id_from({"prompt": "p"}) is None
+    assert request_id_from({"request-id": ""}) is None
+    assert request_id_from(None) is None
+
+
+def test_sns_attributes_let_subscribers_filter() -> None:
+    ok = sns_attributes(outcome_message(REF, "results", "result", result_doc()))
+    assert ok["outcome"]["StringValue"] == "result"
+    assert ok["request_id"]["StringValue"] == "req-42" and "retryable" not in ok
+    failed = sns_attributes(
+        outcome_message(REF, "results", "failure", {"stage": "copy", "retryable": True})
+    )
+    assert failed["retryable"]["StringValue"] == "true" and "request_id" not in failed
+
+
+def test_fifo_ids_fit_sns_limits_and_group_versions_of_one_key() -> None:
+    first = outcome_message(REF, "results", "result", result_doc())
+    other_version = outcome_message(
+        REF.model_copy(update={"version_id": "v2"}), "results", "result", result_doc()
+    )
+    other_key = outcome_message(
+        REF.model_copy(update={"key": "photos/dog.png"}), "results", "result", result_doc()
+    )
+    dedup, group = fifo_ids(first)
+    assert len(dedup) <= 128 and len(group) <= 128
+    assert fifo_ids(first) == (dedup, group)
+    assert fifo_ids(other_version)[1] == group and fifo_ids(other_version)[0] != dedup
+    assert fifo_ids(other_key)[1] != group
+
+
+def _client_error(code: str) -> ClientError:
+    return ClientError({"Error": {"Code": code, "Message": "m"}}, "Publish")
+
+
+def test_throttling_is_retried_and_a_refusal_is_not() -> None:
+    for code in ("Throttled", "KMSThrottling", "InternalError", "ServiceUnavailable"):
+        assert isinstance(_translate(_client_error(code), "SNS topic t"), NotifyUnavailable)
+    for code in ("NotFound", "AuthorizationError", "InvalidParameter", "KMSDisabled"):
+        refused = _translate(_client_error(code), "SNS topic t")
+        assert isinstance(refused, NotifyRefused) and code in str(refused)
+    down = _translate(EndpointConnectionError(endpoint_url="http://x"), "SNS topic t")
+    assert isinstance(down, NotifyUnavailable)
