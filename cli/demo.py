@@ -17,6 +17,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     from img2img.aws import clients_from_settings
     from infra import demo
     from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+    from infra.resources import APP_QUEUE, local_topic_arn
 
     if args.backend is not None:
         # Children (dispatcher, autoscaler, workers) read their settings from the environment.
@@ -31,7 +32,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     aws = settings.aws.model_copy(
         update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
     )
-    s3 = clients_from_settings(aws).s3
+    clients = clients_from_settings(aws)
+    s3 = clients.s3
+    # The local stack's processes announce to the local topic unless told otherwise.
+    local_topic = local_topic_arn(aws.region)
+    messages_on = os.environ.get("IMG2IMG_NOTIFY__TOPIC_ARN", local_topic) == local_topic
     refs = demo.upload_samples(
         s3, settings.storage.uploads_bucket, args.images, args.steps, args.upscale_steps
     )
@@ -39,14 +44,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         f"uploaded {len(refs)} images to s3://{settings.storage.uploads_bucket}/"
         f"{refs[0].key.rsplit('/', 1)[0]}/ ; waiting for results (timeout {args.timeout} s)"
     )
-    outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
+    if messages_on:
+        queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+        say(f"waiting on the completion messages, as an app would (SQS queue {APP_QUEUE})")
+        outcomes = demo.wait_for_notifications(clients.sqs, queue, refs, args.timeout)
+    else:
+        say("completion messages are off here: waiting by polling the results bucket")
+        outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
     completed = [o for o in outcomes if o.status == "completed"]
     failed = [o for o in outcomes if o.status == "failed"]
     pending = [o for o in outcomes if o.status == "pending"]
     ui = f"http://{settings.local.host}:{settings.local.prefect_port}"
     print(demo.stage_table(outcomes), file=sys.stderr)
     for o in failed:
-        say(f"FAILED {o.ref.uri}: {o.doc.get('stage')}: {o.doc.get('reason')}")
+        stage, reason = o.failure
+        say(f"FAILED {o.ref.uri}: {stage}: {reason}")
     for o in pending:
         say(f"TIMED OUT {o.ref.uri}: no result or failure record within {args.timeout} s")
     say(f"{len(completed)} completed, {len(failed)} failed, {len(pending)} timed out")
@@ -57,8 +69,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         "submitted": len(refs),
         "completed": len(completed),
         "failed": len(failed) + len(pending),
+        "notified": sum(1 for o in outcomes if o.messages),
+        "duplicate_messages": sum(max(o.messages - 1, 0) for o in outcomes),
         "stage_p50_ms": demo.stage_p50(outcomes),
-        "results": [o.doc["result"] for o in completed],
+        "results": [o.result_uri for o in completed],
         "flow_runs": flow_runs,
         "ui": f"{ui}/artifacts/key/img2img-stage-timings",
     }

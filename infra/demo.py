@@ -6,6 +6,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
@@ -17,13 +18,29 @@ from img2img.timing import STAGES, summarize
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
+    from mypy_boto3_sqs import SQSClient
 
 
 @dataclass
 class Outcome:
+    """One upload's outcome as the demo learned it: from its completion message (`doc` is
+    the message) or, with messages off, from its outcome document in S3."""
+
     ref: ObjectRef
     status: str = "pending"  # completed | failed | pending
     doc: dict[str, Any] = field(default_factory=dict)
+    messages: int = 0  # completion messages received for it (more than 1: a duplicate)
+
+    @property
+    def result_uri(self) -> str:
+        result = self.doc.get("result")
+        return str(result["uri"] if isinstance(result, dict) else result)
+
+    @property
+    def failure(self) -> tuple[str, str]:
+        """(stage, reason) of a failed upload."""
+        failure = self.doc.get("failure") or self.doc
+        return str(failure.get("stage")), str(failure.get("reason"))
 
 
 def upload_samples(
@@ -52,6 +69,40 @@ def upload_samples(
     return refs
 
 
+def wait_for_notifications(
+    sqs: SQSClient,
+    queue_url: str,
+    refs: list[ObjectRef],
+    timeout_s: float,
+    out: TextIO = sys.stderr,
+) -> list[Outcome]:
+    """Wait as an app backend would: read completion messages from its queue (long polls)
+    until every upload has one, deleting the ones that are ours. Messages about other
+    uploads are left for their own reader (they come back after the visibility timeout)."""
+    outcomes = {ref.identity: Outcome(ref) for ref in refs}
+
+    def receive() -> None:
+        got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+        for message in got.get("Messages", []):
+            body = json.loads(message["Body"])
+            upload = body.get("upload") or {}
+            ref = ObjectRef(
+                bucket=upload.get("bucket", ""),
+                key=upload.get("key", ""),
+                etag=upload.get("etag") or "",
+                version_id=upload.get("version_id"),
+            )
+            item = outcomes.get(ref.identity)
+            if item is None:
+                continue
+            item.messages += 1
+            item.status = "completed" if body.get("outcome") == "result" else "failed"
+            item.doc = body
+            sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+
+    return _wait(list(outcomes.values()), receive, timeout_s, "messages", out)
+
+
 def wait_for_outcomes(
     s3: S3Client,
     results_bucket: str,
@@ -59,31 +110,42 @@ def wait_for_outcomes(
     timeout_s: float,
     out: TextIO = sys.stderr,
 ) -> list[Outcome]:
-    """Poll for a result or a failure record per upload, with a progress bar (rich's, on
-    `out`; a plain line per change when `out` is not a terminal)."""
+    """Poll for a result or a failure record per upload (for when completion messages are
+    off, and for benchmarks that measure the pipeline alone)."""
+    outcomes = [Outcome(ref) for ref in refs]
+
+    def poll() -> None:
+        for item in outcomes:
+            if item.status == "pending":
+                _look_up(s3, results_bucket, item)
+        time.sleep(0.5)
+
+    return _wait(outcomes, poll, timeout_s, "outcomes", out)
+
+
+def _wait(
+    outcomes: list[Outcome], step: Callable[[], None], timeout_s: float, what: str, out: TextIO
+) -> list[Outcome]:
+    """Call `step` until every outcome is known or time is up, with a progress bar (rich's,
+    on `out`; a plain line per change when `out` is not a terminal)."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
-    outcomes = [Outcome(ref) for ref in refs]
     deadline = time.monotonic() + timeout_s
-    console = Console(file=out)
     columns = (
-        TextColumn("  outcomes"),
+        TextColumn(f"  {what}"),
         BarColumn(),
         MofNCompleteColumn(),
         TextColumn("{task.fields[left]:.0f} s left"),
     )
-    with Progress(*columns, console=console, transient=False) as progress:
-        task = progress.add_task("outcomes", total=len(outcomes), left=timeout_s)
+    with Progress(*columns, console=Console(file=out), transient=False) as progress:
+        task = progress.add_task(what, total=len(outcomes), left=timeout_s)
         while time.monotonic() < deadline:
-            for item in outcomes:
-                if item.status == "pending":
-                    _look_up(s3, results_bucket, item)
+            step()
             done = sum(1 for o in outcomes if o.status != "pending")
             progress.update(task, completed=done, left=max(deadline - time.monotonic(), 0.0))
             if done == len(outcomes):
                 break
-            time.sleep(0.5)
     return outcomes
 
 

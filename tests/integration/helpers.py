@@ -63,15 +63,17 @@ def img2img(
     )
 
 
-def drain(sqs: Any, queue_url: str, quiet_s: float = 1.0, limit_s: float = 60.0) -> list[Any]:
-    """Every message on a queue (deleted as read) until it stays empty for `quiet_s`;
-    bodies parsed as JSON."""
+def drain(
+    sqs: Any, queue_url: str, quiet_s: float = 1.0, limit_s: float = 60.0, at_least: int = 0
+) -> list[Any]:
+    """Every message on a queue (deleted as read) until it stays empty for `quiet_s` after
+    at least `at_least` arrived (or `limit_s` passed); bodies parsed as JSON."""
     import time
 
     found: list[Any] = []
     deadline = time.monotonic() + limit_s
     quiet_until = time.monotonic() + quiet_s
-    while time.monotonic() < deadline and time.monotonic() < quiet_until:
+    while time.monotonic() < deadline and (time.monotonic() < quiet_until or len(found) < at_least):
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for message in got.get("Messages", []):
             found.append(json.loads(message["Body"]))

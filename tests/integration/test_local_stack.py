@@ -41,6 +41,8 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
         summary = json.loads(demo.stdout.strip().splitlines()[-1])
         assert summary["submitted"] == 3 and summary["completed"] == 3
         assert summary["failed"] == 0
+        # The demo waited on the completion messages, as an app does: one per upload.
+        assert summary["notified"] == 3 and summary["duplicate_messages"] == 0
         assert len(summary["results"]) == 3 and summary["flow_runs"]
         for stage in ("copy", "stage1", "stage2", "upload", "total"):
             assert summary["stage_p50_ms"][stage] > 0
@@ -54,6 +56,8 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
 
         def workers(status: dict) -> list[str]:
             return [k for k, v in status.items() if k.startswith("worker") and v["running"]]
+
+        _mixed_batch_is_announced_once(env)
 
         status = services()
         assert status["autoscaler"]["running"] and status["dispatcher"]["running"]
@@ -75,3 +79,56 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
     assert down.returncode == 0
     final = json.loads(img2img(["local", "status"], env, 60).stdout)
     assert not any(s["running"] for s in final.values())
+
+
+def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
+    """Good and bad uploads with the caller's id, and one S3 event delivered again after its
+    outcome was announced: exactly one message each on the app's queue."""
+    import boto3
+
+    from infra.resources import APP_QUEUE
+    from tests.integration.helpers import FAST, drain, png
+
+    endpoint = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}"
+    key_id = "local-stack"
+    session = boto3.Session(
+        aws_access_key_id=key_id, aws_secret_access_key=key_id, region_name="us-east-1"
+    )
+    s3 = session.client("s3", endpoint_url=endpoint)
+    sqs = session.client("sqs", endpoint_url=endpoint)
+    app_queue = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+    uploads = {
+        "app/good.png": (png(), "req-good"),
+        "app/bad.png": (b"not an image", "req-bad"),
+    }
+    etags = {}
+    for key, (body, request_id) in uploads.items():
+        metadata = {**FAST, "request-id": request_id}
+        put = s3.put_object(Bucket="img2img-uploads", Key=key, Body=body, Metadata=metadata)
+        etags[key] = put["ETag"].strip('"')
+
+    first = drain(sqs, app_queue, quiet_s=5, limit_s=180, at_least=2)
+    event = {
+        "Records": [
+            {
+                "eventSource": "aws:s3",
+                "eventName": "ObjectCreated:Put",
+                "s3": {
+                    "bucket": {"name": "img2img-uploads"},
+                    "object": {"key": "app/good.png", "eTag": etags["app/good.png"]},
+                },
+            }
+        ]
+    }
+    ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
+    sqs.send_message(QueueUrl=ingest, MessageBody=json.dumps(event))
+    again = drain(sqs, app_queue, quiet_s=15, limit_s=60)
+
+    assert sorted(m["upload"]["key"] for m in first) == ["app/bad.png", "app/good.png"]
+    assert again == []
+    by_key = {m["upload"]["key"]: m for m in first}
+    assert by_key["app/good.png"]["outcome"] == "result"
+    assert by_key["app/good.png"]["request_id"] == "req-good"
+    assert by_key["app/bad.png"]["outcome"] == "failure"
+    assert by_key["app/bad.png"]["request_id"] == "req-bad"
+    assert by_key["app/bad.png"]["failure"]["stage"] == "preprocess"

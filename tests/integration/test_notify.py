@@ -10,6 +10,7 @@ import pytest
 
 from img2img.announce import ANNOUNCED_TAG, Announcer
 from img2img.errors import NotifyRefused
+from img2img.events import ObjectRef
 from img2img.keys import keys_for
 from img2img.notify import EVENT_DETAIL_TYPE, EVENT_SOURCE
 from img2img.settings import NotifySettings
@@ -29,7 +30,7 @@ def _announcer(aws: AwsEnv, **notify: object) -> Announcer:
     )
 
 
-def _write_result(aws: AwsEnv, key: str) -> tuple[object, dict]:
+def _write_result(aws: AwsEnv, key: str) -> tuple[ObjectRef, dict]:
     """An upload with a result image and metadata document, as a run writes them."""
     clients, settings = aws
     st = settings.storage
