@@ -41,7 +41,9 @@ SIM = {
 
 
 @contextmanager
-def recovery(client: Any, clients: Any, settings: Any, pool: str) -> Iterator[RunRecovery]:
+def recovery(
+    client: Any, clients: Any, settings: Any, pool: str, announcer: Any = None
+) -> Iterator[RunRecovery]:
     """The recovery service, on a test's time scale, in a thread of this process."""
     fast = settings.model_copy(
         update={
@@ -53,7 +55,7 @@ def recovery(client: Any, clients: Any, settings: Any, pool: str) -> Iterator[Ru
     from prefect.client.orchestration import get_client
 
     with get_client(sync_client=True) as own:  # a client of its own: it runs in a thread
-        runs = RunRecovery(own, clients.s3, fast, pool)
+        runs = RunRecovery(own, clients.s3, fast, pool, announcer)
         service = RecoveryService(runs)
         thread = threading.Thread(target=service.run, daemon=True)
         thread.start()
@@ -145,18 +147,28 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
 def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
-    from tests.integration.helpers import png, upload
+    from img2img.announce import Announcer
+    from img2img.settings import NotifySettings
+    from infra.resources import ensure_notifications
+    from tests.integration.helpers import drain, png, upload
 
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"
+    # Completion messages on: the slots announce results, the recovery service the crash's
+    # failure record.
+    topic, app_queue = ensure_notifications(clients)
+    announcer = Announcer.for_clients(
+        clients, settings.model_copy(update={"notify": NotifySettings(topic_arn=topic)})
+    )
     refs = []
     for i in range(8):
-        meta = {**FAST, "prompt": "POISON pill" if i == 5 else "a test card"}
+        meta = {**FAST, "prompt": "POISON pill" if i == 5 else "a test card", "request-id": f"r{i}"}
         refs.append(
             upload(clients, settings.storage.uploads_bucket, f"poison/{i}.png", png(), meta)
         )
-    with warm_worker(pool, log, SIM), recovery(client, clients, settings, pool) as rec:
+    env = {**SIM, "IMG2IMG_NOTIFY__TOPIC_ARN": topic}
+    with warm_worker(pool, log, env), recovery(client, clients, settings, pool, announcer) as rec:
         wait_for(lambda: ready(log), 120, "the slot to load")
         client.create_flow_run_from_deployment(
             deployment_id, parameters={"objects": [r.model_dump(mode="json") for r in refs]}
@@ -176,3 +188,9 @@ def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     assert record["stage"] == "crashed" and record["retryable"] is True
     assert rec.stats.split >= 3 and rec.stats.gave_up == 1
     exactly_one_outcome_each(clients, settings, refs)
+    # One completion message per upload, whichever process wrote its outcome.
+    messages = drain(clients.sqs, app_queue, quiet_s=3, at_least=8)
+    assert sorted(m["request_id"] for m in messages) == [f"r{i}" for i in range(8)]
+    poison = next(m for m in messages if m["request_id"] == "r5")
+    assert poison["outcome"] == "failure" and poison["failure"]["stage"] == "crashed"
+    assert poison["failure"]["retryable"] is True

@@ -110,3 +110,61 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
     control = json.dumps(compute["ControlLaunchTemplate"])
     assert "IMG2IMG_SCALING__SLOTS_PER_HOST=$SLOTS" in control and "${SlotCoreGroups}" in control
+
+
+@pytest.fixture(scope="module")
+def notify() -> dict[str, Any]:
+    return load_template("notify.yaml")["Resources"]
+
+
+def test_completion_topic_is_encrypted_and_only_the_pipeline_publishes(
+    notify: dict[str, Any],
+) -> None:
+    topic = notify["OutcomeTopic"]["Properties"]
+    assert topic["KmsMasterKeyId"] == {"Ref": "TopicKey"}
+    assert notify["TopicKey"]["Properties"]["EnableKeyRotation"] is True
+    statements = {
+        s["Sid"]: s
+        for s in notify["OutcomeTopicPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    }
+    roles = json.dumps(statements["PipelinePublishes"]["Principal"])
+    assert "WorkerRoleArn" in roles and "ControlRoleArn" in roles
+    assert statements["PipelinePublishes"]["Action"] == "sns:Publish"
+    deny = statements["NobodyElsePublishes"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*"
+    assert json.dumps(deny["Condition"]["ArnNotEquals"]) == json.dumps(
+        {"aws:PrincipalArn": statements["PipelinePublishes"]["Principal"]["AWS"]}
+    )
+    assert statements["TlsOnly"]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+
+
+def test_app_queue_gets_raw_messages_from_the_topic_only(notify: dict[str, Any]) -> None:
+    subscription = notify["AppSubscription"]["Properties"]
+    assert subscription["Protocol"] == "sqs" and subscription["RawMessageDelivery"] is True
+    assert notify["AppQueue"]["Properties"]["SqsManagedSseEnabled"] is True
+    (statement,) = notify["AppQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Ref": "OutcomeTopic"}}}
+    rule = notify["RetryableFailuresRule"]
+    assert rule["Condition"] == "WithEventBus"
+    assert rule["Properties"]["EventPattern"]["detail"]["failure"]["retryable"] == [True]
+
+
+def test_hosts_announce_to_the_outcomes_topic_and_tag_what_they_announced(
+    compute: dict[str, Any],
+) -> None:
+    for role in ("WorkerRole", "ControlRole"):
+        statements = {
+            s["Sid"]: s
+            for s in compute[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+        }
+        publish = next(s for s in statements.values() if s["Action"] == "sns:Publish")
+        assert json.dumps(publish["Resource"]).endswith(':${Prefix}-outcomes"}'), role
+        tagging = [
+            s for s in statements.values() if "s3:PutObjectTagging" in json.dumps(s["Action"])
+        ]
+        assert len(tagging) == 1, role
+        assert "results/*" in json.dumps(tagging[0]) and "failed/*" in json.dumps(tagging[0])
+    for template in ("InferenceLaunchTemplate", "ControlLaunchTemplate"):
+        user_data = json.dumps(compute[template])
+        assert "IMG2IMG_NOTIFY__TOPIC_ARN=${Topic}" in user_data, template
+        assert "IMG2IMG_STORAGE__RESULTS_BUCKET=${Results}" in user_data, template
