@@ -58,6 +58,7 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
             return [k for k, v in status.items() if k.startswith("worker") and v["running"]]
 
         _mixed_batch_is_announced_once(env)
+        _readme_app_snippet_works(env, tmp_path)
 
         status = services()
         assert status["autoscaler"]["running"] and status["dispatcher"]["running"]
@@ -132,3 +133,36 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     assert by_key["app/bad.png"]["outcome"] == "failure"
     assert by_key["app/bad.png"]["request_id"] == "req-bad"
     assert by_key["app/bad.png"]["failure"]["stage"] == "preprocess"
+
+
+def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:
+    """The README's "From the app's side" snippet, run as written against this stack."""
+    import re
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    from tests.integration.helpers import img2img
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    section = readme.split("### From the app's side", 1)[1]
+    snippet = re.search(r"```python\n(.*?)```", section, re.S)
+    assert snippet is not None
+    app_env = dict(env)
+    for line in img2img(["local", "env"], env, 60).stdout.splitlines():
+        key, _, value = line.removeprefix("export ").partition("=")
+        app_env[key] = value.strip("'")
+    run = subprocess.run(
+        [sys.executable, "-c", snippet.group(1)],
+        env=app_env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.startswith("result.png ") and "ms after the upload" in run.stdout
+    with Image.open(tmp_path / "result.png") as result:
+        assert result.size[0] > 0
