@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from cli.common import say
@@ -37,9 +38,11 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.bench.scaling_sim import TRACES, simulate
+    from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare
+    from infra.bench.scaling_sim import TRACES
 
     names = list(TRACES) if args.trace == "all" else [args.trace]
+    policies = list(POLICIES) if args.policy == "all" else [args.policy]
     policy = settings.scaling.model_copy(
         update={
             "max_hosts": args.max_hosts,
@@ -50,52 +53,59 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
             **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
         }
     )
+    bench = Bench(
+        service_s=args.service_s,
+        host_start_s=args.host_start_s,
+        slots_per_host=args.slots_per_host,
+        price_per_hour=args.price_per_hour,
+        seed=args.seed,
+        sample_s=60.0 if args.charts else 0.0,
+    )
     print(
         f"simulated: {args.service_s} s per image, {args.slots_per_host} slots per host, "
-        f"hosts start in {args.host_start_s} s, target utilisation "
-        f"{policy.target_utilization}, decisions every {policy.interval_s} s",
+        f"hosts start in {args.host_start_s} s, ${args.price_per_hour}/host-hour; img2img: "
+        f"target utilisation {policy.target_utilization}, decisions every {policy.interval_s} s",
         file=sys.stderr,
     )
     header = (
-        f"{'trace':<10}{'requests':>10}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
-        f"{'host-h':>9}{'min h':>8}{'ratio':>7}{'events':>8}{'max':>6}{'cold s':>8}"
+        f"{'trace':<10}{'policy':<11}{'setting':<9}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
+        f"{'host-h':>9}{'ratio':>7}{'cost $':>9}{'events':>8}{'idle':>6}{'max':>6}{'cold s':>8}"
     )
     print(header, file=sys.stderr)
-    rows = []
     for name in names:
-        row = simulate(
-            TRACES[name], policy, args.service_s, args.host_start_s, seed=args.seed
-        ).summary(args.host_start_s, args.slots_per_host)
-        rows.append(row)
-        print(
-            f"{row['trace']:<10}{row['requests']:>10}{row['p50_wait_s']:>8.1f}"
-            f"{row['p95_wait_s']:>8.1f}{row['p99_wait_s']:>8.1f}{row['host_hours']:>9.2f}"
-            f"{row['min_host_hours']:>8.2f}{row['host_hours_ratio']:>7.2f}"
-            f"{row['scale_events']:>8}{row['max_hosts']:>6}"
-            f"{row['cold_start_to_first_result_s']:>8.1f}",
-            file=sys.stderr,
-        )
-    if args.json:
-        keys = (
-            "trace",
-            "p95_wait_s",
-            "host_start_s",
-            "host_hours",
-            "min_host_hours",
-            "scale_events",
-            "cold_start_to_first_result_s",
+        charted: dict[str, Any] = {}
+        rows = compare(
+            TRACES[name],
+            policies,
+            policy,
+            bench,
+            grid=args.grid,
+            on_result=charted.__setitem__,
         )
         for row in rows:
+            cold = row["cold_start_to_first_result_s"]
             print(
-                json.dumps(
-                    {k: row[k] for k in keys}
-                    | {
-                        "p50_wait_s": row["p50_wait_s"],
-                        "p99_wait_s": row["p99_wait_s"],
-                        "target_utilization": policy.target_utilization,
-                    }
-                )
+                f"{row['trace']:<10}{row['policy']:<11}{row['setting']:<9}"
+                f"{row['p50_wait_s']:>8.1f}{row['p95_wait_s']:>8.1f}{row['p99_wait_s']:>8.1f}"
+                f"{row['host_hours']:>9.2f}{row['host_hours_ratio']:>7.2f}"
+                f"{row['cost_usd']:>9.2f}{row['scale_events']:>8}{row['idle_launches']:>6}"
+                f"{row['max_hosts']:>6}{cold if cold is not None else float('nan'):>8.1f}",
+                file=sys.stderr,
             )
+            if args.json:
+                print(json.dumps(row), flush=True)
+        if "img2img" in policies and len(policies) > 1:
+            verdict = ahead(rows)
+            behind = [k for k, v in verdict.items() if not v]
+            say(
+                f"{name}: img2img ahead of {sum(verdict.values())} of {len(verdict)} "
+                f"({'behind: ' + ', '.join(behind) if behind else 'all'})"
+            )
+        if args.charts:
+            from infra.bench.scaling_charts import trace_chart
+
+            path = trace_chart(TRACES[name], charted, args.charts)
+            say(f"chart: {path}")
     return 0
 
 
@@ -227,6 +237,26 @@ def add_commands(sub: Any) -> None:
         type=float,
         default=None,
         help="idle time before scaling to zero (default: the scaling setting, 120 s)",
+    )
+    scaling.add_argument(
+        "--policy",
+        choices=["img2img", "keda", "sagemaker", "ray", "all"],
+        default="img2img",
+        help="this project's policy, a peer at its documented defaults, or all of them",
+    )
+    scaling.add_argument(
+        "--grid",
+        action="store_true",
+        help="also run each peer over a small grid of its settings and report its best",
+    )
+    scaling.add_argument(
+        "--price-per-hour",
+        type=float,
+        default=12.9813,
+        help="on-demand $ per host-hour (inf2.48xlarge, us-east-1)",
+    )
+    scaling.add_argument(
+        "--charts", type=Path, default=None, help="write one PNG chart per trace into DIR"
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

@@ -1,10 +1,12 @@
-"""A discrete-event simulation that replays request traces through the scaling policy.
+"""A discrete-event simulation that replays request traces through a scaler.
 
 Requests arrive, wait in a FIFO queue (the work pool), and are served one per slot for a
 fixed service time. Hosts take `host_start_s` from launch to their first request, are paid
 for from launch to termination, and are never terminated while serving (scale-in
-protection): a host chosen for scale-in drains first. Every `interval_s` the policy sees
-the queue and the running count, exactly as the live autoscaler does, and sets the size.
+protection): a host chosen for scale-in drains first. Every `interval_s` of the scaler it
+sees the queue, the running count and the ready hosts, as the live autoscaler does, and
+sets the size. The scaler is this project's policy or one of the peers users would pick
+instead (`peer_policies.py`); all run on the same arrivals.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling import ScalingSettings
 from img2img.timing import percentile
+from infra.bench.peer_policies import Img2ImgPolicy, Scaler, View
 
 RATE_WINDOW_S = 60.0
 
@@ -67,6 +70,7 @@ class _Host:
     ready_at: float
     launched_at: float
     busy: int = 0
+    served: int = 0
     draining: bool = False
     available: bool = False  # ready, not draining, with a free slot, and listed as such
     terminated_at: float | None = None
@@ -83,11 +87,18 @@ class SimResult:
     cold_start_to_first_result_s: float | None = None
     max_hosts_seen: int = 0
     protected_scale_ins: int = 0  # hosts asked to go while serving: drained, not killed
+    idle_launches: int = 0  # hosts launched that served no request before they went
+    policy: str = "img2img"
+    # (time, arrivals per second, hosts, p95 wait of the requests served) per sample period
+    timeline: list[tuple[float, float, int, float]] = field(default_factory=list)
 
-    def summary(self, host_start_s: float, slots_per_host: int) -> dict[str, Any]:
+    def summary(
+        self, host_start_s: float, slots_per_host: int, price_per_hour: float = 0.0
+    ) -> dict[str, Any]:
         min_hours = self.service_seconds / slots_per_host / 3600.0
         return {
             "trace": self.trace,
+            "policy": self.policy,
             "requests": self.requests,
             "p50_wait_s": round(percentile(self.waits, 50), 2),
             "p95_wait_s": round(percentile(self.waits, 95), 2),
@@ -98,7 +109,14 @@ class SimResult:
             "host_hours_ratio": round(self.host_seconds / 3600.0 / min_hours, 3)
             if min_hours
             else None,
+            "cost_usd": round(self.host_seconds / 3600.0 * price_per_hour, 2),
+            "cost_per_1k_images_usd": round(
+                self.host_seconds / 3600.0 * price_per_hour / self.requests * 1000, 4
+            )
+            if self.requests
+            else None,
             "scale_events": self.scale_events,
+            "idle_launches": self.idle_launches,
             "max_hosts": self.max_hosts_seen,
             "cold_start_to_first_result_s": None
             if self.cold_start_to_first_result_s is None
@@ -124,13 +142,35 @@ def arrivals(trace: Trace, seed: int) -> list[float]:
 
 
 def simulate(
-    trace: Trace, settings: ScalingSettings, service_s: float, host_start_s: float, seed: int = 7
+    trace: Trace,
+    policy: Scaler | ScalingSettings,
+    service_s: float,
+    host_start_s: float,
+    seed: int = 7,
+    slots_per_host: int | None = None,
+    sample_s: float = 0.0,
+    arrivals_at: list[float] | None = None,
 ) -> SimResult:
-    arrivals_at = arrivals(trace, seed)
-    result = SimResult(trace=trace.name, requests=len(arrivals_at))
+    """Replay `trace` through `policy` (a `ScalingSettings` runs this project's policy).
+
+    Args:
+        slots_per_host: requests a host serves at once (default: the settings' value).
+        sample_s: record a timeline point every this many seconds (0: none), for charts.
+        arrivals_at: the arrival times, when the caller reuses them across scalers.
+    """
+    scaler: Scaler
+    if isinstance(policy, ScalingSettings):
+        slots = slots_per_host or policy.slots_per_host
+        scaler = Img2ImgPolicy(policy)
+    else:
+        slots = slots_per_host or 1
+        scaler = policy
+    if arrivals_at is None:
+        arrivals_at = arrivals(trace, seed)
+    result = SimResult(trace=trace.name, requests=len(arrivals_at), policy=scaler.name)
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     order = 0
-    slots = settings.slots_per_host
+    interval_s = scaler.interval_s
 
     def push(t: float, kind: str, payload: Any = None) -> None:
         nonlocal order
@@ -141,13 +181,16 @@ def simulate(
         push(t, "arrive")
     end = trace.duration_s + 6 * 3600  # room to drain and scale to zero
     push(0.0, "tick")
+    if sample_s > 0:
+        push(sample_s, "sample")
+    sample_waits: list[float] = []
+    sample_arrivals = 0
 
     live: set[_Host] = set()
     available: list[_Host] = []  # hosts with a free slot (may hold stale entries)
     queue: deque[float] = deque()
     desired = 0
     running = 0
-    state = PolicyState()
     cold_first: float | None = None  # arrival time of the first request after zero hosts
     done = 0
     arrived_since_tick = 0
@@ -157,7 +200,10 @@ def simulate(
         nonlocal running
         arrived = queue.popleft()
         result.waits.append(now - arrived)
+        if sample_s > 0:
+            sample_waits.append(now - arrived)
         host.busy += 1
+        host.served += 1
         running += 1
         result.service_seconds += service_s
         push(now + service_s, "done", (host, arrived))
@@ -183,6 +229,8 @@ def simulate(
         host.terminated_at = now
         live.discard(host)
         result.host_seconds += now - host.launched_at
+        if host.served == 0:
+            result.idle_launches += 1
 
     def resize(now: float, target: int) -> None:
         current = [h for h in live if not h.draining]
@@ -209,6 +257,7 @@ def simulate(
                 cold_first = now
             queue.append(now)
             arrived_since_tick += 1
+            sample_arrivals += 1
             host = next_available()
             if host is not None:
                 serve(host, now)
@@ -240,22 +289,34 @@ def simulate(
                 rate_window.popleft()
             span = min(now, RATE_WINDOW_S)
             rate = sum(c for _, c in rate_window) / span if span > 0 else None
-            obs = Observation(
+            view = View(
                 now=now,
                 queued=len(queue),
                 running=running,
-                current_desired=desired,
-                live_hosts=len(live),
+                desired=desired,
+                ready=sum(1 for h in live if h.ready_at <= now and not h.draining),
                 recent_run_s=service_s if done else None,
                 arrival_rate=rate,
             )
-            decision, state = decide(settings, obs, state)
-            if decision.desired != desired:
+            wanted = scaler.decide(view)
+            if wanted != desired:
                 result.scale_events += 1
-                desired = decision.desired
+                desired = wanted
                 resize(now, desired)
             if (done < len(arrivals_at) or live) and now < end:
-                push(now + settings.interval_s, "tick")
+                push(now + interval_s, "tick")
+        elif kind == "sample":
+            result.timeline.append(
+                (
+                    now,
+                    sample_arrivals / sample_s,
+                    len(live),
+                    percentile(sample_waits, 95) if sample_waits else 0.0,
+                )
+            )
+            sample_waits, sample_arrivals = [], 0
+            if (done < len(arrivals_at) or live) and now < end:
+                push(now + sample_s, "sample")
     for host in list(live):
         terminate(host, end)
     return result
