@@ -39,7 +39,7 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
     from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare
-    from infra.bench.scaling_sim import TRACES
+    from infra.bench.scaling_sim import TRACES, HostStart
 
     names = list(TRACES) if args.trace == "all" else [args.trace]
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
@@ -53,18 +53,31 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
             **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
         }
     )
+    starts = HostStart(
+        boot_s=args.boot_s,
+        artifact_gb=args.artifact_gb,
+        s3_gb_per_s=args.s3_gb_per_s,
+        load_s=args.load_s,
+        warmup_s=args.warmup_s,
+        warm_pool=args.warm_pool,
+        resume_s=args.resume_s,
+    )
     bench = Bench(
         service_s=args.service_s,
-        host_start_s=args.host_start_s,
+        starts=starts,
         slots_per_host=args.slots_per_host,
         price_per_hour=args.price_per_hour,
         seed=args.seed,
         sample_s=60.0 if args.charts else 0.0,
     )
+    parts = starts.parts()
+    pool = f", warm pool {args.warm_pool} (resume {parts['warm_s']} s)" if args.warm_pool else ""
     print(
         f"simulated: {args.service_s} s per image, {args.slots_per_host} slots per host, "
-        f"hosts start in {args.host_start_s} s, ${args.price_per_hour}/host-hour; img2img: "
-        f"target utilisation {policy.target_utilization}, decisions every {policy.interval_s} s",
+        f"hosts start in {parts['cold_s']} s (boot {parts['boot_s']} + fetch "
+        f"{parts['fetch_s']} + load {parts['load_s']} + warm-up {parts['warmup_s']}){pool}, "
+        f"${args.price_per_hour}/host-hour; img2img: target utilisation "
+        f"{policy.target_utilization}, decisions every {policy.interval_s} s",
         file=sys.stderr,
     )
     header = (
@@ -213,11 +226,22 @@ def add_commands(sub: Any) -> None:
         default=12,
         help="slots per host (inf2.48xlarge: 24 NeuronCores, 2 per slot)",
     )
+    # A host's start, in parts (infra/bench/scaling_sim.py, HostStart): 90 s in all.
+    scaling.add_argument("--boot-s", type=float, default=40.0, help="launch to user data done")
     scaling.add_argument(
-        "--host-start-s",
-        type=float,
-        default=90.0,
-        help="launch to first request: boot + model load",
+        "--artifact-gb", type=float, default=8.0, help="compiled parts to fetch (both stages)"
+    )
+    scaling.add_argument("--s3-gb-per-s", type=float, default=0.5, help="S3 → host throughput")
+    scaling.add_argument("--load-s", type=float, default=24.0, help="Neuron load, both stages")
+    scaling.add_argument("--warmup-s", type=float, default=10.0, help="warm-up calls")
+    scaling.add_argument(
+        "--warm-pool",
+        type=int,
+        default=0,
+        help="EC2 Auto Scaling warm pool: stopped hosts with the artifacts on disk",
+    )
+    scaling.add_argument(
+        "--resume-s", type=float, default=20.0, help="a stopped warm-pool host to running"
     )
     scaling.add_argument("--max-hosts", type=int, default=400)
     scaling.add_argument(

@@ -30,8 +30,41 @@ def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
+    """Fetch both stages' compiled artifacts into the model cache (verified), as a host does
+    before its worker starts; a warm-pool instance does it once, before it is stopped."""
+    import json
+
+    from img2img.aws import clients_from_settings
+    from img2img.compiled.cache import fetch_artifacts
+
+    s3 = clients_from_settings(settings.aws).s3
+    stages = settings.stages
+    sources = {"img2img": stages.img2img_artifacts, "upscale": stages.upscale_artifacts}
+    if not any(sources.values()):
+        say("no compiled artifacts configured (IMG2IMG_STAGES__*_ARTIFACTS): nothing to fetch")
+        return 0
+    for stage, uri in sources.items():
+        if uri:
+            got = fetch_artifacts(uri, stages.model_cache_dir, s3)
+            line = {
+                "stage": stage,
+                "source": uri,
+                "folder": str(got.folder),
+                "downloaded": got.downloaded,
+                "fetch_s": round(got.seconds, 1),
+                "mb": round(got.bytes / 1e6, 1),
+            }
+            print(json.dumps(line), flush=True)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     comp = sub.add_parser("compile", help="compile a stage to static-shape artifacts")
     add_compile_arguments(comp)
     comp.add_argument("--json", action="store_true", help="print the manifest")
     comp.set_defaults(func=cmd_compile)
+    fetch = sub.add_parser(
+        "prefetch", help="fetch the stages' compiled artifacts into the model cache"
+    )
+    fetch.set_defaults(func=cmd_prefetch)

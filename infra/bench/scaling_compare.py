@@ -15,7 +15,7 @@ from typing import Any
 
 from img2img.scaling import ScalingSettings
 from infra.bench.peer_policies import Img2ImgPolicy, KedaSqs, RayServe, SageMakerAsync, Scaler
-from infra.bench.scaling_sim import SimResult, Trace, arrivals, simulate
+from infra.bench.scaling_sim import HostStart, SimResult, Trace, arrivals, simulate
 
 PEERS = ("keda", "sagemaker", "ray")
 POLICIES = ("img2img", *PEERS)
@@ -61,11 +61,15 @@ class Bench:
     """The host and price model every policy runs under."""
 
     service_s: float
-    host_start_s: float
+    starts: HostStart
     slots_per_host: int
     price_per_hour: float
     seed: int = 7
     sample_s: float = 0.0
+
+    @property
+    def host_start_s(self) -> float:
+        return self.starts.cold_s
 
 
 def run(
@@ -85,12 +89,14 @@ def run(
         slots_per_host=bench.slots_per_host,
         sample_s=bench.sample_s,
         arrivals_at=times,
+        starts=bench.starts,
     )
 
 
 def row(result: SimResult, bench: Bench, setting: str, params: dict[str, float]) -> dict[str, Any]:
     out = result.summary(bench.host_start_s, bench.slots_per_host, bench.price_per_hour)
     out["setting"] = setting
+    out["start_parts_s"] = bench.starts.parts()
     if params:
         out["params"] = params
     return out

@@ -65,6 +65,55 @@ TRACES: dict[str, Trace] = {
 }
 
 
+@dataclass(frozen=True)
+class HostStart:
+    """Where a host's start goes, in the parts the real warm worker logs (`start parts` in
+    its log): boot, fetching the compiled artifacts from S3, loading them onto the Neuron
+    cores, warm-up calls. An EC2 Auto Scaling warm pool keeps `warm_pool` instances
+    stopped with the artifacts already on their disks: they resume instead of booting and
+    fetch nothing, and cost only their disks while stopped.
+
+    The defaults are estimates for an inf2.48xlarge with the Neuron DLAMI and SD 1.5 + the
+    x4 upscaler compiled (about 4 GB per stage); check them against a real host's log.
+    """
+
+    boot_s: float = 40.0  # launch → user data done (DLAMI)
+    artifact_gb: float = 8.0  # both stages' compiled parts
+    s3_gb_per_s: float = 0.5  # S3 → instance
+    load_s: float = 24.0  # Neuron runtime load of both stages
+    warmup_s: float = 10.0  # first calls at the compiled shapes
+    warm_pool: int = 0  # stopped instances kept ready (0: no warm pool)
+    resume_s: float = 20.0  # a stopped instance → running, its disk already warm
+    disk_gb: float = 200.0  # each instance's EBS volume (gp3)
+    disk_usd_per_gb_month: float = 0.08  # gp3, us-east-1
+
+    @property
+    def fetch_s(self) -> float:
+        return self.artifact_gb / self.s3_gb_per_s
+
+    @property
+    def cold_s(self) -> float:
+        return self.boot_s + self.fetch_s + self.load_s + self.warmup_s
+
+    @property
+    def warm_s(self) -> float:
+        return self.resume_s + self.load_s + self.warmup_s
+
+    @property
+    def stopped_usd_per_hour(self) -> float:
+        return self.disk_gb * self.disk_usd_per_gb_month / 730.0
+
+    def parts(self) -> dict[str, float]:
+        return {
+            "boot_s": self.boot_s,
+            "fetch_s": round(self.fetch_s, 1),
+            "load_s": self.load_s,
+            "warmup_s": self.warmup_s,
+            "cold_s": round(self.cold_s, 1),
+            "warm_s": round(self.warm_s, 1),
+        }
+
+
 @dataclass(eq=False)
 class _Host:
     ready_at: float
@@ -89,6 +138,11 @@ class SimResult:
     protected_scale_ins: int = 0  # hosts asked to go while serving: drained, not killed
     idle_launches: int = 0  # hosts launched that served no request before they went
     policy: str = "img2img"
+    warm_pool: int = 0
+    warm_starts: int = 0  # hosts that came from the warm pool
+    stopped_seconds: float = 0.0  # instance-seconds spent stopped in the warm pool
+    refill_seconds: float = 0.0  # running time of replacements booting into the pool
+    stopped_usd_per_hour: float = 0.0
     # (time, arrivals per second, hosts, p95 wait of the requests served) per sample period
     timeline: list[tuple[float, float, int, float]] = field(default_factory=list)
 
@@ -109,12 +163,12 @@ class SimResult:
             "host_hours_ratio": round(self.host_seconds / 3600.0 / min_hours, 3)
             if min_hours
             else None,
-            "cost_usd": round(self.host_seconds / 3600.0 * price_per_hour, 2),
-            "cost_per_1k_images_usd": round(
-                self.host_seconds / 3600.0 * price_per_hour / self.requests * 1000, 4
-            )
+            "cost_usd": round(self.cost(price_per_hour), 2),
+            "cost_per_1k_images_usd": round(self.cost(price_per_hour) / self.requests * 1000, 4)
             if self.requests
             else None,
+            "warm_pool": self.warm_pool,
+            "warm_starts": self.warm_starts,
             "scale_events": self.scale_events,
             "idle_launches": self.idle_launches,
             "max_hosts": self.max_hosts_seen,
@@ -122,6 +176,13 @@ class SimResult:
             if self.cold_start_to_first_result_s is None
             else round(self.cold_start_to_first_result_s, 1),
         }
+
+
+    def cost(self, price_per_hour: float) -> float:
+        """Running instances at `price_per_hour`, stopped warm-pool instances at their
+        disks' price."""
+        running = self.host_seconds / 3600.0 * price_per_hour
+        return running + self.stopped_seconds / 3600.0 * self.stopped_usd_per_hour
 
 
 def arrivals(trace: Trace, seed: int) -> list[float]:
@@ -150,6 +211,7 @@ def simulate(
     slots_per_host: int | None = None,
     sample_s: float = 0.0,
     arrivals_at: list[float] | None = None,
+    starts: HostStart | None = None,
 ) -> SimResult:
     """Replay `trace` through `policy` (a `ScalingSettings` runs this project's policy).
 
@@ -157,6 +219,8 @@ def simulate(
         slots_per_host: requests a host serves at once (default: the settings' value).
         sample_s: record a timeline point every this many seconds (0: none), for charts.
         arrivals_at: the arrival times, when the caller reuses them across scalers.
+        starts: the start model with its parts and warm pool (None: every host starts in
+            `host_start_s`, no warm pool).
     """
     scaler: Scaler
     if isinstance(policy, ScalingSettings):
@@ -168,6 +232,14 @@ def simulate(
     if arrivals_at is None:
         arrivals_at = arrivals(trace, seed)
     result = SimResult(trace=trace.name, requests=len(arrivals_at), policy=scaler.name)
+    cold_s = starts.cold_s if starts is not None else host_start_s
+    pool_size = starts.warm_pool if starts is not None else 0
+    result.warm_pool = pool_size
+    result.stopped_usd_per_hour = starts.stopped_usd_per_hour if starts is not None else 0.0
+    pool = pool_size  # stopped instances ready to resume
+    refilling = 0  # instances being launched into the pool
+    pool_since = 0.0
+    host_model = starts or HostStart()
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     order = 0
     interval_s = scaler.interval_s
@@ -225,20 +297,41 @@ def simulate(
             available.pop()
         return None
 
+    def pool_changes(now: float, delta: int) -> None:
+        nonlocal pool, pool_since
+        result.stopped_seconds += pool * (now - pool_since)
+        pool, pool_since = pool + delta, now
+
     def terminate(host: _Host, now: float) -> None:
+        nonlocal refilling
         host.terminated_at = now
         live.discard(host)
         result.host_seconds += now - host.launched_at
         if host.served == 0:
             result.idle_launches += 1
+        if pool + refilling < pool_size:
+            pool_changes(now, +1)  # the warm pool takes it back, stopped (reuse on scale-in)
 
     def resize(now: float, target: int) -> None:
+        nonlocal refilling
         current = [h for h in live if not h.draining]
         if target > len(current):
             for _ in range(target - len(current)):
-                host = _Host(ready_at=now + host_start_s, launched_at=now)
-                live.add(host)
-                push(host.ready_at, "ready", host)
+                start = cold_s
+                if pool > 0:
+                    pool_changes(now, -1)
+                    start = host_model.warm_s
+                    result.warm_starts += 1
+                    # The group launches a replacement into the pool: it boots and fetches
+                    # the artifacts (paid as running), then stops.
+                    refilling += 1
+                    prep = host_model.boot_s + host_model.fetch_s
+                    result.host_seconds += prep
+                    result.refill_seconds += prep
+                    push(now + prep, "refilled")
+                new = _Host(ready_at=now + start, launched_at=now)
+                live.add(new)
+                push(new.ready_at, "ready", new)
         elif target < len(current):
             # Booting hosts first, then idle ones; busy ones drain (scale-in protection).
             victims = sorted(current, key=lambda h: (h.ready_at <= now, h.busy))
@@ -277,6 +370,10 @@ def simulate(
                     terminate(host, now)
             else:
                 offer(host, now)
+        elif kind == "refilled":
+            refilling -= 1
+            if pool + refilling < pool_size:
+                pool_changes(now, +1)
         elif kind == "ready":
             host = payload
             if host.terminated_at is None and not host.draining:
@@ -295,6 +392,7 @@ def simulate(
                 running=running,
                 desired=desired,
                 ready=sum(1 for h in live if h.ready_at <= now and not h.draining),
+                warm=pool,
                 recent_run_s=service_s if done else None,
                 arrival_rate=rate,
             )
@@ -317,6 +415,7 @@ def simulate(
             sample_waits, sample_arrivals = [], 0
             if (done < len(arrivals_at) or live) and now < end:
                 push(now + sample_s, "sample")
-    for host in list(live):
-        terminate(host, end)
+    for leftover in list(live):
+        terminate(leftover, end)
+    pool_changes(max(trace.duration_s, pool_since), 0)
     return result

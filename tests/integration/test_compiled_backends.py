@@ -160,6 +160,7 @@ def test_compile_upload_and_load_on_a_fresh_host(
     aws: AwsEnv,
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clients, settings = aws
     bucket = settings.storage.results_bucket
@@ -186,6 +187,16 @@ def test_compile_upload_and_load_on_a_fresh_host(
         t.join(timeout=120)
     assert len(results) == 2 and results[0].folder == results[1].folder
     assert sorted(r.downloaded for r in results) == [False, True]
+
+    # `img2img prefetch`, as a host (or a warm-pool instance) runs it before its worker.
+    monkeypatch.setenv("IMG2IMG_STAGES__UPSCALE_ARTIFACTS", uri)
+    monkeypatch.setenv("IMG2IMG_STAGES__MODEL_CACHE_DIR", str(tmp_path / "prefetched"))
+    assert cli(["prefetch"]) == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert line["stage"] == "upscale" and line["downloaded"] is True and line["mb"] > 0
+    assert (Path(line["folder"]) / "manifest.json").exists()
+    assert cli(["prefetch"]) == 0  # a second time: already on disk
+    assert '"downloaded": false' in capsys.readouterr().out
 
     st = settings.stages.model_copy(
         update={"backend": "torchscript", "upscale_artifacts": uri, "model_cache_dir": cache}

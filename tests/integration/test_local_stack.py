@@ -108,7 +108,7 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
         put = s3.put_object(Bucket="img2img-uploads", Key=key, Body=body, Metadata=metadata)
         etags[key] = put["ETag"].strip('"')
 
-    first = drain(sqs, app_queue, quiet_s=5, limit_s=180, at_least=2)
+    first = drain(sqs, app_queue, quiet_s=2, limit_s=180, at_least=2)
     event = {
         "Records": [
             {
@@ -123,7 +123,7 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     }
     ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
     sqs.send_message(QueueUrl=ingest, MessageBody=json.dumps(event))
-    again = drain(sqs, app_queue, quiet_s=15, limit_s=60)
+    again = drain(sqs, app_queue, quiet_s=8, limit_s=60)
 
     assert sorted(m["upload"]["key"] for m in first) == ["app/bad.png", "app/good.png"]
     assert again == []

@@ -100,8 +100,9 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
         user_data = json.dumps(data["UserData"])
         assert "secretsmanager get-secret-value" in user_data  # the key never in plain text
     group = compute["InferenceGroup"]["Properties"]
-    [hook] = group["LifecycleHookSpecificationList"]
-    assert hook["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    hooks = {h["LifecycleHookName"]: h for h in group["LifecycleHookSpecificationList"]}
+    assert hooks["drain"]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_TERMINATING"
+    assert hooks["ready"]["LifecycleTransition"] == "autoscaling:EC2_INSTANCE_LAUNCHING"
     assert group["VPCZoneIdentifier"] == [{"Ref": "InferenceSubnetId"}]
     inference = json.dumps(compute["InferenceLaunchTemplate"])
     assert "--type img2img-warm" in inference and "--name $IID" in inference
@@ -110,6 +111,22 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
     control = json.dumps(compute["ControlLaunchTemplate"])
     assert "IMG2IMG_SCALING__SLOTS_PER_HOST=$SLOTS" in control and "${SlotCoreGroups}" in control
+
+
+def test_warm_pool_instances_fetch_their_artifacts_and_never_serve_from_the_pool(
+    compute: dict[str, Any],
+) -> None:
+    pool = compute["InferenceWarmPool"]
+    assert pool["Condition"] == "WithWarmPool"
+    assert pool["Properties"]["PoolState"] == "Stopped"
+    assert pool["Properties"]["InstanceReusePolicy"] == {"ReuseOnScaleIn": True}
+    assert pool["Properties"]["MinSize"] == {"Ref": "WarmPoolSize"}
+    boot = json.dumps(compute["InferenceLaunchTemplate"])
+    # Every boot fetches (a no-op when on disk), completes the launch hook and starts the
+    # worker only when the instance is in service, never while it waits in the pool.
+    assert "img2img prefetch" in boot and "--lifecycle-hook-name ready" in boot
+    assert '[ \\"$STATE\\" = InService ]; then systemctl start img2img-worker' in boot
+    assert "enable --now img2img-worker" not in boot
 
 
 @pytest.fixture(scope="module")
