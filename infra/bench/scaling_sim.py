@@ -177,7 +177,6 @@ class SimResult:
             else round(self.cold_start_to_first_result_s, 1),
         }
 
-
     def cost(self, price_per_hour: float) -> float:
         """Running instances at `price_per_hour`, stopped warm-pool instances at their
         disks' price."""
