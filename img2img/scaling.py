@@ -6,11 +6,14 @@ pool's queue, so it reacts in seconds instead of after CloudWatch's metric delay
 
     keep_up = arrival rate × run time    (Little's law; the running runs when no rate is known)
     backlog = queued runs × run time ÷ drain target
-    needed  = ceil(keep_up ÷ (slots per host × target utilisation) + backlog ÷ slots per host)
+    needed  = ceil(max(keep_up ÷ (slots per host × target utilisation),
+                       (keep_up + backlog) ÷ slots per host))
 
 `keep_up` is the slots that keep pace with arrivals, with the target's headroom for their
 randomness; `backlog` is the slots that clear the queued runs (scheduled, late, pending)
-within the drain target, without headroom: that work is already known. Counting a backlog
+within the drain target, without headroom: that work is already known, and it uses the
+headroom slots first (idle while arrivals stay at their mean), so hosts are added for it
+only where the headroom does not clear it in time. Counting a backlog
 by the time it takes rather than one slot per queued run keeps a burst that queued while
 hosts were starting from launching ten times the hosts it needs; counting arrivals lets the
 first scale-out from zero be the right size.
@@ -138,7 +141,9 @@ def decide(
     # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
     # already here is known work and gets exactly the slots that clear it in time.
     keep_hosts = keep_up / (settings.slots_per_host * settings.target_utilization)
-    backlog_hosts = backlog_slots / settings.slots_per_host
+    # The backlog may first use the headroom slots, which are idle while arrivals stay at
+    # their mean: hosts are added for it only where the headroom does not clear it in time.
+    backlog_hosts = max(0.0, (keep_up + backlog_slots) / settings.slots_per_host - keep_hosts)
     needed = (
         _clamp(settings, math.ceil(keep_hosts + backlog_hosts - 1e-9))
         if demand

@@ -64,9 +64,10 @@ def test_a_backlog_counts_by_the_time_it_takes_not_one_slot_per_run() -> None:
     assert decision.desired == 8
     small, _ = decide(S, obs(0, queued=8, current=1, rate=0.0, run_s=30), PolicyState())
     assert small.desired == 1  # 2 slots → 1 host
-    # Arrivals do get the headroom: 0.1/s × 30 s = 3 slots / 1.5 = 2 hosts, + 8 for the backlog.
+    # Arrivals do get the headroom: 0.1/s × 30 s = 3 slots / 1.5 = 2 hosts (4 slots, 1 of them
+    # headroom). The backlog uses that spare slot first: (3 + 15) slots / 2 = 9 hosts, not 10.
     both, _ = decide(S, obs(0, queued=60, current=1, rate=0.1, run_s=30), PolicyState())
-    assert both.desired == 10
+    assert both.desired == 9
 
 
 def test_scale_out_cooldown_holds_further_scale_outs() -> None:
@@ -141,12 +142,12 @@ def test_a_cleared_backlog_scales_in_after_the_cooldown_not_after_the_window() -
     """The stabilisation window smooths the arrival rate; a backlog that is gone is gone."""
     state = PolicyState()
     d, state = decide(S, obs(0, queued=60, running=2, current=1, rate=0.1, run_s=30), state)
-    assert d.desired == 10  # 2 hosts for arrivals + 8 for the backlog
+    assert d.desired == 9  # 2 hosts for arrivals + 7 for the backlog (after the headroom)
     # The backlog is cleared; arrivals go on at the same rate. The window still holds the
     # t=0 sample, but only its arrival part (2 hosts) counts.
-    d, state = decide(S, obs(100, running=3, current=10, rate=0.1, run_s=30), state)
-    assert d.desired == 10 and d.reason == "hold: scale-in cooldown"
-    d, state = decide(S, obs(121, running=3, current=10, rate=0.1, run_s=30), state)
+    d, state = decide(S, obs(100, running=3, current=9, rate=0.1, run_s=30), state)
+    assert d.desired == 9 and d.reason == "hold: scale-in cooldown"
+    d, state = decide(S, obs(121, running=3, current=9, rate=0.1, run_s=30), state)
     assert d.desired == 2 and d.reason.startswith("scale in")
 
 
