@@ -66,7 +66,6 @@ def test_sagemaker_leaves_zero_after_two_late_backlog_datapoints() -> None:
 
 def test_sagemaker_scales_out_after_three_high_datapoints_then_cools_down() -> None:
     sm = SageMakerAsync(max_hosts=100)
-    sm._last_out = -1e9
     decisions = [sm.decide(view(60 * i, 49, 1, 1)) for i in range(4)]
     # Datapoints are seen a minute late: the third high one is visible at the fourth call.
     assert decisions == [1, 1, 1, 10]  # ceil(50 ÷ 5)
