@@ -227,12 +227,9 @@ class RunRecovery:
         if self.announcer is None or not self.announcer.enabled:
             return
         for ref in objects:
+            doc = written.get(ref.identity)
             try:
-                doc = written.get(ref.identity)
-                if doc is not None:
-                    self.announcer.announce(ref, "failure", doc, written_now=True)
-                else:
-                    self.announcer.announce_existing(ref)
+                self.announcer.announce_once(ref, ("failure", doc) if doc is not None else None)
             except Exception as exc:
                 if is_retryable(exc):
                     raise

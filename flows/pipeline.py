@@ -102,15 +102,12 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
             "records (stage 'cancelled')",
             data=result,
         )
-    if report.failed or unannounced:
+    if report.failed:
         # A partial failure fails the run, so it shows in the UI and in alerts; every failed
         # image has its failure record, so nothing is lost.
-        return Failed(
-            message=f"{report.failed} of {len(jobs)} images failed: {message}"
-            if report.failed
-            else message,
-            data=result,
-        )
+        message = f"{report.failed} of {len(jobs)} images failed: {message}"
+    if report.failed or unannounced:
+        return Failed(message=message, data=result)
     return Completed(message=message, data=result)
 
 

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from img2img import storage
-from img2img.aws import AwsClients
+from img2img.aws import RETRYABLE_CODES, AwsClients
 from img2img.errors import NotifyRefused, NotifyUnavailable
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
@@ -33,6 +33,7 @@ from img2img.notify import (
     EVENT_DETAIL_TYPE,
     EVENT_SOURCE,
     Outcome,
+    document_key,
     fifo_ids,
     outcome_message,
     sns_attributes,
@@ -47,17 +48,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ANNOUNCED_TAG = "img2img-announced"
-_RETRYABLE_CODES = {
+# S3's and SQS's codes, and what SNS, KMS and EventBridge answer when they are busy.
+_RETRYABLE_CODES = RETRYABLE_CODES | {
     "Throttled",
-    "Throttling",
-    "ThrottlingException",
     "KMSThrottling",
-    "InternalError",
     "InternalFailure",
     "InternalException",
-    "ServiceUnavailable",
-    "503",
-    "500",
 }
 
 
@@ -97,46 +93,46 @@ class Announcer:
     def enabled(self) -> bool:
         return self.settings.enabled
 
-    def announce(
-        self, ref: ObjectRef, outcome: Outcome, doc: dict[str, Any], *, written_now: bool
+    def announce_once(
+        self, ref: ObjectRef, written: tuple[Outcome, dict[str, Any]] | None = None
     ) -> bool:
-        """Announce `ref`'s outcome, whose document is `doc`. True when a message was sent.
+        """Announce `ref`'s outcome once. True when a message was sent.
 
         Args:
-            written_now: the caller has just created the outcome document itself, so nobody
-                can have announced it yet (no tag lookup). Otherwise the document's tag says
-                whether an earlier writer already did.
+            written: (outcome, document) when the caller has just created the outcome
+                document itself: nobody can have announced it yet, so no lookup. None: the
+                outcome was written by someone else (or not yet), and is announced only when
+                it exists and its tag says nobody did.
         """
         if not self.enabled:
             return False
-        key = self._document_key(ref, outcome)
-        if not written_now and self.announced(key):
-            return False
-        message = outcome_message(ref, self.results_bucket, outcome, doc, self._presign(ref, doc))
-        message_id = self._send(message)
-        storage.put_tags(self.s3, self.results_bucket, key, {ANNOUNCED_TAG: message_id})
-        return True
-
-    def announce_existing(self, ref: ObjectRef) -> bool:
-        """Announce an outcome another writer made, unless it was announced already
-        (reads the outcome document). False too when `ref` has no outcome yet."""
-        if not self.enabled:
-            return False
-        keys = keys_for(ref)
-        outcome: Outcome
-        for outcome, key in (("result", keys.result_meta), ("failure", keys.failure)):
+        if written is not None:
+            outcome, doc = written
+            self._send_and_tag(ref, outcome, doc)
+            return True
+        outcome_kind: Outcome
+        for outcome_kind in ("result", "failure"):
+            key = document_key(ref, outcome_kind)
+            # The tag lookup is also the existence check: the document is read only when
+            # it exists and is still unannounced.
+            tags = storage.get_tags(self.s3, self.results_bucket, key)
+            if tags is None:
+                continue
+            if ANNOUNCED_TAG in tags:
+                return False
             body = storage.download_if_exists(self.s3, self.results_bucket, key)
-            if body is not None:
-                return self.announce(ref, outcome, json.loads(body), written_now=False)
+            if body is None:
+                return False
+            self._send_and_tag(ref, outcome_kind, json.loads(body))
+            return True
         return False
 
-    def announced(self, document_key: str) -> bool:
-        tags = storage.get_tags(self.s3, self.results_bucket, document_key)
-        return bool(tags and ANNOUNCED_TAG in tags)
-
-    def _document_key(self, ref: ObjectRef, outcome: Outcome) -> str:
-        keys = keys_for(ref)
-        return keys.result_meta if outcome == "result" else keys.failure
+    def _send_and_tag(self, ref: ObjectRef, outcome: Outcome, doc: dict[str, Any]) -> None:
+        message = outcome_message(ref, self.results_bucket, outcome, doc, self._presign(ref, doc))
+        message_id = self._send(message)
+        storage.put_tags(
+            self.s3, self.results_bucket, document_key(ref, outcome), {ANNOUNCED_TAG: message_id}
+        )
 
     def _presign(self, ref: ObjectRef, doc: dict[str, Any]) -> tuple[str, str] | None:
         if self.settings.presign_s <= 0 or "result" not in doc:

@@ -82,7 +82,8 @@ def clients_from_block(block: Any, aws: AwsSettings) -> AwsClients:
 MISSING_OBJECT_CODES = frozenset({"NoSuchKey", "404", "NotFound"})
 # For an upload being read, a missing bucket means the object is gone as well.
 _GONE_CODES = MISSING_OBJECT_CODES | {"NoSuchBucket"}
-_RETRYABLE_CODES = {
+# Error codes that mean "try again later", for every service the pipeline calls.
+RETRYABLE_CODES = {
     "SlowDown",
     "Throttling",
     "ThrottlingException",
@@ -101,7 +102,7 @@ def translate_error(exc: Exception, what: str) -> Exception:
         code = str(exc.response.get("Error", {}).get("Code", ""))
         if code in _GONE_CODES:
             return ObjectMissing(f"{what} does not exist ({code})")
-        if code in _RETRYABLE_CODES:
+        if code in RETRYABLE_CODES:
             return StorageUnavailable(f"{what}: {code}")
         return exc
     if isinstance(exc, BotoCoreError):

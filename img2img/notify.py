@@ -35,6 +35,25 @@ EVENT_DETAIL_TYPE = "img2img outcome"
 Outcome = Literal["result", "failure"]
 
 
+def document_key(ref: ObjectRef, outcome: Outcome) -> str:
+    """The key of `ref`'s outcome document: its result metadata or its failure record. It is
+    also the message's `dedup_id`."""
+    keys = keys_for(ref)
+    return keys.result_meta if outcome == "result" else keys.failure
+
+
+def upload_of(message: dict[str, Any]) -> ObjectRef:
+    """The upload a message is about (the inverse of its `upload` block), for consumers that
+    match messages to what they uploaded."""
+    upload = message.get("upload") or {}
+    return ObjectRef(
+        bucket=upload.get("bucket", ""),
+        key=upload.get("key", ""),
+        etag=upload.get("etag") or "",
+        version_id=upload.get("version_id"),
+    )
+
+
 def request_id_from(metadata: dict[str, str] | None) -> str | None:
     """The caller's id from an upload's user metadata (keys as boto3 returns them, without
     the `x-amz-meta-` prefix, lower case), or None."""
@@ -58,10 +77,9 @@ def outcome_message(
         presigned: (URL, expiry as ISO 8601) of the result image, when the setting asks.
     """
     keys = keys_for(ref)
-    dedup_id = keys.result_meta if outcome == "result" else keys.failure
     message: dict[str, Any] = {
         "version": MESSAGE_VERSION,
-        "dedup_id": dedup_id,
+        "dedup_id": document_key(ref, outcome),
         "outcome": outcome,
         "upload": {
             "bucket": ref.bucket,

@@ -215,12 +215,10 @@ def announce(announcer: Announcer, jobs: list[ImageJob], concurrency: int = 8) -
         return
 
     def one(job: ImageJob) -> BaseException | None:
+        outcome: Outcome = "failure" if job.status == "failed" else "result"
+        written = (outcome, job.outcome_doc) if job.outcome_doc is not None else None
         try:
-            if job.outcome_doc is not None:
-                outcome: Outcome = "failure" if job.status == "failed" else "result"
-                announcer.announce(job.ref, outcome, job.outcome_doc, written_now=True)
-            else:
-                announcer.announce_existing(job.ref)
+            announcer.announce_once(job.ref, written)
         except Exception as exc:
             if is_retryable(exc):
                 return exc

@@ -14,6 +14,7 @@ from img2img import storage
 from img2img.dev.samples import sample_metadata, sample_png
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
+from img2img.notify import upload_of
 from img2img.timing import STAGES, summarize
 
 if TYPE_CHECKING:
@@ -85,14 +86,7 @@ def wait_for_notifications(
         got = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1)
         for message in got.get("Messages", []):
             body = json.loads(message["Body"])
-            upload = body.get("upload") or {}
-            ref = ObjectRef(
-                bucket=upload.get("bucket", ""),
-                key=upload.get("key", ""),
-                etag=upload.get("etag") or "",
-                version_id=upload.get("version_id"),
-            )
-            item = outcomes.get(ref.identity)
+            item = outcomes.get(upload_of(body).identity)
             if item is None:
                 continue
             item.messages += 1

@@ -57,10 +57,10 @@ def test_one_message_per_outcome_and_none_once_tagged(aws: AwsEnv) -> None:
     announcer = _announcer(aws, topic_arn=topic)
     ref, doc = _write_result(aws, "a/cat.png")
 
-    assert announcer.announce(ref, "result", doc, written_now=True)
+    assert announcer.announce_once(ref, ("result", doc))
     # A re-run that finds the outcome, or a second batch, sends nothing more.
-    assert not announcer.announce(ref, "result", doc, written_now=False)
-    assert not announcer.announce_existing(ref)
+    assert not announcer.announce_once(ref)
+    assert not announcer.announce_once(ref)
 
     messages = drain(clients.sqs, queue)
     assert len(messages) == 1
@@ -80,8 +80,8 @@ def test_an_outcome_left_unannounced_is_announced_once_by_whoever_finds_it(aws: 
     announcer = _announcer(aws, topic_arn=topic)
     ref, _ = _write_result(aws, "b/dog.png")  # its writer died before announcing
 
-    assert announcer.announce_existing(ref)
-    assert not announcer.announce_existing(ref)
+    assert announcer.announce_once(ref)
+    assert not announcer.announce_once(ref)
 
     messages = drain(clients.sqs, queue)
     assert [m["upload"]["key"] for m in messages] == ["b/dog.png"]
@@ -106,7 +106,7 @@ def test_eventbridge_bus_gets_the_same_message(aws: AwsEnv) -> None:
     )
     ref, doc = _write_result(aws, "c/bird.png")
 
-    assert _announcer(aws, event_bus=bus).announce(ref, "result", doc, written_now=True)
+    assert _announcer(aws, event_bus=bus).announce_once(ref, ("result", doc))
 
     events = drain(clients.sqs, queue)
     assert len(events) == 1
@@ -119,7 +119,7 @@ def test_presigned_url_fetches_the_result(aws: AwsEnv) -> None:
     topic, queue = ensure_notifications(clients)
     ref, doc = _write_result(aws, "d/fox.png")
 
-    _announcer(aws, topic_arn=topic, presign_s=600).announce(ref, "result", doc, written_now=True)
+    _announcer(aws, topic_arn=topic, presign_s=600).announce_once(ref, ("result", doc))
 
     result = drain(clients.sqs, queue)[0]["result"]
     with urllib.request.urlopen(result["presigned_url"], timeout=10) as response:
@@ -137,7 +137,7 @@ def test_a_missing_topic_is_a_clear_refusal_and_leaves_no_tag(aws: AwsEnv) -> No
     ref, doc = _write_result(aws, "e/owl.png")
 
     with pytest.raises(NotifyRefused, match="no-such-topic"):
-        _announcer(aws, topic_arn=missing).announce(ref, "result", doc, written_now=True)
+        _announcer(aws, topic_arn=missing).announce_once(ref, ("result", doc))
 
     tags = clients.s3.get_object_tagging(
         Bucket=settings.storage.results_bucket, Key=keys_for(ref).result_meta
@@ -152,5 +152,5 @@ def test_nothing_is_sent_when_no_topic_or_bus_is_set(aws: AwsEnv) -> None:
     announcer = _announcer(aws)
 
     assert not announcer.enabled
-    assert not announcer.announce(ref, "result", doc, written_now=True)
+    assert not announcer.announce_once(ref, ("result", doc))
     assert drain(clients.sqs, queue, quiet_s=0.5) == []
