@@ -27,7 +27,7 @@ from img2img.jobs import ImageJob
 from img2img.params import ImageParams
 from img2img.stages.spec import STAGE1, STAGE2
 from img2img.steps import record_queue_wait, reject_unaccepted
-from tasks.artifacts import publish_timings
+from tasks.artifacts import Progress, publish_timings
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
 from tasks.postprocess import postprocess
@@ -61,8 +61,10 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
         (STAGE1.name, img2img_stage),
         (STAGE2.name, upscale_stage),
     ]
+    progress = Progress(jobs, len(steps) + 1)
     cancelled = False
-    for stage, step in steps:
+    for done, (stage, step) in enumerate(steps):
+        progress.update(jobs, done, stage)
         if cancels.requested(run_id):
             cancelled = True
         if not cancelled:
@@ -73,8 +75,10 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
                 if job.active:
                     job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
             break
+    progress.update(jobs, len(steps), "writing outcomes")
     jobs = postprocess(jobs, run_id)
-    report = publish_timings(jobs, time.perf_counter() - clock)
+    progress.update(jobs, len(steps) + 1, "done")
+    report = publish_timings(jobs, time.perf_counter() - clock, started.timestamp())
     if run_id is not None:
         cancels.clear(run_id)
 

@@ -15,6 +15,7 @@ from img2img.events import ObjectRef
 from img2img.keys import UploadKeys, keys_for
 from img2img.params import ImageParams
 from img2img.timing import Timings
+from img2img.waterfall import image_line, wait_columns
 
 Status = Literal["pending", "completed", "failed", "skipped"]
 
@@ -114,11 +115,17 @@ def result_record(
 
 
 def finish_timings(jobs: list[ImageJob], finished: datetime | None = None) -> None:
-    """total = upload event → now (end-to-end), else the sum of the measured stages."""
+    """total = upload event → now (end-to-end), else the sum of the measured stages; the
+    waits between the image's own steps (see waterfall.py) fill the rest."""
     finished = finished or datetime.now(timezone.utc)
     for job in jobs:
         if "total" in job.timings:
             continue
+        t = job.timings
+        t.ended = finished.timestamp()
+        if t.started is not None:
+            line = image_line(job.ref.key, job.status, t.spans, t.started, t.ended, None, 0.0)
+            t.update({k: v for k, v in wait_columns(line).items() if v > 0})
         if job.ref.event_time is not None:
             job.timings["total"] = (finished - job.ref.event_time).total_seconds() * 1000.0
         else:

@@ -1,13 +1,31 @@
-"""The per-run timing report: table rows and a markdown summary (pure, no Prefect)."""
+"""The per-run report: table rows, where the time went, the batch event's payload and a
+markdown summary (pure, no Prefect)."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from img2img.jobs import ImageJob
 from img2img.timing import STAGES, slowest_stage, summarize
+from img2img.waterfall import ImageLine, breakdown, event_is_trusted, image_line
+
+# The table's column per timing, short so that the table fits the page.
+COLUMNS = {
+    "queue_wait": "queue",
+    "check": "check",
+    "copy": "copy",
+    "download": "download",
+    "preprocess": "pre",
+    "stage1": "stage1",
+    "stage2": "stage2",
+    "postprocess": "encode",
+    "upload": "upload",
+    "device_wait": "device_wait",
+    "other_wait": "other_wait",
+    "total": "total",
+}
 
 
 @dataclass
@@ -18,36 +36,69 @@ class BatchReport:
     failed: int
     skipped: int
     wall_s: float
+    lines: list[ImageLine] = field(default_factory=list)
+    # Upload event → outcome, ms, for processed images whose event time can be trusted.
+    e2e_ms: list[float] = field(default_factory=list)
+    # Images whose event time lies outside what a real upload could have (see waterfall.py).
+    stale_events: int = 0
 
     @property
     def images_per_s(self) -> float:
         done = self.completed + self.failed
         return done / self.wall_s if self.wall_s > 0 else 0.0
 
+    @property
+    def time_split(self) -> dict[str, float]:
+        """Seconds per segment (stages and waits) over every image of the batch."""
+        return breakdown(self.lines)
 
-def _ms(value: float | None) -> float | None:
+
+def _ms(value: float | None) -> int | None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return None
-    return round(value, 1)
+    return round(value)
 
 
-def build_report(jobs: list[ImageJob], wall_s: float) -> BatchReport:
-    processed = [j for j in jobs if j.status != "skipped"]
+def build_report(
+    jobs: list[ImageJob], wall_s: float, run_start: float, stale_after_s: float
+) -> BatchReport:
+    """`run_start` is the run's start in epoch seconds; `stale_after_s` bounds the event
+    times the fleet figures trust."""
     rows: list[dict[str, Any]] = []
+    lines: list[ImageLine] = []
+    e2e: list[float] = []
+    stale = 0
+    trusted_timings = []
     for job in jobs:
-        row: dict[str, Any] = {"image": job.ref.key, "status": job.status}
-        for stage in STAGES:
-            row[f"{stage}_ms"] = _ms(job.timings.get(stage))
-        row["detail"] = (f"{job.failure.stage}: {job.failure.reason}" if job.failure else job.note)[
-            :200
-        ]
+        key = job.ref.key
+        row: dict[str, Any] = {"image": key if len(key) <= 48 else "…" + key[-47:]}
+        row["status"] = job.status
+        for stage, column in COLUMNS.items():
+            row[column] = _ms(job.timings.get(stage))
         rows.append(row)
-    summary = summarize([j.timings for j in processed if j.status == "completed"])
+        if job.status == "skipped":
+            continue
+        event = job.ref.event_time.timestamp() if job.ref.event_time is not None else None
+        t = job.timings
+        lines.append(
+            image_line(job.ref.key, job.status, t.spans, run_start, t.ended, event, stale_after_s)
+        )
+        trusted = event_is_trusted(event, run_start, stale_after_s)
+        if event is not None and not trusted:
+            stale += 1
+        timings = dict(t)
+        if not trusted:
+            timings.pop("queue_wait", None)
+            timings.pop("total", None)
+        elif "total" in t:
+            e2e.append(t["total"])
+        if job.status == "completed":
+            trusted_timings.append(timings)
+    summary = summarize(trusted_timings)
     for label in ("p50", "p95", "max"):
         row = {"image": f"({label})", "status": ""}
-        for stage in STAGES:
-            row[f"{stage}_ms"] = _ms(summary[label].get(stage))
-        row["detail"] = ""
+        for stage, column in COLUMNS.items():
+            row[column] = _ms(summary[label].get(stage))
         rows.append(row)
     return BatchReport(
         rows=rows,
@@ -56,28 +107,82 @@ def build_report(jobs: list[ImageJob], wall_s: float) -> BatchReport:
         failed=sum(1 for j in jobs if j.status == "failed"),
         skipped=sum(1 for j in jobs if j.status == "skipped"),
         wall_s=wall_s,
+        lines=lines,
+        e2e_ms=e2e,
+        stale_events=stale,
     )
 
 
-def markdown_summary(report: BatchReport, jobs: list[ImageJob]) -> str:
+def batch_event(report: BatchReport, jobs: list[ImageJob]) -> tuple[str, dict[str, Any]]:
+    """The `img2img.batch.completed` / `img2img.batch.failed` event's name and payload:
+    counts and timings, enough for the fleet figures (see fleet.py) without reading runs."""
+    stage_ms: dict[str, list[int]] = {}
+    failed_at: dict[str, int] = {}
+    for job in jobs:
+        if job.status == "completed":
+            for stage in STAGES:
+                if stage in job.timings and stage not in ("queue_wait", "total"):
+                    stage_ms.setdefault(stage, []).append(round(job.timings[stage]))
+        if job.failure is not None:
+            failed_at[job.failure.stage] = failed_at.get(job.failure.stage, 0) + 1
+    payload = {
+        "images": len(jobs),
+        "completed": report.completed,
+        "failed": report.failed,
+        "skipped": report.skipped,
+        "failed_at": failed_at,
+        "wall_s": round(report.wall_s, 3),
+        "e2e_ms": [round(v) for v in report.e2e_ms],
+        "stale_events": report.stale_events,
+        "stage_ms": stage_ms,
+        "time_split_s": {k: round(v, 3) for k, v in report.time_split.items()},
+        "slowest_stage": slowest_stage(report.summary),
+    }
+    return ("img2img.batch.failed" if report.failed else "img2img.batch.completed"), payload
+
+
+def markdown_summary(report: BatchReport, jobs: list[ImageJob], chart: str | None) -> str:
+    """The run's summary; `chart` is an image URL (a data: URI) or None."""
     slow = slowest_stage(report.summary)
+    verdict = "✅ all completed" if not report.failed else f"❌ {report.failed} failed"
     lines = [
-        "## img2img batch",
+        f"## img2img batch: {verdict}",
         "",
         f"- images: **{len(jobs)}**: {report.completed} completed, {report.failed} failed, "
         f"{report.skipped} already processed",
-        f"- wall time: {report.wall_s:.2f} s, throughput {report.images_per_s:.2f} images/s",
+        f"- wall time: {report.wall_s:.2f} s, throughput **{report.images_per_s:.2f} images/s**",
     ]
     if slow is not None:
         lines.append(f"- slowest stage (p50): **{slow}**, {report.summary['p50'][slow]:.0f} ms")
+    split = report.time_split
+    if split:
+        whole = sum(split.values())
+        top = sorted(split.items(), key=lambda kv: -kv[1])[:3]
+        shares = ", ".join(f"{name} {100 * s / whole:.0f}%" for name, s in top)
+        lines.append(f"- where the time went: {shares}")
     total = report.summary["p50"].get("total")
     if total is not None:
-        lines.append(f"- end-to-end p50 (upload event → result): {total:.0f} ms")
+        lines.append(
+            f"- end-to-end p50: {total:.0f} ms, measured from the S3 event's `eventTime` "
+            "(the upload as its event states it) to the outcome"
+        )
+    if report.stale_events:
+        lines.append(
+            f"- {report.stale_events} image(s) carry an event time outside "
+            "[run start − `monitor.stale_event_s`, run start] (a replayed or hand-made "
+            "message): their queue wait is kept in the table as measured, but left out of "
+            "the percentiles and the fleet figures"
+        )
+    if chart is not None:
+        lines += ["", f"![where each image's time went]({chart})"]
     failed = [j for j in jobs if j.failure is not None]
     if failed:
-        lines += ["", "### failures", "", "| image | stage | reason |", "| --- | --- | --- |"]
+        lines += ["", "### failures", ""]
         for job in failed:
             assert job.failure is not None
-            reason = job.failure.reason.replace("|", "\\|")[:160]
-            lines.append(f"| `{job.ref.key}` | {job.failure.stage} | {reason} |")
+            retry = "retryable" if job.failure.retryable else "permanent"
+            lines.append(
+                f"- `{job.ref.key}` at **{job.failure.stage}** ({retry}): "
+                f"{job.failure.reason[:500]}"
+            )
     return "\n".join(lines)

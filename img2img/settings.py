@@ -369,6 +369,86 @@ class NotifySettings(BaseModel):
         return bool(self.topic_arn or self.event_bus)
 
 
+# On-demand Linux prices in US East (N. Virginia), USD per hour, from
+# https://aws.amazon.com/ec2/pricing/on-demand/ (inf2 rows; also listed on
+# https://aws.amazon.com/ec2/instance-types/inf2/). Other regions and Savings Plans differ:
+# set `monitor.hourly_price_usd` to what the account pays.
+INF2_ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "inf2.xlarge": 0.7582,
+    "inf2.8xlarge": 1.9679,
+    "inf2.24xlarge": 6.4906,
+    "inf2.48xlarge": 12.9813,
+}
+
+
+class MonitorSettings(BaseModel):
+    """What the operator sees: the per-run chart, the fleet figures and where they go."""
+
+    run_chart: bool = Field(
+        True,
+        description="Each run's artifact includes a waterfall chart of its images (a PNG of "
+        "about 20-40 KB kept in the Prefect database with the artifact).",
+    )
+    stale_event_s: float = Field(
+        3600.0,
+        gt=0,
+        le=30 * 86_400,
+        description="An upload whose S3 event time is older than this at the run's start (a "
+        "message replayed from the dead-letter queue or sent by hand), or later than the "
+        "start, keeps its queue wait in the run's table but is left out of the fleet's "
+        "end-to-end figures.",
+    )
+    fleet_interval_s: float = Field(
+        60.0, ge=5, le=3600, description="How often the control host refreshes the fleet view."
+    )
+    fleet_window_s: float = Field(
+        300.0,
+        ge=60,
+        le=86_400,
+        description="Window of the fleet figures (throughput, latency percentiles, cost).",
+    )
+    fleet_history: int = Field(
+        120, ge=2, le=10_000, description="Points kept for the fleet chart (one per refresh)."
+    )
+    instance_type: str = Field(
+        "inf2.xlarge", description="The pool's instance type, for its hourly price."
+    )
+    hourly_price_usd: float | None = Field(
+        None,
+        gt=0,
+        description="What one host costs per hour; None: the on-demand price of "
+        "`instance_type` (US East).",
+    )
+    metrics_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of the Prometheus endpoint (/metrics) on the control host "
+        "(0: not served).",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")
+    starved_after_s: float = Field(
+        300.0,
+        ge=0,
+        le=86_400,
+        description="Hosts wanted and no worker online for this long: the "
+        "`img2img.pool.starved` event (an alert), longer than a host's start.",
+    )
+
+    @property
+    def price_per_hour(self) -> float:
+        if self.hourly_price_usd is not None:
+            return self.hourly_price_usd
+        try:
+            return INF2_ON_DEMAND_USD_PER_HOUR[self.instance_type]
+        except KeyError:
+            raise ValueError(
+                f"monitor.instance_type {self.instance_type!r} has no known price "
+                f"(known: {', '.join(INF2_ON_DEMAND_USD_PER_HOUR)}); set "
+                "monitor.hourly_price_usd"
+            ) from None
+
+
 class LocalStackSettings(BaseModel):
     """The embedded local stack: Prefect server and moto on loopback."""
 
@@ -415,6 +495,7 @@ class Settings(BaseSettings):
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
+    monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

@@ -111,8 +111,9 @@ def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -
 
 
 def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
-    """Queue wait = flow run start − the upload's event time."""
+    """Queue wait = flow run start − the upload's event time (as the event states it)."""
     for job in jobs:
+        job.timings.started = started.timestamp()
         if job.ref.event_time is not None:
             wait = (started - job.ref.event_time).total_seconds() * 1000.0
             job.timings["queue_wait"] = max(wait, 0.0)

@@ -6,10 +6,12 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 # Columns of the timing table, in pipeline order; all in milliseconds.
 STAGES: tuple[str, ...] = (
     "queue_wait",
+    "check",
     "copy",
     "download",
     "preprocess",
@@ -17,20 +19,41 @@ STAGES: tuple[str, ...] = (
     "stage2",
     "postprocess",
     "upload",
+    # The time between an image's own steps, so that the columns add up to `total`
+    # (see waterfall.py): behind other images on the device, and everything else (the rest
+    # of the batch, the orchestrator starting the next task).
+    "device_wait",
+    "other_wait",
     "total",
 )
+# Columns that are not a stage's own work.
+WAITS = frozenset({"queue_wait", "device_wait", "other_wait", "total"})
 
 
 class Timings(dict[str, float]):
-    """Milliseconds per stage for one image; `measure` adds to a stage."""
+    """Milliseconds per stage for one image; `measure` adds to a stage.
+
+    Each measurement is also kept as a span on the wall clock (`spans`: stage, start, end in
+    epoch seconds), so the time between them (waiting for the device, for the rest of the
+    batch, for the orchestrator) can be shown too, not only the stages' own time.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.spans: list[tuple[str, float, float]] = []
+        self.started: float | None = None  # epoch seconds of the run's start
+        self.ended: float | None = None  # epoch seconds of the image's outcome
 
     @contextmanager
     def measure(self, stage: str) -> Iterator[None]:
+        wall = time.time()
         start = time.perf_counter()
         try:
             yield
         finally:
-            self.add(stage, (time.perf_counter() - start) * 1000.0)
+            elapsed = time.perf_counter() - start
+            self.add(stage, elapsed * 1000.0)
+            self.spans.append((stage, wall, wall + elapsed))
 
     def add(self, stage: str, ms: float) -> None:
         self[stage] = self.get(stage, 0.0) + ms
@@ -60,6 +83,6 @@ def summarize(rows: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
 
 
 def slowest_stage(summary: dict[str, dict[str, float]]) -> str | None:
-    """The processing stage (not queue wait or total) with the highest p50."""
-    p50 = {k: v for k, v in summary.get("p50", {}).items() if k not in ("queue_wait", "total")}
+    """The processing stage (not a wait, not the total) with the highest p50."""
+    p50 = {k: v for k, v in summary.get("p50", {}).items() if k not in WAITS}
     return max(p50, key=lambda k: p50[k]) if p50 else None

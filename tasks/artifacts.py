@@ -1,31 +1,93 @@
-"""Task: publish the per-stage timing table and a short summary to the Prefect UI."""
+"""What a run shows in the Prefect UI: its progress as it moves, then the timing table, the
+summary with the waterfall chart, and one `img2img.batch.*` event."""
 
 from __future__ import annotations
 
-from prefect import task
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from uuid import UUID
+
+from prefect import get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
 from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
 
 from img2img.jobs import ImageJob
-from img2img.report import BatchReport, build_report, markdown_summary
+from img2img.report import BatchReport, batch_event, build_report, markdown_summary
+from tasks.runtime import get_runtime
 
 # Stable keys: the Artifacts page keeps one history per key across runs.
 TIMINGS_KEY = "img2img-stage-timings"
 SUMMARY_KEY = "img2img-batch-summary"
+PROGRESS_KEY = "img2img-batch-progress"
+
+
+class Progress:
+    """The run's progress artifact: the share of the batch's steps done, where an image with
+    an outcome (result, failure record, already processed) counts as done."""
+
+    def __init__(self, jobs: list[ImageJob], steps: int) -> None:
+        self.steps = steps
+        self.artifact: UUID | None = None
+        try:
+            created = create_progress_artifact(
+                0.0, key=PROGRESS_KEY, description=self._words(jobs, 0, "starting")
+            )
+            # Called from a synchronous flow, async_dispatch runs it and returns the id.
+            self.artifact = created if isinstance(created, UUID) else None
+        except Exception as exc:  # the UI's view must never fail the batch
+            get_run_logger().warning("could not create the progress artifact: %s", exc)
+
+    def update(self, jobs: list[ImageJob], done_steps: int, now: str) -> None:
+        if self.artifact is None or not jobs:
+            return
+        per_image = [self.steps if not j.active else done_steps for j in jobs]
+        value = 100.0 * sum(per_image) / (len(jobs) * self.steps)
+        try:
+            update_progress_artifact(
+                self.artifact, value, description=self._words(jobs, done_steps, now)
+            )
+        except Exception as exc:
+            get_run_logger().warning("could not update the progress artifact: %s", exc)
+
+    def _words(self, jobs: list[ImageJob], done_steps: int, now: str) -> str:
+        finished = sum(1 for j in jobs if not j.active)
+        return (
+            f"{finished} of {len(jobs)} images have an outcome; "
+            f"step {min(done_steps + 1, self.steps)} of {self.steps}: {now}"
+        )
 
 
 @task(name="publish-timings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def publish_timings(jobs: list[ImageJob], wall_s: float) -> BatchReport:
-    report = build_report(jobs, wall_s)
+def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> BatchReport:
+    from img2img.charts import data_uri, waterfall_png
+
+    monitor = get_runtime().settings.monitor
+    report = build_report(jobs, wall_s, run_start, monitor.stale_event_s)
     create_table_artifact(
         report.rows,
         key=TIMINGS_KEY,
-        description="Per-image stage timings in ms (queue wait = upload event → run start; "
-        "total = upload event → result), then p50 / p95 / max over completed images.",
+        description="Per-image timings in ms; the columns add up to `total` (queue = upload "
+        "event → run start, device_wait = behind other images on the device, other_wait = "
+        "the rest of the batch and the orchestrator), then p50 / p95 / max over completed "
+        "images.",
     )
+    chart = None
+    if monitor.run_chart and report.lines:
+        title = f"{report.completed} completed, {report.failed} failed in {report.wall_s:.1f} s"
+        chart = data_uri(waterfall_png(report.lines, title))
     create_markdown_artifact(
-        markdown_summary(report, jobs),
+        markdown_summary(report, jobs, chart),
         key=SUMMARY_KEY,
-        description="Images completed and failed, throughput, slowest stage",
+        description="Images completed and failed, throughput, where the time went",
+    )
+    name, payload = batch_event(report, jobs)
+    emit_event(
+        event=name,
+        resource={"prefect.resource.id": "img2img.pipeline", "prefect.resource.name": "img2img"},
+        payload=payload,
     )
     return report

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import json
+import time
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -11,7 +13,6 @@ from PIL import Image
 
 from flows.pipeline import img2img_pipeline
 from img2img.keys import keys_for
-from img2img.timing import STAGES
 from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, drain, outcome, png, result_keys, upload
 
@@ -21,15 +22,20 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 def test_upload_to_result_with_timings_and_artifacts(aws: AwsEnv) -> None:
     clients, settings = aws
     st = settings.storage
+    now = datetime.now(timezone.utc)
     ref = upload(
         clients,
         st.uploads_bucket,
         "photos/my cat.png",
         png((120, 80)),
         {**FAST, "prompt": "caf%C3%A9 cat"},
+    ).model_copy(update={"event_time": now - timedelta(seconds=2)})
+    # A message replayed from the dead-letter queue two days after its upload.
+    replayed = upload(clients, st.uploads_bucket, "photos/old.png", png((64, 64))).model_copy(
+        update={"event_time": now - timedelta(days=2)}
     )
 
-    state = img2img_pipeline(objects=[ref], return_state=True)
+    state = img2img_pipeline(objects=[ref, replayed], return_state=True)
 
     assert state.is_completed(), state.message
     status, meta = outcome(clients, st.results_bucket, ref)
@@ -42,25 +48,64 @@ def test_upload_to_result_with_timings_and_artifacts(aws: AwsEnv) -> None:
     # Stage 1 runs at the static shape; stage 2 multiplies each side by four.
     assert image.size == (settings.stages.width * 4, settings.stages.height * 4)
     assert meta["params"]["prompt"] == "café cat" and meta["params"]["steps"] == 4
-    for stage in STAGES:
-        if stage != "queue_wait":  # no event time when a test hands the flow its objects
-            assert meta["timings_ms"][stage] >= 0, stage
+    timings = meta["timings_ms"]
+    for stage in ("queue_wait", "check", "copy", "download", "preprocess", "stage1", "stage2"):
+        assert timings[stage] >= 0, stage
+    # Every millisecond of the image's life is in one column: the columns add up.
+    parts = sum(v for k, v in timings.items() if k != "total")
+    assert parts == pytest.approx(timings["total"], abs=2.0), timings
     # Stage outputs are kept in the directory bucket under entropy-free prefixes.
     kept = result_keys(clients, st.stage_bucket)
     assert keys_for(ref).input in kept and keys_for(ref).stage1 in kept
 
+    run_id = state.state_details.flow_run_id
+    table: Any = _artifact_data(run_id, "img2img-stage-timings")
+    assert table[0]["image"] == "photos/my cat.png" and table[0]["stage2"] > 0
+    assert [r["image"] for r in table[-3:]] == ["(p50)", "(p95)", "(max)"]
+    # The replayed image keeps its queue wait as measured (two days) in its own row, but
+    # the percentiles leave it out.
+    assert table[1]["queue"] > 86_400_000
+    assert table[-3]["total"] < 3_600_000
+    summary = _artifact_data(run_id, "img2img-batch-summary")
+    assert "data:image/png;base64," in summary and "where the time went" in summary
+    assert "1 image(s) carry an event time outside" in summary
+    assert _artifact_data(run_id, "img2img-batch-progress") == 100.0
+
+    event = _wait_for_event("img2img.batch.completed", run_id)
+    assert event.payload["completed"] == 2 and event.payload["stale_events"] == 1
+    assert len(event.payload["e2e_ms"]) == 1 and event.payload["e2e_ms"][0] >= 2000
+    assert event.payload["stage_ms"]["stage2"][0] > 0
+
+
+def _artifact_data(run_id: Any, key: str) -> Any:
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["img2img-stage-timings"]))
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key]))
         )
-    rows = [a for a in artifacts if a.flow_run_id == state.state_details.flow_run_id]
-    assert rows, "no timing artifact for the run"
-    table: Any = json.loads(rows[0].data) if isinstance(rows[0].data, str) else rows[0].data
-    assert table[0]["image"] == "photos/my cat.png" and table[0]["stage2_ms"] > 0
-    assert [r["image"] for r in table[-3:]] == ["(p50)", "(p95)", "(max)"]
+    mine = [a for a in artifacts if a.flow_run_id == run_id]
+    assert mine, f"no {key} artifact for the run"
+    data = mine[0].data
+    return json.loads(data) if key.endswith("timings") and isinstance(data, str) else data
+
+
+def _wait_for_event(name: str, run_id: Any) -> Any:
+    """The event `name` related to the flow run (events reach the API shortly after)."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+
+    related = EventRelatedFilter(id=[f"prefect.flow-run.{run_id}"])
+    for _ in range(40):
+        with get_client(sync_client=True) as client:
+            page = client.read_events(
+                EventFilter(event=EventNameFilter(name=[name]), related=related), limit=5
+            )
+        if page.events:
+            return page.events[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no {name} event for run {run_id}")
 
 
 def test_bad_images_get_failure_records_and_good_ones_finish(aws: AwsEnv) -> None:
