@@ -10,6 +10,7 @@ whose history lists each decision with its reason.
 
 from __future__ import annotations
 
+import json
 import logging
 import statistics
 import threading
@@ -27,6 +28,8 @@ from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings,
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
 
+    from deployments.fleet_view import FleetView
+
 log = logging.getLogger("img2img.autoscaler")
 
 ARTIFACT_KEY = "img2img-autoscaler"
@@ -42,8 +45,10 @@ class Autoscaler:
         metrics: MetricsSink | None = None,
         rate_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
+        fleet: FleetView | None = None,
     ) -> None:
         self.prefect = prefect
+        self.fleet = fleet
         self.pool = pool
         self.policy = policy
         self.backend = backend
@@ -147,6 +152,11 @@ class Autoscaler:
                 self.metrics.publish(obs, decision)
             except Exception as exc:  # metrics are advisory: never stop scaling for them
                 log.warning("could not publish metrics: %s", exc)
+        if self.fleet is not None:
+            try:
+                self.fleet.observe(obs, decision)
+            except Exception as exc:
+                log.warning("could not update the fleet view: %s", exc)
         return decision
 
     def _pool_id(self) -> str:
@@ -155,7 +165,7 @@ class Autoscaler:
         return self._pool_uuid
 
     def _record(self, obs: Observation, decision: Decision) -> None:
-        from prefect.artifacts import create_table_artifact
+        from prefect.client.schemas.actions import ArtifactCreate
         from prefect.events import emit_event
 
         row = {
@@ -179,10 +189,14 @@ class Autoscaler:
                 },
                 payload=row,
             )
-            create_table_artifact(
-                list(reversed(self.history)),
-                key=ARTIFACT_KEY,
-                description=f"Scaling decisions for work pool {self.pool}",
+            # Through the client: this service runs outside any flow run.
+            self.prefect.create_artifact(
+                ArtifactCreate(
+                    key=ARTIFACT_KEY,
+                    type="table",
+                    data=json.dumps(list(reversed(self.history))),
+                    description=f"Scaling decisions for work pool {self.pool}",
+                )
             )
         except Exception as exc:
             log.warning("could not record the decision in Prefect: %s", exc)

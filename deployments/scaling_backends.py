@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol
 
+from img2img.fleet import FleetSample
 from img2img.scaling import Decision, Observation
 
 log = logging.getLogger("img2img.autoscaler")
@@ -165,5 +166,33 @@ class CloudWatchMetrics:
             MetricData=[
                 {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": unit}
                 for name, (value, unit) in metrics.items()
+            ],
+        )
+
+    def publish_fleet(self, sample: FleetSample) -> None:
+        """The fleet view's figures, next to the scaling signal (see fleet_view.py)."""
+        dims = [{"Name": "WorkPool", "Value": self.pool}]
+        metrics: dict[str, tuple[float | None, str]] = {
+            "ImagesPerMinute": (sample.images_per_min, "Count"),
+            "FailedImages": (float(sample.failed), "Count"),
+            "EndToEndP50": (sample.e2e_p50_s, "Seconds"),
+            "EndToEndP95": (sample.e2e_p95_s, "Seconds"),
+            "DutyCycle": (sample.duty_cycle, "None"),
+            "CostPerImage": (sample.cost_per_image_usd, "None"),
+            "HostsOnline": (
+                float(sample.hosts_online) if sample.hosts_online is not None else None,
+                "Count",
+            ),
+            "DeadLetterMessages": (
+                float(sample.dead_letters) if sample.dead_letters is not None else None,
+                "Count",
+            ),
+        }
+        self.cloudwatch.put_metric_data(
+            Namespace=self.namespace,
+            MetricData=[
+                {"MetricName": name, "Dimensions": dims, "Value": value, "Unit": unit}
+                for name, (value, unit) in metrics.items()
+                if value is not None
             ],
         )

@@ -32,6 +32,7 @@ from prefect.workers.base import (
     BaseWorker,
     BaseWorkerResult,
 )
+from pydantic import Field
 
 from deployments.slot_pool import SlotPool
 from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
@@ -69,8 +70,25 @@ class WarmJobConfiguration(BaseJobConfiguration):
     """Nothing to configure per run: the slot's models and device are the worker's."""
 
 
+ENV_REFUSED = (
+    "Not supported on this pool, so refused: a warm worker runs flows in slot processes "
+    "started before any run arrives (models loaded), so a run cannot change their "
+    "environment. Set variables on the host (the worker's environment, e.g. the "
+    "EnvironmentFile of its systemd unit), or deploy to a process pool."
+)
+
+
 class WarmVariables(BaseVariables):
-    """The base variables (env, labels, name); env is informational for warm slots."""
+    """The base variables (labels, name). `env` is refused by the pool's template
+    (`maxProperties: 0`): the slots are started before any run arrives, so a run cannot set
+    their environment; the Prefect API refuses a deployment or a run that sets it."""
+
+    env: dict[str, str | None] = Field(
+        default_factory=dict,
+        title="Environment Variables",
+        description=ENV_REFUSED,
+        json_schema_extra={"maxProperties": 0},
+    )
 
 
 class WarmWorkerResult(BaseWorkerResult):

@@ -427,6 +427,12 @@ class MonitorSettings(BaseModel):
         "(0: not served).",
     )
     metrics_host: str = Field("127.0.0.1", description="Address the Prometheus endpoint binds to.")
+    alert_block: str | None = Field(
+        None,
+        description="The notification block the alerts go through, as "
+        "<block-type-slug>/<name> (e.g. slack-webhook/ops); `img2img alerts apply` uses it, "
+        "and the local stack falls back to a webhook block of its own.",
+    )
     starved_after_s: float = Field(
         300.0,
         ge=0,
@@ -434,6 +440,11 @@ class MonitorSettings(BaseModel):
         description="Hosts wanted and no worker online for this long: the "
         "`img2img.pool.starved` event (an alert), longer than a host's start.",
     )
+
+    @model_validator(mode="after")
+    def _priced(self) -> MonitorSettings:
+        self.price_per_hour  # noqa: B018 - raises for an instance type without a price
+        return self
 
     @property
     def price_per_hour(self) -> float:
@@ -456,6 +467,14 @@ class LocalStackSettings(BaseModel):
     host: str = Field("127.0.0.1", description="Loopback address every local service binds to.")
     prefect_port: int = Field(4200, ge=1, le=65535, description="Prefect server port.")
     moto_port: int = Field(4566, ge=1, le=65535, description="moto (S3, SQS) server port.")
+    metrics_port: int = Field(
+        9464, ge=1, le=65535, description="Prometheus endpoint of the local autoscaler."
+    )
+    alert_webhook_url: str = Field(
+        "http://127.0.0.1:9465/alerts",
+        description="Where the local stack's own alert block posts (`img2img alerts listen` "
+        "serves it) when monitor.alert_block is not set.",
+    )
     workers: int = Field(
         0,
         ge=0,
@@ -476,6 +495,10 @@ class LocalStackSettings(BaseModel):
     @property
     def moto_url(self) -> str:
         return f"http://{self.host}:{self.moto_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{self.host}:{self.metrics_port}/metrics"
 
 
 class Settings(BaseSettings):

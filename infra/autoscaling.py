@@ -9,6 +9,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from deployments.autoscaler import Autoscaler
+from deployments.fleet_view import FleetView
+from deployments.metrics_endpoint import PrometheusMetrics
 from deployments.scaling_backends import (
     AsgBackend,
     CloudWatchMetrics,
@@ -62,8 +64,32 @@ def build_backend(settings: Settings) -> ScalingBackend:
     return LocalBackend(LocalStack(settings))
 
 
+def build_fleet_view(
+    settings: Settings, prefect: SyncPrefectClient, cloudwatch: CloudWatchMetrics | None
+) -> FleetView:
+    """The fleet view the autoscaler keeps; serves /metrics when `monitor.metrics_port` is
+    set."""
+    monitor = settings.monitor
+    prometheus = None
+    if monitor.metrics_port:
+        prometheus = PrometheusMetrics(settings.autoscaler.pool)
+        port = prometheus.serve(monitor.metrics_host, monitor.metrics_port)
+        log.info("serving Prometheus metrics on http://%s:%d/metrics", monitor.metrics_host, port)
+    return FleetView(
+        prefect,
+        settings.autoscaler.pool,
+        monitor,
+        settings.scaling.slots_per_host,
+        sqs=service_client(settings.aws, "sqs"),
+        storage=settings.storage,
+        sinks=[cloudwatch] if cloudwatch is not None else [],
+        prometheus=prometheus,
+    )
+
+
 def build_autoscaler(settings: Settings, prefect: SyncPrefectClient) -> Autoscaler:
-    """The autoscaler the settings describe: backend, CloudWatch metrics, policy."""
+    """The autoscaler the settings describe: backend, CloudWatch metrics, policy, and the
+    fleet view it keeps."""
     metrics = None
     if settings.autoscaler.cloudwatch_namespace:
         metrics = CloudWatchMetrics(
@@ -78,4 +104,5 @@ def build_autoscaler(settings: Settings, prefect: SyncPrefectClient) -> Autoscal
         build_backend(settings),
         metrics,
         settings.autoscaler.rate_window_s,
+        fleet=build_fleet_view(settings, prefect, metrics),
     )

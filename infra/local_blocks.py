@@ -14,11 +14,14 @@ import os
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.client.schemas.actions import WorkPoolCreate, WorkPoolUpdate
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect_aws import AwsClientParameters, AwsCredentials
 
+from img2img.settings import Settings, load_settings
 from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY, POOL
+
+LOCAL_ALERT_BLOCK = "img2img-local-alerts"
 
 TEMPLATE = (
     Path(__file__).resolve().parent.parent
@@ -33,6 +36,28 @@ def main() -> None:
     ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
     ensure_pool("control", "process")
     ensure_pool("compile", "process")
+    apply_alerts(load_settings())
+
+
+def apply_alerts(settings: Settings) -> None:
+    """The alerts of deployments/alerts.yaml, through `monitor.alert_block` when it is set,
+    else through the stack's own webhook block (`local.alert_webhook_url`; run
+    `img2img alerts listen` to see them arrive)."""
+    from prefect.blocks.notifications import CustomWebhookNotificationBlock
+
+    from deployments.alerts import apply, block_document_id, definitions
+
+    block = settings.monitor.alert_block
+    if block is None:
+        CustomWebhookNotificationBlock(
+            name=LOCAL_ALERT_BLOCK,
+            url=settings.local.alert_webhook_url,
+            json_data={"subject": "{{subject}}", "body": "{{body}}", "name": "{{name}}"},
+            timeout=5,
+        ).save(LOCAL_ALERT_BLOCK, overwrite=True)
+        block = f"custom-webhook/{LOCAL_ALERT_BLOCK}"
+    with get_client(sync_client=True) as client:
+        apply(client, definitions(settings.autoscaler.pool, block_document_id(client, block)))
 
 
 def save_credentials_block(endpoint: str) -> None:
@@ -66,6 +91,8 @@ def ensure_pool(name: str, pool_type: str) -> None:
                 client.create_work_pool(
                     WorkPoolCreate(name=name, type=pool_type, base_job_template=template or {})
                 )
+        elif template is not None and existing.base_job_template != template:
+            client.update_work_pool(name, WorkPoolUpdate(base_job_template=template))
 
 
 if __name__ == "__main__":

@@ -31,6 +31,12 @@ LOCAL_RECOVERY = {
     "IMG2IMG_RECOVERY__RECONCILE_INTERVAL_S": "60",
     "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "180",
 }
+# The fleet view on a laptop's time scale: a demo lasts a minute or two.
+LOCAL_MONITOR = {
+    "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "10",
+    "IMG2IMG_MONITOR__FLEET_WINDOW_S": "300",
+    "IMG2IMG_MONITOR__STARVED_AFTER_S": "60",
+}
 # The services the supervisor keeps running (restarted when they die).
 SUPERVISED = ("dispatcher", "autoscaler", "recovery")
 # Fixed, non-secret credentials for the local emulator only.
@@ -67,6 +73,11 @@ def child_env(
             # A laptop-sized autoscaler: decide every 2 s, react within seconds.
             **{k: os.environ.get(k, v) for k, v in LOCAL_SCALING.items()},
             **{k: os.environ.get(k, v) for k, v in LOCAL_RECOVERY.items()},
+            **{k: os.environ.get(k, v) for k, v in LOCAL_MONITOR.items()},
+            # The autoscaler serves /metrics here (the only process that reads the
+            # setting); `img2img top` reads it.
+            "IMG2IMG_MONITOR__METRICS_PORT": str(local.metrics_port),
+            "IMG2IMG_LOCAL__ALERT_WEBHOOK_URL": local.alert_webhook_url,
             # Completion messages go to the local topic unless the caller chose otherwise
             # (an empty value turns them off).
             "IMG2IMG_NOTIFY__TOPIC_ARN": os.environ.get(

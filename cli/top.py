@@ -1,0 +1,98 @@
+"""Command: `img2img top`, a live terminal view of the fleet for the control host.
+
+It reads the autoscaler's Prometheus endpoint (the same figures as the `img2img-fleet`
+artifact), so it costs the Prefect API nothing however many people run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from img2img.scrape import GAUGES, Scraped, parse
+from img2img.settings import Settings
+
+
+def fetch(url: str, timeout_s: float = 5.0) -> Scraped:
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        return parse(response.read().decode("utf-8"))
+
+
+def render(scraped: Scraped, url: str) -> Any:
+    from rich.console import Group
+    from rich.table import Table
+
+    figures = Table(title=f"img2img fleet ({url})", title_justify="left")
+    figures.add_column("figure")
+    figures.add_column("value", justify="right")
+    for name, label in GAUGES.items():
+        if name in scraped.gauges:
+            value = scraped.gauges[name]
+            text = (
+                f"{value:.6f}"
+                if "cost" in name
+                else f"{100 * value:.0f}%"
+                if "duty" in name
+                else f"{value:.1f}"
+                if value != int(value)
+                else f"{value:.0f}"
+            )
+            figures.add_row(label, text)
+    done = scraped.images
+    figures.add_row(
+        "images since start",
+        f"{done.get('completed', 0):.0f} ok, {done.get('failed', 0):.0f} failed",
+    )
+    stages = Table(title="stages (mean per image since start)", title_justify="left")
+    stages.add_column("stage")
+    stages.add_column("mean, ms", justify="right")
+    stages.add_column("failed", justify="right")
+    for stage in sorted(set(scraped.stage_mean_s) | set(scraped.failures)):
+        mean = scraped.stage_mean_s.get(stage)
+        stages.add_row(
+            stage,
+            f"{1000 * mean:.0f}" if mean is not None else "–",
+            f"{scraped.failures.get(stage, 0):.0f}",
+        )
+    return Group(figures, stages)
+
+
+def cmd_top(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    url = args.url or settings.local.metrics_url
+    console = Console()
+    try:
+        scraped = fetch(url)
+    except OSError as exc:
+        print(
+            f"cannot read {url}: {exc}. Is the autoscaler running with "
+            "IMG2IMG_MONITOR__METRICS_PORT set (the local stack serves it)?",
+            file=sys.stderr,
+        )
+        return 1
+    if args.once:
+        console.print(render(scraped, url))
+        return 0
+    with Live(render(scraped, url), console=console, refresh_per_second=1) as live:
+        try:
+            while True:
+                time.sleep(args.interval)
+                try:
+                    live.update(render(fetch(url), url))
+                except OSError as exc:
+                    live.update(f"cannot read {url}: {exc} (retrying)")
+        except KeyboardInterrupt:
+            return 0
+
+
+def add_commands(sub: Any) -> None:
+    top = sub.add_parser("top", help="live terminal view of the fleet (reads /metrics)")
+    top.add_argument("--url", default=None, help="metrics URL (default: the local stack's)")
+    top.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes")
+    top.add_argument("--once", action="store_true", help="print one view and exit")
+    top.set_defaults(func=cmd_top)

@@ -1,0 +1,279 @@
+"""The operator's view on a real local stack: the alerts (automations to a webhook), the
+events, the Prometheus endpoint and `img2img top`, then the pages in a real browser.
+
+One stack for the module (moto, Prefect server, dispatcher, autoscaler, workers on free
+loopback ports), a demo batch that completes, one corrupt upload whose batch fails, and one
+malformed message that ends in the dead-letter queue.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from img2img.scrape import Scraped, parse
+from infra.webhook_listener import serve
+from tests.conftest import free_port
+from tests.integration import browser
+from tests.integration.helpers import img2img
+
+pytestmark = pytest.mark.slow
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api: str
+    ui: str
+    metrics_url: str
+    alerts: io.StringIO
+    state: Path
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterator[Stack]:
+    state = tmp_path_factory.mktemp("operator") / "state"
+    alerts = io.StringIO()
+    listener = serve("127.0.0.1", 0, alerts)
+    prefect_port, metrics_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
+    env.update(
+        {
+            "IMG2IMG_LOCAL__STATE_DIR": str(state),
+            "IMG2IMG_LOCAL__PREFECT_PORT": str(prefect_port),
+            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__METRICS_PORT": str(metrics_port),
+            "IMG2IMG_LOCAL__ALERT_WEBHOOK_URL": (f"http://127.0.0.1:{listener.server_port}/alerts"),
+            "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
+            "IMG2IMG_SCALING__INTERVAL_S": "1",
+            "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "600",
+            # Refresh the fleet view at every tick, and call a pool starved as soon as a
+            # host is wanted with no worker online: the first cold start shows it.
+            "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "5",
+            "IMG2IMG_MONITOR__STARVED_AFTER_S": "0",
+        }
+    )
+    base = f"http://127.0.0.1:{prefect_port}"
+    try:
+        up = img2img(["local", "up"], env, 300)
+        assert up.returncode == 0, up.stderr[-3000:]
+        yield Stack(
+            env, f"{base}/api", base, f"http://127.0.0.1:{metrics_port}/metrics", alerts, state
+        )
+    finally:
+        img2img(["local", "down"], env, 120)
+        listener.shutdown()
+
+
+@pytest.fixture(scope="module")
+def traffic(stack: Stack) -> dict[str, Any]:
+    """A demo batch that completes, a corrupt upload, a malformed message; returns the
+    demo's summary once the corrupt upload has its failure record."""
+    demo = img2img(["demo", "--images", "3", "--json", "--timeout", "300"], stack.env, 600)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    summary: dict[str, Any] = json.loads(demo.stdout.strip().splitlines()[-1])
+    s3, sqs = _aws(stack)
+    s3.put_object(Bucket="img2img-uploads", Key="broken/half.png", Body=b"\x89PNG\r\n\x1a\n-cut")
+    url = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="this is not an S3 event")
+    _until(lambda: _failure_records(s3), "the corrupt upload's failure record", 180)
+    return summary
+
+
+def test_alerts_arrive_at_the_webhook_and_events_name_the_pool(
+    stack: Stack, traffic: dict[str, Any]
+) -> None:
+    def subjects() -> list[str]:
+        lines = [json.loads(line) for line in stack.alerts.getvalue().splitlines()]
+        return [str(line["body"].get("subject", "")) for line in lines]
+
+    def all_three() -> bool:
+        got = subjects()
+        return (
+            any("Failed" in s for s in got)
+            and any("no ready worker" in s for s in got)
+            and any("dead-letter queue" in s for s in got)
+        )
+
+    _until(all_three, f"the three alerts (so far: {subjects()})", 120)
+
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventRelatedFilter
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as client:
+        pool_id = str(client.read_work_pool("inf2").id)
+        on_pool = EventRelatedFilter(id=[f"prefect.work-pool.{pool_id}"])
+        done = client.read_events(
+            EventFilter(event=EventNameFilter(name=["img2img.batch.completed"]), related=on_pool),
+            limit=50,
+        ).events
+        failed = client.read_events(
+            EventFilter(event=EventNameFilter(name=["img2img.batch.failed"]), related=on_pool),
+            limit=50,
+        ).events
+        scaled = client.read_events(
+            EventFilter(event=EventNameFilter(name=["img2img.autoscaler.scaled"])), limit=50
+        ).events
+    assert sum(e.payload["completed"] for e in done) >= 3
+    assert failed and failed[0].payload["failed_at"] == {"preprocess": 1}
+    assert scaled and all(e.resource.id == f"prefect.work-pool.{pool_id}" for e in scaled)
+
+
+def test_prometheus_endpoint_and_top_show_the_fleet(stack: Stack, traffic: dict[str, Any]) -> None:
+    def scraped() -> Scraped | None:
+        import urllib.request
+
+        with urllib.request.urlopen(stack.metrics_url, timeout=5) as response:
+            got = parse(response.read().decode())
+        ok = (
+            got.images.get("completed", 0) >= 3
+            and got.failures.get("preprocess", 0) >= 1
+            and got.gauges.get("img2img_dead_letter_messages", 0) >= 1
+            and got.gauges.get("img2img_cost_per_image_usd", 0) > 0
+        )
+        return got if ok else None
+
+    got = _until(scraped, "the batches and the dead letter in /metrics", 90)
+    assert got.stage_mean_s["stage2"] > 0 and got.stage_mean_s["stage1"] > 0
+    assert got.gauges["img2img_hosts_wanted"] >= 1
+
+    top = img2img(["top", "--once", "--url", stack.metrics_url], stack.env, 60)
+    assert top.returncode == 0, top.stderr
+    assert "cost per image" in top.stdout and "stage2" in top.stdout
+
+    bad = img2img(["top", "--once", "--url", "http://127.0.0.1:9/metrics"], stack.env, 60)
+    assert bad.returncode == 1 and "cannot read http://127.0.0.1:9/metrics" in bad.stderr
+
+
+def test_the_views_render_in_a_real_browser(
+    stack: Stack, traffic: dict[str, Any], tmp_path: Path
+) -> None:
+    missing = browser.available()
+    assert missing is None, missing
+    shots = Path(os.environ.get("IMG2IMG_SCREENSHOTS", tmp_path))
+    completed_run = traffic["flow_runs"][0]
+    failed_summary = _latest_artifact(stack, "img2img-batch-summary", failed=True)
+
+    def fleet_with_chart() -> dict[str, Any] | None:
+        artifact = _latest_artifact(stack, "img2img-fleet")
+        return artifact if "data:image" in str(artifact["data"]) else None
+
+    fleet = _until(fleet_with_chart, "a fleet artifact with its chart", 60)
+
+    with browser.chromium() as driver:
+        # The run's page: its Artifacts tab lists the progress (the flow run's own artifact)
+        # and the task runs' table and summary.
+        driver.get(f"{stack.ui}/runs/flow-run/{completed_run}")
+        tab = browser.wait_for(
+            driver,
+            lambda d: [e for e in d.find_elements("css selector", "li") if e.text == "Artifacts"],
+            "the run's Artifacts tab",
+        )
+        tab[0].click()
+        browser.wait_for(
+            driver,
+            lambda d: "3 of 3 images have an outcome" in browser.page_text(d),
+            "the run's progress artifact in its Artifacts tab",
+        )
+        browser.shoot(driver, shots, "run-artifacts")
+
+        summary = _latest_artifact(stack, "img2img-batch-summary", run=completed_run)
+        driver.get(f"{stack.ui}/artifacts/artifact/{summary['id']}")
+        browser.wait_for(
+            driver, lambda d: any(w > 300 for _, w in browser.loaded_images(d)), "the waterfall"
+        )
+        text = browser.page_text(driver)
+        assert "slowest stage" in text and "where the time went" in text
+        browser.shoot(driver, shots, "run-summary")
+
+        table = _latest_artifact(stack, "img2img-stage-timings", run=completed_run)
+        driver.get(f"{stack.ui}/artifacts/artifact/{table['id']}")
+        rows = browser.wait_for(
+            driver,
+            lambda d: d.find_elements("css selector", "table tbody tr"),
+            "the timing table's rows",
+        )
+        assert len(rows) >= 3 + 3  # three images, then p50, p95, max
+        assert "(p95)" in browser.page_text(driver) and "stage2" in browser.page_text(driver)
+        browser.shoot(driver, shots, "run-timings")
+
+        progress = _latest_artifact(stack, "img2img-batch-progress", run=completed_run)
+        driver.get(f"{stack.ui}/artifacts/artifact/{progress['id']}")
+        browser.wait_for(driver, lambda d: "100%" in browser.page_text(d), "progress at 100%")
+        assert "3 of 3 images have an outcome" in browser.page_text(driver)
+        browser.shoot(driver, shots, "run-progress")
+
+        driver.get(f"{stack.ui}/artifacts/artifact/{failed_summary['id']}")
+        browser.wait_for(
+            driver, lambda d: "failures" in browser.page_text(d), "the failed batch's reasons"
+        )
+        assert "broken/half.png" in browser.page_text(driver)
+        browser.shoot(driver, shots, "run-failed")
+
+        driver.get(f"{stack.ui}/artifacts/artifact/{fleet['id']}")
+        browser.wait_for(
+            driver, lambda d: any(w > 300 for _, w in browser.loaded_images(d)), "the fleet chart"
+        )
+        text = browser.page_text(driver)
+        assert "cost per image" in text and "images/min" in text
+        browser.shoot(driver, shots, "fleet")
+    for name in ("run-artifacts", "run-summary", "run-timings", "run-progress", "fleet"):
+        assert (shots / f"{name}.png").stat().st_size > 10_000, name
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+def _aws(stack: Stack) -> tuple[Any, Any]:
+    import boto3
+
+    port = stack.env["IMG2IMG_LOCAL__MOTO_PORT"]
+    kw: dict[str, Any] = {
+        "endpoint_url": f"http://127.0.0.1:{port}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": "local-stack",
+        "aws_secret_access_key": "local-stack",
+    }
+    return boto3.client("s3", **kw), boto3.client("sqs", **kw)
+
+
+def _failure_records(s3: Any) -> list[str]:
+    listed = s3.list_objects_v2(Bucket="img2img-results", Prefix="failed/")
+    return [o["Key"] for o in listed.get("Contents", []) if "half.png" in o["Key"]]
+
+
+def _latest_artifact(
+    stack: Stack, key: str, run: str | None = None, failed: bool = False
+) -> dict[str, Any]:
+    import httpx
+
+    body: dict[str, Any] = {"artifacts": {"key": {"any_": [key]}}, "sort": "CREATED_DESC"}
+    if run is not None:
+        body["artifacts"]["flow_run_id"] = {"any_": [run]}
+    found = httpx.post(f"{stack.api}/artifacts/filter", json=body, timeout=30).json()
+    if failed:
+        found = [a for a in found if "FAILED" in str(a.get("data"))]
+    assert found, f"no {key} artifact" + (f" for run {run}" if run else "")
+    return dict(found[0])
+
+
+def _until(check: Any, what: str, timeout_s: float) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            got = check()
+        except Exception:  # the service is still coming up
+            got = None
+        if got:
+            return got
+        time.sleep(1)
+    raise AssertionError(f"{what}: not seen within {timeout_s:.0f} s")
