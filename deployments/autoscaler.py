@@ -164,6 +164,23 @@ class Autoscaler:
             self._pool_uuid = str(self.prefect.read_work_pool(self.pool).id)
         return self._pool_uuid
 
+    def _deployments(self) -> list[dict[str, str]]:
+        """The deployments that run on the pool, as related resources of a scaling event
+        (so it shows on each deployment's feed too)."""
+        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+        found = self.prefect.read_deployments(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])), limit=50
+        )
+        return [
+            {
+                "prefect.resource.id": f"prefect.deployment.{d.id}",
+                "prefect.resource.role": "deployment",
+                "prefect.resource.name": d.name,
+            }
+            for d in found
+        ]
+
     def _record(self, obs: Observation, decision: Decision) -> None:
         from prefect.client.schemas.actions import ArtifactCreate
         from prefect.events import emit_event
@@ -187,6 +204,7 @@ class Autoscaler:
                     "prefect.resource.id": f"prefect.work-pool.{self._pool_id()}",
                     "prefect.resource.name": self.pool,
                 },
+                related=self._deployments(),
                 payload=row,
             )
             # Through the client: this service runs outside any flow run.

@@ -25,6 +25,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+STATUS_MARK = {"failed": " (failed)", "skipped": " (done before)", "pending": " (unfinished)"}
+
+
 def _column(timings: dict[str, float], parts: tuple[str, ...]) -> float | None:
     values = [timings[p] for p in parts if p in timings]
     return sum(values) if values else None
@@ -73,8 +76,9 @@ def build_report(
     trusted_timings = []
     for job in jobs:
         name = job.ref.key.rsplit("/", 1)[-1]
-        row: dict[str, Any] = {"image": name if len(name) <= 28 else "…" + name[-27:]}
-        row["status"] = job.status
+        name = name if len(name) <= 28 else "…" + name[-27:]
+        # The status goes with the name (a column of its own would not fit the page).
+        row: dict[str, Any] = {"image": name + STATUS_MARK.get(job.status, "")}
         for column, parts in COLUMNS.items():
             row[column] = _ms(_column(job.timings, parts))
         rows.append(row)
@@ -98,7 +102,7 @@ def build_report(
             trusted_timings.append(timings)
     summary = summarize(trusted_timings)
     for label in ("p50", "p95", "max"):
-        row = {"image": f"({label})", "status": ""}
+        row = {"image": f"({label})"}
         for column, parts in COLUMNS.items():
             # Percentiles of each part, summed: an approximation for the grouped columns.
             row[column] = _ms(_column(summary[label], parts))

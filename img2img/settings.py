@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from img2img.scaling import ScalingSettings
@@ -440,6 +440,11 @@ class MonitorSettings(BaseModel):
         description="Hosts wanted and no worker online for this long: the "
         "`img2img.pool.starved` event (an alert), longer than a host's start.",
     )
+
+    @field_validator("alert_block", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if value == "" else value
 
     @model_validator(mode="after")
     def _priced(self) -> MonitorSettings:

@@ -71,9 +71,9 @@ def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> Ba
         report.rows,
         key=TIMINGS_KEY,
         description="Per-image timings in ms; the columns add up to `total` (queue = upload "
-        "event → run start, device_wait = behind other images on the device, other_wait = "
-        "the rest of the batch and the orchestrator), then p50 / p95 / max over completed "
-        "images.",
+        "event → run start; io = outcome check, copy, download, upload; cpu = preprocess and "
+        "encode; wait_dev = behind other images on the device; wait_other = the rest of the "
+        "batch and the orchestrator), then p50 / p95 / max over completed images.",
     )
     chart = None
     if monitor.run_chart and report.lines:

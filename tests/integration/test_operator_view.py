@@ -80,7 +80,7 @@ def traffic(stack: Stack) -> dict[str, Any]:
     demo = img2img(["demo", "--images", "3", "--json", "--timeout", "300"], stack.env, 600)
     assert demo.returncode == 0, demo.stderr[-3000:]
     summary: dict[str, Any] = json.loads(demo.stdout.strip().splitlines()[-1])
-    s3, sqs = _aws(stack)
+    s3, sqs = _aws(stack, "s3"), _aws(stack, "sqs")
     s3.put_object(Bucket="img2img-uploads", Key="broken/half.png", Body=b"\x89PNG\r\n\x1a\n-cut")
     url = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="this is not an S3 event")
@@ -112,20 +112,24 @@ def test_alerts_arrive_at_the_webhook_and_events_name_the_pool(
     with temporary_settings({PREFECT_API_URL: stack.api}), get_client(sync_client=True) as client:
         pool_id = str(client.read_work_pool("inf2").id)
         on_pool = EventRelatedFilter(id=[f"prefect.work-pool.{pool_id}"])
-        done = client.read_events(
-            EventFilter(event=EventNameFilter(name=["img2img.batch.completed"]), related=on_pool),
-            limit=50,
-        ).events
-        failed = client.read_events(
-            EventFilter(event=EventNameFilter(name=["img2img.batch.failed"]), related=on_pool),
-            limit=50,
-        ).events
-        scaled = client.read_events(
-            EventFilter(event=EventNameFilter(name=["img2img.autoscaler.scaled"])), limit=50
-        ).events
+
+        def events(name: str, **kw: Any) -> list[Any]:
+            page = client.read_events(
+                EventFilter(event=EventNameFilter(name=[name]), **kw), limit=50
+            )
+            return list(page.events)
+
+        # A run's events reach the API shortly after its state does: wait for them.
+        done = _until(
+            lambda: events("img2img.batch.completed", related=on_pool), "batch.completed", 30
+        )
+        failed = _until(lambda: events("img2img.batch.failed", related=on_pool), "batch.failed", 30)
+        scaled = events("img2img.autoscaler.scaled")
     assert sum(e.payload["completed"] for e in done) >= 3
     assert failed and failed[0].payload["failed_at"] == {"preprocess": 1}
     assert scaled and all(e.resource.id == f"prefect.work-pool.{pool_id}" for e in scaled)
+    related = {r.id for r in scaled[0].related if r.role == "deployment"}
+    assert len(related) == 1 and related.pop().startswith("prefect.deployment.")
 
 
 def test_prometheus_endpoint_and_top_show_the_fleet(stack: Stack, traffic: dict[str, Any]) -> None:
@@ -145,6 +149,10 @@ def test_prometheus_endpoint_and_top_show_the_fleet(stack: Stack, traffic: dict[
     got = _until(scraped, "the batches and the dead letter in /metrics", 90)
     assert got.stage_mean_s["stage2"] > 0 and got.stage_mean_s["stage1"] > 0
     assert got.gauges["img2img_hosts_wanted"] >= 1
+    # The same figures went to CloudWatch (moto's, on the local stack).
+    cloudwatch = _aws(stack, "cloudwatch")
+    names = {m["MetricName"] for m in cloudwatch.list_metrics(Namespace="img2img")["Metrics"]}
+    assert {"CostPerImage", "ImagesPerMinute", "EndToEndP95", "DeadLetterMessages"} <= names
 
     top = img2img(["top", "--once", "--url", stack.metrics_url], stack.env, 60)
     assert top.returncode == 0, top.stderr
@@ -225,6 +233,7 @@ def test_the_views_render_in_a_real_browser(
         )
         text = browser.page_text(driver)
         assert "cost per image" in text and "images/min" in text
+        driver.set_window_size(1280, 1500)  # the figures and the chart below them
         browser.shoot(driver, shots, "fleet")
     for name in ("run-artifacts", "run-summary", "run-timings", "run-progress", "fleet"):
         assert (shots / f"{name}.png").stat().st_size > 10_000, name
@@ -233,7 +242,7 @@ def test_the_views_render_in_a_real_browser(
 # -- helpers ---------------------------------------------------------------------------------
 
 
-def _aws(stack: Stack) -> tuple[Any, Any]:
+def _aws(stack: Stack, service: str) -> Any:
     import boto3
 
     port = stack.env["IMG2IMG_LOCAL__MOTO_PORT"]
@@ -243,7 +252,7 @@ def _aws(stack: Stack) -> tuple[Any, Any]:
         "aws_access_key_id": "local-stack",
         "aws_secret_access_key": "local-stack",
     }
-    return boto3.client("s3", **kw), boto3.client("sqs", **kw)
+    return boto3.client(service, **kw)  # type: ignore[call-overload]
 
 
 def _failure_records(s3: Any) -> list[str]:
