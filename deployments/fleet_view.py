@@ -71,7 +71,9 @@ class FleetView:
         self.window = FleetWindow(monitor.fleet_window_s, monitor.price_per_hour, slots_per_host)
         self.history: deque[FleetSample] = deque(maxlen=monitor.fleet_history)
         self.last_refresh: float | None = None
-        self._cursor = clock() - monitor.fleet_window_s
+        # The figures start with the service: host-hours before it are unknown, so batches
+        # before it would make the cost per image wrong.
+        self._cursor = clock()
         self._seen: dict[UUID, float] = {}
         self._artifact: UUID | None = None
         self._pool_id: str | None = None
@@ -201,6 +203,8 @@ class FleetView:
             f"Fleet figures of work pool {self.pool}, refreshed every "
             f"{self.monitor.fleet_interval_s:.0f} s by the autoscaler"
         )
+        if self._artifact is None:
+            self._artifact = self._existing_artifact()
         if self._artifact is not None:
             self.prefect.update_artifact(
                 self._artifact, ArtifactUpdate(data=body, description=description)
@@ -210,6 +214,19 @@ class FleetView:
             ArtifactCreate(key=ARTIFACT_KEY, type="markdown", data=body, description=description)
         )
         self._artifact = created.id
+
+    def _existing_artifact(self) -> UUID | None:
+        """The fleet artifact an earlier run of this service made: a restart keeps
+        updating it instead of adding another."""
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+        from prefect.client.schemas.sorting import ArtifactSort
+
+        found = self.prefect.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+            sort=ArtifactSort.UPDATED_DESC,
+            limit=1,
+        )
+        return found[0].id if found else None
 
     def _alerts(self, sample: FleetSample, now: float) -> None:
         from prefect.events import emit_event

@@ -103,20 +103,39 @@ def fleet_png(samples: Sequence[FleetSample], title: str) -> bytes:
     ax.plot(times, [s.e2e_p50_s for s in samples], color="#31a354", label="p50")
     ax.plot(times, [s.e2e_p95_s for s in samples], color="#e6550d", label="p95")
     ax.set_title("upload → result, seconds", loc="left", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=7, frameon=False, loc="lower right")
     ax = axes[1][0]
-    ax.step(times, [s.queued_runs for s in samples], where="post", label="queued runs")
     ax.step(times, [s.hosts for s in samples], where="post", label="hosts", color="#08519c")
-    ax.plot(times, [s.duty_cycle * 10 for s in samples], color="#fdae6b", label="duty × 10")
-    ax.set_title("queue, hosts, duty cycle", loc="left", fontsize=9)
-    ax.legend(fontsize=7, frameon=False)
+    ax.step(
+        times, [s.queued_runs for s in samples], where="post", label="queued runs", color="#e6550d"
+    )
+    ax.set_ylim(bottom=0)
+    duty = ax.twinx()
+    duty.plot(
+        times,
+        [100 * s.duty_cycle for s in samples],
+        color="#31a354",
+        linestyle="--",
+        label="duty cycle, % (right)",
+    )
+    duty.set_ylim(0, 100)
+    duty.tick_params(labelsize=7)
+    ax.set_title("hosts, queued runs; duty cycle", loc="left", fontsize=9)
+    lines = ax.get_lines() + duty.get_lines()
+    labels = [str(line.get_label()) for line in lines]
+    ax.legend(lines, labels, fontsize=7, frameon=False, loc="upper left")
     ax = axes[1][1]
     ax.plot(times, [s.cost_per_image_usd for s in samples], color="#756bb1")
     ax.set_title("cost per image, USD", loc="left", fontsize=9)
+    from matplotlib.dates import DateFormatter
+
     for row in axes:
         for a in row:
             a.grid(alpha=0.3)
             a.tick_params(labelsize=7)
+            a.xaxis.set_major_formatter(DateFormatter("%H:%M"))
+    axes[1][1].set_ylim(bottom=0)
     fig.autofmt_xdate()
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
     return _png(fig)
