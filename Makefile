@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install browser demo test lint infra-check down status
+.PHONY: install test-tools demo test lint infra-check down status
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,11 +24,14 @@ $(CHECKOV_STAMP):
 
 install: $(STAMP)
 
-# The browser test of the Prefect UI: Debian's chromium and its chromedriver (Playwright's
-# own browser download cannot reach its servers from here).
-browser:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
-		( apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null )
+# What the end-to-end tests need besides Python: Debian's chromium and its chromedriver for
+# the browser test of the Prefect UI (Playwright's own browser download cannot reach its
+# servers from here), and PostgreSQL for the stack on PostgreSQL.
+test-tools:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		( apt-get update -qq && apt-get install -y -qq chromium chromium-driver postgresql \
+			>/dev/null )
 
 demo: install
 	$(BIN)/img2img demo --json
@@ -46,7 +49,7 @@ infra-check: install $(CHECKOV_STAMP)
 
 # Two test processes, a test module each at a time: most of the suite waits on real servers
 # and workers, so two modules overlap well on 2 cores (15 → 11.5 minutes here).
-test: lint infra-check browser
+test: lint infra-check test-tools
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 down:

@@ -15,6 +15,8 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.workers is not None:
         settings.local.workers = args.workers
+    if args.database is not None:
+        settings.local.database = args.database
     if args.action == "supervise":
         return cmd_supervise(settings)
     stack = LocalStack(settings)
@@ -39,6 +41,12 @@ def add_commands(sub: Any) -> None:
     local = sub.add_parser("local", help="the embedded local stack")
     local.add_argument("action", choices=["up", "down", "status", "env", "supervise"])
     local.add_argument("--workers", type=int, default=None, help="pipeline workers to start")
+    local.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default=None,
+        help="the Prefect server's database (default: IMG2IMG_LOCAL__DATABASE, else sqlite)",
+    )
     local.set_defaults(func=cmd_local)
 
 

@@ -475,6 +475,15 @@ class LocalStackSettings(BaseModel):
     metrics_port: int = Field(
         9464, ge=1, le=65535, description="Prometheus endpoint of the local autoscaler."
     )
+    database: Literal["sqlite", "postgres"] | None = Field(
+        None,
+        description="The Prefect server's database: SQLite in the state folder, or a "
+        "PostgreSQL server the stack runs on loopback (Debian's postgresql package). None: "
+        "what the running stack uses, else sqlite.",
+    )
+    postgres_port: int = Field(
+        5433, ge=1, le=65535, description="Port of the stack's PostgreSQL (database=postgres)."
+    )
     alert_webhook_url: str = Field(
         "http://127.0.0.1:9465/alerts",
         description="Where the local stack's own alert block posts (`img2img alerts listen` "

@@ -33,6 +33,7 @@ from infra.local_env import (
     worker_env,
 )
 from infra.local_provision import provision
+from infra.postgres import Cluster, accepting, cluster_for, ensure_database, ensure_initialised
 from infra.processes import ProcessTable, Service, alive, http_ok, terminate
 
 __all__ = [
@@ -70,10 +71,30 @@ class LocalStack:
 
     # -- services -----------------------------------------------------------------------------
 
+    def postgres(self) -> Cluster:
+        local = self.settings.local
+        return cluster_for(self.state, local.host, local.postgres_port)
+
+    def uses_postgres(self) -> bool:
+        """On PostgreSQL: as set, or as an earlier `up` left it running."""
+        return self.settings.local.database == "postgres" or self.procs.pidfile("postgres").exists()
+
     def services(self) -> list[Service]:
         local = self.settings.local
         py = sys.executable
-        services = [
+        services = []
+        if self.uses_postgres():
+            cluster = self.postgres()
+            services.append(
+                Service(
+                    "postgres",
+                    cluster.server_argv(),
+                    "postgres",
+                    lambda: accepting(cluster),
+                    user=cluster.user,
+                )
+            )
+        services += [
             Service(
                 "moto",
                 [py, "-m", "moto.server", "-H", local.host, "-p", str(local.moto_port)],
@@ -198,6 +219,7 @@ class LocalStack:
     def up(self, say: Callable[[str], None] = log.info) -> None:
         env = self.child_env()
         services = {s.name: s for s in self.services()}
+        server_env = self._database(services, env, say)
         for name in ("moto", "prefect-server"):
             service = services[name]
             if self.pid_of(service) is not None and service.healthy():
@@ -209,12 +231,12 @@ class LocalStack:
                     "the port setting (IMG2IMG_LOCAL__PREFECT_PORT / IMG2IMG_LOCAL__MOTO_PORT)"
                 )
             say(f"{name}: starting")
-            self._start(service, env)
+            self._start(service, server_env if name == "prefect-server" else env)
             self.procs.wait_healthy(service, self.settings.local.start_timeout_s)
         provision(self.settings, self.state, env, say)
         self._restart_on_backend_change(say)
         for name, service in services.items():
-            if name in ("moto", "prefect-server", "supervisor"):
+            if name in ("postgres", "moto", "prefect-server", "supervisor"):
                 continue
             if self.pid_of(service) is not None:
                 say(f"{name}: already running")
@@ -227,6 +249,44 @@ class LocalStack:
             self._start(supervisor, env)
         else:
             say("supervisor: already running")
+
+    def _database(
+        self, services: dict[str, Service], env: dict[str, str], say: Callable[[str], None]
+    ) -> dict[str, str]:
+        """Start the PostgreSQL server when the stack uses it; returns the Prefect server's
+        environment (with its database URL, which only that process gets)."""
+        chosen = self.settings.local.database
+        marker = self.state / "database"
+        before = marker.read_text().strip() if marker.exists() else None
+        server_running = self.pid_of(services["prefect-server"]) is not None
+        # Not chosen: what the running stack uses, else SQLite.
+        wanted = chosen or (before if server_running and before else "sqlite")
+        if before is not None and before != wanted and server_running:
+            raise RuntimeError(
+                f"the local stack runs on {before}; stop it first (img2img local down), "
+                f"then bring it up with --database {wanted}"
+            )
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(wanted)
+        if wanted != "postgres":
+            return env
+        cluster = self.postgres()
+        service = services["postgres"]
+        if self.pid_of(service) is not None and service.healthy():
+            say("postgres: already running")
+        else:
+            if service.healthy():
+                raise RuntimeError(
+                    "postgres: something else already answers on its port; stop it or change "
+                    "IMG2IMG_LOCAL__POSTGRES_PORT"
+                )
+            if ensure_initialised(cluster):
+                say(f"postgres: new cluster in {cluster.data}")
+            say("postgres: starting")
+            self._start(service, {k: v for k, v in env.items() if not k.startswith("PREFECT_")})
+            self.procs.wait_healthy(service, self.settings.local.start_timeout_s)
+        ensure_database(cluster)
+        return {**env, "PREFECT_API_DATABASE_CONNECTION_URL": cluster.url()}
 
     def supervise(self, stop: Callable[[], bool], interval_s: float = 2.0) -> None:
         """Keep the dispatcher, the autoscaler and the recovery service running: restart

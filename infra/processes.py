@@ -24,6 +24,7 @@ class Service:
     argv: list[str]
     marker: str  # a string that must be in the process's command line to be ours
     healthy: Callable[[], bool]
+    user: str | None = None  # the OS user it runs as (None: this process's own)
 
 
 def http_ok(url: str, timeout: float = 2.0) -> bool:
@@ -96,6 +97,8 @@ class ProcessTable:
             env=env,
             cwd=self.cwd,
             start_new_session=True,
+            user=service.user,
+            group=service.user,
         )
         self.pidfile(service.name).write_text(str(proc.pid))
         self._procs[service.name] = proc

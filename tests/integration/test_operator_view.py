@@ -1,9 +1,11 @@
-"""The operator's view on a real local stack: the alerts (automations to a webhook), the
-events, the Prometheus endpoint and `img2img top`, then the pages in a real browser.
+"""The operator's view on a real local stack whose Prefect server runs on PostgreSQL: the
+alerts (automations to a webhook), the events, the Prometheus endpoint and `img2img top`,
+then the pages in a real browser.
 
-One stack for the module (moto, Prefect server, dispatcher, autoscaler, workers on free
-loopback ports), a demo batch that completes, one corrupt upload whose batch fails, and one
-malformed message that ends in the dead-letter queue.
+One stack for the module (PostgreSQL, moto, Prefect server, dispatcher, autoscaler, workers
+on free loopback ports), a demo batch that completes, one corrupt upload whose batch fails,
+and one malformed message that ends in the dead-letter queue: the whole path, on the
+database production needs (the other end-to-end tests run on SQLite, the default).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +23,7 @@ from typing import Any
 import pytest
 
 from img2img.scrape import Scraped, parse
+from infra.postgres import accepting, cluster_for, psql
 from infra.webhook_listener import serve
 from tests.conftest import free_port
 from tests.integration import browser
@@ -43,7 +47,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
     state = tmp_path_factory.mktemp("operator") / "state"
     alerts = io.StringIO()
     listener = serve("127.0.0.1", 0, alerts)
-    prefect_port, metrics_port = free_port(), free_port()
+    prefect_port, metrics_port, postgres_port = free_port(), free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
     env.update(
         {
@@ -51,6 +55,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
             "IMG2IMG_LOCAL__PREFECT_PORT": str(prefect_port),
             "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_LOCAL__METRICS_PORT": str(metrics_port),
+            "IMG2IMG_LOCAL__DATABASE": "postgres",
+            "IMG2IMG_LOCAL__POSTGRES_PORT": str(postgres_port),
             "IMG2IMG_LOCAL__ALERT_WEBHOOK_URL": (f"http://127.0.0.1:{listener.server_port}/alerts"),
             "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
             "IMG2IMG_SCALING__INTERVAL_S": "1",
@@ -71,6 +77,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
     finally:
         img2img(["local", "down"], env, 120)
         listener.shutdown()
+        cluster = cluster_for(state, "127.0.0.1", postgres_port)
+        stopped = not accepting(cluster)
+        shutil.rmtree(cluster.data.parent, ignore_errors=True)
+    assert stopped, "local down left PostgreSQL running"
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +96,23 @@ def traffic(stack: Stack) -> dict[str, Any]:
     sqs.send_message(QueueUrl=url, MessageBody="this is not an S3 event")
     _until(lambda: _failure_records(s3), "the corrupt upload's failure record", 180)
     return summary
+
+
+def test_the_prefect_server_keeps_its_data_in_postgresql(
+    stack: Stack, traffic: dict[str, Any]
+) -> None:
+    status = json.loads(img2img(["local", "status"], stack.env, 60).stdout)
+    assert status["postgres"]["running"] and status["postgres"]["healthy"]
+    port = int(stack.env["IMG2IMG_LOCAL__POSTGRES_PORT"])
+    cluster = cluster_for(stack.state, "127.0.0.1", port)
+    runs = int(psql(cluster, "prefect", "SELECT count(*) FROM flow_run").strip())
+    artifacts = psql(cluster, "prefect", "SELECT DISTINCT key FROM artifact").split()
+    assert runs >= 2  # the demo's batch and the corrupt upload's
+    assert {"img2img-stage-timings", "img2img-batch-summary", "img2img-fleet"} <= set(artifacts)
+    assert "pg_trgm" in psql(cluster, "prefect", "SELECT extname FROM pg_extension").split()
+    # Only the Prefect server was given the database URL (it holds the password).
+    env_out = img2img(["local", "env"], stack.env, 60).stdout
+    assert "DATABASE_CONNECTION_URL" not in env_out and cluster.password not in env_out
 
 
 def test_alerts_arrive_at_the_webhook_and_events_name_the_pool(
