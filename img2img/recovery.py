@@ -102,6 +102,15 @@ def orphan_reason(
     """
     if (now - state_since).total_seconds() < orphan_after_s:
         return None
+    if (
+        worker is not None
+        and last_heartbeat is not None
+        and (state_since - last_heartbeat).total_seconds() >= orphan_after_s
+    ):
+        # The labelled worker was already silent when the run entered this state, so it
+        # cannot be the one that claimed it: the label is left from an earlier attempt (a
+        # re-run of an orphaned run, claimed by a new worker that has not relabelled it yet).
+        worker = None
     if worker is None:
         if state_name.lower() == "running":
             return None  # not run by a worker (a flow run started by hand): not ours to judge

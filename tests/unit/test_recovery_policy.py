@@ -117,3 +117,26 @@ def test_pending_without_any_worker_is_orphaned_but_a_hand_run_is_not() -> None:
         orphan(state_name="Pending", worker=None, state_since=NOW - timedelta(seconds=50)) is None
     )
     assert orphan(state_name="Running", worker=None) is None
+
+
+def test_a_label_left_by_a_worker_that_was_already_silent_is_not_the_claimant() -> None:
+    """A re-run of an orphaned run, claimed by a new worker that has not relabelled it yet
+    (seconds, under load): the label still names the dead worker, which fell silent before
+    the run became Pending again. That is an unlabelled claim (three windows), not a second
+    orphan."""
+    dead = NOW - timedelta(seconds=60)
+    assert (
+        orphan(state_name="Pending", state_since=NOW - timedelta(seconds=25), last_heartbeat=dead)
+        is None
+    )
+    # Still unlabelled after three windows: orphaned, and it says why.
+    reason = orphan(
+        state_name="Pending",
+        state_since=NOW - timedelta(seconds=61),
+        last_heartbeat=NOW - timedelta(seconds=200),
+    )
+    assert "no worker took it" in str(reason)
+    # The worker that was alive when the run entered its state and then fell silent is.
+    assert "no heartbeat" in str(
+        orphan(state_since=NOW - timedelta(seconds=100), last_heartbeat=NOW - timedelta(seconds=90))
+    )
