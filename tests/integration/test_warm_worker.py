@@ -124,6 +124,9 @@ def test_sigterm_drains_running_runs_and_takes_no_new_ones(
         run, _ = submit(client, clients, settings, deployment_id, "drain", count=2)
         wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
         os.kill(proc.pid, signal.SIGTERM)
+        # Runs created once the drain has begun stay for another worker (one created in the
+        # same instant may still be claimed: the signal is handled in the worker's loop).
+        wait_for(lambda: "draining" in log.read_text(), 30, "the drain to begin")
         later, _ = submit(client, clients, settings, deployment_id, "after-sigterm")
         proc.wait(timeout=90)
         assert state_of(client, run.id).is_completed()
