@@ -175,24 +175,12 @@ def test_a_slot_that_hangs_while_loading_is_killed_after_the_start_timeout(
 def test_the_pool_refuses_env_job_variables_with_a_reason(client: SyncPrefectClient) -> None:
     """Slots start before runs arrive, so a run's `env` could not be honoured: the Prefect
     API refuses it, at deploy time and for a single run, naming the field."""
-    import uuid
-
-    from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import PrefectHTTPStatusError
 
-    pool = f"env-{uuid.uuid4().hex[:8]}"
     shipped = json.loads(Path("deployments/base-job-templates/img2img-warm.json").read_text())
-    client.create_work_pool(
-        WorkPoolCreate(name=pool, type="img2img-warm", base_job_template=shipped)
-    )
     assert "slot processes" in shipped["variables"]["properties"]["env"]["description"]
+    pool, deployment_id = create_pool_and_deployment(client, template=shipped)
     flow_id = client.create_flow_from_name("img2img-pipeline")
-    deployment_id = client.create_deployment(
-        flow_id=flow_id,
-        name=pool,
-        entrypoint="flows.pipeline.img2img_pipeline",
-        work_pool_name=pool,
-    )
     with pytest.raises(PrefectHTTPStatusError, match=r"field 'env'.*expected to be empty"):
         client.create_deployment(
             flow_id=flow_id,

@@ -19,10 +19,15 @@ from prefect.settings import PREFECT_API_URL
 from tests.integration.helpers import FAST, png, upload
 
 
-def create_pool_and_deployment(client: Any, pool_type: str = "img2img-warm") -> tuple[str, Any]:
-    """A fresh work pool and a pipeline deployment on it; returns (pool name, deployment id)."""
+def create_pool_and_deployment(
+    client: Any, pool_type: str = "img2img-warm", template: dict[str, Any] | None = None
+) -> tuple[str, Any]:
+    """A fresh work pool (with `template` as its base job template, if given) and a pipeline
+    deployment on it; returns (pool name, deployment id)."""
     pool = f"test-{uuid.uuid4().hex[:8]}"
-    client.create_work_pool(WorkPoolCreate(name=pool, type=pool_type))
+    client.create_work_pool(
+        WorkPoolCreate(name=pool, type=pool_type, base_job_template=template or {})
+    )
     flow_id = client.create_flow_from_name("img2img-pipeline")
     deployment_id = client.create_deployment(
         flow_id=flow_id,
