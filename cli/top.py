@@ -30,17 +30,7 @@ def render(scraped: Scraped, url: str) -> Any:
     figures.add_column("value", justify="right")
     for name, label in GAUGES.items():
         if name in scraped.gauges:
-            value = scraped.gauges[name]
-            text = (
-                f"{value:.6f}"
-                if "cost" in name
-                else f"{100 * value:.0f}%"
-                if "duty" in name
-                else f"{value:.1f}"
-                if value != int(value)
-                else f"{value:.0f}"
-            )
-            figures.add_row(label, text)
+            figures.add_row(label, _figure_text(name, scraped.gauges[name]))
     done = scraped.images
     figures.add_row(
         "images since start",
@@ -58,6 +48,14 @@ def render(scraped: Scraped, url: str) -> Any:
             f"{scraped.failures.get(stage, 0):.0f}",
         )
     return Group(figures, stages)
+
+
+def _figure_text(name: str, value: float) -> str:
+    if "cost" in name:
+        return f"{value:.6f}"
+    if "duty" in name:
+        return f"{100 * value:.0f}%"
+    return f"{value:.0f}" if value == int(value) else f"{value:.1f}"
 
 
 def cmd_top(args: argparse.Namespace, settings: Settings) -> int:

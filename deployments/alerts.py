@@ -7,7 +7,6 @@ writes them with the block's id filled in, for `prefect automation create --from
 
 from __future__ import annotations
 
-import copy
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -34,7 +33,7 @@ def definitions(
             return [sub(v) for v in value]
         return fill.get(value, value) if isinstance(value, str) else value
 
-    return [sub(copy.deepcopy(a)) for a in raw]
+    return [sub(a) for a in raw]  # sub builds new dicts and lists
 
 
 def block_document_id(prefect: SyncPrefectClient, block: str) -> str:

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from deployments.pool_runs import pool_runs
+from deployments.pool_runs import PoolResource, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import host_of
@@ -59,7 +59,7 @@ class Autoscaler:
         self.history: list[dict[str, Any]] = []
         self.busy: set[str] = set()
         self._stop = threading.Event()
-        self._pool_uuid: str | None = None
+        self.pool_resource = PoolResource(prefect, pool)
 
     # -- observing the pool -----------------------------------------------------------------
 
@@ -159,11 +159,6 @@ class Autoscaler:
                 log.warning("could not update the fleet view: %s", exc)
         return decision
 
-    def _pool_id(self) -> str:
-        if self._pool_uuid is None:
-            self._pool_uuid = str(self.prefect.read_work_pool(self.pool).id)
-        return self._pool_uuid
-
     def _deployments(self) -> list[dict[str, str]]:
         """The deployments that run on the pool, as related resources of a scaling event
         (so it shows on each deployment's feed too)."""
@@ -199,11 +194,7 @@ class Autoscaler:
         try:
             emit_event(
                 event="img2img.autoscaler.scaled",
-                resource={
-                    # Prefect names a work pool's resource by its id, not its name.
-                    "prefect.resource.id": f"prefect.work-pool.{self._pool_id()}",
-                    "prefect.resource.name": self.pool,
-                },
+                resource=self.pool_resource.resource(),
                 related=self._deployments(),
                 payload=row,
             )

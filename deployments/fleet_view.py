@@ -24,6 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
+from deployments.pool_runs import PoolResource
 from deployments.warm_worker import host_of
 from img2img.fleet import BatchDigest, FleetSample, FleetWindow, markdown
 from img2img.scaling import Decision, Observation
@@ -76,7 +77,7 @@ class FleetView:
         self._cursor = clock()
         self._seen: dict[UUID, float] = {}
         self._artifact: UUID | None = None
-        self._pool_id: str | None = None
+        self.pool_resource = PoolResource(prefect, pool)
         self._queue_urls: dict[str, str] = {}
         self._starved_since: float | None = None
         self._starved = False
@@ -124,11 +125,6 @@ class FleetView:
 
     # -- reading --------------------------------------------------------------------------
 
-    def pool_id(self) -> str:
-        if self._pool_id is None:
-            self._pool_id = str(self.prefect.read_work_pool(self.pool).id)
-        return self._pool_id
-
     def _read_batches(self, now: float) -> None:
         from prefect.events.filters import (
             EventFilter,
@@ -147,7 +143,7 @@ class FleetView:
                     since=since, until=datetime.fromtimestamp(now, timezone.utc)
                 ),
                 event=EventNameFilter(prefix=[BATCH_EVENTS]),
-                related=EventRelatedFilter(id=[f"prefect.work-pool.{self.pool_id()}"]),
+                related=EventRelatedFilter(id=[self.pool_resource.resource_id]),
                 order=EventOrder.ASC,
             ),
             limit=50,
@@ -184,8 +180,10 @@ class FleetView:
         self.window.dead_letters = depth[self.storage.dead_letter_queue]
 
     def _read_workers(self) -> None:
+        from prefect.client.schemas.objects import WorkerStatus
+
         workers = self.prefect.read_workers_for_work_pool(self.pool)
-        online = {host_of(w.name) for w in workers if str(w.status).upper().endswith("ONLINE")}
+        online = {host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE}
         self.window.hosts_online = len(online)
 
     # -- publishing -----------------------------------------------------------------------
@@ -231,10 +229,7 @@ class FleetView:
     def _alerts(self, sample: FleetSample, now: float) -> None:
         from prefect.events import emit_event
 
-        pool = {
-            "prefect.resource.id": f"prefect.work-pool.{self.pool_id()}",
-            "prefect.resource.name": self.pool,
-        }
+        pool = self.pool_resource.resource()
         wanted_no_worker = sample.hosts > 0 and sample.hosts_online == 0
         if wanted_no_worker:
             self._starved_since = self._starved_since or now

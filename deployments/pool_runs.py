@@ -44,3 +44,23 @@ def pool_runs(
         runs += page
         if len(page) < PAGE:
             return runs
+
+
+class PoolResource:
+    """A work pool as an event resource. Prefect names it by the pool's id, not its name
+    (`prefect.work-pool.<id>`), so events attach to the pool's own feed; the id is read
+    once."""
+
+    def __init__(self, prefect: SyncPrefectClient, pool: str) -> None:
+        self.prefect = prefect
+        self.pool = pool
+        self._id: str | None = None
+
+    @property
+    def resource_id(self) -> str:
+        if self._id is None:
+            self._id = f"prefect.work-pool.{self.prefect.read_work_pool(self.pool).id}"
+        return self._id
+
+    def resource(self) -> dict[str, str]:
+        return {"prefect.resource.id": self.resource_id, "prefect.resource.name": self.pool}

@@ -61,10 +61,11 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
         (STAGE1.name, img2img_stage),
         (STAGE2.name, upscale_stage),
     ]
-    progress = Progress(jobs, len(steps) + 1)
+    progress = Progress(jobs, len(steps) + 1, steps[0][0])
     cancelled = False
     for done, (stage, step) in enumerate(steps):
-        progress.update(jobs, done, stage)
+        if done:
+            progress.update(jobs, done, stage)
         if cancels.requested(run_id):
             cancelled = True
         if not cancelled:

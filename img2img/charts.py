@@ -40,13 +40,12 @@ def data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
 
-def _figure(width: float, height: float) -> tuple[Any, Any]:
+def _figure(width: float, height: float) -> Any:
     # The object-oriented API on a Figure of its own: no pyplot, no global state, safe in
     # threads and in long-running services.
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height), dpi=80, layout="constrained")
-    return fig, fig.subplots
+    return Figure(figsize=(width, height), dpi=80, layout="constrained")
 
 
 def _png(fig: Any) -> bytes:
@@ -58,8 +57,8 @@ def _png(fig: Any) -> bytes:
 def waterfall_png(lines: Sequence[ImageLine], title: str) -> bytes:
     """Stacked horizontal bars, one per image: every segment of its time, in order."""
     shown = list(lines[:MAX_ROWS])
-    fig, subplots = _figure(9.0, 1.6 + 0.28 * max(len(shown), 1))
-    ax = subplots()
+    fig = _figure(9.0, 1.6 + 0.28 * max(len(shown), 1))
+    ax = fig.subplots()
     used: dict[str, Any] = {}
     for row, line in enumerate(shown):
         for seg in line.segments:
@@ -93,8 +92,8 @@ def waterfall_png(lines: Sequence[ImageLine], title: str) -> bytes:
 
 def fleet_png(samples: Sequence[FleetSample], title: str) -> bytes:
     """Four panels over time: throughput, end-to-end latency, queue and hosts, cost."""
-    fig, subplots = _figure(9.0, 6.0)
-    axes = subplots(2, 2, sharex=True)
+    fig = _figure(9.0, 6.0)
+    axes = fig.subplots(2, 2, sharex=True)
     times = [s.at for s in samples]
     ax = axes[0][0]
     ax.plot(times, [s.images_per_min for s in samples], color="#3182bd")

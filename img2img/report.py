@@ -9,7 +9,7 @@ from typing import Any
 
 from img2img.jobs import ImageJob
 from img2img.timing import STAGES, slowest_stage, summarize
-from img2img.waterfall import ImageLine, breakdown, event_is_trusted, image_line
+from img2img.waterfall import ImageLine, breakdown, image_line
 
 # The table's columns, each the sum of some timings: narrow enough to fit the page (the
 # waterfall chart and the result metadata keep every stage apart). They add up to `total`.
@@ -86,10 +86,11 @@ def build_report(
             continue
         event = job.ref.event_time.timestamp() if job.ref.event_time is not None else None
         t = job.timings
-        lines.append(
-            image_line(job.ref.key, job.status, t.spans, run_start, t.ended, event, stale_after_s)
+        line = image_line(
+            job.ref.key, job.status, t.spans, run_start, t.ended, event, stale_after_s
         )
-        trusted = event_is_trusted(event, run_start, stale_after_s)
+        lines.append(line)
+        trusted = line.from_upload_event  # image_line judged the event time
         if event is not None and not trusted:
             stale += 1
         timings = dict(t)

@@ -67,6 +67,11 @@ class ImageLine:
     def seconds(self) -> float:
         return self.segments[-1].end_s if self.segments else 0.0
 
+    @property
+    def from_upload_event(self) -> bool:
+        """Whether the line starts at a trusted upload event (else at the run's start)."""
+        return self.origin == "upload event"
+
 
 def event_is_trusted(event_time: float | None, run_start: float, stale_after_s: float) -> bool:
     """Whether an upload's event time can stand for when it was uploaded: not after the

@@ -29,12 +29,14 @@ class Progress:
     """The run's progress artifact: the share of the batch's steps done, where an image with
     an outcome (result, failure record, already processed) counts as done."""
 
-    def __init__(self, jobs: list[ImageJob], steps: int) -> None:
+    def __init__(self, jobs: list[ImageJob], steps: int, first: str) -> None:
+        """Created as the first step (`first`) begins: one request fewer per run than
+        creating it empty and updating it at once."""
         self.steps = steps
         self.artifact: UUID | None = None
         try:
             created = create_progress_artifact(
-                0.0, key=PROGRESS_KEY, description=self._words(jobs, 0, "starting")
+                self._value(jobs, 0), key=PROGRESS_KEY, description=self._words(jobs, 0, first)
             )
             # Called from a synchronous flow, async_dispatch runs it and returns the id.
             self.artifact = created if isinstance(created, UUID) else None
@@ -44,14 +46,20 @@ class Progress:
     def update(self, jobs: list[ImageJob], done_steps: int, now: str) -> None:
         if self.artifact is None or not jobs:
             return
-        per_image = [self.steps if not j.active else done_steps for j in jobs]
-        value = 100.0 * sum(per_image) / (len(jobs) * self.steps)
         try:
             update_progress_artifact(
-                self.artifact, value, description=self._words(jobs, done_steps, now)
+                self.artifact,
+                self._value(jobs, done_steps),
+                description=self._words(jobs, done_steps, now),
             )
         except Exception as exc:
             get_run_logger().warning("could not update the progress artifact: %s", exc)
+
+    def _value(self, jobs: list[ImageJob], done_steps: int) -> float:
+        if not jobs:
+            return 100.0
+        per_image = [self.steps if not j.active else done_steps for j in jobs]
+        return 100.0 * sum(per_image) / (len(jobs) * self.steps)
 
     def _words(self, jobs: list[ImageJob], done_steps: int, now: str) -> str:
         finished = sum(1 for j in jobs if not j.active)
