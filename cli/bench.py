@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cli.common import say
 from img2img.settings import Settings
@@ -122,6 +122,40 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_control_plane(args: argparse.Namespace, settings: Settings) -> int:
+    from infra.bench.control_plane import ControlPlaneConfig, run_control_plane
+
+    try:
+        rates = tuple(float(r) for r in args.rates.split(","))
+    except ValueError:
+        print(f"--rates must be numbers separated by commas, got {args.rates!r}", file=sys.stderr)
+        return 2
+    if not rates or min(rates) <= 0:
+        print("--rates must all be above 0 images/s", file=sys.stderr)
+        return 2
+    if not 0 <= args.device_ms <= 1000:
+        print("--device-ms must be within 0..1000", file=sys.stderr)
+        return 2
+    databases: list[Literal["sqlite", "postgres"]] = (
+        ["sqlite", "postgres"] if args.database == "all" else [args.database]
+    )
+    for database in databases:
+        cfg = ControlPlaneConfig(
+            database=database,
+            hosts=args.hosts,
+            slots=args.slots,
+            dispatchers=args.dispatchers,
+            device_ms=args.device_ms,
+            rates=rates,
+            step_s=args.step_s,
+            drain_s=args.drain_s,
+            batch_size=args.batch_size,
+            max_queue_wait_s=args.max_queue_wait_s,
+        )
+        run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
+    return 0
+
+
 def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
@@ -190,6 +224,32 @@ def add_commands(sub: Any) -> None:
     pipe.add_argument("--keep", action="store_true", help="leave the bench stack running")
     pipe.add_argument("--json", action="store_true")
     pipe.set_defaults(func=cmd_bench_pipeline)
+
+    control = bench_sub.add_parser(
+        "control-plane",
+        help="the orchestration alone at stepped arrival rates: API requests, server CPU and "
+        "database growth per image, and the ceiling",
+    )
+    control.add_argument("--database", choices=["sqlite", "postgres", "all"], default="all")
+    control.add_argument("--hosts", type=int, choices=range(1, 9), default=2, metavar="H")
+    control.add_argument("--slots", type=int, choices=range(1, 9), default=1, metavar="S")
+    control.add_argument("--dispatchers", type=int, choices=range(1, 9), default=1, metavar="R")
+    control.add_argument(
+        "--device-ms", type=float, default=5.0, help="simulated device time per stage call"
+    )
+    control.add_argument(
+        "--rates", default="0.5,1,2,4,8,16", help="arrival rate of each step, images/s"
+    )
+    control.add_argument("--step-s", type=float, default=60.0, help="seconds of arrivals per step")
+    control.add_argument(
+        "--drain-s", type=float, default=180.0, help="longest wait for a step's outcomes"
+    )
+    control.add_argument("--batch-size", type=int, default=8)
+    control.add_argument(
+        "--max-queue-wait-s", type=float, default=30.0, help="stop when p95 queue wait passes it"
+    )
+    control.add_argument("--keep", action="store_true", help="leave the bench stack running")
+    control.set_defaults(func=cmd_bench_control_plane)
 
     models = bench_sub.add_parser("models", help="stage latency per backend")
     models.add_argument("--stage", choices=["img2img", "upscale", "all"], default="all")

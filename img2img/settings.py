@@ -496,6 +496,13 @@ class LocalStackSettings(BaseModel):
         description="Workers started by `local up` besides the autoscaler's (0: the autoscaler "
         "starts them on demand and stops them when idle).",
     )
+    dispatchers: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description="Dispatcher replicas on the ingest queue (competing consumers; the first "
+        "is `dispatcher`, the others `dispatcher-1`, ...).",
+    )
     autoscaler: bool = Field(True, description="Run the autoscaler in the local stack.")
     worker_type: Literal["img2img-warm", "process"] = Field(
         "img2img-warm", description="Worker type of the local pipeline pool."

@@ -37,8 +37,18 @@ LOCAL_MONITOR = {
     "IMG2IMG_MONITOR__FLEET_WINDOW_S": "300",
     "IMG2IMG_MONITOR__STARVED_AFTER_S": "60",
 }
-# The services the supervisor keeps running (restarted when they die).
+# The services the supervisor keeps running (restarted when they die); every dispatcher
+# replica is one of them.
 SUPERVISED = ("dispatcher", "autoscaler", "recovery")
+
+
+def dispatcher_name(index: int) -> str:
+    """The stack's name of dispatcher replica `index` (`dispatcher`, `dispatcher-1`, ...)."""
+    return "dispatcher" if index == 0 else f"dispatcher-{index}"
+
+
+def supervised(name: str) -> bool:
+    return name in SUPERVISED or name.startswith("dispatcher-")
 # Fixed, non-secret credentials for the local emulator only.
 LOCAL_AWS_KEY = "local-stack"
 
@@ -64,8 +74,16 @@ def child_env(
             "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,
             "AWS_DEFAULT_REGION": settings.aws.region,
             "IMG2IMG_PROJECT_DIR": str(PROJECT_DIR),
+            # The stack's shape, so that a child reading its own settings (the supervisor,
+            # the autoscaler's local backend) sees the stack its parent started.
             "IMG2IMG_LOCAL__WORKER_TYPE": local.worker_type,
             "IMG2IMG_LOCAL__STATE_DIR": str(state),
+            "IMG2IMG_LOCAL__PREFECT_PORT": str(local.prefect_port),
+            "IMG2IMG_LOCAL__MOTO_PORT": str(local.moto_port),
+            "IMG2IMG_LOCAL__POSTGRES_PORT": str(local.postgres_port),
+            "IMG2IMG_LOCAL__WORKERS": str(local.workers),
+            "IMG2IMG_LOCAL__DISPATCHERS": str(local.dispatchers),
+            "IMG2IMG_LOCAL__AUTOSCALER": str(local.autoscaler).lower(),
             "IMG2IMG_AWS__ENDPOINT_URL": local.moto_url,
             "IMG2IMG_AWS__EXPRESS_SESSION_AUTH": "false",
             "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(settings.stages.model_cache_dir.resolve()),

@@ -28,8 +28,9 @@ from infra.local_env import (
     LOCAL_SCALING,
     POOL,
     PROJECT_DIR,
-    SUPERVISED,
     child_env,
+    dispatcher_name,
+    supervised,
     worker_env,
 )
 from infra.local_provision import provision
@@ -119,9 +120,10 @@ class LocalStack:
             ),
         ]
         services += [self.worker_service(i) for i in range(local.workers)]
-        services.append(
-            Service("dispatcher", [py, "-m", "cli", "dispatch"], "dispatch", lambda: True)
-        )
+        services += [
+            Service(dispatcher_name(i), [py, "-m", "cli", "dispatch"], "dispatch", lambda: True)
+            for i in range(local.dispatchers)
+        ]
         if local.autoscaler:
             services.append(
                 Service("autoscaler", [py, "-m", "cli", "autoscale"], "autoscale", lambda: True)
@@ -292,7 +294,7 @@ class LocalStack:
         """Keep the dispatcher, the autoscaler and the recovery service running: restart
         any that died, and reap what ended. Returns when `stop()` is true."""
         env = self.child_env()
-        services = {s.name: s for s in self.services() if s.name in SUPERVISED}
+        services = {s.name: s for s in self.services() if supervised(s.name)}
         while not stop():
             self.reap()
             for name, service in services.items():
@@ -321,7 +323,7 @@ class LocalStack:
     def stop(self, names: list[str], say: Callable[[str], None] = log.info) -> None:
         """Stop the named services (for example the worker and dispatcher, to restart them
         with other settings) and leave the rest running."""
-        for service in self.services() + self._extra_workers():
+        for service in self.services() + self._extra_services():
             if service.name in names or any(
                 n.endswith("*") and service.name.startswith(n[:-1]) for n in names
             ):
@@ -335,7 +337,7 @@ class LocalStack:
         return self.logs / f"{name}.log"
 
     def down(self, say: Callable[[str], None] = log.info) -> None:
-        for service in reversed(self.services() + self._extra_workers()):
+        for service in reversed(self.services() + self._extra_services()):
             pid = self.pid_of(service)
             if pid is None:
                 self.procs.pidfile(service.name).unlink(missing_ok=True)
@@ -344,19 +346,23 @@ class LocalStack:
             terminate(pid)
             self.procs.pidfile(service.name).unlink(missing_ok=True)
 
-    def _extra_workers(self) -> list[Service]:
-        """Workers started beyond the configured count (by an earlier, larger `up`)."""
+    def _extra_services(self) -> list[Service]:
+        """Workers and dispatcher replicas started beyond the configured count (by the
+        autoscaler, or by an earlier, larger `up`)."""
         known = {s.name for s in self.services()}
         extra = []
         if self.pids.exists():
-            for f in self.pids.glob("worker-*.pid"):
-                if f.stem not in known:
-                    extra.append(Service(f.stem, [], "worker", lambda: True))
+            for f in self.pids.glob("*.pid"):
+                kind = f.stem.split("-")[0]
+                if f.stem not in known and kind in ("worker", "dispatcher"):
+                    extra.append(
+                        Service(f.stem, [], kind if kind == "worker" else "dispatch", lambda: True)
+                    )
         return extra
 
     def status(self) -> dict[str, dict[str, object]]:
         out: dict[str, dict[str, object]] = {}
-        for service in self.services() + self._extra_workers():
+        for service in self.services() + self._extra_services():
             pid = self.pid_of(service)
             out[service.name] = {
                 "running": pid is not None,

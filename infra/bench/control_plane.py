@@ -1,0 +1,435 @@
+"""`img2img bench control-plane`: the orchestration alone, at stepped arrival rates.
+
+A stack of its own (state folder `bench-control`, ports next to the demo stack's): the
+Prefect server on SQLite or PostgreSQL, moto, H warm-worker hosts with S slots each on the
+simulated device (a few ms per call, no model), R dispatcher replicas and the recovery
+service; no autoscaler (the hosts are fixed). Each step uploads images at a fixed rate for
+`step_s` seconds, waits for every outcome, and measures over that window what the control
+plane spent: API requests (the server's own access log), CPU seconds of each process group
+(from /proc, children included), database growth in bytes and rows. It prints one JSON line
+per step and stops at the first step that does not keep up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TextIO
+
+from img2img.aws import clients_from_settings
+from img2img.events import ObjectRef
+from img2img.notify import upload_of
+from img2img.settings import Settings
+from infra.bench.control_figures import (
+    GROWING_TABLES,
+    StepInput,
+    count_requests,
+    name_bound,
+    step_figures,
+    stop_reason,
+)
+from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+from infra.postgres import DATABASE, psql
+from infra.resources import APP_QUEUE
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ControlPlaneConfig:
+    database: Literal["sqlite", "postgres"]
+    hosts: int
+    slots: int
+    dispatchers: int
+    device_ms: float
+    rates: tuple[float, ...]  # images/s, one step each
+    step_s: float
+    drain_s: float
+    batch_size: int
+    max_queue_wait_s: float
+    load_s: float = 1.0
+    warmup_images: int = 16
+
+
+def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
+    """The benchmark's stack: its own state folder and ports, fixed hosts, no autoscaler."""
+    local = base.local.model_copy(
+        update={
+            "state_dir": base.local.state_dir / "bench-control",
+            "prefect_port": base.local.prefect_port + 20,
+            "moto_port": base.local.moto_port + 20,
+            "metrics_port": base.local.metrics_port + 20,
+            "postgres_port": base.local.postgres_port + 20,
+            "database": cfg.database,
+            "workers": cfg.hosts,
+            "dispatchers": cfg.dispatchers,
+            "autoscaler": False,
+            "worker_type": "img2img-warm",
+        }
+    )
+    worker = base.worker.model_copy(update={"slots": cfg.slots})
+    return base.model_copy(update={"local": local, "worker": worker})
+
+
+def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
+    return {
+        "IMG2IMG_STAGES__BACKEND": "simulated",
+        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": str(cfg.device_ms),
+        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.device_ms),
+        "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
+        "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.batch_size),
+        "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
+        # The server writes uvicorn's access log (one line per request): the request count.
+        "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
+    }
+
+
+# -- what the processes spent ------------------------------------------------------------------
+
+
+def _proc_table() -> dict[int, tuple[int, float]]:
+    """pid → (parent pid, CPU seconds of the process and of its waited-for children)."""
+    table = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        # fields[0] is the state; ppid, then utime, stime, cutime, cstime at 11..14.
+        ticks = sum(int(f) for f in fields[11:15])
+        table[int(entry.name)] = (int(fields[1]), ticks / CLOCK_TICKS)
+    return table
+
+
+def tree_cpu_s(root: int, table: dict[int, tuple[int, float]]) -> float:
+    """CPU seconds of a process and every live descendant (ended children are in their
+    parent's waited-for time)."""
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table:
+            total += table[pid][1]
+            todo += children.get(pid, [])
+    return total
+
+
+def group_of(service: str) -> str:
+    if service == "prefect-server":
+        return "prefect_server"
+    if service == "postgres":
+        return "database"
+    if service.startswith("worker"):
+        return "workers"
+    if service.startswith("dispatcher"):
+        return "dispatchers"
+    if service == "moto":
+        return "moto"
+    return "control"
+
+
+def cpu_by_group(stack: LocalStack) -> dict[str, float]:
+    table = _proc_table()
+    groups: dict[str, float] = {}
+    for service in stack.services():
+        pid = stack.pid_of(service)
+        if pid is not None:
+            group = group_of(service.name)
+            groups[group] = groups.get(group, 0.0) + tree_cpu_s(pid, table)
+    times = os.times()
+    groups["bench"] = times.user + times.system
+    return groups
+
+
+def machine_busy_s() -> float:
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / CLOCK_TICKS
+
+
+# -- what the database holds -------------------------------------------------------------------
+
+
+def database_figures(stack: LocalStack) -> tuple[int, dict[str, int]]:
+    """(size in bytes, rows per growing table) of the Prefect database."""
+    if stack.uses_postgres():
+        cluster = stack.postgres()
+        counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in GROWING_TABLES)
+        out = psql(cluster, DATABASE, f"SELECT pg_database_size('{DATABASE}'), {counts}").strip()
+        values = [int(v) for v in out.split("|")]
+        return values[0], dict(zip(GROWING_TABLES, values[1:], strict=True))
+    path = stack.state / "prefect" / "prefect.db"
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+        pages = db.execute("PRAGMA page_count").fetchone()[0]
+        size = db.execute("PRAGMA page_size").fetchone()[0]
+        rows = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in GROWING_TABLES}
+    return int(pages * size), rows
+
+
+@dataclass
+class Mark:
+    at: float
+    cpu: dict[str, float]
+    machine: float
+    log_offset: int
+    db_bytes: int
+    rows: dict[str, int]
+
+
+def mark(stack: LocalStack) -> Mark:
+    log = stack.log_path("prefect-server")
+    size, rows = database_figures(stack)
+    return Mark(
+        at=time.monotonic(),
+        cpu=cpu_by_group(stack),
+        machine=machine_busy_s(),
+        log_offset=log.stat().st_size if log.exists() else 0,
+        db_bytes=size,
+        rows=rows,
+    )
+
+
+def requests_since(stack: LocalStack, offset: int, end: int) -> Counter[str]:
+    with stack.log_path("prefect-server").open("rb") as f:
+        f.seek(offset)
+        text = f.read(max(end - offset, 0)).decode(errors="replace")
+    return count_requests(text.splitlines())
+
+
+# -- arrivals and outcomes ---------------------------------------------------------------------
+
+
+class Outcomes:
+    """Reads the completion messages (as an app would) in a thread, for every upload."""
+
+    def __init__(self, sqs: SQSClient, queue_url: str) -> None:
+        self.sqs, self.queue_url = sqs, queue_url
+        self.docs: dict[str, dict[str, Any]] = {}
+        self.duplicates = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> Outcomes:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            got = self.sqs.receive_message(
+                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            messages = got.get("Messages", [])
+            for message in messages:
+                body = json.loads(message["Body"])
+                with self._lock:
+                    identity = upload_of(body).identity
+                    if identity in self.docs:
+                        self.duplicates += 1
+                    self.docs[identity] = body
+            if messages:
+                self.sqs.delete_message_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
+                        for i, m in enumerate(messages)
+                    ],
+                )
+
+    def wait(self, refs: list[ObjectRef], deadline: float) -> list[dict[str, Any]]:
+        while time.monotonic() < deadline:
+            with self._lock:
+                found = [self.docs[r.identity] for r in refs if r.identity in self.docs]
+            if len(found) == len(refs):
+                return found
+            time.sleep(0.2)
+        with self._lock:
+            return [self.docs[r.identity] for r in refs if r.identity in self.docs]
+
+
+def upload_at(s3: Any, bucket: str, rate: float, seconds: float, tag: str) -> list[ObjectRef]:
+    """Upload images at `rate` a second for `seconds` (open loop: on schedule, not waiting
+    for the pipeline); returns them in upload order."""
+    from img2img.dev.samples import sample_metadata, sample_png
+
+    count = max(int(rate * seconds), 1)
+    start = time.monotonic()
+    refs = []
+    for i in range(count):
+        delay = start + i / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        key = f"bench/{tag}/img {i:05d}.png"
+        response = s3.put_object(
+            Bucket=bucket,
+            Key=key,
+            Body=sample_png(i),
+            ContentType="image/png",
+            Metadata=sample_metadata(i, 2, 2),
+        )
+        refs.append(ObjectRef(bucket=bucket, key=key, etag=response["ETag"].strip('"')))
+    return refs
+
+
+# -- the benchmark -----------------------------------------------------------------------------
+
+
+def run_control_plane(
+    base: Settings, cfg: ControlPlaneConfig, keep: bool, out: TextIO, err: TextIO
+) -> list[dict[str, Any]]:
+    settings = bench_settings(base, cfg)
+
+    def say(message: str) -> None:
+        print(f"  {message}", file=err, flush=True)
+
+    stack = LocalStack(settings, extra_env=stack_env(cfg))
+    say(
+        f"control-plane bench on {cfg.database}: {cfg.hosts} host(s) x {cfg.slots} slot(s), "
+        f"{cfg.dispatchers} dispatcher(s), simulated device {cfg.device_ms} ms/call, batch "
+        f"{cfg.batch_size}, steps {list(cfg.rates)} images/s of {cfg.step_s:.0f} s each"
+    )
+    rows: list[dict[str, Any]] = []
+    outcomes: Outcomes | None = None
+    try:
+        stack.down(say)  # a bench stack left by --keep: start from its settings, not those
+        for log in stack.logs.glob("*.log") if stack.logs.exists() else []:
+            log.unlink()
+        stack.up(say)
+        _wait_ready(stack, cfg)
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+        aws = settings.aws.model_copy(
+            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
+        )
+        clients = clients_from_settings(aws)
+        queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+        outcomes = Outcomes(clients.sqs, queue).start()
+        bucket = settings.storage.uploads_bucket
+        run_tag = time.strftime("%Y%m%d-%H%M%S")
+        idle = _idle_cores(stack, 15.0)
+        say(f"idle (15 s, no uploads): cores busy {idle}")
+        say(f"warm-up: {cfg.warmup_images} images")
+        warm = upload_at(clients.s3, bucket, 4.0, cfg.warmup_images / 4.0, f"{run_tag}/warmup")
+        outcomes.wait(warm, time.monotonic() + cfg.drain_s)
+        for index, rate in enumerate(cfg.rates):
+            row = _step(stack, cfg, clients.s3, bucket, outcomes, rate, f"{run_tag}/{index}")
+            images = max(row["completed"] + row["failed"], 1)
+            server_idle_ms = idle.get("prefect_server", 0.0) * row["window_s"] * 1000
+            row = {
+                "database": cfg.database,
+                "hosts": cfg.hosts,
+                "slots": cfg.slots,
+                "dispatchers": cfg.dispatchers,
+                "device_ms": cfg.device_ms,
+                "batch_size": cfg.batch_size,
+                "step": index,
+                **row,
+                "server_idle_cores": idle.get("prefect_server", 0.0),
+                "server_cpu_ms_per_image_above_idle": round(
+                    row["server_cpu_ms_per_image"] - server_idle_ms / images, 1
+                ),
+            }
+            reason = stop_reason(row, cfg.max_queue_wait_s)
+            row["bound"] = name_bound(row, os.cpu_count() or 1)
+            row["stopped_because"] = reason
+            rows.append(row)
+            print(json.dumps(row), file=out, flush=True)
+            say(
+                f"step {index}: offered {row['offered_images_per_s']} achieved "
+                f"{row['achieved_images_per_s']} images/s, p95 queue wait "
+                f"{row['p95_queue_wait_s']} s, {row['api_requests_per_image']} requests and "
+                f"{row['server_cpu_ms_per_image']} server CPU ms per image; {row['bound']}"
+            )
+            if reason:
+                say(f"stopping: {reason}")
+                break
+    finally:
+        if outcomes is not None:
+            outcomes.stop()
+        if not keep:
+            stack.down(say)
+    return rows
+
+
+def _step(
+    stack: LocalStack,
+    cfg: ControlPlaneConfig,
+    s3: Any,
+    bucket: str,
+    outcomes: Outcomes,
+    rate: float,
+    tag: str,
+) -> dict[str, Any]:
+    before = mark(stack)
+    first = datetime.now(timezone.utc)
+    started = time.monotonic()
+    refs = upload_at(s3, bucket, rate, cfg.step_s, tag)
+    upload_s = time.monotonic() - started
+    last = datetime.now(timezone.utc)
+    docs = outcomes.wait(refs, time.monotonic() + cfg.drain_s)
+    after = mark(stack)
+    completed = [d for d in docs if d.get("outcome") == "result"]
+    window = after.at - before.at
+    step = StepInput(
+        offered_per_s=rate,
+        uploaded=len(refs),
+        upload_s=upload_s if len(refs) > 1 else 0.0,
+        docs=completed,
+        failed=len(docs) - len(completed),
+        missing=len(refs) - len(docs),
+        first_upload=first,
+        last_upload=last,
+        window_s=window,
+        cpu_s={k: after.cpu.get(k, 0.0) - v for k, v in before.cpu.items()},
+        machine_busy_s=after.machine - before.machine,
+        cores=os.cpu_count() or 1,
+        requests=requests_since(stack, before.log_offset, after.log_offset),
+        db_bytes=after.db_bytes - before.db_bytes,
+        rows={t: after.rows[t] - before.rows.get(t, 0) for t in after.rows},
+        batch_size=cfg.batch_size,
+    )
+    return step_figures(step)
+
+
+def _idle_cores(stack: LocalStack, seconds: float) -> dict[str, float]:
+    """Cores each process group keeps busy with no uploads: polling, heartbeats and the
+    server's background services, paid whatever the load."""
+    before = cpu_by_group(stack)
+    time.sleep(seconds)
+    after = cpu_by_group(stack)
+    return {k: round((after.get(k, 0.0) - v) / seconds, 3) for k, v in before.items()}
+
+
+def _wait_ready(stack: LocalStack, cfg: ControlPlaneConfig, timeout_s: float = 180.0) -> None:
+    """Until every slot of every host has loaded (the simulated load time)."""
+    deadline = time.monotonic() + timeout_s
+    want = cfg.hosts * cfg.slots
+    while time.monotonic() < deadline:
+        ready = 0
+        for i in range(cfg.hosts):
+            log = stack.log_path(f"worker-{i}")
+            if log.exists():
+                ready += log.read_text(errors="replace").count(": ready (pid")
+        if ready >= want:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{want} slot(s) not ready after {timeout_s:.0f} s; see {stack.logs}")
