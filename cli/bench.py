@@ -151,6 +151,7 @@ def cmd_bench_control_plane(args: argparse.Namespace, settings: Settings) -> int
             drain_s=args.drain_s,
             batch_size=args.batch_size,
             max_queue_wait_s=args.max_queue_wait_s,
+            views=args.views,
         )
         run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
     return 0
@@ -247,6 +248,13 @@ def add_commands(sub: Any) -> None:
     control.add_argument("--batch-size", type=int, default=8)
     control.add_argument(
         "--max-queue-wait-s", type=float, default=30.0, help="stop when p95 queue wait passes it"
+    )
+    control.add_argument(
+        "--views",
+        choices=["default", "all", "lean"],
+        default="default",
+        help="what each batch records on the server: the settings' defaults, everything "
+        "(task runs, artifacts, progress, chart, per-image events), or the least",
     )
     control.add_argument("--keep", action="store_true", help="leave the bench stack running")
     control.set_defaults(func=cmd_bench_control_plane)

@@ -114,13 +114,31 @@ class ReportingDeviceLock:
         self._lock.release()
 
 
+_flows: dict[UUID | None, Any] = {}
+_flows_lock = threading.Lock()
+
+
+def _flow_for(flow_run: Any) -> Any:
+    """The run's flow, loaded once per deployment: the first run of a deployment in this
+    slot runs its pull steps and imports its entrypoint; the next ones reuse it (the code is
+    imported for good anyway), which spares the server a deployment read, the pull steps'
+    log lines and their event on every run."""
+    from prefect.flow_engine import load_flow
+
+    with _flows_lock:
+        key = flow_run.deployment_id
+        if key is None or key not in _flows:
+            _flows[key] = load_flow(flow_run)
+        return _flows[key]
+
+
 def _execute(run_id: str, send: Any) -> None:
     """Run one flow run in this process, with the models already resident."""
-    from prefect.flow_engine import load_flow, load_flow_run, run_flow
+    from prefect.flow_engine import load_flow_run, run_flow
 
     try:
         flow_run = load_flow_run(UUID(run_id))
-        flow = load_flow(flow_run)
+        flow = _flow_for(flow_run)
         state = run_flow(flow, flow_run=flow_run, return_type="state")
         send(RunDone(run_id=run_id, state=str(state.type.value)))  # type: ignore[union-attr]
     except BaseException as exc:

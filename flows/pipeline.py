@@ -30,6 +30,7 @@ from img2img.steps import record_queue_wait, reject_unaccepted
 from tasks.artifacts import Progress, publish_timings
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
+from tasks.policy import run_step
 from tasks.postprocess import postprocess
 from tasks.preprocess import preprocess
 from tasks.runtime import get_runtime
@@ -55,13 +56,18 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     # Each step takes the batch and returns it, each image updated where it is (an image
     # that fails is marked failed; the others go on): a retry of a step sees what the
     # earlier attempt finished.
+    monitor = rt.settings.monitor
+    as_task = monitor.task_runs
     steps: list[tuple[str, Callable[[list[ImageJob]], list[ImageJob]]]] = [
-        ("copy", copy_to_directory_bucket),
-        ("preprocess", lambda batch: preprocess(batch, defaults or ImageParams())),
-        (STAGE1.name, img2img_stage),
-        (STAGE2.name, upscale_stage),
+        ("copy", lambda batch: run_step(copy_to_directory_bucket, batch, task_run=as_task)),
+        (
+            "preprocess",
+            lambda batch: run_step(preprocess, batch, defaults or ImageParams(), task_run=as_task),
+        ),
+        (STAGE1.name, lambda batch: run_step(img2img_stage, batch, task_run=as_task)),
+        (STAGE2.name, lambda batch: run_step(upscale_stage, batch, task_run=as_task)),
     ]
-    progress = Progress(jobs, len(steps) + 1, steps[0][0])
+    progress = Progress(jobs, len(steps) + 1, steps[0][0], enabled=monitor.run_progress)
     cancelled = False
     for done, (stage, step) in enumerate(steps):
         if done:
@@ -77,9 +83,11 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
                     job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
             break
     progress.update(jobs, len(steps), "writing outcomes")
-    jobs = postprocess(jobs, run_id)
+    jobs = run_step(postprocess, jobs, run_id, task_run=as_task)
     progress.update(jobs, len(steps) + 1, "done")
-    report = publish_timings(jobs, time.perf_counter() - clock, started.timestamp())
+    report = run_step(
+        publish_timings, jobs, time.perf_counter() - clock, started.timestamp(), task_run=as_task
+    )
     if run_id is not None:
         cancels.clear(run_id)
 

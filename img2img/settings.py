@@ -384,10 +384,35 @@ INF2_ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
 class MonitorSettings(BaseModel):
     """What the operator sees: the per-run chart, the fleet figures and where they go."""
 
-    run_chart: bool = Field(
+    # What each batch costs the Prefect server (`img2img bench control-plane` measures it).
+    # The defaults are what a pool at millions of images a day should run; the local stack
+    # turns on the views a person watching one run wants (progress bar, chart).
+    task_runs: bool = Field(
         True,
-        description="Each run's artifact includes a waterfall chart of its images (a PNG of "
+        description="Each step of a batch (copy, preprocess, stage 1, stage 2, post-process) "
+        "is a Prefect task run: its states, retries and time in the run graph. Off: the steps "
+        "run inside the flow run with the same retry policy, and each batch costs the server "
+        "5 task runs, 15 state events and their log lines fewer.",
+    )
+    run_artifacts: bool = Field(
+        True,
+        description="Each run publishes its timing table and summary artifacts (two artifacts "
+        "and three events per batch); the batch event the fleet view reads is sent either way.",
+    )
+    run_progress: bool = Field(
+        False,
+        description="Each run keeps a progress artifact up to date as its steps go (six "
+        "artifact writes and events per batch).",
+    )
+    run_chart: bool = Field(
+        False,
+        description="Each run's summary includes a waterfall chart of its images (a PNG of "
         "about 20-40 KB kept in the Prefect database with the artifact).",
+    )
+    image_events: bool = Field(
+        False,
+        description="An `img2img.image.completed` / `.failed` Prefect event per image (for "
+        "automations on single images); the completion message to the app is sent either way.",
     )
     stale_event_s: float = Field(
         3600.0,
@@ -465,6 +490,48 @@ class MonitorSettings(BaseModel):
             ) from None
 
 
+class RetentionSettings(BaseModel):
+    """How long the Prefect server keeps what the pipeline records. Prefect's own database
+    vacuum does the deleting (flow runs with their task runs and states, their logs and
+    artifacts, orphans, events); these settings turn it on and size it. The outcomes
+    themselves (results and failure records in S3) are not touched."""
+
+    runs_days: float = Field(
+        14.0,
+        ge=1 / 24,
+        le=3650,
+        description="Finished flow runs (with their task runs, states, logs and artifacts) "
+        "are deleted this long after they ended; Prefect's minimum is one hour.",
+    )
+    events_days: float = Field(
+        7.0, gt=0, le=3650, description="Events are deleted this long after they happened."
+    )
+    vacuum_interval_s: float = Field(
+        3600.0, ge=1, le=86_400, description="How often the vacuum looks for old runs and events."
+    )
+    orphans_interval_s: float = Field(
+        86_400.0,
+        ge=1,
+        le=7 * 86_400,
+        description="How often it scans for logs and artifacts left by deleted runs (a full "
+        "scan of those tables).",
+    )
+
+    def server_env(self) -> dict[str, str]:
+        """The Prefect server's settings that apply this retention."""
+        return {
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED": "events,flow_runs,orphans",
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD": str(
+                round(self.runs_days * 86_400)
+            ),
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_LOOP_SECONDS": str(self.vacuum_interval_s),
+            "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": str(
+                self.orphans_interval_s
+            ),
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": str(round(self.events_days * 86_400)),
+        }
+
+
 class LocalStackSettings(BaseModel):
     """The embedded local stack: Prefect server and moto on loopback."""
 
@@ -540,6 +607,7 @@ class Settings(BaseSettings):
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
     notify: NotifySettings = Field(default_factory=NotifySettings)
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
 

@@ -31,8 +31,11 @@ LOCAL_RECOVERY = {
     "IMG2IMG_RECOVERY__RECONCILE_INTERVAL_S": "60",
     "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "180",
 }
-# The fleet view on a laptop's time scale: a demo lasts a minute or two.
+# The fleet view on a laptop's time scale (a demo lasts a minute or two), and the per-run
+# views a person watching one run wants (progress bar, waterfall chart).
 LOCAL_MONITOR = {
+    "IMG2IMG_MONITOR__RUN_PROGRESS": "true",
+    "IMG2IMG_MONITOR__RUN_CHART": "true",
     "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "10",
     "IMG2IMG_MONITOR__FLEET_WINDOW_S": "300",
     "IMG2IMG_MONITOR__STARVED_AFTER_S": "60",
@@ -49,6 +52,8 @@ def dispatcher_name(index: int) -> str:
 
 def supervised(name: str) -> bool:
     return name in SUPERVISED or name.startswith("dispatcher-")
+
+
 # Fixed, non-secret credentials for the local emulator only.
 LOCAL_AWS_KEY = "local-stack"
 

@@ -270,6 +270,7 @@ class LocalStack:
             )
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(wanted)
+        env = {**env, **self.settings.retention.server_env()}
         if wanted != "postgres":
             return env
         cluster = self.postgres()

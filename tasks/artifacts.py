@@ -29,11 +29,13 @@ class Progress:
     """The run's progress artifact: the share of the batch's steps done, where an image with
     an outcome (result, failure record, already processed) counts as done."""
 
-    def __init__(self, jobs: list[ImageJob], steps: int, first: str) -> None:
+    def __init__(self, jobs: list[ImageJob], steps: int, first: str, enabled: bool = True) -> None:
         """Created as the first step (`first`) begins: one request fewer per run than
-        creating it empty and updating it at once."""
+        creating it empty and updating it at once. Not `enabled`: nothing is written."""
         self.steps = steps
         self.artifact: UUID | None = None
+        if not enabled:
+            return
         try:
             created = create_progress_artifact(
                 self._value(jobs, 0), key=PROGRESS_KEY, description=self._words(jobs, 0, first)
@@ -71,10 +73,22 @@ class Progress:
 
 @task(name="publish-timings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> BatchReport:
-    from img2img.charts import data_uri, waterfall_png
-
     monitor = get_runtime().settings.monitor
     report = build_report(jobs, wall_s, run_start, monitor.stale_event_s)
+    if monitor.run_artifacts:
+        _publish_artifacts(report, jobs, monitor.run_chart)
+    name, payload = batch_event(report, jobs)
+    emit_event(
+        event=name,
+        resource={"prefect.resource.id": "img2img.pipeline", "prefect.resource.name": "img2img"},
+        payload=payload,
+    )
+    return report
+
+
+def _publish_artifacts(report: BatchReport, jobs: list[ImageJob], with_chart: bool) -> None:
+    from img2img.charts import data_uri, waterfall_png
+
     create_table_artifact(
         report.rows,
         key=TIMINGS_KEY,
@@ -84,7 +98,7 @@ def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> Ba
         "batch and the orchestrator), then p50 / p95 / max over completed images.",
     )
     chart = None
-    if monitor.run_chart and report.lines:
+    if with_chart and report.lines:
         title = f"{report.completed} completed, {report.failed} failed in {report.wall_s:.1f} s"
         chart = data_uri(waterfall_png(report.lines, title))
     create_markdown_artifact(
@@ -92,10 +106,3 @@ def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> Ba
         key=SUMMARY_KEY,
         description="Images completed and failed, throughput, where the time went",
     )
-    name, payload = batch_event(report, jobs)
-    emit_event(
-        event=name,
-        resource={"prefect.resource.id": "img2img.pipeline", "prefect.resource.name": "img2img"},
-        payload=payload,
-    )
-    return report

@@ -35,16 +35,21 @@ def postprocess(jobs: list[ImageJob], flow_run_id: str | None) -> list[ImageJob]
             logger.error("%s failed at %s: %s", job.ref.uri, job.failure.stage, job.failure.reason)
         if job.announce_error is not None:
             logger.error("%s: completion message not sent: %s", job.ref.uri, job.announce_error)
-        emit_event(
-            event=f"img2img.image.{job.status}",
-            resource={
-                "prefect.resource.id": f"img2img.upload.{job.ref.identity}",
-                "prefect.resource.name": job.ref.key,
-            },
-            payload={
-                "source": job.ref.uri,
-                "outcome": job.result_uri or "",
-                "total_ms": round(job.timings.get("total", 0.0), 1),
-            },
-        )
+        if rt.settings.monitor.image_events:
+            _image_event(job)
     return jobs
+
+
+def _image_event(job: ImageJob) -> None:
+    emit_event(
+        event=f"img2img.image.{job.status}",
+        resource={
+            "prefect.resource.id": f"img2img.upload.{job.ref.identity}",
+            "prefect.resource.name": job.ref.key,
+        },
+        payload={
+            "source": job.ref.uri,
+            "outcome": job.result_uri or "",
+            "total_ms": round(job.timings.get("total", 0.0), 1),
+        },
+    )

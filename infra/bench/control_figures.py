@@ -87,6 +87,7 @@ class StepInput:
     db_bytes: int  # growth of the database over the step
     rows: dict[str, int]  # growth of each table over the step
     batch_size: int
+    lock_errors: int = 0  # "database is locked" in the server's log (SQLite)
 
 
 def achieved_per_s(
@@ -104,7 +105,7 @@ def achieved_per_s(
         # Every image finished after the last upload (a short step): over the whole window.
         span = max((ends[-1] - first_upload).total_seconds(), 1e-9)
         return len(ends) / span
-    finished = sum(1 for end in ends if end <= last_upload)
+    finished = sum(1 for end in ends[1:] if end <= last_upload)  # after the first: a rate
     return finished / span
 
 
@@ -167,6 +168,7 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         else 0.0,
         "db_bytes_per_image": round(step.db_bytes / per_image),
         "rows_per_batch": {k: round(v / batches, 1) for k, v in step.rows.items()},
+        "database_locked_errors": step.lock_errors,
         "top_routes": dict(step.requests.most_common(6)),
     }
 
@@ -202,4 +204,9 @@ def name_bound(figures: dict[str, Any], cores: int) -> str:
     spent = ", ".join(f"{k} {v:.2f}" for k, v in top)
     if machine >= 0.85 * cores:
         return f"the machine's CPU ({machine:.2f} of {cores} cores busy: {spent})"
+    if figures.get("database_locked_errors"):
+        return (
+            f"the SQLite database's write lock ({figures['database_locked_errors']} 'database "
+            f"is locked' errors; {machine:.2f} of {cores} cores busy)"
+        )
     return f"not CPU ({machine:.2f} of {cores} cores busy: {spent}); latency: batching and polling"

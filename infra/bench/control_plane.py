@@ -17,7 +17,6 @@ import os
 import sqlite3
 import threading
 import time
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -57,8 +56,31 @@ class ControlPlaneConfig:
     drain_s: float
     batch_size: int
     max_queue_wait_s: float
+    views: Literal["default", "all", "lean"] = "default"
     load_s: float = 1.0
     warmup_images: int = 16
+
+
+# What each batch records on the server (MonitorSettings), by the bench's --views: the
+# settings' defaults (what a production pool runs), everything on (what the local stack shows
+# and more), or the least (the batch event and the flow run's own states only).
+VIEWS: dict[str, dict[str, str]] = {
+    "default": {"RUN_PROGRESS": "false", "RUN_CHART": "false"},
+    "all": {
+        "TASK_RUNS": "true",
+        "RUN_ARTIFACTS": "true",
+        "RUN_PROGRESS": "true",
+        "RUN_CHART": "true",
+        "IMAGE_EVENTS": "true",
+    },
+    "lean": {
+        "TASK_RUNS": "false",
+        "RUN_ARTIFACTS": "false",
+        "RUN_PROGRESS": "false",
+        "RUN_CHART": "false",
+        "IMAGE_EVENTS": "false",
+    },
+}
 
 
 def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
@@ -91,6 +113,7 @@ def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
         "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
         # The server writes uvicorn's access log (one line per request): the request count.
         "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
+        **{f"IMG2IMG_MONITOR__{k}": v for k, v in VIEWS[cfg.views].items()},
     }
 
 
@@ -204,11 +227,10 @@ def mark(stack: LocalStack) -> Mark:
     )
 
 
-def requests_since(stack: LocalStack, offset: int, end: int) -> Counter[str]:
+def server_log_since(stack: LocalStack, offset: int, end: int) -> list[str]:
     with stack.log_path("prefect-server").open("rb") as f:
         f.seek(offset)
-        text = f.read(max(end - offset, 0)).decode(errors="replace")
-    return count_requests(text.splitlines())
+        return f.read(max(end - offset, 0)).decode(errors="replace").splitlines()
 
 
 # -- arrivals and outcomes ---------------------------------------------------------------------
@@ -305,7 +327,8 @@ def run_control_plane(
     say(
         f"control-plane bench on {cfg.database}: {cfg.hosts} host(s) x {cfg.slots} slot(s), "
         f"{cfg.dispatchers} dispatcher(s), simulated device {cfg.device_ms} ms/call, batch "
-        f"{cfg.batch_size}, steps {list(cfg.rates)} images/s of {cfg.step_s:.0f} s each"
+        f"{cfg.batch_size}, views {cfg.views}, steps {list(cfg.rates)} images/s of "
+        f"{cfg.step_s:.0f} s each"
     )
     rows: list[dict[str, Any]] = []
     outcomes: Outcomes | None = None
@@ -341,6 +364,7 @@ def run_control_plane(
                 "dispatchers": cfg.dispatchers,
                 "device_ms": cfg.device_ms,
                 "batch_size": cfg.batch_size,
+                "views": cfg.views,
                 "step": index,
                 **row,
                 "server_idle_cores": idle.get("prefect_server", 0.0),
@@ -389,6 +413,7 @@ def _step(
     after = mark(stack)
     completed = [d for d in docs if d.get("outcome") == "result"]
     window = after.at - before.at
+    log = server_log_since(stack, before.log_offset, after.log_offset)
     step = StepInput(
         offered_per_s=rate,
         uploaded=len(refs),
@@ -402,7 +427,8 @@ def _step(
         cpu_s={k: after.cpu.get(k, 0.0) - v for k, v in before.cpu.items()},
         machine_busy_s=after.machine - before.machine,
         cores=os.cpu_count() or 1,
-        requests=requests_since(stack, before.log_offset, after.log_offset),
+        requests=count_requests(log),
+        lock_errors=sum(1 for line in log if "OperationalError) database is locked" in line),
         db_bytes=after.db_bytes - before.db_bytes,
         rows={t: after.rows[t] - before.rows.get(t, 0) for t in after.rows},
         batch_size=cfg.batch_size,

@@ -19,7 +19,12 @@ from tests.integration.helpers import FAST, drain, outcome, png, result_keys, up
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
-def test_upload_to_result_with_timings_and_artifacts(aws: AwsEnv) -> None:
+def test_upload_to_result_with_timings_and_artifacts(
+    aws: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every view on (the local stack's): task runs, progress, chart, per-image events.
+    for name in ("RUN_PROGRESS", "RUN_CHART", "IMAGE_EVENTS", "TASK_RUNS"):
+        monkeypatch.setenv(f"IMG2IMG_MONITOR__{name}", "true")
     clients, settings = aws
     st = settings.storage
     now = datetime.now(timezone.utc)
@@ -77,6 +82,66 @@ def test_upload_to_result_with_timings_and_artifacts(aws: AwsEnv) -> None:
     assert event.payload["completed"] == 2 and event.payload["stale_events"] == 1
     assert len(event.payload["e2e_ms"]) == 1 and event.payload["e2e_ms"][0] >= 2000
     assert event.payload["stage_ms"]["stage2"][0] > 0
+    assert _task_runs(run_id) == {
+        "copy-to-directory-bucket",
+        "preprocess",
+        "stage1-img2img",
+        "stage2-upscale",
+        "postprocess",
+        "publish-timings",
+    }
+    image_event = _wait_for_event("img2img.image.completed", run_id)
+    assert image_event.resource.name == "photos/my cat.png"
+
+
+def test_lean_run_records_only_the_flow_run_and_its_batch_event(
+    aws: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At scale the steps run inside the flow run (no task runs), with no artifacts: the
+    same outcomes, the same retry policy, and the batch event the fleet view reads."""
+    for name in ("TASK_RUNS", "RUN_ARTIFACTS", "RUN_PROGRESS", "RUN_CHART", "IMAGE_EVENTS"):
+        monkeypatch.setenv(f"IMG2IMG_MONITOR__{name}", "false")
+    clients, settings = aws
+    st = settings.storage
+    good = upload(clients, st.uploads_bucket, "lean/good.png", png((96, 64)), FAST)
+    bad = upload(clients, st.uploads_bucket, "lean/bad.png", b"not an image")
+
+    state = img2img_pipeline(objects=[good, bad], return_state=True)
+
+    assert state.is_failed() and "1 of 2 images failed" in str(state.message)
+    assert outcome(clients, st.results_bucket, good)[0] == "completed"
+    status, record = outcome(clients, st.results_bucket, bad)
+    assert status == "failed" and record["stage"] == "preprocess"
+    run_id = state.state_details.flow_run_id
+    assert _task_runs(run_id) == set()
+    event = _wait_for_event("img2img.batch.failed", run_id)
+    assert event.payload["completed"] == 1 and event.payload["failed"] == 1
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    with get_client(sync_client=True) as client:
+        mine = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+        )
+    assert mine == []
+
+
+def _task_runs(run_id: Any) -> set[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    # Task runs reach the database through events: give them a moment.
+    names: set[str] = set()
+    for _ in range(20):
+        with get_client(sync_client=True) as client:
+            runs = client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run_id]))
+            )
+        names = {r.name.rsplit("-", 1)[0] for r in runs}  # "<task name>-<suffix>"
+        if len(names) >= 6:  # all of them (a lean run has none: it waits the 10 s)
+            break
+        time.sleep(0.5)
+    return names
 
 
 def _artifact_data(run_id: Any, key: str) -> Any:
