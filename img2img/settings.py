@@ -490,6 +490,11 @@ class MonitorSettings(BaseModel):
             ) from None
 
 
+def _iso(days: float) -> str:
+    """A duration as Prefect's settings read it (ISO 8601, in whole seconds)."""
+    return f"PT{round(days * 86_400)}S"
+
+
 class RetentionSettings(BaseModel):
     """How long the Prefect server keeps what the pipeline records. Prefect's own database
     vacuum does the deleting (flow runs with their task runs and states, their logs and
@@ -498,10 +503,10 @@ class RetentionSettings(BaseModel):
 
     runs_days: float = Field(
         14.0,
-        ge=1 / 24,
+        gt=1 / 24,
         le=3650,
         description="Finished flow runs (with their task runs, states, logs and artifacts) "
-        "are deleted this long after they ended; Prefect's minimum is one hour.",
+        "are deleted this long after they ended; Prefect wants more than an hour.",
     )
     events_days: float = Field(
         7.0, gt=0, le=3650, description="Events are deleted this long after they happened."
@@ -528,7 +533,7 @@ class RetentionSettings(BaseModel):
             "PREFECT_SERVER_SERVICES_DB_VACUUM_ORPHAN_CLEANUP_LOOP_SECONDS": str(
                 self.orphans_interval_s
             ),
-            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": str(round(self.events_days * 86_400)),
+            "PREFECT_SERVER_EVENTS_RETENTION_PERIOD": _iso(self.events_days),
         }
 
 
