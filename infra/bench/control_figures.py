@@ -130,6 +130,7 @@ def step_figures(step: StepInput) -> dict[str, Any]:
     p50 = summary["p50"]
     waits = {k: v for k, v in p50.items() if k != "total"}
     return {
+        "requested_images_per_s": step.offered_per_s,
         "offered_images_per_s": round(offered, 2),
         "achieved_images_per_s": round(achieved, 2),
         "images": step.uploaded,
@@ -183,6 +184,12 @@ def cloud_ceiling(pairs: list[tuple[int, int]], images: int) -> float | None:
 def stop_reason(figures: dict[str, Any], max_queue_wait_s: float) -> str | None:
     """Why the stepping stops here, or None to go on."""
     offered = figures["offered_images_per_s"]
+    requested = figures.get("requested_images_per_s", offered)
+    if offered < 0.9 * requested:
+        return (
+            f"the uploads reached {offered} images/s of the {requested} asked for (each upload "
+            "is an S3 PUT whose notification the endpoint sends before it answers)"
+        )
     if figures["missing"]:
         return f"{figures['missing']} image(s) had no outcome within the drain time"
     if figures["achieved_images_per_s"] < 0.9 * offered:

@@ -148,3 +148,71 @@ def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
             else:
                 os.environ[key] = value
         reset_runtime()
+
+
+def test_prefect_server_stack_on_moto(aws: AwsEnv) -> None:
+    """The self-hosted server's template creates on moto's CloudFormation (what moto has of
+    it), and what it made is private, encrypted and wired as the template says."""
+    from img2img.aws import service_client
+
+    _, settings = aws
+    ec2 = service_client(settings.aws, "ec2")
+    vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+    subnets = [
+        ec2.create_subnet(VpcId=vpc, CidrBlock=f"10.20.{i}.0/24", AvailabilityZone=f"us-east-1{z}")[
+            "Subnet"
+        ]["SubnetId"]
+        for i, z in ((1, "a"), (2, "b"))
+    ]
+    certificate = service_client(settings.aws, "acm").request_certificate(
+        DomainName="prefect.img2img.internal"
+    )["CertificateArn"]
+    doc, dropped = without_unsupported(load_template("prefect-server.yaml"))
+    cfn = service_client(settings.aws, "cloudformation")
+    cfn.create_stack(
+        StackName="img2img-prefect",
+        TemplateBody=json.dumps(doc),
+        Capabilities=["CAPABILITY_IAM"],
+        Parameters=[
+            {"ParameterKey": "VpcId", "ParameterValue": vpc},
+            {"ParameterKey": "PrivateSubnetIds", "ParameterValue": ",".join(subnets)},
+            {"ParameterKey": "CertificateArn", "ParameterValue": certificate},
+            {"ParameterKey": "DomainName", "ParameterValue": "prefect.img2img.internal"},
+        ],
+    )
+    stack = cfn.describe_stacks(StackName="img2img-prefect")["Stacks"][0]
+    assert stack["StackStatus"] == "CREATE_COMPLETE", stack.get("StackStatusReason")
+    out = {o["OutputKey"]: o["OutputValue"] for o in stack["Outputs"]}
+    assert out["PrefectApiUrl"] == "https://prefect.img2img.internal/api"
+
+    secrets = service_client(settings.aws, "secretsmanager")
+    names = {s["Name"]: s for s in secrets.list_secrets()["SecretList"]}
+    for name in ("database", "auth-string", "redis"):
+        assert names[f"img2img/prefect-server/{name}"].get("KmsKeyId"), name
+    auth = secrets.get_secret_value(SecretId=out["AuthSecretArn"])["SecretString"]
+    assert len(auth) == 48 and auth.isalnum()
+
+    (db,) = service_client(settings.aws, "rds").describe_db_instances()["DBInstances"]
+    assert db["StorageEncrypted"] and not db["PubliclyAccessible"] and db["MultiAZ"]
+    assert db["Engine"] == "postgres" and db["DBName"] == "prefect"
+
+    ecs = service_client(settings.aws, "ecs")
+    arns = ecs.list_services(cluster="img2img-prefect")["serviceArns"]
+    services = {
+        s["serviceName"]: s
+        for s in ecs.describe_services(cluster="img2img-prefect", services=arns)["services"]
+    }
+    assert services["img2img-prefect-api"]["desiredCount"] == 2
+    assert services["img2img-prefect-services"]["desiredCount"] == 1
+    api = ecs.describe_task_definition(taskDefinition="img2img-prefect-api")["taskDefinition"]
+    (container,) = api["containerDefinitions"]
+    assert container["image"] == "prefecthq/prefect:3.8.8-python3.11"
+    assert "--no-services" in container["command"][-1]
+    assert {s["name"] for s in container["secrets"]} >= {"PREFECT_SERVER_API_AUTH_STRING"}
+
+    elb = service_client(settings.aws, "elbv2")
+    (balancer,) = elb.describe_load_balancers()["LoadBalancers"]
+    assert balancer["Scheme"] == "internal"
+    (listener,) = elb.describe_listeners(LoadBalancerArn=balancer["LoadBalancerArn"])["Listeners"]
+    assert listener["Protocol"] == "HTTPS" and listener["Port"] == 443
+    assert dropped == [] or set(dropped) <= {"Redis", "RedisSubnets"}

@@ -185,3 +185,94 @@ def test_hosts_announce_to_the_outcomes_topic_and_tag_what_they_announced(
         user_data = json.dumps(compute[template])
         assert "IMG2IMG_NOTIFY__TOPIC_ARN=${Topic}" in user_data, template
         assert "IMG2IMG_STORAGE__RESULTS_BUCKET=${Results}" in user_data, template
+
+
+@pytest.fixture(scope="module")
+def server() -> dict[str, Any]:
+    return load_template("prefect-server.yaml")["Resources"]
+
+
+def _container(server: dict[str, Any], task: str) -> dict[str, Any]:
+    (container,) = server[task]["Properties"]["ContainerDefinitions"]
+    return dict(container)
+
+
+def test_server_runs_api_and_services_apart_on_the_pinned_image(server: dict[str, Any]) -> None:
+    api, services = _container(server, "ApiTask"), _container(server, "ServicesTask")
+    assert api["Image"] == services["Image"] == {"Ref": "PrefectImage"}
+    params = load_template("prefect-server.yaml")["Parameters"]
+    assert params["PrefectImage"]["Default"] == "prefecthq/prefect:3.8.8-python3.11"
+    assert api["Command"][-1].endswith(
+        "prefect server start --host 0.0.0.0 --port 4200 --no-services"
+    )
+    assert services["Command"][-1].endswith("prefect server services start")
+    # Only the one services task migrates: the API replicas never race on it.
+    assert "database upgrade -y" in services["Command"][-1]
+    api_env = {e["Name"]: e["Value"] for e in api["Environment"]}
+    assert api_env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false"
+    assert server["ServicesService"]["Properties"]["DesiredCount"] == 1
+    assert server["ApiService"]["Properties"]["DesiredCount"] == {"Ref": "ApiReplicas"}
+    for container in (api, services):
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        assert env["PREFECT_MESSAGING_BROKER"] == "prefect_redis.messaging"
+        assert env["PREFECT_REDIS_MESSAGING_SSL"] == "true"
+        assert env["PREFECT_SERVER_DATABASE_SQLALCHEMY_CONNECT_ARGS_TLS_ENABLED"] == "true"
+        # Credentials come from Secrets Manager, never from the environment.
+        secrets = {s["Name"] for s in container["Secrets"]}
+        assert secrets == {
+            "PREFECT_SERVER_DATABASE_USER",
+            "PREFECT_SERVER_DATABASE_PASSWORD",
+            "PREFECT_SERVER_API_AUTH_STRING",
+            "PREFECT_REDIS_MESSAGING_PASSWORD",
+        }
+        assert not any("PASSWORD" in name or "AUTH" in name for name in env)
+
+
+def test_server_retention_is_on_by_default(server: dict[str, Any]) -> None:
+    env = {e["Name"]: e["Value"] for e in _container(server, "ServicesTask")["Environment"]}
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED"] == "events,flow_runs,orphans"
+    assert env["PREFECT_SERVER_SERVICES_DB_VACUUM_RETENTION_PERIOD"] == {
+        "Fn::Sub": "P${RunRetentionDays}D"
+    }
+    params = load_template("prefect-server.yaml")["Parameters"]
+    assert params["RunRetentionDays"]["Default"] == 14
+
+
+def test_server_data_is_private_and_encrypted(server: dict[str, Any]) -> None:
+    db = server["Database"]["Properties"]
+    assert db["StorageEncrypted"] is True and db["PubliclyAccessible"] is False
+    assert db["MultiAZ"] == {"Fn::If": ["IsMultiAz", True, False]}
+    assert db["DeletionProtection"] is True and db["BackupRetentionPeriod"] >= 7
+    assert server["DatabaseParameters"]["Properties"]["Parameters"]["rds.force_ssl"] == "1"
+    redis = server["Redis"]["Properties"]
+    assert redis["AtRestEncryptionEnabled"] is True and redis["TransitEncryptionEnabled"] is True
+    for name in ("DatabaseSecret", "AuthSecret", "RedisSecret"):
+        assert server[name]["Properties"]["KmsKeyId"] == {"Ref": "Key"}, name
+    assert server["LoadBalancer"]["Properties"]["Scheme"] == "internal"
+    listener = server["HttpsListener"]["Properties"]
+    assert listener["Protocol"] == "HTTPS" and listener["SslPolicy"].startswith(
+        "ELBSecurityPolicy-TLS13"
+    )
+    # The database and Redis take connections from the server tasks only.
+    for group in ("DatabaseSecurityGroup", "RedisSecurityGroup"):
+        (rule,) = server[group]["Properties"]["SecurityGroupIngress"]
+        assert rule["SourceSecurityGroupId"] == {"Ref": "TaskSecurityGroup"}, group
+    # The execution role reads these three secrets and nothing else; the tasks call no AWS API.
+    statements = server["ExecutionRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    read = next(s for s in statements if s["Sid"] == "ReadItsSecrets")
+    assert read["Resource"] == [
+        {"Ref": "DatabaseSecret"},
+        {"Ref": "AuthSecret"},
+        {"Ref": "RedisSecret"},
+    ]
+    assert "Policies" not in server["TaskRole"]["Properties"]
+
+
+def test_compute_takes_the_self_hosted_auth_string(compute: dict[str, Any]) -> None:
+    params = load_template("compute.yaml")["Parameters"]
+    assert params["PrefectCredentialEnv"]["AllowedValues"] == [
+        "PREFECT_API_KEY",
+        "PREFECT_API_AUTH_STRING",
+    ]
+    for template in ("InferenceLaunchTemplate", "ControlLaunchTemplate"):
+        assert "${PrefectCredentialEnv}=$KEY" in json.dumps(compute[template]), template

@@ -107,3 +107,10 @@ def test_cloud_ceiling_is_the_tightest_bucket() -> None:
     # 5,000 requests/min at 10 per image: 8.33 images/s; 40,000 events/min at 20: 33.3.
     assert cloud_ceiling([(5000, 100), (40000, 200)], 10) == 8.33
     assert cloud_ceiling([(5000, 0)], 10) is None
+
+
+def test_a_rate_the_uploads_cannot_reach_stops_the_bench() -> None:
+    figures = step_figures(_step([i + 3.0 for i in range(10)], 9.0, offered_per_s=4.0))
+    assert "the uploads reached 1.11 images/s of the 4.0 asked for" in str(
+        stop_reason(figures, 30.0)
+    )

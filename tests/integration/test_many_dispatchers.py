@@ -1,0 +1,182 @@
+"""Two dispatcher replicas on one queue and two warm-worker hosts, with every S3 notification
+delivered twice (as S3 and SQS may): every upload ends as exactly one outcome, the app gets
+exactly one completion message per upload, and no batch becomes two flow runs.
+
+A local stack of its own (SQLite, moto, the Prefect server, two dispatchers, two fixed
+workers, no autoscaler) on free loopback ports, on the simulated device.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote_plus
+
+import pytest
+
+from img2img.events import ObjectRef
+from img2img.notify import upload_of
+from infra.resources import APP_QUEUE
+from tests.conftest import free_port
+from tests.integration.helpers import img2img, png
+from tests.integration.warm import wait_for
+
+pytestmark = pytest.mark.slow
+IMAGES = 24
+
+
+def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
+    env.update(
+        {
+            "IMG2IMG_LOCAL__STATE_DIR": str(state),
+            "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__DISPATCHERS": "2",
+            "IMG2IMG_LOCAL__WORKERS": "2",
+            "IMG2IMG_LOCAL__AUTOSCALER": "false",
+            "IMG2IMG_STAGES__BACKEND": "simulated",
+            "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "20",
+            "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "20",
+            "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.5",
+            "IMG2IMG_DISPATCH__MAX_BATCH": "4",
+            "IMG2IMG_DISPATCH__MAX_WAIT_S": "1",
+        }
+    )
+    try:
+        up = img2img(["local", "up"], env, 300)
+        assert up.returncode == 0, up.stderr[-3000:]
+        status = json.loads(img2img(["local", "status"], env, 60).stdout)
+        running = {name for name, s in status.items() if s["running"]}
+        assert {"dispatcher", "dispatcher-1", "worker-0", "worker-1"} <= running, status
+        assert "autoscaler" not in running
+
+        s3, sqs = _aws(env, "s3"), _aws(env, "sqs")
+        ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
+        app = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+        refs = []
+        for i in range(IMAGES):
+            key = f"twice/{i:02d}.png"
+            got = s3.put_object(
+                Bucket="img2img-uploads",
+                Key=key,
+                Body=png((64 + i, 64)),
+                Metadata={"steps": "2", "upscale-steps": "2", "strength": "0.5"},
+            )
+            ref = ObjectRef(bucket="img2img-uploads", key=key, etag=got["ETag"].strip('"'))
+            refs.append(ref)
+            # S3 already sent its notification; a second copy of it, as a redelivery.
+            sqs.send_message(QueueUrl=ingest, MessageBody=_notification(ref))
+
+        messages: Counter[str] = Counter()
+
+        def all_announced() -> bool:
+            got = sqs.receive_message(QueueUrl=app, MaxNumberOfMessages=10, WaitTimeSeconds=1)
+            for message in got.get("Messages", []):
+                messages[upload_of(json.loads(message["Body"])).identity] += 1
+                sqs.delete_message(QueueUrl=app, ReceiptHandle=message["ReceiptHandle"])
+            return all(messages[r.identity] for r in refs)
+
+        wait_for(all_announced, 240, "a completion message for every upload", interval=0.1)
+        # A late duplicate would come within seconds of the last run: listen a while longer.
+        for _ in range(8):
+            all_announced()
+
+        outcomes = {r.identity: _outcomes(s3, r) for r in refs}
+        lost = [i for i, o in outcomes.items() if not o]
+        both = [i for i, o in outcomes.items() if len(o) > 1]
+        assert (lost, both) == ([], [])
+        assert all(o == ["result"] for o in outcomes.values()), outcomes
+        assert set(messages) == {r.identity for r in refs}
+        assert [i for i, n in messages.items() if n != 1] == []
+
+        runs = _flow_runs(env)
+        keys = Counter(r["idempotency_key"] for r in runs)
+        assert all(n == 1 for n in keys.values()), keys  # no batch made twice
+        # Both replicas took messages and created runs; both hosts ran them.
+        created = {
+            name: _log(state, name).count("flow run ") for name in ("dispatcher", "dispatcher-1")
+        }
+        assert all(created.values()), created
+        served = {
+            name: _log(state, name).count("submitting flow run")
+            for name in ("worker-0", "worker-1")
+        }
+        assert all(served.values()), served
+        # Nothing went to the dead-letter queue, and the ingest queue is empty.
+        dlq = sqs.get_queue_url(QueueName="img2img-ingest-dlq")["QueueUrl"]
+        for queue in (dlq, ingest):
+            attrs = sqs.get_queue_attributes(
+                QueueUrl=queue,
+                AttributeNames=[
+                    "ApproximateNumberOfMessages",
+                    "ApproximateNumberOfMessagesNotVisible",
+                ],
+            )["Attributes"]
+            assert attrs == {
+                "ApproximateNumberOfMessages": "0",
+                "ApproximateNumberOfMessagesNotVisible": "0",
+            }, queue
+    finally:
+        down = img2img(["local", "down"], env, 300)
+        assert down.returncode == 0, down.stderr[-2000:]
+
+
+def _notification(ref: ObjectRef) -> str:
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": ref.bucket},
+            "object": {"key": quote_plus(ref.key), "eTag": ref.etag},
+        },
+    }
+    return json.dumps({"Records": [record]})
+
+
+def _aws(env: dict[str, str], service: str) -> Any:
+    import boto3
+
+    return boto3.client(
+        service,
+        endpoint_url=f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}",
+        region_name="us-east-1",
+        aws_access_key_id="local-stack",
+        aws_secret_access_key="local-stack",
+    )
+
+
+def _outcomes(s3: Any, ref: ObjectRef) -> list[str]:
+    from img2img.keys import keys_for
+
+    keys = keys_for(ref)
+    found = []
+    for name, key in (("result", keys.result_meta), ("failure", keys.failure)):
+        try:
+            s3.head_object(Bucket="img2img-results", Key=key)
+            found.append(name)
+        except s3.exceptions.ClientError:
+            pass
+    return found
+
+
+def _flow_runs(env: dict[str, str]) -> list[dict[str, Any]]:
+    import urllib.request
+
+    api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
+    body = json.dumps({"flow_runs": {"tags": {"all_": ["s3-event"]}}, "limit": 200}).encode()
+    request = urllib.request.Request(
+        f"{api}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs: list[dict[str, Any]] = json.loads(response.read())
+    return runs
+
+
+def _log(state: Path, name: str) -> str:
+    return (state / "logs" / f"{name}.log").read_text(errors="replace")
