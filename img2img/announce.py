@@ -8,16 +8,22 @@ Exactly one announcement per outcome, as far as it can be had over at-least-once
   outcome it did not write itself (a redelivered event, a re-run, a batch that ran twice, the
   recovery service finishing a crashed run) sends the message only when that tag is absent.
   So a retried run, or a batch that runs twice, does not announce an outcome again.
+- Two runs can hold the same upload at once (its event delivered twice and taken by two
+  dispatcher replicas): only one creates the document (create-once writes), and the other
+  finds it written but not yet tagged. That one leaves it to its writer for
+  `notify.writer_grace_s` after it was written, watching for the tag, and announces it only
+  if no tag came (the writer died).
 - A writer that dies between its send and its tag leaves an untagged outcome; its run is
-  re-run (crash recovery) and the re-run announces it. That message may be the second one:
-  delivery is at least once, and a consumer drops a message whose `dedup_id` it has seen
-  (on a `.fifo` topic SNS does that within its 5-minute window).
+  re-run (crash recovery) and the re-run announces it once the grace is over. That message
+  may be the second one: delivery is at least once, and a consumer drops a message whose
+  `dedup_id` it has seen (on a `.fifo` topic SNS does that within its 5-minute window).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
@@ -120,11 +126,22 @@ class Announcer:
                 continue
             if ANNOUNCED_TAG in tags:
                 return False
-            body = storage.download_if_exists(self.s3, self.results_bucket, key)
-            if body is None:
+            found = storage.download_with_time(self.s3, self.results_bucket, key)
+            if found is None or self._announced_by_writer(key, found[1]):
                 return False
-            self._send_and_tag(ref, outcome_kind, json.loads(body))
+            self._send_and_tag(ref, outcome_kind, json.loads(found[0]))
             return True
+        return False
+
+    def _announced_by_writer(self, key: str, written_at: datetime) -> bool:
+        """Whether the document's writer tags it as announced within the grace after it
+        wrote it (it sends, then tags, right after writing); polls the tag until then."""
+        until = written_at + timedelta(seconds=self.settings.writer_grace_s)
+        while datetime.now(timezone.utc) < until:
+            time.sleep(min(0.25, max((until - datetime.now(timezone.utc)).total_seconds(), 0)))
+            tags = storage.get_tags(self.s3, self.results_bucket, key)
+            if tags is None or ANNOUNCED_TAG in tags:
+                return True
         return False
 
     def _send_and_tag(self, ref: ObjectRef, outcome: Outcome, doc: dict[str, Any]) -> None:

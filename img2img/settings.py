@@ -364,6 +364,15 @@ class NotifySettings(BaseModel):
         "(0: no URL; S3 caps it at 7 days, and at the signing credentials' own expiry).",
     )
 
+    writer_grace_s: float = Field(
+        30.0,
+        ge=0,
+        le=3600,
+        description="An outcome another run wrote and has not announced yet is left to that "
+        "run (which tags it right after its send) for this long after it was written; "
+        "announced by whoever finds it untagged after that (its writer died).",
+    )
+
     @property
     def enabled(self) -> bool:
         return bool(self.topic_arn or self.event_bus)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -64,6 +65,16 @@ def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
     return _unless_missing(
         lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(), bucket, key
     )
+
+
+def download_with_time(s3: S3Client, bucket: str, key: str) -> tuple[bytes, datetime] | None:
+    """The object's bytes and when it was written, or None when the key does not exist."""
+
+    def get() -> tuple[bytes, datetime]:
+        response = s3.get_object(Bucket=bucket, Key=key)
+        return response["Body"].read(), response["LastModified"]
+
+    return _unless_missing(get, bucket, key)
 
 
 def exists(s3: S3Client, bucket: str, key: str) -> bool:

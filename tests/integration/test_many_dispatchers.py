@@ -142,13 +142,13 @@ def _notification(ref: ObjectRef) -> str:
 def _aws(env: dict[str, str], service: str) -> Any:
     import boto3
 
-    return boto3.client(
-        service,
-        endpoint_url=f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}",
-        region_name="us-east-1",
-        aws_access_key_id="local-stack",
-        aws_secret_access_key="local-stack",
-    )
+    kw: dict[str, Any] = {
+        "endpoint_url": f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": "local-stack",
+        "aws_secret_access_key": "local-stack",
+    }
+    return boto3.client(service, **kw)  # type: ignore[call-overload]
 
 
 def _outcomes(s3: Any, ref: ObjectRef) -> list[str]:
