@@ -59,6 +59,9 @@ def test_env(moto_url: str, model_cache: Path) -> Iterator[dict[str, str]]:
         "IMG2IMG_AWS__ENDPOINT_URL": moto_url,
         "IMG2IMG_AWS__EXPRESS_SESSION_AUTH": "false",
         "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
+        # A run that finds another's unannounced outcome waits this long for its writer's
+        # tag (30 s by default): the tests' writers are dead or done within it.
+        "IMG2IMG_NOTIFY__WRITER_GRACE_S": "2",
     }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)

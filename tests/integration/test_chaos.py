@@ -1,7 +1,8 @@
 """`img2img chaos` on a fresh local stack: the operator's fault scenarios, with the whole
 stack's real processes (moto, Prefect server, supervisor, dispatcher, autoscaler, recovery
 service, warm workers). Each scenario must end with 0 lost, 0 duplicated and no host left
-once idle. (The slot-kill and poison scenarios run at a finer grain in test_recovery.)"""
+once idle. (The slot-kill and poison scenarios run at a finer grain in test_recovery, the
+redelivery one in test_many_dispatchers.)"""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ from tests.conftest import free_port
 from tests.integration.helpers import img2img
 from tests.integration.warm import wait_for
 
-# slot-kill and poison run at a finer grain in test_recovery.
-SCENARIOS = ("dispatcher-kill", "worker-kill", "redelivery", "server-restart", "s3-errors")
+# slot-kill and poison run at a finer grain in test_recovery; redelivery (every notification
+# twice) in test_many_dispatchers, with two dispatchers and two hosts.
+SCENARIOS = ("dispatcher-kill", "worker-kill", "server-restart", "s3-errors")
 
 pytestmark = pytest.mark.slow
 

@@ -4,6 +4,7 @@ a rule's queue, the announced tag, presigned URLs, and a topic that refuses."""
 from __future__ import annotations
 
 import json
+import time
 import urllib.request
 
 import pytest
@@ -77,15 +78,39 @@ def test_one_message_per_outcome_and_none_once_tagged(aws: AwsEnv) -> None:
 def test_an_outcome_left_unannounced_is_announced_once_by_whoever_finds_it(aws: AwsEnv) -> None:
     clients, _ = aws
     topic, queue = ensure_notifications(clients)
-    announcer = _announcer(aws, topic_arn=topic)
+    announcer = _announcer(aws, topic_arn=topic, writer_grace_s=1)
     ref, _ = _write_result(aws, "b/dog.png")  # its writer died before announcing
 
-    assert announcer.announce_once(ref)
+    started = time.monotonic()
+    assert announcer.announce_once(ref)  # once the writer's grace is over
+    assert time.monotonic() - started >= 0.5
     assert not announcer.announce_once(ref)
 
     messages = drain(clients.sqs, queue)
     assert [m["upload"]["key"] for m in messages] == ["b/dog.png"]
     assert messages[0]["timings_ms"] == {"stage1": 5.0, "total": 9.0}
+
+
+def test_an_outcome_its_writer_is_announcing_is_left_to_it(aws: AwsEnv) -> None:
+    """Two runs hold the same upload: the one that wrote the outcome announces it; the other
+    finds it untagged, waits for the writer's tag, and sends nothing."""
+    import threading
+
+    from img2img.storage import put_tags
+
+    clients, settings = aws
+    topic, queue = ensure_notifications(clients)
+    ref, _ = _write_result(aws, "b/cat.png")
+    key = keys_for(ref).result_meta
+    writer = threading.Timer(
+        1.0, put_tags, (clients.s3, settings.storage.results_bucket, key, {ANNOUNCED_TAG: "m-1"})
+    )
+    writer.start()
+    try:
+        assert not _announcer(aws, topic_arn=topic, writer_grace_s=20).announce_once(ref)
+    finally:
+        writer.join()
+    assert drain(clients.sqs, queue) == []
 
 
 def test_eventbridge_bus_gets_the_same_message(aws: AwsEnv) -> None:
