@@ -58,6 +58,20 @@ def _png() -> bytes:
     return buffer.getvalue()
 
 
+def notification(ref: ObjectRef) -> str:
+    """The S3 ObjectCreated notification of an upload, as S3 sends it to the queue (a
+    redelivery looks exactly like this)."""
+    record = {
+        "eventSource": "aws:s3",
+        "eventName": "ObjectCreated:Put",
+        "s3": {
+            "bucket": {"name": ref.bucket},
+            "object": {"key": quote_plus(ref.key), "eTag": ref.etag},
+        },
+    }
+    return json.dumps({"Records": [record]})
+
+
 def _wait(predicate: Callable[[], Any], timeout_s: float) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -155,17 +169,7 @@ class Chaos:
         """Send every upload's notification once more, as S3 may."""
         queue = self.clients.sqs.get_queue_url(QueueName=self.settings.storage.ingest_queue)
         for ref in refs:
-            record = {
-                "eventSource": "aws:s3",
-                "eventName": "ObjectCreated:Put",
-                "s3": {
-                    "bucket": {"name": ref.bucket},
-                    "object": {"key": quote_plus(ref.key), "eTag": ref.etag},
-                },
-            }
-            self.clients.sqs.send_message(
-                QueueUrl=queue["QueueUrl"], MessageBody=json.dumps({"Records": [record]})
-            )
+            self.clients.sqs.send_message(QueueUrl=queue["QueueUrl"], MessageBody=notification(ref))
 
     def inject(self, scenario: str, refs: list[ObjectRef]) -> None:
         if scenario == "slot-kill":

@@ -80,3 +80,16 @@ def drain(
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
             quiet_until = time.monotonic() + quiet_s
     return found
+
+
+def stack_client(env: dict[str, str], service: str) -> Any:
+    """A boto3 client of a local stack's moto (its port from the stack's environment)."""
+    import boto3
+
+    kw: dict[str, Any] = {
+        "endpoint_url": f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}",
+        "region_name": "us-east-1",
+        "aws_access_key_id": "local-stack",
+        "aws_secret_access_key": "local-stack",
+    }
+    return boto3.client(service, **kw)  # type: ignore[call-overload]

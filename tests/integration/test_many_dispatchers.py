@@ -13,15 +13,15 @@ import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote_plus
 
 import pytest
 
 from img2img.events import ObjectRef
 from img2img.notify import upload_of
+from infra.chaos import notification
 from infra.resources import APP_QUEUE
 from tests.conftest import free_port
-from tests.integration.helpers import img2img, png
+from tests.integration.helpers import img2img, png, stack_client
 from tests.integration.warm import wait_for
 
 pytestmark = pytest.mark.slow
@@ -60,7 +60,7 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
         server_env = Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
         assert b"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED=events,flow_runs,orphans" in server_env
 
-        s3, sqs = _aws(env, "s3"), _aws(env, "sqs")
+        s3, sqs = stack_client(env, "s3"), stack_client(env, "sqs")
         ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
         app = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
         refs = []
@@ -75,7 +75,7 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
             ref = ObjectRef(bucket="img2img-uploads", key=key, etag=got["ETag"].strip('"'))
             refs.append(ref)
             # S3 already sent its notification; a second copy of it, as a redelivery.
-            sqs.send_message(QueueUrl=ingest, MessageBody=_notification(ref))
+            sqs.send_message(QueueUrl=ingest, MessageBody=notification(ref))
 
         messages: Counter[str] = Counter()
 
@@ -129,30 +129,6 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
     finally:
         down = img2img(["local", "down"], env, 300)
         assert down.returncode == 0, down.stderr[-2000:]
-
-
-def _notification(ref: ObjectRef) -> str:
-    record = {
-        "eventSource": "aws:s3",
-        "eventName": "ObjectCreated:Put",
-        "s3": {
-            "bucket": {"name": ref.bucket},
-            "object": {"key": quote_plus(ref.key), "eTag": ref.etag},
-        },
-    }
-    return json.dumps({"Records": [record]})
-
-
-def _aws(env: dict[str, str], service: str) -> Any:
-    import boto3
-
-    kw: dict[str, Any] = {
-        "endpoint_url": f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}",
-        "region_name": "us-east-1",
-        "aws_access_key_id": "local-stack",
-        "aws_secret_access_key": "local-stack",
-    }
-    return boto3.client(service, **kw)  # type: ignore[call-overload]
 
 
 def _outcomes(s3: Any, ref: ObjectRef) -> list[str]:

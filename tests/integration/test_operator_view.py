@@ -27,7 +27,7 @@ from infra.postgres import accepting, cluster_for, psql
 from infra.webhook_listener import serve
 from tests.conftest import free_port
 from tests.integration import browser
-from tests.integration.helpers import img2img
+from tests.integration.helpers import img2img, stack_client
 
 pytestmark = pytest.mark.slow
 
@@ -270,16 +270,7 @@ def test_the_views_render_in_a_real_browser(
 
 
 def _aws(stack: Stack, service: str) -> Any:
-    import boto3
-
-    port = stack.env["IMG2IMG_LOCAL__MOTO_PORT"]
-    kw: dict[str, Any] = {
-        "endpoint_url": f"http://127.0.0.1:{port}",
-        "region_name": "us-east-1",
-        "aws_access_key_id": "local-stack",
-        "aws_secret_access_key": "local-stack",
-    }
-    return boto3.client(service, **kw)  # type: ignore[call-overload]
+    return stack_client(stack.env, service)
 
 
 def _failure_records(s3: Any) -> list[str]:
