@@ -15,6 +15,7 @@ import argparse
 import time
 from collections.abc import Callable
 from datetime import datetime, timezone
+from functools import partial
 from typing import Any
 
 from prefect import flow
@@ -57,15 +58,13 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     # that fails is marked failed; the others go on): a retry of a step sees what the
     # earlier attempt finished.
     monitor = rt.settings.monitor
-    as_task = monitor.task_runs
+    # Each step a task run, or a plain call in this flow run (monitor.task_runs).
+    call = partial(run_step, task_run=monitor.task_runs)
     steps: list[tuple[str, Callable[[list[ImageJob]], list[ImageJob]]]] = [
-        ("copy", lambda batch: run_step(copy_to_directory_bucket, batch, task_run=as_task)),
-        (
-            "preprocess",
-            lambda batch: run_step(preprocess, batch, defaults or ImageParams(), task_run=as_task),
-        ),
-        (STAGE1.name, lambda batch: run_step(img2img_stage, batch, task_run=as_task)),
-        (STAGE2.name, lambda batch: run_step(upscale_stage, batch, task_run=as_task)),
+        ("copy", partial(call, copy_to_directory_bucket)),
+        ("preprocess", lambda batch: call(preprocess, batch, defaults or ImageParams())),
+        (STAGE1.name, partial(call, img2img_stage)),
+        (STAGE2.name, partial(call, upscale_stage)),
     ]
     progress = Progress(jobs, len(steps) + 1, steps[0][0], enabled=monitor.run_progress)
     cancelled = False
@@ -83,11 +82,9 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
                     job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
             break
     progress.update(jobs, len(steps), "writing outcomes")
-    jobs = run_step(postprocess, jobs, run_id, task_run=as_task)
+    jobs = call(postprocess, jobs, run_id)
     progress.update(jobs, len(steps) + 1, "done")
-    report = run_step(
-        publish_timings, jobs, time.perf_counter() - clock, started.timestamp(), task_run=as_task
-    )
+    report = call(publish_timings, jobs, time.perf_counter() - clock, started.timestamp())
     if run_id is not None:
         cancels.clear(run_id)
 

@@ -62,9 +62,8 @@ def download(s3: S3Client, bucket: str, key: str) -> Downloaded:
 
 def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
     """The object's bytes, or None when the key does not exist."""
-    return _unless_missing(
-        lambda: s3.get_object(Bucket=bucket, Key=key)["Body"].read(), bucket, key
-    )
+    found = download_with_time(s3, bucket, key)
+    return None if found is None else found[0]
 
 
 def download_with_time(s3: S3Client, bucket: str, key: str) -> tuple[bytes, datetime] | None:

@@ -49,25 +49,29 @@ def upload_samples(
 ) -> list[ObjectRef]:
     """Upload `count` sample images under a fresh prefix; returns what was uploaded."""
     prefix = f"demo/{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    refs = []
-    for i in range(count):
-        key = f"{prefix}/sample {i:03d}.png"
-        response = s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=sample_png(i),
-            ContentType="image/png",
-            Metadata=sample_metadata(i, steps, upscale_steps),
-        )
-        refs.append(
-            ObjectRef(
-                bucket=bucket,
-                key=key,
-                etag=response["ETag"].strip('"'),
-                version_id=response.get("VersionId"),
-            )
-        )
-    return refs
+    return [
+        upload_sample(s3, bucket, f"{prefix}/sample {i:03d}.png", i, steps, upscale_steps)
+        for i in range(count)
+    ]
+
+
+def upload_sample(
+    s3: S3Client, bucket: str, key: str, index: int, steps: int, upscale_steps: int
+) -> ObjectRef:
+    """Upload sample image `index` (with its generation metadata) as `key`."""
+    response = s3.put_object(
+        Bucket=bucket,
+        Key=key,
+        Body=sample_png(index),
+        ContentType="image/png",
+        Metadata=sample_metadata(index, steps, upscale_steps),
+    )
+    return ObjectRef(
+        bucket=bucket,
+        key=key,
+        etag=response["ETag"].strip('"'),
+        version_id=response.get("VersionId"),
+    )
 
 
 def wait_for_notifications(

@@ -82,12 +82,12 @@ class StepInput:
     window_s: float  # from the step's start to its last outcome (the measured window)
     cpu_s: dict[str, float]  # CPU seconds per process group over the window
     machine_busy_s: float  # CPU seconds of the whole machine over the window
-    cores: int
     requests: Counter[str]
     db_bytes: int  # growth of the database over the step
     rows: dict[str, int]  # growth of each table over the step
     batch_size: int
     lock_errors: int = 0  # "database is locked" in the server's log (SQLite)
+    server_idle_cores: float = 0.0  # what the server spends with no uploads (polling, services)
 
 
 def achieved_per_s(
@@ -120,6 +120,7 @@ def step_figures(step: StepInput) -> dict[str, Any]:
     limited = cloud_limited(step.requests)
     logs_events = step.rows.get("log", 0) + step.rows.get("events", 0)
     offered = step.uploaded / step.upload_s if step.upload_s > 0 else step.offered_per_s
+    server_s = step.cpu_s.get("prefect_server", 0.0)
     achieved = achieved_per_s(step.docs, step.first_upload, step.last_upload)
 
     def per_min(count: int) -> float:
@@ -156,8 +157,10 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         "cloud_pro_images_per_s_runs_endpoints_limit": cloud_ceiling(
             [(CLOUD_RUNS_ENDPOINTS_PER_MIN["pro"], limited)], per_image
         ),
-        "server_cpu_ms_per_image": round(
-            step.cpu_s.get("prefect_server", 0.0) * 1000 / per_image, 1
+        "server_cpu_ms_per_image": round(server_s * 1000 / per_image, 1),
+        "server_idle_cores": step.server_idle_cores,
+        "server_cpu_ms_per_image_above_idle": round(
+            (server_s - step.server_idle_cores * step.window_s) * 1000 / per_image, 1
         ),
         "database_cpu_ms_per_image": round(step.cpu_s.get("database", 0.0) * 1000 / per_image, 1),
         "cpu_ms_per_image": {

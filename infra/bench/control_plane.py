@@ -34,6 +34,8 @@ from infra.bench.control_figures import (
     step_figures,
     stop_reason,
 )
+from infra.bench.pipeline import wait_for_log
+from infra.demo import upload_sample
 from infra.local_stack import LOCAL_AWS_KEY, LocalStack
 from infra.postgres import DATABASE, psql
 from infra.resources import APP_QUEUE
@@ -120,9 +122,10 @@ def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
 # -- what the processes spent ------------------------------------------------------------------
 
 
-def _proc_table() -> dict[int, tuple[int, float]]:
-    """pid → (parent pid, CPU seconds of the process and of its waited-for children)."""
-    table = {}
+def _proc_tree() -> tuple[dict[int, float], dict[int, list[int]]]:
+    """(pid → CPU seconds of the process and of its waited-for children, pid → children)."""
+    cpu: dict[int, float] = {}
+    children: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -132,22 +135,20 @@ def _proc_table() -> dict[int, tuple[int, float]]:
             continue
         fields = stat.rsplit(")", 1)[1].split()
         # fields[0] is the state; ppid, then utime, stime, cutime, cstime at 11..14.
-        ticks = sum(int(f) for f in fields[11:15])
-        table[int(entry.name)] = (int(fields[1]), ticks / CLOCK_TICKS)
-    return table
+        pid = int(entry.name)
+        cpu[pid] = sum(int(f) for f in fields[11:15]) / CLOCK_TICKS
+        children.setdefault(int(fields[1]), []).append(pid)
+    return cpu, children
 
 
-def tree_cpu_s(root: int, table: dict[int, tuple[int, float]]) -> float:
+def tree_cpu_s(root: int, cpu: dict[int, float], children: dict[int, list[int]]) -> float:
     """CPU seconds of a process and every live descendant (ended children are in their
     parent's waited-for time)."""
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
     total, todo = 0.0, [root]
     while todo:
         pid = todo.pop()
-        if pid in table:
-            total += table[pid][1]
+        if pid in cpu:
+            total += cpu[pid]
             todo += children.get(pid, [])
     return total
 
@@ -167,13 +168,13 @@ def group_of(service: str) -> str:
 
 
 def cpu_by_group(stack: LocalStack) -> dict[str, float]:
-    table = _proc_table()
+    cpu, children = _proc_tree()
     groups: dict[str, float] = {}
     for service in stack.services():
         pid = stack.pid_of(service)
         if pid is not None:
             group = group_of(service.name)
-            groups[group] = groups.get(group, 0.0) + tree_cpu_s(pid, table)
+            groups[group] = groups.get(group, 0.0) + tree_cpu_s(pid, cpu, children)
     times = os.times()
     groups["bench"] = times.user + times.system
     return groups
@@ -242,7 +243,6 @@ class Outcomes:
     def __init__(self, sqs: SQSClient, queue_url: str) -> None:
         self.sqs, self.queue_url = sqs, queue_url
         self.docs: dict[str, dict[str, Any]] = {}
-        self.duplicates = 0
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -264,10 +264,7 @@ class Outcomes:
             for message in messages:
                 body = json.loads(message["Body"])
                 with self._lock:
-                    identity = upload_of(body).identity
-                    if identity in self.docs:
-                        self.duplicates += 1
-                    self.docs[identity] = body
+                    self.docs[upload_of(body).identity] = body
             if messages:
                 self.sqs.delete_message_batch(
                     QueueUrl=self.queue_url,
@@ -291,8 +288,6 @@ class Outcomes:
 def upload_at(s3: Any, bucket: str, rate: float, seconds: float, tag: str) -> list[ObjectRef]:
     """Upload images at `rate` a second for `seconds` (open loop: on schedule, not waiting
     for the pipeline); returns them in upload order."""
-    from img2img.dev.samples import sample_metadata, sample_png
-
     count = max(int(rate * seconds), 1)
     start = time.monotonic()
     refs = []
@@ -300,15 +295,7 @@ def upload_at(s3: Any, bucket: str, rate: float, seconds: float, tag: str) -> li
         delay = start + i / rate - time.monotonic()
         if delay > 0:
             time.sleep(delay)
-        key = f"bench/{tag}/img {i:05d}.png"
-        response = s3.put_object(
-            Bucket=bucket,
-            Key=key,
-            Body=sample_png(i),
-            ContentType="image/png",
-            Metadata=sample_metadata(i, 2, 2),
-        )
-        refs.append(ObjectRef(bucket=bucket, key=key, etag=response["ETag"].strip('"')))
+        refs.append(upload_sample(s3, bucket, f"bench/{tag}/img {i:05d}.png", i, 2, 2))
     return refs
 
 
@@ -354,9 +341,9 @@ def run_control_plane(
         warm = upload_at(clients.s3, bucket, 4.0, cfg.warmup_images / 4.0, f"{run_tag}/warmup")
         outcomes.wait(warm, time.monotonic() + cfg.drain_s)
         for index, rate in enumerate(cfg.rates):
-            row = _step(stack, cfg, clients.s3, bucket, outcomes, rate, f"{run_tag}/{index}")
-            images = max(row["completed"] + row["failed"], 1)
-            server_idle_ms = idle.get("prefect_server", 0.0) * row["window_s"] * 1000
+            figures = _step(
+                stack, cfg, clients.s3, bucket, outcomes, rate, f"{run_tag}/{index}", idle
+            )
             row = {
                 "database": cfg.database,
                 "hosts": cfg.hosts,
@@ -366,11 +353,7 @@ def run_control_plane(
                 "batch_size": cfg.batch_size,
                 "views": cfg.views,
                 "step": index,
-                **row,
-                "server_idle_cores": idle.get("prefect_server", 0.0),
-                "server_cpu_ms_per_image_above_idle": round(
-                    row["server_cpu_ms_per_image"] - server_idle_ms / images, 1
-                ),
+                **figures,
             }
             reason = stop_reason(row, cfg.max_queue_wait_s)
             row["bound"] = name_bound(row, os.cpu_count() or 1)
@@ -402,6 +385,7 @@ def _step(
     outcomes: Outcomes,
     rate: float,
     tag: str,
+    idle: dict[str, float],
 ) -> dict[str, Any]:
     before = mark(stack)
     first = datetime.now(timezone.utc)
@@ -426,7 +410,7 @@ def _step(
         window_s=window,
         cpu_s={k: after.cpu.get(k, 0.0) - v for k, v in before.cpu.items()},
         machine_busy_s=after.machine - before.machine,
-        cores=os.cpu_count() or 1,
+        server_idle_cores=idle.get("prefect_server", 0.0),
         requests=count_requests(log),
         lock_errors=sum(1 for line in log if "OperationalError) database is locked" in line),
         db_bytes=after.db_bytes - before.db_bytes,
@@ -448,14 +432,6 @@ def _idle_cores(stack: LocalStack, seconds: float) -> dict[str, float]:
 def _wait_ready(stack: LocalStack, cfg: ControlPlaneConfig, timeout_s: float = 180.0) -> None:
     """Until every slot of every host has loaded (the simulated load time)."""
     deadline = time.monotonic() + timeout_s
-    want = cfg.hosts * cfg.slots
-    while time.monotonic() < deadline:
-        ready = 0
-        for i in range(cfg.hosts):
-            log = stack.log_path(f"worker-{i}")
-            if log.exists():
-                ready += log.read_text(errors="replace").count(": ready (pid")
-        if ready >= want:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{want} slot(s) not ready after {timeout_s:.0f} s; see {stack.logs}")
+    for i in range(cfg.hosts):
+        left = max(deadline - time.monotonic(), 0.0)
+        wait_for_log(stack.log_path(f"worker-{i}"), ": ready (pid", cfg.slots, left)

@@ -70,7 +70,7 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
     stack.up(say)
     slots = settings.worker.slot_count()
     marker = ": ready (pid" if cfg.worker == "img2img-warm" else "started!"
-    _wait_for_log(
+    wait_for_log(
         stack.log_path("worker-0"),
         marker,
         slots if cfg.worker != "process" else 1,
@@ -105,7 +105,8 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
     }
 
 
-def _wait_for_log(path: Path, marker: str, count: int, timeout_s: float) -> None:
+def wait_for_log(path: Path, marker: str, count: int, timeout_s: float) -> None:
+    """Until `marker` appears `count` times in the log at `path` (a worker's slots ready)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if path.exists() and path.read_text(errors="replace").count(marker) >= count:

@@ -9,7 +9,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -19,6 +18,7 @@ from uuid import UUID
 import pytest
 
 from img2img.settings import RetentionSettings
+from infra.processes import http_ok
 from tests.conftest import free_port
 
 PERIOD_H = 1.01  # Prefect wants more than an hour
@@ -61,13 +61,10 @@ def server(tmp_path: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}/api"
     try:
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+        while not http_ok(f"{url}/health"):
             assert proc.poll() is None, (tmp_path / "server.log").read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2).close()
-                break
-            except OSError:
-                time.sleep(0.5)
+            assert time.monotonic() < deadline, "the Prefect server did not answer in 120 s"
+            time.sleep(0.5)
         yield url
     finally:
         proc.terminate()

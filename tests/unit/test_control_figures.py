@@ -51,7 +51,7 @@ def _step(ends_s: list[float], last_upload_s: float, **kw: object) -> StepInput:
         "window_s": 20.0,
         "cpu_s": {"prefect_server": 2.0, "workers": 1.0},
         "machine_busy_s": 10.0,
-        "cores": 2,
+        "server_idle_cores": 0.05,
         "requests": Counter({"POST /api/flow_runs/": 4, "POST /api/logs/": 6}),
         "db_bytes": 10_000,
         "rows": {"flow_run": 2, "log": 10, "events": 10},
@@ -89,6 +89,7 @@ def test_cost_per_image_and_per_batch() -> None:
     assert figures["runs_endpoint_requests_per_image"] == 0.4
     assert figures["logs_events_per_image"] == 2.0
     assert figures["server_cpu_ms_per_image"] == 200.0
+    assert figures["server_cpu_ms_per_image_above_idle"] == 100.0  # 0.05 core idle for 20 s
     assert figures["rows_per_batch"] == {"flow_run": 1.0, "log": 5.0, "events": 5.0}
     assert figures["db_bytes_per_image"] == 1000
     assert figures["cores_busy"] == {"prefect_server": 0.1, "workers": 0.05}
