@@ -69,6 +69,11 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         price_per_hour=args.price_per_hour,
         seed=args.seed,
         sample_s=60.0 if args.charts else 0.0,
+        forecast=settings.scaling.forecast.model_copy(
+            update={"enabled": True, "target_utilization": args.forecast_target}
+        )
+        if args.forecast
+        else None,
     )
     parts = starts.parts()
     pool = f", warm pool {args.warm_pool} (resume {parts['warm_s']} s)" if args.warm_pool else ""
@@ -349,6 +354,18 @@ def add_commands(sub: Any) -> None:
     )
     scaling.add_argument(
         "--charts", type=Path, default=None, help="write one PNG chart per trace into DIR"
+    )
+    scaling.add_argument(
+        "--forecast",
+        action="store_true",
+        help="also run this project's policy with its daily forecast (history: the same "
+        "trace on each of the past days)",
+    )
+    scaling.add_argument(
+        "--forecast-target",
+        type=float,
+        default=0.9,
+        help="the reactive part's target while the forecast is trusted",
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

@@ -25,7 +25,15 @@ first scale-out from zero be the right size.
   stabilisation window, which smooths the noisy part) plus the backlog need now (observed
   directly: a cleared backlog is gone), and not within the scale-in cooldown of any scale
   event; this is what keeps it from flapping under steady or noisy load.
+- Not launching in vain: a scale-out beyond the hosts there are waits while those hosts
+  clear the queue, and what keeps arriving, before a new host could start serving
+  (`host_start_s`, or `warm_start_s` while the warm pool holds stopped instances): that
+  host would only find an empty queue, be paid for its start and leave again. Arrivals
+  that keep coming at the rate that needs it still scale out at once.
 - Going to zero: after `idle_to_zero_s` with no demand at all.
+- With a trusted daily forecast (`img2img.forecast`): the reactive part runs at the
+  forecast's target, and the forecast may add hosts ahead of a rise when the reactive part
+  holds or scales out; it never keeps hosts the reactive part releases.
 - Always within [min_hosts, max_hosts].
 """
 
@@ -35,6 +43,8 @@ import math
 from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field, model_validator
+
+from img2img.forecast import Forecast, ForecastSettings
 
 
 class ScalingSettings(BaseModel):
@@ -74,6 +84,23 @@ class ScalingSettings(BaseModel):
         description="Run duration assumed until recent runs say otherwise.",
     )
     interval_s: float = Field(15.0, gt=0, le=3600, description="Seconds between decisions.")
+    host_start_s: float = Field(
+        90.0,
+        ge=0,
+        le=3600,
+        description="Launch to first run of a new host (boot, artifact fetch, Neuron load, "
+        "warm-up; the `start parts` line of img2img-boot's log).",
+    )
+    warm_start_s: float = Field(
+        54.0,
+        ge=0,
+        le=3600,
+        description="Start of a host resumed from the warm pool (no boot, nothing to fetch).",
+    )
+    forecast: ForecastSettings = Field(
+        default_factory=ForecastSettings,
+        description="Pre-scaling from the pool's arrivals at this time on past days.",
+    )
     scale_in_tolerance: float = Field(
         0.1,
         ge=0,
@@ -89,6 +116,21 @@ class ScalingSettings(BaseModel):
                 f"scaling.min_hosts ({self.min_hosts}) must not exceed scaling.max_hosts "
                 f"({self.max_hosts})"
             )
+        lead = self.forecast.lead_s
+        if self.forecast.enabled and lead < self.host_start_s:
+            raise ValueError(
+                f"scaling.forecast.lead_s ({lead}) must be at least scaling.host_start_s "
+                f"({self.host_start_s}): a host started on the forecast must be ready before "
+                "the rise"
+            )
+        reach = lead + self.forecast.bucket_s
+        if self.forecast.enabled and reach > min(self.idle_to_zero_s, self.scale_in_cooldown_s):
+            raise ValueError(
+                f"scaling.forecast.lead_s + bucket_s ({reach}) must not exceed "
+                f"scaling.idle_to_zero_s ({self.idle_to_zero_s}) or "
+                f"scaling.scale_in_cooldown_s ({self.scale_in_cooldown_s}): the reactive part "
+                "would release the hosts started on the forecast before the rise came"
+            )
         return self
 
 
@@ -100,9 +142,13 @@ class Observation:
     queued: int  # scheduled (late included) and pending runs
     running: int
     current_desired: int
-    live_hosts: int = 0  # hosts whose workers answer (informational)
+    live_hosts: int = 0  # hosts whose workers answer (ready to serve)
     recent_run_s: float | None = None  # median duration of recent runs, if known
     arrival_rate: float | None = None  # runs created per second lately, if known
+    recent_arrival_rate: float | None = None  # the same over the last decision interval
+    rate_window_s: float = 60.0  # the window `arrival_rate` is counted over
+    warm: int = 0  # stopped instances waiting in the warm pool
+    forecast: Forecast | None = None  # what the pool's past days say (None: not asked)
 
 
 @dataclass(frozen=True)
@@ -112,6 +158,8 @@ class PolicyState:
     last_scale_out: float = -math.inf
     last_scale_in: float = -math.inf
     idle_since: float | None = None
+    last_idle: float | None = None  # the last decision that saw no demand at all
+    last_recent_rate: float | None = None  # the previous decision's last-interval rate
     recommendations: tuple[tuple[float, float], ...] = field(default_factory=tuple)
 
 
@@ -132,15 +180,54 @@ def decide(
     settings: ScalingSettings, obs: Observation, state: PolicyState
 ) -> tuple[Decision, PolicyState]:
     """The new desired host count, why, and the state to pass to the next call."""
-    demand = obs.queued + obs.running
     run_s = obs.recent_run_s if obs.recent_run_s else settings.expected_run_s
+    trusted = _trusted(settings, obs)
+    target = settings.forecast.target_utilization if trusted else settings.target_utilization
+    decision, new_state, releasing = _reactive(settings, obs, state, run_s, target)
+    current = obs.current_desired
+    if trusted is None or releasing or decision.desired < current:
+        return decision, new_state
+    # The forecast only adds: ahead of a rise, never against a scale-in.
+    ahead = _clamp(
+        settings,
+        math.ceil(trusted.rate_ahead * run_s / (settings.slots_per_host * target) - 1e-9),
+    )
+    cooled = (
+        current == 0 or obs.now - state.last_scale_out >= settings.scale_out_cooldown_s
+    ) and obs.now - state.last_scale_in >= settings.scale_in_cooldown_s
+    # Beyond the scale-in tolerance only: the forecast's noise does not add a host a time.
+    wanted = max(decision.desired, current) + settings.scale_in_tolerance * current
+    if not trusted.rising or ahead <= wanted or not cooled:
+        return decision, new_state
+    reason = (
+        f"pre-scale: forecast {trusted.reason}, {trusted.rate_ahead * run_s:.1f} slots at "
+        f"target {target:.2f}; the reactive part {decision.reason}"
+    )
+    return replace(decision, desired=ahead, reason=reason), replace(
+        new_state, last_scale_out=obs.now
+    )
+
+
+def _trusted(settings: ScalingSettings, obs: Observation) -> Forecast | None:
+    if settings.forecast.enabled and obs.forecast is not None and obs.forecast.trusted:
+        return obs.forecast
+    return None
+
+
+def _reactive(
+    settings: ScalingSettings, obs: Observation, state: PolicyState, run_s: float, target: float
+) -> tuple[Decision, PolicyState, bool]:
+    """The reactive policy: its decision, its state, and whether it is releasing hosts (a
+    scale-in decided, or held only by its cooldown)."""
+    demand = obs.queued + obs.running
     backlog_slots = obs.queued * min(1.0, run_s / settings.drain_target_s)
     # Running runs that drain a backlog are not new load: with a known arrival rate they
     # are not counted twice.
-    keep_up = obs.arrival_rate * run_s if obs.arrival_rate is not None else float(obs.running)
+    rate = _arrival_rate(settings, obs, state)
+    keep_up = rate * run_s if rate is not None else float(obs.running)
     # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
     # already here is known work and gets exactly the slots that clear it in time.
-    keep_hosts = keep_up / (settings.slots_per_host * settings.target_utilization)
+    keep_hosts = keep_up / (settings.slots_per_host * target)
     # The backlog may first use the headroom slots, which are idle while arrivals stay at
     # their mean: hosts are added for it only where the headroom does not clear it in time.
     backlog_hosts = max(0.0, (keep_up + backlog_slots) / settings.slots_per_host - keep_hosts)
@@ -158,16 +245,24 @@ def decide(
         (obs.now, keep_hosts if demand else 0.0),
     )
     idle_since = None if demand else (state.idle_since if state.idle_since is not None else obs.now)
-    state = replace(state, recommendations=recs, idle_since=idle_since)
+    state = replace(
+        state,
+        recommendations=recs,
+        idle_since=idle_since,
+        last_idle=state.last_idle if demand else obs.now,
+        last_recent_rate=obs.recent_arrival_rate,
+    )
     current = obs.current_desired
 
-    def result(desired: int, reason: str) -> tuple[Decision, PolicyState]:
+    def result(
+        desired: int, reason: str, releasing: bool = False
+    ) -> tuple[Decision, PolicyState, bool]:
         new_state = state
         if desired > current:
             new_state = replace(state, last_scale_out=obs.now)
         elif desired < current:
             new_state = replace(state, last_scale_in=obs.now)
-        return Decision(desired, reason, usage, needed, demand), new_state
+        return Decision(desired, reason, usage, needed, demand), new_state, releasing
 
     if current < settings.min_hosts:
         return result(settings.min_hosts, f"raise to min_hosts {settings.min_hosts}")
@@ -180,7 +275,10 @@ def decide(
         return result(0, "hold at zero: no demand")
 
     if demand == 0:
-        idle_for = obs.now - (idle_since if idle_since is not None else obs.now)
+        # Idle since the demand went, or since the last scale-out if later (hosts started
+        # ahead of a forecast rise get the same idle time as any other).
+        idle_from = max(idle_since if idle_since is not None else obs.now, state.last_scale_out)
+        idle_for = obs.now - idle_from
         if idle_for >= settings.idle_to_zero_s and current > settings.min_hosts:
             return result(
                 settings.min_hosts, f"idle for {idle_for:.0f} s: scale to {settings.min_hosts}"
@@ -188,15 +286,18 @@ def decide(
         return result(current, f"hold: idle for {idle_for:.0f} s")
 
     if needed > current:
-        if obs.now - state.last_scale_out >= settings.scale_out_cooldown_s:
-            return result(
-                needed,
-                f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
-                f"{keep_up:.1f} slots to keep up at target {settings.target_utilization:.2f} "
-                f"+ {backlog_slots:.1f} to clear the backlog, {settings.slots_per_host} per "
-                "host)",
-            )
-        return result(current, "hold: scale-out cooldown")
+        if obs.now - state.last_scale_out < settings.scale_out_cooldown_s:
+            return result(current, "hold: scale-out cooldown")
+        cleared = _cleared_before_a_new_host(settings, obs, state, run_s, target)
+        if cleared is not None:
+            return result(current, f"hold: {cleared} ({needed} needed to drain in time)")
+        return result(
+            needed,
+            f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
+            f"{keep_up:.1f} slots to keep up at target {target:.2f} "
+            f"+ {backlog_slots:.1f} to clear the backlog, {settings.slots_per_host} per "
+            "host)",
+        )
 
     stable = _clamp(settings, math.ceil(max(n for _, n in recs) + backlog_hosts - 1e-9))
     if stable < current and (
@@ -208,10 +309,10 @@ def decide(
                 stable,
                 f"scale in: at most {stable} hosts needed over the last "
                 f"{settings.scale_in_cooldown_s:.0f} s, {current} running (demand {demand}: "
-                f"{keep_up:.1f} slots to keep up at target {settings.target_utilization:.2f} "
+                f"{keep_up:.1f} slots to keep up at target {target:.2f} "
                 f"+ {backlog_slots:.1f} for the backlog)",
             )
-        return result(current, "hold: scale-in cooldown")
+        return result(current, "hold: scale-in cooldown", releasing=True)
     if needed < current:
         return result(
             current,
@@ -219,6 +320,69 @@ def decide(
             f"the last {settings.scale_in_cooldown_s:.0f} s)",
         )
     return result(current, f"hold: usage {usage:.2f}")
+
+
+def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyState) -> float | None:
+    """Runs arriving per second: the window's rate, which is smooth, unless the last
+    interval shows it moved beyond chance, or the pool is leaving zero."""
+    rate = obs.arrival_rate
+    if rate is None:
+        return obs.recent_arrival_rate
+    since_idle = obs.now - state.last_idle if state.last_idle is not None else math.inf
+    if obs.current_desired == 0 and 0 < since_idle < obs.rate_window_s:
+        # Leaving zero: everything in the window came since the pool was last idle, so the
+        # rate is over that time, not the whole window (which would size the first step for
+        # a fraction of the load and leave the rest to wait a cooldown and a host start).
+        return rate * obs.rate_window_s / since_idle
+    recent = obs.recent_arrival_rate
+    if recent is not None:
+        # The window lags a step in the load by up to its length; a count in the last
+        # interval more than three standard deviations from the window's rate is a step.
+        expected = rate * settings.interval_s
+        if abs(recent * settings.interval_s - expected) > 3.0 * math.sqrt(max(expected, 1.0)):
+            return recent
+    return rate
+
+
+def _cleared_before_a_new_host(
+    settings: ScalingSettings,
+    obs: Observation,
+    state: PolicyState,
+    run_s: float,
+    target: float,
+) -> str | None:
+    """Why a scale-out would launch in vain, or None when it would not.
+
+    A new host starts serving after `host_start_s` (`warm_start_s` with stopped instances
+    waiting in the warm pool). When the hosts there are clear the queue, and what keeps
+    arriving, before then, it would find no work: a burst, not load. Arrivals still coming
+    at a rate that needs more hosts at the target are load, and always scale out.
+    """
+    start = settings.warm_start_s if obs.warm > 0 else settings.host_start_s
+    # What keeps arriving: the lower of the last two intervals' rates (a burst fills one
+    # interval; load fills both). Without them, the window's arrivals less those still
+    # queued (a burst that just came is queued, and counted there).
+    recents = [r for r in (obs.recent_arrival_rate, state.last_recent_rate) if r is not None]
+    if len(recents) == 2:
+        going_on = min(recents)
+    else:
+        going_on = max(0.0, (obs.arrival_rate or 0.0) - obs.queued / obs.rate_window_s)
+    current = obs.current_desired
+    if going_on * run_s / (settings.slots_per_host * target) > current + 1e-9:
+        return None
+    # Runs the hosts there start before a new host is ready: ready slots, after their
+    # running runs (half done on average), and each one more as it comes free just before;
+    # hosts still starting serve for about half of that time.
+    ready = min(obs.live_hosts, current)
+    slot_s = settings.slots_per_host * (ready * start + (current - ready) * start / 2)
+    started = (slot_s - obs.running * run_s / 2) / run_s + 0.5 * ready * settings.slots_per_host
+    arriving = going_on * start
+    if obs.queued + arriving - started >= 1.0:  # at least one run left for the new host
+        return None
+    return (
+        f"the {current} hosts start the {obs.queued} queued + {arriving:.0f} arriving runs "
+        f"within a new host's start ({start:.0f} s)"
+    )
 
 
 def _clamp(settings: ScalingSettings, hosts: int) -> int:

@@ -20,6 +20,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from img2img.forecast import Forecast
 from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
 
 
@@ -35,6 +36,8 @@ class View:
     recent_run_s: float | None = None
     arrival_rate: float | None = None  # requests per second over the last minute
     warm: int = 0  # stopped hosts waiting in a warm pool
+    recent_arrival_rate: float | None = None  # requests per second over the last interval
+    forecast: Forecast | None = None  # the daily forecast, where the bench gives history
 
 
 class Scaler(Protocol):
@@ -75,6 +78,9 @@ class Img2ImgPolicy:
             live_hosts=view.ready,
             recent_run_s=view.recent_run_s,
             arrival_rate=view.arrival_rate,
+            recent_arrival_rate=view.recent_arrival_rate,
+            warm=view.warm,
+            forecast=view.forecast,
         )
         decision, self.state = decide(self.settings, obs, self.state)
         return decision.desired

@@ -8,7 +8,13 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from infra.bench.scaling_sim import SimResult, Trace
 
-COLOURS = {"img2img": "#1f77b4", "keda": "#ff7f0e", "sagemaker": "#2ca02c", "ray": "#d62728"}
+COLOURS = {
+    "img2img": "#1f77b4",
+    "img2img forecast": "#17becf",
+    "keda": "#ff7f0e",
+    "sagemaker": "#2ca02c",
+    "ray": "#d62728",
+}
 
 
 def trace_chart(trace: Trace, results: dict[str, SimResult], out_dir: Path) -> Path:

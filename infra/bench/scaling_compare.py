@@ -13,9 +13,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from img2img.forecast import ForecastSettings
 from img2img.scaling import ScalingSettings
 from infra.bench.peer_policies import Img2ImgPolicy, KedaSqs, RayServe, SageMakerAsync, Scaler
-from infra.bench.scaling_sim import HostStart, SimResult, Trace, arrivals, simulate
+from infra.bench.scaling_sim import HostStart, PastDays, SimResult, Trace, arrivals, simulate
 
 PEERS = ("keda", "sagemaker", "ray")
 POLICIES = ("img2img", *PEERS)
@@ -66,6 +67,7 @@ class Bench:
     price_per_hour: float
     seed: int = 7
     sample_s: float = 0.0
+    forecast: ForecastSettings | None = None  # also run img2img with its daily forecast
 
     @property
     def host_start_s(self) -> float:
@@ -78,9 +80,15 @@ def run(
     settings: ScalingSettings,
     bench: Bench,
     times: list[float],
-    **overrides: float,
+    overrides: dict[str, float] | None = None,
+    past: PastDays | None = None,
 ) -> SimResult:
-    scaler = make_scaler(name, settings, **overrides)
+    """One simulated run of `name` (with a peer's `overrides`, or this project's policy
+    forecasting from `past`)."""
+    scaler = make_scaler(name, settings, **(overrides or {}))
+    if past is not None:
+        scaler = Img2ImgPolicy(settings.model_copy(update={"forecast": past.settings}))
+        scaler.name = "img2img"
     return simulate(
         trace,
         scaler,
@@ -90,6 +98,7 @@ def run(
         sample_s=bench.sample_s,
         arrivals_at=times,
         starts=bench.starts,
+        past=past,
     )
 
 
@@ -130,6 +139,14 @@ def compare(
         rows.append(row(result, bench, "default", {}))
         if name == "img2img":
             own_p95 = rows[-1]["p95_wait_s"]
+            if bench.forecast is not None:
+                past = PastDays(
+                    trace, bench.forecast.model_copy(update={"enabled": True}), bench.seed
+                )
+                result = run(trace, name, settings, bench, times, past=past)
+                if on_result is not None:
+                    on_result("img2img forecast", result)
+                rows.append(row(result, bench, "forecast", {}))
     if grid:
         if own_p95 is None:
             own = run(trace, "img2img", settings, bench, times)
@@ -138,7 +155,7 @@ def compare(
             if name not in GRIDS:
                 continue
             tried = [
-                row(run(trace, name, settings, bench, times, **params), bench, "grid", params)
+                row(run(trace, name, settings, bench, times, params), bench, "grid", params)
                 for params in GRIDS[name]
             ]
             best = dict(best_of(tried, own_p95))

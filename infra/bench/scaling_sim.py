@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from img2img.forecast import DAY_S, Forecast, ForecastSettings, forecast
 from img2img.scaling import ScalingSettings
 from img2img.timing import percentile
 from infra.bench.peer_policies import Img2ImgPolicy, Scaler, View
@@ -184,6 +185,61 @@ class SimResult:
         return running + self.stopped_seconds / 3600.0 * self.stopped_usd_per_hour
 
 
+def _poisson(rng: random.Random, mean: float) -> int:
+    if mean <= 0:
+        return 0
+    if mean > 50:  # the normal approximation, close enough at this size
+        return max(0, round(rng.gauss(mean, math.sqrt(mean))))
+    limit, k, p = math.exp(-mean), 0, 1.0
+    while True:
+        p *= rng.random()
+        if p <= limit:
+            return k
+        k += 1
+
+
+@dataclass
+class PastDays:
+    """The pool's history for the daily forecast: the same trace on each past day (a day
+    curve repeats; a shorter trace happens at the same time each day), with fresh Poisson
+    counts per bucket, as Prefect's run history would return them."""
+
+    trace: Trace
+    settings: ForecastSettings
+    seed: int
+    _counts: tuple[float, list[list[float]]] | None = None  # (time, counts by day)
+
+    def _rate(self, t: float) -> float:
+        of_day = t % DAY_S
+        return self.trace.rate(of_day) if of_day < self.trace.duration_s else 0.0
+
+    def counts(self, now: float) -> list[list[float]]:
+        """Per past day, the arrivals in the bucket that ends at this time of day, then in
+        each bucket of the lead (as the live autoscaler asks Prefect's run history)."""
+        if self._counts is not None and self._counts[0] == now:
+            return self._counts[1]
+        width = self.settings.bucket_s
+        rng = random.Random(self.seed * 1_000_003 + int(now))
+        days = []
+        for back in range(1, self.settings.days + 1):
+            start = now - width - back * DAY_S
+            days.append(
+                [
+                    float(
+                        _poisson(
+                            rng, sum(self._rate(start + b * width + i) for i in range(int(width)))
+                        )
+                    )
+                    for b in range(1 + self.settings.buckets_ahead)
+                ]
+            )
+        self._counts = (now, days)
+        return days
+
+    def at(self, now: float, observed_rate: float) -> Forecast:
+        return forecast(self.settings, self.counts(now), observed_rate)
+
+
 def arrivals(trace: Trace, seed: int) -> list[float]:
     """Poisson arrivals following `trace.rate`, second by second."""
     rng = random.Random(seed)
@@ -211,6 +267,7 @@ def simulate(
     sample_s: float = 0.0,
     arrivals_at: list[float] | None = None,
     starts: HostStart | None = None,
+    past: PastDays | None = None,
 ) -> SimResult:
     """Replay `trace` through `policy` (a `ScalingSettings` runs this project's policy).
 
@@ -220,6 +277,7 @@ def simulate(
         arrivals_at: the arrival times, when the caller reuses them across scalers.
         starts: the start model with its parts and warm pool (None: every host starts in
             `host_start_s`, no warm pool).
+        past: the pool's past days, for a scaler that forecasts (None: no history).
     """
     scaler: Scaler
     if isinstance(policy, ScalingSettings):
@@ -383,8 +441,10 @@ def simulate(
             arrived_since_tick = 0
             while rate_window and rate_window[0][0] <= now - RATE_WINDOW_S:
                 rate_window.popleft()
-            span = min(now, RATE_WINDOW_S)
-            rate = sum(c for _, c in rate_window) / span if span > 0 else None
+            # Over the whole window, as the live autoscaler counts (runs created in the
+            # last minute ÷ 60 s), from the trace's first second on.
+            rate = sum(c for _, c in rate_window) / RATE_WINDOW_S if now > 0 else None
+            recent = rate_window[-1][1] / interval_s if now > 0 else None
             view = View(
                 now=now,
                 queued=len(queue),
@@ -394,6 +454,8 @@ def simulate(
                 warm=pool,
                 recent_run_s=service_s if done else None,
                 arrival_rate=rate,
+                recent_arrival_rate=recent,
+                forecast=past.at(now, recent or 0.0) if past is not None else None,
             )
             wanted = scaler.decide(view)
             if wanted != desired:

@@ -165,3 +165,85 @@ def test_scale_in_protection_covers_exactly_the_busy_hosts_on_any_backend() -> N
     ]
     protect, release = protection_plan(tasks, busy, lambda arn: arn.rsplit("/", 1)[-1])
     assert protect == tasks[:1] and release == tasks[1:]
+
+
+# -- not launching in vain --------------------------------------------------------------
+
+LOCAL = ScalingSettings(
+    max_hosts=2,
+    slots_per_host=1,
+    scale_out_cooldown_s=10,
+    scale_in_cooldown_s=30,
+    drain_target_s=30,
+    expected_run_s=10,
+    host_start_s=20,
+)
+
+
+def burst_seen(queued: int, rate: float, recent: float, warm: int = 0) -> Observation:
+    """One warm host busy with one run, a burst queued behind it."""
+    return Observation(
+        now=100.0,
+        queued=queued,
+        running=1,
+        current_desired=1,
+        live_hosts=1,
+        recent_run_s=10.0,
+        arrival_rate=rate,
+        recent_arrival_rate=recent,
+        warm=warm,
+    )
+
+
+def test_no_host_is_launched_for_a_burst_the_running_slot_starts_before_it_is_ready() -> None:
+    # The live stack's case: a burst of 3 runs on one warm slot. The minute's rate (3/60)
+    # and the backlog ask for a second host, but the slot starts both queued runs within
+    # the 20 s a new host takes to start: that host would serve nothing.
+    d, _ = decide(LOCAL, burst_seen(queued=2, rate=3 / 60, recent=0.0), PolicyState())
+    assert d.needed == 2 and d.desired == 1
+    assert d.reason.startswith("hold: the 1 hosts start the 2 queued") and "(20 s)" in d.reason
+    # A burst that outlasts the start leaves runs for the new host: it is launched.
+    d, _ = decide(LOCAL, burst_seen(queued=5, rate=6 / 60, recent=0.0), PolicyState())
+    assert d.desired == 2 and d.reason.startswith("scale out")
+
+
+def test_arrivals_that_go_on_still_scale_out_at_once() -> None:
+    # 0.15 runs/s arriving, in the last interval too: 1.5 busy slots is load, not a burst.
+    d, _ = decide(LOCAL, burst_seen(queued=2, rate=0.15, recent=0.15), PolicyState())
+    assert d.desired == 2 and d.reason.startswith("scale out")
+
+
+def test_a_waiting_warm_instance_shortens_the_start_the_policy_counts_on() -> None:
+    settings = S.model_copy(update={"host_start_s": 90.0, "warm_start_s": 20.0})
+
+    def seen(warm: int) -> Observation:
+        return Observation(
+            now=0.0,
+            queued=3,
+            running=2,
+            current_desired=1,
+            live_hosts=1,
+            recent_run_s=30.0,
+            arrival_rate=3 / 60,
+            recent_arrival_rate=0.0,
+            warm=warm,
+        )
+
+    # Cold, the host's 2 slots start all 3 queued runs within 90 s; from the warm pool a
+    # host is serving in 20 s, when 2 of them still wait.
+    cold, _ = decide(settings, seen(warm=0), PolicyState())
+    assert cold.desired == 1 and "(90 s)" in cold.reason
+    warm, _ = decide(settings, seen(warm=3), PolicyState())
+    assert warm.desired == 2 and warm.reason.startswith("scale out")
+
+
+def test_leaving_zero_sizes_for_the_rate_since_the_pool_was_idle() -> None:
+    big = S.model_copy(update={"max_hosts": 1000, "slots_per_host": 12})
+    _, idle = decide(big, obs(0), PolicyState())
+    assert idle.last_idle == 0
+    # 600 runs came in the 15 s since: 40 a second, not the minute's 10.
+    first = obs(15, queued=600, rate=10.0, run_s=4.0)
+    d, _ = decide(big, first, idle)
+    assert d.desired == 18  # 160 slots at 0.75 → 17.8 hosts; the backlog fits the headroom
+    unknown, _ = decide(big, first, PolicyState())
+    assert unknown.desired == 5  # without the idle time the minute's rate is all it has
