@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Literal
@@ -41,6 +42,13 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
     from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare
     from infra.bench.scaling_sim import TRACES, HostStart
 
+    if args.artifact and not os.environ.get("PREFECT_API_URL"):
+        print(
+            "--artifact publishes to the Prefect API in PREFECT_API_URL, which is not set "
+            '(for the local stack: eval "$(img2img local env)")',
+            file=sys.stderr,
+        )
+        return 2
     names = list(TRACES) if args.trace == "all" else [args.trace]
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
     policy = settings.scaling.model_copy(
@@ -85,6 +93,8 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         f"{policy.target_utilization}, decisions every {policy.interval_s} s",
         file=sys.stderr,
     )
+    all_rows: list[dict[str, Any]] = []
+    pictures: dict[str, bytes] = {}
     header = (
         f"{'trace':<10}{'policy':<11}{'setting':<9}{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}"
         f"{'host-h':>9}{'ratio':>7}{'cost $':>9}{'events':>8}{'idle':>6}{'max':>6}{'cold s':>8}"
@@ -119,11 +129,26 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
                 f"{name}: img2img ahead of {sum(verdict.values())} of {len(verdict)} "
                 f"({'behind: ' + ', '.join(behind) if behind else 'all'})"
             )
+        all_rows += rows
         if args.charts:
-            from infra.bench.scaling_charts import trace_chart
+            from infra.bench.scaling_charts import trace_chart, trace_png
 
             path = trace_chart(TRACES[name], charted, args.charts)
             say(f"chart: {path}")
+            if args.artifact:
+                pictures[name] = trace_png(TRACES[name], charted, dpi=60)
+    if args.artifact:
+        from prefect.client.orchestration import get_client
+
+        from infra.bench.scaling_charts import ARTIFACT_KEY, bench_markdown, publish
+
+        summary = (
+            f"{args.service_s} s per image, {args.slots_per_host} slots per host, hosts "
+            f"start in {parts['cold_s']} s{pool}, ${args.price_per_hour}/host-hour."
+        )
+        with get_client(sync_client=True) as client:
+            publish(client, bench_markdown(all_rows, pictures, summary), "Scaling bench")
+        say(f"artifact: {ARTIFACT_KEY} (Artifacts page of the Prefect UI)")
     return 0
 
 
@@ -366,6 +391,13 @@ def add_commands(sub: Any) -> None:
         type=float,
         default=0.9,
         help="the reactive part's target while the forecast is trusted",
+    )
+    scaling.add_argument(
+        "--artifact",
+        action="store_true",
+        help="also publish the table and charts (with --charts) as the markdown artifact "
+        "img2img-scaling-bench on the Prefect API in PREFECT_API_URL (the local stack's: "
+        "see `img2img local env`)",
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

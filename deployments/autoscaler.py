@@ -23,6 +23,7 @@ from deployments.pool_runs import PoolResource, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import host_of
+from img2img.forecast import Forecast, day_offsets, forecast, history_counts
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
 
 if TYPE_CHECKING:
@@ -103,14 +104,23 @@ class Autoscaler:
             for r in running_runs
             if r.labels and r.labels.get("prefect.worker.name")
         }
-        window = timedelta(seconds=self.rate_window_s)
-        arrived = self.prefect.count_flow_runs(
-            flow_run_filter=FlowRunFilter(
-                expected_start_time=FlowRunFilterExpectedStartTime(after_=now - window, before_=now)
-            ),
-            work_pool_filter=pool,
-        )
-        recent = self.prefect.read_flow_runs(
+
+        def arrived_within(seconds: float) -> int:
+            return int(
+                self.prefect.count_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        expected_start_time=FlowRunFilterExpectedStartTime(
+                            after_=now - timedelta(seconds=seconds), before_=now
+                        )
+                    ),
+                    work_pool_filter=pool,
+                )
+            )
+
+        arrived = arrived_within(self.rate_window_s)
+        # The last interval apart: a step in the load, and a burst from load (see the policy).
+        recent = arrived_within(self.policy.interval_s) / self.policy.interval_s
+        finished = self.prefect.read_flow_runs(
             flow_run_filter=runs_filter(StateType.COMPLETED, StateType.FAILED),
             work_pool_filter=pool,
             sort=FlowRunSort.END_TIME_DESC,
@@ -118,7 +128,7 @@ class Autoscaler:
         )
         durations = [
             r.total_run_time.total_seconds()
-            for r in recent
+            for r in finished
             if r.total_run_time and r.total_run_time.total_seconds() > 0
         ]
         return Observation(
@@ -126,9 +136,47 @@ class Autoscaler:
             queued=int(queued),
             running=int(running),
             current_desired=self.backend.current(),
+            live_hosts=self._ready_hosts(),
             recent_run_s=statistics.median(durations) if durations else None,
             arrival_rate=arrived / self.rate_window_s,
+            recent_arrival_rate=recent,
+            rate_window_s=self.rate_window_s,
+            warm=self.backend.warm(),
+            forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
         )
+
+    def _ready_hosts(self) -> int:
+        """Hosts whose warm workers are online (heartbeating) on the pool: at most as many
+        as serve, since a worker heartbeats while its slots still load."""
+        from prefect.client.schemas.objects import WorkerStatus
+
+        workers = self.prefect.read_workers_for_work_pool(self.pool)
+        return len({host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE})
+
+    def _forecast(self, now: datetime, recent_rate: float) -> Forecast:
+        """The daily forecast from the pool's own runs at this time on past days, from
+        Prefect's run history (one request per day read; the runs are kept
+        `retention.runs_days`)."""
+        settings = self.policy.forecast
+        buckets = 1 + settings.buckets_ahead
+        counts_by_day = []
+        for back in day_offsets(settings):
+            start = now - timedelta(seconds=back + settings.bucket_s)
+            response = self.prefect.request(
+                "POST",
+                "/flow_runs/history",
+                json={
+                    "history_start": start.isoformat(),
+                    "history_end": (
+                        start + timedelta(seconds=buckets * settings.bucket_s)
+                    ).isoformat(),
+                    "history_interval_seconds": settings.bucket_s,
+                    "work_pools": {"name": {"any_": [self.pool]}},
+                },
+            )
+            response.raise_for_status()
+            counts_by_day.append(history_counts(response.json(), buckets))
+        return forecast(settings, counts_by_day, recent_rate)
 
     # -- deciding and applying --------------------------------------------------------------
 

@@ -25,6 +25,10 @@ class ScalingBackend(Protocol):
 
     def apply(self, desired: int, busy: set[str]) -> str: ...
 
+    def warm(self) -> int:
+        """Stopped instances waiting in a warm pool, ready to resume (0 without one)."""
+        ...
+
 
 class MetricsSink(Protocol):
     """Where the autoscaler publishes its signal (CloudWatch on AWS)."""
@@ -56,6 +60,11 @@ class AsgBackend:
     def current(self) -> int:
         return int(self._describe()["DesiredCapacity"])
 
+    def warm(self) -> int:
+        """Instances of the group's warm pool that a scale-out would resume now."""
+        found = self.autoscaling.describe_warm_pool(AutoScalingGroupName=self.group)
+        return waiting_in_warm_pool(found.get("Instances", []))
+
     def protect(self, busy: set[str]) -> tuple[list[str], list[str]]:
         """Protect busy instances from scale-in and release idle ones."""
         instances = [i["InstanceId"] for i in self._describe().get("Instances", [])]
@@ -75,6 +84,13 @@ class AsgBackend:
             AutoScalingGroupName=self.group, DesiredCapacity=desired, HonorCooldown=False
         )
         return f"asg {self.group}: desired {desired} ({len(protected)} busy hosts protected)"
+
+
+def waiting_in_warm_pool(instances: list[dict[str, Any]]) -> int:
+    """Warm-pool instances ready to resume: stopped (or hibernated, or kept running) after
+    their launch hook finished; `Warmed:Pending*` ones are still being prepared."""
+    ready = {"Warmed:Stopped", "Warmed:Hibernated", "Warmed:Running"}
+    return sum(1 for i in instances if i.get("LifecycleState") in ready)
 
 
 def protection_plan(
@@ -105,6 +121,9 @@ class EcsBackend:
         self.ecs = ecs
         self.cluster = cluster
         self.service = service
+
+    def warm(self) -> int:
+        return 0  # ECS services have no warm pool
 
     def current(self) -> int:
         services = self.ecs.describe_services(cluster=self.cluster, services=[self.service])

@@ -29,6 +29,7 @@ import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel, Field, model_validator
 
@@ -160,3 +161,13 @@ def forecast(
 def day_offsets(settings: ForecastSettings) -> list[float]:
     """Seconds back to the same time of day on each past day read."""
     return [d * DAY_S for d in range(1, settings.days + 1)]
+
+
+def history_counts(intervals: Sequence[dict[str, Any]], buckets: int) -> list[float]:
+    """Runs per bucket from Prefect's run history (`POST /flow_runs/history`: one entry per
+    interval, its runs counted by state), padded to `buckets` (the server stops at the
+    end it was asked for)."""
+    counts = [
+        float(sum(int(s.get("count_runs", 0)) for s in i.get("states", []))) for i in intervals
+    ]
+    return (counts + [0.0] * buckets)[:buckets]

@@ -25,11 +25,12 @@ first scale-out from zero be the right size.
   stabilisation window, which smooths the noisy part) plus the backlog need now (observed
   directly: a cleared backlog is gone), and not within the scale-in cooldown of any scale
   event; this is what keeps it from flapping under steady or noisy load.
-- Not launching in vain: a scale-out beyond the hosts there are waits while those hosts
-  clear the queue, and what keeps arriving, before a new host could start serving
-  (`host_start_s`, or `warm_start_s` while the warm pool holds stopped instances): that
-  host would only find an empty queue, be paid for its start and leave again. Arrivals
-  that keep coming at the rate that needs it still scale out at once.
+- Not launching in vain: a host is started only if work will be left for it when it is
+  ready (`host_start_s`, or `warm_start_s` while the warm pool holds stopped instances):
+  the queue and what keeps arriving, less what the hosts there start before then; from
+  zero, no more hosts than the queued runs can occupy. Otherwise it would find an empty
+  queue, be paid for its start and leave again. Arrivals that keep coming at the rate
+  that needs more hosts still scale out at once.
 - Going to zero: after `idle_to_zero_s` with no demand at all.
 - With a trusted daily forecast (`img2img.forecast`): the reactive part runs at the
   forecast's target, and the forecast may add hosts ahead of a rise when the reactive part
@@ -225,6 +226,7 @@ def _reactive(
     # are not counted twice.
     rate = _arrival_rate(settings, obs, state)
     keep_up = rate * run_s if rate is not None else float(obs.running)
+    previous_recent = state.last_recent_rate  # the state is updated below
     # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
     # already here is known work and gets exactly the slots that clear it in time.
     keep_hosts = keep_up / (settings.slots_per_host * target)
@@ -271,7 +273,9 @@ def _reactive(
 
     if current == 0:
         if demand >= settings.activation_threshold:
-            return result(max(needed, 1), f"activate from zero: demand {demand}")
+            cap, _ = _worth_starting(settings, obs, previous_recent, run_s, target)
+            hosts = max(1, needed if cap is None else min(needed, cap))
+            return result(hosts, f"activate from zero: demand {demand}")
         return result(0, "hold at zero: no demand")
 
     if demand == 0:
@@ -288,9 +292,11 @@ def _reactive(
     if needed > current:
         if obs.now - state.last_scale_out < settings.scale_out_cooldown_s:
             return result(current, "hold: scale-out cooldown")
-        cleared = _cleared_before_a_new_host(settings, obs, state, run_s, target)
-        if cleared is not None:
-            return result(current, f"hold: {cleared} ({needed} needed to drain in time)")
+        cap, why = _worth_starting(settings, obs, previous_recent, run_s, target)
+        if cap is not None and cap <= current:
+            return result(current, f"hold: {why} left ({needed} needed to drain in time)")
+        if cap is not None and cap < needed:
+            return result(cap, f"scale out to {cap}, not {needed}: {why} left for new hosts")
         return result(
             needed,
             f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
@@ -344,44 +350,49 @@ def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyStat
     return rate
 
 
-def _cleared_before_a_new_host(
+def _worth_starting(
     settings: ScalingSettings,
     obs: Observation,
-    state: PolicyState,
+    previous_recent: float | None,
     run_s: float,
     target: float,
-) -> str | None:
-    """Why a scale-out would launch in vain, or None when it would not.
+) -> tuple[int | None, str]:
+    """The most hosts worth having once new ones are ready (None: no limit), and why.
 
-    A new host starts serving after `host_start_s` (`warm_start_s` with stopped instances
-    waiting in the warm pool). When the hosts there are clear the queue, and what keeps
-    arriving, before then, it would find no work: a burst, not load. Arrivals still coming
-    at a rate that needs more hosts at the target are load, and always scale out.
+    A new host starts serving after `host_start_s` (`warm_start_s` while stopped instances
+    wait in the warm pool). A host is worth starting only if work will be left for it
+    then: the queue and what keeps arriving, less what the hosts already there start
+    before it is ready. Without that, a burst the running slots clear launches hosts that
+    serve nothing. Arrivals still coming at a rate that needs more hosts at the target are
+    load, not a burst: then there is no limit.
     """
     start = settings.warm_start_s if obs.warm > 0 else settings.host_start_s
     # What keeps arriving: the lower of the last two intervals' rates (a burst fills one
     # interval; load fills both). Without them, the window's arrivals less those still
     # queued (a burst that just came is queued, and counted there).
-    recents = [r for r in (obs.recent_arrival_rate, state.last_recent_rate) if r is not None]
+    recents = [r for r in (obs.recent_arrival_rate, previous_recent) if r is not None]
     if len(recents) == 2:
         going_on = min(recents)
     else:
         going_on = max(0.0, (obs.arrival_rate or 0.0) - obs.queued / obs.rate_window_s)
     current = obs.current_desired
     if going_on * run_s / (settings.slots_per_host * target) > current + 1e-9:
-        return None
+        return None, ""
     # Runs the hosts there start before a new host is ready: ready slots, after their
     # running runs (half done on average), and each one more as it comes free just before;
     # hosts still starting serve for about half of that time.
     ready = min(obs.live_hosts, current)
     slot_s = settings.slots_per_host * (ready * start + (current - ready) * start / 2)
-    started = (slot_s - obs.running * run_s / 2) / run_s + 0.5 * ready * settings.slots_per_host
+    started = 0.0
+    if current:
+        started = (slot_s - obs.running * run_s / 2) / run_s + 0.5 * ready * settings.slots_per_host
     arriving = going_on * start
-    if obs.queued + arriving - started >= 1.0:  # at least one run left for the new host
-        return None
-    return (
+    left = obs.queued + arriving - started
+    # A new host is worth it for at least one run; beyond that, one per slot of work left.
+    extra = math.ceil(left / settings.slots_per_host - 1e-9) if left >= 1.0 else 0
+    return current + extra, (
         f"the {current} hosts start the {obs.queued} queued + {arriving:.0f} arriving runs "
-        f"within a new host's start ({start:.0f} s)"
+        f"within a new host's start ({start:.0f} s) but {max(0.0, left):.0f}"
     )
 
 

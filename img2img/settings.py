@@ -624,6 +624,17 @@ class Settings(BaseSettings):
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
 
+    @model_validator(mode="after")
+    def _forecast_within_retention(self) -> Settings:
+        forecast = self.scaling.forecast
+        if forecast.enabled and forecast.days >= self.retention.runs_days:
+            raise ValueError(
+                f"scaling.forecast.days ({forecast.days}) must be below retention.runs_days "
+                f"({self.retention.runs_days}): the forecast reads the pool's runs of those "
+                "days, which the server deletes after runs_days"
+            )
+        return self
+
 
 def load_settings() -> Settings:
     """Read the settings from the environment (and nothing else)."""

@@ -35,6 +35,9 @@ class LocalBackend:
     def __init__(self, stack: LocalStack) -> None:
         self.stack = stack
 
+    def warm(self) -> int:
+        return 0  # a local worker starts from this machine's disk: there is nothing to resume
+
     def current(self) -> int:
         self.stack.reap()  # workers that exited (drained or killed) leave no <defunct> child
         return len(self.stack.running_workers())

@@ -19,6 +19,8 @@ LOCAL_SCALING = {
     "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "300",
     "IMG2IMG_SCALING__EXPECTED_RUN_S": "10",
     "IMG2IMG_SCALING__DRAIN_TARGET_S": "30",
+    # A local warm worker loads the tiny models in about this long (start to first run).
+    "IMG2IMG_SCALING__HOST_START_S": "20",
 }
 # Recovery on a laptop's time scale: workers heartbeat every 5 s, a worker silent for 20 s
 # is gone (the README promises detection within 2 minutes), crashed runs are looked at

@@ -75,6 +75,7 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
         assert workers(services()) == []
         log = (tmp_path / "state" / "logs" / "autoscaler.log").read_text()
         assert "activate from zero" in log and "scale to 0" in log
+        _every_worker_started_served_a_run(env)
     finally:
         down = img2img(["local", "down"], env, 120)
     assert down.returncode == 0
@@ -166,3 +167,27 @@ def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:
     assert run.stdout.startswith("result.png ") and "ms after the upload" in run.stdout
     with Image.open(tmp_path / "result.png") as result:
         assert result.size[0] > 0
+
+
+def _every_worker_started_served_a_run(env: dict[str, str]) -> None:
+    """The demo, the mixed batch, the redelivery and the README upload came as small bursts:
+    every warm worker the autoscaler started (each registers in Prefect under its own
+    name) ran at least one of the pool's flow runs. A host started for a burst that the
+    running slots had already cleared would be listed with none."""
+    import httpx
+
+    from infra.local_env import POOL
+
+    api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
+    with httpx.Client(base_url=api, timeout=30) as http:
+        workers = http.post(f"/work_pools/{POOL}/workers/filter", json={"limit": 200})
+        workers.raise_for_status()
+        runs = http.post(
+            "/flow_runs/filter",
+            json={"work_pools": {"name": {"any_": [POOL]}}, "limit": 200},
+        )
+        runs.raise_for_status()
+    started = {w["name"] for w in workers.json()}
+    served = {r["labels"].get("prefect.worker.name") for r in runs.json() if r.get("labels")}
+    assert started, "the autoscaler started no worker"
+    assert started <= served, f"workers that served no run: {sorted(started - served)}"

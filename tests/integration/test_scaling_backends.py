@@ -127,3 +127,88 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
         # The same state again is a hold: no flapping, no new record.
         again = scaler.step()
         assert again.desired == decision.desired and again.reason.startswith("hold")
+
+
+def test_warm_pool_instances_are_counted_when_ready_to_resume(asg: Any) -> None:
+    from deployments.scaling_backends import waiting_in_warm_pool
+
+    backend = AsgBackend(asg, "img2img-inf2")
+    assert backend.warm() == 0  # no warm pool
+    asg.put_warm_pool(AutoScalingGroupName="img2img-inf2", MinSize=2, PoolState="Stopped")
+    assert backend.warm() == 0  # moto prepares no instances; the call and its answer parse
+    states = ["Warmed:Stopped", "Warmed:Pending", "Warmed:Pending:Wait", "Warmed:Stopped"]
+    assert waiting_in_warm_pool([{"LifecycleState": s} for s in states]) == 2
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> None:
+    """Runs scheduled at this time on three past days, just ahead of now: the autoscaler
+    reads them from Prefect's run history, trusts the forecast (today so far agrees: no
+    arrivals yet) and starts hosts ahead of the rise, with nothing queued."""
+    from datetime import datetime, timedelta, timezone
+
+    from prefect.client.orchestration import get_client
+    from prefect.states import Completed, Scheduled
+
+    from deployments.autoscaler import Autoscaler
+    from img2img.forecast import ForecastSettings
+    from tests.integration.warm import create_pool_and_deployment
+
+    ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
+    with get_client(sync_client=True) as client:
+        pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
+        now = datetime.now(timezone.utc)
+        for day in (1, 2, 3):
+            for i in range(24):  # 24 runs from 30 s to 53 s ahead, a day earlier
+                at = now - timedelta(days=day) + timedelta(seconds=30 + i)
+                run = client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"objects": []}, state=Scheduled(scheduled_time=at)
+                )
+                client.set_flow_run_state(run.id, Completed(), force=True)  # served then
+        policy = ScalingSettings(
+            max_hosts=20,
+            slots_per_host=1,
+            expected_run_s=10,
+            host_start_s=60,
+            forecast=ForecastSettings(enabled=True, days=7, min_days=3, lead_s=90),
+        )
+        scaler = Autoscaler(client, pool, policy, EcsBackend(ecs, "img2img", "workers"))
+
+        obs = scaler.observe()
+        assert obs.queued == 0 and obs.recent_arrival_rate == 0 and obs.warm == 0
+        assert obs.forecast is not None and obs.forecast.days == 3
+        assert obs.forecast.trusted and obs.forecast.rising
+        assert obs.forecast.rate_ahead == pytest.approx(15 / 15, abs=0.6)  # a 15-s bucket
+        decision = scaler.step()
+        assert decision.reason.startswith("pre-scale: forecast") and decision.desired >= 2
+        assert EcsBackend(ecs, "img2img", "workers").current() == decision.desired
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_scaling_bench_publishes_its_table_and_charts_as_an_artifact() -> None:
+    from prefect.client.orchestration import get_client
+
+    from img2img.scaling import ScalingSettings as Policy
+    from infra.bench.scaling_charts import ARTIFACT_KEY, bench_markdown, publish, trace_png
+    from infra.bench.scaling_compare import Bench, compare
+    from infra.bench.scaling_sim import HostStart, Trace
+
+    trace = Trace("blip", 600, lambda t: 2.0 if t < 120 else 0.0, "a short blip")
+    bench = Bench(service_s=4.0, starts=HostStart(), slots_per_host=4, price_per_hour=1.0)
+    bench = Bench(**{**bench.__dict__, "sample_s": 30.0})
+    charted: dict = {}
+    rows = compare(
+        trace, ["img2img", "keda"], Policy(max_hosts=10), bench, on_result=charted.__setitem__
+    )
+    png = trace_png(trace, charted, dpi=40)
+    markdown = bench_markdown(rows, {"blip": png}, "test bench")
+    assert "| img2img | default |" in markdown and "| keda | default |" in markdown
+    assert "![blip](data:image/png;base64," in markdown and png[:8] == b"\x89PNG\r\n\x1a\n"
+    with get_client(sync_client=True) as client:
+        publish(client, markdown, "Scaling bench")
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+        found = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
+        )
+    assert found and found[0].type == "markdown" and "## blip" in str(found[0].data)

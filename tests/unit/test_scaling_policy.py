@@ -247,3 +247,26 @@ def test_leaving_zero_sizes_for_the_rate_since_the_pool_was_idle() -> None:
     assert d.desired == 18  # 160 slots at 0.75 → 17.8 hosts; the backlog fits the headroom
     unknown, _ = decide(big, first, PolicyState())
     assert unknown.desired == 5  # without the idle time the minute's rate is all it has
+
+
+def test_leaving_zero_starts_no_more_hosts_than_the_queued_runs_can_occupy() -> None:
+    # The live demo's case: one run (a batch of 8 images, 40 s) arrives at an idle pool.
+    # Its 40 s exceed the 30-s drain target and the minute's rate adds more: 2 hosts
+    # "needed", but one run occupies one slot; the second host would serve nothing.
+    _, idle = decide(
+        LOCAL, Observation(now=0, queued=0, running=0, current_desired=0), PolicyState()
+    )
+    one = Observation(
+        now=2.0,
+        queued=1,
+        running=0,
+        current_desired=0,
+        recent_run_s=40.0,
+        arrival_rate=1 / 60,
+        recent_arrival_rate=0.5,
+    )
+    d, _ = decide(LOCAL, one, idle)
+    assert d.needed == 2 and d.desired == 1 and d.reason.startswith("activate from zero")
+    # Three runs at once can occupy both hosts.
+    d, _ = decide(LOCAL, Observation(**{**one.__dict__, "queued": 3}), idle)
+    assert d.desired == 2
