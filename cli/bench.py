@@ -70,6 +70,10 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         warm_pool=args.warm_pool,
         resume_s=args.resume_s,
     )
+    # The policy counts on the start times the simulated hosts have.
+    policy = policy.model_copy(
+        update={"host_start_s": starts.cold_s, "warm_start_s": starts.warm_s}
+    )
     bench = Bench(
         service_s=args.service_s,
         starts=starts,

@@ -61,6 +61,7 @@ class Autoscaler:
         self.busy: set[str] = set()
         self._stop = threading.Event()
         self.pool_resource = PoolResource(prefect, pool)
+        self._last_look: datetime | None = None
 
     # -- observing the pool -----------------------------------------------------------------
 
@@ -84,17 +85,7 @@ class Autoscaler:
                 state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))), **extra
             )
 
-        # Scheduled (late included) and pending runs that are due: not ones set for later.
-        queued = self.prefect.count_flow_runs(
-            flow_run_filter=runs_filter(
-                StateType.SCHEDULED,
-                StateType.PENDING,
-                expected_start_time=FlowRunFilterExpectedStartTime(
-                    before_=now + timedelta(seconds=self.policy.interval_s)
-                ),
-            ),
-            work_pool_filter=pool,
-        )
+        queued = self.queued(now)
         # The running runs themselves (their workers are the busy hosts); their count is
         # the running figure, so it needs no request of its own.
         running_runs = pool_runs(self.prefect, self.pool, ["RUNNING", "CANCELLING"])
@@ -105,21 +96,26 @@ class Autoscaler:
             if r.labels and r.labels.get("prefect.worker.name")
         }
 
-        def arrived_within(seconds: float) -> int:
+        def arrived_since(start: datetime) -> int:
             return int(
                 self.prefect.count_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         expected_start_time=FlowRunFilterExpectedStartTime(
-                            after_=now - timedelta(seconds=seconds), before_=now
+                            after_=start, before_=now
                         )
                     ),
                     work_pool_filter=pool,
                 )
             )
 
-        arrived = arrived_within(self.rate_window_s)
-        # The last interval apart: a step in the load, and a burst from load (see the policy).
-        recent = arrived_within(self.policy.interval_s) / self.policy.interval_s
+        arrived = arrived_since(now - timedelta(seconds=self.rate_window_s))
+        # Since the last look, apart: it tells a step in the load, and a burst from load
+        # (see the policy); consecutive looks count each arrival once.
+        last = self._last_look or now - timedelta(seconds=self.policy.interval_s)
+        last = max(last, now - timedelta(seconds=self.rate_window_s))
+        self._last_look = now
+        since = max((now - last).total_seconds(), 1e-3)
+        recent = arrived_since(last) / since
         finished = self.prefect.read_flow_runs(
             flow_run_filter=runs_filter(StateType.COMPLETED, StateType.FAILED),
             work_pool_filter=pool,
@@ -140,9 +136,36 @@ class Autoscaler:
             recent_run_s=statistics.median(durations) if durations else None,
             arrival_rate=arrived / self.rate_window_s,
             recent_arrival_rate=recent,
+            recent_window_s=since,
             rate_window_s=self.rate_window_s,
             warm=self.backend.warm(),
             forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
+        )
+
+    def queued(self, now: datetime | None = None) -> int:
+        """The pool's scheduled (late included) and pending runs that are due: not ones set
+        for later."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            WorkPoolFilter,
+            WorkPoolFilterName,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        due = (now or datetime.now(timezone.utc)) + timedelta(seconds=self.policy.interval_s)
+        return int(
+            self.prefect.count_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
+                    ),
+                    expected_start_time=FlowRunFilterExpectedStartTime(before_=due),
+                ),
+                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
+            )
         )
 
     def _ready_hosts(self) -> int:
@@ -271,11 +294,29 @@ class Autoscaler:
             self.policy.max_hosts,
         )
         while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
+            desired = None
             try:
-                self.step()
+                desired = self.step().desired
             except Exception as exc:  # the API or a backend may be briefly unavailable
                 log.warning("scaling step failed (will retry): %s", exc)
+            self.wait_next(at_zero=desired == 0)
+
+    def wait_next(self, at_zero: bool) -> None:
+        """Until the next decision: one interval; with no host, less as soon as a run is
+        queued (one count every `zero_interval_s`), so a first upload does not wait a
+        whole interval for its host to be asked for."""
+        until = self.clock() + self.policy.interval_s
+        if not at_zero or self.policy.zero_interval_s >= self.policy.interval_s:
             self._stop.wait(self.policy.interval_s)
+            return
+        while self.clock() < until:
+            if self._stop.wait(min(self.policy.zero_interval_s, until - self.clock())):
+                return
+            try:
+                if self.queued() > 0:
+                    return
+            except Exception as exc:
+                log.debug("could not count the queue: %s", exc)
 
     def stop(self) -> None:
         self._stop.set()

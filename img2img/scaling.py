@@ -85,6 +85,13 @@ class ScalingSettings(BaseModel):
         description="Run duration assumed until recent runs say otherwise.",
     )
     interval_s: float = Field(15.0, gt=0, le=3600, description="Seconds between decisions.")
+    zero_interval_s: float = Field(
+        2.0,
+        gt=0,
+        le=3600,
+        description="Seconds between looks at the queue while the pool has no host (one "
+        "request each): a first upload waits this long, not a whole interval, to start one.",
+    )
     host_start_s: float = Field(
         90.0,
         ge=0,
@@ -146,7 +153,8 @@ class Observation:
     live_hosts: int = 0  # hosts whose workers answer (ready to serve)
     recent_run_s: float | None = None  # median duration of recent runs, if known
     arrival_rate: float | None = None  # runs created per second lately, if known
-    recent_arrival_rate: float | None = None  # the same over the last decision interval
+    recent_arrival_rate: float | None = None  # the same since the previous decision
+    recent_window_s: float | None = None  # the time that rate is over (None: interval_s)
     rate_window_s: float = 60.0  # the window `arrival_rate` is counted over
     warm: int = 0  # stopped instances waiting in the warm pool
     forecast: Forecast | None = None  # what the pool's past days say (None: not asked)
@@ -161,6 +169,7 @@ class PolicyState:
     idle_since: float | None = None
     last_idle: float | None = None  # the last decision that saw no demand at all
     last_recent_rate: float | None = None  # the previous decision's last-interval rate
+    last_pre_scale: float = -math.inf  # the last hosts added on the forecast
     recommendations: tuple[tuple[float, float], ...] = field(default_factory=tuple)
 
 
@@ -204,8 +213,10 @@ def decide(
         f"pre-scale: forecast {trusted.reason}, {trusted.rate_ahead * run_s:.1f} slots at "
         f"target {target:.2f}; the reactive part {decision.reason}"
     )
+    # No scale-out cooldown from a pre-scale: as the rise comes into the lead, the
+    # forecast may raise its figure at the next decision.
     return replace(decision, desired=ahead, reason=reason), replace(
-        new_state, last_scale_out=obs.now
+        new_state, last_pre_scale=obs.now
     )
 
 
@@ -257,10 +268,12 @@ def _reactive(
     current = obs.current_desired
 
     def result(
-        desired: int, reason: str, releasing: bool = False
+        desired: int, reason: str, releasing: bool = False, capped: bool = False
     ) -> tuple[Decision, PolicyState, bool]:
         new_state = state
-        if desired > current:
+        # A scale-out held back to the work in sight starts no cooldown: if the load goes
+        # on, the next decision adds what it needs at once.
+        if desired > current and not capped:
             new_state = replace(state, last_scale_out=obs.now)
         elif desired < current:
             new_state = replace(state, last_scale_in=obs.now)
@@ -275,13 +288,17 @@ def _reactive(
         if demand >= settings.activation_threshold:
             cap, _ = _worth_starting(settings, obs, previous_recent, run_s, target)
             hosts = max(1, needed if cap is None else min(needed, cap))
-            return result(hosts, f"activate from zero: demand {demand}")
+            return result(hosts, f"activate from zero: demand {demand}", capped=hosts < needed)
         return result(0, "hold at zero: no demand")
 
     if demand == 0:
         # Idle since the demand went, or since the last scale-out if later (hosts started
         # ahead of a forecast rise get the same idle time as any other).
-        idle_from = max(idle_since if idle_since is not None else obs.now, state.last_scale_out)
+        idle_from = max(
+            idle_since if idle_since is not None else obs.now,
+            state.last_scale_out,
+            state.last_pre_scale,
+        )
         idle_for = obs.now - idle_from
         if idle_for >= settings.idle_to_zero_s and current > settings.min_hosts:
             return result(
@@ -296,7 +313,9 @@ def _reactive(
         if cap is not None and cap <= current:
             return result(current, f"hold: {why} left ({needed} needed to drain in time)")
         if cap is not None and cap < needed:
-            return result(cap, f"scale out to {cap}, not {needed}: {why} left for new hosts")
+            return result(
+                cap, f"scale out to {cap}, not {needed}: {why} left for new hosts", capped=True
+            )
         return result(
             needed,
             f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
@@ -309,7 +328,7 @@ def _reactive(
     if stable < current and (
         stable <= current * (1 - settings.scale_in_tolerance) or stable == settings.min_hosts
     ):
-        since_event = obs.now - max(state.last_scale_out, state.last_scale_in)
+        since_event = obs.now - max(state.last_scale_out, state.last_scale_in, state.last_pre_scale)
         if since_event >= settings.scale_in_cooldown_s:
             return result(
                 stable,
@@ -344,8 +363,9 @@ def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyStat
     if recent is not None:
         # The window lags a step in the load by up to its length; a count in the last
         # interval more than three standard deviations from the window's rate is a step.
-        expected = rate * settings.interval_s
-        if abs(recent * settings.interval_s - expected) > 3.0 * math.sqrt(max(expected, 1.0)):
+        span = obs.recent_window_s or settings.interval_s
+        expected = rate * span
+        if abs(recent * span - expected) > 3.0 * math.sqrt(max(expected, 1.0)):
             return recent
     return rate
 
@@ -367,8 +387,8 @@ def _worth_starting(
     load, not a burst: then there is no limit.
     """
     start = settings.warm_start_s if obs.warm > 0 else settings.host_start_s
-    # What keeps arriving: the lower of the last two intervals' rates (a burst fills one
-    # interval; load fills both). Without them, the window's arrivals less those still
+    # What keeps arriving: the lower of the rates since the last two decisions (a burst
+    # fills one; load fills both). Without them, the window's arrivals less those still
     # queued (a burst that just came is queued, and counted there).
     recents = [r for r in (obs.recent_arrival_rate, previous_recent) if r is not None]
     if len(recents) == 2:

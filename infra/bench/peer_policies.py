@@ -36,7 +36,8 @@ class View:
     recent_run_s: float | None = None
     arrival_rate: float | None = None  # requests per second over the last minute
     warm: int = 0  # stopped hosts waiting in a warm pool
-    recent_arrival_rate: float | None = None  # requests per second over the last interval
+    recent_arrival_rate: float | None = None  # requests per second since the last decision
+    recent_window_s: float | None = None  # the time that rate is over
     forecast: Forecast | None = None  # the daily forecast, where the bench gives history
 
 
@@ -69,6 +70,10 @@ class Img2ImgPolicy:
     def interval_s(self) -> float:
         return self.settings.interval_s
 
+    @property
+    def zero_interval_s(self) -> float:
+        return self.settings.zero_interval_s
+
     def decide(self, view: View) -> int:
         obs = Observation(
             now=view.now,
@@ -79,6 +84,7 @@ class Img2ImgPolicy:
             recent_run_s=view.recent_run_s,
             arrival_rate=view.arrival_rate,
             recent_arrival_rate=view.recent_arrival_rate,
+            recent_window_s=view.recent_window_s,
             warm=view.warm,
             forecast=view.forecast,
         )

@@ -85,17 +85,16 @@ def bench_markdown(rows: list[dict[str, Any]], charts: dict[str, bytes], header:
         out += [
             f"## {trace}",
             "",
-            "| policy | setting | p50 / p95 / p99 wait s | host-hours | ratio | cost $ "
-            "| idle launches | scale events | max hosts | cold start → first result s |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+            "| policy | setting | wait p50 / p95 / p99 s | host-hours | ratio "
+            "| idle launches | max hosts | cold start → first result s |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for r in (r for r in rows if r["trace"] == trace):
             cold = r["cold_start_to_first_result_s"]
             out.append(
                 f"| {r['policy']} | {r['setting']} | {r['p50_wait_s']:.0f} / "
                 f"{r['p95_wait_s']:.0f} / {r['p99_wait_s']:.0f} | {r['host_hours']:.2f} | "
-                f"{r['host_hours_ratio']:.2f} | {r['cost_usd']:,.0f} | {r['idle_launches']} | "
-                f"{r['scale_events']} | {r['max_hosts']} | "
+                f"{r['host_hours_ratio']:.2f} | {r['idle_launches']} | {r['max_hosts']} | "
                 f"{'hosts up before' if cold is None else f'{cold:.1f}'} |"
             )
         if trace in charts:

@@ -300,6 +300,8 @@ def simulate(
     events: list[tuple[float, int, str, Any]] = []  # (time, order, kind, payload)
     order = 0
     interval_s = scaler.interval_s
+    # A scaler may look more often while it holds no host (a first request waits for it).
+    zero_interval_s = getattr(scaler, "zero_interval_s", interval_s)
 
     def push(t: float, kind: str, payload: Any = None) -> None:
         nonlocal order
@@ -322,8 +324,8 @@ def simulate(
     running = 0
     cold_first: float | None = None  # arrival time of the first request after zero hosts
     done = 0
-    arrived_since_tick = 0
-    rate_window: deque[tuple[float, int]] = deque()  # (tick time, arrivals since the last)
+    window_times: deque[float] = deque()  # arrivals within the rate window
+    arrived_since_tick, last_tick = 0, 0.0  # arrivals since the previous decision
 
     def serve(host: _Host, now: float) -> None:
         nonlocal running
@@ -406,6 +408,7 @@ def simulate(
             if not live and cold_first is None:
                 cold_first = now
             queue.append(now)
+            window_times.append(now)
             arrived_since_tick += 1
             sample_arrivals += 1
             host = next_available()
@@ -436,15 +439,14 @@ def simulate(
             if host.terminated_at is None and not host.draining:
                 offer(host, now)
         elif kind == "tick":
-            # Arrival rate over the last minute, as the live autoscaler measures it.
-            rate_window.append((now, arrived_since_tick))
-            arrived_since_tick = 0
-            while rate_window and rate_window[0][0] <= now - RATE_WINDOW_S:
-                rate_window.popleft()
-            # Over the whole window, as the live autoscaler counts (runs created in the
-            # last minute ÷ 60 s), from the trace's first second on.
-            rate = sum(c for _, c in rate_window) / RATE_WINDOW_S if now > 0 else None
-            recent = rate_window[-1][1] / interval_s if now > 0 else None
+            # Arrivals over the last minute and the last interval, as the live autoscaler
+            # counts them (runs created in the window ÷ its length), from the first second.
+            while window_times and window_times[0] <= now - RATE_WINDOW_S:
+                window_times.popleft()
+            rate = len(window_times) / RATE_WINDOW_S if now > 0 else None
+            since = now - last_tick if now > 0 else None
+            recent = arrived_since_tick / since if since else None
+            arrived_since_tick, last_tick = 0, now
             view = View(
                 now=now,
                 queued=len(queue),
@@ -455,6 +457,7 @@ def simulate(
                 recent_run_s=service_s if done else None,
                 arrival_rate=rate,
                 recent_arrival_rate=recent,
+                recent_window_s=since,
                 forecast=past.at(now, recent or 0.0) if past is not None else None,
             )
             wanted = scaler.decide(view)
@@ -463,7 +466,7 @@ def simulate(
                 desired = wanted
                 resize(now, desired)
             if (done < len(arrivals_at) or live) and now < end:
-                push(now + interval_s, "tick")
+                push(now + (zero_interval_s if desired == 0 else interval_s), "tick")
         elif kind == "sample":
             result.timeline.append(
                 (

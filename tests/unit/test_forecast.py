@@ -85,7 +85,9 @@ def seen(now: float, current: int, running: int, rate: float, f: Forecast | None
 def test_a_trusted_rise_adds_hosts_ahead_and_the_reactive_part_runs_at_its_target() -> None:
     d, state = decide(S, seen(1000, current=2, running=20, rate=5.0, f=RISE), PolicyState())
     assert d.desired == 19 and d.reason.startswith("pre-scale: forecast")  # 200 slots at 0.9
-    assert state.last_scale_out == 1000
+    # A pre-scale starts no scale-out cooldown (the forecast may raise it as the rise
+    # comes into view) but is a scale event for the reactive part's scale-in cooldown.
+    assert state.last_pre_scale == 1000 and state.last_scale_out == -float("inf")
     # Without it (untrusted, or off), the reactive part alone, at its normal target 0.75:
     # 20 busy slots need 3 hosts (at 0.9, 2 hold them).
     for f in (None, Forecast(5.0, 50.0, 7, False, "no", rising=True)):
@@ -137,3 +139,13 @@ def test_in_the_simulator_a_daily_campaign_finds_its_hosts_up() -> None:
     assert ahead.cold_start_to_first_result_s is None  # hosts up before the first request
     assert max(ahead.waits) < 15 < max(plain.waits)
     assert ahead.idle_launches == 0
+
+
+def test_hosts_started_ahead_are_not_released_when_the_rise_begins() -> None:
+    # Started at t=0 for a rise at t=105; at t=106 the minute's rate still says little
+    # (1.5 a second), and the stabilisation window holds nothing but idle samples: the
+    # reactive part would scale in, but not within its cooldown of the pre-scale.
+    d, state = decide(S, seen(0, current=0, running=0, rate=0.0, f=RISE), PolicyState())
+    assert d.desired == 19
+    d, state = decide(S, seen(106, current=19, running=12, rate=1.5, f=None), state)
+    assert d.desired == 19 and d.reason == "hold: scale-in cooldown"
