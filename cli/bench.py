@@ -51,8 +51,9 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     names = list(TRACES) if args.trace == "all" else [args.trace]
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
-    policy = settings.scaling.model_copy(
-        update={
+    policy = settings.scaling.model_validate(
+        {
+            **settings.scaling.model_dump(),
             "max_hosts": args.max_hosts,
             "slots_per_host": args.slots_per_host,
             "expected_run_s": args.service_s,
@@ -87,6 +88,14 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         if args.forecast
         else None,
     )
+    if bench.forecast is not None:
+        from pydantic import ValidationError
+
+        try:
+            policy.model_validate({**policy.model_dump(), "forecast": bench.forecast.model_dump()})
+        except ValidationError as exc:
+            print(f"--forecast: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
     parts = starts.parts()
     pool = f", warm pool {args.warm_pool} (resume {parts['warm_s']} s)" if args.warm_pool else ""
     print(

@@ -87,7 +87,12 @@ def run(
     forecasting from `past`)."""
     scaler = make_scaler(name, settings, **(overrides or {}))
     if past is not None:
-        scaler = Img2ImgPolicy(settings.model_copy(update={"forecast": past.settings}))
+        # Validated: a lead the reactive part would cut short is refused, as in the service.
+        scaler = Img2ImgPolicy(
+            ScalingSettings.model_validate(
+                {**settings.model_dump(), "forecast": past.settings.model_dump()}
+            )
+        )
         scaler.name = "img2img"
     return simulate(
         trace,

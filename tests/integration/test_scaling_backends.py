@@ -159,7 +159,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
         pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
         now = datetime.now(timezone.utc)
         for day in (1, 2, 3):
-            for i in range(24):  # 24 runs from 30 s to 53 s ahead, a day earlier
+            for i in range(8):  # 8 runs from 30 s to 37 s ahead, a day earlier
                 at = now - timedelta(days=day) + timedelta(seconds=30 + i)
                 run = client.create_flow_run_from_deployment(
                     deployment_id, parameters={"objects": []}, state=Scheduled(scheduled_time=at)
@@ -178,7 +178,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
         assert obs.queued == 0 and obs.recent_arrival_rate == 0 and obs.warm == 0
         assert obs.forecast is not None and obs.forecast.days == 3
         assert obs.forecast.trusted and obs.forecast.rising
-        assert obs.forecast.rate_ahead == pytest.approx(15 / 15, abs=0.6)  # a 15-s bucket
+        assert 4 <= obs.forecast.rate_ahead * 15 <= 8  # the busiest 15-s bucket ahead
         decision = scaler.step()
         assert decision.reason.startswith("pre-scale: forecast") and decision.desired >= 2
         assert EcsBackend(ecs, "img2img", "workers").current() == decision.desired
