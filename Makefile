@@ -50,7 +50,7 @@ infra-check: install $(CHECKOV_STAMP)
 # Two test processes, a test module each at a time: most of the suite waits on real servers
 # and workers, so two modules overlap well on 2 cores (15 → 11.5 minutes here).
 test: lint infra-check test-tools
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
 
 down:
 	$(BIN)/img2img local down

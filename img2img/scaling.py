@@ -348,8 +348,8 @@ def _reactive(
 
 
 def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyState) -> float | None:
-    """Runs arriving per second: the window's rate, which is smooth, unless the last
-    interval shows it moved beyond chance, or the pool is leaving zero."""
+    """Runs arriving per second: the window's rate, which is smooth, unless the count
+    since the previous decision shows it moved beyond chance, or the pool is leaving zero."""
     rate = obs.arrival_rate
     if rate is None:
         return obs.recent_arrival_rate
@@ -361,8 +361,8 @@ def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyStat
         return rate * obs.rate_window_s / since_idle
     recent = obs.recent_arrival_rate
     if recent is not None:
-        # The window lags a step in the load by up to its length; a count in the last
-        # interval more than three standard deviations from the window's rate is a step.
+        # The window lags a step in the load by up to its length; a count since the last
+        # decision more than three standard deviations from the window's rate is a step.
         span = obs.recent_window_s or settings.interval_s
         expected = rate * span
         if abs(recent * span - expected) > 3.0 * math.sqrt(max(expected, 1.0)):
@@ -408,7 +408,8 @@ def _worth_starting(
         started = (slot_s - obs.running * run_s / 2) / run_s + 0.5 * ready * settings.slots_per_host
     arriving = going_on * start
     left = obs.queued + arriving - started
-    # A new host is worth it for at least one run; beyond that, one per slot of work left.
+    # A new host is worth it for at least one run left; beyond that, one more host per
+    # host's worth of runs (its slots) left.
     extra = math.ceil(left / settings.slots_per_host - 1e-9) if left >= 1.0 else 0
     return current + extra, (
         f"the {current} hosts start the {obs.queued} queued + {arriving:.0f} arriving runs "
