@@ -39,7 +39,7 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare
+    from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare, with_forecast
     from infra.bench.scaling_sim import TRACES, HostStart
 
     if args.artifact and not os.environ.get("PREFECT_API_URL"):
@@ -51,17 +51,6 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     names = list(TRACES) if args.trace == "all" else [args.trace]
     policies = list(POLICIES) if args.policy == "all" else [args.policy]
-    policy = settings.scaling.model_validate(
-        {
-            **settings.scaling.model_dump(),
-            "max_hosts": args.max_hosts,
-            "slots_per_host": args.slots_per_host,
-            "expected_run_s": args.service_s,
-            **({"target_utilization": args.target} if args.target is not None else {}),
-            **({"drain_target_s": args.drain_target_s} if args.drain_target_s else {}),
-            **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
-        }
-    )
     starts = HostStart(
         boot_s=args.boot_s,
         artifact_gb=args.artifact_gb,
@@ -71,10 +60,32 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         warm_pool=args.warm_pool,
         resume_s=args.resume_s,
     )
-    # The policy counts on the start times the simulated hosts have.
-    policy = policy.model_copy(
-        update={"host_start_s": starts.cold_s, "warm_start_s": starts.warm_s}
+    policy = settings.scaling.model_validate(
+        {
+            **settings.scaling.model_dump(),
+            "max_hosts": args.max_hosts,
+            "slots_per_host": args.slots_per_host,
+            "expected_run_s": args.service_s,
+            # The policy counts on the start times the simulated hosts have.
+            "host_start_s": starts.cold_s,
+            "warm_start_s": starts.warm_s,
+            **({"target_utilization": args.target} if args.target is not None else {}),
+            **({"drain_target_s": args.drain_target_s} if args.drain_target_s else {}),
+            **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
+        }
     )
+    forecast = None
+    if args.forecast:
+        from pydantic import ValidationError
+
+        forecast = settings.scaling.forecast.model_copy(
+            update={"target_utilization": args.forecast_target}
+        )
+        try:  # refused before the bench runs, not in the middle of it
+            with_forecast(policy, forecast)
+        except ValidationError as exc:
+            print(f"--forecast: {exc.errors()[0]['msg']}", file=sys.stderr)
+            return 2
     bench = Bench(
         service_s=args.service_s,
         starts=starts,
@@ -82,20 +93,8 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         price_per_hour=args.price_per_hour,
         seed=args.seed,
         sample_s=60.0 if args.charts else 0.0,
-        forecast=settings.scaling.forecast.model_copy(
-            update={"enabled": True, "target_utilization": args.forecast_target}
-        )
-        if args.forecast
-        else None,
+        forecast=forecast,
     )
-    if bench.forecast is not None:
-        from pydantic import ValidationError
-
-        try:
-            policy.model_validate({**policy.model_dump(), "forecast": bench.forecast.model_dump()})
-        except ValidationError as exc:
-            print(f"--forecast: {exc.errors()[0]['msg']}", file=sys.stderr)
-            return 2
     parts = starts.parts()
     pool = f", warm pool {args.warm_pool} (resume {parts['warm_s']} s)" if args.warm_pool else ""
     print(

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from deployments.pool_runs import PoolResource, pool_runs
+from deployments.pool_runs import PoolResource, online_hosts, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import host_of
@@ -28,6 +28,7 @@ from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings,
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import FlowRunFilter, WorkPoolFilter
 
     from deployments.fleet_view import FleetView
 
@@ -66,25 +67,10 @@ class Autoscaler:
     # -- observing the pool -----------------------------------------------------------------
 
     def observe(self) -> Observation:
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterExpectedStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            WorkPoolFilter,
-            WorkPoolFilterName,
-        )
-        from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
         now = datetime.now(timezone.utc)
-        pool = WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool]))
-
-        def runs_filter(*types: StateType, **extra: Any) -> FlowRunFilter:
-            return FlowRunFilter(
-                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=list(types))), **extra
-            )
-
+        pool = _pool_filter(self.pool)
         queued = self.queued(now)
         # The running runs themselves (their workers are the busy hosts); their count is
         # the running figure, so it needs no request of its own.
@@ -97,16 +83,8 @@ class Autoscaler:
         }
 
         def arrived_since(start: datetime) -> int:
-            return int(
-                self.prefect.count_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        expected_start_time=FlowRunFilterExpectedStartTime(
-                            after_=start, before_=now
-                        )
-                    ),
-                    work_pool_filter=pool,
-                )
-            )
+            runs = _runs_filter([], after=start, before=now)
+            return int(self.prefect.count_flow_runs(flow_run_filter=runs, work_pool_filter=pool))
 
         arrived = arrived_since(now - timedelta(seconds=self.rate_window_s))
         # Since the last look, apart: it tells a step in the load, and a burst from load
@@ -117,7 +95,7 @@ class Autoscaler:
         since = max((now - last).total_seconds(), 1e-3)
         recent = arrived_since(last) / since
         finished = self.prefect.read_flow_runs(
-            flow_run_filter=runs_filter(StateType.COMPLETED, StateType.FAILED),
+            flow_run_filter=_runs_filter(["COMPLETED", "FAILED"]),
             work_pool_filter=pool,
             sort=FlowRunSort.END_TIME_DESC,
             limit=20,
@@ -129,10 +107,10 @@ class Autoscaler:
         ]
         return Observation(
             now=self.clock(),
-            queued=int(queued),
-            running=int(running),
+            queued=queued,
+            running=running,
             current_desired=self.backend.current(),
-            live_hosts=self._ready_hosts(),
+            live_hosts=len(online_hosts(self.prefect, self.pool)),
             recent_run_s=statistics.median(durations) if durations else None,
             arrival_rate=arrived / self.rate_window_s,
             recent_arrival_rate=recent,
@@ -145,36 +123,13 @@ class Autoscaler:
     def queued(self, now: datetime | None = None) -> int:
         """The pool's scheduled (late included) and pending runs that are due: not ones set
         for later."""
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterExpectedStartTime,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            WorkPoolFilter,
-            WorkPoolFilterName,
-        )
-        from prefect.client.schemas.objects import StateType
-
         due = (now or datetime.now(timezone.utc)) + timedelta(seconds=self.policy.interval_s)
         return int(
             self.prefect.count_flow_runs(
-                flow_run_filter=FlowRunFilter(
-                    state=FlowRunFilterState(
-                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED, StateType.PENDING])
-                    ),
-                    expected_start_time=FlowRunFilterExpectedStartTime(before_=due),
-                ),
-                work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])),
+                flow_run_filter=_runs_filter(["SCHEDULED", "PENDING"], before=due),
+                work_pool_filter=_pool_filter(self.pool),
             )
         )
-
-    def _ready_hosts(self) -> int:
-        """Hosts whose warm workers are online (heartbeating) on the pool: at most as many
-        as serve, since a worker heartbeats while its slots still load."""
-        from prefect.client.schemas.objects import WorkerStatus
-
-        workers = self.prefect.read_workers_for_work_pool(self.pool)
-        return len({host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE})
 
     def _forecast(self, now: datetime, recent_rate: float) -> Forecast:
         """The daily forecast from the pool's own runs at this time on past days, from
@@ -323,3 +278,31 @@ class Autoscaler:
 
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stop, log, "stopping the autoscaler (hosts are left as they are)")
+
+
+def _pool_filter(pool: str) -> WorkPoolFilter:
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    return WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
+
+
+def _runs_filter(
+    types: list[str], after: datetime | None = None, before: datetime | None = None
+) -> FlowRunFilter:
+    """Runs in any of the state `types` (any state if none), expected to start within
+    [`after`, `before`] where given."""
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterExpectedStartTime,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    state = None
+    if types:
+        state = FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType(t) for t in types]))
+    start = None
+    if after is not None or before is not None:
+        start = FlowRunFilterExpectedStartTime(after_=after, before_=before)
+    return FlowRunFilter(state=state, expected_start_time=start)

@@ -24,8 +24,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
-from deployments.pool_runs import PoolResource
-from deployments.warm_worker import host_of
+from deployments.pool_runs import PoolResource, online_hosts
 from img2img.fleet import BatchDigest, FleetSample, FleetWindow, markdown
 from img2img.scaling import Decision, Observation
 from img2img.settings import MonitorSettings, StorageSettings
@@ -180,11 +179,7 @@ class FleetView:
         self.window.dead_letters = depth[self.storage.dead_letter_queue]
 
     def _read_workers(self) -> None:
-        from prefect.client.schemas.objects import WorkerStatus
-
-        workers = self.prefect.read_workers_for_work_pool(self.pool)
-        online = {host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE}
-        self.window.hosts_online = len(online)
+        self.window.hosts_online = len(online_hosts(self.prefect, self.pool))
 
     # -- publishing -----------------------------------------------------------------------
 

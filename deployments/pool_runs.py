@@ -1,9 +1,12 @@
 """Reading a work pool's flow runs by state, a page at a time (the API serves at most 200 a
-page): the one query the autoscaler, the recovery service and the reconciler share."""
+page): the one query the autoscaler, the recovery service and the reconciler share; and the
+hosts with a worker online, which the autoscaler and the fleet view both count."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+
+from deployments.warm_worker import host_of
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -64,3 +67,12 @@ class PoolResource:
 
     def resource(self) -> dict[str, str]:
         return {"prefect.resource.id": self.resource_id, "prefect.resource.name": self.pool}
+
+
+def online_hosts(prefect: SyncPrefectClient, pool: str) -> set[str]:
+    """Hosts with a warm worker online (heartbeating) on `pool`. A worker heartbeats while
+    its slots still load, so these are at most the hosts that serve."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    workers = prefect.read_workers_for_work_pool(pool)
+    return {host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE}

@@ -48,7 +48,7 @@ def _figure(width: float, height: float) -> Any:
     return Figure(figsize=(width, height), dpi=80, layout="constrained")
 
 
-def _png(fig: Any) -> bytes:
+def png_bytes(fig: Any) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
@@ -87,7 +87,7 @@ def waterfall_png(lines: Sequence[ImageLine], title: str) -> bytes:
         fontsize=8,
         frameon=False,
     )
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def fleet_png(samples: Sequence[FleetSample], title: str) -> bytes:
@@ -137,7 +137,7 @@ def fleet_png(samples: Sequence[FleetSample], title: str) -> bytes:
     axes[1][1].set_ylim(bottom=0)
     fig.autofmt_xdate()
     fig.suptitle(title, x=0.01, ha="left", fontsize=10)
-    return _png(fig)
+    return png_bytes(fig)
 
 
 def _short(key: str, width: int = 28) -> str:

@@ -124,9 +124,9 @@ def forecast(
     if not days:
         return Forecast(0.0, 0.0, 0, False, "no history")
     per_bucket = [statistics.median(day[i] for day in days) for i in range(width)]
-    now_count = per_bucket[0]
+    now_count, ahead_count = per_bucket[0], max(per_bucket[1:])
     rate_now = now_count / settings.bucket_s
-    rate_ahead = max(per_bucket[1:]) / settings.bucket_s
+    rate_ahead = ahead_count / settings.bucket_s
     if len(days) < settings.min_days:
         return Forecast(
             rate_now,
@@ -135,8 +135,7 @@ def forecast(
             False,
             f"{len(days)} days of history, {settings.min_days} needed",
         )
-    # A count of n in a bucket strays by about sqrt(n) by chance alone.
-    allowed = settings.tolerance * now_count + 3.0 * math.sqrt(max(now_count, 1.0))
+    allowed = settings.tolerance * now_count + chance(now_count)
     seen = observed_rate * settings.bucket_s
     if abs(seen - now_count) > allowed:
         return Forecast(
@@ -146,7 +145,6 @@ def forecast(
             False,
             f"{seen:.0f} arrivals a bucket now, the last {len(days)} days had {now_count:.0f}",
         )
-    ahead_count = max(per_bucket[1:])
     return Forecast(
         rate_now,
         rate_ahead,
@@ -154,8 +152,14 @@ def forecast(
         True,
         f"{now_count:.0f} then up to {ahead_count:.0f} arrivals a bucket within "
         f"{settings.lead_s:.0f} s on the last {len(days)} days",
-        rising=ahead_count - now_count > 3.0 * math.sqrt(max(now_count, 1.0)),
+        rising=ahead_count - now_count > chance(now_count),
     )
+
+
+def chance(count: float) -> float:
+    """How far a Poisson count of about this size strays by chance alone: three standard
+    deviations (of at least a count of 1). Beyond it, the load changed."""
+    return 3.0 * math.sqrt(max(count, 1.0))
 
 
 def day_offsets(settings: ForecastSettings) -> list[float]:

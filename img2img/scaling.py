@@ -45,7 +45,7 @@ from dataclasses import dataclass, field, replace
 
 from pydantic import BaseModel, Field, model_validator
 
-from img2img.forecast import Forecast, ForecastSettings
+from img2img.forecast import Forecast, ForecastSettings, chance
 
 
 class ScalingSettings(BaseModel):
@@ -365,7 +365,7 @@ def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyStat
         # decision more than three standard deviations from the window's rate is a step.
         span = obs.recent_window_s or settings.interval_s
         expected = rate * span
-        if abs(recent * span - expected) > 3.0 * math.sqrt(max(expected, 1.0)):
+        if abs(recent * span - expected) > chance(expected):
             return recent
     return rate
 

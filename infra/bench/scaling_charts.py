@@ -3,7 +3,6 @@ the markdown artifact that shows the bench's table and charts in the Prefect UI.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,8 @@ def trace_png(trace: Trace, results: dict[str, SimResult], dpi: int = 110) -> by
     """The chart of `results`' timelines (sampled runs) as a PNG."""
     # A Figure of its own, no pyplot: no global state, no display.
     from matplotlib.figure import Figure
+
+    from img2img.charts import png_bytes
 
     hours = trace.duration_s > 4 * 3600
     scale, unit = (3600.0, "hours") if hours else (60.0, "minutes")
@@ -62,9 +63,7 @@ def trace_png(trace: Trace, results: dict[str, SimResult], dpi: int = 110) -> by
     for ax in (ax_rate, ax_hosts, ax_wait):
         ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def trace_chart(trace: Trace, results: dict[str, SimResult], out_dir: Path) -> Path:

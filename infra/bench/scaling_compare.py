@@ -83,17 +83,9 @@ def run(
     overrides: dict[str, float] | None = None,
     past: PastDays | None = None,
 ) -> SimResult:
-    """One simulated run of `name` (with a peer's `overrides`, or this project's policy
-    forecasting from `past`)."""
+    """One simulated run of `name` (with a peer's `overrides`), fed `past` days if given
+    (for this project's policy with its forecast on)."""
     scaler = make_scaler(name, settings, **(overrides or {}))
-    if past is not None:
-        # Validated: a lead the reactive part would cut short is refused, as in the service.
-        scaler = Img2ImgPolicy(
-            ScalingSettings.model_validate(
-                {**settings.model_dump(), "forecast": past.settings.model_dump()}
-            )
-        )
-        scaler.name = "img2img"
     return simulate(
         trace,
         scaler,
@@ -105,6 +97,13 @@ def run(
         starts=bench.starts,
         past=past,
     )
+
+
+def with_forecast(settings: ScalingSettings, forecast: ForecastSettings) -> ScalingSettings:
+    """This project's policy with its daily forecast on, validated as the service's
+    settings are: a lead the reactive part would cut short is refused (ValueError)."""
+    on = forecast.model_copy(update={"enabled": True})
+    return ScalingSettings.model_validate({**settings.model_dump(), "forecast": on.model_dump()})
 
 
 def row(result: SimResult, bench: Bench, setting: str, params: dict[str, float]) -> dict[str, Any]:
@@ -145,10 +144,9 @@ def compare(
         if name == "img2img":
             own_p95 = rows[-1]["p95_wait_s"]
             if bench.forecast is not None:
-                past = PastDays(
-                    trace, bench.forecast.model_copy(update={"enabled": True}), bench.seed
-                )
-                result = run(trace, name, settings, bench, times, past=past)
+                forecasting = with_forecast(settings, bench.forecast)
+                past = PastDays(trace, forecasting.forecast, bench.seed)
+                result = run(trace, name, forecasting, bench, times, past=past)
                 if on_result is not None:
                     on_result("img2img forecast", result)
                 rows.append(row(result, bench, "forecast", {}))

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from img2img.forecast import DAY_S, Forecast, ForecastSettings, forecast
+from img2img.forecast import DAY_S, Forecast, ForecastSettings, day_offsets, forecast
 from img2img.scaling import ScalingSettings
 from img2img.timing import percentile
 from infra.bench.peer_policies import Img2ImgPolicy, Scaler, View
@@ -198,7 +198,7 @@ def _poisson(rng: random.Random, mean: float) -> int:
         k += 1
 
 
-@dataclass
+@dataclass(frozen=True)
 class PastDays:
     """The pool's history for the daily forecast: the same trace on each past day (a day
     curve repeats; a shorter trace happens at the same time each day), with fresh Poisson
@@ -207,7 +207,6 @@ class PastDays:
     trace: Trace
     settings: ForecastSettings
     seed: int
-    _counts: tuple[float, list[list[float]]] | None = None  # (time, counts by day)
 
     def _rate(self, t: float) -> float:
         of_day = t % DAY_S
@@ -216,25 +215,16 @@ class PastDays:
     def counts(self, now: float) -> list[list[float]]:
         """Per past day, the arrivals in the bucket that ends at this time of day, then in
         each bucket of the lead (as the live autoscaler asks Prefect's run history)."""
-        if self._counts is not None and self._counts[0] == now:
-            return self._counts[1]
         width = self.settings.bucket_s
         rng = random.Random(self.seed * 1_000_003 + int(now))
-        days = []
-        for back in range(1, self.settings.days + 1):
-            start = now - width - back * DAY_S
-            days.append(
-                [
-                    float(
-                        _poisson(
-                            rng, sum(self._rate(start + b * width + i) for i in range(int(width)))
-                        )
-                    )
-                    for b in range(1 + self.settings.buckets_ahead)
-                ]
-            )
-        self._counts = (now, days)
-        return days
+
+        def count(start: float) -> float:
+            return float(_poisson(rng, sum(self._rate(start + i) for i in range(int(width)))))
+
+        return [
+            [count(now - back - width + b * width) for b in range(1 + self.settings.buckets_ahead)]
+            for back in day_offsets(self.settings)
+        ]
 
     def at(self, now: float, observed_rate: float) -> Forecast:
         return forecast(self.settings, self.counts(now), observed_rate)
@@ -439,8 +429,8 @@ def simulate(
             if host.terminated_at is None and not host.draining:
                 offer(host, now)
         elif kind == "tick":
-            # Arrivals over the last minute and the last interval, as the live autoscaler
-            # counts them (runs created in the window ÷ its length), from the first second.
+            # Arrivals over the last minute and since the previous decision, as the live
+            # autoscaler counts them (runs created in the window ÷ its length).
             while window_times and window_times[0] <= now - RATE_WINDOW_S:
                 window_times.popleft()
             rate = len(window_times) / RATE_WINDOW_S if now > 0 else None
