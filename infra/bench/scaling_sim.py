@@ -307,7 +307,9 @@ def simulate(
     sample_waits: list[float] = []
     sample_arrivals = 0
 
-    live: set[_Host] = set()
+    # Launch order, not a set: a set iterates by memory address, and ties in the scale-in
+    # order then made two runs of the same seed differ by a few cents.
+    live: dict[_Host, None] = {}
     available: list[_Host] = []  # hosts with a free slot (may hold stale entries)
     queue: deque[float] = deque()
     desired = 0
@@ -354,7 +356,7 @@ def simulate(
     def terminate(host: _Host, now: float) -> None:
         nonlocal refilling
         host.terminated_at = now
-        live.discard(host)
+        live.pop(host, None)
         result.host_seconds += now - host.launched_at
         if host.served == 0:
             result.idle_launches += 1
@@ -379,7 +381,7 @@ def simulate(
                     result.refill_seconds += prep
                     push(now + prep, "refilled")
                 new = _Host(ready_at=now + start, launched_at=now)
-                live.add(new)
+                live[new] = None
                 push(new.ready_at, "ready", new)
         elif target < len(current):
             # Booting hosts first, then idle ones; busy ones drain (scale-in protection).
