@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
+from tests.conftest import free_port
 
 
 def png(size: tuple[int, int] = (96, 64), color: tuple[int, int, int] = (30, 120, 200)) -> bytes:
@@ -93,3 +96,15 @@ def stack_client(env: dict[str, str], service: str) -> Any:
         "aws_secret_access_key": "local-stack",
     }
     return boto3.client(service, **kw)  # type: ignore[call-overload]
+
+
+def stack_env(state_dir: Path, settings: dict[str, str]) -> dict[str, str]:
+    """The environment of a local stack of a test's own: this process's, less any Prefect
+    or img2img setting, with a private state folder and free loopback ports for Prefect
+    and moto, and `settings` on top (which may name those ports itself)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
+    env["IMG2IMG_LOCAL__STATE_DIR"] = str(state_dir)
+    env["IMG2IMG_LOCAL__PREFECT_PORT"] = str(free_port())
+    env["IMG2IMG_LOCAL__MOTO_PORT"] = str(free_port())
+    env.update(settings)
+    return env

@@ -7,13 +7,11 @@ redelivery one in test_many_dispatchers.)"""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.helpers import img2img
+from tests.integration.helpers import img2img, stack_env
 from tests.integration.warm import wait_for
 
 # slot-kill and poison run at a finer grain in test_recovery; redelivery (every notification
@@ -24,18 +22,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
-    env.update(
+    env = stack_env(
+        tmp_path / "state",
         {
-            "IMG2IMG_LOCAL__STATE_DIR": str(tmp_path / "state"),
-            "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "6",
             "IMG2IMG_SCALING__INTERVAL_S": "1",
             "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "10",
             "IMG2IMG_DISPATCH__VISIBILITY_TIMEOUT_S": "35",
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "2",
-        }
+        },
     )
     lines = []
     try:

@@ -9,31 +9,24 @@ burst of uploads and take it back to zero when idle, with nothing lost or done t
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import free_port
-from tests.integration.helpers import img2img
+from tests.integration.helpers import img2img, stack_env
 
 pytestmark = pytest.mark.slow
 
 
 def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
-    env = dict(os.environ)
-    for key in [k for k in env if k.startswith(("PREFECT_", "IMG2IMG_"))]:
-        del env[key]
-    env.update(
+    env = stack_env(
+        tmp_path / "state",
         {
-            "IMG2IMG_LOCAL__STATE_DIR": str(tmp_path / "state"),
-            "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
             "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "8",
             "IMG2IMG_SCALING__INTERVAL_S": "1",
-        }
+        },
     )
     try:
         demo = img2img(["demo", "--images", "3", "--json", "--timeout", "300"], env, 600)

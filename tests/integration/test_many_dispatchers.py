@@ -9,7 +9,6 @@ workers, no autoscaler) on free loopback ports, on the simulated device.
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -21,7 +20,7 @@ from img2img.notify import upload_of
 from infra.chaos import notification
 from infra.resources import APP_QUEUE
 from tests.conftest import free_port
-from tests.integration.helpers import img2img, png, stack_client
+from tests.integration.helpers import img2img, png, stack_client, stack_env
 from tests.integration.warm import wait_for
 
 pytestmark = pytest.mark.slow
@@ -30,12 +29,9 @@ IMAGES = 16
 
 def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
     state = tmp_path / "state"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
-    env.update(
+    env = stack_env(
+        state,
         {
-            "IMG2IMG_LOCAL__STATE_DIR": str(state),
-            "IMG2IMG_LOCAL__PREFECT_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
             "IMG2IMG_LOCAL__DISPATCHERS": "2",
             "IMG2IMG_LOCAL__WORKERS": "2",
@@ -46,7 +42,7 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
             "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.5",
             "IMG2IMG_DISPATCH__MAX_BATCH": "4",
             "IMG2IMG_DISPATCH__MAX_WAIT_S": "1",
-        }
+        },
     )
     try:
         up = img2img(["local", "up"], env, 300)

@@ -27,7 +27,7 @@ from infra.postgres import accepting, cluster_for, psql
 from infra.webhook_listener import serve
 from tests.conftest import free_port
 from tests.integration import browser
-from tests.integration.helpers import img2img, stack_client
+from tests.integration.helpers import img2img, stack_client, stack_env
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +48,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
     alerts = io.StringIO()
     listener = serve("127.0.0.1", 0, alerts)
     prefect_port, metrics_port, postgres_port = free_port(), free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "IMG2IMG_"))}
-    env.update(
+    env = stack_env(
+        state,
         {
-            "IMG2IMG_LOCAL__STATE_DIR": str(state),
             "IMG2IMG_LOCAL__PREFECT_PORT": str(prefect_port),
-            "IMG2IMG_LOCAL__MOTO_PORT": str(free_port()),
             "IMG2IMG_LOCAL__METRICS_PORT": str(metrics_port),
             "IMG2IMG_LOCAL__DATABASE": "postgres",
             "IMG2IMG_LOCAL__POSTGRES_PORT": str(postgres_port),
@@ -65,7 +63,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Iterat
             # host is wanted with no worker online: the first cold start shows it.
             "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "5",
             "IMG2IMG_MONITOR__STARVED_AFTER_S": "0",
-        }
+        },
     )
     base = f"http://127.0.0.1:{prefect_port}"
     try:
