@@ -195,13 +195,14 @@ class RunRecovery:
             )
             return self._did(run, "split", f"{action.reason} → {', '.join(children)}")
         docs: dict[str, dict[str, Any]] = {}
+        stage, reason = recovery.give_up_record(last or "", action.reason)
         for ref in unfinished:
             job = write_failure(
                 self.s3,
                 results,
                 ref,
-                stage="crashed",
-                reason=f"its flow run {action.reason}; last crash: {last}",
+                stage=stage,
+                reason=reason,
                 retryable=True,
                 flow_run_id=str(run.id),
             )
@@ -215,7 +216,7 @@ class RunRecovery:
             run.id,
             Failed(
                 message=f"{action.reason}: {len(unfinished)} failure record(s) with stage "
-                f"'crashed' (retryable); last crash: {last}"
+                f"{stage!r} (retryable); last crash: {last}"
             ),
             force=True,
         )

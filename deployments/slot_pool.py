@@ -1,4 +1,11 @@
-"""The worker side of warm slots: start, watch, hand out and replace slot processes."""
+"""The worker side of warm slots: start, watch, hand out and replace slot processes.
+
+Watching covers three ways a slot stops serving: its process ends (read from its pipe), it
+does not load its models in time (`worker.slot_start_timeout_s`), and it stops making
+progress while alive (a hung device or a stopped process: `img2img.progress.hung_reason`,
+checked by a watchdog thread). A slot that keeps failing with no run finished in between
+is given up; a worker with no slot left is unhealthy (`on_unhealthy`).
+"""
 
 from __future__ import annotations
 
@@ -8,12 +15,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from deployments.slot_protocol import (
     CRASHED,
+    Beat,
     LoadFailed,
     OnDevice,
     Ready,
@@ -23,6 +32,7 @@ from deployments.slot_protocol import (
     StopRequest,
     WorkerMessage,
 )
+from img2img.progress import Snapshot, hung_reason
 from img2img.settings import WorkerSettings
 
 
@@ -44,6 +54,14 @@ class Slot:
     ready: Ready | None = None
     load_failures: int = 0  # consecutive, for the restart back-off
     on_device: str | None = None  # the flow run that holds the device now
+    heard_at: float = 0.0  # time.monotonic() of the slot's last message
+    progress: Snapshot | None = None  # its last reported device progress
+    call_s: dict[str, float] = field(default_factory=dict)  # warm-up call time per stage
+    hang_reason: str = ""  # set when the slot is killed for a hang
+    # Failures in a row with no run finished in between: load failures and timeouts, and
+    # hangs with no run on the device (a hang on the device is the run's, and recovery
+    # isolates it). At worker.unhealthy_after the slot is given up.
+    strikes: int = 0
 
     def send(self, message: WorkerMessage) -> None:
         with self.send_lock:
@@ -61,7 +79,13 @@ class Slot:
 class SlotPool:
     """All slots of one worker. Thread-safe; the worker's event loop polls it."""
 
-    def __init__(self, settings: WorkerSettings, base_env: dict[str, str], logger: Any) -> None:
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        base_env: dict[str, str],
+        logger: Any,
+        on_unhealthy: Callable[[str], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.base_env = base_env
         self.log = logger
@@ -69,6 +93,11 @@ class SlotPool:
         self._stopping = threading.Event()
         self.slots: list[Slot] = []
         self.restarts = 0
+        self.hangs = 0
+        # Why no slot is left (sticky: a worker that lost every slot is replaced, not
+        # trusted again), and who is told.
+        self.unhealthy: str | None = None
+        self._on_unhealthy = on_unhealthy
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -78,6 +107,7 @@ class SlotPool:
             self.slots.append(Slot(index=index, env=env))
         for slot in self.slots:
             self._spawn(slot)
+        threading.Thread(target=self._watch, daemon=True, name="slot-watchdog").start()
 
     def _spawn(self, slot: Slot) -> None:
         from deployments.slot_process import slot_main
@@ -97,6 +127,7 @@ class SlotPool:
             slot.pid = process.pid
             slot.ready_event.clear()
             slot.start_timed_out = False
+            slot.hang_reason, slot.progress, slot.on_device = "", None, None
         self.log.info("%s: started (pid %s), loading models", slot.describe(), process.pid)
         threading.Thread(
             target=self._read,
@@ -134,9 +165,17 @@ class SlotPool:
                 message = conn.recv()
             except (EOFError, OSError):
                 break
-            if isinstance(message, Ready):
+            now = time.monotonic()
+            with self._lock:
+                slot.heard_at = now
+            if isinstance(message, Beat):
+                with self._lock:
+                    slot.progress = Snapshot(message.at, message.stage, message.on_device)
+            elif isinstance(message, Ready):
                 with self._lock:
                     slot.state, slot.ready, slot.load_failures = "ready", message, 0
+                    slot.call_s = dict(message.call_s)
+                    slot.progress = Snapshot(now, None, False)
                 slot.ready_event.set()
                 self.log.info(
                     "%s: ready (pid %s, %d model loads in %.1f s)",
@@ -154,6 +193,8 @@ class SlotPool:
             elif isinstance(message, RunDone):
                 with self._lock:
                     future = slot.inflight.pop(message.run_id, None)
+                    if message.state != CRASHED:
+                        slot.strikes = 0  # it served a run: whatever failed before is past
                 if future is not None:
                     future.set_result(message)
         if not failure and slot.start_timed_out:
@@ -168,25 +209,110 @@ class SlotPool:
             orphans = list(slot.inflight.items())
             slot.inflight.clear()
             culprit, slot.on_device = slot.on_device, None
+            hang, slot.hang_reason = slot.hang_reason, ""
             slot.state = "stopped" if stopping else ("failed" if failure else "dead")
-            slot.reason = failure or _exit_reason(code)
+            slot.reason = failure or (f"{hang}; it was killed" if hang else _exit_reason(code))
+            if failure or (hang and culprit is None):
+                slot.strikes += 1
         for run_id, future in orphans:
-            # With a run on the device when the slot died, that run is the one that crashed
-            # it; the others it held are victims, re-run without blame.
-            victim = culprit is not None and run_id != culprit
             future.set_result(
                 RunDone(
                     run_id=run_id,
                     state=CRASHED,
-                    victim_of=culprit if victim else None,
+                    victim_of=_blame(run_id, culprit, bool(hang)),
                     error=f"{slot.describe()} (pid {slot.pid}) {slot.reason}",
                 )
             )
         if stopping:
             return
+        if slot.strikes >= self.settings.unhealthy_after:
+            self._give_up(slot)
+            return
         if not failure:
             self.log.error("%s (pid %s) %s; replacing it", slot.describe(), slot.pid, slot.reason)
         self._restart_later(slot, failed=bool(failure))
+
+    # -- hangs and health -------------------------------------------------------------------
+
+    def _watch(self) -> None:
+        """Look at every ready slot's progress about four times per floor (at most once a
+        second); a hung one gets `hang_grace_s` to move again, then is killed."""
+        every = min(1.0, self.settings.hang_floor_s / 4)
+        while not self._stopping.wait(every):
+            for slot in list(self.slots):
+                reason = self.hung(slot)
+                if reason is None:
+                    continue
+                with self._lock:
+                    if slot.state != "ready":
+                        continue
+                    slot.state = "hung"  # no new runs while it has its grace
+                self.log.error(
+                    "%s (pid %s) %s; killing it in %.0f s unless it moves",
+                    slot.describe(),
+                    slot.pid,
+                    reason,
+                    self.settings.hang_grace_s,
+                )
+                threading.Thread(
+                    target=self._kill_if_still_hung,
+                    args=(slot, slot.process),
+                    daemon=True,
+                    name=f"slot-{slot.index}-hang",
+                ).start()
+
+    def hung(self, slot: Slot, now: float | None = None) -> str | None:
+        """Why `slot` is hung now, or None (see `img2img.progress.hung_reason`)."""
+        with self._lock:
+            if slot.state not in ("ready", "hung") or slot.progress is None:
+                return None
+            heard, progress, call_s = slot.heard_at, slot.progress, dict(slot.call_s)
+        return hung_reason(
+            now=time.monotonic() if now is None else now,
+            heard_at=heard,
+            progress=progress,
+            call_s=call_s,
+            factor=self.settings.hang_factor,
+            floor_s=self.settings.hang_floor_s,
+        )
+
+    def _kill_if_still_hung(self, slot: Slot, process: Any) -> None:
+        if self._stopping.wait(self.settings.hang_grace_s) or slot.process is not process:
+            return
+        reason = self.hung(slot)
+        if reason is None:
+            with self._lock:
+                if slot.state == "hung":
+                    slot.state = "ready"
+            self.log.warning("%s moved again within its grace; not killed", slot.describe())
+            return
+        with self._lock:
+            slot.hang_reason = reason
+        self.hangs += 1
+        self.log.error("%s (pid %s) %s: SIGKILL", slot.describe(), slot.pid, reason)
+        self.kill(slot)
+
+    def _give_up(self, slot: Slot) -> None:
+        """A slot that failed `unhealthy_after` times in a row is not restarted; a worker
+        left with no slot is unhealthy."""
+        with self._lock:
+            slot.state = "failed"
+            left = [s for s in self.slots if s.strikes < self.settings.unhealthy_after]
+        self.log.error(
+            "%s failed %d times in a row with no run finished (last: %s); given up",
+            slot.describe(),
+            slot.strikes,
+            slot.reason,
+        )
+        if left or self.unhealthy is not None:
+            return
+        self.unhealthy = (
+            f"no slot left: each failed {self.settings.unhealthy_after} times in a row "
+            f"(last: {slot.describe()} {slot.reason})"
+        )
+        self.log.error("worker unhealthy: %s", self.unhealthy)
+        if self._on_unhealthy is not None:
+            self._on_unhealthy(self.unhealthy)
 
     def _restart_later(self, slot: Slot, failed: bool) -> None:
         attempts = slot.load_failures + 1 if failed else 0
@@ -230,7 +356,7 @@ class SlotPool:
 
     def any_ready(self) -> bool:
         with self._lock:
-            return any(s.state == "ready" for s in self.slots)
+            return self.unhealthy is None and any(s.state == "ready" for s in self.slots)
 
     def try_acquire(self, run_id: str) -> tuple[Slot, Future[RunDone]] | None:
         """Reserve room for `run_id` on the ready slot with the fewest runs, or None."""
@@ -240,7 +366,7 @@ class SlotPool:
                 for s in self.slots
                 if s.state == "ready" and len(s.inflight) < self.settings.runs_per_slot
             ]
-            if not ready:
+            if not ready or self.unhealthy is not None:
                 return None
             slot = min(ready, key=lambda s: len(s.inflight))
             future: Future[RunDone] = Future()
@@ -278,9 +404,22 @@ class SlotPool:
                     "pid": s.pid,
                     "runs": len(s.inflight),
                     "reason": s.reason,
+                    "strikes": s.strikes,
                 }
                 for s in self.slots
             ]
+
+
+def _blame(run_id: str, culprit: str | None, hung: bool) -> str | None:
+    """Why a run the slot held when it died is not to blame (it is then re-run at once with
+    no crash counted), or None when it is: the run on the device when the slot died or
+    hung is the one that did it; with none on the device, a crash is everyone's (the slot
+    died for a reason nobody can tell) but a hang is nobody's."""
+    if culprit is not None:
+        return None if run_id == culprit else f"flow run {culprit} was on the device"
+    if hung:
+        return "no run was on the device when the slot hung"
+    return None
 
 
 def _exit_reason(code: int | None) -> str:

@@ -17,6 +17,7 @@ from uuid import UUID
 
 from deployments.slot_protocol import (
     CRASHED,
+    Beat,
     CancelRequest,
     LoadFailed,
     OnDevice,
@@ -57,12 +58,25 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         # The process-wide model cache the pipeline's tasks use too: what is loaded here is
         # what every run of this slot gets.
         models = process_models()
-        models.warm_up(settings.stages, clients_from_settings(settings.aws).s3)
+        call_s = models.warm_up(settings.stages, clients_from_settings(settings.aws).s3)
     except Exception as exc:
         send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return
     models.device_lock = ReportingDeviceLock(send)
-    send(Ready(pid=os.getpid(), loads=models.loads, load_s=round(time.perf_counter() - start, 3)))
+    send(
+        Ready(
+            pid=os.getpid(),
+            loads=models.loads,
+            load_s=round(time.perf_counter() - start, 3),
+            call_s=call_s,
+        )
+    )
+    threading.Thread(
+        target=_beat,
+        args=(send, settings.worker.progress_beat_s),
+        name="progress-beat",
+        daemon=True,
+    ).start()
 
     from img2img.cancel import registry
 
@@ -93,23 +107,45 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         thread.join()
 
 
+def _beat(send: Any, every_s: float) -> None:
+    """Send the device's last progress to the worker, for ever (a daemon thread). A process
+    that stops (SIGSTOP, a lock held for ever) stops beating; a device call that never
+    returns leaves the beats going with the same progress time: the worker tells both."""
+    from img2img.progress import recorder
+
+    progress = recorder()
+    while True:
+        last = progress.snapshot()
+        try:
+            send(Beat(at=last.at, stage=last.stage, on_device=last.on_device))
+        except (OSError, ValueError):
+            return  # the worker is gone; the main loop stops the slot
+        time.sleep(every_s)
+
+
 class ReportingDeviceLock:
     """The slot's device lock, which also tells the worker which flow run holds it. When the
     slot dies, only that run is blamed (it crashed); the others it held at the time are
-    victims and are re-run without counting a crash against their images."""
+    victims and are re-run without counting a crash against their images. Taking and giving
+    back the device is progress (`img2img.progress`)."""
 
     def __init__(self, send: Any) -> None:
+        from img2img.progress import recorder
+
         self._lock = threading.Lock()
         self._send = send
+        self._progress = recorder()
 
     def __enter__(self) -> ReportingDeviceLock:
         self._lock.acquire()
         from prefect.runtime import flow_run
 
         self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
+        self._progress.device(True)
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._progress.device(False)
         self._send(OnDevice(run_id=None))
         self._lock.release()
 

@@ -6,15 +6,15 @@ infrastructure identifier names the host, the slot process and the run
 share a slot process, so the pid alone would not say which one to stop.
 
     worker → slot: RunRequest, CancelRequest, StopRequest
-    slot → worker: Ready, LoadFailed, OnDevice, RunDone
+    slot → worker: Ready, LoadFailed, OnDevice, Beat, RunDone
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
-SlotState = Literal["starting", "ready", "failed", "dead", "stopped"]
+SlotState = Literal["starting", "ready", "hung", "failed", "dead", "stopped"]
 CRASHED = "CRASHED"
 
 
@@ -41,6 +41,8 @@ class Ready:
     pid: int
     loads: int
     load_s: float
+    # Each stage's warm-up call time in seconds, by stage name: its hang deadline's base.
+    call_s: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,17 @@ class OnDevice:
 
 
 @dataclass(frozen=True)
+class Beat:
+    """The slot's last device progress (`img2img.progress`), sent every
+    `worker.progress_beat_s` from a thread of its own: `at` is `time.monotonic()`, one
+    clock for every process of the host."""
+
+    at: float
+    stage: str | None
+    on_device: bool
+
+
+@dataclass(frozen=True)
 class RunDone:
     run_id: str
     state: str  # a Prefect state type's value, or CRASHED
@@ -65,7 +78,7 @@ class RunDone:
     victim_of: str | None = None
 
 
-SlotMessage = Ready | LoadFailed | OnDevice | RunDone
+SlotMessage = Ready | LoadFailed | OnDevice | Beat | RunDone
 
 
 @dataclass(frozen=True)

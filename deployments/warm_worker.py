@@ -39,6 +39,7 @@ from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
 from img2img.settings import WorkerSettings
 
 ACQUIRE_POLL_S = 0.1
+UNHEALTHY_EVENT = "img2img.worker.unhealthy"
 # A warm worker is named "<host>@<process nonce>"; scaling backends match on <host>.
 HOST_SEPARATOR = "@"
 
@@ -130,7 +131,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     async def setup(self) -> None:
         await super().setup()
-        self.pool = SlotPool(self.worker_settings, slot_base_env(), self._logger)
+        self.pool = SlotPool(
+            self.worker_settings, slot_base_env(), self._logger, on_unhealthy=self._unhealthy
+        )
         self.pool.start_all()
         assert self._runs_task_group is not None
         # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and
@@ -147,6 +150,53 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         except (NotImplementedError, ValueError, RuntimeError):
             # Not the main thread (a worker driven in-process, as in some tests): no drain.
             return
+
+    def _unhealthy(self, reason: str) -> None:
+        """Every slot is given up (called from the pool's thread): say so where operators and
+        the autoscaler look. The worker then takes no runs, gives back those waiting for a
+        slot, and stops heartbeating, so Prefect lists it offline; the autoscaler replaces
+        its host on the event."""
+        from prefect.events import emit_event
+
+        self._logger.error("unhealthy, taking no more runs: %s", reason)
+        try:
+            pool = self.work_pool  # raises if the worker never synced: no pool to name
+            emit_event(
+                event=UNHEALTHY_EVENT,
+                resource={
+                    "prefect.resource.id": f"img2img.host.{host_of(self.name)}",
+                    "prefect.resource.name": host_of(self.name),
+                },
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.work-pool.{pool.id}",
+                        "prefect.resource.role": "work-pool",
+                        "prefect.resource.name": pool.name,
+                    }
+                ],
+                payload={
+                    "worker": self.name,
+                    "host": host_of(self.name),
+                    "pool": pool.name,
+                    "reason": reason,
+                },
+            )
+        except Exception as exc:  # the autoscaler also sees the worker go offline
+            self._logger.warning("could not emit %s: %s", UNHEALTHY_EVENT, exc)
+
+    @property
+    def unhealthy(self) -> str | None:
+        return self.pool.unhealthy if self.pool is not None else None
+
+    async def sync_with_backend(self) -> None:
+        # An unhealthy worker stops heartbeating: Prefect lists it offline, and the recovery
+        # service releases any run still labelled with it.
+        if self.unhealthy is not None:
+            channel = getattr(self, "_worker_channel", None)  # BaseWorker's, if it has one
+            if channel is not None:
+                channel.stop()
+            return
+        await super().sync_with_backend()
 
     async def teardown(self, *exc_info: Any) -> None:
         if self.pool is not None:
@@ -202,6 +252,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         assert self.pool is not None
         run_id = str(flow_run.id)
         while (acquired := self.pool.try_acquire(run_id)) is None:
+            if self.pool.unhealthy is not None:
+                return await self._give_back(flow_run, task_status)
             await anyio.sleep(ACQUIRE_POLL_S)
         slot, future = acquired
         identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
@@ -212,10 +264,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self._cancelled.discard(run_id)
             return WarmWorkerResult(identifier=identifier, status_code=0)
         message = f"{outcome.error}; the slot is being replaced"
-        culprit = outcome.victim_of
-        if culprit:
+        if outcome.victim_of:
             # Not this run's fault: run it again at once, counting no crash against it.
-            message = f"{message}; flow run {culprit} was on the device, this run is re-run"
+            message = f"{message}; {outcome.victim_of}, this run is re-run"
             self.get_flow_run_logger(flow_run).warning("%s", message)
             with contextlib.suppress(ObjectNotFound):
                 await self.client.set_flow_run_state(
@@ -229,6 +280,21 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         # make BaseWorker propose Crashed a second time, after the recovery service may have
         # already re-scheduled the run (and a second crash would be counted).
         return WarmWorkerResult(identifier=identifier, status_code=0)
+
+    async def _give_back(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[int] | None
+    ) -> WarmWorkerResult:
+        """A run this unhealthy worker claimed but never started: back to the queue for
+        another host, with no crash counted."""
+        if task_status is not None:
+            task_status.started(0)
+        message = f"given back: worker {self.name} is unhealthy ({self.unhealthy})"
+        self.get_flow_run_logger(flow_run).warning("%s", message)
+        with contextlib.suppress(ObjectNotFound):
+            await self.client.set_flow_run_state(
+                flow_run.id, AwaitingRetry(message=message), force=True
+            )
+        return WarmWorkerResult(identifier=f"unhealthy:{flow_run.id}", status_code=0)
 
     # -- cancellation -----------------------------------------------------------------------
 

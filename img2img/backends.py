@@ -69,8 +69,12 @@ def _simulated(kind: StageKind, settings: StageSettings, s3: S3Client | None, ba
             settings.simulated_img2img_ms,
             scale=1,
             crash_marker=settings.simulated_crash_marker,
+            hang_marker=settings.simulated_hang_marker,
+            hang_file=settings.simulated_hang_file,
         )
-    return SimulatedPipeline(kind, settings.simulated_upscale_ms, scale=4)
+    return SimulatedPipeline(
+        kind, settings.simulated_upscale_ms, scale=4, hang_file=settings.simulated_hang_file
+    )
 
 
 def _simulated_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:

@@ -45,22 +45,30 @@ class ModelCache:
                 self.load_s += time.perf_counter() - start
             return pipe
 
-    def warm_up(self, settings: StageSettings, s3: S3Client | None = None) -> None:
+    def warm_up(self, settings: StageSettings, s3: S3Client | None = None) -> dict[str, float]:
         """Load both stage models and run one call through each, so the first real
-        request does not pay for lazy initialisation."""
+        request does not pay for lazy initialisation. Returns each stage's call time in
+        seconds (by stage name), from which a slot's hang deadlines are set: an upper bound
+        of a call's time between two progress marks, since the first call also pays for
+        what is initialised lazily."""
         from PIL import Image
 
         from img2img.params import ImageParams
         from img2img.stages.img2img import run_img2img
+        from img2img.stages.spec import STAGE1, STAGE2
         from img2img.stages.upscale import run_upscale
 
         params = ImageParams(prompt="warm-up", steps=2, strength=0.5, upscale_steps=1)
         shape = (settings.width, settings.height)
+        stage1 = self.get("img2img", settings, s3)
+        stage2 = self.get("upscale", settings, s3)
         with self.device_lock:
-            first = run_img2img(
-                self.get("img2img", settings, s3), Image.new("RGB", shape), params, 0, shape
-            )
-            run_upscale(self.get("upscale", settings, s3), first, params, 0, settings.noise_level)
+            start = time.perf_counter()
+            first = run_img2img(stage1, Image.new("RGB", shape), params, 0, shape)
+            middle = time.perf_counter()
+            run_upscale(stage2, first, params, 0, settings.noise_level)
+            end = time.perf_counter()
+        return {STAGE1.name: round(middle - start, 3), STAGE2.name: round(end - middle, 3)}
 
 
 _process_cache: ModelCache | None = None

@@ -22,6 +22,7 @@ PREFECT_WORKER_HEARTBEAT_SECONDS to the work pool).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -30,6 +31,8 @@ from img2img.settings import RecoverySettings
 
 CRASHES_TAG = "img2img-crashes:"
 SPLIT_TAG = "img2img-split"
+# How a warm worker words a slot it killed for a hang (`img2img.progress.hung_reason`).
+_HUNG = re.compile(r"hung: no progress for \d+ s(?: during (?P<stage>\w+))?")
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,18 @@ def plan(crashes: int, unfinished: list[ObjectRef], settings: RecoverySettings) 
         return GiveUp(f"crashed {crashes} times (max_attempts {settings.max_attempts})")
     delay = min(settings.backoff_s * 2 ** (crashes - 1), settings.max_backoff_s)
     return Retry(delay, f"crash {crashes}: re-run in {delay:.0f} s")
+
+
+def give_up_record(last_crash: str, reason: str) -> tuple[str, str]:
+    """The stage and reason of the failure record of an upload whose run has crashed for the
+    last time (`reason`: the policy's), from the last crash's message. A hang names the
+    stage the device stopped in and leads with `hung: no progress for N s`; any other crash
+    is stage `crashed`."""
+    found = _HUNG.search(last_crash or "")
+    detail = f"its flow run {reason}; last crash: {last_crash}"
+    if found is None:
+        return "crashed", detail
+    return found.group("stage") or "hung", f"{found.group(0)}; {detail}"
 
 
 def inherited_crashes(tags: list[str]) -> int:

@@ -139,6 +139,18 @@ class StageSettings(BaseModel):
         "contains this string kills its process, as a compiled graph that faults on one input "
         "would. None: off.",
     )
+    simulated_hang_marker: str | None = Field(
+        None,
+        min_length=3,
+        description="Fault injection (simulated backend only): a stage-1 call whose prompt "
+        "contains this string never returns, as a device that stops answering on one input "
+        "would (the process stays alive). None: off.",
+    )
+    simulated_hang_file: Path | None = Field(
+        None,
+        description="Fault injection (simulated backend only): while this file exists, every "
+        "device call never returns, warm-up included (a device that stays stuck). None: off.",
+    )
     device: str = Field("cpu", description="torch device for the eager backend (cpu, cuda).")
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Weights dtype; float16 only on CUDA."
@@ -205,6 +217,52 @@ class WorkerSettings(BaseModel):
         description="After a cancel request, how long a run may take to stop before its slot "
         "is killed and replaced.",
     )
+    hang_factor: float = Field(
+        10.0,
+        ge=1.0,
+        le=1000.0,
+        description="A slot holding the device is hung after this many times its stage's "
+        "expected call time (one call timed at warm-up) with no progress.",
+    )
+    hang_floor_s: float = Field(
+        30.0,
+        ge=1.0,
+        le=3600,
+        description="The shortest hang deadline; also how long a slot process may send "
+        "nothing at all (it beats every progress_beat_s) before it is hung.",
+    )
+    hang_grace_s: float = Field(
+        5.0,
+        ge=0,
+        le=600,
+        description="After a slot is found hung, how long it has to move again before it is "
+        "killed (SIGKILL) and replaced.",
+    )
+    progress_beat_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="How often a slot sends its last progress to its worker.",
+    )
+    unhealthy_after: int = Field(
+        3,
+        ge=1,
+        le=100,
+        description="A slot that failed this many times in a row with no run finished in "
+        "between (failed or timed-out model loads, hangs with no run on the device) is given "
+        "up; a worker with no slot left reports itself unhealthy, takes no runs, and its "
+        "host is replaced.",
+    )
+
+    @model_validator(mode="after")
+    def _beat_within_floor(self) -> WorkerSettings:
+        if self.progress_beat_s * 3 > self.hang_floor_s:
+            raise ValueError(
+                "worker.hang_floor_s must be at least 3 x worker.progress_beat_s (a slot that "
+                f"missed fewer beats would be called hung), but hang_floor_s={self.hang_floor_s} "
+                f"and progress_beat_s={self.progress_beat_s}"
+            )
+        return self
 
     def slot_count(self) -> int:
         return len(self.core_groups) or len(self.devices) or self.slots

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
-from img2img import storage
+from img2img import progress, storage
 from img2img.announce import Announcer
 from img2img.cancel import RunCancelled
 from img2img.errors import InvalidEvent, PermanentError, is_retryable
@@ -301,4 +301,5 @@ def run_stage(
     if resume:
         _each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     with device_lock if device_lock is not None else nullcontext():
+        progress.mark(stage.name)  # the stage on the device, for the hang deadline
         _each(jobs, stage.name, compute, concurrency=1, should_stop=should_stop)

@@ -1,5 +1,6 @@
 """The one way a stage calls its pipeline: no autograd, device faults mapped onto the error
-tree, and a cancel request honoured between diffusion steps, not only between images."""
+tree, progress marked before, during (each diffusion step) and after the call, and a cancel
+request honoured between diffusion steps, not only between images."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 
 from PIL import Image
 
+from img2img import progress
 from img2img.cancel import RunCancelled
 from img2img.errors import DeviceError
 
@@ -16,30 +18,33 @@ from img2img.errors import DeviceError
 def call_pipeline(
     pipe: Any, stage: str, should_stop: Callable[[], bool] | None = None, **kwargs: Any
 ) -> Image.Image:
-    """`pipe(**kwargs).images[0]`. With `should_stop`, the pipeline's step callback checks it
-    after every denoising step and stops the call with `RunCancelled` when it says so
-    (diffusers' `callback_on_step_end`, or the older `callback` of the x4 upscaler)."""
+    """`pipe(**kwargs).images[0]`. The pipeline's step callback (diffusers'
+    `callback_on_step_end`, or the older `callback` of the x4 upscaler) marks progress after
+    every denoising step, so a device that stops is seen within a step; with `should_stop`,
+    it also stops the call with `RunCancelled` when that says so."""
     import torch
 
-    if should_stop is not None:
-        kwargs.update(_step_guard(pipe, stage, should_stop))
+    kwargs.update(_step_guard(pipe, stage, should_stop))
+    progress.mark()
     try:
         with torch.inference_mode():
             out = pipe(**kwargs)
     except torch.cuda.OutOfMemoryError as exc:
         raise DeviceError(f"{stage} ran out of device memory: {exc}") from exc
+    progress.mark()
     result: Image.Image = out.images[0]
     return result
 
 
-def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool]) -> dict[str, Any]:
+def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
     try:
         accepted = inspect.signature(pipe.__call__).parameters
     except (TypeError, ValueError):
         return {}
 
     def check(step: int) -> None:
-        if should_stop():
+        progress.mark()
+        if should_stop is not None and should_stop():
             raise RunCancelled(f"run cancelled during {stage}, after denoising step {step + 1}")
 
     if "callback_on_step_end" in accepted:

@@ -194,3 +194,54 @@ def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     poison = next(m for m in messages if m["request_id"] == "r5")
     assert poison["outcome"] == "failure" and poison["failure"]["stage"] == "crashed"
     assert poison["failure"]["retryable"] is True
+
+
+HANG = {
+    **SIM,
+    "IMG2IMG_STAGES__SIMULATED_HANG_MARKER": "HANG",
+    # Stage 1 calls take 0.4 s: its deadline is the floor, 3 s; a slot that sends nothing for
+    # 3 s (beats every 0.5 s) is hung too.
+    "IMG2IMG_WORKER__HANG_FLOOR_S": "3",
+    "IMG2IMG_WORKER__HANG_GRACE_S": "1",
+    "IMG2IMG_WORKER__PROGRESS_BEAT_S": "0.5",
+}
+
+
+def test_a_device_that_hangs_on_one_image_isolates_it_as_one_hung_failure_record(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """A stage-1 call that never returns (the process lives on and beats): the worker sees
+    the device make no progress, kills the slot, replaces it, and recovery re-runs and
+    splits until the hanging image is alone; it ends as one failure record naming the stage
+    and the hang, the others as results."""
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    from tests.integration.helpers import png, upload
+
+    refs = []
+    for i in range(4):
+        meta = {**FAST, "prompt": "HANG here" if i == 2 else "a test card"}
+        refs.append(upload(clients, settings.storage.uploads_bucket, f"hang/{i}.png", png(), meta))
+    with warm_worker(pool, log, HANG), recovery(client, clients, settings, pool) as rec:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        client.create_flow_run_from_deployment(
+            deployment_id, parameters={"objects": [r.model_dump(mode="json") for r in refs]}
+        )
+        wait_for(
+            lambda: all(s != "missing" for s, _ in outcomes(clients, settings, refs)),
+            240,
+            "every upload to have an outcome",
+            interval=1.0,
+        )
+    results = outcomes(clients, settings, refs)
+    assert [s for s, _ in results] == ["completed", "completed", "failed", "completed"], [
+        (s, d.get("reason")) for s, d in results
+    ] + rec.stats.actions
+    record = results[2][1]
+    assert record["stage"] == "stage1" and record["retryable"] is True, record
+    assert record["reason"].startswith("hung: no progress for "), record
+    assert rec.stats.split >= 1 and rec.stats.gave_up == 1, rec.stats.actions
+    text = log.read_text(errors="replace")
+    assert "SIGKILL" in text and "during stage1" in text
+    exactly_one_outcome_each(clients, settings, refs)
