@@ -6,6 +6,13 @@ not add a flow run to the UI every 15 seconds, and reacts within one interval. E
 of size is visible in Prefect all the same: an event `img2img.autoscaler.scaled` on the
 work pool's resource (Events page, automations) and a table artifact `img2img-autoscaler`
 whose history lists each decision with its reason.
+
+Two things a queue alone does not show are watched here too:
+- a warm worker that lost every slot says so (`img2img.worker.unhealthy`): its host is
+  replaced through the backend, and its runs stop counting as work;
+- a host that left without serving a run was launched in vain: each one is counted
+  (`idle_launches`, the fleet view, `img2img.autoscaler.idle-launch`), and the policy backs
+  off after several (`img2img.scaling.launch_backoff`).
 """
 
 from __future__ import annotations
@@ -19,22 +26,25 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from deployments.pool_runs import PoolResource, online_hosts, pool_runs
+from deployments.pool_runs import PAGE, PoolResource, online_workers, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
-from deployments.warm_worker import host_of
+from deployments.warm_worker import UNHEALTHY_EVENT, host_of
 from img2img.forecast import Forecast, day_offsets, forecast, history_counts
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import FlowRunFilter, WorkPoolFilter
+    from prefect.client.schemas.objects import FlowRun
 
     from deployments.fleet_view import FleetView
 
 log = logging.getLogger("img2img.autoscaler")
 
 ARTIFACT_KEY = "img2img-autoscaler"
+IDLE_LAUNCH_EVENT = "img2img.autoscaler.idle-launch"
+REPLACED_EVENT = "img2img.autoscaler.replaced"
 
 
 class Autoscaler:
@@ -63,6 +73,18 @@ class Autoscaler:
         self._stop = threading.Event()
         self.pool_resource = PoolResource(prefect, pool)
         self._last_look: datetime | None = None
+        # Workers that said they are unhealthy (name → reason), and those replaced.
+        self.unhealthy: dict[str, str] = {}
+        self._unhealthy_at: dict[str, float] = {}  # when (self.clock()) each was seen
+        self.replaced: set[str] = set()
+        self._health_cursor: datetime | None = None
+        # Idle launches: workers seen online (name → first seen), those seen serving, and
+        # when (self.clock()) a worker left having served nothing.
+        self._online: dict[str, datetime] = {}
+        self._served: set[str] = set()
+        self._looked = False
+        self.idle_launches: list[float] = []
+        self.idle_launch_total = 0
 
     # -- observing the pool -----------------------------------------------------------------
 
@@ -71,16 +93,18 @@ class Autoscaler:
 
         now = datetime.now(timezone.utc)
         pool = _pool_filter(self.pool)
+        self._read_health(now)
         queued = self.queued(now)
         # The running runs themselves (their workers are the busy hosts); their count is
-        # the running figure, so it needs no request of its own.
-        running_runs = pool_runs(self.prefect, self.pool, ["RUNNING", "CANCELLING"])
+        # the running figure, so it needs no request of its own. Runs held by an unhealthy
+        # worker are no work any host can do until they are released.
+        running_runs = [
+            r
+            for r in pool_runs(self.prefect, self.pool, ["RUNNING", "CANCELLING"])
+            if _worker_of(r) not in self.unhealthy
+        ]
         running = len(running_runs)
-        self.busy = {
-            host_of(str(r.labels.get("prefect.worker.name")))
-            for r in running_runs
-            if r.labels and r.labels.get("prefect.worker.name")
-        }
+        self.busy = {host_of(w) for r in running_runs if (w := _worker_of(r))}
 
         def arrived_since(start: datetime) -> int:
             runs = _runs_filter([], after=start, before=now)
@@ -105,12 +129,17 @@ class Autoscaler:
             for r in finished
             if r.total_run_time and r.total_run_time.total_seconds() > 0
         ]
+        online = online_workers(self.prefect, self.pool) - set(self.unhealthy)
+        serving = {w for r in [*running_runs, *finished] if (w := _worker_of(r))}
+        self._count_idle_launches(online, serving, now)
         return Observation(
             now=self.clock(),
             queued=queued,
             running=running,
             current_desired=self.backend.current(),
-            live_hosts=len(online_hosts(self.prefect, self.pool)),
+            live_hosts=len({host_of(w) for w in online}),
+            busy_hosts=len(self.busy),
+            idle_launches=tuple(self.idle_launches),
             recent_run_s=statistics.median(durations) if durations else None,
             arrival_rate=arrived / self.rate_window_s,
             recent_arrival_rate=recent,
@@ -119,6 +148,105 @@ class Autoscaler:
             warm=self.backend.warm(),
             forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
         )
+
+    def _read_health(self, now: datetime) -> None:
+        """Take in the unhealthy-worker events of the pool since the last look (from a minute
+        before it: events reach the API a little after they happen)."""
+        from prefect.events.filters import (
+            EventFilter,
+            EventNameFilter,
+            EventOccurredFilter,
+            EventRelatedFilter,
+        )
+
+        since = self._health_cursor or now - timedelta(seconds=self.policy.idle_launch_window_s)
+        page = self.prefect.read_events(
+            EventFilter(
+                occurred=EventOccurredFilter(since=since - timedelta(seconds=60), until=now),
+                event=EventNameFilter(name=[UNHEALTHY_EVENT]),
+                related=EventRelatedFilter(id=[self.pool_resource.resource_id]),
+            ),
+            limit=50,
+        )
+        self._health_cursor = now
+        for event in page.events:
+            worker = str(event.payload.get("worker") or "")
+            if worker and worker not in self.unhealthy:
+                self.unhealthy[worker] = str(event.payload.get("reason") or "unhealthy")
+                self._unhealthy_at[worker] = self.clock()
+        while len(self.unhealthy) > 200:  # oldest first: long replaced
+            oldest = next(iter(self.unhealthy))
+            self.unhealthy.pop(oldest)
+            self._unhealthy_at.pop(oldest, None)
+
+    def _count_idle_launches(self, online: set[str], serving: set[str], now: datetime) -> None:
+        """Count the workers that left the pool without having served a run. Workers online
+        at the first look are left out (what they did before is not known)."""
+        self._served |= serving
+        for worker in online:
+            self._online.setdefault(worker, now)
+        if not self._looked:
+            self._served |= online
+            self._looked = True
+        for worker in [w for w in self._online if w not in online]:
+            first_seen = self._online.pop(worker)
+            if worker in self._served or self._served_since(worker, first_seen):
+                self._served.discard(worker)
+                continue
+            self.idle_launches.append(self.clock())
+            self.idle_launch_total += 1
+            log.warning("idle launch: worker %s left without serving a run", worker)
+            self._emit(IDLE_LAUNCH_EVENT, {"worker": worker, "total": self.idle_launch_total})
+        window = self.policy.idle_launch_window_s
+        self.idle_launches = [t for t in self.idle_launches if self.clock() - t < window]
+
+    def _served_since(self, worker: str, since: datetime) -> bool:
+        """Whether `worker` ran any of the pool's runs that started since `since` (one read,
+        for a worker seen serving by no look: runs shorter than an interval)."""
+        from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterStartTime
+
+        runs = self.prefect.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                start_time=FlowRunFilterStartTime(after_=since - timedelta(seconds=60))
+            ),
+            work_pool_filter=_pool_filter(self.pool),
+            limit=PAGE,
+        )
+        return any(_worker_of(r) == worker for r in runs)
+
+    def replace_unhealthy(self) -> list[str]:
+        """Replace, once each, the hosts whose workers reported themselves unhealthy."""
+        done = []
+        for worker, reason in list(self.unhealthy.items()):
+            if worker in self.replaced:
+                continue
+            try:
+                what = self.backend.replace(host_of(worker), reason)
+            except Exception as exc:
+                log.warning("could not replace unhealthy host %s (will retry): %s", worker, exc)
+                continue
+            self.replaced.add(worker)
+            log.error(
+                "replaced host %s: worker %s is unhealthy (%s): %s",
+                host_of(worker),
+                worker,
+                reason,
+                what,
+            )
+            self._emit(
+                REPLACED_EVENT,
+                {"worker": worker, "host": host_of(worker), "reason": reason, "applied": what},
+            )
+            done.append(worker)
+        return done
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        from prefect.events import emit_event
+
+        try:
+            emit_event(event=event, resource=self.pool_resource.resource(), payload=payload)
+        except Exception as exc:
+            log.warning("could not emit %s: %s", event, exc)
 
     def queued(self, now: datetime | None = None) -> int:
         """The pool's scheduled (late included) and pending runs that are due: not ones set
@@ -160,6 +288,7 @@ class Autoscaler:
 
     def step(self) -> Decision:
         obs = self.observe()
+        self.replace_unhealthy()
         decision, self.state = decide(self.policy, obs, self.state)
         if decision.desired != obs.current_desired:
             applied = self.backend.apply(decision.desired, self.busy)
@@ -180,7 +309,9 @@ class Autoscaler:
                 log.warning("could not publish metrics: %s", exc)
         if self.fleet is not None:
             try:
-                self.fleet.observe(obs, decision)
+                window = self.policy.idle_launch_window_s
+                lately = sum(1 for t in self._unhealthy_at.values() if self.clock() - t < window)
+                self.fleet.observe(obs, decision, unhealthy_hosts=lately)
             except Exception as exc:
                 log.warning("could not update the fleet view: %s", exc)
         return decision
@@ -278,6 +409,12 @@ class Autoscaler:
 
     def install_signal_handlers(self) -> None:
         stop_on_signals(self.stop, log, "stopping the autoscaler (hosts are left as they are)")
+
+
+def _worker_of(run: FlowRun) -> str | None:
+    """The worker that claimed `run` (its `prefect.worker.name` label), if any."""
+    name = (run.labels or {}).get("prefect.worker.name")
+    return str(name) if name else None
 
 
 def _pool_filter(pool: str) -> WorkPoolFilter:

@@ -59,6 +59,7 @@ class FleetView:
         sinks: Sequence[FleetSink] = (),
         prometheus: PrometheusMetrics | None = None,
         clock: Callable[[], float] = time.time,
+        idle_launch_limit: int = 2,
     ) -> None:
         self.prefect = prefect
         self.pool = pool
@@ -81,13 +82,19 @@ class FleetView:
         self._starved_since: float | None = None
         self._starved = False
         self._dead_letters_before = 0
+        self._wasting = False
+        self.idle_launch_limit = idle_launch_limit
 
     # -- fed by the autoscaler -------------------------------------------------------------
 
-    def observe(self, obs: Observation, decision: Decision) -> FleetSample | None:
+    def observe(
+        self, obs: Observation, decision: Decision, unhealthy_hosts: int = 0
+    ) -> FleetSample | None:
         """One autoscaler tick; refreshes the view when it is due and returns its sample."""
         now = self.clock()
         self.window.add_hosts(now, decision.desired, obs.running, obs.queued)
+        self.window.idle_launches = len(obs.idle_launches)
+        self.window.unhealthy_hosts = unhealthy_hosts
         if self.prometheus is not None:
             self.prometheus.observe_pool(obs, decision)
         if (
@@ -251,6 +258,21 @@ class FleetView:
         elif self._starved and not wanted_no_worker:
             emit_event(event="img2img.pool.recovered", resource=pool, payload={})
         self._starved = starving or (self._starved and wanted_no_worker)
+
+        # Hosts paid for in vain, repeatedly: the policy is backing off (once per episode).
+        wasting = sample.idle_launches >= self.idle_launch_limit
+        if wasting and not self._wasting:
+            emit_event(
+                event="img2img.pool.idle-launches",
+                resource=pool,
+                payload={"idle_launches": sample.idle_launches, "hosts": sample.hosts},
+            )
+            log.warning(
+                "work pool %s: %d hosts launched lately served no run",
+                self.pool,
+                sample.idle_launches,
+            )
+        self._wasting = wasting
 
         dead = sample.dead_letters
         if dead is None or self.storage is None:

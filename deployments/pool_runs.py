@@ -69,10 +69,15 @@ class PoolResource:
         return {"prefect.resource.id": self.resource_id, "prefect.resource.name": self.pool}
 
 
+def online_workers(prefect: SyncPrefectClient, pool: str) -> set[str]:
+    """Names of the warm workers online (heartbeating) on `pool`: one per worker process."""
+    from prefect.client.schemas.objects import WorkerStatus
+
+    workers = prefect.read_workers_for_work_pool(pool, limit=PAGE)
+    return {w.name for w in workers if w.status == WorkerStatus.ONLINE}
+
+
 def online_hosts(prefect: SyncPrefectClient, pool: str) -> set[str]:
     """Hosts with a warm worker online (heartbeating) on `pool`. A worker heartbeats while
     its slots still load, so these are at most the hosts that serve."""
-    from prefect.client.schemas.objects import WorkerStatus
-
-    workers = prefect.read_workers_for_work_pool(pool)
-    return {host_of(w.name) for w in workers if w.status == WorkerStatus.ONLINE}
+    return {host_of(name) for name in online_workers(prefect, pool)}

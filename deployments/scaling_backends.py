@@ -3,6 +3,8 @@
 Each backend answers `current()` (the desired size it holds now) and `apply(desired, busy)`,
 where `busy` names the workers (hosts) that are running flow runs: no backend ever picks a
 busy host for scale-in. A host that is asked to go drains first (SIGTERM to its warm worker).
+`replace(host)` takes away a host whose worker reported itself unhealthy, at once, and the
+group brings the size back with a new one.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class ScalingBackend(Protocol):
     def current(self) -> int: ...
 
     def apply(self, desired: int, busy: set[str]) -> str: ...
+
+    def replace(self, host: str, reason: str) -> str:
+        """Take away `host` (its worker is unhealthy) for a new one; says what was done."""
+        ...
 
     def warm(self) -> int:
         """Stopped instances waiting in a warm pool, ready to resume (0 without one)."""
@@ -84,6 +90,14 @@ class AsgBackend:
             AutoScalingGroupName=self.group, DesiredCapacity=desired, HonorCooldown=False
         )
         return f"asg {self.group}: desired {desired} ({len(protected)} busy hosts protected)"
+
+    def replace(self, host: str, reason: str) -> str:
+        """Mark the instance unhealthy: the group terminates it (through its terminating
+        hook) and launches another to keep the desired size."""
+        self.autoscaling.set_instance_health(
+            InstanceId=host, HealthStatus="Unhealthy", ShouldRespectGracePeriod=False
+        )
+        return f"asg {self.group}: instance {host} marked Unhealthy ({reason})"
 
 
 def waiting_in_warm_pool(instances: list[dict[str, Any]]) -> int:
@@ -159,6 +173,11 @@ class EcsBackend:
             f"ecs {self.cluster}/{self.service}: desired {desired} "
             f"({len(protected)} busy tasks protected)"
         )
+
+    def replace(self, host: str, reason: str) -> str:
+        """Stop the task (its worker names it by task id); the service starts another."""
+        self.ecs.stop_task(cluster=self.cluster, task=host, reason=f"img2img: {reason}"[:255])
+        return f"ecs {self.cluster}/{self.service}: task {host} stopped ({reason})"
 
 
 class CloudWatchMetrics:

@@ -78,6 +78,8 @@ class FleetSample:
     cost_per_image_usd: float | None
     price_per_hour: float
     stale_events: int
+    idle_launches: int = 0  # hosts that left without serving a run, in the policy's window
+    unhealthy_hosts: int = 0  # hosts whose worker lost every slot, not yet replaced
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "at"}
@@ -108,6 +110,8 @@ class FleetWindow:
         self.queued_messages: int | None = None
         self.dead_letters: int | None = None
         self.hosts_online: int | None = None
+        self.idle_launches = 0
+        self.unhealthy_hosts = 0
 
     def add_batch(self, batch: BatchDigest) -> None:
         self.batches.append(batch)
@@ -165,6 +169,8 @@ class FleetWindow:
             cost_per_image_usd=cost / images if images else None,
             price_per_hour=self.price_per_hour,
             stale_events=sum(b.stale_events for b in batches),
+            idle_launches=self.idle_launches,
+            unhealthy_hosts=self.unhealthy_hosts,
         )
 
     def _trim(self, before: float) -> None:
@@ -190,6 +196,10 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         problems.append(f"{sample.dead_letters} message(s) in the dead-letter queue")
     if sample.hosts and sample.hosts_online == 0:
         problems.append("hosts wanted but no worker online")
+    if sample.unhealthy_hosts:
+        problems.append(f"{sample.unhealthy_hosts} unhealthy host(s) being replaced")
+    if sample.idle_launches > 1:
+        problems.append(f"{sample.idle_launches} hosts launched that served no run")
     health = "healthy" if not problems else "ATTENTION: " + "; ".join(problems)
     minutes = sample.window_s / 60.0
     rows = [
@@ -197,6 +207,7 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         ("upload → result p50 / p95", f"{secs(sample.e2e_p50_s)} / {secs(sample.e2e_p95_s)}"),
         ("queued runs / messages", f"{sample.queued_runs} / {_opt(sample.queued_messages)}"),
         ("hosts paid / online", f"{sample.hosts} / {_opt(sample.hosts_online)}"),
+        ("idle launches / unhealthy hosts", f"{sample.idle_launches} / {sample.unhealthy_hosts}"),
         ("duty cycle (busy slots ÷ slots)", f"{100 * sample.duty_cycle:.0f}%"),
         ("cost per image", f"**{money(sample.cost_per_image_usd)}**"),
         ("host cost", f"{sample.host_hours:.3f} host-h × ${sample.price_per_hour:.4f}/h"),

@@ -32,6 +32,16 @@ first scale-out from zero be the right size.
   queue, be paid for its start and leave again. Arrivals that keep coming at the rate
   that needs more hosts still scale out at once.
 - Going to zero: after `idle_to_zero_s` with no demand at all.
+- Never scaling in below the hosts that are running runs (`busy_hosts`): a busy host asked
+  to go drains and is paid for all the same, and its runs would count again as demand.
+- Leaving zero for queued runs only: runs still running with no host wanted are held by
+  hosts on their way out (draining, hung, lost); a new host cannot take them until they
+  are released (re-queued), and starting one for them is a launch in vain.
+- Backing off after idle launches: a host that left without serving a run was paid for
+  nothing; after `idle_launch_limit` of them within `idle_launch_window_s`, no host is
+  started for `idle_launch_backoff_s` after the last one, doubled for each one beyond the
+  limit (`launch_backoff`), so a demand no new host can serve does not launch hosts for
+  ever.
 - With a trusted daily forecast (`img2img.forecast`): the reactive part runs at the
   forecast's target, and the forecast may add hosts ahead of a rise when the reactive part
   holds or scales out; it never keeps hosts the reactive part releases.
@@ -109,6 +119,23 @@ class ScalingSettings(BaseModel):
         default_factory=ForecastSettings,
         description="Pre-scaling from the pool's arrivals at this time on past days.",
     )
+    idle_launch_limit: int = Field(
+        2,
+        ge=1,
+        le=1000,
+        description="Idle launches (hosts that left without serving a run) within "
+        "idle_launch_window_s before the policy backs off starting hosts.",
+    )
+    idle_launch_window_s: float = Field(
+        900.0, gt=0, le=86_400, description="Window over which idle launches are counted."
+    )
+    idle_launch_backoff_s: float = Field(
+        120.0,
+        ge=0,
+        le=86_400,
+        description="No host started for this long after the idle launch that reached the "
+        "limit; doubled for each one beyond it, at most idle_launch_window_s.",
+    )
     scale_in_tolerance: float = Field(
         0.1,
         ge=0,
@@ -158,6 +185,9 @@ class Observation:
     rate_window_s: float = 60.0  # the window `arrival_rate` is counted over
     warm: int = 0  # stopped instances waiting in the warm pool
     forecast: Forecast | None = None  # what the pool's past days say (None: not asked)
+    busy_hosts: int | None = None  # hosts running runs now (None: not known)
+    # When (on the `now` clock) hosts left without having served a run, oldest first.
+    idle_launches: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -284,11 +314,23 @@ def _reactive(
     if current > settings.max_hosts:
         return result(settings.max_hosts, f"lower to max_hosts {settings.max_hosts}")
 
+    backoff = launch_backoff(settings, obs.idle_launches, obs.now)
+    idle = sum(1 for t in obs.idle_launches if obs.now - t < settings.idle_launch_window_s)
+    backing_off = (
+        f"{idle} hosts left without serving a run in the last "
+        f"{settings.idle_launch_window_s:.0f} s: no host started for {backoff:.0f} s more"
+    )
     if current == 0:
-        if demand >= settings.activation_threshold:
+        # Runs running with no host wanted are held by hosts on their way out; only queued
+        # runs are work a new host can take.
+        if obs.queued >= settings.activation_threshold:
+            if backoff > 0:
+                return result(0, f"hold at zero: {backing_off} (queued {obs.queued})")
             cap, _ = _worth_starting(settings, obs, previous_recent, run_s, target)
             hosts = max(1, needed if cap is None else min(needed, cap))
             return result(hosts, f"activate from zero: demand {demand}", capped=hosts < needed)
+        if demand:
+            return result(0, f"hold at zero: {obs.running} runs held by hosts on their way out")
         return result(0, "hold at zero: no demand")
 
     if demand == 0:
@@ -309,6 +351,8 @@ def _reactive(
     if needed > current:
         if obs.now - state.last_scale_out < settings.scale_out_cooldown_s:
             return result(current, "hold: scale-out cooldown")
+        if backoff > 0:
+            return result(current, f"hold: {backing_off}")
         cap, why = _worth_starting(settings, obs, previous_recent, run_s, target)
         if cap is not None and cap <= current:
             return result(current, f"hold: {why} left ({needed} needed to drain in time)")
@@ -325,6 +369,8 @@ def _reactive(
         )
 
     stable = _clamp(settings, math.ceil(max(n for _, n in recs) + backlog_hosts - 1e-9))
+    if obs.busy_hosts is not None:
+        stable = max(stable, min(obs.busy_hosts, current))  # busy hosts stay
     if stable < current and (
         stable <= current * (1 - settings.scale_in_tolerance) or stable == settings.min_hosts
     ):
@@ -415,6 +461,22 @@ def _worth_starting(
         f"the {current} hosts start the {obs.queued} queued + {arriving:.0f} arriving runs "
         f"within a new host's start ({start:.0f} s) but {max(0.0, left):.0f}"
     )
+
+
+def launch_backoff(
+    settings: ScalingSettings, idle_launches: tuple[float, ...], now: float
+) -> float:
+    """Seconds before the policy may start a host again (0: now), after idle launches.
+
+    With n idle launches within the window and n ≥ `idle_launch_limit`, none is started
+    for `idle_launch_backoff_s` × 2^(n − limit) (at most the window) after the last one.
+    """
+    recent = [t for t in idle_launches if now - t < settings.idle_launch_window_s]
+    over = len(recent) - settings.idle_launch_limit
+    if over < 0:
+        return 0.0
+    wait = min(settings.idle_launch_backoff_s * 2**over, settings.idle_launch_window_s)
+    return max(0.0, max(recent) + wait - now)
 
 
 def _clamp(settings: ScalingSettings, hosts: int) -> int:

@@ -54,6 +54,15 @@ class LocalBackend:
                 self.stack.drain_worker(index)
         return f"local: {desired} warm worker(s)"
 
+    def replace(self, host: str, reason: str) -> str:
+        """Kill the worker and its slots (its process group): the next decision starts a new
+        one if there is work."""
+        for index, name in self.stack.running_workers():
+            if name == host:
+                self.stack.kill_worker(index)
+                return f"local: {name} killed ({reason})"
+        return f"local: {host} is already gone"
+
 
 def build_backend(settings: Settings) -> ScalingBackend:
     """The backend named by `settings.autoscaler`."""
@@ -87,6 +96,7 @@ def build_fleet_view(
         storage=settings.storage,
         sinks=[cloudwatch] if cloudwatch is not None else [],
         prometheus=prometheus,
+        idle_launch_limit=settings.scaling.idle_launch_limit,
     )
 
 

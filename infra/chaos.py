@@ -4,10 +4,15 @@ Each scenario uploads images, injects one fault, waits until every upload has an
 then until the autoscaler has taken the pool back to zero hosts, and reports:
 
     {"scenario", "uploads", "results", "failure_records", "lost", "duplicated",
-     "recovery_s", "hosts_after_idle"}
+     "recovery_s", "hosts_after_idle", "hosts_started", "idle_launches"}
 
 `lost` counts uploads with no outcome by the deadline; `duplicated`, uploads with more than
 one (a result and a failure record). `recovery_s` runs from the fault to the last outcome.
+`hosts_started` counts the warm workers that registered with the pool during the scenario,
+`idle_launches` those of them that ran no flow run (a host paid for in vain).
+
+`slot-hang` stops the slot of a running run with SIGSTOP and never resumes it: the process
+lives on, its worker heartbeats, nothing moves, as with a hung device.
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
 for the poison scenario.
 """
@@ -20,6 +25,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote_plus
 
@@ -30,6 +36,7 @@ from img2img.settings import Settings
 
 SCENARIOS = (
     "slot-kill",
+    "slot-hang",
     "worker-kill",
     "dispatcher-kill",
     "server-restart",
@@ -178,6 +185,12 @@ class Chaos:
                 raise RuntimeError("no run started within 120 s: nothing to kill")
             self.say(f"SIGKILL slot pid {run.infrastructure_pid} (flow run {run.name})")
             os.kill(int(run.infrastructure_pid), signal.SIGKILL)
+        elif scenario == "slot-hang":
+            run = self.running_run()
+            if run is None:
+                raise RuntimeError("no run started within 120 s: nothing to stop")
+            self.say(f"SIGSTOP slot pid {run.infrastructure_pid} (flow run {run.name}), for good")
+            os.kill(int(run.infrastructure_pid), signal.SIGSTOP)
         elif scenario == "worker-kill":
             if self.running_run() is None:
                 raise RuntimeError("no run started within 120 s: nothing to kill")
@@ -244,6 +257,7 @@ class Chaos:
             self.crash_flag.write_text("kill the dispatcher after its next run\n")
         refs = self.upload(scenario, images)
         self.say(f"uploaded {len(refs)} images")
+        since = datetime.now(timezone.utc)
         started = time.monotonic()
         self.inject(scenario, refs)
         if scenario == "dispatcher-kill":
@@ -267,6 +281,7 @@ class Chaos:
             lambda: not self.stack.running_workers() and not self.stack.draining_workers(),
             idle_wait,
         )
+        started_hosts, idle = self.launches(since)
         return {
             "scenario": scenario,
             "uploads": len(refs),
@@ -277,7 +292,37 @@ class Chaos:
             "recovery_s": recovery_s,
             "hosts_after_idle": len(self.stack.running_workers())
             + len(self.stack.draining_workers()),
+            "hosts_started": started_hosts,
+            "idle_launches": idle,
         }
+
+    def launches(self, since: datetime) -> tuple[int, int]:
+        """(workers that registered with the pool since `since`, those that ran no flow
+        run), from Prefect's own worker and run records."""
+        from prefect.client.orchestration import get_client
+
+        from deployments.pool_runs import PAGE
+        from infra.local_env import POOL
+
+        with get_client(sync_client=True) as client:
+            workers = client.read_workers_for_work_pool(POOL, limit=PAGE)
+            runs: list[Any] = []
+            while len(runs) < 50 * PAGE:  # bounded: a scenario makes far fewer runs
+                page = client.read_flow_runs(
+                    work_pool_filter=_pool(POOL), limit=PAGE, offset=len(runs)
+                )
+                runs += page
+                if len(page) < PAGE:
+                    break
+        served = {str(r.labels.get("prefect.worker.name")) for r in runs if r.labels}
+        new = [w.name for w in workers if w.created is not None and w.created >= since]
+        return len(new), sum(1 for name in new if name not in served)
+
+
+def _pool(name: str) -> Any:
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    return WorkPoolFilter(name=WorkPoolFilterName(any_=[name]))
 
 
 def run_scenario(

@@ -11,6 +11,7 @@ checks each PID's command line before signalling it).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -203,6 +204,16 @@ class LocalStack:
         os.kill(pid, signal.SIGTERM)
         self.procs.mark_draining(service.name, pid)
         log.info("draining worker-%d (pid %d)", index, pid)
+
+    def kill_worker(self, index: int) -> None:
+        """SIGKILL a worker's whole process group, its slots with it (a slot that is stopped
+        or stuck cannot see its worker go)."""
+        pid = self.pid_of(self.worker_service(index))
+        if pid is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)
+        log.info("killed worker-%d (pid %d) and its slots", index, pid)
 
     def reap(self) -> list[str]:
         """Collect the exit status of the processes this object started (no `<defunct>`

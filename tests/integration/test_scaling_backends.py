@@ -54,6 +54,19 @@ def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
     assert not any(v for k, v in flags.items() if k != busy_host)
 
 
+def test_asg_backend_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any) -> None:
+    backend = AsgBackend(asg, "img2img-inf2")
+    sick = sorted(protection(asg))[0]
+    message = backend.replace(sick, "no slot left")
+    assert sick in message and "Unhealthy" in message
+    health = {
+        i["InstanceId"]: i["HealthStatus"]
+        for i in asg.describe_auto_scaling_instances()["AutoScalingInstances"]
+    }
+    assert health[sick].upper() == "UNHEALTHY"
+    assert [h for i, h in health.items() if i != sick and h.upper() != "HEALTHY"] == []
+
+
 def test_asg_backend_names_a_missing_group(aws: AwsEnv) -> None:
     _, settings = aws
     backend = AsgBackend(service_client(settings.aws, "autoscaling"), "nope")
@@ -81,6 +94,17 @@ def test_ecs_backend_sets_the_desired_count(ecs: Any) -> None:
     assert backend.current() == 1
     backend.apply(4, busy=set())
     assert backend.current() == 4
+
+
+def test_ecs_backend_replaces_an_unhealthy_host_by_stopping_its_task(ecs: Any) -> None:
+    task = ecs.run_task(cluster="img2img", taskDefinition="worker", count=1, launchType="FARGATE")[
+        "tasks"
+    ][0]
+    task_id = task["taskArn"].rsplit("/", 1)[-1]
+    message = EcsBackend(ecs, "img2img", "workers").replace(task_id, "no slot left")
+    assert task_id in message
+    stopped = ecs.describe_tasks(cluster="img2img", tasks=[task["taskArn"]])["tasks"][0]
+    assert stopped["desiredStatus"] == "STOPPED" and "no slot left" in stopped["stoppedReason"]
 
 
 def test_cloudwatch_metrics_are_published(aws: AwsEnv) -> None:

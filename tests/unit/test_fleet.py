@@ -73,6 +73,8 @@ def test_alert_definitions_are_valid_automations_for_the_pool_and_block() -> Non
     assert [a.trigger.expect for a in autos] == [  # type: ignore[union-attr]
         {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
         {"img2img.pool.starved"},
+        {"img2img.worker.unhealthy"},
+        {"img2img.pool.idle-launches"},
         {"img2img.dlq.not-empty"},
     ]
     assert all(str(a.actions[0].block_document_id) == block for a in autos)  # type: ignore[union-attr]

@@ -270,3 +270,83 @@ def test_leaving_zero_starts_no_more_hosts_than_the_queued_runs_can_occupy() -> 
     # Three runs at once can occupy both hosts.
     d, _ = decide(LOCAL, Observation(**{**one.__dict__, "queued": 3}), idle)
     assert d.desired == 2
+
+
+def test_runs_held_by_hosts_on_their_way_out_start_no_host() -> None:
+    """The flap seen with a hung slot: its runs stay Running on a host being drained. At zero
+    hosts wanted they are no work a new host can take; a queued run is."""
+    held, _ = decide(S, obs(0, running=2, current=0), PolicyState())
+    assert held.desired == 0 and "on their way out" in held.reason
+    queued, _ = decide(S, obs(0, queued=1, running=2, current=0), PolicyState())
+    assert queued.desired >= 1 and queued.reason.startswith("activate from zero")
+
+
+def test_hosts_running_runs_are_not_scaled_in_when_arrivals_stop() -> None:
+    """Long runs, no arrivals for longer than the scale-in window: the rate says no host is
+    needed, but the busy host stays (its runs would drain it slowly and count again)."""
+    state, current = PolicyState(), 1
+    for i in range(40):  # ten minutes, a decision every 15 s
+        look = Observation(
+            now=i * 15.0,
+            queued=0,
+            running=2,
+            current_desired=current,
+            arrival_rate=0.0,
+            recent_run_s=30,
+            busy_hosts=1,
+        )
+        d, state = decide(S, look, state)
+        current = d.desired
+    assert current == 1
+    unknown, _ = decide(S, obs(600.0, running=2, current=1, rate=0.0, run_s=30), state)
+    assert unknown.desired == 0  # without the busy count (the simulator), as before
+
+
+def test_launch_backoff_after_idle_launches_doubles_and_is_bounded() -> None:
+    from img2img.scaling import launch_backoff
+
+    assert launch_backoff(S, (), 0.0) == 0.0
+    assert launch_backoff(S, (100.0,), 110.0) == 0.0  # one is below the limit of 2
+    assert launch_backoff(S, (100.0, 200.0), 210.0) == pytest.approx(110.0)  # 120 s after
+    assert launch_backoff(S, (100.0, 200.0, 300.0), 310.0) == pytest.approx(230.0)  # 240 s
+    assert launch_backoff(S, (100.0, 200.0), 400.0) == 0.0  # served its time
+    many = tuple(float(t) for t in range(10, 110, 10))  # 10 in 100 s: at most the window
+    assert launch_backoff(S, many, 100.0) == pytest.approx(S.idle_launch_window_s)
+    assert launch_backoff(S, (0.0, 10.0), 10.0 + S.idle_launch_window_s) == 0.0  # out of window
+
+
+def test_the_policy_starts_no_host_while_backing_off_then_does() -> None:
+    idle = (100.0, 200.0)
+    look = Observation(now=210.0, queued=3, running=0, current_desired=0, idle_launches=idle)
+    held, _ = decide(S, look, PolicyState())
+    assert held.desired == 0 and "without serving a run" in held.reason
+    out = Observation(
+        now=210.0, queued=30, running=2, current_desired=1, live_hosts=1, idle_launches=idle
+    )
+    assert decide(S, out, PolicyState())[0].desired == 1
+    later = Observation(now=330.0, queued=3, running=0, current_desired=0, idle_launches=idle)
+    assert decide(S, later, PolicyState())[0].desired >= 1
+
+
+def test_a_hung_host_does_not_make_the_policy_flap() -> None:
+    """Ten minutes of the issue's hang, replayed on the policy: two runs stuck Running,
+    nothing queued, no arrivals. Whether the stuck host is still wanted (it is busy, so it
+    stays) or already let go (draining: its runs are held by a host on its way out), no host
+    is started for them and none is let go and started again."""
+    for start in (1, 0):
+        state, current, launches, changes = PolicyState(), start, 0, 0
+        for i in range(40):
+            look = Observation(
+                now=i * 15.0,
+                queued=0,
+                running=2,
+                current_desired=current,
+                arrival_rate=0.0,
+                recent_run_s=30,
+                busy_hosts=current,  # the stuck host, while it is wanted
+            )
+            d, state = decide(S, look, state)
+            launches += d.desired > current
+            changes += d.desired != current
+            current = d.desired
+        assert launches == 0 and changes == 0 and current == start
