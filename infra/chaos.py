@@ -45,6 +45,8 @@ SCENARIOS = (
     "poison",
 )
 POISON_MARKER = "img2img-chaos-poison"
+# Scenarios whose fault waits for a run to be running: their recovery is timed from it.
+WAITS_FOR_A_RUN = ("slot-kill", "slot-hang", "worker-kill", "server-restart", "s3-errors")
 SIM_ENV = {
     "IMG2IMG_STAGES__BACKEND": "simulated",
     "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": POISON_MARKER,
@@ -103,6 +105,7 @@ class Chaos:
         os.environ["IMG2IMG_DISPATCH__CRASH_FLAG"] = str(flag)
         self.crash_flag = flag
         self._burst: Any = None
+        self._serving: set[str] = set()
         self.settings = settings
         self.say = say
         self.stack = LocalStack(settings)
@@ -260,6 +263,8 @@ class Chaos:
         since = datetime.now(timezone.utc)
         started = time.monotonic()
         self.inject(scenario, refs)
+        if scenario in WAITS_FOR_A_RUN:
+            started = time.monotonic()  # the fault is now, once a run was running
         if scenario == "dispatcher-kill":
             _wait(lambda: not self.crash_flag.exists(), 60)
             self.say("the dispatcher killed itself after creating a run, before deleting")
@@ -267,6 +272,7 @@ class Chaos:
         seen = -1
         deadline = started + timeout_s
         while time.monotonic() < deadline:
+            self._note_serving()
             results, failures, lost, _ = self.outcomes(refs)
             if results + failures != seen:
                 seen, last_change = results + failures, time.monotonic()
@@ -277,10 +283,12 @@ class Chaos:
         recovery_s = round(last_change - started, 1)
         idle_wait = self.settings.scaling.idle_to_zero_s + 120
         self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
-        _wait(
-            lambda: not self.stack.running_workers() and not self.stack.draining_workers(),
-            idle_wait,
-        )
+
+        def at_zero() -> bool:
+            self._note_serving()
+            return not self.stack.running_workers() and not self.stack.draining_workers()
+
+        _wait(at_zero, idle_wait)
         started_hosts, idle = self.launches(since)
         return {
             "scenario": scenario,
@@ -296,9 +304,25 @@ class Chaos:
             "idle_launches": idle,
         }
 
+    def _note_serving(self) -> None:
+        """Remember which workers hold running runs now: a re-run takes the label of the
+        worker that runs it last, so the final records alone would hide the first."""
+        from prefect.client.orchestration import get_client
+
+        from deployments.pool_runs import pool_runs
+        from infra.local_env import POOL
+
+        try:
+            with get_client(sync_client=True) as client:
+                running = pool_runs(client, POOL, ["RUNNING"])
+        except Exception:  # the server may be down in this very scenario
+            return
+        self._serving |= {str(r.labels["prefect.worker.name"]) for r in running if r.labels}
+
     def launches(self, since: datetime) -> tuple[int, int]:
         """(workers that registered with the pool since `since`, those that ran no flow
-        run), from Prefect's own worker and run records."""
+        run), from Prefect's own worker and run records and the running runs seen during
+        the scenario."""
         from prefect.client.orchestration import get_client
 
         from deployments.pool_runs import PAGE
@@ -314,7 +338,9 @@ class Chaos:
                 runs += page
                 if len(page) < PAGE:
                     break
-        served = {str(r.labels.get("prefect.worker.name")) for r in runs if r.labels}
+        served = self._serving | {
+            str(r.labels.get("prefect.worker.name")) for r in runs if r.labels
+        }
         new = [w.name for w in workers if w.created is not None and w.created >= since]
         return len(new), sum(1 for name in new if name not in served)
 

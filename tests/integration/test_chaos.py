@@ -1,8 +1,9 @@
 """`img2img chaos` on a fresh local stack: the operator's fault scenarios, with the whole
 stack's real processes (moto, Prefect server, supervisor, dispatcher, autoscaler, recovery
 service, warm workers). Each scenario must end with 0 lost, 0 duplicated and no host left
-once idle. (The slot-kill and poison scenarios run at a finer grain in test_recovery, the
-redelivery one in test_many_dispatchers.)"""
+once idle; a slot stopped for good (slot-hang) also starts no host in vain. (The slot-kill
+and poison scenarios run at a finer grain in test_recovery, the redelivery one in
+test_many_dispatchers.)"""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.integration.warm import wait_for
 
 # slot-kill and poison run at a finer grain in test_recovery; redelivery (every notification
 # twice) in test_many_dispatchers, with two dispatchers and two hosts.
-SCENARIOS = ("dispatcher-kill", "worker-kill", "server-restart", "s3-errors")
+SCENARIOS = ("slot-hang", "dispatcher-kill", "worker-kill", "server-restart", "s3-errors")
 
 pytestmark = pytest.mark.slow
 
@@ -30,6 +31,10 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
             "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "10",
             "IMG2IMG_DISPATCH__VISIBILITY_TIMEOUT_S": "35",
             "PREFECT_WORKER_HEARTBEAT_SECONDS": "2",
+            # A slot that sends nothing for 4 s is hung; it has 1 s to move, then it is killed.
+            "IMG2IMG_WORKER__HANG_FLOOR_S": "4",
+            "IMG2IMG_WORKER__HANG_GRACE_S": "1",
+            "IMG2IMG_WORKER__PROGRESS_BEAT_S": "0.5",
         },
     )
     lines = []
@@ -43,6 +48,8 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
             assert line["lost"] == 0 and line["duplicated"] == 0, line
             assert line["results"] == 6, line
             assert line["hosts_after_idle"] == 0, line
+            if scenario == "slot-hang":  # no host was started for the stuck runs
+                assert line["idle_launches"] == 0, line
             if scenario == "s3-errors":  # the faults really reached the workers
                 assert line["s3_errors_injected"] > 0 and line["s3_requests"] > 0, line
         status = json.loads(img2img(["local", "status"], env, 60).stdout)
