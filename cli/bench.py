@@ -181,21 +181,26 @@ def cmd_bench_control_plane(args: argparse.Namespace, settings: Settings) -> int
     databases: list[Literal["sqlite", "postgres"]] = (
         ["sqlite", "postgres"] if args.database == "all" else [args.database]
     )
+    # Adaptive batches (the default) run beside fixed ones, same steps, one invocation.
+    batchings = [True, False] if args.adaptive else [False]
     for database in databases:
-        cfg = ControlPlaneConfig(
-            database=database,
-            hosts=args.hosts,
-            slots=args.slots,
-            dispatchers=args.dispatchers,
-            device_ms=args.device_ms,
-            rates=rates,
-            step_s=args.step_s,
-            drain_s=args.drain_s,
-            batch_size=args.batch_size,
-            max_queue_wait_s=args.max_queue_wait_s,
-            views=args.views,
-        )
-        run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
+        for adaptive in batchings:
+            cfg = ControlPlaneConfig(
+                database=database,
+                hosts=args.hosts,
+                slots=args.slots,
+                dispatchers=args.dispatchers,
+                device_ms=args.device_ms,
+                rates=rates,
+                step_s=args.step_s,
+                drain_s=args.drain_s,
+                batch_size=args.batch_size,
+                max_queue_wait_s=args.max_queue_wait_s,
+                views=args.views,
+                adaptive=adaptive,
+                max_batch=args.max_batch,
+            )
+            run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
     return 0
 
 
@@ -287,7 +292,17 @@ def add_commands(sub: Any) -> None:
     control.add_argument(
         "--drain-s", type=float, default=180.0, help="longest wait for a step's outcomes"
     )
-    control.add_argument("--batch-size", type=int, default=8)
+    control.add_argument(
+        "--batch-size", type=int, default=8, help="the fixed batch, and the adaptive base"
+    )
+    control.add_argument(
+        "--adaptive",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run with batches sized from the backlog (up to --max-batch) beside the fixed "
+        "run; --no-adaptive: the fixed run only",
+    )
+    control.add_argument("--max-batch", type=int, default=512, help="the adaptive ceiling")
     control.add_argument(
         "--max-queue-wait-s", type=float, default=30.0, help="stop when p95 queue wait passes it"
     )

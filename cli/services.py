@@ -22,11 +22,21 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
         settings.dispatch.max_wait_s = args.max_wait
     clients = clients_from_settings(settings.aws)
     with get_client(sync_client=True) as client:
-        dispatcher = Dispatcher(clients.sqs, client, settings.storage, settings.dispatch)
+        dispatcher = Dispatcher(
+            clients.sqs, client, settings.storage, settings.dispatch, run_slots=run_slots(settings)
+        )
         dispatcher.install_signal_handlers()
         stats = dispatcher.run()
     logging.getLogger("img2img.dispatcher").info("stopped: %s", stats)
     return 0
+
+
+def run_slots(settings: Settings) -> int:
+    """The flow runs the pool holds at once at its largest: max hosts × slots per host ×
+    runs per slot."""
+    return (
+        settings.scaling.max_hosts * settings.scaling.slots_per_host * settings.worker.runs_per_slot
+    )
 
 
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
@@ -55,7 +65,9 @@ def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_commands(sub: Any) -> None:
     dispatch = sub.add_parser("dispatch", help="run the S3-event dispatcher (long-running)")
-    dispatch.add_argument("--max-batch", type=int, default=None, help="most images per run")
+    dispatch.add_argument(
+        "--max-batch", type=int, default=None, help="most images per run (under a backlog)"
+    )
     dispatch.add_argument("--max-wait", type=float, default=None, help="batching window, s")
     dispatch.set_defaults(func=cmd_dispatch)
 

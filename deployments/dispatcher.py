@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from deployments.signals import stop_on_signals
-from img2img.batching import Batch, Batcher
+from img2img.batching import Batch, Batcher, BatchPlan, plan_batch
 from img2img.errors import InvalidEvent
 from img2img.events import ObjectRef, parse_message
 from img2img.keys import unsafe_key_reason
@@ -42,6 +42,7 @@ class DispatchStats:
     runs_created: int = 0
     run_errors: int = 0
     flow_run_ids: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
 
 
 class Dispatcher:
@@ -54,7 +55,10 @@ class Dispatcher:
         storage: StorageSettings,
         settings: DispatchSettings,
         clock: Any = time.monotonic,
+        run_slots: int = 1,
     ) -> None:
+        """`run_slots`: the flow runs the pool can hold at once at its largest (max hosts ×
+        slots per host × runs per slot); an adaptive batch spreads a backlog over as many."""
         self.sqs = sqs
         self.prefect = prefect
         self.settings = settings
@@ -62,7 +66,12 @@ class Dispatcher:
         self.upload_buckets = storage.upload_buckets
         self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
-        self.batcher = Batcher(settings.max_batch, settings.max_wait_s, settings.dedup_window)
+        self.run_slots = max(1, run_slots)
+        self.batcher = Batcher(
+            min(settings.base_batch, settings.max_batch), settings.max_wait_s, settings.dedup_window
+        )
+        self.plan: BatchPlan | None = None
+        self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._stop = threading.Event()
@@ -74,10 +83,13 @@ class Dispatcher:
         """Poll and dispatch until `stop()` (or SIGTERM/SIGINT), then flush what is pending."""
         deadline = None if stop_after_s is None else self.clock() + stop_after_s
         log.info(
-            "dispatching from %s to deployment %s (batches of up to %d, %.1f s wait)",
+            "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
             self.settings.deployment,
-            self.settings.max_batch,
+            f"batches of {self.batcher.max_batch} at low load, up to {self.settings.max_batch} "
+            f"under a backlog over {self.run_slots} run slots"
+            if self.settings.adaptive
+            else f"batches of {self.batcher.max_batch}",
             self.settings.max_wait_s,
         )
         while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
@@ -94,12 +106,15 @@ class Dispatcher:
     def step(self) -> None:
         """Receive one round of messages (long-polling up to the next batch deadline),
         then dispatch every batch that is due."""
+        depth = self._replan()
         due_in = self.batcher.next_due_in(self.clock())
         wait = (
             self.settings.poll_wait_s
             if due_in is None
             else min(self.settings.poll_wait_s, int(due_in))
         )
+        if depth and self.batcher.pending_count < self.batcher.max_batch:
+            wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
         response = self.sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=10,
@@ -108,10 +123,35 @@ class Dispatcher:
         )
         now = self.clock()
         deletable: list[str] = []
+        before = self.stats.objects
         for message in response.get("Messages", []):
             deletable += self._take(message, now)
+        since, taken = self._since_batch
+        self._since_batch = (since, taken + self.stats.objects - before)
         self._delete(deletable)
         self._dispatch_due(flush=False)
+
+    def _replan(self) -> int:
+        """Choose the next batch's size from what waits (adaptive only); returns the queue's
+        depth (0 when not adaptive or not known)."""
+        if not self.settings.adaptive:
+            return 0
+        try:
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            depth: int | None = int(attrs["ApproximateNumberOfMessages"])
+        except Exception as exc:  # advisory: size from what is in hand
+            log.debug("could not read the queue's depth: %s", exc)
+            depth = None
+        since, taken = self._since_batch
+        rate = taken / max(self.clock() - since, 1e-3)
+        plan = plan_batch(self.settings, self.batcher.pending_count, depth, rate, self.run_slots)
+        if plan != self.plan:
+            log.debug("next batch: %d images: %s", plan.size, plan.reason)
+        self.plan = plan
+        self.batcher.resize(plan)
+        return depth or 0
 
     def flush(self) -> None:
         """Dispatch every pending object now (on shutdown)."""
@@ -189,6 +229,8 @@ class Dispatcher:
                 return  # the other due batches stay pending and go after the backoff
             self.stats.runs_created += 1
             self.stats.flow_run_ids.append(run_id)
+            self.stats.batch_sizes.append(len(batch.objects))
+            self._since_batch = (self.clock(), 0)
             self._maybe_crash()
             self._delete(self.batcher.dispatched(batch))
 

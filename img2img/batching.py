@@ -1,17 +1,24 @@
 """Micro-batching of uploads for the dispatcher: pure state, no I/O, time passed in.
 
-Like Lambda's SQS event source: a batch closes when it holds `max_batch` images or when its
-oldest image has waited `max_wait_s`. Each SQS message is deleted only once every object it
+Like Lambda's SQS event source: a batch closes when it holds its size in images or when its
+oldest image has waited its hold time. Each SQS message is deleted only once every object it
 carried is in a created flow run (or was a duplicate of one).
+
+The size is chosen per batch from what is waiting (`plan_batch`): at low load the base size
+and `max_wait_s`, as a fixed batch would; under a backlog, the waiting images spread over
+the runs the pool can hold at once, up to `max_batch`, so a flow run's fixed cost to Prefect
+is shared by many images without leaving any host the autoscaler may add without a run.
 """
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from img2img.events import ObjectRef
 from img2img.idempotency import batch_key
+from img2img.settings import DispatchSettings
 
 
 @dataclass
@@ -21,6 +28,58 @@ class Batch:
     @property
     def idempotency_key(self) -> str:
         return batch_key(self.objects)
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The next batch's size, how long its oldest image may wait for it, and why."""
+
+    size: int
+    hold_s: float
+    reason: str
+
+
+def plan_batch(
+    settings: DispatchSettings,
+    in_hand: int,
+    queue_depth: int | None,
+    rate: float,
+    run_slots: int,
+) -> BatchPlan:
+    """Size the next batch from what waits for it.
+
+    Args:
+        in_hand: objects received and not yet in a run.
+        queue_depth: messages visible in the queue (each at least one object; None: not
+            known).
+        rate: objects received per second since the last batch.
+        run_slots: flow runs the pool can hold at once when it is at its largest (hosts ×
+            slots × runs per slot): a backlog is spread over that many runs at least.
+    """
+    base = min(settings.base_batch, settings.max_batch)
+    if not settings.adaptive:
+        return BatchPlan(base, settings.max_wait_s, f"fixed batches of {base}")
+    depth = max(queue_depth or 0, 0)
+    waiting = in_hand + depth + rate * settings.max_wait_s
+    share = math.ceil(waiting / max(run_slots, 1) - 1e-9)
+    size = max(base, min(settings.max_batch, share))
+    if size <= base:
+        return BatchPlan(
+            base,
+            settings.max_wait_s,
+            f"low load: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, "
+            f"{rate:.1f}/s) over {run_slots} run slots is at most the base {base}",
+        )
+    hold = settings.max_wait_s
+    if depth > 0:  # more is there to receive: let the batch fill, within the visibility
+        hold = max(hold, min(settings.max_hold_s, settings.visibility_timeout_s - 30.0))
+    capped = " (max_batch)" if size == settings.max_batch and share > size else ""
+    return BatchPlan(
+        size,
+        hold,
+        f"backlog: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, {rate:.1f}/s) "
+        f"over {run_slots} run slots: {size} per run{capped}, hold up to {hold:.1f} s",
+    )
 
 
 @dataclass
@@ -49,6 +108,11 @@ class Batcher:
         self._messages: dict[str, _Message] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
+
+    def resize(self, plan: BatchPlan) -> None:
+        """Use `plan`'s size and hold time from now on (see `plan_batch`)."""
+        self.max_batch = max(1, plan.size)
+        self.max_wait_s = plan.hold_s
 
     @property
     def pending_count(self) -> int:

@@ -25,6 +25,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+MAX_FAILURES_LISTED = 50  # in a run's summary; every failure has its record anyway
 STATUS_MARK = {"failed": " (failed)", "skipped": " (done before)", "pending": " (unfinished)"}
 
 
@@ -64,11 +65,36 @@ def _ms(value: float | None) -> int | None:
     return round(value)
 
 
+def keep_rows(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
+    """The image rows a long run's table shows: all of them up to `limit`; past it, every
+    image that did not complete (up to the limit), then the slowest completed ones by
+    total, in the batch's order, and one row that says how many are left out (the
+    percentiles that follow cover all of them)."""
+    if len(rows) <= limit:
+        return rows
+
+    def completed(row: dict[str, Any]) -> bool:
+        return not any(str(row["image"]).endswith(mark) for mark in STATUS_MARK.values())
+
+    others = [i for i, r in enumerate(rows) if not completed(r)][:limit]
+    room = limit - len(others)
+    done = [i for i, r in enumerate(rows) if completed(r)]
+    slowest = sorted(done, key=lambda i: -(rows[i].get("total") or 0))[:room]
+    kept = sorted(others + slowest)
+    left_out = {"image": f"(… {len(rows) - len(kept)} more completed images)"}
+    return [rows[i] for i in kept] + [{**{c: None for c in COLUMNS}, **left_out}]
+
+
 def build_report(
-    jobs: list[ImageJob], wall_s: float, run_start: float, stale_after_s: float
+    jobs: list[ImageJob],
+    wall_s: float,
+    run_start: float,
+    stale_after_s: float,
+    table_rows: int = 100,
 ) -> BatchReport:
     """`run_start` is the run's start in epoch seconds; `stale_after_s` bounds the event
-    times the fleet figures trust."""
+    times the fleet figures trust; `table_rows` bounds the image rows of the table (see
+    `keep_rows`): a run's artifact does not grow with its images."""
     rows: list[dict[str, Any]] = []
     lines: list[ImageLine] = []
     e2e: list[float] = []
@@ -102,6 +128,7 @@ def build_report(
         if job.status == "completed":
             trusted_timings.append(timings)
     summary = summarize(trusted_timings)
+    rows = keep_rows(rows, table_rows)
     for label in ("p50", "p95", "max"):
         row = {"image": f"({label})"}
         for column, parts in COLUMNS.items():
@@ -186,11 +213,16 @@ def markdown_summary(report: BatchReport, jobs: list[ImageJob], chart: str | Non
     failed = [j for j in jobs if j.failure is not None]
     if failed:
         lines += ["", "### failures", ""]
-        for job in failed:
+        for job in failed[:MAX_FAILURES_LISTED]:
             assert job.failure is not None
             retry = "retryable" if job.failure.retryable else "permanent"
             lines.append(
                 f"- `{job.ref.key}` at **{job.failure.stage}** ({retry}): "
                 f"{job.failure.reason[:500]}"
+            )
+        if len(failed) > MAX_FAILURES_LISTED:
+            lines.append(
+                f"- … and {len(failed) - MAX_FAILURES_LISTED} more: each has its failure record "
+                "in the results bucket"
             )
     return "\n".join(lines)

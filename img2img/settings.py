@@ -283,9 +283,35 @@ class DispatchSettings(BaseModel):
     deployment: str = Field(
         "img2img-pipeline/inf2", description="Pipeline deployment, as FLOW_NAME/DEPLOYMENT_NAME."
     )
-    max_batch: int = Field(8, ge=1, le=64, description="Most images in one flow run.")
+    base_batch: int = Field(
+        8,
+        ge=1,
+        le=4096,
+        description="Images in one flow run at low load (nothing waiting beyond the batch): "
+        "it leaves at this size or after max_wait_s. With adaptive off, every batch's size.",
+    )
+    max_batch: int = Field(
+        512,
+        ge=1,
+        le=4096,
+        description="Most images in one flow run: the ceiling batches grow to under a backlog "
+        "(adaptive); below base_batch, it caps that too.",
+    )
+    adaptive: bool = Field(
+        True,
+        description="Size each batch from what is waiting (the messages in hand, the queue's "
+        "depth, the rate since the last batch), spread over the runs the pool can hold at "
+        "once; off: fixed batches of base_batch.",
+    )
     max_wait_s: float = Field(
         2.0, ge=0, le=300, description="Longest an image waits for its batch to fill."
+    )
+    max_hold_s: float = Field(
+        10.0,
+        ge=0,
+        le=3600,
+        description="Under a backlog, longest a batch's oldest image waits for the batch to "
+        "fill (at most visibility_timeout_s − 30 s, so messages held never reappear).",
     )
     poll_wait_s: int = Field(
         2, ge=0, le=20, description="SQS long-poll wait per ReceiveMessage call."
@@ -460,6 +486,14 @@ class MonitorSettings(BaseModel):
         "is a Prefect task run: its states, retries and time in the run graph. Off: the steps "
         "run inside the flow run with the same retry policy, and each batch costs the server "
         "5 task runs, 15 state events and their log lines fewer.",
+    )
+    table_rows: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Most image rows in a run's timing table: past it, the images that did "
+        "not complete and the slowest completed ones, then one row counting the rest (the "
+        "percentiles cover every image).",
     )
     run_artifacts: bool = Field(
         True,

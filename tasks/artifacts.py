@@ -74,7 +74,7 @@ class Progress:
 @task(name="publish-timings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
 def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> BatchReport:
     monitor = get_runtime().settings.monitor
-    report = build_report(jobs, wall_s, run_start, monitor.stale_event_s)
+    report = build_report(jobs, wall_s, run_start, monitor.stale_event_s, monitor.table_rows)
     if monitor.run_artifacts:
         _publish_artifacts(report, jobs, monitor.run_chart)
     name, payload = batch_event(report, jobs)

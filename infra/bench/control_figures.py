@@ -87,6 +87,7 @@ class StepInput:
     rows: dict[str, int]  # growth of each table over the step
     batch_size: int
     lock_errors: int = 0  # "database is locked" in the server's log (SQLite)
+    batch_sizes: tuple[int, ...] = ()  # the images of each run the dispatchers created
     server_idle_cores: float = 0.0  # what the server spends with no uploads (polling, services)
 
 
@@ -127,7 +128,9 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         return round(count / step.window_s * 60, 1) if step.window_s else 0.0
 
     cores = {k: round(v / step.window_s, 2) for k, v in step.cpu_s.items()} if step.window_s else {}
-    batches = max(images / step.batch_size, 1e-9)
+    sizes = sorted(step.batch_sizes)
+    mean_batch = sum(sizes) / len(sizes) if sizes else step.batch_size
+    batches = max(images / mean_batch, 1e-9)
     p50 = summary["p50"]
     waits = {k: v for k, v in p50.items() if k != "total"}
     return {
@@ -171,6 +174,9 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         if step.window_s
         else 0.0,
         "db_bytes_per_image": round(step.db_bytes / per_image),
+        "rows_per_image": round(sum(step.rows.values()) / per_image, 2),
+        "batch_size_p50": sizes[len(sizes) // 2] if sizes else step.batch_size,
+        "batch_size_max": sizes[-1] if sizes else step.batch_size,
         "rows_per_batch": {k: round(v / batches, 1) for k, v in step.rows.items()},
         "database_locked_errors": step.lock_errors,
         "top_routes": dict(step.requests.most_common(6)),

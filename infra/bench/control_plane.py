@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -36,6 +37,7 @@ from infra.bench.control_figures import (
 )
 from infra.bench.pipeline import wait_for_log
 from infra.demo import upload_sample
+from infra.local_env import dispatcher_name
 from infra.local_stack import LOCAL_AWS_KEY, LocalStack
 from infra.postgres import DATABASE, psql
 from infra.resources import APP_QUEUE
@@ -44,6 +46,7 @@ if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BATCH_LINE = re.compile(r"flow run \S+ for (\d+) objects")
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,8 @@ class ControlPlaneConfig:
     batch_size: int
     max_queue_wait_s: float
     views: Literal["default", "all", "lean"] = "default"
+    adaptive: bool = False  # batches sized from the backlog, from batch_size up to max_batch
+    max_batch: int = 512
     load_s: float = 1.0
     warmup_images: int = 16
 
@@ -111,7 +116,12 @@ def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
         "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": str(cfg.device_ms),
         "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.device_ms),
         "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
-        "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.batch_size),
+        "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.max_batch if cfg.adaptive else cfg.batch_size),
+        "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),
+        "IMG2IMG_DISPATCH__ADAPTIVE": "true" if cfg.adaptive else "false",
+        # The dispatchers spread a backlog over the runs the bench's fixed hosts hold.
+        "IMG2IMG_SCALING__MAX_HOSTS": str(cfg.hosts),
+        "IMG2IMG_SCALING__SLOTS_PER_HOST": str(cfg.slots),
         "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
         # The server writes uvicorn's access log (one line per request): the request count.
         "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
@@ -314,7 +324,9 @@ def run_control_plane(
     say(
         f"control-plane bench on {cfg.database}: {cfg.hosts} host(s) x {cfg.slots} slot(s), "
         f"{cfg.dispatchers} dispatcher(s), simulated device {cfg.device_ms} ms/call, batch "
-        f"{cfg.batch_size}, views {cfg.views}, steps {list(cfg.rates)} images/s of "
+        f"{cfg.batch_size}"
+        f"{f' adaptive up to {cfg.max_batch}' if cfg.adaptive else ' fixed'}, views "
+        f"{cfg.views}, steps {list(cfg.rates)} images/s of "
         f"{cfg.step_s:.0f} s each"
     )
     rows: list[dict[str, Any]] = []
@@ -350,6 +362,7 @@ def run_control_plane(
                 "slots": cfg.slots,
                 "dispatchers": cfg.dispatchers,
                 "device_ms": cfg.device_ms,
+                "batching": "adaptive" if cfg.adaptive else "fixed",
                 "batch_size": cfg.batch_size,
                 "views": cfg.views,
                 "step": index,
@@ -388,6 +401,7 @@ def _step(
     idle: dict[str, float],
 ) -> dict[str, Any]:
     before = mark(stack)
+    offsets = _dispatcher_offsets(stack, cfg)
     first = datetime.now(timezone.utc)
     started = time.monotonic()
     refs = upload_at(s3, bucket, rate, cfg.step_s, tag)
@@ -416,8 +430,30 @@ def _step(
         db_bytes=after.db_bytes - before.db_bytes,
         rows={t: after.rows[t] - before.rows.get(t, 0) for t in after.rows},
         batch_size=cfg.batch_size,
+        batch_sizes=tuple(_batch_sizes(stack, offsets)),
     )
     return step_figures(step)
+
+
+def _dispatcher_offsets(stack: LocalStack, cfg: ControlPlaneConfig) -> dict[str, int]:
+    """Where each dispatcher's log ends now."""
+    paths = {n: stack.log_path(n) for n in map(dispatcher_name, range(cfg.dispatchers))}
+    return {n: p.stat().st_size if p.exists() else 0 for n, p in paths.items()}
+
+
+def _batch_sizes(stack: LocalStack, offsets: dict[str, int]) -> list[int]:
+    """The size of each run the dispatchers created since `offsets` (their log lines
+    `flow run <id> for <n> objects`)."""
+    sizes = []
+    for name, offset in offsets.items():
+        path = stack.log_path(name)
+        if not path.exists():
+            continue
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        sizes += [int(m) for m in BATCH_LINE.findall(text)]
+    return sizes
 
 
 def _idle_cores(stack: LocalStack, seconds: float) -> dict[str, float]:

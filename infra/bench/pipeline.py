@@ -62,6 +62,8 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
         "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.upscale_ms),
         "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
         "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.batch_size),
+        "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),
+        "IMG2IMG_DISPATCH__ADAPTIVE": "false",  # this bench compares fixed batch sizes
     }
     stack = LocalStack(settings, extra_env=env)
     stack.stop(["worker-*", "dispatcher"], say)

@@ -246,3 +246,32 @@ def test_dead_letters_are_replayed_to_the_ingest_queue_without_loss(aws: AwsEnv)
         if not got.get("Messages"):
             break
     assert bodies <= arrived
+
+
+def test_a_backlog_builds_one_batch_larger_than_64(
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+) -> None:
+    """150 uploads already waiting in the queue, a pool that holds one run at a time: the
+    dispatcher reads the queue's depth and builds one run of all 150 (batches were capped
+    at 64 before), then deletes every message."""
+    clients, settings = aws
+    before = len(runs_of(client))
+    body = png()
+    refs = [
+        upload(clients, settings.storage.uploads_bucket, f"backlog/{i}.png", body)
+        for i in range(150)
+    ]
+    wait_for_depth = time.monotonic() + 30
+    while queue_depth(clients, settings.storage.ingest_queue) < 150:
+        assert time.monotonic() < wait_for_depth, "the notifications did not all arrive"
+        time.sleep(0.2)
+    d = dispatcher(clients, client, settings, max_batch=512, max_hold_s=20.0)
+    d.run_slots = 1
+
+    drain(d, lambda: d.stats.objects >= 150 and d.batcher.pending_count == 0, limit_s=60)
+
+    assert d.stats.batch_sizes == [150], d.stats.batch_sizes
+    assert len(runs_of(client)) == before + 1
+    run = client.read_flow_run(UUID(d.stats.flow_run_ids[0]))
+    assert sorted(p["key"] for p in run.parameters["objects"]) == sorted(r.key for r in refs)
+    assert queue_depth(clients, settings.storage.ingest_queue) == 0

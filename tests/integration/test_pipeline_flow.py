@@ -360,3 +360,64 @@ def test_a_refused_message_fails_the_run_but_keeps_the_outcome(
 
 def _topic(aws: AwsEnv) -> str:
     return aws.clients.sns.list_topics()["Topics"][0]["TopicArn"]
+
+
+def _prefect_rows() -> dict[str, int]:
+    """Rows per growing table of the test server's database (SQLite), once the writes that
+    reach it through events have settled."""
+    import sqlite3
+
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from infra.bench.control_figures import GROWING_TABLES
+
+    path = str(PREFECT_API_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1]
+
+    def count() -> dict[str, int]:
+        with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
+            return {
+                t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in GROWING_TABLES
+            }
+
+    last = count()
+    for _ in range(20):  # bounded: about 20 s
+        time.sleep(1.0)
+        now = count()
+        if now == last:
+            return now
+        last = now
+    return last
+
+
+def test_a_run_of_128_images_writes_no_more_prefect_rows_than_a_run_of_8(
+    aws: AwsEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a run costs the Prefect server does not grow with its images: the flow run, its
+    states, its task runs, logs, artifacts and events are per run (per-image figures go
+    into the run's artifacts and its batch event, once)."""
+    for key, value in {
+        "IMG2IMG_STAGES__BACKEND": "simulated",
+        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1",
+        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "1",
+        "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    clients, settings = aws
+    st = settings.storage
+    body = png((96, 64))
+    grown = {}
+    for size in (8, 128):
+        refs = [
+            upload(clients, st.uploads_bucket, f"rows{size}/{i}.png", body, FAST)
+            for i in range(size)
+        ]
+        before = _prefect_rows()
+        assert img2img_pipeline(objects=refs, return_state=True).is_completed()
+        after = _prefect_rows()
+        grown[size] = {t: after[t] - before[t] for t in after}
+    print(json.dumps({"rows_per_run": grown}))
+    assert grown[8]["flow_run"] == grown[128]["flow_run"] == 1
+    for table, rows in grown[128].items():
+        # Events may differ by one or two (a client-side retry, a late heartbeat).
+        slack = 2 if table.startswith("event") else 0
+        assert rows <= grown[8][table] + slack, (table, grown)

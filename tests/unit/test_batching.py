@@ -78,3 +78,58 @@ def test_dedup_window_is_bounded() -> None:
         for batch in batcher.due(now=0.0):
             batcher.dispatched(batch)
     assert batcher.add("again", "h", [ref(0)], now=1.0) == []  # forgotten: dispatched again
+
+
+def test_at_low_load_a_batch_is_the_base_size_and_leaves_after_max_wait() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    settings = DispatchSettings()
+    plan = plan_batch(settings, in_hand=3, queue_depth=0, rate=1.0, run_slots=12)
+    assert (plan.size, plan.hold_s) == (8, settings.max_wait_s)
+    assert plan.reason.startswith("low load")
+    fixed = settings.model_copy(update={"adaptive": False})
+    assert plan_batch(fixed, in_hand=3, queue_depth=5000, rate=50.0, run_slots=1).size == 8
+
+
+def test_a_backlog_is_spread_over_the_pools_run_slots_up_to_the_ceiling() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    settings = DispatchSettings()
+    # 1,000 waiting over 4 hosts × 1 slot × 3 runs: 84 per run, filled for up to max_hold_s.
+    plan = plan_batch(settings, in_hand=10, queue_depth=990, rate=0.0, run_slots=12)
+    assert plan.size == 84 and plan.hold_s == settings.max_hold_s
+    assert "backlog" in plan.reason and "990 queued" in plan.reason
+    # One host's worth of slots and a deep queue: the ceiling.
+    deep = plan_batch(settings, in_hand=10, queue_depth=100_000, rate=0.0, run_slots=3)
+    assert deep.size == settings.max_batch and "(max_batch)" in deep.reason
+    # Everything is in hand (the queue is empty): no reason to hold longer than max_wait_s.
+    drained = plan_batch(settings, in_hand=300, queue_depth=0, rate=0.0, run_slots=3)
+    assert drained.size == 100 and drained.hold_s == settings.max_wait_s
+    # A fast arrival rate counts as what will be there within the wait.
+    busy = plan_batch(settings, in_hand=0, queue_depth=0, rate=300.0, run_slots=12)
+    assert busy.size == 50
+
+
+def test_the_hold_never_outlasts_the_visibility_timeout_and_a_small_ceiling_caps_the_base() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    tight = DispatchSettings(visibility_timeout_s=35, max_hold_s=60)
+    plan = plan_batch(tight, in_hand=10, queue_depth=1000, rate=0.0, run_slots=1)
+    assert plan.hold_s == 5.0  # 35 s − 30 s of margin
+    small = DispatchSettings(max_batch=4)
+    assert plan_batch(small, in_hand=2, queue_depth=0, rate=0.0, run_slots=1).size == 4
+    assert plan_batch(small, in_hand=2, queue_depth=900, rate=0.0, run_slots=1).size == 4
+
+
+def test_a_resized_batcher_cuts_batches_of_the_new_size() -> None:
+    from img2img.batching import BatchPlan
+
+    batcher = Batcher(max_batch=8, max_wait_s=2.0, dedup_window=1000)
+    for i in range(150):
+        batcher.add(f"m{i}", f"h{i}", [ref(i)], now=0.0)
+    batcher.resize(BatchPlan(size=100, hold_s=10.0, reason="backlog"))
+    assert [len(b.objects) for b in batcher.due(now=1.0)] == [100]  # 50 wait to fill
+    assert [len(b.objects) for b in batcher.due(now=10.0)] == [100, 50]

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from itertools import pairwise
+from typing import Any
 
 import pytest
 
@@ -82,3 +83,18 @@ def test_the_waterfall_chart_is_a_png() -> None:
     ]
     png = waterfall_png(lines, "3 completed")
     assert png.startswith(b"\x89PNG") and 5_000 < len(png) < 200_000
+
+
+def test_a_long_run_s_table_keeps_the_failures_and_the_slowest_and_counts_the_rest() -> None:
+    from img2img.report import keep_rows
+
+    rows: list[dict[str, Any]] = [{"image": f"{i}.png", "total": float(i)} for i in range(300)]
+    rows[7]["image"] = "7.png (failed)"
+    rows[250]["image"] = "250.png (done before)"
+    kept = keep_rows(rows, limit=10)
+    assert len(kept) == 11  # 10 images and the row that counts the others
+    names = [r["image"] for r in kept[:-1]]
+    assert "7.png (failed)" in names and "250.png (done before)" in names
+    assert names[2:] == [f"{i}.png" for i in range(292, 300)]  # the 8 slowest, in order
+    assert kept[-1]["image"] == "(… 290 more completed images)" and kept[-1]["total"] is None
+    assert keep_rows(rows[:10], limit=10) == rows[:10]

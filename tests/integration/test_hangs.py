@@ -1,0 +1,165 @@
+"""Hung slots with real processes: a real Prefect API, moto over HTTP, real warm-worker
+processes whose simulated device stops answering, and the recovery service. A hang is found
+from the slot's progress, the slot is killed and replaced, and every upload still ends with
+exactly one outcome."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import SyncPrefectClient
+
+from tests.conftest import AwsEnv
+from tests.integration.helpers import FAST, png, upload
+from tests.integration.test_recovery import (
+    SIM,
+    exactly_one_outcome_each,
+    outcomes,
+    recovery,
+    settled,
+)
+from tests.integration.warm import (
+    create_pool_and_deployment,
+    ready,
+    submit,
+    wait_for,
+    warm_worker,
+)
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+HANG = {
+    **SIM,
+    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "100",
+    "IMG2IMG_STAGES__SIMULATED_HANG_MARKER": "HANG",
+    # Stage 1 calls take 0.1 s: 10 x that is under the floor, so its deadline is the floor,
+    # 3 s; a slot that sends nothing for 3 s (beats every 0.5 s) is hung too.
+    "IMG2IMG_WORKER__HANG_FLOOR_S": "3",
+    "IMG2IMG_WORKER__HANG_GRACE_S": "0.5",
+    "IMG2IMG_WORKER__PROGRESS_BEAT_S": "0.5",
+}
+
+
+def test_a_device_that_hangs_on_one_image_isolates_it_as_one_hung_failure_record(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """A stage-1 call that never returns (the process lives on and beats): the worker sees
+    the device make no progress, kills the slot, replaces it, and recovery re-runs and
+    splits until the hanging image is alone; it ends as one failure record naming the stage
+    and the hang, the others as results."""
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    refs = []
+    for i in range(2):
+        meta = {**FAST, "prompt": "HANG here" if i == 1 else "a test card"}
+        refs.append(upload(clients, settings.storage.uploads_bucket, f"hang/{i}.png", png(), meta))
+    with warm_worker(pool, log, HANG), recovery(client, clients, settings, pool) as rec:
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        client.create_flow_run_from_deployment(
+            deployment_id, parameters={"objects": [r.model_dump(mode="json") for r in refs]}
+        )
+        wait_for(
+            lambda: all(s != "missing" for s, _ in outcomes(clients, settings, refs)),
+            240,
+            "every upload to have an outcome",
+            interval=1.0,
+        )
+    results = outcomes(clients, settings, refs)
+    assert [s for s, _ in results] == ["completed", "failed"], [
+        (s, d.get("reason")) for s, d in results
+    ] + rec.stats.actions
+    record = results[1][1]
+    assert record["stage"] == "stage1" and record["retryable"] is True, record
+    assert record["reason"].startswith("hung: no progress for "), record
+    assert rec.stats.split >= 1 and rec.stats.gave_up == 1, rec.stats.actions
+    text = log.read_text(errors="replace")
+    assert "SIGKILL" in text and "during stage1" in text
+    exactly_one_outcome_each(clients, settings, refs)
+
+
+class _Group:
+    """The infrastructure a host runs in (an Auto Scaling group), which cannot run here: it
+    records what the autoscaler asks of it. AsgBackend and EcsBackend's `replace` are
+    tested against moto in test_scaling_backends."""
+
+    name = "group"
+
+    def __init__(self) -> None:
+        self.replaced: list[tuple[str, str]] = []
+
+    def current(self) -> int:
+        return 1
+
+    def warm(self) -> int:
+        return 0
+
+    def apply(self, desired: int, busy: set[str]) -> str:
+        return f"desired {desired}"
+
+    def replace(self, host: str, reason: str) -> str:
+        self.replaced.append((host, reason))
+        return f"replaced {host}"
+
+
+def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replaced(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """The device hangs on a run, and the replacement slots hang in their warm-up too (the
+    device stays stuck): the slot is given up, the worker says it is unhealthy (an event on
+    the pool), stops heartbeating and gives back the run it held, and the autoscaler
+    replaces its host; another host finishes the run."""
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from deployments.autoscaler import Autoscaler
+    from deployments.warm_worker import UNHEALTHY_EVENT
+    from img2img.scaling import ScalingSettings
+
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    stuck = tmp_path / "device-stuck"
+    env = {
+        **HANG,
+        "IMG2IMG_STAGES__SIMULATED_HANG_FILE": str(stuck),
+        "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "4",
+        "IMG2IMG_WORKER__RESTART_BACKOFF_S": "0.5",
+        "IMG2IMG_WORKER__UNHEALTHY_AFTER": "2",
+    }
+    log = tmp_path / "worker.log"
+    with recovery(client, clients, settings, pool):
+        with warm_worker(pool, log, env):
+            wait_for(lambda: ready(log), 120, "the slot to load")
+            stuck.write_text("the device stops answering\n")
+            run, refs = submit(client, clients, settings, deployment_id, "stuck", count=2)
+            wait_for(
+                lambda: "worker unhealthy" in log.read_text(errors="replace"), 120, "unhealthy"
+            )
+            group = _Group()
+            scaler = Autoscaler(client, pool, ScalingSettings(), group)
+            wait_for(lambda: scaler.step() and group.replaced, 60, "the host to be replaced")
+            host, reason = group.replaced[0]
+            assert host == f"{pool}-worker" and "no slot left" in reason
+            events = client.read_events(
+                EventFilter(event=EventNameFilter(name=[UNHEALTHY_EVENT])), limit=50
+            ).events
+            assert any(e.payload.get("pool") == pool for e in events)
+
+            def beats() -> dict[str, Any]:
+                return {
+                    w.name: w.last_heartbeat_time for w in client.read_workers_for_work_pool(pool)
+                }
+
+            # No more heartbeats: Prefect's record of the worker stops moving.
+            before = beats()
+            time.sleep(4)
+            assert beats() == before
+        stuck.unlink()
+        with warm_worker(pool, tmp_path / "second.log", HANG):  # the replacement host
+            state = settled(client, run.id)
+    assert state.is_completed(), state
+    assert [s for s, _ in outcomes(clients, settings, refs)] == ["completed"] * 2
+    exactly_one_outcome_each(clients, settings, refs)
