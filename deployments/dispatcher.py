@@ -72,6 +72,7 @@ class Dispatcher:
         )
         self.plan: BatchPlan | None = None
         self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
+        self._queued_cache: tuple[float, int | None] = (-1e9, None)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._stop = threading.Event()
@@ -146,12 +147,60 @@ class Dispatcher:
             depth = None
         since, taken = self._since_batch
         rate = taken / max(self.clock() - since, 1e-3)
-        plan = plan_batch(self.settings, self.batcher.pending_count, depth, rate, self.run_slots)
+        in_hand = self.batcher.pending_count
+        base = min(self.settings.base_batch, self.settings.max_batch)
+        # The pool's queue only matters once more than a base batch waits (one count a
+        # second at most, and none at low load).
+        queued = self._queued_runs() if in_hand + (depth or 0) > base else None
+        plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued)
         if plan != self.plan:
             log.debug("next batch: %d images: %s", plan.size, plan.reason)
         self.plan = plan
         self.batcher.resize(plan)
         return depth or 0
+
+    def _queued_runs(self) -> int | None:
+        """The pipeline's runs waiting for a slot (scheduled, due, or pending), read at
+        most once a second; None when it cannot be read."""
+        from datetime import datetime, timezone
+
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        at, count = self._queued_cache
+        if self.clock() - at < 1.0:
+            return count
+        try:
+            if self._deployment_id is None:
+                self._deployment_id = self.prefect.read_deployment_by_name(
+                    self.settings.deployment
+                ).id
+            found: int | None = int(
+                self.prefect.count_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment_id]),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(
+                                any_=[StateType.SCHEDULED, StateType.PENDING]
+                            )
+                        ),
+                        expected_start_time=FlowRunFilterExpectedStartTime(
+                            before_=datetime.now(timezone.utc)
+                        ),
+                    )
+                )
+            )
+        except Exception as exc:  # advisory: size from the queue alone
+            log.debug("could not count the pool's queued runs: %s", exc)
+            found = None
+        self._queued_cache = (self.clock(), found)
+        return found
 
     def flush(self) -> None:
         """Dispatch every pending object now (on shutdown)."""

@@ -354,9 +354,13 @@ class SlotPool:
 
     # -- handing out runs -------------------------------------------------------------------
 
-    def any_ready(self) -> bool:
+    def has_room(self) -> bool:
+        """Whether a ready slot can take one more run now."""
         with self._lock:
-            return self.unhealthy is None and any(s.state == "ready" for s in self.slots)
+            return self.unhealthy is None and any(
+                s.state == "ready" and len(s.inflight) < self.settings.runs_per_slot
+                for s in self.slots
+            )
 
     def try_acquire(self, run_id: str) -> tuple[Slot, Future[RunDone]] | None:
         """Reserve room for `run_id` on the ready slot with the fewest runs, or None."""

@@ -49,9 +49,6 @@ def host_of(worker_name: str) -> str:
     return worker_name.split(HOST_SEPARATOR, 1)[0]
 
 
-CANCEL_POLL_S = 1.0
-
-
 def slot_base_env() -> dict[str, str]:
     """The worker's environment plus its Prefect connection, for the slot processes (the
     API URL may come from a profile or a test harness rather than the environment)."""
@@ -238,8 +235,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     # -- taking runs ------------------------------------------------------------------------
 
     async def get_and_submit_flow_runs(self) -> list[FlowRun]:
-        # While draining, or while no slot has its models loaded, leave runs to others.
-        if self.draining or self.pool is None or not self.pool.any_ready():
+        # While draining, or while no slot has its models loaded or room for a run, leave
+        # runs to others, and do not even ask for them: a busy host's polls are paid for
+        # nothing (one request per query interval per host, whatever the load).
+        if self.draining or self.pool is None or not self.pool.has_room():
             return []
         return await super().get_and_submit_flow_runs()
 
@@ -312,7 +311,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
         handled: set[str] = set()
         while True:
-            await anyio.sleep(CANCEL_POLL_S)
+            await anyio.sleep(self.worker_settings.cancel_poll_s)
             running = self.pool.running_ids() if self.pool is not None else []
             handled &= set(running)
             if not running:

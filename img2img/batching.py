@@ -45,6 +45,7 @@ def plan_batch(
     queue_depth: int | None,
     rate: float,
     run_slots: int,
+    queued_runs: int | None = None,
 ) -> BatchPlan:
     """Size the next batch from what waits for it.
 
@@ -55,6 +56,10 @@ def plan_batch(
         rate: objects received per second since the last batch.
         run_slots: flow runs the pool can hold at once when it is at its largest (hosts ×
             slots × runs per slot): a backlog is spread over that many runs at least.
+        queued_runs: the pipeline's runs waiting for a slot now (None: not known). While
+            there are some, the slots are all taken: a new run would only wait behind
+            them, so the batch fills (up to `max_batch`, for up to the hold) instead of
+            adding a run's fixed cost for a few images.
     """
     base = min(settings.base_batch, settings.max_batch)
     if not settings.adaptive:
@@ -63,6 +68,15 @@ def plan_batch(
     waiting = in_hand + depth + rate * settings.max_wait_s
     share = math.ceil(waiting / max(run_slots, 1) - 1e-9)
     size = max(base, min(settings.max_batch, share))
+    longest = max(settings.max_wait_s, min(settings.max_hold_s, settings.visibility_timeout_s - 30))
+    if queued_runs and waiting > base:
+        return BatchPlan(
+            settings.max_batch,
+            longest,
+            f"backlog at the pool: {queued_runs} runs wait for a slot; filling up to "
+            f"{settings.max_batch} for up to {longest:.1f} s ({waiting:.0f} waiting: "
+            f"{in_hand} in hand, {depth} queued, {rate:.1f}/s)",
+        )
     if size <= base:
         return BatchPlan(
             base,
@@ -70,9 +84,8 @@ def plan_batch(
             f"low load: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, "
             f"{rate:.1f}/s) over {run_slots} run slots is at most the base {base}",
         )
-    hold = settings.max_wait_s
-    if depth > 0:  # more is there to receive: let the batch fill, within the visibility
-        hold = max(hold, min(settings.max_hold_s, settings.visibility_timeout_s - 30.0))
+    # More is there to receive: let the batch fill, within the visibility.
+    hold = longest if depth > 0 else settings.max_wait_s
     capped = " (max_batch)" if size == settings.max_batch and share > size else ""
     return BatchPlan(
         size,

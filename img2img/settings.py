@@ -217,6 +217,13 @@ class WorkerSettings(BaseModel):
         description="After a cancel request, how long a run may take to stop before its slot "
         "is killed and replaced.",
     )
+    cancel_poll_s: float = Field(
+        5.0,
+        ge=0.2,
+        le=300,
+        description="How often the worker asks whether a run it is running was cancelled "
+        "(one request per worker, only while it runs something).",
+    )
     hang_factor: float = Field(
         10.0,
         ge=1.0,

@@ -133,3 +133,19 @@ def test_a_resized_batcher_cuts_batches_of_the_new_size() -> None:
     batcher.resize(BatchPlan(size=100, hold_s=10.0, reason="backlog"))
     assert [len(b.objects) for b in batcher.due(now=1.0)] == [100]  # 50 wait to fill
     assert [len(b.objects) for b in batcher.due(now=10.0)] == [100, 50]
+
+
+def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    settings = DispatchSettings()
+    # 40 waiting over 12 run slots would be batches of 8; but 5 runs already wait for a slot.
+    plan = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=5)
+    assert (plan.size, plan.hold_s) == (settings.max_batch, settings.max_hold_s)
+    assert "5 runs wait for a slot" in plan.reason
+    free = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=0)
+    assert free.size == 8 and free.hold_s == settings.max_wait_s
+    # At low load the pool's queue changes nothing.
+    low = plan_batch(settings, in_hand=2, queue_depth=0, rate=0.5, run_slots=12, queued_runs=3)
+    assert low.size == 8 and low.hold_s == settings.max_wait_s

@@ -140,3 +140,31 @@ def test_a_label_left_by_a_worker_that_was_already_silent_is_not_the_claimant() 
     assert "no heartbeat" in str(
         orphan(state_since=NOW - timedelta(seconds=100), last_heartbeat=NOW - timedelta(seconds=90))
     )
+
+
+@pytest.mark.parametrize("size", [8, 128, 512])
+def test_a_poison_image_in_a_large_run_is_isolated_within_log2_of_its_size_crashes(
+    size: int,
+) -> None:
+    """Follow the poison image through the policy: each crash of the run that holds it is
+    retried, split (the half with the poison crashes again, inheriting the count) or given
+    up. It ends alone, as one failure record, after log₂(size) + 2 crashes at most; the
+    other half of every split never crashes again."""
+    import math
+
+    poison = size // 3
+    batch, inherited, crashes, runs = refs(size), 0, 0, 1
+    own = 0
+    while True:
+        crashes += 1
+        own += 1
+        action = plan(own + inherited, batch, POLICY)
+        if isinstance(action, GiveUp):
+            break
+        if isinstance(action, Split):
+            runs += 2
+            inherited, own = inherited + own, 0
+            batch = next(h for h in action.halves if any(r.key == f"k{poison}" for r in h))
+    assert batch == [refs(size)[poison]]
+    assert crashes <= math.log2(size) + 2, crashes
+    assert runs == 2 * math.ceil(math.log2(size)) + 1  # the run and two per split
