@@ -64,6 +64,29 @@ def slot_base_env() -> dict[str, str]:
     return env
 
 
+# BaseWorker reads a run's deployment twice per run (to check it exists, then for its job
+# variables). A warm pool's deployments change rarely and its runs carry no job variables
+# (the template refuses them): one read per deployment per minute serves every run.
+DEPLOYMENT_TTL_S = 60.0
+
+
+def _read_deployments_once(client: Any, ttl_s: float) -> None:
+    """Make `client.read_deployment` answer from a per-worker cache for `ttl_s` (this
+    worker's own client only; a deployment deleted is seen within `ttl_s`)."""
+    original = client.read_deployment
+    cache: dict[Any, tuple[float, Any]] = {}
+
+    async def read_deployment(deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
+        hit = cache.get(deployment_id)
+        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+            return hit[1]
+        found = await original(deployment_id, *args, **kwargs)
+        cache[deployment_id] = (time.monotonic(), found)
+        return found
+
+    client.read_deployment = read_deployment
+
+
 class WarmJobConfiguration(BaseJobConfiguration):
     """Nothing to configure per run: the slot's models and device are the worker's."""
 
@@ -128,6 +151,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     async def setup(self) -> None:
         await super().setup()
+        _read_deployments_once(self.client, DEPLOYMENT_TTL_S)
         self.pool = SlotPool(
             self.worker_settings, slot_base_env(), self._logger, on_unhealthy=self._unhealthy
         )
