@@ -362,30 +362,42 @@ def _topic(aws: AwsEnv) -> str:
     return aws.clients.sns.list_topics()["Topics"][0]["TopicArn"]
 
 
-def _prefect_rows() -> dict[str, int]:
-    """Rows per growing table of the test server's database (SQLite), once the writes that
-    reach it through events have settled."""
+def _rows_of_run(run_id: Any) -> dict[str, int]:
+    """Rows the test server's database (SQLite) holds for one flow run, per growing table,
+    once the writes that reach it through events and batched logs have settled (unchanged
+    for 3 s; at most 40 s). Counted by the run's id, so another run's late rows cannot
+    land in this one's figures."""
     import sqlite3
 
     from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
 
-    from infra.bench.control_figures import GROWING_TABLES
-
     path = str(PREFECT_API_DATABASE_CONNECTION_URL.value()).split(":///", 1)[1]
+    run = str(run_id)
+    events = "SELECT DISTINCT event_id FROM event_resources WHERE resource_id = :resource"
+    queries = {
+        "flow_run": "SELECT count(*) FROM flow_run WHERE id = :run",
+        "flow_run_state": "SELECT count(*) FROM flow_run_state WHERE flow_run_id = :run",
+        "task_run": "SELECT count(*) FROM task_run WHERE flow_run_id = :run",
+        "task_run_state": "SELECT count(*) FROM task_run_state WHERE task_run_id IN "
+        "(SELECT id FROM task_run WHERE flow_run_id = :run)",
+        "log": "SELECT count(*) FROM log WHERE flow_run_id = :run",
+        "artifact": "SELECT count(*) FROM artifact WHERE flow_run_id = :run",
+        "events": f"SELECT count(*) FROM ({events})",
+        "event_resources": f"SELECT count(*) FROM event_resources WHERE event_id IN ({events})",
+    }
 
     def count() -> dict[str, int]:
+        args = {"run": run, "resource": f"prefect.flow-run.{run}"}
         with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
-            return {
-                t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in GROWING_TABLES
-            }
+            return {t: db.execute(q, args).fetchone()[0] for t, q in queries.items()}
 
-    last = count()
-    for _ in range(20):  # bounded: about 20 s
-        time.sleep(1.0)
+    last, same_since = count(), time.monotonic()
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and time.monotonic() - same_since < 3.0:
+        time.sleep(0.5)
         now = count()
-        if now == last:
-            return now
-        last = now
+        if now != last:
+            last, same_since = now, time.monotonic()
     return last
 
 
@@ -411,12 +423,12 @@ def test_a_run_of_128_images_writes_no_more_prefect_rows_than_a_run_of_8(
             upload(clients, st.uploads_bucket, f"rows{size}/{i}.png", body, FAST)
             for i in range(size)
         ]
-        before = _prefect_rows()
-        assert img2img_pipeline(objects=refs, return_state=True).is_completed()
-        after = _prefect_rows()
-        grown[size] = {t: after[t] - before[t] for t in after}
+        state = img2img_pipeline(objects=refs, return_state=True)
+        assert state.is_completed()
+        grown[size] = _rows_of_run(state.state_details.flow_run_id)
     print(json.dumps({"rows_per_run": grown}))
     assert grown[8]["flow_run"] == grown[128]["flow_run"] == 1
+    assert grown[8]["log"] > 0 and grown[8]["events"] > 0  # the counts see the run's rows
     for table, rows in grown[128].items():
         # Events may differ by one or two (a client-side retry, a late heartbeat).
         slack = 2 if table.startswith("event") else 0
