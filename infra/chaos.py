@@ -281,7 +281,7 @@ class Chaos:
             time.sleep(1.0)
         results, failures, lost, duplicated = self.outcomes(refs)
         recovery_s = round(last_change - started, 1)
-        idle_wait = self.settings.scaling.idle_to_zero_s + 120
+        idle_wait = stack_idle_to_zero_s() + 120
         self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
 
         def at_zero() -> bool:
@@ -343,6 +343,15 @@ class Chaos:
         }
         new = [w.name for w in workers if w.created is not None and w.created >= since]
         return len(new), sum(1 for name in new if name not in served)
+
+
+def stack_idle_to_zero_s() -> float:
+    """The idle time the local stack's autoscaler scales to zero after: the environment's,
+    else the stack's own default (not the bare settings': the stack keeps a host 300 s)."""
+    from infra.local_env import LOCAL_SCALING
+
+    key = "IMG2IMG_SCALING__IDLE_TO_ZERO_S"
+    return float(os.environ.get(key, LOCAL_SCALING[key]))
 
 
 def _pool(name: str) -> Any:
