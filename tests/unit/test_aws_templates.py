@@ -88,6 +88,16 @@ def test_roles_are_least_privilege(compute: dict[str, Any]) -> None:
                     ), (name, statement["Sid"])
     worker = json.dumps(compute["WorkerRole"])
     assert "s3express:CreateSession" in worker and "s3:DeleteObject" not in worker
+    # The autoscaler may replace an unhealthy host of its own group, and only there.
+    scale = next(
+        st
+        for role in of_type(compute, "AWS::IAM::Role").values()
+        for policy in role["Properties"]["Policies"]
+        for st in policy["PolicyDocument"]["Statement"]
+        if st.get("Sid") == "ScaleTheInferenceGroup"
+    )
+    assert "autoscaling:SetInstanceHealth" in scale["Action"]
+    assert "autoScalingGroupName/${Prefix}-inf2" in json.dumps(scale["Resource"])
 
 
 def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
