@@ -125,7 +125,8 @@ def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replac
     env = {
         **HANG,
         "IMG2IMG_STAGES__SIMULATED_HANG_FILE": str(stuck),
-        "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "4",
+        # Long enough for a first load on a loaded machine (3–5 s here), short for a stuck one.
+        "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "10",
         "IMG2IMG_WORKER__RESTART_BACKOFF_S": "0.5",
         "IMG2IMG_WORKER__UNHEALTHY_AFTER": "2",
     }
