@@ -26,7 +26,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
-from deployments.pool_runs import PAGE, PoolResource, online_workers, pool_runs
+from deployments.pool_runs import PAGE, PoolResource, online_workers, pool_filter, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import UNHEALTHY_EVENT, host_of
@@ -35,7 +35,7 @@ from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings,
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
-    from prefect.client.schemas.filters import FlowRunFilter, WorkPoolFilter
+    from prefect.client.schemas.filters import FlowRunFilter
     from prefect.client.schemas.objects import FlowRun
 
     from deployments.fleet_view import FleetView
@@ -92,7 +92,7 @@ class Autoscaler:
         from prefect.client.schemas.sorting import FlowRunSort
 
         now = datetime.now(timezone.utc)
-        pool = _pool_filter(self.pool)
+        pool = pool_filter(self.pool)
         self._read_health(now)
         queued = self.queued(now)
         # The running runs themselves (their workers are the busy hosts); their count is
@@ -209,7 +209,7 @@ class Autoscaler:
             flow_run_filter=FlowRunFilter(
                 start_time=FlowRunFilterStartTime(after_=since - timedelta(seconds=60))
             ),
-            work_pool_filter=_pool_filter(self.pool),
+            work_pool_filter=pool_filter(self.pool),
             limit=PAGE,
         )
         return any(_worker_of(r) == worker for r in runs)
@@ -255,7 +255,7 @@ class Autoscaler:
         return int(
             self.prefect.count_flow_runs(
                 flow_run_filter=_runs_filter(["SCHEDULED", "PENDING"], before=due),
-                work_pool_filter=_pool_filter(self.pool),
+                work_pool_filter=pool_filter(self.pool),
             )
         )
 
@@ -319,11 +319,7 @@ class Autoscaler:
     def _deployments(self) -> list[dict[str, str]]:
         """The deployments that run on the pool, as related resources of a scaling event
         (so it shows on each deployment's feed too)."""
-        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-
-        found = self.prefect.read_deployments(
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.pool])), limit=50
-        )
+        found = self.prefect.read_deployments(work_pool_filter=pool_filter(self.pool), limit=50)
         return [
             {
                 "prefect.resource.id": f"prefect.deployment.{d.id}",
@@ -415,12 +411,6 @@ def _worker_of(run: FlowRun) -> str | None:
     """The worker that claimed `run` (its `prefect.worker.name` label), if any."""
     name = (run.labels or {}).get("prefect.worker.name")
     return str(name) if name else None
-
-
-def _pool_filter(pool: str) -> WorkPoolFilter:
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-
-    return WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
 
 
 def _runs_filter(

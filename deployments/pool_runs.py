@@ -10,9 +10,17 @@ from deployments.warm_worker import host_of
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
+    from prefect.client.schemas.filters import WorkPoolFilter
     from prefect.client.schemas.objects import FlowRun
 
 PAGE = 200
+
+
+def pool_filter(pool: str) -> WorkPoolFilter:
+    """The filter for one work pool, by name."""
+    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+    return WorkPoolFilter(name=WorkPoolFilterName(any_=[pool]))
 
 
 def pool_runs(
@@ -27,8 +35,6 @@ def pool_runs(
         FlowRunFilterState,
         FlowRunFilterStateName,
         FlowRunFilterStateType,
-        WorkPoolFilter,
-        WorkPoolFilterName,
     )
     from prefect.client.schemas.objects import StateType
 
@@ -40,7 +46,7 @@ def pool_runs(
     while True:  # bounded by the number of such runs
         page = prefect.read_flow_runs(
             flow_run_filter=FlowRunFilter(state=state),
-            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[pool])),
+            work_pool_filter=pool_filter(pool),
             limit=PAGE,
             offset=len(runs),
         )

@@ -325,7 +325,7 @@ class Chaos:
         the scenario."""
         from prefect.client.orchestration import get_client
 
-        from deployments.pool_runs import PAGE
+        from deployments.pool_runs import PAGE, pool_filter
         from infra.local_env import POOL
 
         with get_client(sync_client=True) as client:
@@ -333,7 +333,7 @@ class Chaos:
             runs: list[Any] = []
             while len(runs) < 50 * PAGE:  # bounded: a scenario makes far fewer runs
                 page = client.read_flow_runs(
-                    work_pool_filter=_pool(POOL), limit=PAGE, offset=len(runs)
+                    work_pool_filter=pool_filter(POOL), limit=PAGE, offset=len(runs)
                 )
                 runs += page
                 if len(page) < PAGE:
@@ -352,12 +352,6 @@ def stack_idle_to_zero_s() -> float:
 
     key = "IMG2IMG_SCALING__IDLE_TO_ZERO_S"
     return float(os.environ.get(key, LOCAL_SCALING[key]))
-
-
-def _pool(name: str) -> Any:
-    from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
-
-    return WorkPoolFilter(name=WorkPoolFilterName(any_=[name]))
 
 
 def run_scenario(
