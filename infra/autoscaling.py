@@ -85,8 +85,23 @@ def build_fleet_view(
     prometheus = None
     if monitor.metrics_port:
         prometheus = PrometheusMetrics(settings.autoscaler.pool)
-        port = prometheus.serve(monitor.metrics_host, monitor.metrics_port)
-        log.info("serving Prometheus metrics on http://%s:%d/metrics", monitor.metrics_host, port)
+        try:
+            port = prometheus.serve(monitor.metrics_host, monitor.metrics_port)
+        except OSError as exc:
+            # Scaling matters more than its figures: a port taken (another autoscaler on
+            # this host, one on its way out) leaves /metrics off, not the pool unscaled.
+            log.error(
+                "cannot serve Prometheus metrics on %s:%d (%s): /metrics is off; set "
+                "IMG2IMG_MONITOR__METRICS_PORT to a free port (0 picks one)",
+                monitor.metrics_host,
+                monitor.metrics_port,
+                exc,
+            )
+            prometheus = None
+        else:
+            log.info(
+                "serving Prometheus metrics on http://%s:%d/metrics", monitor.metrics_host, port
+            )
     return FleetView(
         prefect,
         settings.autoscaler.pool,

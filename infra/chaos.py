@@ -13,6 +13,11 @@ one (a result and a failure record). `recovery_s` runs from the fault to the las
 
 `slot-hang` stops the slot of a running run with SIGSTOP and never resumes it: the process
 lives on, its worker heartbeats, nothing moves, as with a hung device.
+
+`backlog-worker-kill` builds a backlog first (the dispatcher is stopped while the images are
+uploaded, at least `BACKLOG_MIN` of them), so the dispatcher's adaptive batching puts them
+in one large run (one run slot: one host, one run per slot), then kills the worker once that
+run is running; the line adds `largest_batch`, the most images a run held.
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
 for the poison scenario.
 """
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import time
 import uuid
@@ -43,10 +49,33 @@ SCENARIOS = (
     "s3-errors",
     "redelivery",
     "poison",
+    "backlog-worker-kill",
 )
 POISON_MARKER = "img2img-chaos-poison"
 # Scenarios whose fault waits for a run to be running: their recovery is timed from it.
-WAITS_FOR_A_RUN = ("slot-kill", "slot-hang", "worker-kill", "server-restart", "s3-errors")
+WAITS_FOR_A_RUN = (
+    "slot-kill",
+    "slot-hang",
+    "worker-kill",
+    "server-restart",
+    "s3-errors",
+    "backlog-worker-kill",
+)
+# The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
+# and the services' settings while it runs: one run slot, so the whole backlog is one run,
+# and a fast simulated device, so a run of 160 takes seconds, not minutes.
+BACKLOG_MIN = 128
+BACKLOG_PARTIAL = 1  # results written before the worker is killed
+BACKLOG_ENV = {
+    "IMG2IMG_SCALING__MAX_HOSTS": "1",
+    "IMG2IMG_WORKER__RUNS_PER_SLOT": "1",
+    "IMG2IMG_DISPATCH__ADAPTIVE": "true",
+    "IMG2IMG_DISPATCH__MAX_BATCH": "512",
+    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "20",
+    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "10",
+}
+# The services whose settings the backlog scenario changes.
+INTAKE = ["dispatcher*", "autoscaler"]
 SIM_ENV = {
     "IMG2IMG_STAGES__BACKEND": "simulated",
     "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": POISON_MARKER,
@@ -81,13 +110,13 @@ def notification(ref: ObjectRef) -> str:
     return json.dumps({"Records": [record]})
 
 
-def _wait(predicate: Callable[[], Any], timeout_s: float) -> Any:
+def _wait(predicate: Callable[[], Any], timeout_s: float, poll_s: float = POLL_S) -> Any:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(POLL_S)
+        time.sleep(poll_s)
     return None
 
 
@@ -106,6 +135,9 @@ class Chaos:
         self.crash_flag = flag
         self._burst: Any = None
         self._serving: set[str] = set()
+        self._largest = 0
+        self._before_kill = 0
+        self._since = datetime.now(timezone.utc)
         self.settings = settings
         self.say = say
         self.stack = LocalStack(settings)
@@ -135,13 +167,22 @@ class Chaos:
             )
         return refs
 
-    def outcomes(self, refs: list[ObjectRef]) -> tuple[int, int, int, int]:
-        """(results, failure records, lost, duplicated) right now."""
+    def outcomes(
+        self, refs: list[ObjectRef], known: dict[str, tuple[bool, bool]] | None = None
+    ) -> tuple[int, int, int, int]:
+        """(results, failure records, lost, duplicated) right now. With `known`, uploads
+        found with an outcome before are not asked again (a large scenario polls less)."""
         from img2img.storage import exists
 
         bucket = self.settings.storage.results_bucket
         results = failures = lost = duplicated = 0
         for ref in refs:
+            if known is not None and ref.identity in known:
+                has_result, has_failure = known[ref.identity]
+                results += has_result
+                failures += has_failure
+                duplicated += has_result and has_failure
+                continue
             keys = keys_for(ref)
             has_result = exists(self.clients.s3, bucket, keys.result_meta)
             has_failure = exists(self.clients.s3, bucket, keys.failure)
@@ -149,9 +190,13 @@ class Chaos:
             failures += has_failure
             lost += not (has_result or has_failure)
             duplicated += has_result and has_failure
+            if known is not None and (has_result or has_failure):
+                known[ref.identity] = (has_result, has_failure)
         return results, failures, lost, duplicated
 
-    def running_run(self, timeout_s: float = 120) -> Any:
+    def running_run(self, timeout_s: float = 120, min_images: int = 0) -> Any:
+        """A running flow run with a slot process (and at least `min_images` uploads), or
+        None after `timeout_s`."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
             FlowRunFilter,
@@ -171,9 +216,38 @@ class Chaos:
                     ),
                     limit=5,
                 )
-                return next((r for r in runs if r.infrastructure_pid), None)
+                for r in runs:
+                    self._largest = max(self._largest, len(r.parameters.get("objects", [])))
+                return next(
+                    (
+                        r
+                        for r in runs
+                        if r.infrastructure_pid
+                        and len(r.parameters.get("objects", [])) >= min_images
+                    ),
+                    None,
+                )
 
             return _wait(find, timeout_s)
+
+    def _results_listed(self, refs: list[ObjectRef]) -> int:
+        """How many of `refs` have their result document, from one listing of their
+        folder (cheap enough to poll every few milliseconds)."""
+        bucket = self.settings.storage.results_bucket
+        folder = refs[0].key.rsplit("/", 1)[0]
+        prefix = f"results/{refs[0].bucket}/{folder}/"
+        pages = self.clients.s3.get_paginator("list_objects_v2")
+        return sum(
+            1
+            for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+            for item in page.get("Contents", [])
+            if item["Key"].endswith(".json")
+        )
+
+    def _first_results(self, refs: list[ObjectRef], timeout_s: float = 120) -> None:
+        """Wait until the large run writes its first results: the worker is then killed in
+        the middle of writing them, so some images are done and the rest are not."""
+        _wait(lambda: self._results_listed(refs) >= BACKLOG_PARTIAL or None, timeout_s, 0.02)
 
     def redeliver(self, refs: list[ObjectRef]) -> None:
         """Send every upload's notification once more, as S3 may."""
@@ -194,15 +268,24 @@ class Chaos:
                 raise RuntimeError("no run started within 120 s: nothing to stop")
             self.say(f"SIGSTOP slot pid {run.infrastructure_pid} (flow run {run.name}), for good")
             os.kill(int(run.infrastructure_pid), signal.SIGSTOP)
-        elif scenario == "worker-kill":
-            if self.running_run() is None:
-                raise RuntimeError("no run started within 120 s: nothing to kill")
+        elif scenario in ("worker-kill", "backlog-worker-kill"):
+            least = BACKLOG_MIN if scenario == "backlog-worker-kill" else 0
+            if self.running_run(min_images=least) is None:
+                raise RuntimeError(
+                    f"no run of at least {least} images started within 120 s: nothing to kill"
+                )
+            if scenario == "backlog-worker-kill":
+                self._first_results(refs)
             workers = self.stack.running_workers()
             for index, _name in workers:
                 pid = self.stack.pid_of(self.stack.worker_service(index))
                 if pid is not None:
                     self.say(f"SIGKILL worker-{index} pid {pid} (its slots must follow)")
                     os.kill(pid, signal.SIGKILL)
+            if scenario == "backlog-worker-kill":
+                time.sleep(1.0)  # the slots die with their worker: what is written now stays
+                self._before_kill = self._results_listed(refs)
+                self.say(f"{self._before_kill} of {len(refs)} results written before the kill")
         elif scenario == "server-restart":
             if self.running_run() is None:
                 raise RuntimeError("no run started within 120 s")
@@ -232,7 +315,73 @@ class Chaos:
         self.stack.up(self.say)
         if scenario == "s3-errors":
             return self._through_fault_proxy(images, timeout_s)
+        if scenario == "backlog-worker-kill":
+            return self._at_a_backlog(images, timeout_s)
         return self._run(scenario, images, timeout_s)
+
+    def _stop_intake(self) -> None:
+        """Stop the dispatchers and the autoscaler, the supervisor first (or it would
+        restart them with its own settings)."""
+        for _ in range(5):  # bounded: a supervisor just started may restart one of them
+            self.stack.stop(["supervisor"], self.say)
+            self.stack.stop(INTAKE, self.say)
+            time.sleep(3 * POLL_S + 1.0)  # longer than the supervisor's 2 s round
+            services = {s.name: s for s in self.stack.services()}
+            names = [n for n in services if n == "autoscaler" or n.startswith("dispatcher")]
+            if all(self.stack.pid_of(services[n]) is None for n in names):
+                return
+        raise RuntimeError("the dispatcher or autoscaler kept coming back after being stopped")
+
+    def _at_a_backlog(self, images: int, timeout_s: float) -> dict[str, Any]:
+        """The dispatcher, the autoscaler and the workers run with `BACKLOG_ENV` for this
+        scenario, and with the stack's own settings again after it."""
+        if images < BACKLOG_MIN:
+            raise ValueError(
+                f"backlog-worker-kill needs at least {BACKLOG_MIN} images (--images), "
+                f"got {images}: its point is a run that large"
+            )
+        self.drain_workers()  # the next workers start with the scenario's device times
+        self._stop_intake()
+        saved = {key: os.environ.get(key) for key in BACKLOG_ENV}
+        os.environ.update(BACKLOG_ENV)
+        try:
+            result = self._run("backlog-worker-kill", images, timeout_s)
+        finally:
+            self._stop_intake()
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+            self.drain_workers()
+            self.stack.up(self.say)
+        return {
+            **result,
+            "largest_batch": self._largest,
+            "results_before_kill": self._before_kill,
+            "skipped_as_done": self._skipped_as_done(self._since),
+        }
+
+    def _skipped_as_done(self, since: datetime) -> int:
+        """Images the pool's runs since `since` found already done (their result written by
+        an earlier attempt), from the runs' final state messages."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        from deployments.pool_runs import PAGE, pool_filter
+        from infra.local_env import POOL
+
+        with get_client(sync_client=True) as client:
+            runs = client.read_flow_runs(
+                work_pool_filter=pool_filter(POOL), sort=FlowRunSort.START_TIME_DESC, limit=PAGE
+            )
+        found = 0
+        for run in runs:
+            if run.created is None or run.created < since or run.state is None:
+                continue
+            match = re.search(r"(\d+) already processed", run.state.message or "")
+            found += int(match.group(1)) if match else 0
+        return found
 
     def _through_fault_proxy(self, images: int, timeout_s: float) -> dict[str, Any]:
         """S3 answers 503 SlowDown or 500 on 5% of the workers' requests, plus one burst of
@@ -260,7 +409,9 @@ class Chaos:
             self.crash_flag.write_text("kill the dispatcher after its next run\n")
         refs = self.upload(scenario, images)
         self.say(f"uploaded {len(refs)} images")
-        since = datetime.now(timezone.utc)
+        if scenario == "backlog-worker-kill":  # the backlog is in the queue: take it now
+            self.stack.up(self.say)
+        since = self._since = datetime.now(timezone.utc)
         started = time.monotonic()
         self.inject(scenario, refs)
         if scenario in WAITS_FOR_A_RUN:
@@ -271,9 +422,10 @@ class Chaos:
         last_change = time.monotonic()
         seen = -1
         deadline = started + timeout_s
+        known: dict[str, tuple[bool, bool]] = {}
         while time.monotonic() < deadline:
             self._note_serving()
-            results, failures, lost, _ = self.outcomes(refs)
+            results, failures, lost, _ = self.outcomes(refs, known)
             if results + failures != seen:
                 seen, last_change = results + failures, time.monotonic()
             if lost == 0:

@@ -343,7 +343,15 @@ class LocalStack:
                 if pid is not None:
                     say(f"{service.name}: stopping (pid {pid})")
                     terminate(pid)
-                self.procs.pidfile(service.name).unlink(missing_ok=True)
+                self._forget(service.name, pid)
+
+    def _forget(self, name: str, pid: int | None) -> None:
+        """Remove `name`'s PID file unless it names another process than `pid` by now (the
+        supervisor may have restarted the service meanwhile: that one stays tracked)."""
+        pidfile = self.procs.pidfile(name)
+        with contextlib.suppress(OSError, ValueError):
+            if pid is None or int(pidfile.read_text().strip()) == pid:
+                pidfile.unlink()
 
     def log_path(self, name: str) -> Path:
         return self.logs / f"{name}.log"

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 log = logging.getLogger("infra.local_stack")
+# How long a process just started may still show its parent's command line.
+EXEC_GRACE_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -74,16 +76,30 @@ class ProcessTable:
         return self.pids / f"{name}.pid"
 
     def pid_of(self, service: Service) -> int | None:
-        """PID of a running process that this stack started for `service`."""
+        """PID of a running process that this stack started for `service`.
+
+        A process started a moment ago may not have exec'd its command yet (its command
+        line is still its parent's): one this object started is known by its handle, and
+        another's command line is read again for up to `EXEC_GRACE_S` before it is taken
+        for someone else's (a PID reused after ours ended)."""
         try:
             pid = int(self.pidfile(service.name).read_text().strip())
         except (OSError, ValueError):
             return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            return None
-        return pid if service.marker in cmdline else None
+        own = self._procs.get(service.name)
+        if own is not None and own.pid == pid and own.poll() is None:
+            return pid
+        deadline = time.monotonic() + EXEC_GRACE_S
+        while True:
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ")
+            except OSError:
+                return None
+            if service.marker in cmdline.decode(errors="replace"):
+                return pid
+            if time.monotonic() >= deadline:
+                return None
+            time.sleep(0.05)
 
     def start(self, service: Service, env: dict[str, str]) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,11 @@ from tests.integration.helpers import img2img, stack_env
 from tests.integration.warm import wait_for
 
 # slot-kill and poison run at a finer grain in test_recovery; redelivery (every notification
-# twice) in test_many_dispatchers, with two dispatchers and two hosts.
-SCENARIOS = ("slot-hang", "dispatcher-kill", "worker-kill", "server-restart", "s3-errors")
+# twice) in test_many_dispatchers, with two dispatchers and two hosts. The worker kill is the
+# backlog one: a worker killed under a run of 160 images that the dispatcher's adaptive
+# batching built from the queue (the 6-image worker-kill is the same fault on a small run).
+SCENARIOS = ("slot-hang", "dispatcher-kill", "backlog-worker-kill", "server-restart", "s3-errors")
+IMAGES = {"backlog-worker-kill": 160}
 
 pytestmark = pytest.mark.slow
 
@@ -40,13 +43,22 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
     lines = []
     try:
         for scenario in SCENARIOS:
-            done = img2img(["chaos", "--scenario", scenario, "--images", "6", "--json"], env, 600)
+            images = IMAGES.get(scenario, 6)
+            done = img2img(
+                ["chaos", "--scenario", scenario, "--images", str(images), "--json"], env, 600
+            )
             assert done.returncode == 0, (scenario, done.stdout[-2000:], done.stderr[-4000:])
             line = json.loads(done.stdout.strip().splitlines()[-1])
             lines.append(line)
-            assert line["scenario"] == scenario and line["uploads"] == 6
+            assert line["scenario"] == scenario and line["uploads"] == images
             assert line["lost"] == 0 and line["duplicated"] == 0, line
-            assert line["results"] == 6, line
+            assert line["results"] == images, line
+            if scenario == "backlog-worker-kill":
+                # The killed run held the whole backlog, it was killed mid-batch, and what
+                # it had finished was not done again.
+                assert line["largest_batch"] >= 128, line
+                assert 0 < line["results_before_kill"] < images, line
+                assert line["skipped_as_done"] >= line["results_before_kill"], line
             assert line["hosts_after_idle"] == 0, line
             if scenario == "slot-hang":  # no host was started for the stuck runs
                 assert line["idle_launches"] == 0, line
