@@ -56,6 +56,16 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
         server_env = Path(f"/proc/{server_pid}/environ").read_bytes().split(b"\0")
         assert b"PREFECT_SERVER_SERVICES_DB_VACUUM_ENABLED=events,flow_runs,orphans" in server_env
 
+        # Both replicas polling before the uploads: `local up` returns once they are
+        # started, and a replica still importing would leave every message to the other.
+        wait_for(
+            lambda: all(
+                "dispatching from" in _log(state, name) for name in ("dispatcher", "dispatcher-1")
+            ),
+            60,
+            "both dispatchers to poll the ingest queue",
+            interval=0.2,
+        )
         s3, sqs = stack_client(env, "s3"), stack_client(env, "sqs")
         ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
         app = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
