@@ -1,4 +1,4 @@
-"""Command group: `img2img bench pipeline | models | scaling`."""
+"""Command group: `img2img bench pipeline | models | device | scaling | control-plane`."""
 
 from __future__ import annotations
 
@@ -34,7 +34,24 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     if args.worker == "process" and args.compare:
         print("--compare already runs the process worker; use --worker warm", file=sys.stderr)
         return 2
-    run_bench(settings, cfg, args.compare, settings.local.state_dir / "bench", args.json, args.keep)
+    try:
+        sizes = [int(b) for b in args.device_batch.split(",")]
+    except ValueError:
+        print(f"--device-batch takes sizes like 1,4, got {args.device_batch!r}", file=sys.stderr)
+        return 2
+    if not sizes or min(sizes) < 1 or max(sizes) > 64:
+        print("--device-batch sizes must be within 1..64", file=sys.stderr)
+        return 2
+    cfg = BenchConfig(**{**cfg.__dict__, "image_share": args.image_share})
+    run_bench(
+        settings,
+        cfg,
+        args.compare,
+        settings.local.state_dir / "bench",
+        args.json,
+        args.keep,
+        device_batches=sizes,
+    )
     return 0
 
 
@@ -241,6 +258,44 @@ def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_bench_device(args: argparse.Namespace, settings: Settings) -> int:
+    import torch
+
+    from infra.bench.device import DeviceBenchConfig, pick_device, print_lines, run_device_bench
+
+    try:
+        batches = sorted({int(b) for b in args.batches.split(",")})
+    except ValueError:
+        print(f"--batches takes sizes like 1,2,4,8, got {args.batches!r}", file=sys.stderr)
+        return 2
+    if not batches or batches[0] < 1 or args.images < 1:
+        print("--batches sizes and --images must be at least 1", file=sys.stderr)
+        return 2
+    device = pick_device(args.device)
+    if device == "cpu" and args.dtype != "float32":
+        print(f"--dtype {args.dtype} needs a GPU; this run is on the CPU", file=sys.stderr)
+        return 2
+    torch.set_num_threads(settings.stages.torch_threads)
+    side = args.side or (64 if args.size == "tiny" else 512)
+    cfg = DeviceBenchConfig(
+        size=args.size,
+        side=side,
+        batches=batches,
+        images=args.images,
+        steps=args.steps,
+        strength=args.strength,
+        upscale_steps=args.upscale_steps,
+        guidance=args.guidance,
+        device=device,
+        dtype=args.dtype,
+    )
+    say(f"bench device: {cfg}")
+    lines = run_device_bench(cfg, say)
+    if args.json:
+        print_lines(lines)
+    return 0
+
+
 def add_commands(sub: Any) -> None:
     bench = sub.add_parser("bench", help="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
@@ -265,6 +320,17 @@ def add_commands(sub: Any) -> None:
     )
     pipe.add_argument(
         "--load-s", type=float, default=20.0, help="simulated model load time per process"
+    )
+    pipe.add_argument(
+        "--device-batch",
+        default="4",
+        help="most images per device call; a list (1,4) runs the warm worker once per size",
+    )
+    pipe.add_argument(
+        "--image-share",
+        type=float,
+        default=0.35,
+        help="simulated: what each further image adds to a call, as a share of a one-image call",
     )
     pipe.add_argument("--steps", type=int, default=10, help="eager: stage-1 steps")
     pipe.add_argument("--upscale-steps", type=int, default=5, help="eager: stage-2 steps")
@@ -315,6 +381,22 @@ def add_commands(sub: Any) -> None:
     )
     control.add_argument("--keep", action="store_true", help="leave the bench stack running")
     control.set_defaults(func=cmd_bench_control_plane)
+
+    device = bench_sub.add_parser(
+        "device", help="both stages at device batch sizes, pipeline against bare diffusers"
+    )
+    device.add_argument("--size", choices=["tiny", "sd15", "sd21"], default="tiny")
+    device.add_argument("--side", type=int, default=None, help="default 64 tiny, 512 real")
+    device.add_argument("--batches", default="1,2,4,8", help="device batch sizes")
+    device.add_argument("--images", type=int, default=32, help="images in each run")
+    device.add_argument("--steps", type=int, default=30, help="img2img steps")
+    device.add_argument("--strength", type=float, default=0.75)
+    device.add_argument("--upscale-steps", type=int, default=20)
+    device.add_argument("--guidance", type=float, default=7.5)
+    device.add_argument("--device", default="auto", help="auto (a GPU if any), cpu, cuda")
+    device.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
+    device.add_argument("--json", action="store_true")
+    device.set_defaults(func=cmd_bench_device)
 
     models = bench_sub.add_parser("models", help="stage latency per backend")
     models.add_argument("--stage", choices=["img2img", "upscale", "all"], default="all")

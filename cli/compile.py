@@ -13,20 +13,21 @@ from img2img.settings import Settings
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
     from img2img.aws import clients_from_settings
-    from img2img.compiled.compile import compile_stage
-    from img2img.compiled.request import request_from_args
+    from img2img.compiled.compile import compile_sizes
+    from img2img.compiled.request import batches_from_args, request_from_args
     from img2img.errors import Img2ImgError
 
     needs_s3 = any(v.startswith("s3://") for v in (args.model, args.out))
     s3 = clients_from_settings(settings.aws).s3 if needs_s3 else None
-    request = request_from_args(args)
     try:
-        manifest = compile_stage(request, s3, progress=say)
+        request = request_from_args(args)
+        manifests = compile_sizes(request, batches_from_args(args), s3, progress=say)
     except Img2ImgError as exc:
         print(f"img2img compile: {exc}", file=sys.stderr)
         return 2
     if args.json:
-        print(manifest.to_json().replace("\n", " "))
+        for manifest in manifests:
+            print(manifest.to_json().replace("\n", " "))
     return 0
 
 
@@ -37,6 +38,7 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
 
     from img2img.aws import clients_from_settings
     from img2img.compiled.cache import fetch_artifacts
+    from img2img.compiled.sizes import choose_sizes, read_sizes, size_folder
 
     s3 = clients_from_settings(settings.aws).s3
     stages = settings.stages
@@ -44,8 +46,16 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
     if not any(sources.values()):
         say("no compiled artifacts configured (IMG2IMG_STAGES__*_ARTIFACTS): nothing to fetch")
         return 0
-    for stage, uri in sources.items():
-        if uri:
+    for stage, source in sources.items():
+        if not source:
+            continue
+        sizes = read_sizes(source, s3)  # several batch sizes: one artifact each
+        uris = (
+            [size_folder(source, n) for n in choose_sizes(sizes, stages.compiled_batches, source)]
+            if sizes
+            else [source]
+        )
+        for uri in uris:
             got = fetch_artifacts(uri, stages.model_cache_dir, s3)
             line = {
                 "stage": stage,

@@ -72,6 +72,11 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         "notified": sum(1 for o in outcomes if o.messages),
         "duplicate_messages": sum(max(o.messages - 1, 0) for o in outcomes),
         "stage_p50_ms": demo.stage_p50(outcomes),
+        # The most images one device call held, per stage (see README, Device batches).
+        "device_batch_max": {
+            stage: max((o.doc.get("device_batch", {}).get(stage, 0) for o in completed), default=0)
+            for stage in ("stage1", "stage2")
+        },
         "results": [o.result_uri for o in completed],
         "flow_runs": flow_runs,
         "ui": f"{ui}/artifacts/key/img2img-stage-timings",

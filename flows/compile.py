@@ -12,7 +12,12 @@ from typing import Literal
 
 from prefect import flow
 
-from img2img.compiled.request import CompileRequest, add_compile_arguments, request_from_args
+from img2img.compiled.request import (
+    CompileRequest,
+    add_compile_arguments,
+    batches_from_args,
+    request_from_args,
+)
 from tasks.compile import compile_task
 
 
@@ -28,9 +33,11 @@ def compile_model(
     guidance: bool = True,
     cores: int | None = None,
     dtype: Literal["float32", "bfloat16", "float16"] = "float32",
+    batches: list[int] | None = None,
 ) -> str:
     """Compile `stage` of `model` at `height` × `width` input for `backend` into `out`
-    (a new folder or s3:// prefix); returns the source revision that was compiled."""
+    (a new folder or s3:// prefix), at `batch` images per call or at each of `batches`
+    (one artifact per size under `out`); returns the source revision that was compiled."""
     request = CompileRequest(
         stage=stage,
         model=model,
@@ -43,8 +50,8 @@ def compile_model(
         cores=cores,
         dtype=dtype,
     )
-    manifest = compile_task(request)
-    return manifest.source_revision
+    manifests = compile_task(request, batches)
+    return manifests[0].source_revision
 
 
 def main() -> None:
@@ -63,6 +70,7 @@ def main() -> None:
         guidance=request.guidance,
         cores=request.cores,
         dtype=args.dtype,
+        batches=batches_from_args(args),
     )
 
 

@@ -25,7 +25,7 @@ from img2img.stages import StageKind
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-Loader = Callable[[StageKind, StageSettings, "S3Client | None", int], Any]
+Loader = Callable[[StageKind, StageSettings, "S3Client | None", "int | None"], Any]
 CacheKey = Callable[[StageKind, StageSettings], tuple[str, ...]]
 
 
@@ -36,7 +36,7 @@ class Backend:
     cache_key: CacheKey
 
 
-def _eager(kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int) -> Any:
+def _eager(kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int | None) -> Any:
     from img2img.eager import load_eager
 
     return load_eager(kind, settings, s3, batch)
@@ -48,7 +48,9 @@ def _eager_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:
     return eager_cache_key(kind, settings)
 
 
-def _compiled(kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int) -> Any:
+def _compiled(
+    kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int | None
+) -> Any:
     from img2img.compiled.loader import load_compiled
 
     return load_compiled(kind, settings, s3, batch)
@@ -59,7 +61,9 @@ def _compiled_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:
     return (kind, settings.backend, str(source), settings.device)
 
 
-def _simulated(kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int) -> Any:
+def _simulated(
+    kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int | None
+) -> Any:
     from img2img.dev.simulated import SimulatedPipeline
 
     time.sleep(settings.simulated_load_s / 2)  # half the load time for each of two models
@@ -71,9 +75,14 @@ def _simulated(kind: StageKind, settings: StageSettings, s3: S3Client | None, ba
             crash_marker=settings.simulated_crash_marker,
             hang_marker=settings.simulated_hang_marker,
             hang_file=settings.simulated_hang_file,
+            image_share=settings.simulated_image_share,
         )
     return SimulatedPipeline(
-        kind, settings.simulated_upscale_ms, scale=4, hang_file=settings.simulated_hang_file
+        kind,
+        settings.simulated_upscale_ms,
+        scale=4,
+        hang_file=settings.simulated_hang_file,
+        image_share=settings.simulated_image_share,
     )
 
 
@@ -99,11 +108,34 @@ def get(name: str) -> Backend:
 
 
 def load(
-    stage: StageKind, settings: StageSettings, s3: S3Client | None = None, batch: int = 1
+    stage: StageKind, settings: StageSettings, s3: S3Client | None = None, batch: int | None = None
 ) -> Any:
-    """The pipeline of `stage` on the backend the settings name. `batch` is the images per
-    call (compiled artifacts are checked against it)."""
+    """The pipeline of `stage` on the backend the settings name. `batch`, when given, is
+    the images per call the caller runs (compiled artifacts must hold that size)."""
     return get(settings.backend).load(stage, settings, s3, batch)
+
+
+@dataclass(frozen=True)
+class CallSizes:
+    """The images per device call a backend can run: any count up to `sizes[-1]`
+    (`exact`: eager and simulated pipelines take what they get) or only the sizes listed
+    (compiled graphs are frozen at their batch; a shorter call is padded)."""
+
+    sizes: tuple[int, ...]
+    exact: bool
+
+
+def call_sizes(settings: StageSettings, pipe: Any = None) -> CallSizes:
+    """What one device call of the configured backend may hold: for a compiled backend,
+    the sizes the loaded `pipe` was compiled for (`CompiledSizes.call_sizes`)."""
+    if settings.backend in ("torchscript", "neuron"):
+        sizes = getattr(pipe, "call_sizes", None)
+        if sizes is None:
+            raise ModelLoadError(
+                f"the {settings.backend} backend's call sizes come from its loaded pipeline"
+            )
+        return CallSizes(tuple(sizes), exact=False)
+    return CallSizes(tuple(range(1, settings.device_batch + 1)), exact=True)
 
 
 def cache_key(stage: StageKind, settings: StageSettings) -> tuple[str, ...]:

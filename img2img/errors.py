@@ -39,6 +39,11 @@ class DeviceError(RetryableError):
     """The accelerator or its runtime failed during a call."""
 
 
+class DeviceOutOfMemory(DeviceError):
+    """A device call did not fit in the device's memory: the same images in smaller calls
+    may (the stage splits the call before the task retries)."""
+
+
 class PermanentError(Img2ImgError):
     """Bad input or configuration: retrying the same call gives the same error."""
 

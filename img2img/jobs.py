@@ -49,6 +49,8 @@ class ImageJob:
     outcome_doc: dict[str, Any] | None = None
     announced: bool = False
     announce_error: str | None = None
+    # Images in the device call that ran each inference stage for this image (by stage).
+    device_batch: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def for_ref(cls, ref: ObjectRef) -> ImageJob:
@@ -108,6 +110,7 @@ def result_record(
         "params": job.params.model_dump(),
         "seed": job.seed,
         "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
+        "device_batch": dict(job.device_batch),
         "flow_run_id": flow_run_id,
         "worker": worker or {},
         "finished_at": datetime.now(timezone.utc).isoformat(),

@@ -46,11 +46,13 @@ class ModelCache:
             return pipe
 
     def warm_up(self, settings: StageSettings, s3: S3Client | None = None) -> dict[str, float]:
-        """Load both stage models and run one call through each, so the first real
-        request does not pay for lazy initialisation. Returns each stage's call time in
-        seconds (by stage name), from which a slot's hang deadlines are set: an upper bound
-        of a call's time between two progress marks, since the first call also pays for
-        what is initialised lazily."""
+        """Load both stage models and run the smallest call there is through each (one
+        image, or the smallest compiled size), so the first real request does not pay for
+        lazy initialisation. Returns each stage's call time in seconds (by stage name),
+        scaled up to the largest call size (`backends.call_sizes`), from which a slot's hang
+        deadlines are set: an upper bound of a call's time between two progress marks,
+        since the first call also pays for what is initialised lazily and a call of n
+        images costs at most n calls of one."""
         from PIL import Image
 
         from img2img.params import ImageParams
@@ -62,13 +64,21 @@ class ModelCache:
         shape = (settings.width, settings.height)
         stage1 = self.get("img2img", settings, s3)
         stage2 = self.get("upscale", settings, s3)
+        sizes = backends.call_sizes(settings, stage1).sizes
+        # The smallest call there is (one image, or the smallest compiled size, padded).
+        count = sizes[0]
+        blank, each, seeds = [Image.new("RGB", shape)] * count, [params] * count, [0] * count
         with self.device_lock:
             start = time.perf_counter()
-            first = run_img2img(stage1, Image.new("RGB", shape), params, 0, shape)
+            first = run_img2img(stage1, blank, each, seeds, shape)
             middle = time.perf_counter()
-            run_upscale(stage2, first, params, 0, settings.noise_level)
+            run_upscale(stage2, first, each, seeds, settings.noise_level)
             end = time.perf_counter()
-        return {STAGE1.name: round(middle - start, 3), STAGE2.name: round(end - middle, 3)}
+        scale = sizes[-1] / count
+        return {
+            STAGE1.name: round((middle - start) * scale, 3),
+            STAGE2.name: round((end - middle) * scale, 3),
+        }
 
 
 _process_cache: ModelCache | None = None

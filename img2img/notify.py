@@ -7,7 +7,8 @@ One message per outcome, version 1:
     {"version": 1, "dedup_id": "results/<bucket>/<key>@<tag>.json", "outcome": "result",
      "upload": {"bucket", "key", "version_id", "etag", "uri"}, "request_id": "...",
      "result": {"uri", "width", "height"[, "presigned_url", "presigned_expires_at"]},
-     "failure": null, "timings_ms": {...}, "flow_run_id": "...", "finished_at": "..."}
+     "failure": null, "timings_ms": {...}, "device_batch": {"stage1": 4, "stage2": 4},
+     "flow_run_id": "...", "finished_at": "..."}
 
 A failure carries `"result": null` and `"failure": {"stage", "reason", "retryable",
 "record_uri"}`. `dedup_id` is the outcome document's key: stable for an upload, so a consumer
@@ -92,6 +93,8 @@ def outcome_message(
         "result": None,
         "failure": None,
         "timings_ms": dict(doc.get("timings_ms") or {}),
+        # Images in each stage's device call (its stage time is a share of that call).
+        "device_batch": dict(doc.get("device_batch") or {}),
         "flow_run_id": doc.get("flow_run_id"),
         "finished_at": doc.get("finished_at") or doc.get("failed_at"),
     }

@@ -25,8 +25,31 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Not a time: the images in the device calls that ran the image's two stages ("4/4"),
+# shown after the stage columns.
+BATCH_COLUMN = "batch"
+BATCH_AFTER = "stage2"
+
 MAX_FAILURES_LISTED = 50  # in a run's summary; every failure has its record anyway
 STATUS_MARK = {"failed": " (failed)", "skipped": " (done before)", "pending": " (unfinished)"}
+
+
+def _row(image: str, values: dict[str, Any], batch: str | None = None) -> dict[str, Any]:
+    """A table row: the image, the time columns in order, the batch column after stage 2."""
+    row: dict[str, Any] = {"image": image}
+    for column in COLUMNS:
+        row[column] = values.get(column)
+        if column == BATCH_AFTER:
+            row[BATCH_COLUMN] = batch
+    return row
+
+
+def device_batch_label(batches: dict[str, int]) -> str | None:
+    """ "4/2": stage 1 ran in a call of 4 images, stage 2 in a call of 2 ("–" for a stage
+    that did not run); None when neither ran."""
+    if not batches:
+        return None
+    return "/".join(str(batches.get(stage, "–")) for stage in ("stage1", "stage2"))
 
 
 def _column(timings: dict[str, float], parts: tuple[str, ...]) -> float | None:
@@ -81,8 +104,8 @@ def keep_rows(rows: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
     done = [i for i, r in enumerate(rows) if completed(r)]
     slowest = sorted(done, key=lambda i: -(rows[i].get("total") or 0))[:room]
     kept = sorted(others + slowest)
-    left_out = {"image": f"(… {len(rows) - len(kept)} more completed images)"}
-    return [rows[i] for i in kept] + [{**{c: None for c in COLUMNS}, **left_out}]
+    left_out = _row(f"(… {len(rows) - len(kept)} more completed images)", {})
+    return [rows[i] for i in kept] + [left_out]
 
 
 def build_report(
@@ -104,10 +127,9 @@ def build_report(
         name = job.ref.key.rsplit("/", 1)[-1]
         name = name if len(name) <= 28 else "…" + name[-27:]
         # The status goes with the name (a column of its own would not fit the page).
-        row: dict[str, Any] = {"image": name + STATUS_MARK.get(job.status, "")}
-        for column, parts in COLUMNS.items():
-            row[column] = _ms(_column(job.timings, parts))
-        rows.append(row)
+        times = {c: _ms(_column(job.timings, parts)) for c, parts in COLUMNS.items()}
+        label = device_batch_label(job.device_batch)
+        rows.append(_row(name + STATUS_MARK.get(job.status, ""), times, label))
         if job.status == "skipped":
             continue
         event = job.ref.event_time.timestamp() if job.ref.event_time is not None else None
@@ -130,11 +152,9 @@ def build_report(
     summary = summarize(trusted_timings)
     rows = keep_rows(rows, table_rows)
     for label in ("p50", "p95", "max"):
-        row = {"image": f"({label})"}
-        for column, parts in COLUMNS.items():
-            # Percentiles of each part, summed: an approximation for the grouped columns.
-            row[column] = _ms(_column(summary[label], parts))
-        rows.append(row)
+        # Percentiles of each part, summed: an approximation for the grouped columns.
+        times = {c: _ms(_column(summary[label], parts)) for c, parts in COLUMNS.items()}
+        rows.append(_row(f"({label})", times))
     return BatchReport(
         rows=rows,
         summary=summary,

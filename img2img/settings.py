@@ -126,6 +126,31 @@ class StageSettings(BaseModel):
         description="Simulated stage-2 device time per call (no published Inf2 figure for the "
         "x4 upscaler; assumed equal to stage 1).",
     )
+    simulated_image_share: float = Field(
+        0.35,
+        ge=0,
+        le=1,
+        description="Simulated device: what each image after the first adds to a call, as a "
+        "share of a one-image call (a call of n images takes simulated_*_ms × (1 + share × "
+        "(n − 1))). 1: batching gains nothing; 0: a call costs the same at any size. No "
+        "published Inf2 batch curve exists for these models; 0.35 is an assumption, "
+        "replace it with `img2img bench device` on the target host.",
+    )
+    compiled_batches: list[int] | None = Field(
+        None,
+        description="Compiled backends: the batch sizes to load from artifacts compiled at "
+        "several (`img2img compile --batch 1,4`; None: all they hold), and the sizes the "
+        "torchscript backend compiles its default model at (None: 1). A call runs at one "
+        "of them, padded when that is cheaper than two calls.",
+    )
+    device_batch: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Most images in one device call on the eager and simulated backends "
+        "(images of one run with the same steps, strength and guidance share a call). The "
+        "compiled backends run the batch sizes their artifacts were compiled for.",
+    )
     simulated_load_s: float = Field(
         20.0,
         ge=0,
@@ -152,6 +177,17 @@ class StageSettings(BaseModel):
         "device call never returns, warm-up included (a device that stays stuck). None: off.",
     )
     device: str = Field("cpu", description="torch device for the eager backend (cpu, cuda).")
+    channels_last: bool = Field(
+        True,
+        description="On a GPU, keep the UNet's and VAE's activations channels-last (faster "
+        "convolutions on tensor cores); ignored on the CPU.",
+    )
+    torch_compile: bool = Field(
+        False,
+        description="On a GPU, compile the UNet with torch.compile when the model loads "
+        "(minutes once per slot start, then faster calls; each new call size compiles "
+        "again). Off by default: warm-up and slot starts stay short.",
+    )
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Weights dtype; float16 only on CUDA."
     )
@@ -479,6 +515,17 @@ INF2_ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
     "inf2.24xlarge": 6.4906,
     "inf2.48xlarge": 12.9813,
 }
+# The GPU hosts of the `cuda` variant (g5: NVIDIA A10G 24 GB; g6: L4 24 GB; g6e: L40S 48 GB),
+# same source and region; check the page before sizing a budget on them.
+GPU_ON_DEMAND_USD_PER_HOUR: dict[str, float] = {
+    "g5.xlarge": 1.006,
+    "g5.2xlarge": 1.212,
+    "g5.12xlarge": 5.672,
+    "g6.xlarge": 0.8048,
+    "g6.2xlarge": 0.9776,
+    "g6e.xlarge": 1.861,
+}
+ON_DEMAND_USD_PER_HOUR = {**INF2_ON_DEMAND_USD_PER_HOUR, **GPU_ON_DEMAND_USD_PER_HOUR}
 
 
 class MonitorSettings(BaseModel):
@@ -589,11 +636,11 @@ class MonitorSettings(BaseModel):
         if self.hourly_price_usd is not None:
             return self.hourly_price_usd
         try:
-            return INF2_ON_DEMAND_USD_PER_HOUR[self.instance_type]
+            return ON_DEMAND_USD_PER_HOUR[self.instance_type]
         except KeyError:
             raise ValueError(
                 f"monitor.instance_type {self.instance_type!r} has no known price "
-                f"(known: {', '.join(INF2_ON_DEMAND_USD_PER_HOUR)}); set "
+                f"(known: {', '.join(ON_DEMAND_USD_PER_HOUR)}); set "
                 "monitor.hourly_price_usd"
             ) from None
 

@@ -8,18 +8,21 @@ so the caller (a Prefect task) can retry the step; jobs already done are skipped
 from __future__ import annotations
 
 import io
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from PIL import Image
 
 from img2img import progress, storage
 from img2img.announce import Announcer
+from img2img.backends import CallSizes
 from img2img.cancel import RunCancelled
-from img2img.errors import InvalidEvent, PermanentError, is_retryable
+from img2img.device_batches import CallCost, cut, group_by, plan_calls, split_shares
+from img2img.errors import DeviceOutOfMemory, InvalidEvent, PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
 from img2img.jobs import ImageJob, finish_timings, result_record
 from img2img.keys import unsafe_key_reason
@@ -269,20 +272,47 @@ class StageOutputs:
         return problems
 
 
+BatchInfer = Callable[[list[ImageJob]], list[Image.Image]]
+
+
+class OutputStore(Protocol):
+    """Where a stage keeps its outputs (`StageOutputs`: the directory bucket)."""
+
+    def save(self, key: str, image: Image.Image) -> None: ...
+
+    def load(self, key: str) -> Image.Image | None: ...
+
+
+ONE_AT_A_TIME = CallSizes((1,), exact=True)
+DEFAULT_COST = CallCost()
+
+
 def run_stage(
     jobs: list[ImageJob],
     stage: Stage,
-    infer: Callable[[ImageJob], Image.Image],
-    outputs: StageOutputs,
+    infer: BatchInfer,
+    outputs: OutputStore,
     resume: bool,
     device_lock: AbstractContextManager[Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    sizes: CallSizes = ONE_AT_A_TIME,
+    cost: CallCost = DEFAULT_COST,
 ) -> None:
-    """Run one inference stage over the active jobs, one device call at a time.
+    """Run one inference stage over the active jobs, in device calls of several images.
 
-    With `resume`, outputs kept by an earlier attempt of an upload are reused instead of
-    recomputed (stage 2 can be retried without redoing stage 1); that lookup happens before
-    the device is taken. `device_lock` is held for the whole stage over the batch.
+    `infer` runs one device call over its jobs' inputs and returns an output each, in
+    order. Jobs that share what shapes a call (`stage.call_shape`) go together, cut into
+    calls of `sizes` (`device_batches.plan_calls`); a compiled size with fewer images is
+    padded by repeating the last one. With `resume`, outputs kept by an earlier attempt of
+    an upload are reused instead of recomputed (stage 2 can be retried without redoing
+    stage 1); that lookup happens before the device is taken. `device_lock` is held for
+    the whole stage over the batch.
+
+    Each image's stage time is its share of its call's time (a call's images are laid end
+    to end over it on the image's timeline), and `job.device_batch` says how many images
+    its call held. A call that fails for one image's sake (a permanent error) is run again
+    one image per call, so only that image fails; a call out of device memory is run again
+    in smaller calls. The first retryable error is raised after the other calls ran.
     """
 
     def reuse(job: ImageJob) -> None:
@@ -291,15 +321,69 @@ def run_stage(
             stage.accept(job, existing)
             job.note = f"{stage.name} reused from an earlier attempt"
 
-    def compute(job: ImageJob) -> None:
-        if stage.output(job) is not None:
-            return  # reused
-        image = infer(job)
-        stage.accept(job, image)
-        outputs.save(stage.output_key(job), image)
-
     if resume:
         _each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
+    errors: list[BaseException] = []
     with device_lock if device_lock is not None else nullcontext():
         progress.mark(stage.name)  # the stage on the device, for the hang deadline
-        _each(jobs, stage.name, compute, concurrency=1, should_stop=should_stop)
+        todo = [j for j in jobs if j.active and stage.output(j) is None]
+        for group in group_by(todo, stage.call_shape):
+            calls = plan_calls(len(group), sizes.sizes, cost, exact=sizes.exact)
+            for chunk, call in zip(cut(group, calls), calls, strict=True):
+                if should_stop is not None and should_stop():
+                    raise RunCancelled(f"cancelled before {stage.name}")
+                _device_call(chunk, call.size, stage, infer, outputs, sizes, cost, errors)
+    if errors:
+        raise errors[0]
+
+
+def _device_call(
+    chunk: list[ImageJob],
+    size: int,
+    stage: Stage,
+    infer: BatchInfer,
+    outputs: OutputStore,
+    sizes: CallSizes,
+    cost: CallCost,
+    errors: list[BaseException],
+) -> None:
+    """One device call over `chunk` (padded to `size`), its outputs accepted and kept; on
+    failure, smaller calls (see `run_stage`) or the error kept in `errors`."""
+    padded = chunk + [chunk[-1]] * (size - len(chunk))
+    wall = time.time()
+    start = time.perf_counter()
+    try:
+        images = infer(padded)[: len(chunk)]
+    except RunCancelled:
+        raise
+    except DeviceOutOfMemory as exc:
+        smaller = [s for s in sizes.sizes if s < size]
+        if len(chunk) == 1 or not smaller:
+            errors.append(exc)
+            return
+        # The same images in calls below the size that did not fit (halved when exact).
+        limit = max(1, size // 2) if sizes.exact else smaller[-1]
+        retry = CallSizes(tuple(s for s in smaller if s <= limit), sizes.exact)
+        calls = plan_calls(len(chunk), retry.sizes, cost, exact=retry.exact)
+        for part, call in zip(cut(chunk, calls), calls, strict=True):
+            _device_call(part, call.size, stage, infer, outputs, retry, cost, errors)
+        return
+    except Exception as exc:
+        if is_retryable(exc):
+            errors.append(exc)
+        elif len(chunk) > 1:
+            # Find the image it was about: each alone (at the smallest size there is).
+            for job in chunk:
+                _device_call([job], sizes.sizes[0], stage, infer, outputs, sizes, cost, errors)
+        else:
+            chunk[0].fail(stage.name, exc)
+        return
+    elapsed = time.perf_counter() - start
+    for k, (job, share, image) in enumerate(
+        zip(chunk, split_shares(elapsed, len(chunk)), images, strict=True)
+    ):
+        job.timings.add(stage.name, share * 1000.0)
+        job.timings.spans.append((stage.name, wall + k * share, wall + (k + 1) * share))
+        job.device_batch[stage.name] = len(chunk)
+        stage.accept(job, image)
+        outputs.save(stage.output_key(job), image)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from img2img import steps
+from img2img import backends, steps
 from img2img.jobs import ImageJob
 from img2img.stages.spec import STAGE1, STAGE2, Stage
 from tasks.policy import DEVICE_DELAYS_S, transient_task
@@ -12,7 +12,8 @@ from tasks.runtime import get_runtime, stop_requested
 
 
 def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
-    """Run one stage over the batch on this process's device, keeping each output in the
+    """Run one stage over the batch on this process's device, several images per device
+    call where the backend allows (`backends.call_sizes`), keeping each output in the
     directory bucket (written in the background, waited for before the task ends), then log
     how it went."""
     if not any(j.active for j in jobs):
@@ -26,20 +27,23 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
         steps.run_stage(
             jobs,
             stage,
-            lambda job: stage.run(pipe, job, st, stop),
+            lambda batch: stage.run_batch(pipe, batch, st, stop),
             outputs,
             resume=True,
             device_lock=rt.models.device_lock,
             should_stop=stop,
+            sizes=backends.call_sizes(st, pipe),
         )
     finally:
         for problem in outputs.close():
             get_run_logger().warning("could not keep a stage output: %s", problem)
-    done = sum(1 for j in jobs if stage.output(j) is not None)
+    done = [j for j in jobs if stage.output(j) is not None]
+    calls = sum(1.0 / j.device_batch[stage.name] for j in done if stage.name in j.device_batch)
     get_run_logger().info(
-        "%s done for %d images (model loads in this process: %d)",
+        "%s done for %d images in %d device calls (model loads in this process: %d)",
         stage.name,
-        done,
+        len(done),
+        round(calls),
         rt.models.loads,
     )
     return jobs

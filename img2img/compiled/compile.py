@@ -87,6 +87,43 @@ def compile_stage(
         return compile_pipeline(pipe, req, revision, s3, say)
 
 
+def compile_sizes(
+    req: CompileRequest,
+    batches: list[int],
+    s3: S3Client | None = None,
+    progress: Progress | None = None,
+) -> list[Manifest]:
+    """`req` at every size of `batches`: one size as `compile_stage` (the artifact at
+    `req.out`); several, one artifact per size under `req.out` (`sizes.size_folder`), the
+    model loaded once, then the `sizes.json` index last."""
+    from dataclasses import replace
+
+    from img2img.compiled.sizes import SIZES, size_folder, sizes_document
+
+    say = progress or log.info
+    if len(batches) == 1:
+        return [compile_stage(replace(req, batch=batches[0]), s3, say)]
+    get_backend(req.backend)
+    _refuse_existing(req.out, s3)
+    for batch in batches:
+        _refuse_existing(size_folder(req.out, batch), s3)
+    manifests = []
+    with tempfile.TemporaryDirectory(prefix="img2img-compile-") as scratch_dir:
+        start = time.perf_counter()
+        pipe, revision = load_source(req.stage, req.model, req.dtype, s3, Path(scratch_dir))
+        say(f"loaded {req.stage} model {req.model} in {time.perf_counter() - start:.1f} s")
+        for batch in batches:
+            say(f"batch {batch}: compiling into {size_folder(req.out, batch)}")
+            one = replace(req, batch=batch, out=size_folder(req.out, batch))
+            manifests.append(compile_pipeline(pipe, one, revision, s3, say))
+        index = Path(scratch_dir) / "index"
+        index.mkdir()
+        (index / SIZES).write_text(sizes_document(req.stage, req.backend, batches))
+        _publish(index, req.out, s3, last=SIZES)
+    say(f"wrote sizes {batches} and {SIZES} to {req.out}")
+    return manifests
+
+
 def compile_pipeline(
     pipe: Any,
     req: CompileRequest,
@@ -163,27 +200,31 @@ def compile_pipeline(
 
 def _refuse_existing(out: str, s3: S3Client | None) -> None:
     """Artifacts are immutable: a new compile goes to a new place (caches key on the manifest)."""
-    if out.startswith("s3://"):
-        if s3 is None:
-            raise ModelLoadError(f"--out {out} is on S3 but no S3 client was given")
-        bucket, prefix = split_s3_uri(out)
-        key = f"{prefix}/{MANIFEST}" if prefix else MANIFEST
-        found = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
+    from img2img.compiled.sizes import SIZES
+
+    for marker in (MANIFEST, SIZES):
+        if out.startswith("s3://"):
+            if s3 is None:
+                raise ModelLoadError(f"--out {out} is on S3 but no S3 client was given")
+            bucket, prefix = split_s3_uri(out)
+            key = f"{prefix}/{marker}" if prefix else marker
+            found = s3.list_objects_v2(Bucket=bucket, Prefix=key, MaxKeys=1).get("KeyCount", 0)
+        else:
+            found = (Path(out) / marker).exists()
         if found:
             raise InvalidParameters(f"{out} already holds compiled artifacts; choose a new --out")
-    elif (Path(out) / MANIFEST).exists():
-        raise InvalidParameters(f"{out} already holds compiled artifacts; choose a new --out")
 
 
-def _publish(staging: Path, out: str, s3: S3Client | None) -> None:
-    """Put the staged folder at `out`, the manifest last so readers never see half of it."""
+def _publish(staging: Path, out: str, s3: S3Client | None, last: str = MANIFEST) -> None:
+    """Put the staged folder at `out`, `last` (the manifest) last so readers never see half
+    of it."""
     if out.startswith("s3://"):
         assert s3 is not None
         bucket, prefix = split_s3_uri(out)
-        upload_folder(s3, staging, bucket, prefix, last=MANIFEST)
+        upload_folder(s3, staging, bucket, prefix, last=last)
         return
     dest = Path(out)
-    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == MANIFEST)
+    files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     for path in files:  # moved, not copied: the parts are gigabytes at real size
         target = dest / path.relative_to(staging)
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -29,6 +29,7 @@ from img2img.compiled.manifest import (
 from img2img.compiled.parts import Shapes, StageKind
 from img2img.compiled.request import CompileRequest
 from img2img.compiled.runtime import assemble_pipeline
+from img2img.compiled.sizes import CompiledSizes, choose_sizes, read_sizes, size_folder
 from img2img.errors import ModelLoadError
 from img2img.settings import StageSettings
 
@@ -43,16 +44,45 @@ def artifacts_source(kind: StageKind, settings: StageSettings) -> str | None:
 
 
 def load_compiled(
-    kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int = 1
-) -> Any:
-    """A pipeline of `kind` running on compiled parts, checked against `settings` and the
-    number of images the caller passes per call (`batch`; the pipeline's stages pass 1)."""
+    kind: StageKind, settings: StageSettings, s3: S3Client | None, batch: int | None = None
+) -> CompiledSizes:
+    """The pipeline of `kind` on compiled parts at every batch size its artifacts hold (or
+    those of `stages.compiled_batches`), each checked against `settings`; with `batch`, the
+    artifacts must hold that size. Called like a diffusers pipeline: a call of n images
+    runs on the graphs compiled for n."""
     source = artifacts_source(kind, settings)
+    folders: dict[int, tuple[Path, bool, str]] = {}
     if source is None:
-        folder, from_cache = _compile_default(kind, settings, s3), True
+        for size, folder in _compile_default(kind, settings, s3).items():
+            folders[size] = (folder, True, str(folder))
     else:
-        fetched = fetch_artifacts(source, settings.model_cache_dir, s3)
-        folder, from_cache = fetched.folder, source.startswith("s3://")
+        available = read_sizes(source, s3)
+        if available is None:  # one artifact, at whatever size it was compiled for
+            fetched = fetch_artifacts(source, settings.model_cache_dir, s3)
+            size = read_manifest(fetched.folder).batch
+            choose_sizes([size], settings.compiled_batches, source)
+            folders[size] = (fetched.folder, source.startswith("s3://"), source)
+        else:
+            for size in choose_sizes(available, settings.compiled_batches, source):
+                where = size_folder(source, size)
+                fetched = fetch_artifacts(where, settings.model_cache_dir, s3)
+                folders[size] = (fetched.folder, where.startswith("s3://"), where)
+    if batch is not None and batch not in folders:
+        raise ModelLoadError(
+            f"compiled {kind} artifacts {source or 'in the model cache'} hold batch sizes "
+            f"{sorted(folders)}, the caller runs {batch}"
+        )
+    pipes = {
+        size: _load_folder(kind, settings, folder, size, hashed, where)
+        for size, (folder, hashed, where) in folders.items()
+    }
+    return CompiledSizes(pipes)
+
+
+def _load_folder(
+    kind: StageKind, settings: StageSettings, folder: Path, batch: int, hashed: bool, where: str
+) -> Any:
+    """One artifact folder, checked against the settings and its batch size, loaded."""
     manifest = read_manifest(folder)
     here = installed_versions()
     problems = check_manifest(
@@ -67,14 +97,14 @@ def load_compiled(
     )
     if problems:
         raise ModelLoadError(
-            f"compiled {kind} artifacts {source or folder} do not fit: " + "; ".join(problems)
+            f"compiled {kind} artifacts {where} do not fit: " + "; ".join(problems)
         )
     for note in soft_differences(manifest, here):
         log.warning(
             "compiled %s artifacts: %s (only the untraced pipeline code differs)", kind, note
         )
-    # Cache folders were hashed when they were fetched; a plain folder is hashed now.
-    verify_files(folder, manifest, hash_files=not from_cache)
+    # Cache folders were hashed when they were fetched or built; a plain folder is hashed now.
+    verify_files(folder, manifest, hash_files=not hashed)
     backend = get_backend(settings.backend, settings.device)
     start = time.perf_counter()
     runners = {
@@ -82,17 +112,21 @@ def load_compiled(
         for part, rec in manifest.parts.items()
     }
     log.info(
-        "loaded %d compiled %s parts (%s) in %.1f s",
+        "loaded %d compiled %s parts (%s, batch %d) in %.1f s",
         len(runners),
         kind,
         settings.backend,
+        batch,
         time.perf_counter() - start,
     )
     return assemble_pipeline(folder, manifest, Shapes(**manifest.shapes), runners, settings.device)
 
 
-def _compile_default(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Path:
-    """Compile the stage's configured model for torchscript once per cache (not for neuron)."""
+def _compile_default(
+    kind: StageKind, settings: StageSettings, s3: S3Client | None
+) -> dict[int, Path]:
+    """Compile the stage's configured model for torchscript once per cache (not for neuron),
+    at each size of `stages.compiled_batches` (1 when unset); returns the folder per size."""
     if settings.backend != "torchscript":
         env = f"IMG2IMG_STAGES__{kind.upper()}_ARTIFACTS"
         raise ModelLoadError(
@@ -104,25 +138,32 @@ def _compile_default(kind: StageKind, settings: StageSettings, s3: S3Client | No
 
     model = str(resolve_source(kind, settings, s3))
     tag = hashlib.sha256(f"{model}|{settings.dtype}".encode()).hexdigest()[:12]
-    folder = (
-        settings.model_cache_dir
-        / "compiled"
-        / (f"torchscript-{kind}-{settings.width}x{settings.height}-{tag}")
-    )
-
-    def fill(tmp: Path) -> None:
-        log.info("compiling %s from %s for torchscript into %s", kind, model, folder)
-        request = CompileRequest(
-            stage=kind,
-            model=model,
-            height=settings.height,
-            width=settings.width,
-            batch=1,
-            backend="torchscript",
-            out=str(tmp),
-            dtype=settings.dtype,
+    folders = {}
+    for size in settings.compiled_batches or [1]:
+        # Batch 1 keeps the folder name it always had (caches built before stay valid).
+        suffix = "" if size == 1 else f"-b{size}"
+        folder = (
+            settings.model_cache_dir
+            / "compiled"
+            / (f"torchscript-{kind}-{settings.width}x{settings.height}-{tag}{suffix}")
         )
-        compile_stage(request, s3)
 
-    build_once(folder, MANIFEST, fill)
-    return folder
+        def fill(tmp: Path, size: int = size) -> None:
+            log.info(
+                "compiling %s from %s for torchscript (batch %d) into %s", kind, model, size, tmp
+            )
+            request = CompileRequest(
+                stage=kind,
+                model=model,
+                height=settings.height,
+                width=settings.width,
+                batch=size,
+                backend="torchscript",
+                out=str(tmp),
+                dtype=settings.dtype,
+            )
+            compile_stage(request, s3)
+
+        build_once(folder, MANIFEST, fill)
+        folders[size] = folder
+    return folders

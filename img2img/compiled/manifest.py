@@ -113,12 +113,13 @@ def check_manifest(
     width: int,
     dtype: str,
     versions: dict[str, str],
-    batch: int = 1,
+    batch: int | None = None,
 ) -> list[str]:
     """Every way `manifest` does not fit this stage, backend, shape, dtype and environment.
 
     `height` × `width` is the stage's input shape (the stage-1 shape for both stages: the
-    upscaler's input is stage 1's output). An empty list means the artifacts may be loaded.
+    upscaler's input is stage 1's output); `batch`, when given, the images per call the
+    caller runs. An empty list means the artifacts may be loaded.
     """
     problems: list[str] = []
     if manifest.format_version != FORMAT_VERSION:
@@ -134,11 +135,8 @@ def check_manifest(
             f"compiled for {manifest.width}x{manifest.height} input images, the stage settings "
             f"give {width}x{height} (stages.width x stages.height)"
         )
-    if manifest.batch != batch:
-        problems.append(
-            f"compiled for {manifest.batch} image(s) per call, the caller runs {batch} "
-            "(the pipeline's stages run one image per call: compile with --batch 1)"
-        )
+    if batch is not None and manifest.batch != batch:
+        problems.append(f"compiled for {manifest.batch} image(s) per call, the caller runs {batch}")
     if manifest.dtype != dtype:
         problems.append(f"compiled in {manifest.dtype}, settings say {dtype} (stages.dtype)")
     for name in MUST_MATCH.get(manifest.backend, ()):

@@ -152,7 +152,9 @@ class Shapes:
                 shapes["class_labels"] = (self.unet_batch,)
             return shapes
         if part == "vae_encoder":
-            return {"image": (self.batch, 3, self.height, self.width)}
+            # One image: with a generator per image (how the stages call it) diffusers
+            # encodes the images one at a time; the runtime runs rows one after another.
+            return {"image": (1, 3, self.height, self.width)}
         return {"latents": (self.batch, self.latent_channels, lh, lw)}
 
 

@@ -43,7 +43,11 @@ def add_compile_arguments(parser: argparse.ArgumentParser, backend_required: boo
     )
     parser.add_argument("--height", type=int, required=True, help="stage input height")
     parser.add_argument("--width", type=int, required=True, help="stage input width")
-    parser.add_argument("--batch", type=int, default=1, help="images per call")
+    parser.add_argument(
+        "--batch",
+        default="1",
+        help="images per call; several (1,2,4,8) compile one artifact per size under --out",
+    )
     parser.add_argument(
         "--backend",
         choices=["neuron", "torchscript"],
@@ -63,6 +67,13 @@ def add_compile_arguments(parser: argparse.ArgumentParser, backend_required: boo
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32")
 
 
+def batches_from_args(args: argparse.Namespace) -> list[int]:
+    """The batch sizes `--batch` names (`1,4` → [1, 4])."""
+    from img2img.compiled.sizes import parse_batches
+
+    return parse_batches(str(args.batch))
+
+
 def request_from_args(args: argparse.Namespace) -> CompileRequest:
     """The request the arguments of `add_compile_arguments` describe."""
     return CompileRequest(
@@ -70,7 +81,7 @@ def request_from_args(args: argparse.Namespace) -> CompileRequest:
         model=args.model,
         height=args.height,
         width=args.width,
-        batch=args.batch,
+        batch=batches_from_args(args)[0],
         backend=args.backend,
         out=args.out,
         guidance=not args.no_guidance,

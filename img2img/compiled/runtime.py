@@ -179,8 +179,10 @@ class CompiledVae(_Shell):
             raise InvalidParameters(
                 "this compiled stage has no VAE encoder (the upscaler never encodes)"
             )
-        _refuse("VAE encoder", "image", tuple(x.shape), self.image_shape)
-        dist = DiagonalGaussianDistribution(self._encode(x))
+        _refuse("VAE encoder", "image", (1, *x.shape[1:]), self.image_shape)
+        # Compiled at one image: run the images of a batch one after another.
+        moments = torch.cat([self._encode(row.unsqueeze(0)) for row in x])
+        dist = DiagonalGaussianDistribution(moments)
         return AutoencoderKLOutput(latent_dist=dist) if return_dict else (dist,)
 
     def decode(self, z: torch.Tensor, return_dict: bool = True, generator: Any = None) -> Any:

@@ -1,4 +1,5 @@
-"""The simulated backend: a stand-in pipeline that waits a fixed device time per call.
+"""The simulated backend: a stand-in pipeline that waits a device time per call (a fixed
+part and a part per image).
 
 It measures orchestration and I/O at accelerator speeds on a machine without one: the wait
 is a sleep, so it holds no CPU, like a call blocked on a NeuronCore. Benchmarks only; every
@@ -23,7 +24,11 @@ class SimulatedOutput:
 
 
 class SimulatedPipeline:
-    """Called like a diffusers pipeline; returns the input resized by `scale`."""
+    """Called like a diffusers pipeline; returns each input resized by `scale`.
+
+    A call of n images waits `call_ms × (1 + image_share × (n − 1))`: a fixed part paid
+    once per call (weights read, launch, host round trip) and a part per image.
+    """
 
     def __init__(
         self,
@@ -33,6 +38,7 @@ class SimulatedPipeline:
         crash_marker: str | None = None,
         hang_marker: str | None = None,
         hang_file: Path | None = None,
+        image_share: float = 1.0,
     ) -> None:
         self.kind = kind
         self.call_ms = call_ms
@@ -40,24 +46,38 @@ class SimulatedPipeline:
         self.crash_marker = crash_marker
         self.hang_marker = hang_marker
         self.hang_file = hang_file
+        self.image_share = image_share
         self.calls = 0
+        self.images = 0
 
-    def __call__(self, *, image: Image.Image, prompt: Any = None, **_: Any) -> SimulatedOutput:
-        if self.crash_marker and self.crash_marker in str(prompt or ""):
+    def call_s(self, count: int) -> float:
+        """The device time of a call of `count` images, in seconds."""
+        return self.call_ms * (1.0 + self.image_share * (count - 1)) / 1000.0
+
+    def __call__(
+        self, *, image: Image.Image | list[Image.Image], prompt: Any = None, **_: Any
+    ) -> SimulatedOutput:
+        images = image if isinstance(image, list) else [image]
+        prompts = prompt if isinstance(prompt, list) else [prompt]
+        said = " ".join(str(p or "") for p in prompts)
+        if self.crash_marker and self.crash_marker in said:
             # Fault injection: die the way a faulting compiled graph takes its process down.
             os.kill(os.getpid(), signal.SIGKILL)
-        if (self.hang_marker and self.hang_marker in str(prompt or "")) or (
+        if (self.hang_marker and self.hang_marker in said) or (
             self.hang_file is not None and self.hang_file.exists()
         ):
             # Fault injection: a device call that never returns (the process stays alive and
             # its other threads run, as with a Neuron runtime or a GPU kernel that stopped).
             while True:
                 time.sleep(3600)
-        time.sleep(self.call_ms / 1000.0)
+        time.sleep(self.call_s(len(images)))
         self.calls += 1
-        width, height = image.size
-        out = image.resize((width * self.scale, height * self.scale), Image.Resampling.NEAREST)
-        return SimulatedOutput(images=[out])
+        self.images += len(images)
+        out = [
+            im.resize((im.size[0] * self.scale, im.size[1] * self.scale), Image.Resampling.NEAREST)
+            for im in images
+        ]
+        return SimulatedOutput(images=out)
 
     def set_progress_bar_config(self, **_: Any) -> None:
         return None

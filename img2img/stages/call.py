@@ -1,6 +1,7 @@
-"""The one way a stage calls its pipeline: no autograd, device faults mapped onto the error
-tree, progress marked before, during (each diffusion step) and after the call, and a cancel
-request honoured between diffusion steps, not only between images."""
+"""The one way a stage calls its pipeline (one device call over one or more images): no
+autograd, device faults mapped onto the error tree, progress marked before, during (each
+diffusion step) and after the call, and a cancel request honoured between diffusion steps,
+not only between calls."""
 
 from __future__ import annotations
 
@@ -12,16 +13,22 @@ from PIL import Image
 
 from img2img import progress
 from img2img.cancel import RunCancelled
-from img2img.errors import DeviceError
+from img2img.errors import DeviceError, DeviceOutOfMemory
 
 
 def call_pipeline(
-    pipe: Any, stage: str, should_stop: Callable[[], bool] | None = None, **kwargs: Any
-) -> Image.Image:
-    """`pipe(**kwargs).images[0]`. The pipeline's step callback (diffusers'
-    `callback_on_step_end`, or the older `callback` of the x4 upscaler) marks progress after
-    every denoising step, so a device that stops is seen within a step; with `should_stop`,
-    it also stops the call with `RunCancelled` when that says so."""
+    pipe: Any,
+    stage: str,
+    should_stop: Callable[[], bool] | None = None,
+    count: int = 1,
+    **kwargs: Any,
+) -> list[Image.Image]:
+    """`pipe(**kwargs).images`, the `count` images of one device call. The pipeline's step
+    callback (diffusers' `callback_on_step_end`, or the older `callback` of the x4
+    upscaler) marks progress after every denoising step, so a device that stops is seen
+    within a step; with `should_stop`, it also stops the call with `RunCancelled` when that
+    says so. A device out of memory is `DeviceOutOfMemory` (retryable: a smaller call may
+    fit)."""
     import torch
 
     kwargs.update(_step_guard(pipe, stage, should_stop))
@@ -30,17 +37,24 @@ def call_pipeline(
         with torch.inference_mode():
             out = pipe(**kwargs)
     except torch.cuda.OutOfMemoryError as exc:
-        raise DeviceError(f"{stage} ran out of device memory: {exc}") from exc
+        raise DeviceOutOfMemory(
+            f"{stage} ran out of device memory at {count} image(s) per call: {exc}"
+        ) from exc
     progress.mark()
-    result: Image.Image = out.images[0]
-    return result
+    images: list[Image.Image] = list(out.images)
+    if len(images) != count:
+        raise DeviceError(f"{stage} returned {len(images)} images for a call of {count}")
+    return images
 
 
 def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
-    try:
-        accepted = inspect.signature(pipe.__call__).parameters
-    except (TypeError, ValueError):
-        return {}
+    # A wrapper around pipelines (compiled sizes) says what its pipelines take.
+    accepted = getattr(pipe, "call_parameters", None)
+    if accepted is None:
+        try:
+            accepted = inspect.signature(pipe.__call__).parameters
+        except (TypeError, ValueError):
+            return {}
 
     def check(step: int) -> None:
         progress.mark()

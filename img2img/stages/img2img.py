@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -14,29 +14,42 @@ from img2img.stages.call import call_pipeline
 
 def run_img2img(
     pipe: Any,
-    image: Image.Image,
-    params: ImageParams,
-    seed: int,
+    images: Sequence[Image.Image],
+    params: Sequence[ImageParams],
+    seeds: Sequence[int],
     shape: tuple[int, int],
     should_stop: Callable[[], bool] | None = None,
-) -> Image.Image:
-    """Generate one image from `image` (already brought to `shape` = (width, height))."""
+) -> list[Image.Image]:
+    """Generate one image from each of `images` (already brought to `shape` = (width,
+    height)) in one device call. The images share their steps, strength and guidance (the
+    caller groups them so); prompts and seeds are per image, one generator each, so an
+    image comes out as it would alone."""
     import torch
 
-    if image.size != shape:
-        raise InvalidParameters(
-            f"stage 1 runs at {shape[0]}x{shape[1]} but the image is {image.size[0]}x"
-            f"{image.size[1]}; preprocess must fit it first"
-        )
+    for image in images:
+        if image.size != shape:
+            raise InvalidParameters(
+                f"stage 1 runs at {shape[0]}x{shape[1]} but the image is {image.size[0]}x"
+                f"{image.size[1]}; preprocess must fit it first"
+            )
+    first = params[0]
+    negatives = [p.negative_prompt or "" for p in params]
     return call_pipeline(
         pipe,
         "stage 1",
         should_stop,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt or None,
-        image=image,
-        strength=params.strength,
-        num_inference_steps=params.steps,
-        guidance_scale=params.guidance,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
+        count=len(images),
+        prompt=[p.prompt for p in params],
+        # "" is what the pipeline uses for no negative prompt: the same call either way.
+        negative_prompt=negatives if any(negatives) else None,
+        image=list(images),
+        strength=first.strength,
+        num_inference_steps=first.steps,
+        guidance_scale=first.guidance,
+        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
     )
+
+
+def call_shape(params: ImageParams) -> tuple[Any, ...]:
+    """What images must share to go into one stage-1 call."""
+    return (params.steps, params.strength, params.guidance)

@@ -12,12 +12,17 @@ from typing import Any
 from PIL import Image
 
 from img2img.jobs import ImageJob
+from img2img.params import ImageParams
 from img2img.settings import StageSettings
 from img2img.stages import StageKind
+from img2img.stages.img2img import call_shape as stage1_shape
 from img2img.stages.img2img import run_img2img
+from img2img.stages.upscale import call_shape as stage2_shape
 from img2img.stages.upscale import run_upscale
 
-Runner = Callable[[Any, ImageJob, StageSettings, "Callable[[], bool] | None"], Image.Image]
+Runner = Callable[
+    [Any, "list[ImageJob]", StageSettings, "Callable[[], bool] | None"], "list[Image.Image]"
+]
 
 
 @dataclass(frozen=True)
@@ -26,7 +31,19 @@ class Stage:
     model: StageKind
     input_attr: str  # the ImageJob field the stage reads (and clears once it has its output)
     output_attr: str  # the ImageJob field it writes
-    run: Runner
+    run_batch: Runner  # one device call over the jobs' inputs, an output each, in order
+    call_shape: Callable[[ImageJob], tuple[Any, ...]]  # what jobs in one call share
+
+    def run(
+        self,
+        pipe: Any,
+        job: ImageJob,
+        st: StageSettings,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Image.Image:
+        """One image alone (a device call of one)."""
+        (image,) = self.run_batch(pipe, [job], st, should_stop)
+        return image
 
     def output_key(self, job: ImageJob) -> str:
         """Where this stage's output of `job` is kept in the directory bucket."""
@@ -43,20 +60,66 @@ class Stage:
         setattr(job, self.input_attr, None)
 
 
+def _params(jobs: list[ImageJob]) -> list[ImageParams]:
+    params = [j.params for j in jobs]
+    assert all(p is not None for p in params)
+    return [p for p in params if p is not None]
+
+
 def _run_stage1(
-    pipe: Any, job: ImageJob, st: StageSettings, should_stop: Callable[[], bool] | None
-) -> Image.Image:
-    assert job.image is not None and job.params is not None
-    return run_img2img(pipe, job.image, job.params, job.seed, (st.width, st.height), should_stop)
+    pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
+) -> list[Image.Image]:
+    images = [j.image for j in jobs]
+    assert all(i is not None for i in images)
+    return run_img2img(
+        pipe,
+        [i for i in images if i is not None],
+        _params(jobs),
+        [j.seed for j in jobs],
+        (st.width, st.height),
+        should_stop,
+    )
 
 
 def _run_stage2(
-    pipe: Any, job: ImageJob, st: StageSettings, should_stop: Callable[[], bool] | None
-) -> Image.Image:
-    assert job.stage1 is not None and job.params is not None
-    return run_upscale(pipe, job.stage1, job.params, job.seed, st.noise_level, should_stop)
+    pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
+) -> list[Image.Image]:
+    images = [j.stage1 for j in jobs]
+    assert all(i is not None for i in images)
+    return run_upscale(
+        pipe,
+        [i for i in images if i is not None],
+        _params(jobs),
+        [j.seed for j in jobs],
+        st.noise_level,
+        should_stop,
+    )
 
 
-STAGE1 = Stage("stage1", "img2img", input_attr="image", output_attr="stage1", run=_run_stage1)
-STAGE2 = Stage("stage2", "upscale", input_attr="stage1", output_attr="stage2", run=_run_stage2)
+def _shape1(job: ImageJob) -> tuple[Any, ...]:
+    assert job.params is not None
+    return stage1_shape(job.params)
+
+
+def _shape2(job: ImageJob) -> tuple[Any, ...]:
+    assert job.params is not None and job.stage1 is not None
+    return stage2_shape(job.params, job.stage1)
+
+
+STAGE1 = Stage(
+    "stage1",
+    "img2img",
+    input_attr="image",
+    output_attr="stage1",
+    run_batch=_run_stage1,
+    call_shape=_shape1,
+)
+STAGE2 = Stage(
+    "stage2",
+    "upscale",
+    input_attr="stage1",
+    output_attr="stage2",
+    run_batch=_run_stage2,
+    call_shape=_shape2,
+)
 INFERENCE_STAGES = (STAGE1, STAGE2)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -13,24 +13,33 @@ from img2img.stages.call import call_pipeline
 
 def run_upscale(
     pipe: Any,
-    image: Image.Image,
-    params: ImageParams,
-    seed: int,
+    images: Sequence[Image.Image],
+    params: Sequence[ImageParams],
+    seeds: Sequence[int],
     noise_level: int,
     should_stop: Callable[[], bool] | None = None,
-) -> Image.Image:
-    """Upscale `image` four times per side, guided by the same prompt as stage 1."""
+) -> list[Image.Image]:
+    """Upscale each of `images` four times per side in one device call, each guided by its
+    own prompt and seed; they share steps and guidance (the caller groups them so)."""
     import torch
 
+    first = params[0]
+    negatives = [p.negative_prompt or "" for p in params]
     return call_pipeline(
         pipe,
         "stage 2",
         should_stop,
-        prompt=params.prompt,
-        negative_prompt=params.negative_prompt or None,
-        image=image,
-        num_inference_steps=params.upscale_steps,
-        guidance_scale=params.guidance,
+        count=len(images),
+        prompt=[p.prompt for p in params],
+        negative_prompt=negatives if any(negatives) else None,
+        image=list(images),
+        num_inference_steps=first.upscale_steps,
+        guidance_scale=first.guidance,
         noise_level=noise_level,
-        generator=torch.Generator(device="cpu").manual_seed(seed),
+        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
     )
+
+
+def call_shape(params: ImageParams, image: Image.Image) -> tuple[Any, ...]:
+    """What images must share to go into one stage-2 call."""
+    return (params.upscale_steps, params.guidance, image.size)

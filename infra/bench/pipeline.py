@@ -35,6 +35,8 @@ class BenchConfig:
     timeout_s: float
     steps: int
     upscale_steps: int
+    device_batch: int = 4  # most images per device call (eager, simulated)
+    image_share: float = 0.35  # simulated: what each further image adds to a call
 
 
 def bench_settings(base: Settings, state_dir: Path) -> Settings:
@@ -61,6 +63,8 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
         "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": str(cfg.img2img_ms),
         "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.upscale_ms),
         "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
+        "IMG2IMG_STAGES__SIMULATED_IMAGE_SHARE": str(cfg.image_share),
+        "IMG2IMG_STAGES__DEVICE_BATCH": str(cfg.device_batch),
         "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.batch_size),
         "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),
         "IMG2IMG_DISPATCH__ADAPTIVE": "false",  # this bench compares fixed batch sizes
@@ -103,6 +107,7 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
         "backend": cfg.backend,
         "worker": label,
         "batch_size": cfg.batch_size if cfg.worker != "process" else 1,
+        "device_batch": cfg.device_batch if cfg.worker != "process" else 1,
         **figures,
     }
 
@@ -126,7 +131,11 @@ def run_bench(
     keep: bool,
     out: TextIO = sys.stdout,
     err: TextIO = sys.stderr,
+    device_batches: list[int] | None = None,
 ) -> list[dict[str, Any]]:
+    """The warm worker once per device batch size (`device_batches`, default the config's
+    own; the first is the baseline of `speedup_vs_device_batch_N`), then, with `compare`,
+    the stock process worker."""
     settings = bench_settings(base, state_dir)
 
     def say(message: str) -> None:
@@ -135,14 +144,23 @@ def run_bench(
     if cfg.backend == "simulated":
         say(
             f"SIMULATED device: stage 1 {cfg.img2img_ms:.0f} ms/call, stage 2 "
-            f"{cfg.upscale_ms:.0f} ms/call, model load {cfg.load_s:.1f} s per process "
+            f"{cfg.upscale_ms:.0f} ms/call for one image, each further image in a call "
+            f"+{cfg.image_share:.0%}, model load {cfg.load_s:.1f} s per process "
             "(no CPU used while waiting)"
         )
     rows: list[dict[str, Any]] = []
     stack = LocalStack(settings)
     try:
-        warm = run_one(settings, cfg, "warm", say)
-        rows.append(warm)
+        for size in device_batches or [cfg.device_batch]:
+            one = BenchConfig(**{**cfg.__dict__, "device_batch": size})
+            rows.append(run_one(settings, one, "warm", say))
+        warm = rows[-1]
+        first = rows[0]
+        if len(rows) > 1 and first["images_per_s"]:
+            for row in rows[1:]:
+                row[f"speedup_vs_device_batch_{first['device_batch']}"] = round(
+                    row["images_per_s"] / first["images_per_s"], 2
+                )
         if compare:
             process_cfg = BenchConfig(**{**cfg.__dict__, "worker": "process", "batch_size": 1})
             proc = run_one(settings, process_cfg, "process", say)
@@ -157,7 +175,9 @@ def run_bench(
             stack.down(say)
     _print_table(rows, err)
     if as_json:
-        for row in rows[1:] + rows[:1]:  # the warm line (with the ratio) last
+        if compare:  # the warm line (with the ratio) last
+            rows = rows[-1:] + rows[:-1]
+        for row in rows:
             print(
                 json.dumps(
                     {
@@ -166,6 +186,7 @@ def run_bench(
                             "images",
                             "backend",
                             "worker",
+                            "device_batch",
                             "images_per_s",
                             "duty_cycle",
                             "overhead_ms_per_image",
@@ -173,11 +194,7 @@ def run_bench(
                         )
                         if k in row
                     }
-                    | (
-                        {"speedup_vs_process_worker": row["speedup_vs_process_worker"]}
-                        if "speedup_vs_process_worker" in row
-                        else {}
-                    )
+                    | {k: v for k, v in row.items() if k.startswith("speedup_vs_")}
                     | {
                         "batch_size": row["batch_size"],
                         "stage_p95_ms": row["stage_p95_ms"],

@@ -310,7 +310,7 @@ def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> 
 def test_arguments_the_graph_cannot_take_are_refused(
     compiled: dict[str, Path], tmp_path: Path
 ) -> None:
-    pipe = load_pipeline("img2img", settings_for(compiled, tmp_path))
+    pipe = load_pipeline("img2img", settings_for(compiled, tmp_path)).pipes[1]  # batch 1
     sample, context = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
     assert pipe.unet(sample, 10, context, return_dict=False)[0].shape == (2, 4, 16, 16)
     with pytest.raises(InvalidParameters, match="UNet cannot take cross_attention_kwargs"):

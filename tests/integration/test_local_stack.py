@@ -34,6 +34,9 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
         summary = json.loads(demo.stdout.strip().splitlines()[-1])
         assert summary["submitted"] == 3 and summary["completed"] == 3
         assert summary["failed"] == 0
+        # The warm slot ran the run's images several per device call (same parameters).
+        assert summary["device_batch_max"]["stage1"] >= 2, summary
+        assert summary["device_batch_max"]["stage2"] >= 2, summary
         # The demo waited on the completion messages, as an app does: one per upload.
         assert summary["notified"] == 3 and summary["duplicate_messages"] == 0
         assert len(summary["results"]) == 3 and summary["flow_runs"]

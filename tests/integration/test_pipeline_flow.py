@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -66,7 +67,9 @@ def test_upload_to_result_with_timings_and_artifacts(
     run_id = state.state_details.flow_run_id
     table: Any = _artifact_data(run_id, "img2img-stage-timings")
     assert table[0]["image"] == "my cat.png" and table[0]["stage2"] > 0
-    columns = [k for k in table[0] if k not in ("image", "total")]
+    # "batch" says how many images shared each stage's device call ("1/1": alone).
+    assert re.fullmatch(r"\d+/\d+", table[0]["batch"]), table[0]
+    columns = [k for k in table[0] if k not in ("image", "total", "batch")]
     assert sum(table[0][k] or 0 for k in columns) == pytest.approx(table[0]["total"], abs=8)
     assert [r["image"] for r in table[-3:]] == ["(p50)", "(p95)", "(max)"]
     # The replayed image keeps its queue wait as measured (two days) in its own row, but

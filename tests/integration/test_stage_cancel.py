@@ -40,7 +40,7 @@ def test_stage_1_stops_at_the_step_the_cancel_arrives(settings: StageSettings) -
     pipe = backends.load("img2img", settings)
     stop = StopAfter(3)
     with pytest.raises(RunCancelled, match="during stage 1, after denoising step 3"):
-        run_img2img(pipe, Image.new("RGB", (64, 64)), PARAMS, 1, (64, 64), stop)
+        run_img2img(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
     assert stop.asked == 3  # of 20 steps
 
 
@@ -48,7 +48,7 @@ def test_stage_2_stops_at_the_step_the_cancel_arrives(settings: StageSettings) -
     pipe = backends.load("upscale", settings)
     stop = StopAfter(2)
     with pytest.raises(RunCancelled, match="during stage 2, after denoising step 2"):
-        run_upscale(pipe, Image.new("RGB", (16, 16)), PARAMS, 1, 20, stop)
+        run_upscale(pipe, [Image.new("RGB", (16, 16))], [PARAMS], [1], 20, stop)
     assert stop.asked == 2  # of 10 steps
 
 
@@ -57,5 +57,5 @@ def test_without_a_cancel_every_step_runs_and_the_image_comes_back(
 ) -> None:
     pipe = backends.load("img2img", settings)
     stop = StopAfter(10_000)
-    out = run_img2img(pipe, Image.new("RGB", (64, 64)), PARAMS, 1, (64, 64), stop)
+    (out,) = run_img2img(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
     assert out.size == (64, 64) and stop.asked == 20

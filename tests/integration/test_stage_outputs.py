@@ -16,9 +16,9 @@ def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> No
     clients, settings = aws
     calls: list[str] = []
 
-    def infer(job: ImageJob) -> Image.Image:
-        calls.append(job.ref.key)
-        return Image.new("RGB", (8, 8), (1, 2, 3))
+    def infer(jobs: list[ImageJob]) -> list[Image.Image]:
+        calls.extend(job.ref.key for job in jobs)
+        return [Image.new("RGB", (8, 8), (1, 2, 3)) for _ in jobs]
 
     def fresh_job() -> ImageJob:
         job = ImageJob.for_ref(ObjectRef(bucket="u", key="k.png", etag="e"))

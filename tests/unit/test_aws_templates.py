@@ -119,8 +119,36 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     # Inf2 hosts serve compiled artifacts, and the autoscaler counts their slots.
     assert "IMG2IMG_STAGES__BACKEND=neuron" in inference
     assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
+    assert "IMG2IMG_WORKER__CORE_GROUPS=${SlotCoreGroups}" in inference
     control = json.dumps(compute["ControlLaunchTemplate"])
     assert "IMG2IMG_SCALING__SLOTS_PER_HOST=$SLOTS" in control and "${SlotCoreGroups}" in control
+
+
+def test_gpu_hosts_run_the_eager_backend_in_fp16_one_slot_per_gpu(
+    compute: dict[str, Any],
+) -> None:
+    template = load_template("compute.yaml")
+    data = compute["InferenceLaunchTemplate"]["Properties"]["LaunchTemplateData"]
+    assert data["ImageId"] == {
+        "Fn::If": ["OnGpu", {"Ref": "GpuAmiParameter"}, {"Ref": "NeuronAmiParameter"}]
+    }
+    _, variables = data["UserData"]["Fn::Base64"]["Fn::Sub"]
+    gpu, neuron = variables["StageEnv"]["Fn::If"][1:]
+    assert "IMG2IMG_STAGES__BACKEND=eager" in gpu["Fn::Sub"]
+    assert "IMG2IMG_STAGES__DTYPE=float16" in gpu["Fn::Sub"]
+    assert "IMG2IMG_WORKER__DEVICES=$DEVICES" in gpu["Fn::Sub"]
+    assert "IMG2IMG_STAGES__BACKEND=neuron" in neuron["Fn::Sub"]
+    assert "nvidia-smi -L" in json.dumps(data["UserData"])
+    # A GPU type with Accelerator cuda, an inf2 type with neuron: the stack refuses a mix.
+    rules = template["Rules"]
+    gpu_types = rules["AcceleratorFitsTheInstance"]["Assertions"][0]["Assert"]["Fn::Contains"][0]
+    assert all(t.startswith("g") for t in gpu_types)
+    allowed = template["Parameters"]["InstanceType"]["AllowedValues"]
+    assert set(gpu_types) <= set(allowed)
+    # Each GPU type has a price for cost per image.
+    from img2img.settings import ON_DEMAND_USD_PER_HOUR
+
+    assert all(t in ON_DEMAND_USD_PER_HOUR for t in allowed)
 
 
 def test_warm_pool_instances_fetch_their_artifacts_and_never_serve_from_the_pool(

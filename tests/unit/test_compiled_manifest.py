@@ -129,6 +129,22 @@ def test_visible_core_count() -> None:
 
 
 def test_batch_must_match_the_images_per_call() -> None:
-    (problem,) = check(manifest(batch=2))
+    (problem,) = check(manifest(batch=2), batch=1)
     assert "2 image(s) per call" in problem and "runs 1" in problem
     assert check(manifest(batch=2), batch=2) == []
+    assert check(manifest(batch=2)) == []  # any size: the caller runs what it was compiled for
+
+
+def test_sizes_are_parsed_chosen_and_refused_by_name() -> None:
+    from img2img.compiled.sizes import choose_sizes, parse_batches, size_folder
+
+    assert parse_batches("4,1,2,4") == [1, 2, 4]
+    assert parse_batches("8") == [8]
+    for bad in ("", "0,2", "two"):
+        with pytest.raises(InvalidParameters, match="--batch"):
+            parse_batches(bad)
+    assert choose_sizes([1, 2, 4], None, "X") == [1, 2, 4]
+    assert choose_sizes([1, 2, 4], [4, 8], "X") == [4]
+    with pytest.raises(ModelLoadError, match=r"hold batch sizes \[1, 2\].*asks for \[8\]"):
+        choose_sizes([1, 2], [8], "s3://m/x")
+    assert size_folder("s3://m/x/", 4) == "s3://m/x/batch-4"
