@@ -116,6 +116,16 @@ class WarmWorkerResult(BaseWorkerResult):
     """Outcome of one flow run on a slot."""
 
 
+def _gpus(stage_device: str) -> int:
+    """GPUs this host has, asked only when the stages run on `cuda` (torch is imported for
+    it, once, at worker start)."""
+    if not stage_device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
 class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
     type = "img2img-warm"
     job_configuration = WarmJobConfiguration
@@ -130,7 +140,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from img2img.settings import load_settings
 
-        settings = load_settings().worker
+        loaded = load_settings()
+        settings = loaded.worker.one_slot_per_gpu(loaded.stages.device, _gpus(loaded.stages.device))
         if kwargs.get("name"):
             # Unique per process: the recovery service tells a dead worker's runs by its
             # silent heartbeat, which a restarted worker of the same name would hide.

@@ -232,7 +232,8 @@ class WorkerSettings(BaseModel):
     devices: list[str] = Field(
         default_factory=list,
         description="torch device per slot for the eager backend, e.g. ['cuda:0', 'cuda:1']; "
-        "when set, there is one slot per device.",
+        "when set, there is one slot per device. Unset with stages.device 'cuda': one slot "
+        "per GPU the worker finds.",
     )
     drain_timeout_s: float = Field(
         900.0,
@@ -309,6 +310,15 @@ class WorkerSettings(BaseModel):
 
     def slot_count(self) -> int:
         return len(self.core_groups) or len(self.devices) or self.slots
+
+    def one_slot_per_gpu(self, stage_device: str, gpus: int) -> WorkerSettings:
+        """With `stages.device` plain `cuda` and no slot layout given, one slot per GPU of
+        the host (`gpus` of them): what GPU users expect of a worker by default. A layout
+        that is set (`devices`, `core_groups`), a named GPU (`cuda:1`) or none found is
+        kept as it is."""
+        if stage_device != "cuda" or self.devices or self.core_groups or gpus < 1:
+            return self
+        return self.model_copy(update={"devices": [f"cuda:{i}" for i in range(gpus)]})
 
     def slot_env(self, index: int) -> dict[str, str]:
         """Environment that gives slot `index` its share of the device."""

@@ -47,3 +47,16 @@ def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv("IMG2IMG_STAGES__HEIGHT", "500")
     with pytest.raises(ValidationError, match="multiple of 8"):
         Settings()
+
+
+def test_a_cuda_worker_gets_one_slot_per_gpu_unless_told_otherwise() -> None:
+    from img2img.settings import WorkerSettings
+
+    plain = WorkerSettings()
+    assert plain.one_slot_per_gpu("cuda", 4).devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert plain.one_slot_per_gpu("cuda", 4).slot_count() == 4
+    assert plain.one_slot_per_gpu("cpu", 4) is plain
+    assert plain.one_slot_per_gpu("cuda:1", 4) is plain  # a GPU named: as set
+    assert plain.one_slot_per_gpu("cuda", 0) is plain  # none found: as set (and it will say)
+    chosen = WorkerSettings(devices=["cuda:1"])
+    assert chosen.one_slot_per_gpu("cuda", 4).devices == ["cuda:1"]
