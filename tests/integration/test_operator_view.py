@@ -241,8 +241,14 @@ def test_the_views_render_in_a_real_browser(
 
         progress = _latest_artifact(stack, "img2img-batch-progress", run=completed_run)
         driver.get(f"{stack.ui}/artifacts/artifact/{progress['id']}")
-        browser.wait_for(driver, lambda d: "100%" in browser.page_text(d), "progress at 100%")
-        assert "3 of 3 images have an outcome" in browser.page_text(driver)
+        # The page draws the bar and its description as they load: wait for both.
+        browser.wait_for(
+            driver,
+            lambda d: all(
+                t in browser.page_text(d) for t in ("100%", "3 of 3 images have an outcome")
+            ),
+            "progress at 100% with its description",
+        )
         browser.shoot(driver, shots, "run-progress")
 
         driver.get(f"{stack.ui}/artifacts/artifact/{failed_summary['id']}")
