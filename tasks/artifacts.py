@@ -94,8 +94,10 @@ def _publish_artifacts(report: BatchReport, jobs: list[ImageJob], with_chart: bo
         key=TIMINGS_KEY,
         description="Per-image timings in ms; the columns add up to `total` (queue = upload "
         "event → run start; io = outcome check, copy, download, upload; cpu = preprocess and "
-        "encode; wait_dev = behind other images on the device; wait_other = the rest of the "
-        "batch and the orchestrator), then p50 / p95 / max over completed images.",
+        "encode; stage1, stage2 = the image's share of its device call; batch = images in "
+        "that call, stage 1 / stage 2; wait_dev = behind other images on the device; "
+        "wait_other = the rest of the batch and the orchestrator), then p50 / p95 / max over "
+        "completed images.",
     )
     chart = None
     if with_chart and report.lines:
