@@ -30,19 +30,22 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
         timeout_s=args.timeout,
         steps=args.steps,
         upscale_steps=args.upscale_steps,
+        image_share=args.image_share,
     )
     if args.worker == "process" and args.compare:
         print("--compare already runs the process worker; use --worker warm", file=sys.stderr)
         return 2
+    from img2img.compiled.sizes import parse_batches
+    from img2img.errors import InvalidParameters
+
     try:
-        sizes = [int(b) for b in args.device_batch.split(",")]
-    except ValueError:
-        print(f"--device-batch takes sizes like 1,4, got {args.device_batch!r}", file=sys.stderr)
+        sizes = parse_batches(args.device_batch, "--device-batch")
+    except InvalidParameters as exc:
+        print(exc, file=sys.stderr)
         return 2
-    if not sizes or min(sizes) < 1 or max(sizes) > 64:
+    if sizes[-1] > 64:
         print("--device-batch sizes must be within 1..64", file=sys.stderr)
         return 2
-    cfg = BenchConfig(**{**cfg.__dict__, "image_share": args.image_share})
     run_bench(
         settings,
         cfg,
@@ -261,15 +264,17 @@ def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench_device(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
+    from img2img.compiled.sizes import parse_batches
+    from img2img.errors import InvalidParameters
     from infra.bench.device import DeviceBenchConfig, pick_device, print_lines, run_device_bench
 
     try:
-        batches = sorted({int(b) for b in args.batches.split(",")})
-    except ValueError:
-        print(f"--batches takes sizes like 1,2,4,8, got {args.batches!r}", file=sys.stderr)
+        batches = parse_batches(args.batches, "--batches")
+    except InvalidParameters as exc:
+        print(exc, file=sys.stderr)
         return 2
-    if not batches or batches[0] < 1 or args.images < 1:
-        print("--batches sizes and --images must be at least 1", file=sys.stderr)
+    if args.images < 1:
+        print("--images must be at least 1", file=sys.stderr)
         return 2
     device = pick_device(args.device)
     if device == "cpu" and args.dtype != "float32":

@@ -38,7 +38,7 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
 
     from img2img.aws import clients_from_settings
     from img2img.compiled.cache import fetch_artifacts
-    from img2img.compiled.sizes import choose_sizes, read_sizes, size_folder
+    from img2img.compiled.sizes import artifact_locations
 
     s3 = clients_from_settings(settings.aws).s3
     stages = settings.stages
@@ -49,13 +49,8 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
     for stage, source in sources.items():
         if not source:
             continue
-        sizes = read_sizes(source, s3)  # several batch sizes: one artifact each
-        uris = (
-            [size_folder(source, n) for n in choose_sizes(sizes, stages.compiled_batches, source)]
-            if sizes
-            else [source]
-        )
-        for uri in uris:
+        # Several batch sizes: one artifact each.
+        for _size, uri in artifact_locations(source, s3, stages.compiled_batches):
             got = fetch_artifacts(uri, stages.model_cache_dir, s3)
             line = {
                 "stage": stage,

@@ -126,15 +126,12 @@ class CallSizes:
 
 
 def call_sizes(settings: StageSettings, pipe: Any = None) -> CallSizes:
-    """What one device call of the configured backend may hold: for a compiled backend,
-    the sizes the loaded `pipe` was compiled for (`CompiledSizes.call_sizes`)."""
-    if settings.backend in ("torchscript", "neuron"):
-        sizes = getattr(pipe, "call_sizes", None)
-        if sizes is None:
-            raise ModelLoadError(
-                f"the {settings.backend} backend's call sizes come from its loaded pipeline"
-            )
-        return CallSizes(tuple(sizes), exact=False)
+    """What one device call of `pipe` may hold: the sizes a pipeline compiled at fixed
+    batches declares (`CompiledSizes.call_sizes`), else any count up to
+    `stages.device_batch` (eager and simulated pipelines take what they get)."""
+    declared = getattr(pipe, "call_sizes", None)
+    if declared is not None:
+        return CallSizes(tuple(declared), exact=False)
     return CallSizes(tuple(range(1, settings.device_batch + 1)), exact=True)
 
 

@@ -21,7 +21,7 @@ from img2img import progress, storage
 from img2img.announce import Announcer
 from img2img.backends import CallSizes
 from img2img.cancel import RunCancelled
-from img2img.device_batches import CallCost, cut, group_by, plan_calls, split_shares
+from img2img.device_batches import cut, group_by, plan_calls, split_shares
 from img2img.errors import DeviceOutOfMemory, InvalidEvent, PermanentError, is_retryable
 from img2img.images import decode_image, encode_png, fit_to_shape
 from img2img.jobs import ImageJob, finish_timings, result_record
@@ -284,7 +284,6 @@ class OutputStore(Protocol):
 
 
 ONE_AT_A_TIME = CallSizes((1,), exact=True)
-DEFAULT_COST = CallCost()
 
 
 def run_stage(
@@ -296,8 +295,7 @@ def run_stage(
     device_lock: AbstractContextManager[Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     sizes: CallSizes = ONE_AT_A_TIME,
-    cost: CallCost = DEFAULT_COST,
-) -> None:
+) -> int:
     """Run one inference stage over the active jobs, in device calls of several images.
 
     `infer` runs one device call over its jobs' inputs and returns an output each, in
@@ -313,6 +311,7 @@ def run_stage(
     its call held. A call that fails for one image's sake (a permanent error) is run again
     one image per call, so only that image fails; a call out of device memory is run again
     in smaller calls. The first retryable error is raised after the other calls ran.
+    Returns how many device calls gave their outputs.
     """
 
     def reuse(job: ImageJob) -> None:
@@ -324,17 +323,19 @@ def run_stage(
     if resume:
         _each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     errors: list[BaseException] = []
+    done = 0
     with device_lock if device_lock is not None else nullcontext():
         progress.mark(stage.name)  # the stage on the device, for the hang deadline
         todo = [j for j in jobs if j.active and stage.output(j) is None]
         for group in group_by(todo, stage.call_shape):
-            calls = plan_calls(len(group), sizes.sizes, cost, exact=sizes.exact)
+            calls = plan_calls(len(group), sizes.sizes, exact=sizes.exact)
             for chunk, call in zip(cut(group, calls), calls, strict=True):
                 if should_stop is not None and should_stop():
                     raise RunCancelled(f"cancelled before {stage.name}")
-                _device_call(chunk, call.size, stage, infer, outputs, sizes, cost, errors)
+                done += _device_call(chunk, call.size, stage, infer, outputs, sizes, errors)
     if errors:
         raise errors[0]
+    return done
 
 
 def _device_call(
@@ -344,11 +345,11 @@ def _device_call(
     infer: BatchInfer,
     outputs: OutputStore,
     sizes: CallSizes,
-    cost: CallCost,
     errors: list[BaseException],
-) -> None:
+) -> int:
     """One device call over `chunk` (padded to `size`), its outputs accepted and kept; on
-    failure, smaller calls (see `run_stage`) or the error kept in `errors`."""
+    failure, smaller calls (see `run_stage`) or the error kept in `errors`. Returns the
+    calls that gave their outputs."""
     padded = chunk + [chunk[-1]] * (size - len(chunk))
     wall = time.time()
     start = time.perf_counter()
@@ -360,24 +361,25 @@ def _device_call(
         smaller = [s for s in sizes.sizes if s < size]
         if len(chunk) == 1 or not smaller:
             errors.append(exc)
-            return
+            return 0
         # The same images in calls below the size that did not fit (halved when exact).
         limit = max(1, size // 2) if sizes.exact else smaller[-1]
         retry = CallSizes(tuple(s for s in smaller if s <= limit), sizes.exact)
-        calls = plan_calls(len(chunk), retry.sizes, cost, exact=retry.exact)
-        for part, call in zip(cut(chunk, calls), calls, strict=True):
-            _device_call(part, call.size, stage, infer, outputs, retry, cost, errors)
-        return
+        calls = plan_calls(len(chunk), retry.sizes, exact=retry.exact)
+        parts = zip(cut(chunk, calls), calls, strict=True)
+        return sum(_device_call(p, c.size, stage, infer, outputs, retry, errors) for p, c in parts)
     except Exception as exc:
         if is_retryable(exc):
             errors.append(exc)
-        elif len(chunk) > 1:
-            # Find the image it was about: each alone (at the smallest size there is).
-            for job in chunk:
-                _device_call([job], sizes.sizes[0], stage, infer, outputs, sizes, cost, errors)
-        else:
+            return 0
+        if len(chunk) == 1:
             chunk[0].fail(stage.name, exc)
-        return
+            return 0
+        # Find the image it was about: each alone (at the smallest size there is).
+        smallest = sizes.sizes[0]
+        return sum(
+            _device_call([job], smallest, stage, infer, outputs, sizes, errors) for job in chunk
+        )
     elapsed = time.perf_counter() - start
     for k, (job, share, image) in enumerate(
         zip(chunk, split_shares(elapsed, len(chunk)), images, strict=True)
@@ -387,3 +389,4 @@ def _device_call(
         job.device_batch[stage.name] = len(chunk)
         stage.accept(job, image)
         outputs.save(stage.output_key(job), image)
+    return 1

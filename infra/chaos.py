@@ -320,17 +320,18 @@ class Chaos:
         return self._run(scenario, images, timeout_s)
 
     def _stop_intake(self) -> None:
-        """Stop the dispatchers and the autoscaler, the supervisor first (or it would
-        restart them with its own settings)."""
-        for _ in range(5):  # bounded: a supervisor just started may restart one of them
-            self.stack.stop(["supervisor"], self.say)
-            self.stack.stop(INTAKE, self.say)
-            time.sleep(3 * POLL_S + 1.0)  # longer than the supervisor's 2 s round
-            services = {s.name: s for s in self.stack.services()}
-            names = [n for n in services if n == "autoscaler" or n.startswith("dispatcher")]
-            if all(self.stack.pid_of(services[n]) is None for n in names):
-                return
-        raise RuntimeError("the dispatcher or autoscaler kept coming back after being stopped")
+        """Stop the dispatchers and the autoscaler, and the supervisor (or it would restart
+        them with its own settings)."""
+        self.stack.stop(["supervisor", *INTAKE], self.say)
+        services = {s.name: s for s in self.stack.services()}
+        left = [
+            name
+            for name, service in services.items()
+            if (name == "autoscaler" or name.startswith("dispatcher"))
+            and self.stack.pid_of(service) is not None
+        ]
+        if left:
+            raise RuntimeError(f"still running after being stopped: {', '.join(left)}")
 
     def _at_a_backlog(self, images: int, timeout_s: float) -> dict[str, Any]:
         """The dispatcher, the autoscaler and the workers run with `BACKLOG_ENV` for this

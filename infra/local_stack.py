@@ -327,15 +327,16 @@ class LocalStack:
         before = marker.read_text().strip() if marker.exists() else backend
         if before != backend:
             say(f"stages.backend changed from {before} to {backend}: restarting the pipeline")
-            self.stop(["supervisor"], say)  # first, or it would restart the others
-            self.stop(["autoscaler", "worker*"], say)
+            self.stop(["supervisor", "autoscaler", "worker*"], say)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(backend)
 
     def stop(self, names: list[str], say: Callable[[str], None] = log.info) -> None:
         """Stop the named services (for example the worker and dispatcher, to restart them
-        with other settings) and leave the rest running."""
-        for service in self.services() + self._extra_services():
+        with other settings) and leave the rest running. A supervisor named goes first: it
+        would restart the others while they stop."""
+        listed = self.services() + self._extra_services()
+        for service in sorted(listed, key=lambda svc: svc.name != "supervisor"):
             if service.name in names or any(
                 n.endswith("*") and service.name.startswith(n[:-1]) for n in names
             ):

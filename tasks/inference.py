@@ -24,7 +24,7 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
     stop = stop_requested()
     outputs = steps.StageOutputs(rt.clients.s3, rt.settings.storage.stage_bucket)
     try:
-        steps.run_stage(
+        calls = steps.run_stage(
             jobs,
             stage,
             lambda batch: stage.run_batch(pipe, batch, st, stop),
@@ -37,13 +37,11 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
     finally:
         for problem in outputs.close():
             get_run_logger().warning("could not keep a stage output: %s", problem)
-    done = [j for j in jobs if stage.output(j) is not None]
-    calls = sum(1.0 / j.device_batch[stage.name] for j in done if stage.name in j.device_batch)
     get_run_logger().info(
         "%s done for %d images in %d device calls (model loads in this process: %d)",
         stage.name,
-        len(done),
-        round(calls),
+        sum(1 for j in jobs if stage.output(j) is not None),
+        calls,
         rt.models.loads,
     )
     return jobs

@@ -77,14 +77,8 @@ def compile_stage(
 ) -> Manifest:
     """Load `req.model`, trace every part of `req.stage`, write artifacts and manifest to
     `req.out`."""
-    say = progress or log.info
-    get_backend(req.backend)  # fail before the (slow) model load when the backend is missing
-    _refuse_existing(req.out, s3)
-    with tempfile.TemporaryDirectory(prefix="img2img-compile-") as scratch_dir:
-        start = time.perf_counter()
-        pipe, revision = load_source(req.stage, req.model, req.dtype, s3, Path(scratch_dir))
-        say(f"loaded {req.stage} model {req.model} in {time.perf_counter() - start:.1f} s")
-        return compile_pipeline(pipe, req, revision, s3, say)
+    (manifest,) = compile_sizes(req, [req.batch], s3, progress)
+    return manifest
 
 
 def compile_sizes(
@@ -93,34 +87,35 @@ def compile_sizes(
     s3: S3Client | None = None,
     progress: Progress | None = None,
 ) -> list[Manifest]:
-    """`req` at every size of `batches`: one size as `compile_stage` (the artifact at
-    `req.out`); several, one artifact per size under `req.out` (`sizes.size_folder`), the
-    model loaded once, then the `sizes.json` index last."""
+    """`req` at every size of `batches`, the model loaded once: one size writes its artifact
+    at `req.out`; several write one per size under it (`sizes.size_folder`), then the
+    `sizes.json` index last."""
     from dataclasses import replace
 
     from img2img.compiled.sizes import SIZES, size_folder, sizes_document
 
     say = progress or log.info
-    if len(batches) == 1:
-        return [compile_stage(replace(req, batch=batches[0]), s3, say)]
-    get_backend(req.backend)
-    _refuse_existing(req.out, s3)
-    for batch in batches:
-        _refuse_existing(size_folder(req.out, batch), s3)
+    several = len(batches) > 1
+    outs = {b: size_folder(req.out, b) if several else req.out for b in batches}
+    get_backend(req.backend)  # fail before the (slow) model load when the backend is missing
+    for out in {req.out, *outs.values()}:
+        _refuse_existing(out, s3)
     manifests = []
     with tempfile.TemporaryDirectory(prefix="img2img-compile-") as scratch_dir:
         start = time.perf_counter()
         pipe, revision = load_source(req.stage, req.model, req.dtype, s3, Path(scratch_dir))
         say(f"loaded {req.stage} model {req.model} in {time.perf_counter() - start:.1f} s")
-        for batch in batches:
-            say(f"batch {batch}: compiling into {size_folder(req.out, batch)}")
-            one = replace(req, batch=batch, out=size_folder(req.out, batch))
+        for batch, out in outs.items():
+            if several:
+                say(f"batch {batch}: compiling into {out}")
+            one = replace(req, batch=batch, out=out)
             manifests.append(compile_pipeline(pipe, one, revision, s3, say))
-        index = Path(scratch_dir) / "index"
-        index.mkdir()
-        (index / SIZES).write_text(sizes_document(req.stage, req.backend, batches))
-        _publish(index, req.out, s3, last=SIZES)
-    say(f"wrote sizes {batches} and {SIZES} to {req.out}")
+        if several:
+            index = Path(scratch_dir) / "index"
+            index.mkdir()
+            (index / SIZES).write_text(sizes_document(req.stage, req.backend, batches))
+            _publish(index, req.out, s3, last=SIZES)
+            say(f"wrote sizes {batches} and {SIZES} to {req.out}")
     return manifests
 
 

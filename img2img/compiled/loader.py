@@ -29,7 +29,7 @@ from img2img.compiled.manifest import (
 from img2img.compiled.parts import Shapes, StageKind
 from img2img.compiled.request import CompileRequest
 from img2img.compiled.runtime import assemble_pipeline
-from img2img.compiled.sizes import CompiledSizes, choose_sizes, read_sizes, size_folder
+from img2img.compiled.sizes import CompiledSizes, artifact_locations, choose_sizes
 from img2img.errors import ModelLoadError
 from img2img.settings import StageSettings
 
@@ -56,17 +56,12 @@ def load_compiled(
         for size, folder in _compile_default(kind, settings, s3).items():
             folders[size] = (folder, True, str(folder))
     else:
-        available = read_sizes(source, s3)
-        if available is None:  # one artifact, at whatever size it was compiled for
-            fetched = fetch_artifacts(source, settings.model_cache_dir, s3)
-            size = read_manifest(fetched.folder).batch
-            choose_sizes([size], settings.compiled_batches, source)
-            folders[size] = (fetched.folder, source.startswith("s3://"), source)
-        else:
-            for size in choose_sizes(available, settings.compiled_batches, source):
-                where = size_folder(source, size)
-                fetched = fetch_artifacts(where, settings.model_cache_dir, s3)
-                folders[size] = (fetched.folder, where.startswith("s3://"), where)
+        wanted = settings.compiled_batches
+        for listed, where in artifact_locations(source, s3, wanted):
+            fetched = fetch_artifacts(where, settings.model_cache_dir, s3)
+            # A single artifact runs the size it was compiled for (if that one is wanted).
+            size = listed or choose_sizes([read_manifest(fetched.folder).batch], wanted, where)[0]
+            folders[size] = (fetched.folder, where.startswith("s3://"), where)
     if batch is not None and batch not in folders:
         raise ModelLoadError(
             f"compiled {kind} artifacts {source or 'in the model cache'} hold batch sizes "

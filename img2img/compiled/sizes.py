@@ -34,16 +34,16 @@ def size_folder(out: str, batch: int) -> str:
     return f"{out.rstrip('/')}/batch-{batch}"
 
 
-def parse_batches(text: str) -> list[int]:
-    """`"1,4"` → [1, 4]: the sizes `--batch` names, each at least 1, in order, once."""
+def parse_batches(text: str, option: str = "--batch") -> list[int]:
+    """`"1,4"` → [1, 4]: the sizes `option` names, each at least 1, in order, once."""
     try:
         sizes = sorted({int(part) for part in text.split(",") if part.strip()})
     except ValueError:
         raise InvalidParameters(
-            f"--batch takes a size or sizes like 1,2,4,8, got {text!r}"
+            f"{option} takes a size or sizes like 1,2,4,8, got {text!r}"
         ) from None
     if not sizes or sizes[0] < 1:
-        raise InvalidParameters(f"--batch sizes must be at least 1, got {text!r}")
+        raise InvalidParameters(f"{option} sizes must be at least 1, got {text!r}")
     return sizes
 
 
@@ -81,6 +81,18 @@ def read_sizes(source: str, s3: S3Client | None) -> list[int] | None:
     if not batches or min(batches) < 1:
         raise ModelLoadError(f"{where} lists no usable batch size: {batches}")
     return sorted(set(batches))
+
+
+def artifact_locations(
+    source: str, s3: S3Client | None, wanted: list[int] | None
+) -> list[tuple[int | None, str]]:
+    """Where the artifacts of `source` are, with the batch size each holds: one per size
+    (of `wanted`, `stages.compiled_batches`) under a sizes index, or `source` itself (its
+    size is in its manifest: None here)."""
+    available = read_sizes(source, s3)
+    if available is None:
+        return [(None, source)]
+    return [(b, size_folder(source, b)) for b in choose_sizes(available, wanted, source)]
 
 
 def choose_sizes(available: list[int], wanted: list[int] | None, where: str) -> list[int]:

@@ -6,7 +6,7 @@ not only between calls."""
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from PIL import Image
@@ -14,23 +14,37 @@ from PIL import Image
 from img2img import progress
 from img2img.cancel import RunCancelled
 from img2img.errors import DeviceError, DeviceOutOfMemory
+from img2img.params import ImageParams
 
 
 def call_pipeline(
     pipe: Any,
     stage: str,
+    images: Sequence[Image.Image],
+    params: Sequence[ImageParams],
+    seeds: Sequence[int],
     should_stop: Callable[[], bool] | None = None,
-    count: int = 1,
     **kwargs: Any,
 ) -> list[Image.Image]:
-    """`pipe(**kwargs).images`, the `count` images of one device call. The pipeline's step
-    callback (diffusers' `callback_on_step_end`, or the older `callback` of the x4
-    upscaler) marks progress after every denoising step, so a device that stops is seen
-    within a step; with `should_stop`, it also stops the call with `RunCancelled` when that
-    says so. A device out of memory is `DeviceOutOfMemory` (retryable: a smaller call may
-    fit)."""
+    """One device call over `images`, an output each: `pipe(**kwargs).images` with what
+    stays per image (prompt, negative prompt, one generator per seed, so each image comes
+    out as it would alone) taken from `params` and `seeds`; `kwargs` holds what the call
+    takes once. The pipeline's step callback (diffusers' `callback_on_step_end`, or the
+    older `callback` of the x4 upscaler) marks progress after every denoising step, so a
+    device that stops is seen within a step; with `should_stop`, it also stops the call
+    with `RunCancelled` when that says so. A device out of memory is `DeviceOutOfMemory`
+    (retryable: a smaller call may fit)."""
     import torch
 
+    count = len(images)
+    negatives = [p.negative_prompt or "" for p in params]
+    kwargs.update(
+        image=list(images),
+        prompt=[p.prompt for p in params],
+        # "" is what the pipeline uses for no negative prompt: the same call either way.
+        negative_prompt=negatives if any(negatives) else None,
+        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
+    )
     kwargs.update(_step_guard(pipe, stage, should_stop))
     progress.mark()
     try:
@@ -41,10 +55,10 @@ def call_pipeline(
             f"{stage} ran out of device memory at {count} image(s) per call: {exc}"
         ) from exc
     progress.mark()
-    images: list[Image.Image] = list(out.images)
-    if len(images) != count:
-        raise DeviceError(f"{stage} returned {len(images)} images for a call of {count}")
-    return images
+    outputs: list[Image.Image] = list(out.images)
+    if len(outputs) != count:
+        raise DeviceError(f"{stage} returned {len(outputs)} images for a call of {count}")
+    return outputs
 
 
 def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool] | None) -> dict[str, Any]:

@@ -24,8 +24,6 @@ def run_img2img(
     height)) in one device call. The images share their steps, strength and guidance (the
     caller groups them so); prompts and seeds are per image, one generator each, so an
     image comes out as it would alone."""
-    import torch
-
     for image in images:
         if image.size != shape:
             raise InvalidParameters(
@@ -33,20 +31,16 @@ def run_img2img(
                 f"{image.size[1]}; preprocess must fit it first"
             )
     first = params[0]
-    negatives = [p.negative_prompt or "" for p in params]
     return call_pipeline(
         pipe,
         "stage 1",
+        images,
+        params,
+        seeds,
         should_stop,
-        count=len(images),
-        prompt=[p.prompt for p in params],
-        # "" is what the pipeline uses for no negative prompt: the same call either way.
-        negative_prompt=negatives if any(negatives) else None,
-        image=list(images),
         strength=first.strength,
         num_inference_steps=first.steps,
         guidance_scale=first.guidance,
-        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
     )
 
 

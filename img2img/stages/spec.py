@@ -7,12 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
 from img2img.jobs import ImageJob
-from img2img.params import ImageParams
 from img2img.settings import StageSettings
 from img2img.stages import StageKind
 from img2img.stages.img2img import call_shape as stage1_shape
@@ -34,17 +33,6 @@ class Stage:
     run_batch: Runner  # one device call over the jobs' inputs, an output each, in order
     call_shape: Callable[[ImageJob], tuple[Any, ...]]  # what jobs in one call share
 
-    def run(
-        self,
-        pipe: Any,
-        job: ImageJob,
-        st: StageSettings,
-        should_stop: Callable[[], bool] | None = None,
-    ) -> Image.Image:
-        """One image alone (a device call of one)."""
-        (image,) = self.run_batch(pipe, [job], st, should_stop)
-        return image
-
     def output_key(self, job: ImageJob) -> str:
         """Where this stage's output of `job` is kept in the directory bucket."""
         key: str = getattr(job.keys, self.name)
@@ -60,50 +48,39 @@ class Stage:
         setattr(job, self.input_attr, None)
 
 
-def _params(jobs: list[ImageJob]) -> list[ImageParams]:
-    params = [j.params for j in jobs]
-    assert all(p is not None for p in params)
-    return [p for p in params if p is not None]
+T = TypeVar("T")
+
+
+def _present(values: list[T | None]) -> list[T]:
+    """`values`, each of which the step before this stage has set."""
+    assert all(v is not None for v in values)
+    return [v for v in values if v is not None]
 
 
 def _run_stage1(
     pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
 ) -> list[Image.Image]:
-    images = [j.image for j in jobs]
-    assert all(i is not None for i in images)
-    return run_img2img(
-        pipe,
-        [i for i in images if i is not None],
-        _params(jobs),
-        [j.seed for j in jobs],
-        (st.width, st.height),
-        should_stop,
-    )
+    images, params = _present([j.image for j in jobs]), _present([j.params for j in jobs])
+    seeds = [j.seed for j in jobs]
+    return run_img2img(pipe, images, params, seeds, (st.width, st.height), should_stop)
 
 
 def _run_stage2(
     pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
 ) -> list[Image.Image]:
-    images = [j.stage1 for j in jobs]
-    assert all(i is not None for i in images)
-    return run_upscale(
-        pipe,
-        [i for i in images if i is not None],
-        _params(jobs),
-        [j.seed for j in jobs],
-        st.noise_level,
-        should_stop,
-    )
+    images, params = _present([j.stage1 for j in jobs]), _present([j.params for j in jobs])
+    seeds = [j.seed for j in jobs]
+    return run_upscale(pipe, images, params, seeds, st.noise_level, should_stop)
 
 
 def _shape1(job: ImageJob) -> tuple[Any, ...]:
-    assert job.params is not None
-    return stage1_shape(job.params)
+    (params,) = _present([job.params])
+    return stage1_shape(params)
 
 
 def _shape2(job: ImageJob) -> tuple[Any, ...]:
-    assert job.params is not None and job.stage1 is not None
-    return stage2_shape(job.params, job.stage1)
+    (params,), (image,) = _present([job.params]), _present([job.stage1])
+    return stage2_shape(params, image)
 
 
 STAGE1 = Stage(

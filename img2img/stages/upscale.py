@@ -21,22 +21,17 @@ def run_upscale(
 ) -> list[Image.Image]:
     """Upscale each of `images` four times per side in one device call, each guided by its
     own prompt and seed; they share steps and guidance (the caller groups them so)."""
-    import torch
-
     first = params[0]
-    negatives = [p.negative_prompt or "" for p in params]
     return call_pipeline(
         pipe,
         "stage 2",
+        images,
+        params,
+        seeds,
         should_stop,
-        count=len(images),
-        prompt=[p.prompt for p in params],
-        negative_prompt=negatives if any(negatives) else None,
-        image=list(images),
         num_inference_steps=first.upscale_steps,
         guidance_scale=first.guidance,
         noise_level=noise_level,
-        generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
     )
 
 

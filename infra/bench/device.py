@@ -84,9 +84,10 @@ def _reset_peak(device: str) -> None:
         torch.cuda.reset_peak_memory_stats()
 
 
-def _jobs(cfg: DeviceBenchConfig, stage: Stage, side: int) -> list[ImageJob]:
-    """The run: `cfg.images` images with one set of parameters (so they may share calls)
-    and a seed each, holding the stage's input."""
+def _jobs(cfg: DeviceBenchConfig, stage: Stage, count: int) -> list[ImageJob]:
+    """`count` images of the run with one set of parameters (so they may share calls) and
+    a seed each, holding the stage's input at the stage-1 side (stage 2 upscales what
+    stage 1 made)."""
     params = ImageParams(
         prompt="a lighthouse at dusk, oil painting",
         steps=cfg.steps,
@@ -96,10 +97,10 @@ def _jobs(cfg: DeviceBenchConfig, stage: Stage, side: int) -> list[ImageJob]:
     )
     rng = np.random.default_rng(0)
     jobs = []
-    for i in range(cfg.images):
+    for i in range(count):
         job = ImageJob.for_ref(ObjectRef(bucket="bench", key=f"{i}.png", etag="bench"))
         job.params, job.seed = params, i
-        image = Image.fromarray(rng.integers(0, 255, (side, side, 3), np.uint8))
+        image = Image.fromarray(rng.integers(0, 255, (cfg.side, cfg.side, 3), np.uint8))
         setattr(job, stage.input_attr, image)
         jobs.append(job)
     return jobs
@@ -127,10 +128,8 @@ def bench_stage(
     stage: Stage, pipe: Any, cfg: DeviceBenchConfig, st: StageSettings, batch: int
 ) -> dict[str, Any]:
     """One stage over the run at calls of up to `batch` images: pipeline, then bare."""
-    # Stage 2 upscales what stage 1 made: both take images of the stage-1 side.
-    side = cfg.side
-    jobs = _jobs(cfg, stage, side)
-    warm = _jobs(cfg, stage, side)[:batch]
+    jobs = _jobs(cfg, stage, cfg.images)
+    warm = _jobs(cfg, stage, batch)
     stage.run_batch(pipe, warm, st, None)  # lazy initialisation, allocator, autotuning
     _sync(cfg.device)
     _reset_peak(cfg.device)
@@ -148,7 +147,7 @@ def bench_stage(
     pipeline_s = time.perf_counter() - start
     peak = _peak_mb(cfg.device)
     calls = -(-cfg.images // batch)
-    bare_jobs = _jobs(cfg, stage, side)
+    bare_jobs = _jobs(cfg, stage, cfg.images)
     start = time.perf_counter()
     for k in range(0, len(bare_jobs), batch):
         _bare_call(pipe, stage, bare_jobs[k : k + batch], st)

@@ -70,10 +70,9 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
         "IMG2IMG_DISPATCH__ADAPTIVE": "false",  # this bench compares fixed batch sizes
     }
     stack = LocalStack(settings, extra_env=env)
-    # The supervisor first: it would restart the dispatcher with the last configuration's
+    # The supervisor too: it would restart the dispatcher with the last configuration's
     # environment (it keeps the one it started with); `up` starts it again with this one.
-    stack.stop(["supervisor"], say)
-    stack.stop(["worker-*", "dispatcher"], say)
+    stack.stop(["supervisor", "worker-*", "dispatcher"], say)
     for name in ("worker-0", "dispatcher"):
         stack.log_path(name).unlink(missing_ok=True)
     stack.up(say)
