@@ -23,8 +23,14 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         # Children (dispatcher, autoscaler, workers) read their settings from the environment.
         os.environ["IMG2IMG_STAGES__BACKEND"] = args.backend
         settings.stages.backend = args.backend
+    if args.topology is not None:
+        os.environ["IMG2IMG_TOPOLOGY"] = args.topology
+        settings.use_topology(args.topology)
     stack = LocalStack(settings)
-    say(f"bringing the local stack up on the {settings.stages.backend} backend (idempotent)")
+    say(
+        f"bringing the local stack up on the {settings.stages.backend} backend, "
+        f"{settings.topology} topology (idempotent)"
+    )
     stack.up(say)
     say(NOISE_NOTICE)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
@@ -64,8 +70,16 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     say(f"{len(completed)} completed, {len(failed)} failed, {len(pending)} timed out")
     say(f"runs: {ui}/runs   timing artifacts: {ui}/artifacts/key/img2img-stage-timings")
     say("the stack keeps running for the UI; stop it with: img2img local down")
-    flow_runs = sorted({str(o.doc["flow_run_id"]) for o in outcomes if o.doc.get("flow_run_id")})
+    flow_runs = sorted(
+        {
+            str(o.doc[k])
+            for o in outcomes
+            for k in ("stage1_flow_run_id", "flow_run_id")
+            if o.doc.get(k)
+        }
+    )
     summary: dict[str, Any] = {
+        "topology": settings.topology,
         "submitted": len(refs),
         "completed": len(completed),
         "failed": len(failed) + len(pending),
@@ -99,5 +113,12 @@ def add_commands(sub: Any) -> None:
         default=None,
         help="stage backend (default: stages.backend); torchscript compiles the tiny models "
         "once into the model cache and runs the Neuron code path on CPU",
+    )
+    demo.add_argument(
+        "--topology",
+        choices=["single", "split"],
+        default=None,
+        help="one pool for both stages, or a pool per stage (default: IMG2IMG_TOPOLOGY, else "
+        "what the running stack uses, else single)",
     )
     demo.set_defaults(func=cmd_demo)

@@ -17,6 +17,8 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
         settings.local.workers = args.workers
     if args.database is not None:
         settings.local.database = args.database
+    if args.topology is not None:
+        settings.use_topology(args.topology)
     if args.action == "supervise":
         return cmd_supervise(settings)
     stack = LocalStack(settings)
@@ -46,6 +48,14 @@ def add_commands(sub: Any) -> None:
         choices=["sqlite", "postgres"],
         default=None,
         help="the Prefect server's database (default: IMG2IMG_LOCAL__DATABASE, else sqlite)",
+    )
+    local.add_argument(
+        "--topology",
+        choices=["single", "split"],
+        default=None,
+        help="single: one pool runs both stages; split: a pool per stage (inf2-img2img, "
+        "inf2-upscale), each with its own workers and autoscaling (default: "
+        "IMG2IMG_TOPOLOGY, else what the running stack uses, else single)",
     )
     local.set_defaults(func=cmd_local)
 

@@ -23,15 +23,19 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from deployments.reconciler import reconcile
     from deployments.recovery import RecoveryService, RunRecovery
     from img2img.announce import Announcer
+    from img2img.topology import pools
 
     clients = _local_clients(settings)
     policy = settings.recovery
     announcer = Announcer.for_clients(clients, settings)
     with get_client(sync_client=True) as client:
-        runs = RunRecovery(client, clients.s3, settings, settings.autoscaler.pool, announcer)
+        every = [
+            RunRecovery(client, clients.s3, settings, role.pool, announcer)
+            for role in pools(settings.topology, settings.autoscaler.pool)
+        ]
         if args.once:
-            stats = runs.step()
-            print(json.dumps(stats.__dict__))
+            for runs in every:
+                print(json.dumps({"pool": runs.pool, **runs.step().__dict__}))
             return 0
 
         def periodic_reconcile() -> None:
@@ -46,7 +50,7 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
             if report.missing:
                 print(json.dumps(report.as_dict()), file=sys.stderr, flush=True)
 
-        service = RecoveryService(runs, periodic_reconcile)
+        service = RecoveryService(every, periodic_reconcile)
         service.install_signal_handlers()
         service.run()
     return 0

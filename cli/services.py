@@ -42,21 +42,22 @@ def run_slots(settings: Settings) -> int:
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from infra.autoscaling import build_autoscaler
+    from infra.autoscaling import build_autoscalers
 
     with get_client(sync_client=True) as client:
-        scaler = build_autoscaler(settings, client)
+        scaler = build_autoscalers(settings, client)
         if args.once:
-            decision = scaler.step()
-            print(
-                json.dumps(
-                    {
-                        "desired": decision.desired,
-                        "reason": decision.reason,
-                        "demand": decision.demand,
-                    }
+            for pool, decision in zip((s.pool for s in scaler.scalers), scaler.step(), strict=True):
+                print(
+                    json.dumps(
+                        {
+                            "pool": pool,
+                            "desired": decision.desired,
+                            "reason": decision.reason,
+                            "demand": decision.demand,
+                        }
+                    )
                 )
-            )
             return 0
         scaler.install_signal_handlers()
         scaler.run()

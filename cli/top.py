@@ -27,14 +27,23 @@ def render(scraped: Scraped, url: str) -> Any:
 
     figures = Table(title=f"img2img fleet ({url})", title_justify="left")
     figures.add_column("figure")
-    figures.add_column("value", justify="right")
+    # One column per work pool (two on a split topology: stage 1's and stage 2's).
+    pools = scraped.pool_gauges or {"": scraped.gauges}
+    for pool in pools:
+        figures.add_column(f"pool {pool}" if pool else "value", justify="right")
     for name, label in GAUGES.items():
-        if name in scraped.gauges:
-            figures.add_row(label, _figure_text(name, scraped.gauges[name]))
+        if any(name in gauges for gauges in pools.values()):
+            cells = [
+                _figure_text(name, gauges[name]) if name in gauges else "–"
+                for gauges in pools.values()
+            ]
+            figures.add_row(label, *cells)
     done = scraped.images
+    handed = f", {done['handed_off']:.0f} handed to stage 2" if done.get("handed_off") else ""
     figures.add_row(
         "images since start",
-        f"{done.get('completed', 0):.0f} ok, {done.get('failed', 0):.0f} failed",
+        f"{done.get('completed', 0):.0f} ok, {done.get('failed', 0):.0f} failed{handed}",
+        *[""] * (len(pools) - 1),
     )
     stages = Table(title="stages (mean per image since start)", title_justify="left")
     stages.add_column("stage")

@@ -32,6 +32,7 @@ from deployments.signals import stop_on_signals
 from deployments.warm_worker import UNHEALTHY_EVENT, host_of
 from img2img.forecast import Forecast, day_offsets, forecast, history_counts
 from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
+from img2img.topology import artifact_key
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -354,7 +355,7 @@ class Autoscaler:
             # Through the client: this service runs outside any flow run.
             self.prefect.create_artifact(
                 ArtifactCreate(
-                    key=ARTIFACT_KEY,
+                    key=artifact_key(ARTIFACT_KEY, self.pool),
                     type="table",
                     data=json.dumps(list(reversed(self.history))),
                     description=f"Scaling decisions for work pool {self.pool}",

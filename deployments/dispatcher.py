@@ -86,7 +86,7 @@ class Dispatcher:
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
-            self.settings.deployment,
+            self.settings.target,
             f"batches of {self.batcher.max_batch} at low load, up to {self.settings.max_batch} "
             f"under a backlog over {self.run_slots} run slots"
             if self.settings.adaptive
@@ -178,9 +178,7 @@ class Dispatcher:
             return count
         try:
             if self._deployment_id is None:
-                self._deployment_id = self.prefect.read_deployment_by_name(
-                    self.settings.deployment
-                ).id
+                self._deployment_id = self.prefect.read_deployment_by_name(self.settings.target).id
             found: int | None = int(
                 self.prefect.count_flow_runs(
                     flow_run_filter=FlowRunFilter(
@@ -293,7 +291,7 @@ class Dispatcher:
 
     def _create_run(self, batch: Batch) -> str:
         if self._deployment_id is None:
-            deployment = self.prefect.read_deployment_by_name(self.settings.deployment)
+            deployment = self.prefect.read_deployment_by_name(self.settings.target)
             self._deployment_id = deployment.id
         first = batch.objects[0].key.rsplit("/", 1)[-1][:40]
         run = self.prefect.create_flow_run_from_deployment(

@@ -28,6 +28,7 @@ from deployments.pool_runs import PoolResource, online_hosts
 from img2img.fleet import BatchDigest, FleetSample, FleetWindow, markdown
 from img2img.scaling import Decision, Observation
 from img2img.settings import MonitorSettings, StorageSettings
+from img2img.topology import artifact_key
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -78,6 +79,7 @@ class FleetView:
         self._seen: dict[UUID, float] = {}
         self._artifact: UUID | None = None
         self.pool_resource = PoolResource(prefect, pool)
+        self.artifact_key = artifact_key(ARTIFACT_KEY, pool)
         self._queue_urls: dict[str, str] = {}
         self._starved_since: float | None = None
         self._starved = False
@@ -211,7 +213,9 @@ class FleetView:
             )
             return
         created = self.prefect.create_artifact(
-            ArtifactCreate(key=ARTIFACT_KEY, type="markdown", data=body, description=description)
+            ArtifactCreate(
+                key=self.artifact_key, type="markdown", data=body, description=description
+            )
         )
         self._artifact = created.id
 
@@ -222,7 +226,7 @@ class FleetView:
         from prefect.client.schemas.sorting import ArtifactSort
 
         found = self.prefect.read_artifacts(
-            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY])),
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[self.artifact_key])),
             sort=ArtifactSort.UPDATED_DESC,
             limit=1,
         )

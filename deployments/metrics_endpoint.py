@@ -17,56 +17,82 @@ from img2img.scaling import Decision, Observation
 BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
 
 
+GAUGES = {
+    "queued_runs": ("img2img_queued_runs", "Flow runs waiting for a slot"),
+    "running_runs": ("img2img_running_runs", "Flow runs running"),
+    "hosts_wanted": ("img2img_hosts_wanted", "Hosts the autoscaler holds"),
+    "hosts_running": ("img2img_hosts_online", "Hosts with a worker online"),
+    "queued_messages": ("img2img_queued_messages", "Upload events waiting in the ingest queue"),
+    "dead_letters": ("img2img_dead_letter_messages", "Messages in the DLQ"),
+    "images_per_minute": ("img2img_images_per_minute", "Throughput, fleet window"),
+    "duty_cycle": ("img2img_duty_cycle", "Busy slots ÷ slots held, fleet window"),
+    "cost_per_image": (
+        "img2img_cost_per_image_usd",
+        "Host cost ÷ images with an outcome, fleet window",
+    ),
+    "e2e_p95": ("img2img_end_to_end_p95_seconds", "Upload → result p95, window"),
+}
+
+
 class PrometheusMetrics:
-    def __init__(self, pool: str) -> None:
+    """One pool's figures; `for_pool` gives another pool's, in the same registry, so one
+    endpoint serves every pool of a split topology (told apart by the `pool` label)."""
+
+    def __init__(self, pool: str, shared: PrometheusMetrics | None = None) -> None:
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
         self.pool = pool
-        labels = ["pool"]
-
-        def gauge(name: str, doc: str) -> Any:
-            return Gauge(name, doc, labels, registry=r).labels(pool)
-
-        self.queued_runs = gauge("img2img_queued_runs", "Flow runs waiting for a slot")
-        self.running_runs = gauge("img2img_running_runs", "Flow runs running")
-        self.hosts_wanted = gauge("img2img_hosts_wanted", "Hosts the autoscaler holds")
-        self.hosts_running = gauge("img2img_hosts_online", "Hosts with a worker online")
-        self.queued_messages = gauge(
-            "img2img_queued_messages", "Upload events waiting in the ingest queue"
-        )
-        self.dead_letters = gauge("img2img_dead_letter_messages", "Messages in the DLQ")
-        self.images_per_minute = gauge("img2img_images_per_minute", "Throughput, fleet window")
-        self.duty_cycle = gauge("img2img_duty_cycle", "Busy slots ÷ slots held, fleet window")
-        self.cost_per_image = gauge(
-            "img2img_cost_per_image_usd", "Host cost ÷ images with an outcome, fleet window"
-        )
-        self.e2e_p95 = gauge("img2img_end_to_end_p95_seconds", "Upload → result p95, window")
-        self._images = Counter(
-            "img2img_images", "Images with an outcome", ["pool", "outcome"], registry=r
-        )
-        self._failures = Counter(
-            "img2img_failures",
-            "Failed images by the stage they failed at",
-            ["pool", "stage"],
-            registry=r,
-        )
-        self._stage = Histogram(
-            "img2img_stage_seconds",
-            "Per-image time in each stage (completed images)",
-            ["pool", "stage"],
-            buckets=BUCKETS,
-            registry=r,
-        )
-        self._e2e = Histogram(
-            "img2img_end_to_end_seconds",
-            "Upload event → outcome per image",
-            ["pool"],
-            buckets=BUCKETS,
-            registry=r,
-        )
         self._server: Any = None
+        self.registry: CollectorRegistry
+        self._families: dict[str, Any]
+        if shared is not None:
+            self.registry, self._families = shared.registry, shared._families
+        else:
+            self.registry = CollectorRegistry(auto_describe=True)
+            r = self.registry
+            self._families = {
+                key: Gauge(name, doc, ["pool"], registry=r) for key, (name, doc) in GAUGES.items()
+            }
+            self._families["images"] = Counter(
+                "img2img_images", "Images with an outcome", ["pool", "outcome"], registry=r
+            )
+            self._families["failures"] = Counter(
+                "img2img_failures",
+                "Failed images by the stage they failed at",
+                ["pool", "stage"],
+                registry=r,
+            )
+            self._families["stage"] = Histogram(
+                "img2img_stage_seconds",
+                "Per-image time in each stage (completed images)",
+                ["pool", "stage"],
+                buckets=BUCKETS,
+                registry=r,
+            )
+            self._families["e2e"] = Histogram(
+                "img2img_end_to_end_seconds",
+                "Upload event → outcome per image",
+                ["pool"],
+                buckets=BUCKETS,
+                registry=r,
+            )
+        f = self._families
+        self.queued_runs = f["queued_runs"].labels(pool)
+        self.running_runs = f["running_runs"].labels(pool)
+        self.hosts_wanted = f["hosts_wanted"].labels(pool)
+        self.hosts_running = f["hosts_running"].labels(pool)
+        self.queued_messages = f["queued_messages"].labels(pool)
+        self.dead_letters = f["dead_letters"].labels(pool)
+        self.images_per_minute = f["images_per_minute"].labels(pool)
+        self.duty_cycle = f["duty_cycle"].labels(pool)
+        self.cost_per_image = f["cost_per_image"].labels(pool)
+        self.e2e_p95 = f["e2e_p95"].labels(pool)
+        self._images, self._failures = f["images"], f["failures"]
+        self._stage, self._e2e = f["stage"], f["e2e"]
+
+    def for_pool(self, pool: str) -> PrometheusMetrics:
+        """`pool`'s figures, served by this one's endpoint."""
+        return PrometheusMetrics(pool, shared=self)
 
     def serve(self, host: str, port: int) -> int:
         """Start serving /metrics in a thread; returns the port (0 picks a free one)."""
@@ -88,6 +114,8 @@ class PrometheusMetrics:
     def observe_batch(self, batch: BatchDigest) -> None:
         self._images.labels(self.pool, "completed").inc(batch.completed)
         self._images.labels(self.pool, "failed").inc(batch.failed)
+        if batch.handed_off:
+            self._images.labels(self.pool, "handed_off").inc(batch.handed_off)
         for stage, count in batch.failed_at.items():
             self._failures.labels(self.pool, stage).inc(count)
         for stage, values in batch.stage_ms.items():

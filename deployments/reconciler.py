@@ -18,6 +18,7 @@ from img2img.idempotency import reconcile_key
 from img2img.keys import outcome_stem
 from img2img.reconcile import list_uploads, outcome_stems, without_outcome
 from img2img.settings import Settings
+from img2img.topology import pools
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -75,7 +76,10 @@ def reconcile(
     storage = settings.storage
     buckets = sorted(storage.upload_buckets)
     report = ReconcileReport(buckets=buckets, prefix=prefix)
-    live = live_stems(prefect, settings.autoscaler.pool)
+    # An upload a stage-2 run holds is as live as one in a stage-1 run.
+    live: set[str] = set()
+    for role in pools(settings.topology, settings.autoscaler.pool):
+        live |= live_stems(prefect, role.pool)
     now = datetime.now(timezone.utc)
     missing: list[ObjectRef] = []
     for bucket in buckets:
@@ -96,7 +100,7 @@ def reconcile(
 def _resubmit(
     prefect: SyncPrefectClient, settings: Settings, missing: list[ObjectRef]
 ) -> list[str]:
-    deployment = prefect.read_deployment_by_name(settings.dispatch.deployment)
+    deployment = prefect.read_deployment_by_name(settings.dispatch.target)
     size = settings.dispatch.max_batch
     created = []
     for start in range(0, len(missing), size):

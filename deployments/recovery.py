@@ -239,10 +239,12 @@ class RunRecovery:
     def _create_half(self, run: FlowRun, index: int, half: list[ObjectRef], crashes: int) -> str:
         if run.deployment_id is None:
             raise ValueError(f"flow run {run.id} has no deployment to split into")
-        parameters: dict[str, Any] = {"objects": [o.model_dump(mode="json") for o in half]}
-        defaults = (run.parameters or {}).get("defaults")
-        if defaults is not None:
-            parameters["defaults"] = defaults
+        # The run's other parameters go with each half as they are (a stage-2 run's hand-off
+        # states, keyed by upload, serve either half).
+        parameters: dict[str, Any] = {
+            **(run.parameters or {}),
+            "objects": [o.model_dump(mode="json") for o in half],
+        }
         child = self.prefect.create_flow_run_from_deployment(
             run.deployment_id,
             parameters=parameters,
@@ -266,11 +268,14 @@ class RecoveryService:
 
     def __init__(
         self,
-        runs: RunRecovery,
+        runs: RunRecovery | list[RunRecovery],
         reconcile: Any | None = None,
         clock: Any = time.monotonic,
     ) -> None:
-        self.runs = runs
+        """`runs`: the recovery of each pool of the pipeline (one, or one per stage when
+        split); the first one's stats are what `run` returns."""
+        self.pools = runs if isinstance(runs, list) else [runs]
+        self.runs = self.pools[0]
         self.reconcile = reconcile
         self.clock = clock
         self._stop = threading.Event()
@@ -282,17 +287,18 @@ class RecoveryService:
         log.info(
             "recovering crashed and orphaned runs of pool %s every %.0f s (orphaned after "
             "%.0f s of worker silence; %d attempts, split after %d)",
-            self.runs.pool,
+            ", ".join(r.pool for r in self.pools),
             policy.interval_s,
             policy.orphan_after_s,
             policy.max_attempts,
             policy.split_after,
         )
         while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
-            try:
-                self.runs.step()
-            except Exception as exc:  # the API may be briefly unavailable
-                log.warning("recovery pass failed (will retry): %s", exc)
+            for runs in self.pools:
+                try:
+                    runs.step()
+                except Exception as exc:  # the API may be briefly unavailable
+                    log.warning("recovery pass of pool %s failed (will retry): %s", runs.pool, exc)
             if (
                 self.reconcile is not None
                 and policy.reconcile_interval_s > 0

@@ -51,6 +51,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         from img2img.aws import clients_from_settings
         from img2img.models import configure_torch, process_models
         from img2img.settings import load_settings
+        from img2img.topology import BOTH
 
         start = time.perf_counter()
         settings = load_settings()
@@ -58,7 +59,8 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         # The process-wide model cache the pipeline's tasks use too: what is loaded here is
         # what every run of this slot gets.
         models = process_models()
-        call_s = models.warm_up(settings.stages, clients_from_settings(settings.aws).s3)
+        stages = tuple(settings.worker.stages or BOTH)
+        call_s = models.warm_up(settings.stages, clients_from_settings(settings.aws).s3, stages)
     except Exception as exc:
         send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return

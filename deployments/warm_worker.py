@@ -13,6 +13,7 @@ SIGTERM drains: the worker stops taking runs, lets the running ones finish (boun
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -37,6 +38,7 @@ from pydantic import Field
 from deployments.slot_pool import SlotPool
 from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
 from img2img.settings import WorkerSettings
+from img2img.topology import stages_for_pool
 
 ACQUIRE_POLL_S = 0.1
 UNHEALTHY_EVENT = "img2img.worker.unhealthy"
@@ -163,9 +165,11 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def setup(self) -> None:
         await super().setup()
         _read_deployments_once(self.client, DEPLOYMENT_TTL_S)
-        self.pool = SlotPool(
-            self.worker_settings, slot_base_env(), self._logger, on_unhealthy=self._unhealthy
-        )
+        # The models its slots load: the worker's setting, else its pool's stage(s).
+        stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
+        self._logger.info("slots load the %s model(s)", " and ".join(stages))
+        env = {**slot_base_env(), "IMG2IMG_WORKER__STAGES": json.dumps(stages)}
+        self.pool = SlotPool(self.worker_settings, env, self._logger, on_unhealthy=self._unhealthy)
         self.pool.start_all()
         assert self._runs_task_group is not None
         # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and

@@ -17,17 +17,22 @@ from prefect import flow, get_run_logger
 
 @flow(name="img2img-autoscaler", log_prints=False)
 def autoscale(duration_s: float = 3600.0) -> int:
-    """Scale the pool for `duration_s` seconds; returns the size it leaves."""
+    """Scale the pipeline's pools for `duration_s` seconds; returns the hosts it leaves."""
     from prefect.client.orchestration import get_client
 
     from img2img.settings import load_settings
-    from infra.autoscaling import build_autoscaler
+    from infra.autoscaling import build_autoscalers
 
     with get_client(sync_client=True) as client:
-        scaler = build_autoscaler(load_settings(), client)
-        scaler.run(stop_after_s=duration_s)
-    size: int = scaler.backend.current()
-    get_run_logger().info("left the pool at %d host(s) after %.0f s", size, duration_s)
+        scalers = build_autoscalers(load_settings(), client)
+        scalers.run(stop_after_s=duration_s)
+    size = 0
+    for scaler in scalers.scalers:
+        held: int = scaler.backend.current()
+        get_run_logger().info(
+            "left pool %s at %d host(s) after %.0f s", scaler.pool, held, duration_s
+        )
+        size += held
     return size
 
 

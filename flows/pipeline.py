@@ -12,27 +12,22 @@ Run it directly against the local stack:
 from __future__ import annotations
 
 import argparse
-import time
-from collections.abc import Callable
 from datetime import datetime, timezone
 from functools import partial
 from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import Cancelled, Completed, Failed, State
+from prefect.states import State
 
-from img2img.cancel import RunCancelled, registry
+from flows.batch_run import BatchRun, unique
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
 from img2img.stages.spec import STAGE1, STAGE2
 from img2img.steps import record_queue_wait, reject_unaccepted
-from tasks.artifacts import Progress, publish_timings
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
-from tasks.policy import run_step
-from tasks.postprocess import postprocess
 from tasks.preprocess import preprocess
 from tasks.runtime import get_runtime
 
@@ -45,104 +40,28 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
         objects: the uploads, as the dispatcher parsed them from S3 notifications.
         defaults: generation parameters for images whose metadata does not set them.
     """
-    started = datetime.now(timezone.utc)
-    clock = time.perf_counter()
-    run_id = str(flow_run.id) if flow_run.id else None
-    jobs = [ImageJob.for_ref(ref) for ref in _unique(objects)]
-    record_queue_wait(jobs, started)
-
-    rt = get_runtime()
-    reject_unaccepted(jobs, rt.settings.storage.upload_buckets)
-    cancels = registry()
-    # Each step takes the batch and returns it, each image updated where it is (an image
-    # that fails is marked failed; the others go on): a retry of a step sees what the
-    # earlier attempt finished.
-    monitor = rt.settings.monitor
-    # Each step a task run, or a plain call in this flow run (monitor.task_runs).
-    call = partial(run_step, task_run=monitor.task_runs)
-    steps: list[tuple[str, Callable[[list[ImageJob]], list[ImageJob]]]] = [
-        ("copy", partial(call, copy_to_directory_bucket)),
-        ("preprocess", lambda batch: call(preprocess, batch, defaults or ImageParams())),
-        (STAGE1.name, partial(call, img2img_stage)),
-        (STAGE2.name, partial(call, upscale_stage)),
-    ]
-    progress = Progress(jobs, len(steps) + 1, steps[0][0], enabled=monitor.run_progress)
-    cancelled = False
-    for done, (stage, step) in enumerate(steps):
-        if done:
-            progress.update(jobs, done, stage)
-        if cancels.requested(run_id):
-            cancelled = True
-        if not cancelled:
-            jobs, finished = _guarded(jobs, stage, step)
-            cancelled = not finished
-        if cancelled:
-            for job in jobs:
-                if job.active:
-                    job.fail("cancelled", RunCancelled(f"run cancelled before {stage}"))
-            break
-    progress.update(jobs, len(steps), "writing outcomes")
-    jobs = call(postprocess, jobs, run_id)
-    progress.update(jobs, len(steps) + 1, "done")
-    report = call(publish_timings, jobs, time.perf_counter() - clock, started.timestamp())
-    if run_id is not None:
-        cancels.clear(run_id)
-
-    unannounced = [j for j in jobs if j.announce_error is not None]
-    result = {
-        "completed": report.completed,
-        "failed": report.failed,
-        "skipped": report.skipped,
-        "unannounced": len(unannounced),
-        "outcomes": {j.ref.identity: j.result_uri for j in jobs},
-    }
-    message = (
-        f"{report.completed} completed, {report.failed} failed, "
-        f"{report.skipped} already processed, of {len(jobs)}"
+    batch = begin(objects)
+    call = batch.call
+    cancelled = batch.steps(
+        [
+            ("copy", partial(call, copy_to_directory_bucket)),
+            ("preprocess", lambda jobs: call(preprocess, jobs, defaults or ImageParams())),
+            (STAGE1.name, partial(call, img2img_stage)),
+            (STAGE2.name, partial(call, upscale_stage)),
+        ]
     )
-    if unannounced:
-        # Every image has its outcome, but the app was not told: another run of the same
-        # uploads (a redelivery, or this run retried from the UI) sends what is missing.
-        message += (
-            f"; {len(unannounced)} completion message(s) not sent: {unannounced[0].announce_error}"
-        )
-    if cancelled:
-        return Cancelled(
-            message=f"cancelled: {message}; unfinished images have failure "
-            "records (stage 'cancelled')",
-            data=result,
-        )
-    if report.failed:
-        # A partial failure fails the run, so it shows in the UI and in alerts; every failed
-        # image has its failure record, so nothing is lost.
-        message = f"{report.failed} of {len(jobs)} images failed: {message}"
-    if report.failed or unannounced:
-        return Failed(message=message, data=result)
-    return Completed(message=message, data=result)
+    return batch.finish(cancelled)
 
 
-def _unique(objects: list[ObjectRef]) -> list[ObjectRef]:
-    seen: dict[str, ObjectRef] = {}
-    for ref in objects:
-        seen.setdefault(ref.identity, ref)
-    return list(seen.values())
-
-
-def _guarded(
-    jobs: list[ImageJob], stage: str, step: Callable[[list[ImageJob]], list[ImageJob]]
-) -> tuple[list[ImageJob], bool]:
-    """Run a task on the batch; returns the batch it gives back and False if the run was
-    cancelled. When the task fails for good (retries spent), its still-active images fail
-    instead of the whole batch, so each ends as a failure record."""
-    try:
-        return step(jobs), True
-    except RunCancelled:
-        return jobs, False
-    except Exception as exc:
-        for job in jobs:
-            if job.active:
-                job.fail(stage, exc)
-    return jobs, True
+def begin(objects: list[ObjectRef]) -> BatchRun:
+    """A run's batch from its uploads: one job each, its queue wait recorded, uploads this
+    pipeline does not serve failed at 'validate'."""
+    started = datetime.now(timezone.utc)
+    run_id = str(flow_run.id) if flow_run.id else None
+    jobs = [ImageJob.for_ref(ref) for ref in unique(objects)]
+    record_queue_wait(jobs, started)
+    reject_unaccepted(jobs, get_runtime().settings.storage.upload_buckets)
+    return BatchRun.begin(jobs, run_id, started)
 
 
 def main() -> None:

@@ -35,6 +35,9 @@ class BatchDigest:
     stage_ms: Mapping[str, tuple[float, ...]] = field(default_factory=dict)
     failed_at: Mapping[str, int] = field(default_factory=dict)
     stale_events: int = 0
+    # Split topology: images whose stage 1 this batch did and handed to the stage-2 pool
+    # (work done by this pool; their outcome is the other pool's).
+    handed_off: int = 0
 
     @classmethod
     def from_payload(cls, at: float, payload: Mapping[str, Any]) -> BatchDigest:
@@ -51,11 +54,13 @@ class BatchDigest:
             },
             failed_at={str(k): int(v) for k, v in (payload.get("failed_at") or {}).items()},
             stale_events=int(payload.get("stale_events", 0)),
+            handed_off=int(payload.get("handed_off", 0)),
         )
 
     @property
     def images(self) -> int:
-        return self.completed + self.failed
+        """Images this batch's pool finished its part of."""
+        return self.completed + self.failed + self.handed_off
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,9 @@ from img2img.params import ImageParams
 from img2img.timing import Timings
 from img2img.waterfall import image_line, wait_columns
 
-Status = Literal["pending", "completed", "failed", "skipped"]
+# handed_off: stage 1 is done and a stage-2 run holds the image (split topology); that run
+# writes its outcome.
+Status = Literal["pending", "completed", "failed", "skipped", "handed_off"]
 
 
 @dataclass
@@ -51,6 +53,11 @@ class ImageJob:
     announce_error: str | None = None
     # Images in the device call that ran each inference stage for this image (by stage).
     device_batch: dict[str, int] = field(default_factory=dict)
+    # When each inference stage's output was in the directory bucket (epoch s, by stage).
+    output_written: dict[str, float] = field(default_factory=dict)
+    # Split topology: the other run of this image (the stage-1 run in a stage-2 run, the
+    # stage-2 run in a stage-1 run once handed off).
+    linked_run: str | None = None
 
     @classmethod
     def for_ref(cls, ref: ObjectRef) -> ImageJob:
@@ -112,6 +119,8 @@ def result_record(
         "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
         "device_batch": dict(job.device_batch),
         "flow_run_id": flow_run_id,
+        # Split topology: the run that ran stage 1 (flow_run_id ran stage 2).
+        **({"stage1_flow_run_id": job.linked_run} if job.linked_run else {}),
         "worker": worker or {},
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }

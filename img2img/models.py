@@ -45,14 +45,19 @@ class ModelCache:
                 self.load_s += time.perf_counter() - start
             return pipe
 
-    def warm_up(self, settings: StageSettings, s3: S3Client | None = None) -> dict[str, float]:
-        """Load both stage models and run the smallest call there is through each (one
-        image, or the smallest compiled size), so the first real request does not pay for
-        lazy initialisation. Returns each stage's call time in seconds (by stage name),
-        scaled up to the largest call size (`backends.call_sizes`), from which a slot's hang
-        deadlines are set: an upper bound of a call's time between two progress marks,
-        since the first call also pays for what is initialised lazily and a call of n
-        images costs at most n calls of one."""
+    def warm_up(
+        self,
+        settings: StageSettings,
+        s3: S3Client | None = None,
+        stages: tuple[StageKind, ...] = ("img2img", "upscale"),
+    ) -> dict[str, float]:
+        """Load the `stages`' models (both, or one on a split topology's pool) and run the
+        smallest call there is through each (one image, or the smallest compiled size), so
+        the first real request does not pay for lazy initialisation. Returns each stage's
+        call time in seconds (by stage name), scaled up to the largest call size
+        (`backends.call_sizes`), from which a slot's hang deadlines are set: an upper bound
+        of a call's time between two progress marks, since the first call also pays for
+        what is initialised lazily and a call of n images costs at most n calls of one."""
         from PIL import Image
 
         from img2img.params import ImageParams
@@ -62,23 +67,25 @@ class ModelCache:
 
         params = ImageParams(prompt="warm-up", steps=2, strength=0.5, upscale_steps=1)
         shape = (settings.width, settings.height)
-        stage1 = self.get("img2img", settings, s3)
-        stage2 = self.get("upscale", settings, s3)
-        sizes = backends.call_sizes(settings, stage1).sizes
-        # The smallest call there is (one image, or the smallest compiled size, padded).
-        count = sizes[0]
-        blank, each, seeds = [Image.new("RGB", shape)] * count, [params] * count, [0] * count
-        with self.device_lock:
-            start = time.perf_counter()
-            first = run_img2img(stage1, blank, each, seeds, shape)
-            middle = time.perf_counter()
-            run_upscale(stage2, first, each, seeds, settings.noise_level)
-            end = time.perf_counter()
-        scale = sizes[-1] / count
-        return {
-            STAGE1.name: round((middle - start) * scale, 3),
-            STAGE2.name: round((end - middle) * scale, 3),
-        }
+        call_s: dict[str, float] = {}
+        # Stage 1 keeps the size; stage 2 takes a blank of it when stage 1 is not here.
+        images = [Image.new("RGB", shape)]
+        for kind, stage in (("img2img", STAGE1), ("upscale", STAGE2)):
+            if kind not in stages:
+                continue
+            pipe = self.get(kind, settings, s3)
+            sizes = backends.call_sizes(settings, pipe).sizes
+            # The smallest call there is (one image, or the smallest compiled size, padded).
+            count = sizes[0]
+            blank, each, seeds = images[:1] * count, [params] * count, [0] * count
+            with self.device_lock:
+                start = time.perf_counter()
+                if kind == "img2img":
+                    images = run_img2img(pipe, blank, each, seeds, shape)
+                else:
+                    run_upscale(pipe, blank, each, seeds, settings.noise_level)
+                call_s[stage.name] = round((time.perf_counter() - start) * sizes[-1] / count, 3)
+        return call_s
 
 
 _process_cache: ModelCache | None = None

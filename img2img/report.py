@@ -18,6 +18,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "io": ("check", "copy", "download", "upload"),
     "cpu": ("preprocess", "postprocess"),
     "stage1": ("stage1",),
+    "handoff": ("handoff",),
     "stage2": ("stage2",),
     "wait_dev": ("device_wait",),
     "wait_other": ("other_wait",),
@@ -31,7 +32,12 @@ BATCH_COLUMN = "batch"
 BATCH_AFTER = "stage2"
 
 MAX_FAILURES_LISTED = 50  # in a run's summary; every failure has its record anyway
-STATUS_MARK = {"failed": " (failed)", "skipped": " (done before)", "pending": " (unfinished)"}
+STATUS_MARK = {
+    "failed": " (failed)",
+    "skipped": " (done before)",
+    "pending": " (unfinished)",
+    "handed_off": " (to stage 2)",
+}
 
 
 def _row(image: str, values: dict[str, Any], batch: str | None = None) -> dict[str, Any]:
@@ -141,6 +147,8 @@ def build_report(
         trusted = line.from_upload_event  # image_line judged the event time
         if event is not None and not trusted:
             stale += 1
+        if job.status == "handed_off":
+            continue  # on the chart; its end to end is the stage-2 run's to measure
         timings = dict(t)
         if not trusted:
             timings.pop("queue_wait", None)
@@ -155,6 +163,9 @@ def build_report(
         # Percentiles of each part, summed: an approximation for the grouped columns.
         times = {c: _ms(_column(summary[label], parts)) for c, parts in COLUMNS.items()}
         rows.append(_row(f"({label})", times))
+    if not any("handoff" in job.timings for job in jobs):
+        for row in rows:  # one pool ran both stages: there was no hand-off to show
+            del row["handoff"]
     return BatchReport(
         rows=rows,
         summary=summary,
@@ -185,6 +196,7 @@ def batch_event(report: BatchReport, jobs: list[ImageJob]) -> tuple[str, dict[st
         "completed": report.completed,
         "failed": report.failed,
         "skipped": report.skipped,
+        "handed_off": sum(1 for j in jobs if j.status == "handed_off"),
         "failed_at": failed_at,
         "wall_s": round(report.wall_s, 3),
         "e2e_ms": [round(v) for v in report.e2e_ms],

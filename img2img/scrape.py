@@ -21,8 +21,9 @@ GAUGES = {
 
 @dataclass
 class Scraped:
-    gauges: dict[str, float] = field(default_factory=dict)
-    images: dict[str, float] = field(default_factory=dict)  # outcome → count
+    gauges: dict[str, float] = field(default_factory=dict)  # of the first pool listed
+    pool_gauges: dict[str, dict[str, float]] = field(default_factory=dict)  # pool → gauges
+    images: dict[str, float] = field(default_factory=dict)  # outcome → count, every pool
     failures: dict[str, float] = field(default_factory=dict)  # stage → count
     stage_mean_s: dict[str, float] = field(default_factory=dict)  # stage → mean seconds
 
@@ -37,14 +38,19 @@ def parse(text: str) -> Scraped:
     for family in text_string_to_metric_families(text):
         for s in family.samples:
             if s.name in GAUGES:
-                out.gauges[s.name] = s.value
+                pool = s.labels.get("pool", "")
+                out.pool_gauges.setdefault(pool, {})[s.name] = s.value
             elif s.name == "img2img_images_total":
-                out.images[s.labels["outcome"]] = s.value
+                outcome = s.labels["outcome"]
+                out.images[outcome] = out.images.get(outcome, 0.0) + s.value
             elif s.name == "img2img_failures_total":
-                out.failures[s.labels["stage"]] = s.value
+                stage = s.labels["stage"]
+                out.failures[stage] = out.failures.get(stage, 0.0) + s.value
             elif s.name == "img2img_stage_seconds_sum":
-                sums[s.labels["stage"]] = s.value
+                sums[s.labels["stage"]] = sums.get(s.labels["stage"], 0.0) + s.value
             elif s.name == "img2img_stage_seconds_count":
-                counts[s.labels["stage"]] = s.value
+                counts[s.labels["stage"]] = counts.get(s.labels["stage"], 0.0) + s.value
+    if out.pool_gauges:
+        out.gauges = dict(next(iter(out.pool_gauges.values())))
     out.stage_mean_s = {k: sums[k] / counts[k] for k in sums if counts.get(k)}
     return out

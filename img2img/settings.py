@@ -16,6 +16,8 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from img2img.scaling import ScalingSettings
+from img2img.stages import StageKind
+from img2img.topology import Topology, entry_deployment
 
 
 class AwsSettings(BaseModel):
@@ -288,6 +290,12 @@ class WorkerSettings(BaseModel):
         le=60,
         description="How often a slot sends its last progress to its worker.",
     )
+    stages: list[StageKind] | None = Field(
+        None,
+        description="Stage models this worker's slots load: img2img, upscale or both. None: "
+        "what its work pool runs (inf2-img2img: img2img, inf2-upscale: upscale, any other "
+        "pool: both).",
+    )
     unhealthy_after: int = Field(
         3,
         ge=1,
@@ -333,8 +341,11 @@ class WorkerSettings(BaseModel):
 class DispatchSettings(BaseModel):
     """The S3-event dispatcher: long polling and micro-batching."""
 
-    deployment: str = Field(
-        "img2img-pipeline/inf2", description="Pipeline deployment, as FLOW_NAME/DEPLOYMENT_NAME."
+    deployment: str | None = Field(
+        None,
+        description="Deployment the dispatcher creates runs of, as FLOW_NAME/DEPLOYMENT_NAME. "
+        "None: the topology's first (img2img-pipeline/inf2, or img2img-stage1/inf2-img2img "
+        "when split).",
     )
     base_batch: int = Field(
         8,
@@ -382,6 +393,12 @@ class DispatchSettings(BaseModel):
         "run's messages. None: off.",
     )
 
+    @property
+    def target(self) -> str:
+        """The deployment runs are created of (the settings tree fills `deployment` from
+        the topology; a bare DispatchSettings takes the single topology's)."""
+        return self.deployment or entry_deployment("single")
+
     @model_validator(mode="after")
     def _batch_fits_visibility(self) -> DispatchSettings:
         if self.max_wait_s + 30 > self.visibility_timeout_s:
@@ -405,6 +422,12 @@ class AutoscalerSettings(BaseModel):
     asg_name: str | None = Field(None, description="Auto Scaling group (backend asg).")
     ecs_cluster: str | None = Field(None, description="ECS cluster (backend ecs).")
     ecs_service: str | None = Field(None, description="ECS service (backend ecs).")
+    pool_groups: dict[str, str] = Field(
+        default_factory=dict,
+        description="Split topology on AWS: each pool's own Auto Scaling group (asg) or ECS "
+        'service (ecs), e.g. {"inf2-img2img": "img2img-p1", "inf2-upscale": '
+        '"img2img-p2"}.',
+    )
     cloudwatch_namespace: str | None = Field(
         "img2img", description="Namespace for the usage and backlog metrics; None: off."
     )
@@ -766,6 +789,12 @@ class Settings(BaseSettings):
         env_prefix="IMG2IMG_", env_nested_delimiter="__", extra="ignore"
     )
 
+    topology: Topology = Field(
+        "single",
+        description="single: both stages on every host of one pool (inf2); split: stage 1 "
+        "on pool inf2-img2img, stage 2 on inf2-upscale, each scaled on its own queue, "
+        "handing off through the directory bucket.",
+    )
     aws: AwsSettings = Field(default_factory=AwsSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     limits: ImageLimits = Field(default_factory=ImageLimits)
@@ -779,6 +808,32 @@ class Settings(BaseSettings):
     monitor: MonitorSettings = Field(default_factory=MonitorSettings)
     retention: RetentionSettings = Field(default_factory=RetentionSettings)
     local: LocalStackSettings = Field(default_factory=LocalStackSettings)
+
+    def use_topology(self, topology: Topology) -> None:
+        """Switch the topology; the dispatcher's deployment follows unless it was set."""
+        if self.dispatch.deployment == entry_deployment(self.topology):
+            self.dispatch.deployment = entry_deployment(topology)
+        self.topology = topology
+
+    @model_validator(mode="after")
+    def _dispatch_to_topology(self) -> Settings:
+        if self.dispatch.deployment is None:
+            self.dispatch.deployment = entry_deployment(self.topology)
+        return self
+
+    @model_validator(mode="after")
+    def _a_group_per_pool(self) -> Settings:
+        auto = self.autoscaler
+        if self.topology == "split" and auto.backend != "local":
+            from img2img.topology import pools
+
+            missing = [r.pool for r in pools("split") if r.pool not in auto.pool_groups]
+            if missing:
+                raise ValueError(
+                    f"topology split with autoscaler.backend={auto.backend} scales each pool's "
+                    f"own group: autoscaler.pool_groups must name one for {', '.join(missing)}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _forecast_within_retention(self) -> Settings:

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-def _each(
+def each(
     jobs: list[ImageJob],
     stage: str,
     work: Callable[[ImageJob], None],
@@ -110,7 +110,7 @@ def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -
             job.result_uri = f"s3://{results_bucket}/{key}"
             job.note = "already processed by an earlier run"
 
-    _each(jobs, "check", check, concurrency=16)
+    each(jobs, "check", check, concurrency=16)
 
 
 def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
@@ -124,7 +124,7 @@ def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
 
 def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, concurrency: int) -> None:
     """Server-side copy of every upload into the directory bucket, concurrently."""
-    _each(
+    each(
         jobs,
         "copy",
         lambda job: storage.copy_to_stage(s3, job.ref, stage_bucket, job.keys.input),
@@ -154,7 +154,7 @@ def preprocess(
 
     # "preprocess" is measured around everything; the download part is subtracted below so
     # the two columns do not overlap.
-    _each(jobs, "preprocess", one, concurrency)
+    each(jobs, "preprocess", one, concurrency)
     for job in jobs:
         if "download" in job.timings and "preprocess" in job.timings:
             job.timings["preprocess"] -= job.timings["download"]
@@ -189,7 +189,7 @@ def postprocess(
         job.note = "" if created else "result already written by another run"
         job.result_uri = f"s3://{results_bucket}/{job.keys.result}"
 
-    _each(jobs, "postprocess", one, concurrency, measure=False)
+    each(jobs, "postprocess", one, concurrency, measure=False)
 
 
 def write_failures(
@@ -214,7 +214,7 @@ def announce(announcer: Announcer, jobs: list[ImageJob], concurrency: int = 8) -
     re-raised after the others were sent, so the task retries only what is left; a
     permanent one (the topic refuses) is kept in `announce_error`.
     """
-    todo = [j for j in jobs if not j.announced and not j.active]
+    todo = [j for j in jobs if not j.announced and not j.active and j.status != "handed_off"]
     if not announcer.enabled or not todo:
         return
 
@@ -248,10 +248,12 @@ class StageOutputs:
         self._bucket = bucket
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage-out")
         self._pending: list[tuple[str, Future[None]]] = []
+        self.written: dict[str, float] = {}  # key → when its write finished (epoch s)
 
     def save(self, key: str, image: Image.Image) -> None:
         def write() -> None:
             storage.put(self._s3, self._bucket, key, encode_png(image), "image/png")
+            self.written[key] = time.time()
 
         self._pending.append((key, self._pool.submit(write)))
 
@@ -321,7 +323,7 @@ def run_stage(
             job.note = f"{stage.name} reused from an earlier attempt"
 
     if resume:
-        _each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
+        each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     errors: list[BaseException] = []
     done = 0
     with device_lock if device_lock is not None else nullcontext():

@@ -16,6 +16,8 @@ STAGES: tuple[str, ...] = (
     "download",
     "preprocess",
     "stage1",
+    # Split topology: stage-1 output written → the stage-2 run started (the seed's p1_p2).
+    "handoff",
     "stage2",
     "postprocess",
     "upload",

@@ -31,6 +31,7 @@ LABELS = {
     "download": "download",
     "preprocess": "preprocess",
     "stage1": "stage 1 (img2img)",
+    "handoff": "hand-off to stage 2",
     "stage2": "stage 2 (upscale)",
     "postprocess": "encode",
     "upload": "upload",

@@ -6,6 +6,7 @@ name; this is the one place that picks (the command line and the autoscale flow 
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from deployments.autoscaler import Autoscaler
@@ -17,8 +18,11 @@ from deployments.scaling_backends import (
     EcsBackend,
     ScalingBackend,
 )
+from deployments.signals import stop_on_signals
 from img2img.aws import service_client
+from img2img.scaling import Decision
 from img2img.settings import Settings
+from img2img.topology import pools
 from infra.local_stack import LocalStack
 
 if TYPE_CHECKING:
@@ -28,109 +32,165 @@ log = logging.getLogger("img2img.autoscaler")
 
 
 class LocalBackend:
-    """Warm worker processes on this machine (the embedded default)."""
+    """Warm worker processes on this machine (the embedded default), for one pool."""
 
     name = "local"
 
-    def __init__(self, stack: LocalStack) -> None:
+    def __init__(self, stack: LocalStack, pool: str | None = None) -> None:
         self.stack = stack
+        self.pool = pool
 
     def warm(self) -> int:
         return 0  # a local worker starts from this machine's disk: there is nothing to resume
 
     def current(self) -> int:
         self.stack.reap()  # workers that exited (drained or killed) leave no <defunct> child
-        return len(self.stack.running_workers())
+        return len(self.stack.running_workers(self.pool))
 
     def apply(self, desired: int, busy: set[str]) -> str:
-        workers = self.stack.running_workers()  # [(index, worker name)]
+        workers = self.stack.running_workers(self.pool)  # [(index, worker name)]
         if desired > len(workers):
             for _ in range(desired - len(workers)):
-                self.stack.start_worker()
+                self.stack.start_worker(self.pool)
         elif desired < len(workers):
             # Idle workers first, newest first; a busy one drains before it exits.
             order = sorted(workers, key=lambda w: (w[1] in busy, -w[0]))
             for index, _name in order[: len(workers) - desired]:
-                self.stack.drain_worker(index)
+                self.stack.drain_worker(index, self.pool)
         return f"local: {desired} warm worker(s)"
 
     def replace(self, host: str, reason: str) -> str:
         """Kill the worker and its slots (its process group): the next decision starts a new
         one if there is work."""
-        for index, name in self.stack.running_workers():
+        for index, name in self.stack.running_workers(self.pool):
             if name == host:
-                self.stack.kill_worker(index)
+                self.stack.kill_worker(index, self.pool)
                 return f"local: {name} killed ({reason})"
         return f"local: {host} is already gone"
 
 
-def build_backend(settings: Settings) -> ScalingBackend:
-    """The backend named by `settings.autoscaler`."""
+def build_backend(settings: Settings, pool: str | None = None) -> ScalingBackend:
+    """The backend named by `settings.autoscaler`, for `pool` (None: the first pool): on
+    AWS its group is `autoscaler.pool_groups[pool]`, else the one group named."""
     auto = settings.autoscaler
+    group = auto.pool_groups.get(pool) if pool is not None else None
     if auto.backend == "asg":
-        assert auto.asg_name is not None  # the settings validate it
-        return AsgBackend(service_client(settings.aws, "autoscaling"), auto.asg_name)
+        name = group or auto.asg_name
+        assert name is not None  # the settings validate it
+        return AsgBackend(service_client(settings.aws, "autoscaling"), name)
     if auto.backend == "ecs":
-        assert auto.ecs_cluster is not None and auto.ecs_service is not None
-        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, auto.ecs_service)
-    return LocalBackend(LocalStack(settings))
+        service = group or auto.ecs_service
+        assert auto.ecs_cluster is not None and service is not None
+        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, service)
+    return LocalBackend(LocalStack(settings), pool)
+
+
+def _prometheus(settings: Settings, pool: str) -> PrometheusMetrics | None:
+    """The /metrics endpoint, serving `pool`'s figures (and, through `for_pool`, the other
+    pools'); None when it is off or its port is taken."""
+    monitor = settings.monitor
+    if not monitor.metrics_port:
+        return None
+    prometheus = PrometheusMetrics(pool)
+    try:
+        port = prometheus.serve(monitor.metrics_host, monitor.metrics_port)
+    except OSError as exc:
+        # Scaling matters more than its figures: a port taken (another autoscaler on
+        # this host, one on its way out) leaves /metrics off, not the pool unscaled.
+        log.error(
+            "cannot serve Prometheus metrics on %s:%d (%s): /metrics is off; set "
+            "IMG2IMG_MONITOR__METRICS_PORT to a free port (0 picks one)",
+            monitor.metrics_host,
+            monitor.metrics_port,
+            exc,
+        )
+        return None
+    log.info("serving Prometheus metrics on http://%s:%d/metrics", monitor.metrics_host, port)
+    return prometheus
 
 
 def build_fleet_view(
-    settings: Settings, prefect: SyncPrefectClient, cloudwatch: CloudWatchMetrics | None
+    settings: Settings,
+    prefect: SyncPrefectClient,
+    cloudwatch: CloudWatchMetrics | None,
+    pool: str,
+    prometheus: PrometheusMetrics | None,
+    reads_queue: bool,
 ) -> FleetView:
-    """The fleet view the autoscaler keeps; serves /metrics when `monitor.metrics_port` is
-    set."""
-    monitor = settings.monitor
-    prometheus = None
-    if monitor.metrics_port:
-        prometheus = PrometheusMetrics(settings.autoscaler.pool)
-        try:
-            port = prometheus.serve(monitor.metrics_host, monitor.metrics_port)
-        except OSError as exc:
-            # Scaling matters more than its figures: a port taken (another autoscaler on
-            # this host, one on its way out) leaves /metrics off, not the pool unscaled.
-            log.error(
-                "cannot serve Prometheus metrics on %s:%d (%s): /metrics is off; set "
-                "IMG2IMG_MONITOR__METRICS_PORT to a free port (0 picks one)",
-                monitor.metrics_host,
-                monitor.metrics_port,
-                exc,
-            )
-            prometheus = None
-        else:
-            log.info(
-                "serving Prometheus metrics on http://%s:%d/metrics", monitor.metrics_host, port
-            )
+    """The fleet view of `pool` the autoscaler keeps; `reads_queue`: the pool the uploads
+    enter (the ingest queue and its dead letters are its figures)."""
     return FleetView(
         prefect,
-        settings.autoscaler.pool,
-        monitor,
+        pool,
+        settings.monitor,
         settings.scaling.slots_per_host,
-        sqs=service_client(settings.aws, "sqs"),
-        storage=settings.storage,
+        sqs=service_client(settings.aws, "sqs") if reads_queue else None,
+        storage=settings.storage if reads_queue else None,
         sinks=[cloudwatch] if cloudwatch is not None else [],
         prometheus=prometheus,
         idle_launch_limit=settings.scaling.idle_launch_limit,
     )
 
 
-def build_autoscaler(settings: Settings, prefect: SyncPrefectClient) -> Autoscaler:
-    """The autoscaler the settings describe: backend, CloudWatch metrics, policy, and the
-    fleet view it keeps."""
-    metrics = None
-    if settings.autoscaler.cloudwatch_namespace:
-        metrics = CloudWatchMetrics(
-            service_client(settings.aws, "cloudwatch"),
-            settings.autoscaler.cloudwatch_namespace,
-            settings.autoscaler.pool,
+def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolScalers:
+    """One autoscaler per pool of the topology (one, or one per stage when split), each
+    sizing its pool from its own queue, with one /metrics endpoint for all of them."""
+    roles = pools(settings.topology, settings.autoscaler.pool)
+    shared: PrometheusMetrics | None = None
+    scalers = []
+    for index, role in enumerate(roles):
+        metrics = None
+        if settings.autoscaler.cloudwatch_namespace:
+            metrics = CloudWatchMetrics(
+                service_client(settings.aws, "cloudwatch"),
+                settings.autoscaler.cloudwatch_namespace,
+                role.pool,
+            )
+        if index == 0:
+            prometheus = shared = _prometheus(settings, role.pool)
+        else:
+            prometheus = shared.for_pool(role.pool) if shared is not None else None
+        scalers.append(
+            Autoscaler(
+                prefect,
+                role.pool,
+                settings.scaling,
+                build_backend(settings, role.pool if len(roles) > 1 else None),
+                metrics,
+                settings.autoscaler.rate_window_s,
+                fleet=build_fleet_view(
+                    settings, prefect, metrics, role.pool, prometheus, reads_queue=index == 0
+                ),
+            )
         )
-    return Autoscaler(
-        prefect,
-        settings.autoscaler.pool,
-        settings.scaling,
-        build_backend(settings),
-        metrics,
-        settings.autoscaler.rate_window_s,
-        fleet=build_fleet_view(settings, prefect, metrics),
-    )
+    return PoolScalers(scalers)
+
+
+class PoolScalers:
+    """The autoscalers of every pool, each in its own thread, stopped together."""
+
+    def __init__(self, scalers: list[Autoscaler]) -> None:
+        self.scalers = scalers
+
+    def step(self) -> list[Decision]:
+        return [scaler.step() for scaler in self.scalers]
+
+    def run(self, stop_after_s: float | None = None) -> None:
+        if len(self.scalers) == 1:
+            self.scalers[0].run(stop_after_s)
+            return
+        threads = [
+            threading.Thread(target=s.run, args=(stop_after_s,), name=f"scale-{s.pool}")
+            for s in self.scalers
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def stop(self) -> None:
+        for scaler in self.scalers:
+            scaler.stop()
+
+    def install_signal_handlers(self) -> None:
+        stop_on_signals(self.stop, log, "stopping the autoscalers (hosts are left as they are)")

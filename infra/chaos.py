@@ -18,6 +18,11 @@ lives on, its worker heartbeats, nothing moves, as with a hung device.
 uploaded, at least `BACKLOG_MIN` of them), so the dispatcher's adaptive batching puts them
 in one large run (one run slot: one host, one run per slot), then kills the worker once that
 run is running; the line adds `largest_batch`, the most images a run held.
+
+`stage2-worker-kill` needs the split topology (`--topology split`): it SIGKILLs the stage-2
+pool's worker once a stage-2 run is running on it; the line adds `stage1_reruns` (stage-1
+runs run more than once: 0 when the kill cost stage 1 nothing) and `handoff_p50_ms` (stage-1
+output written → stage-2 run started, from the result documents).
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
 for the poison scenario.
 """
@@ -39,6 +44,7 @@ from img2img.aws import clients_from_settings
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
 from img2img.settings import Settings
+from img2img.topology import STAGE1_POOL, STAGE2_POOL
 
 SCENARIOS = (
     "slot-kill",
@@ -50,6 +56,7 @@ SCENARIOS = (
     "redelivery",
     "poison",
     "backlog-worker-kill",
+    "stage2-worker-kill",
 )
 POISON_MARKER = "img2img-chaos-poison"
 # Scenarios whose fault waits for a run to be running: their recovery is timed from it.
@@ -60,6 +67,7 @@ WAITS_FOR_A_RUN = (
     "server-restart",
     "s3-errors",
     "backlog-worker-kill",
+    "stage2-worker-kill",
 )
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
 # and the services' settings while it runs: one run slot, so the whole backlog is one run,
@@ -194,11 +202,15 @@ class Chaos:
                 known[ref.identity] = (has_result, has_failure)
         return results, failures, lost, duplicated
 
-    def running_run(self, timeout_s: float = 120, min_images: int = 0) -> Any:
-        """A running flow run with a slot process (and at least `min_images` uploads), or
-        None after `timeout_s`."""
+    def running_run(
+        self, timeout_s: float = 120, min_images: int = 0, flow: str | None = None
+    ) -> Any:
+        """A running flow run with a slot process (and at least `min_images` uploads; of
+        the flow named `flow`, when given), or None after `timeout_s`."""
         from prefect.client.orchestration import get_client
         from prefect.client.schemas.filters import (
+            FlowFilter,
+            FlowFilterName,
             FlowRunFilter,
             FlowRunFilterState,
             FlowRunFilterStateType,
@@ -214,6 +226,7 @@ class Chaos:
                             type=FlowRunFilterStateType(any_=[StateType.RUNNING])
                         )
                     ),
+                    flow_filter=FlowFilter(name=FlowFilterName(any_=[flow])) if flow else None,
                     limit=5,
                 )
                 for r in runs:
@@ -286,6 +299,21 @@ class Chaos:
                 time.sleep(1.0)  # the slots die with their worker: what is written now stays
                 self._before_kill = self._results_listed(refs)
                 self.say(f"{self._before_kill} of {len(refs)} results written before the kill")
+        elif scenario == "stage2-worker-kill":
+            stage2 = STAGE2_POOL
+            if self.settings.topology != "split":
+                raise RuntimeError("stage2-worker-kill needs the split topology (--topology split)")
+            run = self.running_run(flow=stage2.flow)
+            if run is None:
+                raise RuntimeError("no stage-2 run started within 120 s: nothing to kill")
+            for index, _name in self.stack.running_workers(stage2.pool):
+                pid = self.stack.pid_of(self.stack.worker_service(index, stage2.pool))
+                if pid is not None:
+                    self.say(
+                        f"SIGKILL {stage2.worker_prefix}-{index} pid {pid} under stage-2 run "
+                        f"{run.name} (its slots must follow)"
+                    )
+                    os.kill(pid, signal.SIGKILL)
         elif scenario == "server-restart":
             if self.running_run() is None:
                 raise RuntimeError("no run started within 120 s")
@@ -306,8 +334,8 @@ class Chaos:
 
     def drain_workers(self, timeout_s: float = 120) -> None:
         """Let the running workers finish and exit (the next ones start on demand)."""
-        for index, _name in self.stack.running_workers():
-            self.stack.drain_worker(index)
+        for pool, index, _name in self.stack.all_workers():
+            self.stack.drain_worker(index, pool)
         _wait(lambda: not any(self.stack.draining_workers()), timeout_s)
 
     def run(self, scenario: str, images: int, timeout_s: float) -> dict[str, Any]:
@@ -317,7 +345,46 @@ class Chaos:
             return self._through_fault_proxy(images, timeout_s)
         if scenario == "backlog-worker-kill":
             return self._at_a_backlog(images, timeout_s)
-        return self._run(scenario, images, timeout_s)
+        result = self._run(scenario, images, timeout_s)
+        if scenario == "stage2-worker-kill":
+            result.update(self._split_figures(result["_refs"]))
+        result.pop("_refs", None)
+        return result
+
+    def _split_figures(self, refs: list[ObjectRef]) -> dict[str, Any]:
+        """Stage-1 runs run more than once since the scenario began (the stage-2 kill must
+        cost stage 1 nothing), and the hand-off p50 from the result documents."""
+        from prefect.client.orchestration import get_client
+        from prefect.client.schemas.objects import StateType
+
+        from deployments.pool_runs import pool_runs
+        from img2img.recovery import SPLIT_TAG
+        from img2img.timing import percentile
+
+        with get_client(sync_client=True) as client:
+            runs = pool_runs(client, STAGE1_POOL.pool, [t.value for t in StateType])
+        # A run re-run in place counts its runs; one split by the recovery service is a
+        # new run with the split tag.
+        reruns = sum(
+            max(r.run_count - 1, 0) + (SPLIT_TAG in (r.tags or []))
+            for r in runs
+            if r.created is not None and r.created >= self._since
+        )
+        handoffs = []
+        for ref in refs:
+            try:
+                body = self.clients.s3.get_object(
+                    Bucket=self.settings.storage.results_bucket, Key=keys_for(ref).result_meta
+                )["Body"].read()
+            except Exception:  # a failure record instead: no hand-off time to read
+                continue
+            ms = json.loads(body).get("timings_ms", {}).get("handoff")
+            if ms is not None:
+                handoffs.append(float(ms))
+        return {
+            "stage1_reruns": reruns,
+            "handoff_p50_ms": round(percentile(handoffs, 50), 1) if handoffs else None,
+        }
 
     def _stop_intake(self) -> None:
         """Stop the dispatchers and the autoscaler, and the supervisor (or it would restart
@@ -370,11 +437,12 @@ class Chaos:
         from prefect.client.schemas.sorting import FlowRunSort
 
         from deployments.pool_runs import PAGE, pool_filter
-        from infra.local_env import POOL
 
         with get_client(sync_client=True) as client:
             runs = client.read_flow_runs(
-                work_pool_filter=pool_filter(POOL), sort=FlowRunSort.START_TIME_DESC, limit=PAGE
+                work_pool_filter=pool_filter(self.stack.roles[-1].pool),
+                sort=FlowRunSort.START_TIME_DESC,
+                limit=PAGE,
             )
         found = 0
         for run in runs:
@@ -439,7 +507,7 @@ class Chaos:
 
         def at_zero() -> bool:
             self._note_serving()
-            return not self.stack.running_workers() and not self.stack.draining_workers()
+            return not self.stack.all_workers() and not self.stack.draining_workers()
 
         _wait(at_zero, idle_wait)
         started_hosts, idle = self.launches(since)
@@ -451,10 +519,10 @@ class Chaos:
             "lost": lost,
             "duplicated": duplicated,
             "recovery_s": recovery_s,
-            "hosts_after_idle": len(self.stack.running_workers())
-            + len(self.stack.draining_workers()),
+            "hosts_after_idle": len(self.stack.all_workers()) + len(self.stack.draining_workers()),
             "hosts_started": started_hosts,
             "idle_launches": idle,
+            "_refs": refs,
         }
 
     def _note_serving(self) -> None:
@@ -463,11 +531,14 @@ class Chaos:
         from prefect.client.orchestration import get_client
 
         from deployments.pool_runs import pool_runs
-        from infra.local_env import POOL
 
         try:
             with get_client(sync_client=True) as client:
-                running = pool_runs(client, POOL, ["RUNNING"])
+                running = [
+                    run
+                    for role in self.stack.roles
+                    for run in pool_runs(client, role.pool, ["RUNNING"])
+                ]
         except Exception:  # the server may be down in this very scenario
             return
         self._serving |= {str(r.labels["prefect.worker.name"]) for r in running if r.labels}
@@ -479,18 +550,21 @@ class Chaos:
         from prefect.client.orchestration import get_client
 
         from deployments.pool_runs import PAGE, pool_filter
-        from infra.local_env import POOL
 
+        workers: list[Any] = []
+        runs: list[Any] = []
         with get_client(sync_client=True) as client:
-            workers = client.read_workers_for_work_pool(POOL, limit=PAGE)
-            runs: list[Any] = []
-            while len(runs) < 50 * PAGE:  # bounded: a scenario makes far fewer runs
-                page = client.read_flow_runs(
-                    work_pool_filter=pool_filter(POOL), limit=PAGE, offset=len(runs)
-                )
-                runs += page
-                if len(page) < PAGE:
-                    break
+            for role in self.stack.roles:
+                workers += client.read_workers_for_work_pool(role.pool, limit=PAGE)
+                found: list[Any] = []
+                while len(found) < 50 * PAGE:  # bounded: a scenario makes far fewer runs
+                    page = client.read_flow_runs(
+                        work_pool_filter=pool_filter(role.pool), limit=PAGE, offset=len(found)
+                    )
+                    found += page
+                    if len(page) < PAGE:
+                        break
+                runs += found
         served = self._serving | {
             str(r.labels.get("prefect.worker.name")) for r in runs if r.labels
         }

@@ -19,7 +19,8 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from img2img.settings import Settings, load_settings
-from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY, POOL
+from img2img.topology import ROLES
+from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY
 
 LOCAL_ALERT_BLOCK = "img2img-local-alerts"
 
@@ -33,7 +34,10 @@ TEMPLATE = (
 
 def main() -> None:
     save_credentials_block(os.environ["IMG2IMG_AWS__ENDPOINT_URL"])
-    ensure_pool(POOL, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
+    # Every pipeline pool of either topology: `prefect deploy --all` deploys to each, and
+    # a stack brought up the other way finds its pools there.
+    for role in ROLES:
+        ensure_pool(role.pool, os.environ.get("IMG2IMG_LOCAL__WORKER_TYPE", "img2img-warm"))
     ensure_pool("control", "process")
     ensure_pool("compile", "process")
     apply_alerts(load_settings())

@@ -6,11 +6,12 @@ import os
 from pathlib import Path
 
 from img2img.settings import Settings
+from img2img.topology import SINGLE_POOL
 from infra.resources import local_topic_arn
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 CREDENTIALS_BLOCK = "img2img-local"
-POOL = "inf2"
+POOL = SINGLE_POOL.pool
 LOCAL_SCALING = {
     "IMG2IMG_SCALING__MAX_HOSTS": "2",
     "IMG2IMG_SCALING__INTERVAL_S": "2",
@@ -84,6 +85,7 @@ def child_env(
             # The stack's shape, so that a child reading its own settings (the supervisor,
             # the autoscaler's local backend) sees the stack its parent started.
             "IMG2IMG_LOCAL__WORKER_TYPE": local.worker_type,
+            "IMG2IMG_TOPOLOGY": settings.topology,
             "IMG2IMG_LOCAL__STATE_DIR": str(state),
             "IMG2IMG_LOCAL__PREFECT_PORT": str(local.prefect_port),
             "IMG2IMG_LOCAL__MOTO_PORT": str(local.moto_port),

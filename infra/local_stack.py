@@ -12,6 +12,7 @@ checks each PID's command line before signalling it).
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import json
 import logging
 import os
@@ -22,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from img2img.settings import Settings
+from img2img.topology import ROLES, PoolRole, pools
 from infra.local_env import (
     CREDENTIALS_BLOCK,
     LOCAL_AWS_KEY,
@@ -62,6 +64,22 @@ class LocalStack:
         self.procs = ProcessTable(self.state, PROJECT_DIR)
         self.pids = self.procs.pids
         self.logs = self.procs.logs
+        # The topology the running stack was brought up with, unless this one names its own.
+        marker = self.state / "topology"
+        if "topology" not in settings.model_fields_set and marker.exists():
+            settings.use_topology("split" if marker.read_text().strip() == "split" else "single")
+        self.roles = pools(settings.topology)
+
+    def role(self, pool: str | None = None) -> PoolRole:
+        """The stack's pool named `pool` (None: the one uploads enter first)."""
+        if pool is None:
+            return self.roles[0]
+        for role in self.roles:
+            if role.pool == pool:
+                return role
+        raise ValueError(
+            f"pool {pool!r} is not one of this stack's ({', '.join(r.pool for r in self.roles)})"
+        )
 
     # -- environment shared by every child process ----------------------------------------
 
@@ -120,7 +138,9 @@ class LocalStack:
                 lambda: http_ok(f"{local.prefect_api_url}/health"),
             ),
         ]
-        services += [self.worker_service(i) for i in range(local.workers)]
+        services += [
+            self.worker_service(i, role.pool) for role in self.roles for i in range(local.workers)
+        ]
         services += [
             Service(dispatcher_name(i), [py, "-m", "cli", "dispatch"], "dispatch", lambda: True)
             for i in range(local.dispatchers)
@@ -141,8 +161,11 @@ class LocalStack:
         )
         return services
 
-    def worker_service(self, index: int) -> Service:
+    def worker_service(self, index: int, pool: str | None = None) -> Service:
+        """Worker `index` of `pool` (None: the first pool): `worker-<index>` on the first,
+        `upscale-worker-<index>` on the split topology's stage-2 pool."""
         local = self.settings.local
+        role = self.role(pool)
         argv = [
             sys.executable,
             "-m",
@@ -150,9 +173,9 @@ class LocalStack:
             "worker",
             "start",
             "--pool",
-            POOL,
+            role.pool,
             "--name",
-            f"local-worker-{index}",
+            f"local-{role.worker_prefix}-{index}",
             "--type",
             local.worker_type,
         ]
@@ -160,60 +183,71 @@ class LocalStack:
             # The stock worker would start every run at once; one device serves one run
             # at a time per slot, so it gets the same number of slots.
             argv += ["--limit", str(self.settings.worker.slot_count())]
-        return Service(f"worker-{index}", argv, "worker", lambda: True)
+        return Service(f"{role.worker_prefix}-{index}", argv, "worker", lambda: True)
 
     # -- workers the autoscaler adds and removes ---------------------------------------------
 
-    def running_workers(self) -> list[tuple[int, str]]:
-        """(index, worker name) of the workers running and not draining."""
+    def running_workers(self, pool: str | None = None) -> list[tuple[int, str]]:
+        """(index, worker name) of `pool`'s workers running and not draining (None: the
+        first pool's)."""
+        prefix = self.role(pool).worker_prefix
         found = []
         if self.pids.exists():
-            for f in self.pids.glob("worker-*.pid"):
-                suffix = f.stem.removeprefix("worker-")
+            for f in self.pids.glob(f"{prefix}-*.pid"):
+                suffix = f.stem.removeprefix(f"{prefix}-")
                 if not suffix.isdigit():
                     continue  # draining
                 index = int(suffix)
-                if self.pid_of(self.worker_service(index)) is not None:
-                    found.append((index, f"local-worker-{index}"))
+                if self.pid_of(self.worker_service(index, pool)) is not None:
+                    found.append((index, f"local-{prefix}-{index}"))
         return sorted(found)
 
+    def all_workers(self) -> list[tuple[str, int, str]]:
+        """(pool, index, worker name) of every pool's running, not draining, workers."""
+        return [(r.pool, i, name) for r in self.roles for i, name in self.running_workers(r.pool)]
+
     def draining_workers(self) -> list[int]:
-        """PIDs of the workers that were asked to drain and are still running."""
+        """PIDs of the workers (of any pool) that were asked to drain and are still running."""
         pids = []
         if self.pids.exists():
-            for f in self.pids.glob("worker-*.draining.pid"):
+            for f in self.pids.glob("*worker-*.draining.pid"):
                 name = f.name.removesuffix(".pid")
                 pid = self.pid_of(Service(name, [], "worker", lambda: True))
                 if pid is not None and alive(pid):
                     pids.append(pid)
         return pids
 
-    def start_worker(self) -> int:
-        used = {i for i, _ in self.running_workers()}
-        used |= {int(f.stem.split("-")[1].split(".")[0]) for f in self.pids.glob("worker-*.pid")}
+    def start_worker(self, pool: str | None = None) -> int:
+        prefix = self.role(pool).worker_prefix
+        used = {i for i, _ in self.running_workers(pool)}
+        used |= {
+            int(f.stem.removeprefix(f"{prefix}-").split(".")[0])
+            for f in self.pids.glob(f"{prefix}-*.pid")
+        }
         index = next(i for i in range(len(used) + 1) if i not in used)
-        self._start(self.worker_service(index), self.worker_env())
+        self._start(self.worker_service(index, pool), self.worker_env())
         return index
 
-    def drain_worker(self, index: int) -> None:
+    def drain_worker(self, index: int, pool: str | None = None) -> None:
         """SIGTERM a worker (it finishes its runs, then exits) and mark it as leaving."""
-        service = self.worker_service(index)
+        service = self.worker_service(index, pool)
         pid = self.pid_of(service)
         if pid is None:
             return
         os.kill(pid, signal.SIGTERM)
         self.procs.mark_draining(service.name, pid)
-        log.info("draining worker-%d (pid %d)", index, pid)
+        log.info("draining %s (pid %d)", service.name, pid)
 
-    def kill_worker(self, index: int) -> None:
+    def kill_worker(self, index: int, pool: str | None = None) -> None:
         """SIGKILL a worker's whole process group, its slots with it (a slot that is stopped
         or stuck cannot see its worker go)."""
-        pid = self.pid_of(self.worker_service(index))
+        service = self.worker_service(index, pool)
+        pid = self.pid_of(service)
         if pid is None:
             return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        log.info("killed worker-%d (pid %d) and its slots", index, pid)
+        log.info("killed %s (pid %d) and its slots", service.name, pid)
 
     def reap(self) -> list[str]:
         """Collect the exit status of the processes this object started (no `<defunct>`
@@ -255,7 +289,7 @@ class LocalStack:
                 say(f"{name}: already running")
                 continue
             say(f"{name}: starting")
-            self._start(service, self.worker_env() if name.startswith("worker") else env)
+            self._start(service, self.worker_env() if "worker" in name else env)
         supervisor = services["supervisor"]
         if self.pid_of(supervisor) is None:
             say("supervisor: starting (restarts the dispatcher, autoscaler and recovery service)")
@@ -317,19 +351,27 @@ class LocalStack:
         self.reap()
 
     def _restart_on_backend_change(self, say: Callable[[str], None]) -> None:
-        """Workers keep the backend they started with; a new `stages.backend` restarts the
-        services that run or start them (the server, moto and their data stay)."""
+        """Workers keep the backend they started with, the services their topology; a new
+        `stages.backend` restarts the services that run or start workers, a new topology
+        every pipeline service (the server, moto and their data stay)."""
         marker = self.state / "stages-backend"
         stages = self.settings.stages
         backend: str = stages.backend
         if stages.simulated_crash_marker:
             backend += f" (crash marker {stages.simulated_crash_marker!r})"
         before = marker.read_text().strip() if marker.exists() else backend
-        if before != backend:
+        shape = self.state / "topology"
+        topology = self.settings.topology
+        was = shape.read_text().strip() if shape.exists() else topology
+        if was != topology:
+            say(f"topology changed from {was} to {topology}: restarting the pipeline services")
+            self.stop(["supervisor", "autoscaler", "recovery", "dispatcher*", "*worker*"], say)
+        elif before != backend:
             say(f"stages.backend changed from {before} to {backend}: restarting the pipeline")
-            self.stop(["supervisor", "autoscaler", "worker*"], say)
+            self.stop(["supervisor", "autoscaler", "*worker*"], say)
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(backend)
+        shape.write_text(topology)
 
     def stop(self, names: list[str], say: Callable[[str], None] = log.info) -> None:
         """Stop the named services (for example the worker and dispatcher, to restart them
@@ -337,9 +379,7 @@ class LocalStack:
         would restart the others while they stop."""
         listed = self.services() + self._extra_services()
         for service in sorted(listed, key=lambda svc: svc.name != "supervisor"):
-            if service.name in names or any(
-                n.endswith("*") and service.name.startswith(n[:-1]) for n in names
-            ):
+            if any(fnmatch.fnmatchcase(service.name, n) for n in names):
                 pid = self.pid_of(service)
                 if pid is not None:
                     say(f"{service.name}: stopping (pid {pid})")
@@ -374,10 +414,10 @@ class LocalStack:
         extra = []
         if self.pids.exists():
             for f in self.pids.glob("*.pid"):
-                kind = f.stem.split("-")[0]
-                if f.stem not in known and kind in ("worker", "dispatcher"):
+                worker = any(f.stem.startswith(f"{r.worker_prefix}-") for r in ROLES)
+                if f.stem not in known and (worker or f.stem.startswith("dispatcher")):
                     extra.append(
-                        Service(f.stem, [], kind if kind == "worker" else "dispatch", lambda: True)
+                        Service(f.stem, [], "worker" if worker else "dispatch", lambda: True)
                     )
         return extra
 

@@ -72,11 +72,14 @@ class Progress:
 
 
 @task(name="publish-timings", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=2)
-def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> BatchReport:
+def publish_timings(
+    jobs: list[ImageJob], wall_s: float, run_start: float, links: list[str] | None = None
+) -> BatchReport:
+    """`links`: markdown lines that name the run's other half (split topology)."""
     monitor = get_runtime().settings.monitor
     report = build_report(jobs, wall_s, run_start, monitor.stale_event_s, monitor.table_rows)
     if monitor.run_artifacts:
-        _publish_artifacts(report, jobs, monitor.run_chart)
+        _publish_artifacts(report, jobs, monitor.run_chart, links or [])
     name, payload = batch_event(report, jobs)
     emit_event(
         event=name,
@@ -86,7 +89,9 @@ def publish_timings(jobs: list[ImageJob], wall_s: float, run_start: float) -> Ba
     return report
 
 
-def _publish_artifacts(report: BatchReport, jobs: list[ImageJob], with_chart: bool) -> None:
+def _publish_artifacts(
+    report: BatchReport, jobs: list[ImageJob], with_chart: bool, links: list[str]
+) -> None:
     from img2img.charts import data_uri, waterfall_png
 
     create_table_artifact(
@@ -94,7 +99,8 @@ def _publish_artifacts(report: BatchReport, jobs: list[ImageJob], with_chart: bo
         key=TIMINGS_KEY,
         description="Per-image timings in ms; the columns add up to `total` (queue = upload "
         "event → run start; io = outcome check, copy, download, upload; cpu = preprocess and "
-        "encode; stage1, stage2 = the image's share of its device call; batch = images in "
+        "encode; stage1, stage2 = the image's share of its device call; handoff = stage-1 "
+        "output written → stage-2 run started (split topology); batch = images in "
         "that call, stage 1 / stage 2; wait_dev = behind other images on the device; "
         "wait_other = the rest of the batch and the orchestrator), then p50 / p95 / max over "
         "completed images.",
@@ -103,8 +109,11 @@ def _publish_artifacts(report: BatchReport, jobs: list[ImageJob], with_chart: bo
     if with_chart and report.lines:
         title = f"{report.completed} completed, {report.failed} failed in {report.wall_s:.1f} s"
         chart = data_uri(waterfall_png(report.lines, title))
+    summary = markdown_summary(report, jobs, chart)
+    if links:
+        summary += "\n\n" + "\n".join(links)
     create_markdown_artifact(
-        markdown_summary(report, jobs, chart),
+        summary,
         key=SUMMARY_KEY,
         description="Images completed and failed, throughput, where the time went",
     )

@@ -37,6 +37,10 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
     finally:
         for problem in outputs.close():
             get_run_logger().warning("could not keep a stage output: %s", problem)
+        for job in jobs:
+            written = outputs.written.get(stage.output_key(job))
+            if written is not None:
+                job.output_written[stage.name] = written
     get_run_logger().info(
         "%s done for %d images in %d device calls (model loads in this process: %d)",
         stage.name,

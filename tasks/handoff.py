@@ -1,0 +1,99 @@
+"""Tasks of the split topology's hand-off: stage 1's run creates the stage-2 run for the
+images it finished; stage 2's run takes them over from the directory bucket."""
+
+from __future__ import annotations
+
+import threading
+from uuid import UUID
+
+from prefect import get_run_logger
+
+from img2img import steps
+from img2img.errors import PermanentError
+from img2img.handoff import HANDOFF, handoff_key, handoff_state
+from img2img.jobs import ImageJob
+from img2img.stages.spec import STAGE1
+from img2img.topology import STAGE2_POOL
+from tasks.policy import transient_task
+from tasks.runtime import get_runtime
+
+
+class HandoffLost(PermanentError):
+    """Stage 1's output of an image is not in the directory bucket any more."""
+
+
+_deployment_lock = threading.Lock()
+_deployment_ids: dict[str, UUID] = {}
+
+
+def _deployment_id(name: str) -> UUID:
+    """The stage-2 deployment's id, read once per process (it changes only on redeploy)."""
+    from prefect.client.orchestration import get_client
+
+    with _deployment_lock:
+        if name not in _deployment_ids:
+            with get_client(sync_client=True) as client:
+                _deployment_ids[name] = client.read_deployment_by_name(name).id
+        return _deployment_ids[name]
+
+
+@transient_task("hand-off-to-stage-2")
+def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
+    """Create the stage-2 run of the images whose stage 1 is done (their outputs are in the
+    directory bucket by now), with an idempotency key from this run's id: a retried stage-1
+    run gets the same stage-2 run back, never a second one."""
+    from prefect.client.orchestration import get_client
+
+    ready = [j for j in jobs if j.active and j.stage1 is not None]
+    if not ready:
+        return jobs
+    if run_id is None:
+        raise PermanentError("a hand-off to stage 2 needs the stage-1 flow run's id")
+    parameters = {
+        "objects": [j.ref.model_dump(mode="json") for j in ready],
+        "handoff": {j.ref.identity: handoff_state(j).model_dump(mode="json") for j in ready},
+        "stage1_run": run_id,
+    }
+    first = ready[0].ref.key.rsplit("/", 1)[-1][:40]
+    with get_client(sync_client=True) as client:
+        run = client.create_flow_run_from_deployment(
+            _deployment_id(STAGE2_POOL.deployment),
+            parameters=parameters,
+            idempotency_key=handoff_key(run_id),
+            name=f"stage2-{len(ready)}-{first}",
+            tags=["img2img", "handoff"],
+        )
+    for job in ready:
+        job.status = "handed_off"
+        job.linked_run = str(run.id)
+        job.note = f"stage 2 in flow run {run.id}"
+        job.stage1 = None  # kept in the directory bucket; the stage-2 host reads it there
+    get_run_logger().info("%d images handed to stage 2: flow run %s", len(ready), run.id)
+    return jobs
+
+
+@transient_task("take-over-from-stage-1")
+def take_over(jobs: list[ImageJob]) -> list[ImageJob]:
+    """Skip uploads that already have an outcome (a redelivery), then read each image's
+    stage-1 output from the directory bucket (or its stage-2 output, kept by an earlier
+    attempt of this run, which the stage then reuses)."""
+    rt = get_runtime()
+    storage = rt.settings.storage
+    s3 = rt.clients.s3
+    steps.mark_already_done(s3, jobs, storage.results_bucket)
+    outputs = steps.StageOutputs(s3, storage.stage_bucket)
+
+    def load(job: ImageJob) -> None:
+        image = outputs.load(STAGE1.output_key(job))
+        if image is None:
+            raise HandoffLost(
+                f"stage 1's output s3://{storage.stage_bucket}/{STAGE1.output_key(job)} is "
+                "gone (deleted by a lifecycle rule before stage 2 ran?); submit the upload again"
+            )
+        job.stage1 = image
+
+    try:
+        steps.each(jobs, HANDOFF, load, concurrency=8, measure=False)
+    finally:
+        outputs.close()
+    return jobs

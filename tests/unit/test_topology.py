@@ -1,0 +1,176 @@
+"""The split topology's pure parts: which pool runs what, the settings that choose it, the
+hand-off state between the two runs, and how reports and scrapes show two pools."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from PIL import Image
+
+from img2img.events import ObjectRef
+from img2img.fleet import BatchDigest, FleetWindow
+from img2img.handoff import HandoffState, handoff_key, handoff_state, restore, run_origin
+from img2img.jobs import ImageJob, finish_timings, result_record
+from img2img.params import ImageParams
+from img2img.report import batch_event, build_report
+from img2img.scrape import parse
+from img2img.settings import Settings
+from img2img.topology import (
+    SINGLE_POOL,
+    STAGE1_POOL,
+    STAGE2_POOL,
+    artifact_key,
+    entry_deployment,
+    pools,
+    stages_for_pool,
+)
+
+T0 = 1_700_000_000.0
+
+
+def test_each_topology_names_its_pools_and_what_their_hosts_load() -> None:
+    assert pools("single") == (SINGLE_POOL,)
+    assert [r.pool for r in pools("split")] == ["inf2-img2img", "inf2-upscale"]
+    assert entry_deployment("single") == "img2img-pipeline/inf2"
+    assert entry_deployment("split") == "img2img-stage1/inf2-img2img"
+    assert stages_for_pool("inf2-img2img") == ("img2img",)
+    assert stages_for_pool("inf2-upscale") == ("upscale",)
+    assert stages_for_pool("inf2") == stages_for_pool("my-own-pool") == ("img2img", "upscale")
+    # An operator's own single pool keeps the single deployment.
+    assert pools("single", "gpu")[0].pool == "gpu"
+    assert pools("single", "gpu")[0].deployment == SINGLE_POOL.deployment
+    assert STAGE2_POOL.flow == "img2img-stage2"
+    assert artifact_key("img2img-fleet", "inf2") == "img2img-fleet"
+    assert artifact_key("img2img-fleet", "inf2-upscale") == "img2img-fleet-inf2-upscale"
+
+
+def test_the_dispatcher_follows_the_topology_unless_told(monkeypatch: pytest.MonkeyPatch) -> None:
+    for key in ("IMG2IMG_TOPOLOGY", "IMG2IMG_DISPATCH__DEPLOYMENT"):
+        monkeypatch.delenv(key, raising=False)
+    settings = Settings()
+    assert settings.dispatch.target == "img2img-pipeline/inf2"
+    settings.use_topology("split")
+    assert settings.dispatch.target == STAGE1_POOL.deployment
+    monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
+    assert Settings().dispatch.target == STAGE1_POOL.deployment
+    monkeypatch.setenv("IMG2IMG_DISPATCH__DEPLOYMENT", "mine/custom")
+    chosen = Settings()
+    chosen.use_topology("single")
+    assert chosen.dispatch.target == "mine/custom"
+
+
+def test_split_on_aws_needs_a_group_per_pool(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__BACKEND", "asg")
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__ASG_NAME", "img2img")
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1"}')
+    with pytest.raises(ValueError, match="inf2-upscale"):
+        Settings()
+    monkeypatch.setenv(
+        "IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1", "inf2-upscale": "p2"}'
+    )
+    assert Settings().autoscaler.pool_groups["inf2-upscale"] == "p2"
+
+
+def _job(name: str = "a.png") -> ImageJob:
+    ref = ObjectRef(
+        bucket="up",
+        key=f"in/{name}",
+        etag="e1",
+        event_time=datetime.fromtimestamp(T0, timezone.utc),
+    )
+    job = ImageJob.for_ref(ref)
+    job.params = ImageParams(prompt="p", steps=4, upscale_steps=2)
+    job.seed = 7
+    job.request_id = "req-1"
+    job.timings.started = T0 + 1
+    job.timings["queue_wait"] = 1000.0
+    job.timings["copy"] = 20.0
+    job.timings["stage1"] = 300.0
+    job.timings.spans += [("copy", T0 + 1, T0 + 1.02), ("stage1", T0 + 1.5, T0 + 1.8)]
+    job.device_batch["stage1"] = 4
+    job.output_written["stage1"] = T0 + 1.9
+    return job
+
+
+def test_the_handoff_carries_what_stage2_needs_and_times_the_gap() -> None:
+    job = _job()
+    job.timings["other_wait"] = 55.0  # a wait computed in stage 1 must not travel
+    state = HandoffState.model_validate(handoff_state(job).model_dump(mode="json"))
+    assert "other_wait" not in state.timings_ms and state.timings_ms["queue_wait"] == 1000.0
+    assert state.written == T0 + 1.9 and state.run_started == T0 + 1
+
+    taken = ImageJob.for_ref(job.ref)
+    restore(taken, state, stage2_started=T0 + 2.4, stage1_run="run-1")
+    assert taken.params == job.params and taken.seed == 7 and taken.request_id == "req-1"
+    assert taken.timings["handoff"] == pytest.approx(500.0)
+    assert taken.timings.spans[-1] == ("handoff", T0 + 1.9, T0 + 2.4)
+    assert taken.device_batch == {"stage1": 4} and taken.linked_run == "run-1"
+    # The result names the run that ran stage 1.
+    taken.stage2 = Image.new("RGB", (8, 8))
+    assert result_record(taken, "res", "run-2")["stage1_flow_run_id"] == "run-1"
+    # A clock behind on the stage-2 host never makes a negative hand-off.
+    early = ImageJob.for_ref(job.ref)
+    restore(early, state, stage2_started=T0 + 1.5, stage1_run=None)
+    assert early.timings["handoff"] == 0.0
+    assert run_origin([state], fallback=T0 + 9) == T0 + 1
+    assert handoff_key("abc") == handoff_key("abc") != handoff_key("abd")
+
+
+def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
+    single = _job("one.png")
+    single.status = "completed"
+    finish_timings([single], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    report = build_report([single], 2.0, T0 + 1, stale_after_s=3600)
+    assert "handoff" not in report.rows[0]
+
+    # The stage-1 run: its handed-off image is on the chart, not in the end-to-end figures.
+    handed = _job("two.png")
+    handed.status = "handed_off"
+    finish_timings([handed], datetime.fromtimestamp(T0 + 2, timezone.utc))
+    report = build_report([handed], 1.0, T0 + 1, stale_after_s=3600)
+    assert report.rows[0]["image"].endswith("(to stage 2)")
+    assert report.e2e_ms == [] and len(report.lines) == 1
+    _, payload = batch_event(report, [handed])
+    assert payload["handed_off"] == 1 and payload["completed"] == 0
+
+    # The stage-2 run: one row per image with both stages and the hand-off.
+    taken = ImageJob.for_ref(handed.ref)
+    restore(taken, handoff_state(_job("two.png")), T0 + 2.4, "run-1")
+    taken.timings.add("stage2", 200.0)
+    taken.timings.spans.append(("stage2", T0 + 2.5, T0 + 2.7))
+    taken.status = "completed"
+    finish_timings([taken], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    row = build_report([taken], 0.6, T0 + 1, stale_after_s=3600).rows[0]
+    assert row["stage1"] == 300 and row["handoff"] == 500 and row["stage2"] == 200
+    assert row["total"] == 3000
+
+
+def test_a_pool_that_hands_off_counts_that_work_as_its_throughput() -> None:
+    digest = BatchDigest.from_payload(T0, {"completed": 0, "failed": 1, "handed_off": 7})
+    assert digest.images == 8
+    window = FleetWindow(window_s=300, price_per_hour=1.0, slots_per_host=1)
+    window.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)
+    window.add_batch(digest)
+    assert window.sample(T0 + 60).images == 8
+
+
+def test_a_scrape_keeps_each_pools_gauges_apart() -> None:
+    text = "\n".join(
+        [
+            "# TYPE img2img_hosts_wanted gauge",
+            'img2img_hosts_wanted{pool="inf2-img2img"} 2.0',
+            'img2img_hosts_wanted{pool="inf2-upscale"} 5.0',
+            "# TYPE img2img_images counter",
+            'img2img_images_total{outcome="completed",pool="inf2-upscale"} 9.0',
+            'img2img_images_total{outcome="failed",pool="inf2-img2img"} 1.0',
+            'img2img_images_total{outcome="failed",pool="inf2-upscale"} 2.0',
+            'img2img_images_total{outcome="handed_off",pool="inf2-img2img"} 11.0',
+        ]
+    )
+    scraped = parse(text)
+    assert scraped.pool_gauges["inf2-img2img"]["img2img_hosts_wanted"] == 2.0
+    assert scraped.pool_gauges["inf2-upscale"]["img2img_hosts_wanted"] == 5.0
+    assert scraped.gauges["img2img_hosts_wanted"] == 2.0  # the first pool listed
+    assert scraped.images == {"completed": 9.0, "failed": 3.0, "handed_off": 11.0}
