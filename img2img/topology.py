@@ -69,6 +69,6 @@ def role_of(pool: str, topology: Topology) -> PoolRole | None:
 
 
 def artifact_key(base: str, pool: str) -> str:
-    """A per-pool artifact's key: `base` for the single topology's pool (as it always was),
-    `base-<pool>` for any other, so two pools' histories never mix."""
-    return base if pool == SINGLE_POOL.pool else f"{base}-{pool}"
+    """A per-pool artifact's key: `base-<pool>` for a split topology's pools, so their
+    histories never mix; `base` for any other pool (the single topology's, as always)."""
+    return f"{base}-{pool}" if pool in (STAGE1_POOL.pool, STAGE2_POOL.pool) else base

@@ -145,6 +145,7 @@ class Chaos:
         self._serving: set[str] = set()
         self._largest = 0
         self._before_kill = 0
+        self._refs: list[ObjectRef] = []
         self._since = datetime.now(timezone.utc)
         self.settings = settings
         self.say = say
@@ -347,8 +348,7 @@ class Chaos:
             return self._at_a_backlog(images, timeout_s)
         result = self._run(scenario, images, timeout_s)
         if scenario == "stage2-worker-kill":
-            result.update(self._split_figures(result["_refs"]))
-        result.pop("_refs", None)
+            result.update(self._split_figures(self._refs))
         return result
 
     def _split_figures(self, refs: list[ObjectRef]) -> dict[str, Any]:
@@ -476,7 +476,7 @@ class Chaos:
         if scenario == "dispatcher-kill":
             self.crash_flag.parent.mkdir(parents=True, exist_ok=True)
             self.crash_flag.write_text("kill the dispatcher after its next run\n")
-        refs = self.upload(scenario, images)
+        refs = self._refs = self.upload(scenario, images)
         self.say(f"uploaded {len(refs)} images")
         if scenario == "backlog-worker-kill":  # the backlog is in the queue: take it now
             self.stack.up(self.say)
@@ -522,7 +522,6 @@ class Chaos:
             "hosts_after_idle": len(self.stack.all_workers()) + len(self.stack.draining_workers()),
             "hosts_started": started_hosts,
             "idle_launches": idle,
-            "_refs": refs,
         }
 
     def _note_serving(self) -> None:

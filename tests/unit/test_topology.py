@@ -42,6 +42,7 @@ def test_each_topology_names_its_pools_and_what_their_hosts_load() -> None:
     assert pools("single", "gpu")[0].deployment == SINGLE_POOL.deployment
     assert STAGE2_POOL.flow == "img2img-stage2"
     assert artifact_key("img2img-fleet", "inf2") == "img2img-fleet"
+    assert artifact_key("img2img-fleet", "my-pool") == "img2img-fleet"
     assert artifact_key("img2img-fleet", "inf2-upscale") == "img2img-fleet-inf2-upscale"
 
 
