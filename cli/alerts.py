@@ -25,11 +25,15 @@ def _block(args: argparse.Namespace, settings: Settings) -> str:
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.alerts import apply, block_document_id, definitions
+    from deployments.alerts import apply, block_document_id, pipeline_definitions
+    from img2img.topology import pools
 
     with get_client(sync_client=True) as client:
         block_id = block_document_id(client, _block(args, settings))
-        for line in apply(client, definitions(settings.autoscaler.pool, block_id)):
+        for line in apply(
+            client,
+            pipeline_definitions(pools(settings.topology, settings.autoscaler.pool), block_id),
+        ):
             say(line)
     return 0
 
@@ -38,12 +42,18 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
     from prefect.client.orchestration import get_client
 
-    from deployments.alerts import block_document_id, definitions
+    from deployments.alerts import block_document_id, pipeline_definitions
+    from img2img.topology import pools
 
     with get_client(sync_client=True) as client:
         block_id = block_document_id(client, _block(args, settings))
     text = yaml.safe_dump(
-        {"automations": definitions(settings.autoscaler.pool, block_id)}, sort_keys=False
+        {
+            "automations": pipeline_definitions(
+                pools(settings.topology, settings.autoscaler.pool), block_id
+            )
+        },
+        sort_keys=False,
     )
     if args.out:
         Path(args.out).write_text(text, encoding="utf-8")

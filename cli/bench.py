@@ -94,6 +94,8 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
             **({"idle_to_zero_s": args.idle_to_zero_s} if args.idle_to_zero_s is not None else {}),
         }
     )
+    if args.topology == "split":
+        return _bench_split(args, policy, starts, names)
     forecast = None
     if args.forecast:
         from pydantic import ValidationError
@@ -181,6 +183,61 @@ def cmd_bench_scaling(args: argparse.Namespace, settings: Settings) -> int:
         with get_client(sync_client=True) as client:
             publish(client, bench_markdown(all_rows, pictures, summary), "Scaling bench")
         say(f"artifact: {ARTIFACT_KEY} (Artifacts page of the Prefect UI)")
+    return 0
+
+
+def _bench_split(args: argparse.Namespace, policy: Any, starts: Any, names: list[str]) -> int:
+    """`bench scaling --topology split`: the single pool against a pool per stage, on the
+    same arrivals, this project's policy on every pool."""
+    from infra.bench.scaling_sim import TRACES
+    from infra.bench.scaling_split import SplitBench, compare_split
+
+    try:
+        stage_s = tuple(float(s) for s in args.stage_s.split(","))
+        slots = tuple(int(s) for s in args.split_slots.split(","))
+    except ValueError:
+        print("--stage-s and --split-slots take two numbers each, e.g. 2.02,1.0", file=sys.stderr)
+        return 2
+    if len(stage_s) != 2 or len(slots) != 2 or min(stage_s) <= 0 or min(slots) < 1:
+        print("--stage-s and --split-slots take two positive numbers each", file=sys.stderr)
+        return 2
+    bench = SplitBench.from_stages(
+        (stage_s[0], stage_s[1]),
+        args.slots_per_host,
+        (slots[0], slots[1]),
+        starts,
+        args.handoff_s,
+        args.price_per_hour,
+        seed=args.seed,
+    )
+    print(
+        f"simulated: stage 1 {stage_s[0]} s, stage 2 {stage_s[1]} s per image; single pool "
+        f"{args.slots_per_host} slots per host, starts in {bench.single.starts.cold_s:.0f} s; "
+        f"split pools {slots[0]} and {slots[1]} slots per host, start in "
+        f"{bench.stage1.starts.cold_s:.0f} s and {bench.stage2.starts.cold_s:.0f} s; "
+        f"hand-off {args.handoff_s} s",
+        file=sys.stderr,
+    )
+    header = (
+        f"{'trace':<10}{'single h':>10}{'p95 s':>8}{'stage1 h':>10}{'stage2 h':>10}"
+        f"{'split h':>9}{'p95 s':>8}{'ratio':>7}{'default':>9}  split setting"
+    )
+    print(header, file=sys.stderr)
+    for name in names:
+        out = compare_split(TRACES[name], policy, bench)
+        best = out["split"]
+        first, second = best["pools"]
+        setting = best["settings"]
+        print(
+            f"{name:<10}{out['single_host_hours']:>10.2f}{out['single_p95_wait_s']:>8.1f}"
+            f"{first['host_hours']:>10.2f}{second['host_hours']:>10.2f}"
+            f"{best['split_host_hours']:>9.2f}{best['split_p95_wait_s']:>8.1f}"
+            f"{out['split_over_single']:>7.3f}{out['split_default_over_single']:>9.3f}  "
+            f"target {setting['target_utilization']}, drain {setting['drain_target_s']:.0f} s",
+            file=sys.stderr,
+        )
+        if args.json:
+            print(json.dumps(out), flush=True)
     return 0
 
 
@@ -512,6 +569,32 @@ def add_commands(sub: Any) -> None:
         help="also publish the table and charts (with --charts) as the markdown artifact "
         "img2img-scaling-bench on the Prefect API in PREFECT_API_URL (the local stack's: "
         "see `img2img local env`)",
+    )
+    scaling.add_argument(
+        "--topology",
+        choices=["single", "split"],
+        default="single",
+        help="split: the single pool (both stages per slot) against a pool per stage, "
+        "this project's policy on each (--stage-s, --split-slots, --handoff-s)",
+    )
+    scaling.add_argument(
+        "--stage-s",
+        default="2.02,1.0",
+        help="split: device seconds per image of stage 1 and stage 2 (the single pool's "
+        "slot takes their sum)",
+    )
+    scaling.add_argument(
+        "--split-slots",
+        default="24,12",
+        help="split: slots per host of the stage-1 and the stage-2 pool (inf2.48xlarge: "
+        "SD 1.5 alone on one NeuronCore, the x4 upscaler alone on two; both on one slot "
+        "take two, --slots-per-host)",
+    )
+    scaling.add_argument(
+        "--handoff-s",
+        type=float,
+        default=0.32,
+        help="split: stage-1 output written → stage-2 start (the seed's p1_p2: 321 ms)",
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

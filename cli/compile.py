@@ -32,8 +32,10 @@ def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
-    """Fetch both stages' compiled artifacts into the model cache (verified), as a host does
-    before its worker starts; a warm-pool instance does it once, before it is stopped."""
+    """Fetch the stages' compiled artifacts into the model cache (verified), as a host does
+    before its worker starts; a warm-pool instance does it once, before it is stopped.
+    Only the stages this host's slots load (`worker.stages`: one on a split topology's
+    pool, both by default)."""
     import json
 
     from img2img.aws import clients_from_settings
@@ -42,7 +44,15 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
 
     s3 = clients_from_settings(settings.aws).s3
     stages = settings.stages
-    sources = {"img2img": stages.img2img_artifacts, "upscale": stages.upscale_artifacts}
+    wanted = settings.worker.stages or ["img2img", "upscale"]
+    sources = {
+        kind: uri
+        for kind, uri in (
+            ("img2img", stages.img2img_artifacts),
+            ("upscale", stages.upscale_artifacts),
+        )
+        if kind in wanted
+    }
     if not any(sources.values()):
         say("no compiled artifacts configured (IMG2IMG_STAGES__*_ARTIFACTS): nothing to fetch")
         return 0

@@ -7,8 +7,11 @@ writes them with the block's id filled in, for `prefect automation create --from
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from img2img.topology import PoolRole
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -34,6 +37,25 @@ def definitions(
         return fill.get(value, value) if isinstance(value, str) else value
 
     return [sub(a) for a in raw]  # sub builds new dicts and lists
+
+
+def pipeline_definitions(roles: Sequence[PoolRole], block_document_id: str) -> list[dict[str, Any]]:
+    """The automations for every pool of the pipeline: one set for a single pool; with a
+    pool per stage, each alert about a pool or its flow once per pool (named for it), the
+    others (the dead-letter queue's) once."""
+    if len(roles) == 1:
+        return definitions(roles[0].pool, block_document_id, roles[0].flow)
+    one = definitions("pool-a", block_document_id, "flow-a")
+    other = definitions("pool-b", block_document_id, "flow-b")
+    anywhere = {a["name"] for a, b in zip(one, other, strict=True) if a == b}
+    found: list[dict[str, Any]] = []
+    for index, role in enumerate(roles):
+        for automation in definitions(role.pool, block_document_id, role.flow):
+            if automation["name"] not in anywhere:
+                found.append({**automation, "name": f"{automation['name']} ({role.pool})"})
+            elif index == 0:
+                found.append(automation)
+    return found
 
 
 def block_document_id(prefect: SyncPrefectClient, block: str) -> str:

@@ -31,7 +31,14 @@ from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
 from deployments.warm_worker import UNHEALTHY_EVENT, host_of
 from img2img.forecast import Forecast, day_offsets, forecast, history_counts
-from img2img.scaling import Decision, Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling import (
+    Decision,
+    Observation,
+    PolicyState,
+    ScalingSettings,
+    decide,
+    upstream_rate,
+)
 from img2img.topology import artifact_key
 
 if TYPE_CHECKING:
@@ -86,6 +93,11 @@ class Autoscaler:
         self._looked = False
         self.idle_launches: list[float] = []
         self.idle_launch_total = 0
+        # Split topology: the stage-1 pool's autoscaler, for the stage-2 pool's (work on
+        # its way is seen a stage ahead); `last` is each one's latest observation.
+        self.upstream: Autoscaler | None = None
+        self.last: Observation | None = None
+        self.last_desired: int | None = None
 
     # -- observing the pool -----------------------------------------------------------------
 
@@ -148,6 +160,7 @@ class Autoscaler:
             rate_window_s=self.rate_window_s,
             warm=self.backend.warm(),
             forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
+            **self.upstream_view(),
         )
 
     def _read_health(self, now: datetime) -> None:
@@ -287,10 +300,27 @@ class Autoscaler:
 
     # -- deciding and applying --------------------------------------------------------------
 
+    def upstream_view(self) -> dict[str, Any]:
+        """The pool before this one, as its autoscaler last saw it (within two of its
+        intervals): its runs queued or running (each becomes a run here) and their arrival
+        rate, the higher of its window's and its last interval's."""
+        before = self.upstream
+        seen = before.last if before is not None else None
+        if before is None or seen is None or self.clock() - seen.now > 2 * self.policy.interval_s:
+            return {}
+        hosts = before.last_desired if before.last_desired is not None else seen.current_desired
+        run_s = seen.recent_run_s or before.policy.expected_run_s
+        rate = upstream_rate(
+            (seen.arrival_rate, seen.recent_arrival_rate), hosts, before.policy, run_s
+        )
+        return {"upstream": seen.queued + seen.running, "upstream_rate": rate}
+
     def step(self) -> Decision:
         obs = self.observe()
+        self.last = obs
         self.replace_unhealthy()
         decision, self.state = decide(self.policy, obs, self.state)
+        self.last_desired = decision.desired
         if decision.desired != obs.current_desired:
             applied = self.backend.apply(decision.desired, self.busy)
             log.info(

@@ -188,6 +188,11 @@ class Observation:
     busy_hosts: int | None = None  # hosts running runs now (None: not known)
     # When (on the `now` clock) hosts left without having served a run, oldest first.
     idle_launches: tuple[float, ...] = ()
+    # Split topology, the stage-2 pool: runs queued or running in the pool before this one
+    # (each becomes a run here), and their arrival rate there: work on its way, seen a
+    # stage ahead, so this pool starts its hosts while stage 1 runs, not after.
+    upstream: int = 0
+    upstream_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -261,11 +266,14 @@ def _reactive(
 ) -> tuple[Decision, PolicyState, bool]:
     """The reactive policy: its decision, its state, and whether it is releasing hosts (a
     scale-in decided, or held only by its cooldown)."""
-    demand = obs.queued + obs.running
-    backlog_slots = obs.queued * min(1.0, run_s / settings.drain_target_s)
+    demand = obs.queued + obs.running + obs.upstream
+    # Work upstream is this pool's backlog too: it arrives as fast as stage 1 clears it.
+    backlog_slots = (obs.queued + obs.upstream) * min(1.0, run_s / settings.drain_target_s)
     # Running runs that drain a backlog are not new load: with a known arrival rate they
     # are not counted twice.
     rate = _arrival_rate(settings, obs, state)
+    if obs.upstream_rate and (rate is None or obs.upstream_rate > rate):
+        rate = obs.upstream_rate  # what arrives upstream now arrives here a stage later
     keep_up = rate * run_s if rate is not None else float(obs.running)
     previous_recent = state.last_recent_rate  # the state is updated below
     # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
@@ -323,7 +331,7 @@ def _reactive(
     if current == 0:
         # Runs running with no host wanted are held by hosts on their way out; only queued
         # runs are work a new host can take.
-        if obs.queued >= settings.activation_threshold:
+        if obs.queued + obs.upstream >= settings.activation_threshold:
             if backoff > 0:
                 return result(0, f"hold at zero: {backing_off} (queued {obs.queued})")
             cap, _ = _worth_starting(settings, obs, previous_recent, run_s, target)
@@ -393,6 +401,19 @@ def _reactive(
     return result(current, f"hold: usage {usage:.2f}")
 
 
+def upstream_rate(
+    rates: tuple[float | None, ...], hosts: int, upstream: ScalingSettings, run_s: float
+) -> float:
+    """The rate work will come out of the pool before this one (split topology): the higher
+    of its arrival rates (`rates`: its window's, its last interval's) and what the hosts it
+    asked for finish at their target utilisation. The second leads: leaving zero, or
+    clearing a backlog, the pool before sizes for the work it holds, and it all comes here
+    one stage later; in steady state it is the arrival rate again (within a host's
+    rounding)."""
+    capacity = hosts * upstream.slots_per_host * upstream.target_utilization / run_s
+    return max([capacity, *(r for r in rates if r is not None)])
+
+
 def _arrival_rate(settings: ScalingSettings, obs: Observation, state: PolicyState) -> float | None:
     """Runs arriving per second: the window's rate, which is smooth, unless the count
     since the previous decision shows it moved beyond chance, or the pool is leaving zero."""
@@ -441,6 +462,8 @@ def _worth_starting(
         going_on = min(recents)
     else:
         going_on = max(0.0, (obs.arrival_rate or 0.0) - obs.queued / obs.rate_window_s)
+    # What arrives upstream keeps arriving here, a stage later (split topology).
+    going_on = max(going_on, obs.upstream_rate or 0.0)
     current = obs.current_desired
     if going_on * run_s / (settings.slots_per_host * target) > current + 1e-9:
         return None, ""
@@ -453,7 +476,7 @@ def _worth_starting(
     if current:
         started = (slot_s - obs.running * run_s / 2) / run_s + 0.5 * ready * settings.slots_per_host
     arriving = going_on * start
-    left = obs.queued + arriving - started
+    left = obs.queued + obs.upstream + arriving - started
     # A new host is worth it for at least one run left; beyond that, one more host per
     # host's worth of runs (its slots) left.
     extra = math.ceil(left / settings.slots_per_host - 1e-9) if left >= 1.0 else 0

@@ -428,6 +428,11 @@ class AutoscalerSettings(BaseModel):
         'service (ecs), e.g. {"inf2-img2img": "img2img-p1", "inf2-upscale": '
         '"img2img-p2"}.',
     )
+    pool_slots: dict[str, int] = Field(
+        default_factory=dict,
+        description="Split topology: each pool's slots per host when its hosts differ "
+        "(pool → slots; a pool not named has scaling.slots_per_host).",
+    )
     cloudwatch_namespace: str | None = Field(
         "img2img", description="Namespace for the usage and backlog metrics; None: off."
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from itertools import pairwise
 from typing import TYPE_CHECKING
 
 from deployments.autoscaler import Autoscaler
@@ -115,6 +116,7 @@ def build_fleet_view(
     cloudwatch: CloudWatchMetrics | None,
     pool: str,
     prometheus: PrometheusMetrics | None,
+    slots_per_host: int,
     reads_queue: bool,
 ) -> FleetView:
     """The fleet view of `pool` the autoscaler keeps; `reads_queue`: the pool the uploads
@@ -123,7 +125,7 @@ def build_fleet_view(
         prefect,
         pool,
         settings.monitor,
-        settings.scaling.slots_per_host,
+        slots_per_host,
         sqs=service_client(settings.aws, "sqs") if reads_queue else None,
         storage=settings.storage if reads_queue else None,
         sinks=[cloudwatch] if cloudwatch is not None else [],
@@ -146,6 +148,8 @@ def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolSca
                 settings.autoscaler.cloudwatch_namespace,
                 role.pool,
             )
+        slots = settings.autoscaler.pool_slots.get(role.pool, settings.scaling.slots_per_host)
+        policy = settings.scaling.model_copy(update={"slots_per_host": slots})
         if index == 0:
             prometheus = shared = _prometheus(settings, role.pool)
         else:
@@ -154,15 +158,17 @@ def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolSca
             Autoscaler(
                 prefect,
                 role.pool,
-                settings.scaling,
+                policy,
                 build_backend(settings, role.pool if len(roles) > 1 else None),
                 metrics,
                 settings.autoscaler.rate_window_s,
                 fleet=build_fleet_view(
-                    settings, prefect, metrics, role.pool, prometheus, reads_queue=index == 0
+                    settings, prefect, metrics, role.pool, prometheus, slots, index == 0
                 ),
             )
         )
+    for before, after in pairwise(scalers):
+        after.upstream = before  # the stage-2 pool sees stage 1's work on its way
     return PoolScalers(scalers)
 
 

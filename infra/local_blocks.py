@@ -19,7 +19,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect_aws import AwsClientParameters, AwsCredentials
 
 from img2img.settings import Settings, load_settings
-from img2img.topology import ROLES
+from img2img.topology import ROLES, pools
 from infra.local_stack import CREDENTIALS_BLOCK, LOCAL_AWS_KEY
 
 LOCAL_ALERT_BLOCK = "img2img-local-alerts"
@@ -49,7 +49,7 @@ def apply_alerts(settings: Settings) -> None:
     `img2img alerts listen` to see them arrive)."""
     from prefect.blocks.notifications import CustomWebhookNotificationBlock
 
-    from deployments.alerts import apply, block_document_id, definitions
+    from deployments.alerts import apply, block_document_id, pipeline_definitions
 
     block = settings.monitor.alert_block
     if block is None:
@@ -61,7 +61,8 @@ def apply_alerts(settings: Settings) -> None:
         ).save(LOCAL_ALERT_BLOCK, overwrite=True)
         block = f"custom-webhook/{LOCAL_ALERT_BLOCK}"
     with get_client(sync_client=True) as client:
-        apply(client, definitions(settings.autoscaler.pool, block_document_id(client, block)))
+        roles = pools(settings.topology, settings.autoscaler.pool)
+        apply(client, pipeline_definitions(roles, block_document_id(client, block)))
 
 
 def save_credentials_block(endpoint: str) -> None:

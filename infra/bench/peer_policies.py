@@ -39,6 +39,8 @@ class View:
     recent_arrival_rate: float | None = None  # requests per second since the last decision
     recent_window_s: float | None = None  # the time that rate is over
     forecast: Forecast | None = None  # the daily forecast, where the bench gives history
+    upstream: int = 0  # split topology: requests in the stage before this pool
+    upstream_rate: float | None = None  # their arrival rate there
 
 
 class Scaler(Protocol):
@@ -87,6 +89,8 @@ class Img2ImgPolicy:
             recent_window_s=view.recent_window_s,
             warm=view.warm,
             forecast=view.forecast,
+            upstream=view.upstream,
+            upstream_rate=view.upstream_rate,
         )
         decision, self.state = decide(self.settings, obs, self.state)
         return decision.desired

@@ -136,6 +136,8 @@ class SimResult:
     scale_events: int = 0
     cold_start_to_first_result_s: float | None = None
     max_hosts_seen: int = 0
+    # (time, hosts asked for) at each change: what a pool after this one sees of it.
+    desired_log: list[tuple[float, int]] = field(default_factory=list)
     protected_scale_ins: int = 0  # hosts asked to go while serving: drained, not killed
     idle_launches: int = 0  # hosts launched that served no request before they went
     policy: str = "img2img"
@@ -258,6 +260,7 @@ def simulate(
     arrivals_at: list[float] | None = None,
     starts: HostStart | None = None,
     past: PastDays | None = None,
+    upstream: Callable[[float], tuple[int, float]] | None = None,
 ) -> SimResult:
     """Replay `trace` through `policy` (a `ScalingSettings` runs this project's policy).
 
@@ -268,6 +271,8 @@ def simulate(
         starts: the start model with its parts and warm pool (None: every host starts in
             `host_start_s`, no warm pool).
         past: the pool's past days, for a scaler that forecasts (None: no history).
+        upstream: for the second pool of a split topology, the requests in the first pool
+            at a time and their arrival rate there (None: this pool is the first).
     """
     scaler: Scaler
     if isinstance(policy, ScalingSettings):
@@ -439,6 +444,7 @@ def simulate(
             since = now - last_tick if now > 0 else None
             recent = arrived_since_tick / since if since else None
             arrived_since_tick, last_tick = 0, now
+            ahead, ahead_rate = upstream(now) if upstream is not None else (0, None)
             view = View(
                 now=now,
                 queued=len(queue),
@@ -451,10 +457,13 @@ def simulate(
                 recent_arrival_rate=recent,
                 recent_window_s=since,
                 forecast=past.at(now, recent or 0.0) if past is not None else None,
+                upstream=ahead,
+                upstream_rate=ahead_rate,
             )
             wanted = scaler.decide(view)
             if wanted != desired:
                 result.scale_events += 1
+                result.desired_log.append((now, wanted))
                 desired = wanted
                 resize(now, desired)
             if (done < len(arrivals_at) or live) and now < end:

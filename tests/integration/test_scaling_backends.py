@@ -266,3 +266,39 @@ def test_at_zero_the_autoscaler_decides_again_as_soon_as_a_run_is_queued(ecs: An
         assert woke.wait(30.0), "still waiting for the 60-s interval with a run queued"
         assert time.monotonic() - started < 30.0
         scaler.stop()
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) -> None:
+    """Split topology: runs queued on the stage-1 pool only. The stage-1 autoscaler asks
+    for hosts; the stage-2 autoscaler, whose own queue is empty, sees that work on its way
+    (its upstream) and starts hosts too, each pool through its own ECS service."""
+    from prefect.client.orchestration import get_client
+
+    from deployments.autoscaler import Autoscaler
+    from infra.autoscaling import PoolScalers
+    from tests.integration.warm import create_pool_and_deployment
+
+    ecs.create_service(
+        cluster="img2img", serviceName="upscale", taskDefinition="worker", desiredCount=0
+    )
+    ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
+    with get_client(sync_client=True) as client:
+        first_pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
+        second_pool, _ = create_pool_and_deployment(client, pool_type="process")
+        for _ in range(4):
+            client.create_flow_run_from_deployment(deployment_id, parameters={"objects": []})
+        policy = ScalingSettings(
+            max_hosts=5, slots_per_host=1, expected_run_s=60, drain_target_s=60
+        )
+        first = Autoscaler(client, first_pool, policy, EcsBackend(ecs, "img2img", "workers"))
+        second = Autoscaler(client, second_pool, policy, EcsBackend(ecs, "img2img", "upscale"))
+        alone = second.step()  # before it knows of stage 1: nothing to do
+        assert alone.desired == 0 and alone.reason.startswith("hold at zero")
+        second.upstream = first
+        scalers = PoolScalers([first, second])
+        one, two = scalers.step()
+        assert one.desired >= 1 and one.reason.startswith("activate from zero")
+        assert second.last is not None and second.last.upstream == 4
+        assert two.desired >= 1 and two.reason.startswith("activate from zero"), two.reason
+        assert EcsBackend(ecs, "img2img", "upscale").current() == two.desired

@@ -119,8 +119,19 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     # Inf2 hosts serve compiled artifacts, and the autoscaler counts their slots.
     assert "IMG2IMG_STAGES__BACKEND=neuron" in inference
     assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
-    assert "IMG2IMG_WORKER__CORE_GROUPS=${SlotCoreGroups}" in inference
+    assert "IMG2IMG_WORKER__CORE_GROUPS=$CORES" in inference and "${SlotCoreGroups}" in inference
+    # Split topology: the host's group says its pool, its slots and the model it loads.
+    assert "--pool $POOL" in inference and "IMG2IMG_WORKER__STAGES=$STAGES" in inference
+    assert "${Prefix}-upscale" in inference and "${UpscaleSlotCoreGroups}" in inference
+    upscale = compute["UpscaleGroup"]
+    assert upscale["Condition"] == "Split"
+    policy = upscale["Properties"]["MixedInstancesPolicy"]
+    assert policy["LaunchTemplate"]["Overrides"] == [
+        {"InstanceType": {"Ref": "UpscaleInstanceType"}}
+    ]
     control = json.dumps(compute["ControlLaunchTemplate"])
+    assert "IMG2IMG_AUTOSCALER__POOL_GROUPS=$POOL_GROUPS" in control
+    assert "IMG2IMG_TOPOLOGY=${Topology}" in control
     assert "IMG2IMG_SCALING__SLOTS_PER_HOST=$SLOTS" in control and "${SlotCoreGroups}" in control
 
 

@@ -3,6 +3,7 @@ hand-off state between the two runs, and how reports and scrapes show two pools.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -175,3 +176,19 @@ def test_a_scrape_keeps_each_pools_gauges_apart() -> None:
     assert scraped.pool_gauges["inf2-upscale"]["img2img_hosts_wanted"] == 5.0
     assert scraped.gauges["img2img_hosts_wanted"] == 2.0  # the first pool listed
     assert scraped.images == {"completed": 9.0, "failed": 3.0, "handed_off": 11.0}
+
+
+def test_alerts_cover_each_pool_of_a_split_topology() -> None:
+    from deployments.alerts import definitions, pipeline_definitions
+
+    single = pipeline_definitions(pools("single"), "block-1")
+    assert single == definitions("inf2", "block-1", "img2img-pipeline")
+    split = pipeline_definitions(pools("split"), "block-1")
+    names = [a["name"] for a in split]
+    assert len(names) == len(set(names))
+    assert "img2img pool has no ready worker (inf2-upscale)" in names
+    assert "img2img pool has no ready worker (inf2-img2img)" in names
+    # The dead-letter queue is the pipeline's, not a pool's: one alert.
+    assert sum("dead-letter" in n for n in names) == 1
+    flows = json.dumps([a for a in split if a["name"].startswith("img2img batch failed")])
+    assert "img2img-stage1" in flows and "img2img-stage2" in flows
