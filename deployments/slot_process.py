@@ -65,6 +65,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return
     models.device_lock = ReportingDeviceLock(send)
+    _prepare_runs()
     send(
         Ready(
             pid=os.getpid(),
@@ -107,6 +108,21 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             break
     for thread in threads:
         thread.join()
+
+
+def _prepare_runs() -> None:
+    """What a slot's first run would otherwise pay before its flow starts (about 2 s, once
+    per slot, on every new host; in a split topology, added to the hand-off): the flows'
+    modules imported, the runtime the tasks share built (settings, AWS clients from the
+    credentials block). Done before the slot says it is ready; a failure here is the first
+    run's to report, so it is only logged."""
+    try:
+        import flows.split  # noqa: F401  (imports the pipeline flow too)
+        from tasks.runtime import get_runtime
+
+        get_runtime()
+    except Exception as exc:
+        log.warning("could not prepare for runs ahead of the first one: %s", exc)
 
 
 def _beat(send: Any, every_s: float) -> None:

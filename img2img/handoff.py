@@ -30,7 +30,9 @@ class HandoffState(BaseModel):
     timings_ms: dict[str, float] = Field(default_factory=dict)
     spans: list[tuple[str, float, float]] = Field(default_factory=list)
     run_started: float = Field(description="The stage-1 run's start, epoch s.")
-    written: float = Field(description="Its stage-1 output in the directory bucket, epoch s.")
+    written: float = Field(
+        description="Its batch's stage-1 outputs all in the directory bucket, epoch s."
+    )
     device_batch: dict[str, int] = Field(default_factory=dict)
 
 
@@ -40,9 +42,20 @@ def handoff_key(stage1_run_id: str) -> str:
     return f"handoff:{stage1_run_id}"
 
 
-def handoff_state(job: ImageJob, now: float | None = None) -> HandoffState:
-    """What stage 2 needs of `job`, whose stage 1 is done. Only measured stages travel (the
-    waits and the total are computed at the outcome, over both runs)."""
+def batch_ready(jobs: list[ImageJob], now: float | None = None) -> float:
+    """When the last of `jobs`' stage-1 outputs was in the directory bucket: the moment a
+    stage-2 run of them could start. In one pool, stage 2 starts for the batch once its
+    stage 1 is done too: an image's wait for the rest of its batch is `other_wait` in both
+    topologies, and the hand-off is only what the second pool adds. An output reused from
+    an earlier attempt was there already (`now`)."""
+    now = time.time() if now is None else now
+    return max((j.output_written.get("stage1", now) for j in jobs), default=now)
+
+
+def handoff_state(job: ImageJob, written: float, now: float | None = None) -> HandoffState:
+    """What stage 2 needs of `job`, whose stage 1 is done and whose batch's outputs were
+    all written at `written` (`batch_ready`). Only measured stages travel (the waits and
+    the total are computed at the outcome, over both runs)."""
     assert job.params is not None
     t = job.timings
     now = time.time() if now is None else now
@@ -53,8 +66,7 @@ def handoff_state(job: ImageJob, now: float | None = None) -> HandoffState:
         timings_ms={k: round(v, 3) for k, v in t.items() if k not in WAITS or k == "queue_wait"},
         spans=list(t.spans),
         run_started=t.started if t.started is not None else now,
-        # Reused from an earlier attempt, nothing was written now: it was there already.
-        written=job.output_written.get("stage1", now),
+        written=written,
         device_batch=dict(job.device_batch),
     )
 
@@ -63,7 +75,7 @@ def restore(
     job: ImageJob, state: HandoffState, stage2_started: float, stage1_run: str | None
 ) -> None:
     """Take over `job` in the stage-2 run: stage 1's view of it, plus the hand-off time
-    (its output written → this run's start) on its timeline."""
+    (its batch's stage-1 outputs written → this run's start) on its timeline."""
     job.params = state.params
     job.seed = state.seed
     job.request_id = state.request_id

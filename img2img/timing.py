@@ -16,7 +16,7 @@ STAGES: tuple[str, ...] = (
     "download",
     "preprocess",
     "stage1",
-    # Split topology: stage-1 output written → the stage-2 run started (the seed's p1_p2).
+    # Split topology: the batch's stage-1 outputs written → the stage-2 run started (p1_p2).
     "handoff",
     "stage2",
     "postprocess",

@@ -22,7 +22,7 @@ run is running; the line adds `largest_batch`, the most images a run held.
 `stage2-worker-kill` needs the split topology (`--topology split`): it SIGKILLs the stage-2
 pool's worker once a stage-2 run is running on it; the line adds `stage1_reruns` (stage-1
 runs run more than once: 0 when the kill cost stage 1 nothing) and `handoff_p50_ms` (stage-1
-output written → stage-2 run started, from the result documents).
+outputs of the batch written → stage-2 run started, from the result documents).
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
 for the poison scenario.
 """

@@ -75,8 +75,9 @@ def child_env(
             "PREFECT_SERVER_API_HOST": local.host,
             "PREFECT_SERVER_API_PORT": str(local.prefect_port),
             "PREFECT_UI_API_URL": local.prefect_api_url,
-            # Pick up new runs within a second instead of the default 10 s.
-            "PREFECT_WORKER_QUERY_SECONDS": "1",
+            # Pick up new runs within a second instead of the default 10 s (unless the
+            # caller chose: a split topology's hand-off waits for one such poll).
+            "PREFECT_WORKER_QUERY_SECONDS": os.environ.get("PREFECT_WORKER_QUERY_SECONDS", "1"),
             "PREFECT_LOGGING_LEVEL": "INFO",
             "AWS_ACCESS_KEY_ID": LOCAL_AWS_KEY,
             "AWS_SECRET_ACCESS_KEY": LOCAL_AWS_KEY,

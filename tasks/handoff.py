@@ -10,7 +10,7 @@ from prefect import get_run_logger
 
 from img2img import steps
 from img2img.errors import PermanentError
-from img2img.handoff import HANDOFF, handoff_key, handoff_state
+from img2img.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
 from img2img.jobs import ImageJob
 from img2img.stages.spec import STAGE1
 from img2img.topology import STAGE2_POOL
@@ -49,9 +49,12 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
         return jobs
     if run_id is None:
         raise PermanentError("a hand-off to stage 2 needs the stage-1 flow run's id")
+    written = batch_ready(ready)
     parameters = {
         "objects": [j.ref.model_dump(mode="json") for j in ready],
-        "handoff": {j.ref.identity: handoff_state(j).model_dump(mode="json") for j in ready},
+        "handoff": {
+            j.ref.identity: handoff_state(j, written).model_dump(mode="json") for j in ready
+        },
         "stage1_run": run_id,
     }
     first = ready[0].ref.key.rsplit("/", 1)[-1][:40]

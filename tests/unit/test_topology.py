@@ -11,7 +11,14 @@ from PIL import Image
 
 from img2img.events import ObjectRef
 from img2img.fleet import BatchDigest, FleetWindow
-from img2img.handoff import HandoffState, handoff_key, handoff_state, restore, run_origin
+from img2img.handoff import (
+    HandoffState,
+    batch_ready,
+    handoff_key,
+    handoff_state,
+    restore,
+    run_origin,
+)
 from img2img.jobs import ImageJob, finish_timings, result_record
 from img2img.params import ImageParams
 from img2img.report import batch_event, build_report
@@ -99,7 +106,11 @@ def _job(name: str = "a.png") -> ImageJob:
 def test_the_handoff_carries_what_stage2_needs_and_times_the_gap() -> None:
     job = _job()
     job.timings["other_wait"] = 55.0  # a wait computed in stage 1 must not travel
-    state = HandoffState.model_validate(handoff_state(job).model_dump(mode="json"))
+    other = _job("b.png")
+    other.output_written["stage1"] = T0 + 1.6  # its device call came first
+    assert batch_ready([job, other]) == T0 + 1.9  # the batch is ready with its last output
+    assert batch_ready([], now=T0 + 5) == T0 + 5
+    state = HandoffState.model_validate(handoff_state(job, T0 + 1.9).model_dump(mode="json"))
     assert "other_wait" not in state.timings_ms and state.timings_ms["queue_wait"] == 1000.0
     assert state.written == T0 + 1.9 and state.run_started == T0 + 1
 
@@ -139,7 +150,7 @@ def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
 
     # The stage-2 run: one row per image with both stages and the hand-off.
     taken = ImageJob.for_ref(handed.ref)
-    restore(taken, handoff_state(_job("two.png")), T0 + 2.4, "run-1")
+    restore(taken, handoff_state(_job("two.png"), T0 + 1.9), T0 + 2.4, "run-1")
     taken.timings.add("stage2", 200.0)
     taken.timings.spans.append(("stage2", T0 + 2.5, T0 + 2.7))
     taken.status = "completed"
