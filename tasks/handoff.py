@@ -29,11 +29,19 @@ _deployment_ids: dict[str, UUID] = {}
 def _deployment_id(name: str) -> UUID:
     """The stage-2 deployment's id, read once per process (it changes only on redeploy)."""
     from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
 
     with _deployment_lock:
         if name not in _deployment_ids:
             with get_client(sync_client=True) as client:
-                _deployment_ids[name] = client.read_deployment_by_name(name).id
+                try:
+                    _deployment_ids[name] = client.read_deployment_by_name(name).id
+                except ObjectNotFound:
+                    raise PermanentError(
+                        f"the stage-2 deployment {name} does not exist: deploy prefect.yaml's "
+                        "split deployments (prefect --no-prompt deploy --all) and run a worker "
+                        f"on pool {STAGE2_POOL.pool}"
+                    ) from None
         return _deployment_ids[name]
 
 
