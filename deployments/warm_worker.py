@@ -298,6 +298,17 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         if task_status is not None:
             task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
         outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
+        if outcome.state == "CANCELLING" and run_id not in self._cancelled:
+            # Cancelled while its last device call ran: every image got its outcome, and
+            # the server refused the run's own final state. Left Cancelling it would count
+            # as running for ever (the autoscaler would keep its host).
+            with contextlib.suppress(ObjectNotFound):
+                await self.client.set_flow_run_state(
+                    flow_run.id,
+                    Cancelled(message="cancelled as it finished: every image has its outcome"),
+                    force=True,
+                )
+            return WarmWorkerResult(identifier=identifier, status_code=0)
         if outcome.state != CRASHED or run_id in self._cancelled:
             self._cancelled.discard(run_id)
             return WarmWorkerResult(identifier=identifier, status_code=0)

@@ -20,7 +20,7 @@ from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import State
 
-from flows.batch_run import BatchRun, unique
+from flows.batch_run import BatchRun, Step, unique
 from img2img.events import ObjectRef
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
@@ -41,16 +41,20 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
         defaults: generation parameters for images whose metadata does not set them.
     """
     batch = begin(objects)
-    call = batch.call
     cancelled = batch.steps(
-        [
-            ("copy", partial(call, copy_to_directory_bucket)),
-            ("preprocess", lambda jobs: call(preprocess, jobs, defaults or ImageParams())),
-            (STAGE1.name, partial(call, img2img_stage)),
-            (STAGE2.name, partial(call, upscale_stage)),
-        ]
+        [*through_stage1(batch, defaults), (STAGE2.name, partial(batch.call, upscale_stage))]
     )
     return batch.finish(cancelled)
+
+
+def through_stage1(batch: BatchRun, defaults: ImageParams | None) -> list[Step]:
+    """How every pipeline flow begins: copy → preprocess → stage 1."""
+    call = batch.call
+    return [
+        ("copy", partial(call, copy_to_directory_bucket)),
+        ("preprocess", lambda jobs: call(preprocess, jobs, defaults or ImageParams())),
+        (STAGE1.name, partial(call, img2img_stage)),
+    ]
 
 
 def begin(objects: list[ObjectRef]) -> BatchRun:

@@ -21,16 +21,14 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.batch_run import BatchRun, unique
-from flows.pipeline import begin
+from flows.pipeline import begin, through_stage1
 from img2img.events import ObjectRef
 from img2img.handoff import HANDOFF, HandoffState, restore, run_origin
 from img2img.jobs import ImageJob
 from img2img.params import ImageParams
-from img2img.stages.spec import STAGE1, STAGE2
-from tasks.copy import copy_to_directory_bucket
+from img2img.stages.spec import STAGE2
 from tasks.handoff import HandoffLost, hand_off, take_over
-from tasks.inference import img2img_stage, upscale_stage
-from tasks.preprocess import preprocess
+from tasks.inference import upscale_stage
 
 
 def _run_link(run_id: str | None, what: str) -> list[str]:
@@ -47,13 +45,10 @@ def img2img_stage1(objects: list[ObjectRef], defaults: ImageParams | None = None
         defaults: generation parameters for images whose metadata does not set them.
     """
     batch = begin(objects)
-    call = batch.call
     cancelled = batch.steps(
         [
-            ("copy", partial(call, copy_to_directory_bucket)),
-            ("preprocess", lambda jobs: call(preprocess, jobs, defaults or ImageParams())),
-            (STAGE1.name, partial(call, img2img_stage)),
-            (HANDOFF, lambda jobs: call(hand_off, jobs, batch.run_id)),
+            *through_stage1(batch, defaults),
+            (HANDOFF, lambda jobs: batch.call(hand_off, jobs, batch.run_id)),
         ]
     )
     handed = next((j.linked_run for j in batch.jobs if j.status == "handed_off"), None)

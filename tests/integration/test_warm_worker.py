@@ -104,7 +104,9 @@ def test_cancelling_a_running_run_stops_it_and_records_the_rest(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
     clients, settings = aws
-    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, _log, _proc):
+    # One image per device call, so there are calls left to stop when the cancel lands.
+    one_by_one = {**SLOW_SIM, "IMG2IMG_STAGES__DEVICE_BATCH": "1"}
+    with loaded_worker(client, tmp_path, one_by_one) as (deployment_id, _log, _proc):
         run, refs = submit(client, clients, settings, deployment_id, "cancel", count=4)
         wait_for(lambda: state_of(client, run.id).is_running(), 60, "the run to start")
         client.set_flow_run_state(run.id, Cancelling(message="operator"), force=True)
@@ -114,6 +116,24 @@ def test_cancelling_a_running_run_stops_it_and_records_the_rest(
     assert all(status in ("completed", "failed") for status, _ in outcomes)  # nothing lost
     cancelled = [doc for status, doc in outcomes if status == "failed"]
     assert cancelled and all(d["stage"] == "cancelled" and d["retryable"] for d in cancelled)
+
+
+def test_a_cancel_during_the_last_device_call_still_ends_the_run(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """The four images go through each stage in one call; the cancel lands during stage
+    2's, which cannot stop halfway: every image completes, and the run ends Cancelled
+    instead of staying Cancelling (counted as running, its host never let go)."""
+    clients, settings = aws
+    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, _proc):
+        run, refs = submit(client, clients, settings, deployment_id, "late-cancel", count=4)
+        wait_for(lambda: "stage1 done" in log.read_text(), 60, "stage 1 to finish")
+        client.set_flow_run_state(run.id, Cancelling(message="operator"), force=True)
+        state = final_state(client, run.id, timeout_s=90)
+    assert state.is_cancelled(), state
+    assert "every image has its outcome" in str(state.message)
+    outcomes = [outcome(clients, settings.storage.results_bucket, r)[0] for r in refs]
+    assert outcomes == ["completed"] * 4
 
 
 def test_sigterm_drains_running_runs_and_takes_no_new_ones(
