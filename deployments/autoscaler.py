@@ -324,8 +324,8 @@ class Autoscaler:
         if decision.desired != obs.current_desired:
             applied = self.backend.apply(decision.desired, self.busy)
             log.info(
-                "%s%d → %d hosts: %s (%s)",
-                "" if self.upstream is None and self.pool == "inf2" else f"pool {self.pool}: ",
+                "pool %s: %d → %d hosts: %s (%s)",
+                self.pool,
                 obs.current_desired,
                 decision.desired,
                 decision.reason,

@@ -23,7 +23,7 @@ from uuid import UUID, uuid4
 
 import anyio
 import anyio.abc
-from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort, ObjectNotFound
 from prefect.states import AwaitingRetry, Cancelled, Crashed
 from prefect.utilities.engine import propose_state
@@ -298,7 +298,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         if task_status is not None:
             task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
         outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
-        if outcome.state == "CANCELLING" and run_id not in self._cancelled:
+        if outcome.state == StateType.CANCELLING.value and run_id not in self._cancelled:
             # Cancelled while its last device call ran: every image got its outcome, and
             # the server refused the run's own final state. Left Cancelling it would count
             # as running for ever (the autoscaler would keep its host).

@@ -67,6 +67,12 @@ class ImageJob:
     def active(self) -> bool:
         return self.status == "pending"
 
+    @property
+    def has_outcome(self) -> bool:
+        """This run wrote (or found) the image's outcome: not pending, and not handed to a
+        stage-2 run, which writes it there."""
+        return self.status in ("completed", "failed", "skipped")
+
     def fail(self, stage: str, exc: BaseException) -> None:
         """Mark this image failed at `stage`; later steps skip it, post-process records it."""
         self.status = "failed"

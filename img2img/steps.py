@@ -214,7 +214,7 @@ def announce(announcer: Announcer, jobs: list[ImageJob], concurrency: int = 8) -
     re-raised after the others were sent, so the task retries only what is left; a
     permanent one (the topic refuses) is kept in `announce_error`.
     """
-    todo = [j for j in jobs if not j.announced and not j.active and j.status != "handed_off"]
+    todo = [j for j in jobs if not j.announced and j.has_outcome]
     if not announcer.enabled or not todo:
         return
 

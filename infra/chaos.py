@@ -290,12 +290,7 @@ class Chaos:
                 )
             if scenario == "backlog-worker-kill":
                 self._first_results(refs)
-            workers = self.stack.running_workers()
-            for index, _name in workers:
-                pid = self.stack.pid_of(self.stack.worker_service(index))
-                if pid is not None:
-                    self.say(f"SIGKILL worker-{index} pid {pid} (its slots must follow)")
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_workers(self.stack.role().pool, "")
             if scenario == "backlog-worker-kill":
                 time.sleep(1.0)  # the slots die with their worker: what is written now stays
                 self._before_kill = self._results_listed(refs)
@@ -307,14 +302,7 @@ class Chaos:
             run = self.running_run(flow=stage2.flow)
             if run is None:
                 raise RuntimeError("no stage-2 run started within 120 s: nothing to kill")
-            for index, _name in self.stack.running_workers(stage2.pool):
-                pid = self.stack.pid_of(self.stack.worker_service(index, stage2.pool))
-                if pid is not None:
-                    self.say(
-                        f"SIGKILL {stage2.worker_prefix}-{index} pid {pid} under stage-2 run "
-                        f"{run.name} (its slots must follow)"
-                    )
-                    os.kill(pid, signal.SIGKILL)
+            self._kill_workers(stage2.pool, f" under stage-2 run {run.name}")
         elif scenario == "server-restart":
             if self.running_run() is None:
                 raise RuntimeError("no run started within 120 s")
@@ -330,6 +318,16 @@ class Chaos:
         elif scenario == "redelivery":
             self.redeliver(refs)
             self.say(f"sent {len(refs)} duplicate notifications")
+
+    def _kill_workers(self, pool: str, why: str) -> None:
+        """SIGKILL every running worker of `pool`, the worker process alone: its slots must
+        see it go and stop by themselves."""
+        for index, _name in self.stack.running_workers(pool):
+            service = self.stack.worker_service(index, pool)
+            pid = self.stack.pid_of(service)
+            if pid is not None:
+                self.say(f"SIGKILL {service.name} pid {pid}{why} (its slots must follow)")
+                os.kill(pid, signal.SIGKILL)
 
     # -- a whole scenario ------------------------------------------------------------------
 
@@ -355,14 +353,12 @@ class Chaos:
         """Stage-1 runs run more than once since the scenario began (the stage-2 kill must
         cost stage 1 nothing), and the hand-off p50 from the result documents."""
         from prefect.client.orchestration import get_client
-        from prefect.client.schemas.objects import StateType
 
-        from deployments.pool_runs import pool_runs
         from img2img.recovery import SPLIT_TAG
         from img2img.timing import percentile
 
         with get_client(sync_client=True) as client:
-            runs = pool_runs(client, STAGE1_POOL.pool, [t.value for t in StateType])
+            runs = _every_run(client, STAGE1_POOL.pool)
         # A run re-run in place counts its runs; one split by the recovery service is a
         # new run with the split tag.
         reruns = sum(
@@ -548,27 +544,28 @@ class Chaos:
         the scenario."""
         from prefect.client.orchestration import get_client
 
-        from deployments.pool_runs import PAGE, pool_filter
+        from deployments.pool_runs import PAGE
 
         workers: list[Any] = []
         runs: list[Any] = []
         with get_client(sync_client=True) as client:
             for role in self.stack.roles:
                 workers += client.read_workers_for_work_pool(role.pool, limit=PAGE)
-                found: list[Any] = []
-                while len(found) < 50 * PAGE:  # bounded: a scenario makes far fewer runs
-                    page = client.read_flow_runs(
-                        work_pool_filter=pool_filter(role.pool), limit=PAGE, offset=len(found)
-                    )
-                    found += page
-                    if len(page) < PAGE:
-                        break
-                runs += found
+                runs += _every_run(client, role.pool)
         served = self._serving | {
             str(r.labels.get("prefect.worker.name")) for r in runs if r.labels
         }
         new = [w.name for w in workers if w.created is not None and w.created >= since]
         return len(new), sum(1 for name in new if name not in served)
+
+
+def _every_run(client: Any, pool: str) -> list[Any]:
+    """Every run of `pool`, in any state."""
+    from prefect.client.schemas.objects import StateType
+
+    from deployments.pool_runs import pool_runs
+
+    return pool_runs(client, pool, [t.value for t in StateType])
 
 
 def stack_idle_to_zero_s() -> float:
