@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from deployments.signals import stop_on_signals
-from img2img.batching import Batch, Batcher, BatchPlan, plan_batch
+from img2img.batching import Batch, Batcher, BatchPlan, plan_batch, run_name, seconds_per_image
 from img2img.errors import InvalidEvent
 from img2img.events import ObjectRef, parse_message
 from img2img.keys import unsafe_key_reason
@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 log = logging.getLogger("img2img.dispatcher")
 
 RETRY_BACKOFF_S = 2.0
+# How often, and over how many of its deployment's last completed runs, the dispatcher
+# learns what an image adds to a run (one small read at steady load, none at low load).
+IMAGE_S_EVERY_S = 30.0
+DISPATCH_TAG = "s3-event"
+RECENT_RUNS = 10
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Dispatcher:
         self.plan: BatchPlan | None = None
         self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
         self._queued_cache: tuple[float, int | None] = (-1e9, None)
+        self._image_s_cache: tuple[float, float | None] = (-1e9, None)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._stop = threading.Event()
@@ -152,7 +158,10 @@ class Dispatcher:
         # The pool's queue only matters once more than a base batch waits (one count a
         # second at most, and none at low load).
         queued = self._queued_runs() if in_hand + (depth or 0) > base else None
-        plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued)
+        # What a run's images cost on a slot only matters once a steady rate would fill
+        # more than a base batch in max_wait_s (none read at low load).
+        image_s = self._image_s() if rate * self.settings.max_wait_s > base else None
+        plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued, image_s)
         if plan != self.plan:
             log.debug("next batch: %d images: %s", plan.size, plan.reason)
         self.plan = plan
@@ -177,12 +186,10 @@ class Dispatcher:
         if self.clock() - at < 1.0:
             return count
         try:
-            if self._deployment_id is None:
-                self._deployment_id = self.prefect.read_deployment_by_name(self.settings.target).id
             found: int | None = int(
                 self.prefect.count_flow_runs(
                     flow_run_filter=FlowRunFilter(
-                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment_id]),
+                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
                         state=FlowRunFilterState(
                             type=FlowRunFilterStateType(
                                 any_=[StateType.SCHEDULED, StateType.PENDING]
@@ -199,6 +206,44 @@ class Dispatcher:
             found = None
         self._queued_cache = (self.clock(), found)
         return found
+
+    def _image_s(self) -> float | None:
+        """Seconds an image adds to a run on its slot, from the deployment's last completed
+        runs (`seconds_per_image`), read at most every IMAGE_S_EVERY_S; the last value
+        known when they cannot be read."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        at, known = self._image_s_cache
+        if self.clock() - at < IMAGE_S_EVERY_S:
+            return known
+        try:
+            runs = self.prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
+                    ),
+                    # The dispatchers' own runs (a recovery's split halves keep their
+                    # parent's name but not its images).
+                    tags=FlowRunFilterTags(all_=[DISPATCH_TAG]),
+                ),
+                sort=FlowRunSort.END_TIME_DESC,
+                limit=RECENT_RUNS,
+            )
+            found = seconds_per_image([(r.name, r.total_run_time.total_seconds()) for r in runs])
+        except Exception as exc:  # advisory: keep what was known
+            log.debug("could not read the recent runs: %s", exc)
+            found = None
+        self._image_s_cache = (self.clock(), found if found is not None else known)
+        return self._image_s_cache[1]
 
     def flush(self) -> None:
         """Dispatch every pending object now (on shutdown)."""
@@ -289,17 +334,18 @@ class Dispatcher:
             log.error("fault injection (%s): killing the dispatcher now", flag)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    def _create_run(self, batch: Batch) -> str:
+    def _deployment(self) -> UUID:
         if self._deployment_id is None:
-            deployment = self.prefect.read_deployment_by_name(self.settings.target)
-            self._deployment_id = deployment.id
-        first = batch.objects[0].key.rsplit("/", 1)[-1][:40]
+            self._deployment_id = self.prefect.read_deployment_by_name(self.settings.target).id
+        return self._deployment_id
+
+    def _create_run(self, batch: Batch) -> str:
         run = self.prefect.create_flow_run_from_deployment(
-            self._deployment_id,
-            parameters={"objects": [o.model_dump(mode="json") for o in batch.objects]},
+            self._deployment(),
+            parameters={"objects": [o.as_parameter() for o in batch.objects]},
             idempotency_key=batch.idempotency_key,
-            name=f"batch-{len(batch.objects)}-{first}",
-            tags=["img2img", "s3-event"],
+            name=run_name(batch.objects),
+            tags=[DISPATCH_TAG],
         )
         log.info(
             "flow run %s for %d objects (key %s)", run.id, len(batch.objects), batch.idempotency_key

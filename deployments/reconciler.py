@@ -107,10 +107,10 @@ def _resubmit(
         batch = missing[start : start + size]
         run = prefect.create_flow_run_from_deployment(
             deployment.id,
-            parameters={"objects": [o.model_dump(mode="json") for o in batch]},
+            parameters={"objects": [o.as_parameter() for o in batch]},
             idempotency_key=reconcile_key(batch),
             name=f"reconcile-{len(batch)}-{batch[0].key.rsplit('/', 1)[-1][:40]}",
-            tags=["img2img", "reconcile"],
+            tags=["reconcile"],
         )
         created.append(str(run.id))
         log.info("resubmitted %d upload(s) as flow run %s", len(batch), run.id)

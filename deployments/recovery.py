@@ -243,7 +243,7 @@ class RunRecovery:
         # states, keyed by upload, serve either half).
         parameters: dict[str, Any] = {
             **(run.parameters or {}),
-            "objects": [o.model_dump(mode="json") for o in half],
+            "objects": [o.as_parameter() for o in half],
         }
         child = self.prefect.create_flow_run_from_deployment(
             run.deployment_id,

@@ -48,6 +48,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             conn.send(message)
 
     try:
+        from deployments.api_logs import limit_api_logs
         from img2img.aws import clients_from_settings
         from img2img.models import configure_torch, process_models
         from img2img.settings import load_settings
@@ -55,6 +56,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
 
         start = time.perf_counter()
         settings = load_settings()
+        limit_api_logs(settings.monitor.api_log_level)
         configure_torch(settings.stages)
         # The process-wide model cache the pipeline's tasks use too: what is loaded here is
         # what every run of this slot gets.
@@ -189,11 +191,17 @@ def _flow_for(flow_run: Any) -> Any:
 def _execute(run_id: str, send: Any) -> None:
     """Run one flow run in this process, with the models already resident."""
     from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     try:
         flow_run = load_flow_run(UUID(run_id))
         flow = _flow_for(flow_run)
-        state = run_flow(flow, flow_run=flow_run, return_type="state")
+        # No flow-run heartbeat events: Prefect emits one at every run's start (and every
+        # 180 s), an event and seven rows per run that nothing here reads; a dead slot is
+        # told by its worker's heartbeat and its own beats (the recovery service, the
+        # watchdog).
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = run_flow(flow, flow_run=flow_run, return_type="state")
         send(RunDone(run_id=run_id, state=str(state.type.value)))  # type: ignore[union-attr]
     except BaseException as exc:
         log.exception("flow run %s raised out of the engine", run_id)

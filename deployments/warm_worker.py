@@ -35,6 +35,7 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
+from deployments.api_logs import limit_api_logs
 from deployments.slot_pool import SlotPool
 from deployments.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
 from img2img.settings import WorkerSettings
@@ -152,6 +153,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
         super().__init__(*args, **kwargs)
         self.worker_settings: WorkerSettings = settings
+        self.api_log_level = loaded.monitor.api_log_level
+        self._configuration: WarmJobConfiguration | None = None
         self.pool: SlotPool | None = None
         self.draining = False
         # Waiting for a slot's answer parks a thread; these have their own limiter, sized for
@@ -164,6 +167,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     async def setup(self) -> None:
         await super().setup()
+        limit_api_logs(self.api_log_level)
         _read_deployments_once(self.client, DEPLOYMENT_TTL_S)
         # The models its slots load: the worker's setting, else its pool's stage(s).
         stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
@@ -280,6 +284,45 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         if self.draining or self.pool is None or not self.pool.has_room():
             return []
         return await super().get_and_submit_flow_runs()
+
+    async def _submit_run_and_capture_errors(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[int | Exception] | None = None,
+    ) -> BaseWorkerResult | Exception:
+        """BaseWorker's, less what costs the server on every run and serves nothing on a
+        warm pool: the job configuration is the pool's, built once (BaseWorker reads the
+        run's flow and deployment to build it per run, for job variables a warm pool
+        refuses); no Submitting state (Pending already claims the run: one state, one event
+        and one request fewer); no submitted/executed worker events (the run's own state
+        events say when it started and ended, its labels which worker ran it). The labels
+        stay: the recovery service finds a dead worker's runs by them."""
+        try:
+            if self._configuration is None:
+                self._configuration = await WarmJobConfiguration.from_template_and_values(
+                    self.work_pool.base_job_template, {}, client=self.client
+                )
+            await self._give_worker_labels_to_flow_run(flow_run.id)
+            result: BaseWorkerResult = await self.run(
+                flow_run=flow_run,
+                task_status=task_status,
+                configuration=self._configuration,
+            )
+        except Exception as exc:
+            run_logger = self.get_flow_run_logger(flow_run)
+            # anyio's TaskStatus says whether started() was called only by its future.
+            if task_status is not None and not getattr(task_status, "_future").done():  # noqa: B009
+                run_logger.exception("Failed to submit flow run '%s' to a slot", flow_run.name)
+                task_status.started(exc)
+                await self._propose_crashed_state(
+                    flow_run, f"Failed to submit flow run to a slot: {type(exc).__name__}: {exc}"
+                )
+            else:
+                run_logger.exception("Lost flow run '%s' on its slot", flow_run.name)
+            return exc
+        finally:
+            self._release_limit_slot(flow_run.id)
+        return result
 
     async def run(
         self,

@@ -7,12 +7,18 @@ carried is in a created flow run (or was a duplicate of one).
 The size is chosen per batch from what is waiting (`plan_batch`): at low load the base size
 and `max_wait_s`, as a fixed batch would; under a backlog, the waiting images spread over
 the runs the pool can hold at once, up to `max_batch`, so a flow run's fixed cost to Prefect
-is shared by many images without leaving any host the autoscaler may add without a run.
+is shared by many images without leaving any host the autoscaler may add without a run;
+under a steady rate, a batch holds what arrives in `max_wait_s` (no image waits longer for
+its batch than at low load, and the Prefect server's cost per image falls as the rate
+rises), as long as a run of that size stays within `max_run_s` on its slot, judged from the
+recent runs' seconds per image (`seconds_per_image`).
 """
 
 from __future__ import annotations
 
 import math
+import re
+import statistics
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -28,6 +34,31 @@ class Batch:
     @property
     def idempotency_key(self) -> str:
         return batch_key(self.objects)
+
+
+# The dispatcher names each run for its size and first key: `batch-<images>-<key>`.
+_RUN_NAME = re.compile(r"^batch-(\d+)-")
+
+
+def run_name(objects: list[ObjectRef]) -> str:
+    """A dispatched run's name: its image count, then the first object's file name."""
+    first = objects[0].key.rsplit("/", 1)[-1][:40] if objects else ""
+    return f"batch-{len(objects)}-{first}"
+
+
+def seconds_per_image(runs: list[tuple[str, float]]) -> float | None:
+    """A slot's seconds per image in a run, from the dispatcher's recent completed runs as
+    (name, seconds in Running): the median (runs named otherwise are left out); None when
+    none is known.
+
+    A run's time includes its waits for the device behind the slot's other runs, so this is
+    what an image adds to its run's length under load, not the device's bare time."""
+    rates = []
+    for name, seconds in runs:
+        match = _RUN_NAME.match(name)
+        if match and int(match.group(1)) > 0 and seconds > 0:
+            rates.append(seconds / int(match.group(1)))
+    return statistics.median(rates) if rates else None
 
 
 @dataclass(frozen=True)
@@ -46,6 +77,7 @@ def plan_batch(
     rate: float,
     run_slots: int,
     queued_runs: int | None = None,
+    image_s: float | None = None,
 ) -> BatchPlan:
     """Size the next batch from what waits for it.
 
@@ -60,6 +92,10 @@ def plan_batch(
             there are some, the slots are all taken: a new run would only wait behind
             them, so the batch fills (up to `max_batch`, for up to the hold) instead of
             adding a run's fixed cost for a few images.
+        image_s: seconds an image adds to a run on its slot (`seconds_per_image`; None:
+            not known yet). Known, a steady rate fills each batch with what arrives in
+            `max_wait_s`, up to what a run does in `max_run_s`; unknown, batches keep to
+            the share above (a first run of many slow images would set the latency).
     """
     base = min(settings.base_batch, settings.max_batch)
     if not settings.adaptive:
@@ -67,7 +103,11 @@ def plan_batch(
     depth = max(queue_depth or 0, 0)
     waiting = in_hand + depth + rate * settings.max_wait_s
     share = math.ceil(waiting / max(run_slots, 1) - 1e-9)
-    size = max(base, min(settings.max_batch, share))
+    paced = 0
+    if image_s is not None and image_s > 0:
+        arriving = math.ceil(rate * settings.max_wait_s - 1e-9)
+        paced = min(arriving, math.floor(settings.max_run_s / image_s + 1e-9))
+    size = max(base, min(settings.max_batch, max(share, paced)))
     longest = max(settings.max_wait_s, min(settings.max_hold_s, settings.visibility_timeout_s - 30))
     if queued_runs and waiting > base:
         return BatchPlan(
@@ -83,6 +123,18 @@ def plan_batch(
             settings.max_wait_s,
             f"low load: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, "
             f"{rate:.1f}/s) over {run_slots} run slots is at most the base {base}",
+        )
+    if paced > share and depth == 0:
+        # A steady rate, no backlog: one run per max_wait_s. The batch fills in about the
+        # wait an image has at low load anyway.
+        assert image_s is not None
+        capped = " (max_batch)" if size == settings.max_batch and paced > size else ""
+        return BatchPlan(
+            size,
+            settings.max_wait_s,
+            f"steady load: {rate:.1f}/s brings {math.ceil(rate * settings.max_wait_s)} in "
+            f"{settings.max_wait_s:g} s; {size} per run{capped} (~{size * image_s:.1f} s on a "
+            f"slot at {image_s * 1000:.0f} ms/image, max_run_s {settings.max_run_s:g})",
         )
     # More is there to receive: let the batch fill, within the visibility.
     hold = longest if depth > 0 else settings.max_wait_s

@@ -37,6 +37,11 @@ class ObjectRef(BaseModel):
     sequencer: str | None = None
     event_time: datetime | None = None
 
+    def as_parameter(self) -> dict[str, object]:
+        """This upload as a flow run parameter: JSON, fields without a value left out (a
+        run of hundreds of uploads keeps its parameters, and each read of the run, small)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
     @property
     def tag(self) -> str:
         """What tells two uploads to the same key apart: the version id, else the ETag."""

@@ -98,7 +98,7 @@ def inherited_crashes(tags: list[str]) -> int:
 
 
 def split_tags(crashes: int) -> list[str]:
-    return ["img2img", SPLIT_TAG, f"{CRASHES_TAG}{crashes}"]
+    return [SPLIT_TAG, f"{CRASHES_TAG}{crashes}"]
 
 
 def orphan_reason(

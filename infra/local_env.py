@@ -35,8 +35,11 @@ LOCAL_RECOVERY = {
     "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "180",
 }
 # The fleet view on a laptop's time scale (a demo lasts a minute or two), and the per-run
-# views a person watching one run wants (progress bar, waterfall chart).
+# views a person watching one run wants (task runs in the run graph, INFO logs, progress bar,
+# waterfall chart).
 LOCAL_MONITOR = {
+    "IMG2IMG_MONITOR__TASK_RUNS": "true",
+    "IMG2IMG_MONITOR__API_LOG_LEVEL": "INFO",
     "IMG2IMG_MONITOR__RUN_PROGRESS": "true",
     "IMG2IMG_MONITOR__RUN_CHART": "true",
     "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "10",

@@ -59,7 +59,7 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
         raise PermanentError("a hand-off to stage 2 needs the stage-1 flow run's id")
     written = batch_ready(ready)
     parameters = {
-        "objects": [j.ref.model_dump(mode="json") for j in ready],
+        "objects": [j.ref.as_parameter() for j in ready],
         "handoff": {
             j.ref.identity: handoff_state(j, written).model_dump(mode="json") for j in ready
         },
@@ -72,7 +72,7 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
             parameters=parameters,
             idempotency_key=handoff_key(run_id),
             name=f"stage2-{len(ready)}-{first}",
-            tags=["img2img", "handoff"],
+            tags=["handoff"],
         )
     for job in ready:
         job.status = "handed_off"

@@ -72,8 +72,14 @@ class ControlPlaneConfig:
 # settings' defaults (what a production pool runs), everything on (what the local stack shows
 # and more), or the least (the batch event and the flow run's own states only).
 VIEWS: dict[str, dict[str, str]] = {
-    "default": {"RUN_PROGRESS": "false", "RUN_CHART": "false"},
+    "default": {
+        "TASK_RUNS": "false",
+        "RUN_PROGRESS": "false",
+        "RUN_CHART": "false",
+        "API_LOG_LEVEL": "WARNING",
+    },
     "all": {
+        "API_LOG_LEVEL": "INFO",
         "TASK_RUNS": "true",
         "RUN_ARTIFACTS": "true",
         "RUN_PROGRESS": "true",
@@ -81,6 +87,7 @@ VIEWS: dict[str, dict[str, str]] = {
         "IMAGE_EVENTS": "true",
     },
     "lean": {
+        "API_LOG_LEVEL": "WARNING",
         "TASK_RUNS": "false",
         "RUN_ARTIFACTS": "false",
         "RUN_PROGRESS": "false",

@@ -149,3 +149,49 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
     # At low load the pool's queue changes nothing.
     low = plan_batch(settings, in_hand=2, queue_depth=0, rate=0.5, run_slots=12, queued_runs=3)
     assert low.size == 8 and low.hold_s == settings.max_wait_s
+
+
+def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    settings = DispatchSettings()  # max_wait_s 2, max_run_s 30
+    # 16 images/s bring 32 in the 2 s an image waits at low load anyway: one run of 32,
+    # where spreading over 6 run slots would make runs of the base 8.
+    fast = plan_batch(settings, in_hand=5, queue_depth=0, rate=16.0, run_slots=6, image_s=0.01)
+    assert (fast.size, fast.hold_s) == (32, settings.max_wait_s)
+    assert fast.reason.startswith("steady load") and "10 ms/image" in fast.reason
+    # A slow device: a run of 32 would take 64 s; 15 images is what a run does in 30 s.
+    slow = plan_batch(settings, in_hand=5, queue_depth=0, rate=16.0, run_slots=6, image_s=2.0)
+    assert slow.size == 15 and "~30.0 s on a slot" in slow.reason
+    # Not known yet (no run completed): the share of the run slots, as before.
+    unknown = plan_batch(settings, in_hand=5, queue_depth=0, rate=16.0, run_slots=6)
+    assert unknown.size == 8 and unknown.reason.startswith("low load")
+    # Low load: the base batch whatever the device.
+    low = plan_batch(settings, in_hand=1, queue_depth=0, rate=1.0, run_slots=6, image_s=0.01)
+    assert low.size == 8 and low.reason.startswith("low load")
+    # Very fast arrivals stop at the ceiling and say so.
+    flood = plan_batch(settings, in_hand=0, queue_depth=0, rate=900.0, run_slots=6, image_s=0.001)
+    assert flood.size == settings.max_batch and "(max_batch)" in flood.reason
+    # A backlog in the queue keeps the backlog rule (spread over the run slots) when it
+    # asks for more than the steady rate would.
+    backlog = plan_batch(
+        settings, in_hand=10, queue_depth=990, rate=16.0, run_slots=12, image_s=0.01
+    )
+    assert backlog.size == 86 and backlog.reason.startswith("backlog")
+
+
+def test_seconds_per_image_is_learned_from_the_dispatchers_own_runs() -> None:
+    from img2img.batching import run_name, seconds_per_image
+
+    assert run_name([ref(1), ref(2)]) == "batch-2-1.png"
+    runs = [
+        ("batch-8-a.png", 4.0),  # 0.5 s per image
+        ("batch-16-b.png", 16.0),  # 1.0
+        ("batch-4-c.png", 8.0),  # 2.0
+        ("reconcile-4-c.png", 100.0),  # not the dispatcher's: left out
+        ("batch-2-d.png", 0.0),  # no time recorded
+    ]
+    assert seconds_per_image(runs) == 1.0
+    assert seconds_per_image([("reconcile-x", 3.0)]) is None
+    assert seconds_per_image([]) is None
