@@ -162,6 +162,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         # threads never makes a run wait for a thread (12 slots x 3 runs is already 36).
         self._waits = anyio.CapacityLimiter(2 * settings.slot_count() * settings.runs_per_slot)
         self._cancelled: set[str] = set()
+        self._cancelling: set[str] = set()  # runs told to stop, until they end
+        self._observer: Any = None  # Prefect's FlowRunCancellingObserver, once started
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -338,9 +340,13 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             await anyio.sleep(ACQUIRE_POLL_S)
         slot, future = acquired
         identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
+        self._observe(run_id, running=True)
         if task_status is not None:
             task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
-        outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
+        try:
+            outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
+        finally:
+            self._observe(run_id, running=False)
         if outcome.state == StateType.CANCELLING.value and run_id not in self._cancelled:
             # Cancelled while its last device call ran: every image got its outcome, and
             # the server refused the run's own final state. Left Cancelling it would count
@@ -393,39 +399,47 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def _watch_cancellations(self) -> None:
         """Prefect's worker cancels only runs that have not started (a started run is the
         job of its own process's runner). Runs on warm slots share a process, so the worker
-        watches its running runs for a Cancelling state and tells their slot."""
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-        )
-        from prefect.client.schemas.objects import StateType
+        watches the runs on its slots for a Cancelling state and tells their slot. It
+        listens on Prefect's events stream (a subscription to this pool's Cancelling
+        events: no request while nothing is cancelled, whatever the hosts and the load);
+        while the stream is down, Prefect's observer asks for them every `cancel_poll_s`."""
+        from prefect._internal.observers import FlowRunCancellingObserver
+        from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
-        handled: set[str] = set()
-        while True:
-            await anyio.sleep(self.worker_settings.cancel_poll_s)
-            running = self.pool.running_ids() if self.pool is not None else []
-            handled &= set(running)
-            if not running:
-                continue
-            try:
-                runs = await self.client.read_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        id=FlowRunFilterId(any_=[UUID(r) for r in running]),
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.CANCELLING])
-                        ),
-                    )
-                )
-            except Exception as exc:  # the API may be briefly unreachable
-                self._logger.warning("could not check for cancellations: %s", exc)
-                continue
-            for run in runs:
-                if str(run.id) not in handled:
-                    handled.add(str(run.id))
-                    assert self._runs_task_group is not None
-                    self._runs_task_group.start_soon(self._cancel_started_run, run.id)
+        while self._work_pool is None:  # known once the worker has synced with the API
+            await anyio.sleep(0.5)
+        pool_id = self._work_pool.id
+        observer = FlowRunCancellingObserver(
+            on_cancelling=self._on_cancelling,
+            polling_interval=self.worker_settings.cancel_poll_s,
+            event_filter=EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.Cancelling"]),
+                any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),
+            ),
+        )
+        async with observer:
+            self._observer = observer
+            for run_id in self.pool.running_ids() if self.pool is not None else []:
+                observer.add_in_flight_flow_run_id(UUID(run_id))
+            await anyio.sleep_forever()
+
+    def _observe(self, run_id: str, running: bool) -> None:
+        """Watch a run on a slot for cancellation from now on (or no longer)."""
+        if self._observer is None:
+            return
+        if running:
+            self._observer.add_in_flight_flow_run_id(UUID(run_id))
+        else:
+            self._observer.remove_in_flight_flow_run_id(UUID(run_id))
+            self._cancelling.discard(run_id)
+
+    def _on_cancelling(self, flow_run_id: UUID) -> None:
+        run_id = str(flow_run_id)
+        if run_id in self._cancelling:
+            return  # the stream and a poll may both say so
+        self._cancelling.add(run_id)
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._cancel_started_run, flow_run_id)
 
     async def _cancel_started_run(self, flow_run_id: UUID) -> None:
         """Tell the run's slot to stop it (between diffusion steps); past the grace period,

@@ -260,8 +260,8 @@ class WorkerSettings(BaseModel):
         5.0,
         ge=0.2,
         le=300,
-        description="How often the worker asks whether a run it is running was cancelled "
-        "(one request per worker, only while it runs something).",
+        description="How often the worker asks whether a run it is running was cancelled, "
+        "while Prefect's events stream (which tells it with no request) is down.",
     )
     hang_factor: float = Field(
         10.0,

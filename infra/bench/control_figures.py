@@ -41,6 +41,8 @@ GROWING_TABLES = (
     "events",
     "event_resources",
 )
+# Of those, the events' (kept `retention.events_days`, the runs `retention.runs_days`).
+EVENT_TABLES = ("events", "event_resources")
 # CPU groups in the order they are named as a bound when saturated.
 SINGLE_PROCESS = ("prefect_server", "moto")
 
@@ -89,6 +91,7 @@ class StepInput:
     lock_errors: int = 0  # "database is locked" in the server's log (SQLite)
     batch_sizes: tuple[int, ...] = ()  # the images of each run the dispatchers created
     server_idle_cores: float = 0.0  # what the server spends with no uploads (polling, services)
+    event_bytes: int | None = None  # of db_bytes, the events' tables' (None: not told apart)
 
 
 def achieved_per_s(
@@ -174,6 +177,9 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         if step.window_s
         else 0.0,
         "db_bytes_per_image": round(step.db_bytes / per_image),
+        "db_event_bytes_per_image": None
+        if step.event_bytes is None
+        else round(step.event_bytes / per_image),
         "rows_per_image": round(sum(step.rows.values()) / per_image, 2),
         "batch_size_p50": sizes[len(sizes) // 2] if sizes else step.batch_size,
         "batch_size_max": sizes[-1] if sizes else step.batch_size,

@@ -28,6 +28,7 @@ from img2img.events import ObjectRef
 from img2img.notify import upload_of
 from img2img.settings import Settings
 from infra.bench.control_figures import (
+    EVENT_TABLES,
     GROWING_TABLES,
     StepInput,
     count_requests,
@@ -206,20 +207,24 @@ def machine_busy_s() -> float:
 # -- what the database holds -------------------------------------------------------------------
 
 
-def database_figures(stack: LocalStack) -> tuple[int, dict[str, int]]:
-    """(size in bytes, rows per growing table) of the Prefect database."""
+def database_figures(stack: LocalStack) -> tuple[int, int | None, dict[str, int]]:
+    """(size in bytes, of which the events' tables (None: SQLite, not told apart), rows
+    per growing table) of the Prefect database."""
     if stack.uses_postgres():
         cluster = stack.postgres()
         counts = ", ".join(f"(SELECT count(*) FROM {t})" for t in GROWING_TABLES)
-        out = psql(cluster, DATABASE, f"SELECT pg_database_size('{DATABASE}'), {counts}").strip()
+        events = " + ".join(f"pg_total_relation_size('{t}')" for t in EVENT_TABLES)
+        out = psql(
+            cluster, DATABASE, f"SELECT pg_database_size('{DATABASE}'), {events}, {counts}"
+        ).strip()
         values = [int(v) for v in out.split("|")]
-        return values[0], dict(zip(GROWING_TABLES, values[1:], strict=True))
+        return values[0], values[1], dict(zip(GROWING_TABLES, values[2:], strict=True))
     path = stack.state / "prefect" / "prefect.db"
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30) as db:
         pages = db.execute("PRAGMA page_count").fetchone()[0]
         size = db.execute("PRAGMA page_size").fetchone()[0]
         rows = {t: db.execute(f'SELECT count(*) FROM "{t}"').fetchone()[0] for t in GROWING_TABLES}
-    return int(pages * size), rows
+    return int(pages * size), None, rows
 
 
 @dataclass
@@ -229,18 +234,20 @@ class Mark:
     machine: float
     log_offset: int
     db_bytes: int
+    event_bytes: int | None
     rows: dict[str, int]
 
 
 def mark(stack: LocalStack) -> Mark:
     log = stack.log_path("prefect-server")
-    size, rows = database_figures(stack)
+    size, events, rows = database_figures(stack)
     return Mark(
         at=time.monotonic(),
         cpu=cpu_by_group(stack),
         machine=machine_busy_s(),
         log_offset=log.stat().st_size if log.exists() else 0,
         db_bytes=size,
+        event_bytes=events,
         rows=rows,
     )
 
@@ -435,6 +442,9 @@ def _step(
         requests=count_requests(log),
         lock_errors=sum(1 for line in log if "OperationalError) database is locked" in line),
         db_bytes=after.db_bytes - before.db_bytes,
+        event_bytes=None
+        if after.event_bytes is None or before.event_bytes is None
+        else after.event_bytes - before.event_bytes,
         rows={t: after.rows[t] - before.rows.get(t, 0) for t in after.rows},
         batch_size=cfg.batch_size,
         batch_sizes=tuple(_batch_sizes(stack, offsets)),

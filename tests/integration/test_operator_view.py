@@ -106,7 +106,7 @@ def test_the_prefect_server_keeps_its_data_in_postgresql(
     runs = int(psql(cluster, "prefect", "SELECT count(*) FROM flow_run").strip())
     artifacts = psql(cluster, "prefect", "SELECT DISTINCT key FROM artifact").split()
     assert runs >= 2  # the demo's batch and the corrupt upload's
-    assert {"img2img-stage-timings", "img2img-batch-summary", "img2img-fleet"} <= set(artifacts)
+    assert {"img2img-stage-timings", "img2img-fleet"} <= set(artifacts)
     assert "pg_trgm" in psql(cluster, "prefect", "SELECT extname FROM pg_extension").split()
     # Only the Prefect server was given the database URL (it holds the password).
     env_out = img2img(["local", "env"], stack.env, 60).stdout
@@ -194,7 +194,7 @@ def test_the_views_render_in_a_real_browser(
     assert missing is None, missing
     shots = Path(os.environ.get("IMG2IMG_SCREENSHOTS", tmp_path))
     completed_run = traffic["flow_runs"][0]
-    failed_summary = _latest_artifact(stack, "img2img-batch-summary", failed=True)
+    failed_summary = _latest_artifact(stack, "img2img-stage-timings", failed=True)
 
     def fleet_with_chart() -> dict[str, Any] | None:
         artifact = _latest_artifact(stack, "img2img-fleet")
@@ -219,17 +219,15 @@ def test_the_views_render_in_a_real_browser(
         )
         browser.shoot(driver, shots, "run-artifacts")
 
-        summary = _latest_artifact(stack, "img2img-batch-summary", run=completed_run)
-        driver.get(f"{stack.ui}/artifacts/artifact/{summary['id']}")
+        # One artifact a run: the summary (verdict, waterfall) above the timing table.
+        table = _latest_artifact(stack, "img2img-stage-timings", run=completed_run)
+        driver.get(f"{stack.ui}/artifacts/artifact/{table['id']}")
         browser.wait_for(
             driver, lambda d: any(w > 300 for _, w in browser.loaded_images(d)), "the waterfall"
         )
         text = browser.page_text(driver)
         assert "slowest stage" in text and "where the time went" in text
         browser.shoot(driver, shots, "run-summary")
-
-        table = _latest_artifact(stack, "img2img-stage-timings", run=completed_run)
-        driver.get(f"{stack.ui}/artifacts/artifact/{table['id']}")
         rows = browser.wait_for(
             driver,
             lambda d: d.find_elements("css selector", "table tbody tr"),
@@ -237,6 +235,7 @@ def test_the_views_render_in_a_real_browser(
         )
         assert len(rows) >= 3 + 3  # three images, then p50, p95, max
         assert "(p95)" in browser.page_text(driver) and "stage2" in browser.page_text(driver)
+        driver.execute_script("arguments[0].scrollIntoView();", rows[0])
         browser.shoot(driver, shots, "run-timings")
 
         progress = _latest_artifact(stack, "img2img-batch-progress", run=completed_run)
@@ -292,7 +291,7 @@ def _latest_artifact(
         body["artifacts"]["flow_run_id"] = {"any_": [run]}
     found = httpx.post(f"{stack.api}/artifacts/filter", json=body, timeout=30).json()
     if failed:
-        found = [a for a in found if "FAILED" in str(a.get("data"))]
+        found = [a for a in found if "FAILED" in str(a.get("description"))]
     assert found, f"no {key} artifact" + (f" for run {run}" if run else "")
     return dict(found[0])
 
