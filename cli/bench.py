@@ -301,8 +301,8 @@ def cmd_bench_capacity(args: argparse.Namespace, settings: Settings) -> int:
     dispatch = Dispatch(
         base_batch=d.base_batch,
         max_batch=d.max_batch,
-        max_wait_s=d.max_wait_s,
-        max_run_s=d.max_run_s,
+        max_wait_s=d.max_wait_s if args.max_wait_s is None else args.max_wait_s,
+        max_run_s=d.max_run_s if args.max_run_s is None else args.max_run_s,
         image_s=args.image_s,
         dispatchers=args.dispatchers,
     )
@@ -317,7 +317,7 @@ def cmd_bench_capacity(args: argparse.Namespace, settings: Settings) -> int:
         for row in rows:
             print(json.dumps(row))
     else:
-        print(markdown(rows, f"{args.image_s:g} s/image"))
+        print(markdown(rows, f"{args.image_s:g} s/image, runs ≤ {dispatch.max_run_s:g} s"))
     return 0
 
 
@@ -502,6 +502,12 @@ def add_commands(sub: Any) -> None:
         "IMG2IMG_DISPATCH__MAX_RUN_S); the bench's simulated device: 0.01",
     )
     capacity.add_argument("--dispatchers", type=int, default=2, help="dispatcher replicas")
+    capacity.add_argument(
+        "--max-run-s", type=float, default=None, help="IMG2IMG_DISPATCH__MAX_RUN_S to plan with"
+    )
+    capacity.add_argument(
+        "--max-wait-s", type=float, default=None, help="IMG2IMG_DISPATCH__MAX_WAIT_S to plan with"
+    )
     capacity.add_argument(
         "--batching", choices=["adaptive", "fixed"], default=None, help="only these steps"
     )

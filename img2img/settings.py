@@ -719,7 +719,12 @@ class RetentionSettings(BaseModel):
         "are deleted this long after they ended; Prefect wants more than an hour.",
     )
     events_days: float = Field(
-        7.0, gt=0, le=3650, description="Events are deleted this long after they happened."
+        2.0,
+        gt=0,
+        le=3650,
+        description="Events are deleted this long after they happened. Nothing here reads "
+        "an event older than minutes (the fleet view reads its window, the autoscaler and "
+        "alerts the latest); they are most of the database's growth per run.",
     )
     vacuum_interval_s: float = Field(
         3600.0, ge=1, le=86_400, description="How often the vacuum looks for old runs and events."

@@ -21,7 +21,7 @@ PEAK_OVER_MEAN = 2.0  # the diurnal trace of the scaling simulation
 API_REPLICA_BUSY = 0.6  # one API replica is one process (at most one core), kept at 60%
 DATABASE_BUSY = 0.5  # a database instance's vCPUs kept at 50%
 RUNS_DAYS = 14.0  # retention.runs_days (RunRetentionDays)
-EVENTS_DAYS = 7.0  # retention.events_days (EventRetentionDays)
+EVENTS_DAYS = 2.0  # retention.events_days (EventRetentionDays)
 
 
 @dataclass(frozen=True)
