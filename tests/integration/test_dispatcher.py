@@ -275,3 +275,39 @@ def test_a_backlog_builds_one_batch_larger_than_64(
     run = client.read_flow_run(UUID(d.stats.flow_run_ids[0]))
     assert sorted(p["key"] for p in run.parameters["objects"]) == sorted(r.key for r in refs)
     assert queue_depth(clients, settings.storage.ingest_queue) == 0
+
+
+def test_the_dispatcher_learns_what_an_image_adds_to_a_run_from_its_completed_runs(
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+) -> None:
+    """The steady-rate batch is bounded by what a run does in max_run_s: the dispatcher reads
+    its deployment's recent completed runs (its own, by tag; their size from their name)
+    from the real API, and a steady rate then fills a batch with what arrives in
+    max_wait_s, up to that bound."""
+    from prefect.states import Completed, Pending, Running
+
+    clients, settings = aws
+    d = dispatcher(clients, client, settings, max_batch=512, max_wait_s=2.0, max_run_s=4.0)
+    assert d._image_s() is None  # no completed run yet: the share rule alone
+
+    deployment_id = client.read_deployment_by_name(deployment).id
+    ref = ObjectRef(bucket=settings.storage.uploads_bucket, key="learn/0.png", etag="e")
+    for name, tags in (("batch-8-learn.png", ["s3-event"]), ("reconcile-1-x.png", ["reconcile"])):
+        run = client.create_flow_run_from_deployment(
+            deployment_id, parameters={"objects": [ref.as_parameter()]}, name=name, tags=tags
+        )
+        client.set_flow_run_state(run.id, Pending())
+        client.set_flow_run_state(run.id, Running())
+        time.sleep(0.8)
+        client.set_flow_run_state(run.id, Completed())
+
+    d._image_s_cache = (-1e9, None)  # read again now, not in 30 s
+    image_s = d._image_s()
+    # ~0.8 s over the dispatcher's run of 8 (the reconciler's run is left out).
+    assert image_s is not None and 0.08 <= image_s <= 0.25, image_s
+    from img2img.batching import plan_batch
+
+    plan = plan_batch(d.settings, 0, 0, rate=16.0, run_slots=6, image_s=image_s)
+    # 32 arrive in 2 s, but a run of 32 would take ~3.2-8 s: what 4 s allows.
+    assert plan.size == min(32, int(4.0 / image_s)) and plan.size > 8, (plan, image_s)
+    assert plan.reason.startswith("steady load"), plan
