@@ -305,6 +305,7 @@ def cmd_bench_capacity(args: argparse.Namespace, settings: Settings) -> int:
         max_run_s=d.max_run_s if args.max_run_s is None else args.max_run_s,
         image_s=args.image_s,
         dispatchers=args.dispatchers,
+        runs_per_slot=settings.worker.runs_per_slot,
     )
     keep = settings.retention
     rows = [plan_row(n, costs, dispatch, keep.runs_days, keep.events_days) for n in days]

@@ -13,8 +13,9 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from deployments.signals import stop_on_signals
@@ -31,11 +32,29 @@ if TYPE_CHECKING:
 log = logging.getLogger("img2img.dispatcher")
 
 RETRY_BACKOFF_S = 2.0
+T = TypeVar("T")
 # How often, and over how many of its deployment's last completed runs, the dispatcher
 # learns what an image adds to a run (one small read at steady load, none at low load).
 IMAGE_S_EVERY_S = 30.0
 DISPATCH_TAG = "s3-event"
 RECENT_RUNS = 10
+
+
+class _AtMostEvery(Generic[T]):
+    """An advisory read of the Prefect API done at most every `every_s`; between two, the
+    last answer. `read` gets the last answer (to keep it when a read fails)."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float]) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.at = -1e9
+        self.value: T | None = None
+
+    def get(self, read: Callable[[T | None], T | None]) -> T | None:
+        if self.clock() - self.at >= self.every_s:
+            self.value = read(self.value)
+            self.at = self.clock()
+        return self.value
 
 
 @dataclass
@@ -77,8 +96,8 @@ class Dispatcher:
         )
         self.plan: BatchPlan | None = None
         self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
-        self._queued_cache: tuple[float, int | None] = (-1e9, None)
-        self._image_s_cache: tuple[float, float | None] = (-1e9, None)
+        self._queued: _AtMostEvery[int] = _AtMostEvery(1.0, clock)
+        self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._stop = threading.Event()
@@ -171,6 +190,9 @@ class Dispatcher:
     def _queued_runs(self) -> int | None:
         """The pipeline's runs waiting for a slot (scheduled, due, or pending), read at
         most once a second; None when it cannot be read."""
+        return self._queued.get(lambda _: self._count_queued())
+
+    def _count_queued(self) -> int | None:
         from datetime import datetime, timezone
 
         from prefect.client.schemas.filters import (
@@ -182,11 +204,8 @@ class Dispatcher:
         )
         from prefect.client.schemas.objects import StateType
 
-        at, count = self._queued_cache
-        if self.clock() - at < 1.0:
-            return count
         try:
-            found: int | None = int(
+            return int(
                 self.prefect.count_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
@@ -203,14 +222,15 @@ class Dispatcher:
             )
         except Exception as exc:  # advisory: size from the queue alone
             log.debug("could not count the pool's queued runs: %s", exc)
-            found = None
-        self._queued_cache = (self.clock(), found)
-        return found
+            return None
 
     def _image_s(self) -> float | None:
         """Seconds an image adds to a run on its slot, from the deployment's last completed
         runs (`seconds_per_image`), read at most every IMAGE_S_EVERY_S; the last value
         known when they cannot be read."""
+        return self._image_s_read.get(lambda known: self._read_image_s() or known)
+
+    def _read_image_s(self) -> float | None:
         from prefect.client.schemas.filters import (
             FlowRunFilter,
             FlowRunFilterDeploymentId,
@@ -221,9 +241,6 @@ class Dispatcher:
         from prefect.client.schemas.objects import StateType
         from prefect.client.schemas.sorting import FlowRunSort
 
-        at, known = self._image_s_cache
-        if self.clock() - at < IMAGE_S_EVERY_S:
-            return known
         try:
             runs = self.prefect.read_flow_runs(
                 flow_run_filter=FlowRunFilter(
@@ -238,12 +255,10 @@ class Dispatcher:
                 sort=FlowRunSort.END_TIME_DESC,
                 limit=RECENT_RUNS,
             )
-            found = seconds_per_image([(r.name, r.total_run_time.total_seconds()) for r in runs])
+            return seconds_per_image([(r.name, r.total_run_time.total_seconds()) for r in runs])
         except Exception as exc:  # advisory: keep what was known
             log.debug("could not read the recent runs: %s", exc)
-            found = None
-        self._image_s_cache = (self.clock(), found if found is not None else known)
-        return self._image_s_cache[1]
+            return None
 
     def flush(self) -> None:
         """Dispatch every pending object now (on shutdown)."""

@@ -13,6 +13,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from deployments.pool_runs import pool_runs
+from img2img.batching import run_name
 from img2img.events import ObjectRef
 from img2img.idempotency import reconcile_key
 from img2img.keys import outcome_stem
@@ -109,7 +110,7 @@ def _resubmit(
             deployment.id,
             parameters={"objects": [o.as_parameter() for o in batch]},
             idempotency_key=reconcile_key(batch),
-            name=f"reconcile-{len(batch)}-{batch[0].key.rsplit('/', 1)[-1][:40]}",
+            name=run_name(batch, "reconcile"),
             tags=["reconcile"],
         )
         created.append(str(run.id))

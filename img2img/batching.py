@@ -40,10 +40,11 @@ class Batch:
 _RUN_NAME = re.compile(r"^batch-(\d+)-")
 
 
-def run_name(objects: list[ObjectRef]) -> str:
-    """A dispatched run's name: its image count, then the first object's file name."""
+def run_name(objects: list[ObjectRef], kind: str = "batch") -> str:
+    """A pipeline run's name: who made it (`batch`: the dispatcher; `reconcile`, `stage2`),
+    its image count, then the first object's file name."""
     first = objects[0].key.rsplit("/", 1)[-1][:40] if objects else ""
-    return f"batch-{len(objects)}-{first}"
+    return f"{kind}-{len(objects)}-{first}"
 
 
 def seconds_per_image(runs: list[tuple[str, float]]) -> float | None:

@@ -9,6 +9,7 @@ from uuid import UUID
 from prefect import get_run_logger
 
 from img2img import steps
+from img2img.batching import run_name
 from img2img.errors import PermanentError
 from img2img.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
 from img2img.jobs import ImageJob
@@ -65,13 +66,12 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
         },
         "stage1_run": run_id,
     }
-    first = ready[0].ref.key.rsplit("/", 1)[-1][:40]
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
             _deployment_id(STAGE2_POOL.deployment),
             parameters=parameters,
             idempotency_key=handoff_key(run_id),
-            name=f"stage2-{len(ready)}-{first}",
+            name=run_name([j.ref for j in ready], "stage2"),
             tags=["handoff"],
         )
     for job in ready:

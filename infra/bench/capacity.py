@@ -16,6 +16,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from img2img.batching import plan_batch
+from img2img.settings import DispatchSettings
+
 # Assumptions, each stated in the README's capacity plan.
 PEAK_OVER_MEAN = 2.0  # the diurnal trace of the scaling simulation
 API_REPLICA_BUSY = 0.6  # one API replica is one process (at most one core), kept at 60%
@@ -94,14 +97,23 @@ class Dispatch:
     max_run_s: float = 30.0
     image_s: float = 0.01  # what an image adds to a run on its slot
     dispatchers: int = 2
+    runs_per_slot: int = 3
 
 
 def batch_at(rate: float, dispatch: Dispatch) -> int:
-    """The batch each dispatcher builds at a steady total `rate` (images/s), as
-    `plan_batch` sizes it with no backlog."""
-    arriving = math.ceil(rate / max(dispatch.dispatchers, 1) * dispatch.max_wait_s - 1e-9)
-    paced = min(arriving, math.floor(dispatch.max_run_s / dispatch.image_s + 1e-9))
-    return max(dispatch.base_batch, min(dispatch.max_batch, paced))
+    """The batch each dispatcher builds at a steady total `rate` (images/s): the
+    dispatcher's own rule (`plan_batch`), with no backlog, over the run slots of a fleet
+    that keeps up with the rate (its slots busy, each holding `runs_per_slot` runs)."""
+    settings = DispatchSettings(
+        base_batch=dispatch.base_batch,
+        max_batch=dispatch.max_batch,
+        max_wait_s=dispatch.max_wait_s,
+        max_run_s=dispatch.max_run_s,
+    )
+    each = rate / max(dispatch.dispatchers, 1)
+    run_slots = math.ceil(rate * dispatch.image_s) * dispatch.runs_per_slot
+    plan = plan_batch(settings, 0, 0, each, max(run_slots, 1), image_s=dispatch.image_s)
+    return plan.size
 
 
 def plan_row(

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TextIO
 from img2img.aws import clients_from_settings
 from img2img.events import ObjectRef
 from img2img.notify import upload_of
-from img2img.settings import Settings
+from img2img.settings import MonitorSettings, Settings
 from infra.bench.control_figures import (
     EVENT_TABLES,
     GROWING_TABLES,
@@ -70,32 +70,22 @@ class ControlPlaneConfig:
 
 
 # What each batch records on the server (MonitorSettings), by the bench's --views: the
-# settings' defaults (what a production pool runs), everything on (what the local stack shows
-# and more), or the least (the batch event and the flow run's own states only).
-VIEWS: dict[str, dict[str, str]] = {
-    "default": {
-        "TASK_RUNS": "false",
-        "RUN_PROGRESS": "false",
-        "RUN_CHART": "false",
-        "API_LOG_LEVEL": "WARNING",
-    },
-    "all": {
-        "API_LOG_LEVEL": "INFO",
-        "TASK_RUNS": "true",
-        "RUN_ARTIFACTS": "true",
-        "RUN_PROGRESS": "true",
-        "RUN_CHART": "true",
-        "IMAGE_EVENTS": "true",
-    },
-    "lean": {
-        "API_LOG_LEVEL": "WARNING",
-        "TASK_RUNS": "false",
-        "RUN_ARTIFACTS": "false",
-        "RUN_PROGRESS": "false",
-        "RUN_CHART": "false",
-        "IMAGE_EVENTS": "false",
-    },
-}
+# settings' defaults (what a production pool runs; the bench's stack is a local stack, whose
+# own views it undoes), everything on (what the local stack shows and more), or the least
+# (the batch event and the flow run's own states only).
+VIEW_FIELDS = ("task_runs", "run_artifacts", "run_progress", "run_chart", "image_events")
+
+
+def views() -> dict[str, dict[str, str]]:
+    """The monitor settings of each --views, as the stack's environment takes them."""
+    defaults = MonitorSettings()
+    default = {f.upper(): str(getattr(defaults, f)).lower() for f in VIEW_FIELDS}
+    default["API_LOG_LEVEL"] = defaults.api_log_level
+    return {
+        "default": default,
+        "all": {**{f.upper(): "true" for f in VIEW_FIELDS}, "API_LOG_LEVEL": "INFO"},
+        "lean": {**{f.upper(): "false" for f in VIEW_FIELDS}, "API_LOG_LEVEL": "WARNING"},
+    }
 
 
 def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
@@ -133,7 +123,7 @@ def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
         "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
         # The server writes uvicorn's access log (one line per request): the request count.
         "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
-        **{f"IMG2IMG_MONITOR__{k}": v for k, v in VIEWS[cfg.views].items()},
+        **{f"IMG2IMG_MONITOR__{k}": v for k, v in views()[cfg.views].items()},
     }
 
 

@@ -301,7 +301,7 @@ def test_the_dispatcher_learns_what_an_image_adds_to_a_run_from_its_completed_ru
         time.sleep(0.8)
         client.set_flow_run_state(run.id, Completed())
 
-    d._image_s_cache = (-1e9, None)  # read again now, not in 30 s
+    d._image_s_read.at = -1e9  # read again now, not in 30 s
     image_s = d._image_s()
     # ~0.8 s over the dispatcher's run of 8 (the reconciler's run is left out).
     assert image_s is not None and 0.08 <= image_s <= 0.25, image_s
