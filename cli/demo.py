@@ -16,6 +16,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     from img2img.aws import clients_from_settings
     from infra import demo
+    from infra.audit import audit
     from infra.local_stack import LOCAL_AWS_KEY, LocalStack
     from infra.resources import APP_QUEUE, local_topic_arn
 
@@ -57,6 +58,18 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     else:
         say("completion messages are off here: waiting by polling the results bucket")
         outcomes = demo.wait_for_outcomes(s3, settings.storage.results_bucket, refs, args.timeout)
+    # The exactly-once audit of what the stack produced for these uploads (messages: the
+    # ones received while waiting; with messages off, none is expected).
+    report = audit(
+        s3,
+        settings.storage.results_bucket,
+        refs,
+        messages=[m for o in outcomes for m in o.received] if messages_on else None,
+        stage_bucket=settings.storage.stage_bucket,
+    )
+    for problem in report.problems:
+        say(f"AUDIT {problem}")
+    counts = report.counts()
     completed = [o for o in outcomes if o.status == "completed"]
     failed = [o for o in outcomes if o.status == "failed"]
     pending = [o for o in outcomes if o.status == "pending"]
@@ -85,6 +98,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         "failed": len(failed) + len(pending),
         "notified": sum(1 for o in outcomes if o.messages),
         "duplicate_messages": sum(max(o.messages - 1, 0) for o in outcomes),
+        "lost": counts["lost"],
+        "duplicated": counts["duplicated"],
+        "audit": {k: v for k, v in counts.items() if k not in ("uploads", "lost", "duplicated")},
         "stage_p50_ms": demo.stage_p50(outcomes),
         # The most images one device call held, per stage (see README, Device batches).
         "device_batch_max": {
@@ -97,7 +113,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     }
     if args.json:
         print(json.dumps(summary))
-    return 0 if len(completed) == len(refs) else 1
+    return 0 if len(completed) == len(refs) and report.clean else 1
 
 
 def add_commands(sub: Any) -> None:

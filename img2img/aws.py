@@ -93,6 +93,9 @@ RETRYABLE_CODES = {
     "ServiceUnavailable",
     "503",
     "500",
+    # A conditional write that met another write of the same key in flight (409): which of
+    # the two lands is not known yet, so the write is tried again (then 412 or success).
+    "ConditionalRequestConflict",
 }
 
 
@@ -122,7 +125,7 @@ def is_precondition_failed(exc: Exception) -> bool:
     if not isinstance(exc, ClientError):
         return False
     code = str(exc.response.get("Error", {}).get("Code", ""))
-    return code in {"PreconditionFailed", "412", "ConditionalRequestConflict"}
+    return code in {"PreconditionFailed", "412"}
 
 
 def service_client(aws: AwsSettings, service: str) -> Any:

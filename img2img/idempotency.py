@@ -19,6 +19,17 @@ use them say so.
    `If-None-Match: *`; when two runs race, the second write fails as "already there" and the
    upload still has exactly one outcome.
 
+5. **One kind of outcome** (`steps.postprocess`, `outcomes.write_failure_record`): a result
+   and a failure record have keys of their own, so create-once alone cannot keep one from
+   the other. A run that finishes an image first looks for its failure record (the recovery
+   service may have given up on a run it believed dead), and a failure record is not
+   written beside a result: the outcome that exists stays the only one. What remains is two
+   writers of opposite outcomes within one S3 round trip of each other.
+
+Whether these hold is checked from outside by the exactly-once audit (`img2img.audit`,
+`infra/audit.py`), which reads every version of every outcome object and every completion
+message, in the tests, the chaos scenarios, the demo and the benchmarks.
+
 What a consumer of the outcomes must still do: nothing for the outcome objects (one per
 upload); Prefect events about images are at least once.
 """

@@ -53,7 +53,18 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         upright = ImageOps.exif_transpose(image)
     except (OSError, SyntaxError, ValueError) as exc:  # truncated or corrupt pixel data
         raise InvalidImage(f"image data is corrupt: {exc}") from exc
-    return upright.convert("RGB")
+    return to_rgb(upright)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB. Pillow's own conversion clips 16-bit grey levels at 255 (a 16-bit
+    PNG of mid grey would turn white), so 16-bit grey (Pillow's `I;16` modes, and `I`, which
+    older Pillows open such PNGs as) is scaled to 8 bits first: 65535 → 255."""
+    if image.mode.startswith("I;16"):
+        image = image.convert("I")
+    if image.mode == "I":
+        image = image.point(lambda v: v / 257).convert("L")
+    return image.convert("RGB")
 
 
 _open_lock = threading.Lock()

@@ -30,7 +30,14 @@ def outcome_key(s3: S3Client, results_bucket: str, ref: ObjectRef) -> str | None
 def write_failure_record(
     s3: S3Client, results_bucket: str, job: ImageJob, flow_run_id: str | None
 ) -> bool:
-    """Write a failed job's record (create-once); False when it already had one."""
+    """Write a failed job's record (create-once); False when it already had one, or when
+    another run wrote its result first (the job is then skipped: one outcome, the result)."""
+    if storage.exists(s3, results_bucket, job.keys.result_meta):
+        job.status = "skipped"
+        job.result_uri = f"s3://{results_bucket}/{job.keys.result}"
+        reason = job.failure.reason if job.failure is not None else "failed"
+        job.note = f"{reason}; but another run wrote its result first"
+        return False
     finish_timings([job])
     record = failure_record(job, flow_run_id)
     created = storage.put_json_once(s3, results_bucket, job.keys.failure, record)

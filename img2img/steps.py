@@ -180,6 +180,13 @@ def postprocess(
         with job.timings.measure("postprocess"):
             png = encode_png(job.stage2)
         with job.timings.measure("upload"):
+            # An image given up on meanwhile (the recovery service wrote its failure record
+            # while this run still ran) keeps that one outcome: no result beside it.
+            if storage.exists(s3, results_bucket, job.keys.failure):
+                job.status = "skipped"
+                job.note = "finished here, but its failure record was written first"
+                job.result_uri = f"s3://{results_bucket}/{job.keys.failure}"
+                return
             created = storage.put_once(s3, results_bucket, job.keys.result, png, "image/png")
         finish_timings([job])
         doc = result_record(job, results_bucket, flow_run_id, worker)

@@ -6,8 +6,12 @@ then until the autoscaler has taken the pool back to zero hosts, and reports:
     {"scenario", "uploads", "results", "failure_records", "lost", "duplicated",
      "recovery_s", "hosts_after_idle", "hosts_started", "idle_launches"}
 
-`lost` counts uploads with no outcome by the deadline; `duplicated`, uploads with more than
-one (a result and a failure record). `recovery_s` runs from the fault to the last outcome.
+`results`, `failure_records`, `lost` and `duplicated` come from the exactly-once audit
+(`infra/audit.py`), read after the idle wait: `duplicated` counts uploads with a result and
+a failure record, an outcome object written twice, or more than one completion message;
+`audit` carries its other figures (`wasted_device_runs`: a stage's device work run again
+for an upload, by its stage outputs' versions; `runs_max`: the most runs that held one
+upload). `recovery_s` runs from the fault to the last outcome.
 `hosts_started` counts the warm workers that registered with the pool during the scenario,
 `idle_launches` those of them that ran no flow run (a host paid for in vain).
 
@@ -92,6 +96,8 @@ SIM_ENV = {
     "IMG2IMG_STAGES__SIMULATED_LOAD_S": "1",
 }
 POLL_S = 0.5
+# The audit's figures that the line carries at its top level (the rest go under "audit").
+AUDIT_TOP = ("uploads", "results", "failure_records", "lost", "duplicated")
 
 
 def _png() -> bytes:
@@ -176,32 +182,24 @@ class Chaos:
             )
         return refs
 
-    def outcomes(
-        self, refs: list[ObjectRef], known: dict[str, tuple[bool, bool]] | None = None
-    ) -> tuple[int, int, int, int]:
-        """(results, failure records, lost, duplicated) right now. With `known`, uploads
-        found with an outcome before are not asked again (a large scenario polls less)."""
-        from img2img.storage import exists
+    def outcomes(self, refs: list[ObjectRef], known: set[str] | None = None) -> tuple[int, int]:
+        """(uploads with an outcome, uploads without one) right now: the progress a scenario
+        waits on (the audit judges them at the end). With `known`, uploads found with an
+        outcome before are not asked again (a large scenario polls less)."""
+        from img2img.outcomes import outcome_key
 
         bucket = self.settings.storage.results_bucket
-        results = failures = lost = duplicated = 0
+        done = lost = 0
         for ref in refs:
             if known is not None and ref.identity in known:
-                has_result, has_failure = known[ref.identity]
-                results += has_result
-                failures += has_failure
-                duplicated += has_result and has_failure
-                continue
-            keys = keys_for(ref)
-            has_result = exists(self.clients.s3, bucket, keys.result_meta)
-            has_failure = exists(self.clients.s3, bucket, keys.failure)
-            results += has_result
-            failures += has_failure
-            lost += not (has_result or has_failure)
-            duplicated += has_result and has_failure
-            if known is not None and (has_result or has_failure):
-                known[ref.identity] = (has_result, has_failure)
-        return results, failures, lost, duplicated
+                done += 1
+            elif outcome_key(self.clients.s3, bucket, ref) is not None:
+                done += 1
+                if known is not None:
+                    known.add(ref.identity)
+            else:
+                lost += 1
+        return done, lost
 
     def running_run(
         self, timeout_s: float = 120, min_images: int = 0, flow: str | None = None
@@ -487,16 +485,15 @@ class Chaos:
         last_change = time.monotonic()
         seen = -1
         deadline = started + timeout_s
-        known: dict[str, tuple[bool, bool]] = {}
+        known: set[str] = set()
         while time.monotonic() < deadline:
             self._note_serving()
-            results, failures, lost, _ = self.outcomes(refs, known)
-            if results + failures != seen:
-                seen, last_change = results + failures, time.monotonic()
+            done, lost = self.outcomes(refs, known)
+            if done != seen:
+                seen, last_change = done, time.monotonic()
             if lost == 0:
                 break
             time.sleep(1.0)
-        results, failures, lost, duplicated = self.outcomes(refs)
         recovery_s = round(last_change - started, 1)
         idle_wait = stack_idle_to_zero_s() + 120
         self.say(f"every upload has an outcome; waiting up to {idle_wait:.0f} s for zero hosts")
@@ -507,18 +504,53 @@ class Chaos:
 
         _wait(at_zero, idle_wait)
         started_hosts, idle = self.launches(since)
+        # Audited after the idle wait, so a late second message (a writer's grace run out)
+        # is on the app's queue by then.
+        counts = self.audit(refs)
         return {
             "scenario": scenario,
             "uploads": len(refs),
-            "results": results,
-            "failure_records": failures,
-            "lost": lost,
-            "duplicated": duplicated,
+            "results": counts["results"],
+            "failure_records": counts["failure_records"],
+            "lost": counts["lost"],
+            "duplicated": counts["duplicated"],
+            "audit": {k: v for k, v in counts.items() if k not in AUDIT_TOP},
             "recovery_s": recovery_s,
             "hosts_after_idle": len(self.stack.all_workers()) + len(self.stack.draining_workers()),
             "hosts_started": started_hosts,
             "idle_launches": idle,
         }
+
+    def audit(self, refs: list[ObjectRef]) -> dict[str, int]:
+        """The exactly-once audit of the scenario's uploads (`infra/audit.py`): outcome
+        versions, stage outputs, every completion message on the app's queue (drained: the
+        scenario is its consumer), and the runs that held each upload."""
+        from prefect.client.orchestration import get_client
+
+        from infra.audit import audit, drain_messages, runs_per_upload
+        from infra.resources import APP_QUEUE, local_topic_arn
+
+        local_topic = local_topic_arn(self.settings.aws.region)
+        messages = None
+        if os.environ.get("IMG2IMG_NOTIFY__TOPIC_ARN", local_topic) == local_topic:
+            queue = self.clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+            messages = drain_messages(self.clients.sqs, queue, refs, quiet_s=3, limit_s=60)
+        with get_client(sync_client=True) as client:
+            runs = runs_per_upload(
+                r for role in self.stack.roles for r in _every_run(client, role.pool)
+            )
+        storage = self.settings.storage
+        report = audit(
+            self.clients.s3,
+            storage.results_bucket,
+            refs,
+            messages=messages,
+            stage_bucket=storage.stage_bucket,
+            runs=runs,
+        )
+        for problem in report.problems[:20]:
+            self.say(f"audit: {problem}")
+        return report.counts()
 
     def _note_serving(self) -> None:
         """Remember which workers hold running runs now: a re-run takes the label of the

@@ -30,7 +30,12 @@ class Outcome:
     ref: ObjectRef
     status: str = "pending"  # completed | failed | pending
     doc: dict[str, Any] = field(default_factory=dict)
-    messages: int = 0  # completion messages received for it (more than 1: a duplicate)
+    # Every completion message received for it (more than 1: a duplicate).
+    received: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def messages(self) -> int:
+        return len(self.received)
 
     @property
     def result_uri(self) -> str:
@@ -93,7 +98,7 @@ def wait_for_notifications(
             item = outcomes.get(upload_of(body).identity)
             if item is None:
                 continue
-            item.messages += 1
+            item.received.append(body)
             item.status = "completed" if body.get("outcome") == "result" else "failed"
             item.doc = body
             sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])

@@ -14,6 +14,7 @@ import http.client
 import random
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import urlsplit
@@ -25,7 +26,14 @@ ERRORS = (
 
 
 class FaultProxy:
-    def __init__(self, upstream: str, error_rate: float = 0.05, seed: int = 7) -> None:
+    def __init__(
+        self,
+        upstream: str,
+        error_rate: float = 0.05,
+        seed: int = 7,
+        only: Callable[[str, str], bool] | None = None,
+    ) -> None:
+        """`only(method, path)`: which S3 requests may be faulted (None: any)."""
         if not 0.0 <= error_rate <= 1.0:
             raise ValueError(f"error_rate must be in [0, 1], got {error_rate}")
         parts = urlsplit(upstream)
@@ -34,6 +42,7 @@ class FaultProxy:
         self.upstream_host = parts.hostname
         self.upstream_port = parts.port or 80
         self.error_rate = error_rate
+        self.only = only
         self.random = random.Random(seed)
         self._lock = threading.Lock()
         self._burst_until = 0.0
@@ -86,7 +95,8 @@ class FaultProxy:
                 is_sqs = self.headers.get("X-Amz-Target", "").startswith("AmazonSQS") or (
                     b"Action=" in body[:200] and self.command == "POST"
                 )
-                fault = None if is_sqs else proxy._fault()
+                chosen = proxy.only is None or proxy.only(self.command, self.path)
+                fault = None if is_sqs or not chosen else proxy._fault()
                 if fault is not None:
                     status, code, message = fault
                     xml = (

@@ -28,7 +28,9 @@ def provision(
     os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
     os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
     clients = clients_from_settings(aws)
-    ensure_resources(clients, settings.storage, settings.dispatch, aws.region)
+    ensure_resources(
+        clients, settings.storage, settings.dispatch, aws.region, keep_stage_versions=True
+    )
     topic_arn, _ = ensure_notifications(clients)
     if "IMG2IMG_NOTIFY__TOPIC_ARN" not in os.environ and topic_arn != local_topic_arn(aws.region):
         raise RuntimeError(

@@ -43,10 +43,27 @@ class QueueUrls:
 
 
 def ensure_resources(
-    clients: AwsClients, storage: StorageSettings, dispatch: DispatchSettings, region: str
+    clients: AwsClients,
+    storage: StorageSettings,
+    dispatch: DispatchSettings,
+    region: str,
+    keep_stage_versions: bool = False,
 ) -> QueueUrls:
+    """Every bucket and queue of the data path, and the uploads bucket's notifications.
+
+    The results bucket keeps versions, as the AWS template's does: a second write of an
+    outcome is then visible to the exactly-once audit (`infra/audit.py`).
+
+    Args:
+        keep_stage_versions: the stage bucket keeps versions too, so the audit counts how
+            many times each stage's device work ran. Emulators only: a real directory
+            bucket has no versions.
+    """
     for bucket in (storage.uploads_bucket, storage.stage_bucket, storage.results_bucket):
         _ensure_bucket(clients, bucket, region)
+    _keep_versions(clients, storage.results_bucket)
+    if keep_stage_versions:
+        _keep_versions(clients, storage.stage_bucket)
     queues = ensure_queues(clients, storage, dispatch)
     queue_arn = clients.sqs.get_queue_attributes(
         QueueUrl=queues.ingest, AttributeNames=["QueueArn"]
@@ -130,6 +147,10 @@ def ensure_queues(
         ingest_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=ingest_url, Attributes=attributes)
     return QueueUrls(ingest=ingest_url, dead_letter=dlq_url)
+
+
+def _keep_versions(clients: AwsClients, bucket: str) -> None:
+    clients.s3.put_bucket_versioning(Bucket=bucket, VersioningConfiguration={"Status": "Enabled"})
 
 
 def _ensure_bucket(clients: AwsClients, bucket: str, region: str) -> None:

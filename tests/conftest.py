@@ -92,7 +92,9 @@ def aws(test_env: dict[str, str], moto_url: str) -> Iterator[AwsEnv]:
     urllib.request.urlopen(request, timeout=10).close()
     settings = load_settings()
     clients = clients_from_settings(settings.aws)
-    ensure_resources(clients, settings.storage, settings.dispatch, settings.aws.region)
+    ensure_resources(
+        clients, settings.storage, settings.dispatch, settings.aws.region, keep_stage_versions=True
+    )
     reset_runtime()
     yield AwsEnv(clients, settings)
     reset_runtime()

@@ -12,8 +12,10 @@ from typing import Any
 
 from PIL import Image
 
+from img2img.audit import AuditReport
 from img2img.events import ObjectRef
 from img2img.keys import keys_for
+from infra.audit import audit
 from tests.conftest import free_port
 
 
@@ -36,15 +38,37 @@ def upload(
 
 
 def outcome(clients: Any, results_bucket: str, ref: ObjectRef) -> tuple[str, dict[str, Any]]:
-    """("completed", meta) or ("failed", record) or ("missing", {})."""
+    """("completed", meta) or ("failed", record) or ("missing", {}); ("duplicated", both
+    documents) when the upload has a result and a failure record, so no test that expects
+    one outcome can pass on two."""
     keys = keys_for(ref)
+    found: dict[str, dict[str, Any]] = {}
     for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
         try:
             body = clients.s3.get_object(Bucket=results_bucket, Key=key)["Body"].read()
         except clients.s3.exceptions.NoSuchKey:
             continue
-        return status, json.loads(body)
-    return "missing", {}
+        found[status] = json.loads(body)
+    if len(found) > 1:
+        return "duplicated", found
+    return next(iter(found.items()), ("missing", {}))
+
+
+def audited(
+    clients: Any,
+    settings: Any,
+    refs: list[ObjectRef],
+    messages: list[Any] | None = None,
+) -> AuditReport:
+    """The exactly-once audit of `refs` (outcome versions, stage outputs, and `messages`
+    when completion messages are on)."""
+    return audit(
+        clients.s3,
+        settings.storage.results_bucket,
+        refs,
+        messages=messages,
+        stage_bucket=settings.storage.stage_bucket,
+    )
 
 
 def result_keys(clients: Any, bucket: str) -> list[str]:
@@ -95,6 +119,11 @@ def stack_client(env: dict[str, str], service: str) -> Any:
         "aws_access_key_id": "local-stack",
         "aws_secret_access_key": "local-stack",
     }
+    if service == "s3":  # moto's directory buckets answer only with session auth off
+        from botocore.config import Config
+
+        s3_options: Any = {"disable_s3_express_session_auth": True}
+        kw["config"] = Config(s3=s3_options)
     return boto3.client(service, **kw)  # type: ignore[call-overload]
 
 

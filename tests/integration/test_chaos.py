@@ -51,7 +51,9 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
             line = json.loads(done.stdout.strip().splitlines()[-1])
             lines.append(line)
             assert line["scenario"] == scenario and line["uploads"] == images
+            # The audit's: one outcome each, written once, announced once and rightly.
             assert line["lost"] == 0 and line["duplicated"] == 0, line
+            assert line["audit"]["unannounced"] == 0 and line["audit"]["wrong_messages"] == 0
             assert line["results"] == images, line
             if scenario == "backlog-worker-kill":
                 # The killed run held the whole backlog, it was killed mid-batch, and what

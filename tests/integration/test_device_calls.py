@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2img import backends
+from img2img import backends, progress
 from img2img.backends import CallSizes
 from img2img.errors import DeviceOutOfMemory, InvalidParameters
 from img2img.events import ObjectRef
@@ -269,3 +269,40 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
     argv += ["64", "--backend", "torchscript", "--batch", "2,4", "--out", uris["img2img"]]
     assert cli(argv) == 2
     assert "already holds compiled artifacts" in capsys.readouterr().err
+
+
+class CountingRecorder(progress.ProgressRecorder):
+    """The process's real progress recorder, counting its marks (what the slot's beat
+    thread reads for hang detection)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.marks = 0
+
+    def mark(self, stage: str | None = None) -> None:
+        super().mark(stage)
+        self.marks += 1
+
+
+@pytest.mark.parametrize(
+    ("stage", "denoising_steps"),
+    # Stage 1 runs steps × strength denoising steps (4 × 0.6 → 2); stage 2 its upscale steps.
+    [(STAGE1, 2), (STAGE2, 2)],
+)
+def test_the_real_pipelines_mark_progress_after_every_denoising_step(
+    settings: StageSettings, stage: Stage, denoising_steps: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Hang detection reads the device's progress: the tiny real pipelines' own step
+    callbacks (diffusers' `callback_on_step_end` for img2img, the x4 upscaler's older
+    `callback`) must mark it after each step, besides the marks around the call."""
+    counting = CountingRecorder()
+    monkeypatch.setattr(progress, "_recorder", counting)
+    jobs = make_jobs([("marks.png", FOUR_STEPS)])
+    if stage is STAGE2:
+        jobs[0].stage1 = jobs[0].image
+    pipe = backends.load(stage.model, settings)
+
+    stage.run_batch(pipe, jobs, settings, None)
+
+    # One mark before the call, one after each denoising step, one after the call.
+    assert counting.marks == denoising_steps + 2, counting.marks

@@ -11,10 +11,12 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.integration.helpers import img2img, stack_env
+from tests.integration.warm import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -44,8 +46,10 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
             assert summary["stage_p50_ms"][stage] > 0
         assert "tiny random-weight models" in demo.stderr
 
-        # Exactly one result per upload: nothing lost, nothing done twice.
-        assert len(set(summary["results"])) == 3
+        # The audit's: exactly one result per upload, written once, announced once.
+        assert summary["lost"] == 0 and summary["duplicated"] == 0, summary
+        assert summary["audit"]["results"] == 3 and summary["audit"]["written_twice"] == 0
+        assert summary["audit"]["unannounced"] == 0, summary
 
         def services() -> dict:
             return json.loads(img2img(["local", "status"], env, 60).stdout)
@@ -84,6 +88,8 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     outcome was announced: exactly one message each on the app's queue."""
     import boto3
 
+    from img2img.events import ObjectRef
+    from infra.audit import audit
     from infra.resources import APP_QUEUE
     from tests.integration.helpers import FAST, drain, png
 
@@ -120,16 +126,41 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     }
     ingest = sqs.get_queue_url(QueueName="img2img-ingest")["QueueUrl"]
     sqs.send_message(QueueUrl=ingest, MessageBody=json.dumps(event))
-    again = drain(sqs, app_queue, quiet_s=8, limit_s=60)
+    # Positive signals first: the dispatcher took the redelivery off the queue, and every
+    # run it may have made of it has finished; only then is "no message" a finding.
+    wait_for(lambda: _queue_empty(sqs, ingest), 120, "the redelivery to be taken", interval=0.5)
+    wait_for(lambda: not _unfinished_runs(env), 180, "every run to finish", interval=1.0)
+    again = drain(sqs, app_queue, quiet_s=2, limit_s=60)
 
     assert sorted(m["upload"]["key"] for m in first) == ["app/bad.png", "app/good.png"]
     assert again == []
+    refs = [ObjectRef(bucket="img2img-uploads", key=k, etag=etags[k]) for k in uploads]
+    report = audit(s3, "img2img-results", refs, messages=first + again)
+    assert report.problems == (), report.problems
+    assert report.counts()["results"] == 1 and report.counts()["failure_records"] == 1
     by_key = {m["upload"]["key"]: m for m in first}
     assert by_key["app/good.png"]["outcome"] == "result"
     assert by_key["app/good.png"]["request_id"] == "req-good"
     assert by_key["app/bad.png"]["outcome"] == "failure"
     assert by_key["app/bad.png"]["request_id"] == "req-bad"
     assert by_key["app/bad.png"]["failure"]["stage"] == "preprocess"
+
+
+def _queue_empty(sqs: Any, url: str) -> bool:
+    names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+    got = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=names)["Attributes"]
+    return all(got[n] == "0" for n in names)
+
+
+def _unfinished_runs(env: dict[str, str]) -> int:
+    """The pool's runs not yet in a final state."""
+    import httpx
+
+    api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
+    states = {"type": {"any_": ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]}}
+    got = httpx.post(f"{api}/flow_runs/count", json={"flow_runs": {"state": states}}, timeout=30)
+    got.raise_for_status()
+    return int(got.json())
 
 
 def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:

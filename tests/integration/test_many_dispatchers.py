@@ -1,6 +1,6 @@
 """Two dispatcher replicas on one queue and two warm-worker hosts, with every S3 notification
 delivered twice (as S3 and SQS may): every upload ends as exactly one outcome, the app gets
-exactly one completion message per upload, and no batch becomes two flow runs.
+exactly one completion message per upload, as the exactly-once audit reads them.
 
 A local stack of its own (SQLite, moto, the Prefect server, two dispatchers, two fixed
 workers, no autoscaler) on free loopback ports, on the simulated device.
@@ -9,19 +9,21 @@ workers, no autoscaler) on free loopback ports, on the simulated device.
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pytest
 
 from img2img.events import ObjectRef
-from img2img.notify import upload_of
+from infra.audit import audit, drain_messages, runs_per_upload
 from infra.chaos import notification
 from infra.resources import APP_QUEUE
 from tests.conftest import free_port
 from tests.integration.helpers import img2img, png, stack_client, stack_env
 from tests.integration.warm import wait_for
+
+if TYPE_CHECKING:
+    from prefect.client.schemas.objects import FlowRun
 
 pytestmark = pytest.mark.slow
 IMAGES = 16
@@ -83,31 +85,24 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
             # S3 already sent its notification; a second copy of it, as a redelivery.
             sqs.send_message(QueueUrl=ingest, MessageBody=notification(ref))
 
-        messages: Counter[str] = Counter()
-
-        def all_announced() -> bool:
-            got = sqs.receive_message(QueueUrl=app, MaxNumberOfMessages=10, WaitTimeSeconds=1)
-            for message in got.get("Messages", []):
-                messages[upload_of(json.loads(message["Body"])).identity] += 1
-                sqs.delete_message(QueueUrl=app, ReceiptHandle=message["ReceiptHandle"])
-            return all(messages[r.identity] for r in refs)
-
-        wait_for(all_announced, 240, "a completion message for every upload", interval=0.1)
-        # A late duplicate would come within seconds of the last run: listen a while longer.
-        for _ in range(5):
-            all_announced()
-
-        outcomes = {r.identity: _outcomes(s3, r) for r in refs}
-        lost = [i for i, o in outcomes.items() if not o]
-        both = [i for i, o in outcomes.items() if len(o) > 1]
-        assert (lost, both) == ([], [])
-        assert all(o == ["result"] for o in outcomes.values()), outcomes
-        assert set(messages) == {r.identity for r in refs}
-        assert [i for i, n in messages.items() if n != 1] == []
-
-        runs = _flow_runs(env)
-        keys = Counter(r["idempotency_key"] for r in runs)
-        assert all(n == 1 for n in keys.values()), keys  # no batch made twice
+        # Every completion message, until each upload has one and then none comes for 5 s
+        # (a late duplicate would come within seconds of the last run).
+        messages = drain_messages(sqs, app, refs, quiet_s=5, limit_s=240)
+        report = audit(
+            s3,
+            "img2img-results",
+            refs,
+            messages=messages,
+            stage_bucket="img2img-stage--use1-az4--x-s3",
+            runs=runs_per_upload(_flow_runs(env)),
+        )
+        counts = report.counts()
+        print(json.dumps({"test": "two-dispatchers-two-hosts", **counts}))
+        # The audit: one result each, written once, one completion message each.
+        assert report.problems == (), report.problems
+        assert counts["results"] == IMAGES and counts["stray_messages"] == 0
+        # Every upload was held by a run (the runs read are the ones that did the work).
+        assert all(v.runs for v in report.verdicts), [v.runs for v in report.verdicts]
         # Both replicas took messages and created runs; both hosts ran them.
         created = {
             name: _log(state, name).count("flow run ") for name in ("dispatcher", "dispatcher-1")
@@ -137,22 +132,11 @@ def test_two_dispatchers_two_hosts_every_message_twice(tmp_path: Path) -> None:
         assert down.returncode == 0, down.stderr[-2000:]
 
 
-def _outcomes(s3: Any, ref: ObjectRef) -> list[str]:
-    from img2img.keys import keys_for
-
-    keys = keys_for(ref)
-    found = []
-    for name, key in (("result", keys.result_meta), ("failure", keys.failure)):
-        try:
-            s3.head_object(Bucket="img2img-results", Key=key)
-            found.append(name)
-        except s3.exceptions.ClientError:
-            pass
-    return found
-
-
-def _flow_runs(env: dict[str, str]) -> list[dict[str, Any]]:
+def _flow_runs(env: dict[str, str]) -> list[FlowRun]:
+    """Every flow run the dispatchers created."""
     import urllib.request
+
+    from prefect.client.schemas.objects import FlowRun
 
     api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
     body = json.dumps({"flow_runs": {"tags": {"all_": ["s3-event"]}}, "limit": 200}).encode()
@@ -160,8 +144,7 @@ def _flow_runs(env: dict[str, str]) -> list[dict[str, Any]]:
         f"{api}/flow_runs/filter", data=body, headers={"Content-Type": "application/json"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
-        runs: list[dict[str, Any]] = json.loads(response.read())
-    return runs
+        return [FlowRun.model_validate(r) for r in json.loads(response.read())]
 
 
 def _log(state: Path, name: str) -> str:

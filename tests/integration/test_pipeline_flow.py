@@ -15,7 +15,15 @@ from PIL import Image
 from flows.pipeline import img2img_pipeline
 from img2img.keys import keys_for
 from tests.conftest import AwsEnv
-from tests.integration.helpers import FAST, drain, outcome, png, result_keys, upload
+from tests.integration.helpers import (
+    FAST,
+    audited,
+    drain,
+    outcome,
+    png,
+    result_keys,
+    upload,
+)
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
@@ -244,6 +252,42 @@ def test_a_batch_run_twice_writes_each_outcome_once(aws: AwsEnv) -> None:
     assert result_keys(clients, st.results_bucket) == sorted(
         [keys_for(ref).result, keys_for(ref).result_meta]
     )
+
+
+def test_when_retries_are_spent_the_images_get_retryable_failure_records(
+    aws: AwsEnv, moto_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """S3 throttles every write into the directory bucket's `input/` for as long as the run
+    lasts: the copy step is retried (each of its retries, botocore's own turned off), then
+    its images fail with records that say `retryable: true`, so they can be submitted
+    again; the rest of the run (the failure records' own writes) goes through."""
+    from infra.faultproxy import FaultProxy
+    from tasks.policy import IO_DELAYS_S
+    from tasks.runtime import reset_runtime
+
+    clients, settings = aws
+    st = settings.storage
+    refs = [upload(clients, st.uploads_bucket, f"spent/{i}.png", png()) for i in range(2)]
+    proxy = FaultProxy(moto_url, error_rate=1.0, only=lambda _m, path: "/input/" in path)
+    proxy.start()
+    try:
+        monkeypatch.setenv("IMG2IMG_AWS__ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("IMG2IMG_AWS__MAX_ATTEMPTS", "1")
+        reset_runtime()
+        state = img2img_pipeline(objects=refs, return_state=True)
+    finally:
+        proxy.stop()
+        reset_runtime()
+
+    assert state.is_failed() and "2 of 2 images failed" in str(state.message)
+    # Every try of the copy was refused: the first and each retry, per image.
+    assert proxy.injected >= len(refs) * (1 + len(IO_DELAYS_S)), proxy.injected
+    for ref in refs:
+        status, record = outcome(clients, st.results_bucket, ref)
+        assert status == "failed", ref.key
+        assert record["stage"] == "copy" and record["retryable"] is True, record
+        assert "SlowDown" in record["reason"] or "InternalError" in record["reason"], record
+    assert audited(clients, settings, refs).problems == ()
 
 
 def test_missing_upload_is_a_failure_record(aws: AwsEnv) -> None:

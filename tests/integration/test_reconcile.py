@@ -3,6 +3,11 @@ event path lost are found by listing, and resubmitting them twice creates one ru
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,3 +65,60 @@ def test_lost_uploads_are_listed_and_resubmitted_once(aws: AwsEnv, client: Any) 
 
     young = reconcile(clients.s3, client, settings, prefix="elsewhere/", older_than_s=3600)
     assert young.uploads == 1 and young.missing == []  # too young: left to the event path
+
+
+def test_img2img_recover_reconciles_lost_uploads_on_its_own_schedule(
+    aws: AwsEnv, client: Any, tmp_path: Path
+) -> None:
+    """The catch-all, as operators run it: `img2img recover` (a real child process) runs the
+    reconciler every `recovery.reconcile_interval_s` with no one asking, and resubmits the
+    uploads the event path lost (here: uploads whose notifications nobody reads) in one
+    run."""
+    from prefect.settings import PREFECT_API_URL
+
+    from tests.integration.warm import create_pool_and_deployment, wait_for
+
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    refs = [
+        upload(clients, settings.storage.uploads_bucket, f"periodic/{i}.png", png())
+        for i in range(3)
+    ]
+
+    def reconciled() -> list[Any]:
+        return [
+            r
+            for r in client.read_flow_runs(limit=200)
+            if r.deployment_id == deployment_id and "reconcile" in (r.tags or [])
+        ]
+
+    assert reconciled() == []
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update(
+        {
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "IMG2IMG_AUTOSCALER__POOL": pool,
+            "IMG2IMG_DISPATCH__DEPLOYMENT": f"img2img-pipeline/{pool}",
+            "IMG2IMG_RECOVERY__INTERVAL_S": "0.5",
+            "IMG2IMG_RECOVERY__RECONCILE_INTERVAL_S": "1",
+            "IMG2IMG_RECOVERY__RECONCILE_OLDER_THAN_S": "0",
+        }
+    )
+    log = tmp_path / "recover.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cli", "recover"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        wait_for(reconciled, 120, "a reconcile run", interval=0.5)
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+    runs = reconciled()
+    assert len(runs) == 1, [r.name for r in runs]
+    objects = sorted(o["key"] for o in runs[0].parameters["objects"])
+    assert objects == sorted(r.key for r in refs)

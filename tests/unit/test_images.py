@@ -31,10 +31,41 @@ def test_png_and_jpeg_decode_to_rgb() -> None:
         assert image.mode == "RGB" and image.size == (40, 30)
 
 
-def test_grayscale_and_alpha_are_converted_to_rgb() -> None:
+def _png_of(image: Image.Image, fmt: str = "PNG") -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGBA", (20, 20), (1, 2, 3, 100)).save(buffer, format="PNG")
-    assert decode_image(buffer.getvalue(), LIMITS).mode == "RGB"
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def _grey16(level: int) -> Image.Image:
+    image = Image.new("I;16", (20, 20))
+    image.putdata([level] * 400)
+    return image
+
+
+@pytest.mark.parametrize(
+    ("mode", "image", "fmt", "pixel"),
+    [
+        ("L", Image.new("L", (20, 20), 100), "PNG", (100, 100, 100)),
+        ("LA", Image.new("LA", (20, 20), (100, 30)), "PNG", (100, 100, 100)),
+        ("P", Image.new("RGB", (20, 20), (0, 204, 51)).convert("P"), "PNG", (0, 204, 51)),
+        ("RGBA", Image.new("RGBA", (20, 20), (1, 2, 3, 100)), "PNG", (1, 2, 3)),
+        ("CMYK", Image.new("CMYK", (20, 20), (0, 255, 255, 0)), "JPEG", (255, 0, 0)),
+        # 16-bit grey scaled to 8 bits: 40000 / 65535 of white is 155 / 255, not clipped.
+        ("I;16", _grey16(40000), "PNG", (155, 155, 155)),
+        ("I;16 dark", _grey16(1285), "PNG", (5, 5, 5)),
+    ],
+)
+def test_every_accepted_mode_becomes_rgb_with_its_colours(
+    mode: str, image: Image.Image, fmt: str, pixel: tuple[int, int, int]
+) -> None:
+    data = _png_of(image, fmt)
+    assert Image.open(io.BytesIO(data)).mode == mode.split()[0]  # the file really is that mode
+    decoded = decode_image(data, LIMITS)
+    assert decoded.mode == "RGB" and decoded.size == (20, 20)
+    got = decoded.getpixel((10, 10))
+    assert isinstance(got, tuple)
+    assert all(abs(a - b) <= 2 for a, b in zip(got, pixel, strict=True)), (mode, got)
 
 
 def test_exif_orientation_is_applied() -> None:

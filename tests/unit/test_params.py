@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from img2img.errors import InvalidParameters
@@ -43,6 +45,12 @@ def test_metadata_overrides_and_is_url_decoded() -> None:
         ({"steps": "500"}, "less than or equal to 150 but is '500'"),
         ({"seed": "-1"}, "metadata 'seed'"),
         ({"prompt": "x" * 1001}, "metadata 'prompt'"),
+        ({"guidance": "30.5"}, "metadata 'guidance': Input should be less than or equal to 30"),
+        ({"guidance": "-0.1"}, "metadata 'guidance': Input should be greater than or equal to 0"),
+        ({"upscale-steps": "0"}, "metadata 'upscale-steps': Input should be greater than or"),
+        ({"upscale-steps": "151"}, "metadata 'upscale-steps': Input should be less than or"),
+        ({"seed": str(2**32)}, "less than or equal to 4294967295 but is '4294967296'"),
+        ({"negative-prompt": "x" * 1001}, "metadata 'negative-prompt': String should have at"),
     ],
 )
 def test_out_of_range_values_name_the_key_and_the_value(metadata: dict, message: str) -> None:
@@ -51,10 +59,47 @@ def test_out_of_range_values_name_the_key_and_the_value(metadata: dict, message:
     assert message in str(info.value)
 
 
+def test_the_bounds_themselves_are_accepted() -> None:
+    low = params_from_metadata(
+        {"guidance": "0", "upscale-steps": "1", "seed": "0", "steps": "2", "strength": "0.5"},
+        DEFAULTS,
+    )
+    assert (low.guidance, low.upscale_steps, low.seed) == (0.0, 1, 0)
+    high = params_from_metadata(
+        {
+            "guidance": "30",
+            "upscale-steps": "150",
+            "seed": str(2**32 - 1),
+            "negative-prompt": "n" * 1000,
+            "prompt": "p" * 1000,
+        },
+        DEFAULTS,
+    )
+    assert (high.guidance, high.upscale_steps, high.seed) == (30.0, 150, 2**32 - 1)
+    assert len(high.negative_prompt) == 1000 and len(high.prompt) == 1000
+
+
 def test_seed_is_stable_per_upload_and_differs_between_uploads() -> None:
+    """The same upload gets the same seed in any process (a re-run on another host gives
+    the same image), so it cannot come from Python's per-process string hashing."""
+    import subprocess
+    import sys
+
     params = ImageParams()
-    assert params.seed_for("b/k@e1") == params.seed_for("b/k@e1")
-    assert params.seed_for("b/k@e1") != params.seed_for("b/k@e2")
+    here = params.seed_for("b/k@e1")
+    code = "from img2img.params import ImageParams; print(ImageParams().seed_for('b/k@e1'))"
+    for hash_seed in ("1", "2"):
+        elsewhere = subprocess.run(
+            [sys.executable, "-c", code],
+            env={**os.environ, "PYTHONHASHSEED": hash_seed},
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        ).stdout.strip()
+        assert int(elsewhere) == here
+    assert 0 <= here < 2**32
+    assert here != params.seed_for("b/k@e2")
     assert ImageParams(seed=5).seed_for("anything") == 5
 
 

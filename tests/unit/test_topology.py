@@ -128,7 +128,9 @@ def test_the_handoff_carries_what_stage2_needs_and_times_the_gap() -> None:
     restore(early, state, stage2_started=T0 + 1.5, stage1_run=None)
     assert early.timings["handoff"] == 0.0
     assert run_origin([state], fallback=T0 + 9) == T0 + 1
-    assert handoff_key("abc") == handoff_key("abc") != handoff_key("abd")
+    # One stage-2 run per stage-1 run: the key is the stage-1 run's id in a fixed form, which
+    # must not change between releases (a run retried across an upgrade keeps its stage-2).
+    assert handoff_key("abc") == "handoff:abc" != handoff_key("abd")
 
 
 def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
