@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install test-tools demo test lint infra-check down status
+.PHONY: install test-tools demo test lint infra-check down status mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -57,3 +57,11 @@ down:
 
 status:
 	$(BIN)/img2img local status
+
+# Test strength, not part of `make test`: mutants of the modules that decide outcomes
+# (`[tool.mutmut]` in pyproject.toml), each run against the tests that reach them, then the
+# share the tests killed per module. Several minutes on 2 cores; mutants/ is a scratch copy.
+mutation: install
+	$(BIN)/python -m pip install -q "mutmut>=3.8,<4"
+	$(BIN)/mutmut run
+	$(BIN)/python -m infra.mutation_report

@@ -119,6 +119,14 @@ def protection_plan(
     return protect, release
 
 
+def drain_choice(workers: list[tuple[int, str]], busy: set[str], count: int) -> list[int]:
+    """Which `count` of a host's-worth of local workers ((index, worker name)) to drain on
+    scale-in: idle ones first (a busy one drains only when idle ones do not cover the cut,
+    and finishes its runs before it exits), newest (highest index) first among equals."""
+    order = sorted(workers, key=lambda w: (w[1] in busy, -w[0]))
+    return [index for index, _name in order[: max(count, 0)]]
+
+
 class EcsBackend:
     """An ECS service (EC2 launch type with the Neuron device mapped, or CPU on Fargate).
 

@@ -18,6 +18,7 @@ from deployments.scaling_backends import (
     CloudWatchMetrics,
     EcsBackend,
     ScalingBackend,
+    drain_choice,
 )
 from deployments.signals import stop_on_signals
 from img2img.aws import service_client
@@ -54,9 +55,7 @@ class LocalBackend:
             for _ in range(desired - len(workers)):
                 self.stack.start_worker(self.pool)
         elif desired < len(workers):
-            # Idle workers first, newest first; a busy one drains before it exits.
-            order = sorted(workers, key=lambda w: (w[1] in busy, -w[0]))
-            for index, _name in order[: len(workers) - desired]:
+            for index in drain_choice(workers, busy, len(workers) - desired):
                 self.stack.drain_worker(index, self.pool)
         return f"local: {desired} warm worker(s)"
 

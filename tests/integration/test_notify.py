@@ -180,3 +180,21 @@ def test_nothing_is_sent_when_no_topic_or_bus_is_set(aws: AwsEnv) -> None:
     assert not announcer.enabled
     assert not announcer.announce_once(ref, ("result", doc))
     assert drain(clients.sqs, queue, quiet_s=0.5) == []
+
+
+def test_the_announcer_is_built_from_the_settings_it_serves(aws: AwsEnv) -> None:
+    from img2img.settings import Settings
+
+    clients, settings = aws
+    configured = Settings.model_validate(
+        {**settings.model_dump(), "notify": {"topic_arn": "arn:aws:sns:us-east-1:1:t"}}
+    )
+    announcer = Announcer.for_clients(clients, configured)
+    assert announcer.enabled and announcer.settings.topic_arn == "arn:aws:sns:us-east-1:1:t"
+    assert announcer.results_bucket == settings.storage.results_bucket
+    assert (announcer.s3, announcer.sns, announcer.events) == (
+        clients.s3,
+        clients.sns,
+        clients.events,
+    )
+    assert not Announcer.for_clients(clients, settings).enabled  # no topic, no bus

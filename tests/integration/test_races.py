@@ -76,6 +76,8 @@ def _failed(job: ImageJob) -> None:
     job.fail("stage2", StorageUnavailable("s3://stage: SlowDown (retries spent)"))
 
 
+# Every holder has sent what it sends before `_race` returns (its threads are joined), so a
+# short quiet period after the first message is enough to see a repeat.
 def _race(*holders: tuple[Callable[..., ImageJob], Finish]) -> list[ImageJob]:
     gate = threading.Barrier(len(holders))
     with ThreadPoolExecutor(max_workers=len(holders)) as pool:
@@ -97,7 +99,7 @@ def test_two_runs_finishing_one_upload_at_once_write_it_once_and_announce_it_onc
         (_holder(aws, announcer, ref, "run-b"), _finished),
     )
 
-    messages = drain(clients.sqs, queue, quiet_s=3, at_least=1)
+    messages = drain(clients.sqs, queue, quiet_s=1, at_least=1)
     report = audited(clients, settings, [ref], messages)
     assert report.problems == (), report.problems
     assert report.counts()["duplicated"] == 0 and len(messages) == 1
@@ -136,7 +138,7 @@ def test_a_run_finishing_after_recovery_failed_its_image_leaves_the_failure_alon
 
     (job,) = _race((_holder(aws, announcer, ref, "live-run"), recovery_gives_up))
 
-    messages = drain(clients.sqs, queue, quiet_s=3, at_least=1)
+    messages = drain(clients.sqs, queue, quiet_s=1, at_least=1)
     report = audited(clients, settings, [ref], messages)
     assert report.problems == (), report.problems
     assert job.status == "skipped" and job.result_uri is not None
@@ -171,9 +173,41 @@ def test_a_run_whose_retries_ran_out_leaves_another_runs_result_alone(aws: AwsEn
 
     ok, failing = _race((run_finisher, _finished), (failer, fail_late))
 
-    messages = drain(clients.sqs, queue, quiet_s=3, at_least=1)
+    messages = drain(clients.sqs, queue, quiet_s=1, at_least=1)
     report = audited(clients, settings, [ref], messages)
     assert report.problems == (), report.problems
     assert ok.status == "completed"
     assert failing.status == "skipped" and "wrote its result first" in failing.note
     assert [m["outcome"] for m in messages] == ["result"]
+
+
+@pytest.mark.usefixtures("prefect_api")
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_run_claimed_by_two_hosts_at_once_is_theirs_only_once(attempt: int) -> None:
+    """Two warm workers take the same scheduled run in the same instant (each proposes
+    Pending, as BaseWorker does): Prefect accepts one claim and refuses the other, which is
+    what keeps a run from running on two hosts. Pinned here because the pipeline relies on
+    Prefect's orchestration rule for it (`PreventPendingTransitions`)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.client.schemas.responses import SetStateStatus
+    from prefect.states import Pending
+
+    from tests.integration.warm import create_pool_and_deployment
+
+    with get_client(sync_client=True) as client:
+        _pool, deployment_id = create_pool_and_deployment(client)
+        run = client.create_flow_run_from_deployment(deployment_id, parameters={"objects": []})
+    gate = threading.Barrier(2)
+
+    def claim(_: int) -> SetStateStatus:
+        with get_client(sync_client=True) as own:  # each host its own connection
+            gate.wait(timeout=30)
+            return own.set_flow_run_state(run.id, Pending()).status
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        answers = sorted(s.value for s in pool.map(claim, range(2)))
+    assert answers.count(SetStateStatus.ACCEPT.value) == 1, answers
+    with get_client(sync_client=True) as client:
+        history = client.read_flow_run_states(run.id)
+    assert [s.type for s in history].count(StateType.PENDING) == 1

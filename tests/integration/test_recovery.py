@@ -92,13 +92,19 @@ def exactly_one_outcome_each(clients: Any, settings: Any, refs: list[Any]) -> No
     assert report.problems == (), report.problems
 
 
+# The tiny real diffusers pipelines (CPU, eager), for the fault tests that must not rest on
+# the simulated device alone.
+EAGER = {"IMG2IMG_STAGES__BACKEND": "eager", "PREFECT_WORKER_HEARTBEAT_SECONDS": "1"}
+
+
+@pytest.mark.parametrize("device", [SIM, EAGER], ids=["simulated", "tiny-diffusers"])
 def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
-    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path, device: dict[str, str]
 ) -> None:
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"
-    with warm_worker(pool, log, SIM), recovery(client, clients, settings, pool) as rec:
+    with warm_worker(pool, log, device), recovery(client, clients, settings, pool) as rec:
         wait_for(lambda: ready(log), 120, "the slot to load")
         run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
         slot_pid = slot_pid_of_running(client, run.id)
@@ -137,6 +143,57 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
     refs = [ref for _, batch in runs for ref in batch]
     assert [status for status, _ in outcomes(clients, settings, refs)] == ["completed"] * 8
     exactly_one_outcome_each(clients, settings, refs)
+
+
+def test_a_run_sharing_a_slot_with_the_crash_is_re_run_at_once_with_no_crash_counted(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """One slot holds two runs; the slot dies in the poisoned run's device call. That run is
+    blamed (Crashed, then recovered as any crash); the other, mid-way through its own
+    images, is innocent: set back to AwaitingRetry at once, with the reason, and no Crashed
+    state counted against it, and it completes."""
+    from prefect.client.schemas.objects import StateType
+
+    clients, settings = aws
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    env = {
+        **SIM,
+        "IMG2IMG_WORKER__RUNS_PER_SLOT": "2",
+        # One image per device call, each 1 s: the innocent run has calls left when the
+        # poisoned one takes the device between two of them.
+        "IMG2IMG_STAGES__DEVICE_BATCH": "1",
+        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1000",
+    }
+    with warm_worker(pool, log, env), recovery(client, clients, settings, pool):
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        innocent, innocent_refs = submit(client, clients, settings, deployment_id, "bystander", 6)
+        wait_for(
+            lambda: (s := client.read_flow_run(innocent.id).state) is not None and s.is_running(),
+            60,
+            "the innocent run to run",
+        )
+        poison, poison_refs = submit(
+            client,
+            clients,
+            settings,
+            deployment_id,
+            "culprit",
+            1,
+            {**FAST, "prompt": "POISON pill"},
+        )
+        done = [settled(client, run.id) for run in (innocent, poison)]
+    innocent_history = client.read_flow_run_states(innocent.id)
+    poison_history = client.read_flow_run_states(poison.id)
+    assert done[0].is_completed(), done[0].message
+    assert StateType.CRASHED in {s.type for s in poison_history}
+    assert StateType.CRASHED not in {s.type for s in innocent_history}, [
+        (s.name, s.message) for s in innocent_history
+    ]
+    rerun = [s for s in innocent_history if s.name == "AwaitingRetry"]
+    assert rerun and f"flow run {poison.id} was on the device" in str(rerun[0].message)
+    assert "this run is re-run" in str(rerun[0].message)
+    exactly_one_outcome_each(clients, settings, innocent_refs + poison_refs)
 
 
 def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(

@@ -302,3 +302,87 @@ def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) 
         assert second.last is not None and second.last.upstream == 4
         assert two.desired >= 1 and two.reason.startswith("activate from zero"), two.reason
         assert EcsBackend(ecs, "img2img", "upscale").current() == two.desired
+
+
+class _EcsTaskProtection:
+    """The four ECS calls the backend makes, over ECS's own JSON protocol on loopback: moto
+    has no task protection (UpdateTaskProtection), so this stands in for it alone, and the
+    real boto3 client, its request shapes and batching are what is tested."""
+
+    def __init__(self, tasks: list[str]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.tasks = tasks
+        self.desired = len(tasks)
+        self.protected: dict[str, int | None] = {}  # task arn → minutes (None: released)
+        self.calls: list[int] = []  # tasks per UpdateTaskProtection call
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *_: Any) -> None:
+                return None
+
+            def do_POST(self) -> None:
+                import json
+
+                action = self.headers["X-Amz-Target"].rsplit(".", 1)[-1]
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])) or b"{}")
+                answer = fake.answer(action, body)
+                data = json.dumps(answer).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-amz-json-1.1")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def answer(self, action: str, body: dict[str, Any]) -> dict[str, Any]:
+        if action == "ListTasks":
+            assert body["desiredStatus"] == "RUNNING" and body["serviceName"] == "workers"
+            return {"taskArns": self.tasks}
+        if action == "UpdateTaskProtection":
+            self.calls.append(len(body["tasks"]))
+            for arn in body["tasks"]:
+                on = body["protectionEnabled"]
+                self.protected[arn] = body.get("expiresInMinutes") if on else None
+            return {"protectedTasks": [], "failures": []}
+        if action == "UpdateService":
+            self.desired = body["desiredCount"]
+            return {"service": {"serviceName": "workers", "desiredCount": self.desired}}
+        raise AssertionError(f"unexpected ECS call {action}")
+
+
+def test_ecs_backend_protects_busy_tasks_from_scale_in_and_releases_idle_ones() -> None:
+    """23 tasks, 12 of them running flow runs (their workers are named by task id): the
+    busy ones are protected for `protect_minutes`, the idle ones released, ten tasks per
+    call (the API's limit), before the desired count is lowered."""
+    import boto3
+
+    arns = [f"arn:aws:ecs:us-east-1:123456789012:task/img2img/t{i:02d}" for i in range(23)]
+    busy = {f"t{i:02d}" for i in range(0, 23, 2)}
+    fake = _EcsTaskProtection(arns)
+    try:
+        ecs = boto3.client(
+            "ecs",
+            endpoint_url=fake.url,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+        message = EcsBackend(ecs, "img2img", "workers").apply(12, busy)
+    finally:
+        fake.server.shutdown()
+
+    assert fake.desired == 12 and "12 busy tasks protected" in message
+    on = {arn.rsplit("/", 1)[-1] for arn, minutes in fake.protected.items() if minutes}
+    off = {arn.rsplit("/", 1)[-1] for arn, minutes in fake.protected.items() if minutes is None}
+    assert on == busy and off == {f"t{i:02d}" for i in range(1, 23, 2)}
+    assert set(fake.protected.values()) == {EcsBackend.protect_minutes, None}
+    assert sorted(fake.calls) == [1, 2, 10, 10]  # 12 busy: 10 + 2; 11 idle: 10 + 1

@@ -195,3 +195,104 @@ def test_seconds_per_image_is_learned_from_the_dispatchers_own_runs() -> None:
     assert seconds_per_image(runs) == 1.0
     assert seconds_per_image([("reconcile-x", 3.0)]) is None
     assert seconds_per_image([]) is None
+
+
+def test_each_plan_says_why_with_its_figures() -> None:
+    """The reasons the dispatcher logs, exactly, at each rule's boundary (defaults: base 8,
+    max_batch 512, max_wait_s 2, max_run_s 30, max_hold_s 10)."""
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    s = DispatchSettings()
+    # 300 queued over 2 run slots: 150 each, held up to max_hold_s while more arrive.
+    assert plan_batch(s, 0, 300, 0.0, 2).reason == (
+        "backlog: 300 waiting (0 in hand, 300 queued, 0.0/s) over 2 run slots: 150 per run, "
+        "hold up to 10.0 s"
+    )
+    # 3000 queued: capped at max_batch, and it says so.
+    capped = plan_batch(s, 0, 3000, 0.0, 2)
+    assert (capped.size, capped.hold_s) == (512, 10.0)
+    assert "512 per run (max_batch), hold up to 10.0 s" in capped.reason
+    # 40/s at 50 ms an image: 80 arrive in 2 s, a run of 80 takes 4 s (< 30 s).
+    steady = plan_batch(s, 0, 0, 40.0, 6, image_s=0.05)
+    assert (steady.size, steady.hold_s) == (80, 2.0)
+    assert steady.reason == (
+        "steady load: 40.0/s brings 80 in 2 s; 80 per run (~4.0 s on a slot at 50 ms/image, "
+        "max_run_s 30)"
+    )
+    fast = plan_batch(s, 0, 0, 1000.0, 6, image_s=0.001)
+    assert fast.size == 512 and "512 per run (max_batch) (~0.5 s" in fast.reason
+    assert plan_batch(s, 10, 0, 0.0, 1, queued_runs=2).reason == (
+        "backlog at the pool: 2 runs wait for a slot; filling up to 512 for up to 10.0 s "
+        "(10 waiting: 10 in hand, 0 queued, 0.0/s)"
+    )
+    fixed = plan_batch(s.model_copy(update={"adaptive": False}), 0, 0, 0.0, 1)
+    assert fixed == type(fixed)(8, 2.0, "fixed batches of 8")
+
+
+def test_the_plan_at_each_rules_boundary() -> None:
+    from img2img.batching import plan_batch
+    from img2img.settings import DispatchSettings
+
+    s = DispatchSettings()
+    # What arrives equals one slot's share: no steady-rate rule, a batch of it all.
+    even = plan_batch(s, 0, 0, 40.0, 1, image_s=0.05)
+    assert (even.size, even.hold_s) == (80, 2.0) and even.reason.startswith("backlog: 80")
+    # Exactly the base waiting with runs queued: still low load, not a pool backlog.
+    assert plan_batch(s, 8, 0, 0.0, 1, queued_runs=3).reason.startswith("low load")
+    # No run slot known counts as one; one queued message is a backlog to hold for.
+    assert plan_batch(s, 20, 0, 0.0, 0).size == 20
+    assert plan_batch(s, 20, 1, 0.0, 1).hold_s == 10.0
+    # A learned time of 0 is no figure: the share rule alone.
+    assert plan_batch(s, 0, 0, 40.0, 6, image_s=0.0).size == 14  # ceil(80 / 6)
+
+
+def test_seconds_per_image_takes_every_sized_run_that_took_time() -> None:
+    from img2img.batching import seconds_per_image
+
+    assert seconds_per_image([("batch-1-a.png", 2.0)]) == 2.0
+    assert seconds_per_image([("batch-4-a.png", 0.5)]) == 0.125
+    assert seconds_per_image([("batch-4-a.png", 0.0), ("batch-0-a.png", 3.0)]) is None
+
+
+def test_a_run_is_named_for_its_maker_size_and_first_file() -> None:
+    from img2img.batching import run_name
+
+    objects = [ObjectRef(bucket="b", key="a/b/c.png"), ObjectRef(bucket="b", key="d.png")]
+    assert run_name(objects) == "batch-2-c.png"
+    assert run_name(objects, "reconcile") == "reconcile-2-c.png"
+    assert run_name([ObjectRef(bucket="b", key="x" * 50)]) == f"batch-1-{'x' * 40}"
+    assert run_name([]) == "batch-0-"
+
+
+def test_the_batchers_edges() -> None:
+    import pytest
+
+    from img2img.batching import BatchPlan
+
+    with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
+        Batcher(max_batch=0, max_wait_s=1.0, dedup_window=10)
+    batcher = Batcher(max_batch=2, max_wait_s=5.0, dedup_window=0)
+    # Exactly a full batch is due at once.
+    batcher.add("m1", "h1", [ref(1), ref(2)], now=0.0)
+    assert batcher.next_due_in(0.0) == 0.0
+    (full,) = batcher.due(0.0)
+    assert batcher.dispatched(full) == ["h1"]
+    # A window of 0 remembers nothing: the same upload again is new work.
+    batcher.add("m2", "h2", [ref(1)], now=1.0)
+    assert batcher.pending_count == 1 and batcher.duplicates == 0
+    # Each duplicate counts; a message of a duplicate and a new one keeps the new one.
+    remembering = Batcher(max_batch=5, max_wait_s=5.0, dedup_window=1)
+    remembering.add("a", "ha", [ref(1)], now=0.0)
+    (one,) = remembering.due(0.0, flush=True)
+    remembering.dispatched(one)
+    assert remembering.add("b", "hb", [ref(1), ref(2)], now=1.0) == []
+    remembering.add("c", "hc", [ref(2)], now=1.0)
+    assert remembering.duplicates == 2 and remembering.pending_count == 1
+    # A batch holding an upload no longer pending still completes the others' messages.
+    (two,) = remembering.due(1.0, flush=True)
+    ghost = type(two)([ref(9), *two.objects])
+    assert sorted(remembering.dispatched(ghost)) == ["hb", "hc"]
+    # A plan of size 0 still cuts batches of one.
+    remembering.resize(BatchPlan(0, 1.0, "test"))
+    assert remembering.max_batch == 1 and remembering.max_wait_s == 1.0

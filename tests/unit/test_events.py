@@ -139,3 +139,16 @@ def test_idempotency_key_depends_on_the_set_of_uploads_only() -> None:
     assert batch_idempotency_key([a]) != batch_idempotency_key([a, b])
     reuploaded = ObjectRef(bucket="b", key="1.png", etag="e9")
     assert batch_idempotency_key([a]) != batch_idempotency_key([reuploaded])
+
+
+def test_run_idempotency_keys_never_change_between_releases() -> None:
+    """Prefect keeps these keys with the runs: a dispatcher, reconciler or recovery service
+    of the next release must make the same key for the same uploads, or a message
+    redelivered across an upgrade would become a second run. Pinned: the uploads'
+    identities sorted, one per line, SHA-256, first 40 hex digits."""
+    from img2img.idempotency import batch_key, reconcile_key, split_key
+
+    pair = [ObjectRef(bucket="b", key="k2", etag="e"), ObjectRef(bucket="b", key="k1", etag="e")]
+    assert batch_key(pair) == "img2img-batch-dd35df3aff07458cef9cc5366c91fe84647410ea"
+    assert reconcile_key(pair) == "reconcile-img2img-batch-dd35df3aff07458cef9cc5366c91fe84647410ea"
+    assert split_key("run-1", 0) == "run-1:split:0" != split_key("run-1", 1)

@@ -53,3 +53,13 @@ def test_outcome_keys_map_back_to_the_uploads_stem() -> None:
         assert stem_from_outcome_key(keys.result_meta) == outcome_stem(upload)
         assert stem_from_outcome_key(keys.failure) == outcome_stem(upload)
         assert stem_from_outcome_key(keys.result) is None
+
+
+def test_outcome_prefixes_are_where_a_folders_outcomes_are_listed() -> None:
+    from img2img.keys import outcome_prefixes
+
+    assert outcome_prefixes("uploads", "a/") == ("results/uploads/a/", "failed/uploads/a/")
+    assert outcome_prefixes("uploads") == ("results/uploads/", "failed/uploads/")
+    keys = keys_for(ObjectRef(bucket="uploads", key="a/cat.png", etag="e"))
+    assert keys.result_meta.startswith(outcome_prefixes("uploads", "a/")[0])
+    assert keys.failure.startswith(outcome_prefixes("uploads", "a/")[1])

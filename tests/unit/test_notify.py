@@ -129,3 +129,13 @@ def test_throttling_is_retried_and_a_refusal_is_not() -> None:
         assert isinstance(refused, NotifyRefused) and code in str(refused)
     down = _translate(EndpointConnectionError(endpoint_url="http://x"), "SNS topic t")
     assert isinstance(down, NotifyUnavailable)
+
+
+def test_a_consumer_finds_the_upload_a_message_is_about() -> None:
+    from img2img.notify import upload_of
+
+    message = outcome_message(REF, "results", "result", result_doc())
+    assert upload_of(message) == REF
+    unversioned = ObjectRef(bucket="uploads", key="k.png", etag="e2")
+    assert upload_of(outcome_message(unversioned, "results", "failure", {})) == unversioned
+    assert upload_of({}) == ObjectRef(bucket="", key="", etag="")

@@ -109,3 +109,27 @@ def test_steps_times_strength_below_one_step_is_refused_where_parameters_are_rea
 
     with pytest.raises(InvalidParameters, match=r"steps × strength must be at least 1 .* 2 × 0.3"):
         params_from_metadata({"steps": "2", "strength": "0.3"}, DEFAULTS)
+
+
+def test_a_refusal_names_every_bad_key_once_each_and_cuts_long_values() -> None:
+    with pytest.raises(InvalidParameters) as both:
+        params_from_metadata({"steps": "500", "guidance": "99"}, DEFAULTS)
+    assert str(both.value) == (
+        "metadata 'steps': Input should be less than or equal to 150 but is '500'; "
+        "metadata 'guidance': Input should be less than or equal to 30 but is '99'"
+    )
+    with pytest.raises(InvalidParameters) as long:
+        params_from_metadata({"prompt": "y" * 1500}, DEFAULTS)
+    assert str(long.value) == (
+        f"metadata 'prompt': String should have at most 1000 characters but is '{'y' * 60}'"
+    )
+    # A rule across fields says so in its own words, without pydantic's prefix.
+    with pytest.raises(InvalidParameters) as rule:
+        params_from_metadata({"steps": "2", "strength": "0.3"}, DEFAULTS)
+    assert str(rule.value) == "steps × strength must be at least 1 denoising step, but is 2 × 0.3"
+
+
+def test_a_derived_seed_never_changes_between_releases() -> None:
+    """A re-run after an upgrade must give the same image: the seed derived from an upload's
+    identity is pinned (first 4 bytes of its SHA-256, big-endian)."""
+    assert ImageParams().seed_for("uploads/a/cat.png@v1") == 3361771547

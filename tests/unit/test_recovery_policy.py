@@ -168,3 +168,68 @@ def test_a_poison_image_in_a_large_run_is_isolated_within_log2_of_its_size_crash
     assert batch == [refs(size)[poison]]
     assert crashes <= math.log2(size) + 2, crashes
     assert runs == 2 * math.ceil(math.log2(size)) + 1  # the run and two per split
+
+
+def test_the_policy_says_exactly_what_it_decided_at_each_boundary() -> None:
+    """Each action's reason as operators read it in the run's state, and the boundaries:
+    split from `split_after` crashes with two images, give up at exactly `max_attempts`."""
+    assert plan(1, refs(2), POLICY) == Retry(5, "crash 1: re-run in 5 s")
+    assert plan(2, refs(2), POLICY) == Split(
+        (refs(2)[:1], refs(2)[1:]), "crashed 2 times with 2 images: split into 1 + 1"
+    )
+    five = plan(2, refs(5), POLICY)
+    assert isinstance(five, Split) and five.reason.endswith("split into 3 + 2")
+    # One image: retried until max_attempts, given up at exactly it.
+    assert plan(2, refs(1), POLICY) == Retry(10, "crash 2: re-run in 10 s")
+    assert plan(3, refs(1), POLICY) == GiveUp("crashed 3 times (max_attempts 3)")
+    assert plan(4, refs(1), POLICY) == GiveUp("crashed 4 times (max_attempts 3)")
+    # Nothing left unfinished counts as one image.
+    assert isinstance(plan(3, [], POLICY), GiveUp)
+
+
+def test_a_give_up_record_names_the_stage_a_hang_stopped_in() -> None:
+    from img2img.recovery import give_up_record
+
+    hang = "slot 0 (pid 9) hung: no progress for 31 s during stage2; the slot is being replaced"
+    assert give_up_record(hang, "crashed 3 times") == (
+        "stage2",
+        "hung: no progress for 31 s during stage2; its flow run crashed 3 times; "
+        f"last crash: {hang}",
+    )
+    silent = "slot 0 hung: no progress for 40 s"
+    assert give_up_record(silent, "r")[0] == "hung"
+    assert give_up_record("exited with code 1", "r") == (
+        "crashed",
+        "its flow run r; last crash: exited with code 1",
+    )
+    assert give_up_record("", "r") == ("crashed", "its flow run r; last crash: ")
+
+
+def test_inherited_crashes_are_never_negative() -> None:
+    assert inherited_crashes(["img2img-crashes:-2"]) == 0
+    assert inherited_crashes(["img2img-crashes:0", "img2img-crashes:5"]) == 0
+
+
+def test_orphan_windows_start_at_exactly_their_bound() -> None:
+    twenty = timedelta(seconds=20)
+    # In its state for exactly the window: judged (a silent worker is an orphan).
+    assert orphan(state_since=NOW - twenty, last_heartbeat=NOW - twenty) is not None
+    assert orphan(state_since=NOW - twenty + timedelta(seconds=1)) is None
+    # Silent for exactly the window: orphaned; a second less: not.
+    assert orphan(last_heartbeat=NOW - twenty) == (
+        "its worker host-1@ab sent no heartbeat for 20 s (host lost?)"
+    )
+    assert orphan(last_heartbeat=NOW - twenty + timedelta(seconds=1)) is None
+    # A label whose worker was silent exactly the window before the state began is stale.
+    stale = orphan(
+        state_name="Pending",
+        state_since=NOW - timedelta(seconds=60),
+        last_heartbeat=NOW - timedelta(seconds=80),
+    )
+    assert stale == "Pending for 60 s and no worker took it"
+    # An unlabelled claim gets exactly three windows.
+    unlabelled = {"state_name": "Pending", "worker": None}
+    assert orphan(**unlabelled, state_since=NOW - 3 * twenty) == (
+        "Pending for 60 s and no worker took it"
+    )
+    assert orphan(**unlabelled, state_since=NOW - 3 * twenty + timedelta(seconds=1)) is None

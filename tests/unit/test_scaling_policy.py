@@ -351,3 +351,16 @@ def test_a_hung_host_does_not_make_the_policy_flap() -> None:
             changes += d.desired != current
             current = d.desired
         assert launches == 0 and changes == 0 and current == start
+
+
+def test_the_local_backend_drains_idle_workers_first_newest_first() -> None:
+    from deployments.scaling_backends import drain_choice
+
+    workers = [(0, "w0"), (1, "w1"), (2, "w2"), (3, "w3")]
+    # Two to go, w3 and w1 busy: the idle ones, newest first.
+    assert drain_choice(workers, {"w1", "w3"}, 2) == [2, 0]
+    # Three to go: the idle ones do not cover it, so the newest busy one drains too.
+    assert drain_choice(workers, {"w1", "w3"}, 3) == [2, 0, 3]
+    # None busy: newest first; nothing to cut, nothing drained.
+    assert drain_choice(workers, set(), 1) == [3]
+    assert drain_choice(workers, set(), 0) == [] and drain_choice(workers, set(), -1) == []
