@@ -127,6 +127,22 @@ def stack_client(env: dict[str, str], service: str) -> Any:
     return boto3.client(service, **kw)  # type: ignore[call-overload]
 
 
+def unreachable_s3() -> Any:
+    """An S3 client of a loopback port nothing listens on, one attempt per call: every call
+    fails to connect at once (S3 out of reach, without waiting on retries)."""
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        "s3",
+        endpoint_url="http://127.0.0.1:1",
+        region_name="us-east-1",
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
+    )
+
+
 def stack_env(state_dir: Path, settings: dict[str, str]) -> dict[str, str]:
     """The environment of a local stack of a test's own: this process's, less any Prefect
     or img2img setting, with a private state folder and free loopback ports for Prefect

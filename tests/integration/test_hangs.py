@@ -148,6 +148,19 @@ def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replac
                 EventFilter(event=EventNameFilter(name=[UNHEALTHY_EVENT])), limit=50
             ).events
             assert any(e.payload.get("pool") == pool for e in events)
+            sick = next(str(e.payload["worker"]) for e in events if e.payload.get("pool") == pool)
+
+            # A run the unhealthy worker still holds is no demand (no host can run it until
+            # it is released); the same run held by a healthy worker is.
+            from prefect.states import Cancelled, Running
+
+            held = client.create_flow_run_from_deployment(deployment_id, parameters={"objects": []})
+            client.set_flow_run_state(held.id, Running(), force=True)
+            client.update_flow_run_labels(held.id, {"prefect.worker.name": sick})
+            assert scaler.observe().running == 0
+            client.update_flow_run_labels(held.id, {"prefect.worker.name": "healthy@1"})
+            assert scaler.observe().running == 1
+            client.set_flow_run_state(held.id, Cancelled(), force=True)
 
             def beats() -> dict[str, Any]:
                 return {

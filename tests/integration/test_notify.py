@@ -198,3 +198,51 @@ def test_the_announcer_is_built_from_the_settings_it_serves(aws: AwsEnv) -> None
         clients.events,
     )
     assert not Announcer.for_clients(clients, settings).enabled  # no topic, no bus
+
+
+def test_a_presigned_url_goes_only_with_a_result_and_only_when_asked(aws: AwsEnv) -> None:
+    clients, _ = aws
+    topic, queue = ensure_notifications(clients)
+    ref, doc = _write_result(aws, "d/owl.png")
+    one_second = _announcer(aws, topic_arn=topic, presign_s=1)
+    one_second.announce_once(ref, ("result", doc))
+    assert drain(clients.sqs, queue)[0]["result"]["presigned_url"].startswith("http")
+    _announcer(aws, topic_arn=topic, presign_s=0).announce_once(ref, ("result", doc))
+    assert "presigned_url" not in drain(clients.sqs, queue)[0]["result"]
+    failure = {"stage": "copy", "reason": "gone", "retryable": False}
+    clients.s3.put_object(
+        Bucket=aws.settings.storage.results_bucket, Key=keys_for(ref).failure, Body=b"{}"
+    )
+    one_second.announce_once(ref, ("failure", failure))
+    message = drain(clients.sqs, queue)[0]
+    assert message["result"] is None and message["failure"]["record_uri"].startswith("s3://")
+
+
+def test_a_bus_alone_tags_the_outcome_with_its_event_id_and_a_missing_bus_refuses(
+    aws: AwsEnv,
+) -> None:
+    clients, settings = aws
+    clients.events.create_event_bus(Name="only-bus")
+    ref, doc = _write_result(aws, "g/yak.png")
+    assert _announcer(aws, event_bus="only-bus").announce_once(ref, ("result", doc))
+    tags = clients.s3.get_object_tagging(
+        Bucket=settings.storage.results_bucket, Key=keys_for(ref).result_meta
+    )["TagSet"]
+    (tag,) = tags
+    assert tag["Key"] == ANNOUNCED_TAG and tag["Value"] not in ("", "sent")
+
+    other, other_doc = _write_result(aws, "g/emu.png")
+    with pytest.raises(NotifyRefused) as info:
+        _announcer(aws, event_bus="no-such-bus").announce_once(other, ("result", other_doc))
+    assert str(info.value).startswith("EventBridge bus no-such-bus")
+
+
+def test_a_fifo_topic_gets_the_ids_it_requires(aws: AwsEnv) -> None:
+    """A `.fifo` topic refuses a message without a group id: the announcer sends the
+    de-duplication and group ids (`notify.fifo_ids`) to such a topic, and only to it."""
+    clients, _ = aws
+    topic = clients.sns.create_topic(
+        Name="outcomes.fifo", Attributes={"FifoTopic": "true", "ContentBasedDeduplication": "false"}
+    )["TopicArn"]
+    ref, doc = _write_result(aws, "h/cat.png")
+    assert _announcer(aws, topic_arn=topic).announce_once(ref, ("result", doc))

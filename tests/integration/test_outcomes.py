@@ -13,7 +13,7 @@ from img2img.jobs import ImageJob
 from img2img.keys import keys_for
 from img2img.outcomes import caller_id, outcome_key, write_failure, write_failure_record
 from tests.conftest import AwsEnv
-from tests.integration.helpers import FAST, outcome, png, upload
+from tests.integration.helpers import FAST, outcome, png, unreachable_s3, upload
 
 
 def test_a_failure_written_for_an_upload_says_what_where_and_who_asked(aws: AwsEnv) -> None:
@@ -87,17 +87,7 @@ def test_the_caller_id_comes_from_the_upload_and_its_absence_costs_nothing(
     assert caller_id(clients.s3, gone) is None
     # S3 out of reach (nothing listens on port 1): no id, a warning naming the upload and
     # why, and no error, so the failure record is still written.
-    import boto3
-    from botocore.config import Config
-
-    unreachable = boto3.client(
-        "s3",
-        endpoint_url="http://127.0.0.1:1",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
-    )
+    unreachable = unreachable_s3()
     with caplog.at_level(logging.WARNING, logger="img2img.outcomes"):
         assert caller_id(unreachable, ref) is None
     assert f"no caller id for {ref.uri}: {ref.uri}: Could not connect" in caplog.text

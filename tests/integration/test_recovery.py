@@ -104,6 +104,8 @@ def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"
+    # One image per device call: the run lasts long enough to be caught running.
+    device = {**device, "IMG2IMG_STAGES__DEVICE_BATCH": "1"}
     with warm_worker(pool, log, device), recovery(client, clients, settings, pool) as rec:
         wait_for(lambda: ready(log), 120, "the slot to load")
         run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
@@ -125,7 +127,10 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
     pool, deployment_id = create_pool_and_deployment(client)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with recovery(client, clients, settings, pool) as rec:
-        with warm_worker(pool, first_log, SIM) as first:
+        # One image per device call: each run lasts seconds, long enough to be caught
+        # running (in one call of 4 a run is over in under two).
+        slow = {**SIM, "IMG2IMG_STAGES__DEVICE_BATCH": "1"}
+        with warm_worker(pool, first_log, slow) as first:
             wait_for(lambda: ready(first_log), 120, "the slot to load")
             runs = [
                 submit(client, clients, settings, deployment_id, f"workerkill{i}", count=4)

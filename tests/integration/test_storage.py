@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 
@@ -13,21 +12,7 @@ from img2img import storage
 from img2img.errors import ObjectMissing, StorageUnavailable
 from img2img.events import ObjectRef
 from tests.conftest import AwsEnv
-
-
-def _unreachable() -> Any:
-    """A client of an endpoint nothing listens on: every call fails to connect."""
-    import boto3
-    from botocore.config import Config
-
-    return boto3.client(
-        "s3",
-        endpoint_url="http://127.0.0.1:1",
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        config=Config(retries={"max_attempts": 1}, connect_timeout=1),
-    )
+from tests.integration.helpers import unreachable_s3
 
 
 def test_documents_and_images_are_written_with_their_type_and_read_back(aws: AwsEnv) -> None:
@@ -95,7 +80,7 @@ def test_tags_are_read_as_a_mapping_and_a_missing_object_has_none(aws: AwsEnv) -
 
 
 def test_every_call_names_the_object_when_s3_cannot_be_reached(aws: AwsEnv) -> None:
-    s3 = _unreachable()
+    s3 = unreachable_s3()
     ref = ObjectRef(bucket="up", key="k.png", etag="e", version_id="v")
     calls: dict[str, list[Callable[[], object]]] = {
         "s3://up/k.png": [
@@ -128,3 +113,23 @@ def test_a_missing_upload_or_bucket_is_final_and_named(aws: AwsEnv) -> None:
     with pytest.raises(ObjectMissing) as missing:
         storage.download(clients.s3, "no-such-bucket-here", "k")
     assert str(missing.value) == "s3://no-such-bucket-here/k does not exist (NoSuchBucket)"
+
+
+def test_a_copy_keeps_the_uploads_metadata_and_drops_its_tags(aws: AwsEnv) -> None:
+    """Directory buckets have no tagging: the copy replaces an upload's tags with none (a
+    tagged source copied with S3's default would be refused there), its metadata kept."""
+    clients, settings = aws
+    bucket, stage = settings.storage.uploads_bucket, settings.storage.stage_bucket
+    clients.s3.put_object(
+        Bucket=bucket, Key="u/t.png", Body=b"1", Metadata={"prompt": "p"}, Tagging="app=x"
+    )
+    storage.copy_to_stage(clients.s3, ObjectRef(bucket=bucket, key="u/t.png"), stage, "in/t")
+    assert clients.s3.get_object_tagging(Bucket=stage, Key="in/t")["TagSet"] == []
+    assert storage.download(clients.s3, stage, "in/t").metadata == {"prompt": "p"}
+
+
+def test_a_create_once_write_to_a_bucket_that_is_gone_is_final_and_named(aws: AwsEnv) -> None:
+    clients, _ = aws
+    with pytest.raises(ObjectMissing) as info:
+        storage.put_once(clients.s3, "no-such-bucket-here", "k", b"", "image/png")
+    assert str(info.value) == "s3://no-such-bucket-here/k does not exist (NoSuchBucket)"

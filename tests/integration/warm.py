@@ -126,16 +126,19 @@ def ready(log: Path, count: int = 1) -> bool:
     return log.read_text(errors="replace").count(": ready (pid") >= count
 
 
-def slot_pid_of_running(client: Any, run_id: Any, timeout_s: float = 60) -> int:
-    """Wait until the run is Running on a slot; the slot process's pid."""
-    run = wait_for(
-        lambda: (
-            (r := client.read_flow_run(run_id)).state is not None
-            and r.state.is_running()
-            and r.infrastructure_pid
-            and r
-        ),
-        timeout_s,
-        f"flow run {run_id} to start on a slot",
-    )
+def slot_pid_of_running(client: Any, run_id: Any, timeout_s: float = 120) -> int:
+    """Wait until the run is Running on a slot; the slot process's pid. A run that ends
+    before it was seen running fails at once, saying so (a test that means to hit a run
+    while it runs must give it enough work). (The test server's SQLite locks up for seconds
+    under the full suite's load: the bound is for a stuck run, not a slow one.)"""
+
+    def running() -> Any:
+        run = client.read_flow_run(run_id)
+        if run.state is not None and run.state.is_final():
+            raise AssertionError(
+                f"flow run {run_id} ended ({run.state.name}) before it was seen running"
+            )
+        return run.state is not None and run.state.is_running() and run.infrastructure_pid and run
+
+    run = wait_for(running, timeout_s, f"flow run {run_id} to start on a slot")
     return int(run.infrastructure_pid)

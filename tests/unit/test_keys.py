@@ -63,3 +63,43 @@ def test_outcome_prefixes_are_where_a_folders_outcomes_are_listed() -> None:
     keys = keys_for(ObjectRef(bucket="uploads", key="a/cat.png", etag="e"))
     assert keys.result_meta.startswith(outcome_prefixes("uploads", "a/")[0])
     assert keys.failure.startswith(outcome_prefixes("uploads", "a/")[1])
+
+
+def test_each_unsafe_key_is_refused_in_words_that_name_the_problem() -> None:
+    def reason(key: str) -> str | None:
+        return unsafe_key_reason(ObjectRef(bucket="b", key=key, etag="e"))
+
+    assert reason("") == "the object key is empty"
+    assert reason("a\x7fb\x01") == (
+        "object key 'a\\x7fb\\x01' contains control characters (0x01, 0x7f)"
+    )
+    assert reason("./a/..") == (
+        "object key './a/..' has '.' and '..' path segments, which would resolve outside "
+        "their folder"
+    )
+    assert reason("a/\x80b") is None  # the first byte past DEL is an ordinary character
+
+
+def test_the_longest_safe_key_fills_s3s_1024_bytes_exactly() -> None:
+    """results/<bucket>/<key>@<tag>.json may be 1,024 bytes and not one more."""
+    wrap = len("results/") + len("b/") + len("@e") + len(".json")
+    longest = ObjectRef(bucket="b", key="k" * (1024 - wrap), etag="e")
+    assert unsafe_key_reason(longest) is None
+    assert len(keys_for(longest).result_meta.encode()) == 1024
+    one_more = longest.model_copy(update={"key": longest.key + "k"})
+    assert unsafe_key_reason(one_more) == (
+        f"object key is {len(one_more.key)} bytes; its outcome key would be 1025 bytes, over "
+        "S3's 1024"
+    )
+
+
+def test_an_unsafe_keys_outcome_is_named_by_its_digest_and_a_short_clean_tag() -> None:
+    import hashlib
+
+    key = "a/../x\udc80"  # an unpaired surrogate, as a badly decoded event may carry
+    ref = ObjectRef(bucket="b", key=key, etag="e/1" * 40)
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()
+    tag = ("e_1" * 40)[:64]
+    assert outcome_stem(ref) == f"b/_unsafe/{digest}@{tag}"
+    # A safe key keeps its name; a "/" in its tag (a version id may hold one) becomes "_".
+    assert keys_for(ObjectRef(bucket="b", key="k", etag="x/y")).result == "results/b/k@x_y.png"

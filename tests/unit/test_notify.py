@@ -139,3 +139,29 @@ def test_a_consumer_finds_the_upload_a_message_is_about() -> None:
     unversioned = ObjectRef(bucket="uploads", key="k.png", etag="e2")
     assert upload_of(outcome_message(unversioned, "results", "failure", {})) == unversioned
     assert upload_of({}) == ObjectRef(bucket="", key="", etag="")
+
+
+def test_each_translated_error_says_where_what_and_why() -> None:
+    assert str(_translate(_client_error("Throttled"), "SNS topic t")) == "SNS topic t: Throttled"
+    assert str(_translate(_client_error("NotFound"), "SNS topic t")) == (
+        "SNS topic t refused the message: NotFound m"
+    )
+    bare = ClientError({"Error": {"Code": "NotFound"}}, "Publish")
+    assert str(_translate(bare, "SNS topic t")) == "SNS topic t refused the message: NotFound"
+    no_error = ClientError({}, "Publish")
+    assert str(_translate(no_error, "bus b")) == "bus b refused the message:"
+    down = _translate(EndpointConnectionError(endpoint_url="http://x"), "bus b")
+    assert str(down) == 'bus b: Could not connect to the endpoint URL: "http://x"'
+    plain = ValueError("not botocore's")
+    assert _translate(plain, "bus b") is plain
+
+
+def test_every_attribute_a_filter_policy_can_match() -> None:
+    ok = sns_attributes(outcome_message(REF, "results", "result", result_doc()))
+    assert ok == {
+        "outcome": {"DataType": "String", "StringValue": "result"},
+        "upload_bucket": {"DataType": "String", "StringValue": "uploads"},
+        "request_id": {"DataType": "String", "StringValue": "req-42"},
+    }
+    final = sns_attributes(outcome_message(REF, "results", "failure", {"retryable": False}))
+    assert final["retryable"] == {"DataType": "String", "StringValue": "false"}
