@@ -211,3 +211,20 @@ def test_a_run_claimed_by_two_hosts_at_once_is_theirs_only_once(attempt: int) ->
     with get_client(sync_client=True) as client:
         history = client.read_flow_run_states(run.id)
     assert [s.type for s in history].count(StateType.PENDING) == 1
+
+
+def test_the_audit_sees_a_second_write_that_got_through(aws: AwsEnv) -> None:
+    """The audit's own reading, against the versioned results bucket: an outcome document
+    overwritten (as a write without `If-None-Match` would) counts as written twice, and a
+    failure record beside the result as both outcomes."""
+    clients, settings = aws
+    results = settings.storage.results_bucket
+    ref = upload(clients, settings.storage.uploads_bucket, "race/audited.png", png())
+    keys = keys_for(ref)
+    for body in (b"{}", b"{}"):  # the same bytes twice: still two writes
+        clients.s3.put_object(Bucket=results, Key=keys.result_meta, Body=body)
+    clients.s3.put_object(Bucket=results, Key=keys.result, Body=b"png")
+    verdict = audited(clients, settings, [ref]).verdicts[0]
+    assert verdict.problems == ("written twice: the result document has 2 versions",)
+    clients.s3.put_object(Bucket=results, Key=keys.failure, Body=b"{}")
+    assert audited(clients, settings, [ref]).counts()["both_outcomes"] == 1
