@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from deployments.pool_runs import PAGE, PoolResource, online_workers, pool_filter, pool_runs
 from deployments.scaling_backends import MetricsSink, ScalingBackend
 from deployments.signals import stop_on_signals
-from deployments.warm_worker import UNHEALTHY_EVENT, host_of
+from deployments.warm_worker import RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from img2img.forecast import Forecast, day_offsets, forecast, history_counts
 from img2img.scaling import (
     Decision,
@@ -86,6 +86,8 @@ class Autoscaler:
         self._unhealthy_at: dict[str, float] = {}  # when (self.clock()) each was seen
         self.replaced: set[str] = set()
         self._health_cursor: datetime | None = None
+        # Slot recycles reported by the pool's workers: event id → when (self.clock()) seen.
+        self._recycled_at: dict[str, float] = {}
         # Idle launches: workers seen online (name → first seen), those seen serving, and
         # when (self.clock()) a worker left having served nothing.
         self._online: dict[str, datetime] = {}
@@ -164,8 +166,9 @@ class Autoscaler:
         )
 
     def _read_health(self, now: datetime) -> None:
-        """Take in the unhealthy-worker events of the pool since the last look (from a minute
-        before it: events reach the API a little after they happen)."""
+        """Take in the unhealthy-worker and slot-recycle events of the pool since the last
+        look (from a minute before it: events reach the API a little after they happen, so
+        an event may be read twice: each counts once)."""
         from prefect.events.filters import (
             EventFilter,
             EventNameFilter,
@@ -177,13 +180,16 @@ class Autoscaler:
         page = self.prefect.read_events(
             EventFilter(
                 occurred=EventOccurredFilter(since=since - timedelta(seconds=60), until=now),
-                event=EventNameFilter(name=[UNHEALTHY_EVENT]),
+                event=EventNameFilter(name=[UNHEALTHY_EVENT, RECYCLED_EVENT]),
                 related=EventRelatedFilter(id=[self.pool_resource.resource_id]),
             ),
             limit=50,
         )
         self._health_cursor = now
         for event in page.events:
+            if event.event == RECYCLED_EVENT:
+                self._recycled_at.setdefault(str(event.id), self.clock())
+                continue
             worker = str(event.payload.get("worker") or "")
             if worker and worker not in self.unhealthy:
                 self.unhealthy[worker] = str(event.payload.get("reason") or "unhealthy")
@@ -192,6 +198,15 @@ class Autoscaler:
             oldest = next(iter(self.unhealthy))
             self.unhealthy.pop(oldest)
             self._unhealthy_at.pop(oldest, None)
+        window = self.policy.idle_launch_window_s
+        for event_id, seen in list(self._recycled_at.items()):
+            if self.clock() - seen >= window:
+                del self._recycled_at[event_id]
+
+    def recent_recycles(self) -> int:
+        """Slots of the pool recycled in the policy's window (`idle_launch_window_s`)."""
+        window = self.policy.idle_launch_window_s
+        return sum(1 for t in self._recycled_at.values() if self.clock() - t < window)
 
     def _count_idle_launches(self, online: set[str], serving: set[str], now: datetime) -> None:
         """Count the workers that left the pool without having served a run. Workers online
@@ -343,7 +358,9 @@ class Autoscaler:
             try:
                 window = self.policy.idle_launch_window_s
                 lately = sum(1 for t in self._unhealthy_at.values() if self.clock() - t < window)
-                self.fleet.observe(obs, decision, unhealthy_hosts=lately)
+                self.fleet.observe(
+                    obs, decision, unhealthy_hosts=lately, slot_recycles=self.recent_recycles()
+                )
             except Exception as exc:
                 log.warning("could not update the fleet view: %s", exc)
         return decision

@@ -90,13 +90,18 @@ class FleetView:
     # -- fed by the autoscaler -------------------------------------------------------------
 
     def observe(
-        self, obs: Observation, decision: Decision, unhealthy_hosts: int = 0
+        self,
+        obs: Observation,
+        decision: Decision,
+        unhealthy_hosts: int = 0,
+        slot_recycles: int = 0,
     ) -> FleetSample | None:
         """One autoscaler tick; refreshes the view when it is due and returns its sample."""
         now = self.clock()
         self.window.add_hosts(now, decision.desired, obs.running, obs.queued)
         self.window.idle_launches = len(obs.idle_launches)
         self.window.unhealthy_hosts = unhealthy_hosts
+        self.window.slot_recycles = slot_recycles
         if self.prometheus is not None:
             self.prometheus.observe_pool(obs, decision)
         if (

@@ -31,6 +31,10 @@ GAUGES = {
         "Host cost ÷ images with an outcome, fleet window",
     ),
     "e2e_p95": ("img2img_end_to_end_p95_seconds", "Upload → result p95, window"),
+    "slot_recycles": (
+        "img2img_slot_recycles",
+        "Slots recycled (memory or run bound) in the scaling policy's idle-launch window",
+    ),
 }
 
 
@@ -87,6 +91,7 @@ class PrometheusMetrics:
         self.duty_cycle = f["duty_cycle"].labels(pool)
         self.cost_per_image = f["cost_per_image"].labels(pool)
         self.e2e_p95 = f["e2e_p95"].labels(pool)
+        self.slot_recycles = f["slot_recycles"].labels(pool)
         self._images, self._failures = f["images"], f["failures"]
         self._stage, self._e2e = f["stage"], f["e2e"]
 
@@ -129,6 +134,7 @@ class PrometheusMetrics:
     def observe_fleet(self, sample: FleetSample) -> None:
         self.images_per_minute.set(sample.images_per_min)
         self.duty_cycle.set(sample.duty_cycle)
+        self.slot_recycles.set(sample.slot_recycles)
         if sample.cost_per_image_usd is not None:
             self.cost_per_image.set(sample.cost_per_image_usd)
         if sample.e2e_p95_s is not None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import random
 import signal
 import threading
 import time
@@ -33,6 +34,7 @@ from deployments.slot_protocol import (
     WorkerMessage,
 )
 from img2img.progress import Snapshot, hung_reason
+from img2img.recycle import recycle_reason, run_limit
 from img2img.settings import WorkerSettings
 
 
@@ -62,6 +64,18 @@ class Slot:
     # hangs with no run on the device (a hang on the device is the run's, and recovery
     # isolates it). At worker.unhealthy_after the slot is given up.
     strikes: int = 0
+    # The recycle rule's inputs (`img2img.recycle`): its RSS now and once ready, the runs
+    # it finished and the runs it may serve (drawn with jitter at each start).
+    rss_mb: float | None = None
+    ready_rss_mb: float | None = None
+    runs_done: int = 0
+    run_limit: int | None = None
+    # Being recycled: a fresh slot loads to take its place (it serves on meanwhile), then
+    # it takes no new run, finishes what it holds and exits. `retiring`: it was asked to
+    # (or it is a replacement still loading), and it is not restarted when it ends.
+    recycling: bool = False
+    retiring: bool = False
+    recycle_not_before: float = 0.0  # time.monotonic(): after a replacement failed to load
 
     def send(self, message: WorkerMessage) -> None:
         with self.send_lock:
@@ -85,6 +99,7 @@ class SlotPool:
         base_env: dict[str, str],
         logger: Any,
         on_unhealthy: Callable[[str], None] | None = None,
+        on_recycle: Callable[[str, str], None] | None = None,
     ) -> None:
         self.settings = settings
         self.base_env = base_env
@@ -94,6 +109,10 @@ class SlotPool:
         self.slots: list[Slot] = []
         self.restarts = 0
         self.hangs = 0
+        self.recycles = 0  # slots replaced by a fresh one (the recycle rule)
+        self._rule = settings.recycle_rule()
+        self._rng = random.Random()
+        self._on_recycle = on_recycle
         # Why no slot is left (sticky: a worker that lost every slot is replaced, not
         # trusted again), and who is told.
         self.unhealthy: str | None = None
@@ -128,6 +147,8 @@ class SlotPool:
             slot.ready_event.clear()
             slot.start_timed_out = False
             slot.hang_reason, slot.progress, slot.on_device = "", None, None
+            slot.rss_mb = slot.ready_rss_mb = None
+            slot.runs_done, slot.run_limit = 0, run_limit(self._rule, self._rng)
         self.log.info("%s: started (pid %s), loading models", slot.describe(), process.pid)
         threading.Thread(
             target=self._read,
@@ -171,11 +192,14 @@ class SlotPool:
             if isinstance(message, Beat):
                 with self._lock:
                     slot.progress = Snapshot(message.at, message.stage, message.on_device)
+                    slot.rss_mb = message.rss_mb
+                self._recycle_if_due(slot)
             elif isinstance(message, Ready):
                 with self._lock:
                     slot.state, slot.ready, slot.load_failures = "ready", message, 0
                     slot.call_s = dict(message.call_s)
                     slot.progress = Snapshot(now, None, False)
+                    slot.rss_mb = slot.ready_rss_mb = message.rss_mb
                 slot.ready_event.set()
                 self.log.info(
                     "%s: ready (pid %s, %d model loads in %.1f s)",
@@ -195,6 +219,7 @@ class SlotPool:
                     future = slot.inflight.pop(message.run_id, None)
                     if message.state != CRASHED:
                         slot.strikes = 0  # it served a run: whatever failed before is past
+                        slot.runs_done += 1
                 if future is not None:
                     future.set_result(message)
         if not failure and slot.start_timed_out:
@@ -205,7 +230,9 @@ class SlotPool:
         process.join(timeout=30)
         code = process.exitcode
         with self._lock:
-            stopping = self._stopping.is_set() or slot.state == "stopped"
+            stopping = self._stopping.is_set() or slot.state == "stopped" or slot.retiring
+            if slot.retiring and slot in self.slots:
+                self.slots.remove(slot)  # its replacement serves in its place
             orphans = list(slot.inflight.items())
             slot.inflight.clear()
             culprit, slot.on_device = slot.on_device, None
@@ -292,6 +319,117 @@ class SlotPool:
         self.log.error("%s (pid %s) %s: SIGKILL", slot.describe(), slot.pid, reason)
         self.kill(slot)
 
+    # -- recycling --------------------------------------------------------------------------
+
+    def _recycle_if_due(self, slot: Slot) -> None:
+        """Start recycling `slot` when the rule says so (`img2img.recycle`): one slot of the
+        worker at a time, only a ready one, never while the worker stops."""
+        with self._lock:
+            if (
+                slot.state != "ready"
+                or slot.recycling
+                or slot.retiring
+                or self._stopping.is_set()
+                or self.unhealthy is not None
+                or time.monotonic() < slot.recycle_not_before
+                or any(s.recycling for s in self.slots)
+            ):
+                return
+            reason = recycle_reason(
+                self._rule, slot.rss_mb, slot.ready_rss_mb, slot.runs_done, slot.run_limit
+            )
+            if reason is None:
+                return
+            slot.recycling = True  # one recycle at a time per worker
+        threading.Thread(
+            target=self._recycle,
+            args=(slot, reason),
+            daemon=True,
+            name=f"slot-{slot.index}-recycle",
+        ).start()
+
+    def _recycle(self, old: Slot, reason: str) -> None:
+        """Replace `old` by a fresh slot with its share of the device. Where two processes
+        can hold the device at once (CPU, GPU), the fresh one loads while `old` serves on,
+        and `old` takes no new run only once the fresh one is ready: the worker keeps its
+        capacity throughout. A NeuronCore serves one process, so with core groups `old`
+        finishes its runs and exits first, then the fresh one loads; the worker's other
+        slots serve meanwhile."""
+        overlap = not self.settings.core_groups
+        self.log.warning(
+            "%s (pid %s) %s; recycling it: %s",
+            old.describe(),
+            old.pid,
+            reason,
+            "a fresh slot loads its models while it serves on, then it finishes its runs and exits"
+            if overlap
+            else "it finishes its runs and exits, then a fresh slot loads on its cores",
+        )
+        fresh = Slot(index=old.index, env=old.env, retiring=overlap)
+        if overlap:
+            with self._lock:
+                self.slots.append(fresh)
+            self._spawn(fresh)
+            if not self._wait_ready(fresh):
+                self.kill(fresh)
+                if self._stopping.is_set():
+                    return
+                with self._lock:
+                    old.recycling = False
+                    old.recycle_not_before = time.monotonic() + self.settings.slot_start_timeout_s
+                self.log.error(
+                    "%s: its replacement did not load (%s); it keeps serving, and is tried "
+                    "again in %.0f s",
+                    old.describe(),
+                    fresh.reason or "stopped",
+                    self.settings.slot_start_timeout_s,
+                )
+                return
+            with self._lock:
+                fresh.retiring = False  # a slot like any other from now on
+        self._retire(old)
+        if not overlap and not self._stopping.is_set():
+            with self._lock:
+                fresh.retiring = False
+                self.slots.append(fresh)
+            self._spawn(fresh)
+        self.recycles += 1
+        self.log.info("%s (pid %s) recycled: %s", old.describe(), old.pid, reason)
+        if self._on_recycle is not None:
+            self._on_recycle(old.describe(), reason)
+
+    def _wait_ready(self, slot: Slot) -> bool:
+        """Whether `slot` loads its models within `slot_start_timeout_s` (False as soon as
+        it ends, or when the worker stops)."""
+        deadline = time.monotonic() + self.settings.slot_start_timeout_s
+        while time.monotonic() < deadline and not self._stopping.is_set():
+            if slot.ready_event.wait(0.5):
+                return True
+            with self._lock:
+                if slot.state in ("failed", "dead", "stopped"):
+                    return False
+        return False
+
+    def _retire(self, slot: Slot) -> None:
+        """Ask `slot` to finish its runs and exit (it is not replaced when it ends); kill it
+        if it has not within `drain_timeout_s` (its runs are then re-run elsewhere)."""
+        with self._lock:
+            slot.retiring = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            slot.send(StopRequest())
+        if slot.process is None:
+            return
+        slot.process.join(timeout=self.settings.drain_timeout_s)
+        if slot.process.is_alive():
+            self.log.error(
+                "%s (pid %s) did not finish its runs within %.0f s of its recycle; killing it",
+                slot.describe(),
+                slot.pid,
+                self.settings.drain_timeout_s,
+            )
+            self.kill(slot)
+            slot.process.join(timeout=10)
+
     def _give_up(self, slot: Slot) -> None:
         """A slot that failed `unhealthy_after` times in a row is not restarted; a worker
         left with no slot is unhealthy."""
@@ -357,19 +495,12 @@ class SlotPool:
     def has_room(self) -> bool:
         """Whether a ready slot can take one more run now."""
         with self._lock:
-            return self.unhealthy is None and any(
-                s.state == "ready" and len(s.inflight) < self.settings.runs_per_slot
-                for s in self.slots
-            )
+            return self.unhealthy is None and any(self._takes_runs(s) for s in self.slots)
 
     def try_acquire(self, run_id: str) -> tuple[Slot, Future[RunDone]] | None:
         """Reserve room for `run_id` on the ready slot with the fewest runs, or None."""
         with self._lock:
-            ready = [
-                s
-                for s in self.slots
-                if s.state == "ready" and len(s.inflight) < self.settings.runs_per_slot
-            ]
+            ready = [s for s in self.slots if self._takes_runs(s)]
             if not ready or self.unhealthy is not None:
                 return None
             slot = min(ready, key=lambda s: len(s.inflight))
@@ -384,6 +515,14 @@ class SlotPool:
                 RunDone(run_id=run_id, state=CRASHED, error=f"{slot.describe()} unreachable: {exc}")
             )
         return slot, future
+
+    def _takes_runs(self, slot: Slot) -> bool:
+        """Whether `slot` can take one more run now (the pool's lock held)."""
+        return (
+            slot.state == "ready"
+            and not slot.retiring
+            and len(slot.inflight) < self.settings.runs_per_slot
+        )
 
     def running_ids(self) -> list[str]:
         with self._lock:
@@ -409,6 +548,8 @@ class SlotPool:
                     "runs": len(s.inflight),
                     "reason": s.reason,
                     "strikes": s.strikes,
+                    "rss_mb": None if s.rss_mb is None else round(s.rss_mb, 1),
+                    "recycling": s.recycling,
                 }
                 for s in self.slots
             ]

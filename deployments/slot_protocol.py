@@ -43,6 +43,9 @@ class Ready:
     load_s: float
     # Each stage's warm-up call time in seconds, by stage name: its hang deadline's base.
     call_s: dict[str, float] = field(default_factory=dict)
+    # Its resident memory once loaded and warm: the base the recycle rule measures growth
+    # from (None where it cannot be read).
+    rss_mb: float | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,7 @@ class Beat:
     at: float
     stage: str | None
     on_device: bool
+    rss_mb: float | None = None  # its resident memory now
 
 
 @dataclass(frozen=True)

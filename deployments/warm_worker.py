@@ -43,6 +43,7 @@ from img2img.topology import stages_for_pool
 
 ACQUIRE_POLL_S = 0.1
 UNHEALTHY_EVENT = "img2img.worker.unhealthy"
+RECYCLED_EVENT = "img2img.slot.recycled"
 # A warm worker is named "<host>@<process nonce>"; scaling backends match on <host>.
 HOST_SEPARATOR = "@"
 
@@ -175,7 +176,13 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
         self._logger.info("slots load the %s model(s)", " and ".join(stages))
         env = {**slot_base_env(), "IMG2IMG_WORKER__STAGES": json.dumps(stages)}
-        self.pool = SlotPool(self.worker_settings, env, self._logger, on_unhealthy=self._unhealthy)
+        self.pool = SlotPool(
+            self.worker_settings,
+            env,
+            self._logger,
+            on_unhealthy=self._unhealthy,
+            on_recycle=self._recycled,
+        )
         self.pool.start_all()
         assert self._runs_task_group is not None
         # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and
@@ -198,13 +205,23 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         the autoscaler look. The worker then takes no runs, gives back those waiting for a
         slot, and stops heartbeating, so Prefect lists it offline; the autoscaler replaces
         its host on the event."""
+        self._logger.error("unhealthy, taking no more runs: %s", reason)
+        self._emit(UNHEALTHY_EVENT, {"reason": reason})
+
+    def _recycled(self, slot: str, reason: str) -> None:
+        """A slot was recycled (called from the pool's thread): the autoscaler counts these
+        for the fleet view and /metrics, and an alert fires when they come often."""
+        self._emit(RECYCLED_EVENT, {"slot": slot, "reason": reason})
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        """An event about this host, related to its work pool (what the autoscaler reads and
+        the alerts match on)."""
         from prefect.events import emit_event
 
-        self._logger.error("unhealthy, taking no more runs: %s", reason)
         try:
             pool = self.work_pool  # raises if the worker never synced: no pool to name
             emit_event(
-                event=UNHEALTHY_EVENT,
+                event=event,
                 resource={
                     "prefect.resource.id": f"img2img.host.{host_of(self.name)}",
                     "prefect.resource.name": host_of(self.name),
@@ -220,11 +237,11 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                     "worker": self.name,
                     "host": host_of(self.name),
                     "pool": pool.name,
-                    "reason": reason,
+                    **payload,
                 },
             )
-        except Exception as exc:  # the autoscaler also sees the worker go offline
-            self._logger.warning("could not emit %s: %s", UNHEALTHY_EVENT, exc)
+        except Exception as exc:  # advisory: the worker's own log says it too
+            self._logger.warning("could not emit %s: %s", event, exc)
 
     @property
     def unhealthy(self) -> str | None:

@@ -22,6 +22,9 @@ from typing import Any
 from img2img.timing import percentile
 
 MONKS_COST_PER_IMAGE_USD = 0.000425  # seed 001, offline analysis
+# Slot recycles in the window that the view calls out (the alert's threshold too): a slot
+# with flat memory is never recycled for memory, so a few of them mean a leak came back.
+FREQUENT_RECYCLES = 3
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class FleetSample:
     stale_events: int
     idle_launches: int = 0  # hosts that left without serving a run, in the policy's window
     unhealthy_hosts: int = 0  # hosts whose worker lost every slot, not yet replaced
+    slot_recycles: int = 0  # slots replaced by the recycle rule, in the policy's window
 
     def as_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items() if k != "at"}
@@ -117,6 +121,7 @@ class FleetWindow:
         self.hosts_online: int | None = None
         self.idle_launches = 0
         self.unhealthy_hosts = 0
+        self.slot_recycles = 0
 
     def add_batch(self, batch: BatchDigest) -> None:
         self.batches.append(batch)
@@ -176,6 +181,7 @@ class FleetWindow:
             stale_events=sum(b.stale_events for b in batches),
             idle_launches=self.idle_launches,
             unhealthy_hosts=self.unhealthy_hosts,
+            slot_recycles=self.slot_recycles,
         )
 
     def _trim(self, before: float) -> None:
@@ -205,6 +211,11 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         problems.append(f"{sample.unhealthy_hosts} unhealthy host(s) being replaced")
     if sample.idle_launches > 1:
         problems.append(f"{sample.idle_launches} hosts launched that served no run")
+    if sample.slot_recycles >= FREQUENT_RECYCLES:
+        problems.append(
+            f"{sample.slot_recycles} slots recycled lately (their memory grew past "
+            "worker.recycle_growth_mb, or recycle_after_runs)"
+        )
     health = "healthy" if not problems else "ATTENTION: " + "; ".join(problems)
     minutes = sample.window_s / 60.0
     rows = [
@@ -213,6 +224,7 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         ("queued runs / messages", f"{sample.queued_runs} / {_opt(sample.queued_messages)}"),
         ("hosts paid / online", f"{sample.hosts} / {_opt(sample.hosts_online)}"),
         ("idle launches / unhealthy hosts", f"{sample.idle_launches} / {sample.unhealthy_hosts}"),
+        ("slot recycles (lately)", str(sample.slot_recycles)),
         ("duty cycle (busy slots ÷ slots)", f"{100 * sample.duty_cycle:.0f}%"),
         ("cost per image", f"**{money(sample.cost_per_image_usd)}**"),
         ("host cost", f"{sample.host_hours:.3f} host-h × ${sample.price_per_hour:.4f}/h"),

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from img2img.recycle import RecycleRule
 from img2img.scaling import ScalingSettings
 from img2img.stages import StageKind
 from img2img.topology import Topology, entry_deployment
@@ -306,6 +307,36 @@ class WorkerSettings(BaseModel):
         "host is replaced.",
     )
 
+    malloc_arenas: int = Field(
+        2,
+        ge=0,
+        le=1024,
+        description="malloc arenas a slot process may use (glibc's M_ARENA_MAX, set as it "
+        "starts): its threads share them, so memory one run frees the next one reuses. "
+        "0: glibc's default, 8 per core, under which a slot's memory grew for hours.",
+    )
+    recycle_growth_mb: float = Field(
+        2048.0,
+        ge=0,
+        description="A slot whose resident memory grows this many MB above what it held "
+        "once ready is recycled: a fresh slot loads its models, then the old one finishes "
+        "its runs and exits (the safety net under a leak; a steady slot stays flat). 0: "
+        "never for memory.",
+    )
+    recycle_after_runs: int = Field(
+        0,
+        ge=0,
+        description="Recycle a slot after this many runs (plus up to recycle_jitter of it, "
+        "drawn per slot). 0: never for runs.",
+    )
+    recycle_jitter: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="Share of recycle_after_runs added at random per slot, so slots started "
+        "together are not recycled together.",
+    )
+
     @model_validator(mode="after")
     def _beat_within_floor(self) -> WorkerSettings:
         if self.progress_beat_s * 3 > self.hang_floor_s:
@@ -318,6 +349,13 @@ class WorkerSettings(BaseModel):
 
     def slot_count(self) -> int:
         return len(self.core_groups) or len(self.devices) or self.slots
+
+    def recycle_rule(self) -> RecycleRule:
+        return RecycleRule(
+            growth_mb=self.recycle_growth_mb or None,
+            after_runs=self.recycle_after_runs or None,
+            jitter=self.recycle_jitter,
+        )
 
     def one_slot_per_gpu(self, stage_device: str, gpus: int) -> WorkerSettings:
         """With `stages.device` plain `cuda` and no slot layout given, one slot per GPU of

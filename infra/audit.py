@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from img2img.audit import AuditReport, Evidence, judge, message_owner
@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
     from prefect.client.schemas.objects import FlowRun
+
+    from img2img.settings import Settings
 
 STAGES = ("stage1", "stage2")
 
@@ -145,6 +147,48 @@ def audit(
         )
         verdicts.append(judge(ref, evidence, expect_messages=messages is not None))
     return AuditReport.of(verdicts, stray_messages=stray)
+
+
+def audit_local_stack(
+    s3: S3Client,
+    sqs: SQSClient,
+    settings: Settings,
+    pools: Iterable[str],
+    refs: Sequence[ObjectRef],
+    say: Callable[[str], None],
+) -> dict[str, int]:
+    """The audit of `refs` on the local stack: outcome versions, stage outputs, every
+    completion message on the app's queue (drained: the caller is its consumer, when the
+    stack publishes to its own topic), and the runs of `pools` that held each upload; its
+    first problems are said, its counts returned."""
+    import os
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.objects import StateType
+
+    from deployments.pool_runs import pool_runs
+    from infra.resources import APP_QUEUE, local_topic_arn
+
+    local_topic = local_topic_arn(settings.aws.region)
+    messages = None
+    if os.environ.get("IMG2IMG_NOTIFY__TOPIC_ARN", local_topic) == local_topic:
+        queue = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+        messages = drain_messages(sqs, queue, refs, quiet_s=3, limit_s=60)
+    states = [t.value for t in StateType]
+    with get_client(sync_client=True) as client:
+        runs = runs_per_upload(r for pool in pools for r in pool_runs(client, pool, states))
+    storage = settings.storage
+    report = audit(
+        s3,
+        storage.results_bucket,
+        refs,
+        messages=messages,
+        stage_bucket=storage.stage_bucket,
+        runs=runs,
+    )
+    for problem in report.problems[:20]:
+        say(f"audit: {problem}")
+    return report.counts()
 
 
 def _outcome_prefixes(ref: ObjectRef) -> tuple[str, str]:

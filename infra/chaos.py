@@ -525,32 +525,16 @@ class Chaos:
         """The exactly-once audit of the scenario's uploads (`infra/audit.py`): outcome
         versions, stage outputs, every completion message on the app's queue (drained: the
         scenario is its consumer), and the runs that held each upload."""
-        from prefect.client.orchestration import get_client
+        from infra.audit import audit_local_stack
 
-        from infra.audit import audit, drain_messages, runs_per_upload
-        from infra.resources import APP_QUEUE, local_topic_arn
-
-        local_topic = local_topic_arn(self.settings.aws.region)
-        messages = None
-        if os.environ.get("IMG2IMG_NOTIFY__TOPIC_ARN", local_topic) == local_topic:
-            queue = self.clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
-            messages = drain_messages(self.clients.sqs, queue, refs, quiet_s=3, limit_s=60)
-        with get_client(sync_client=True) as client:
-            runs = runs_per_upload(
-                r for role in self.stack.roles for r in _every_run(client, role.pool)
-            )
-        storage = self.settings.storage
-        report = audit(
+        return audit_local_stack(
             self.clients.s3,
-            storage.results_bucket,
+            self.clients.sqs,
+            self.settings,
+            [role.pool for role in self.stack.roles],
             refs,
-            messages=messages,
-            stage_bucket=storage.stage_bucket,
-            runs=runs,
+            self.say,
         )
-        for problem in report.problems[:20]:
-            self.say(f"audit: {problem}")
-        return report.counts()
 
     def _note_serving(self) -> None:
         """Remember which workers hold running runs now: a re-run takes the label of the

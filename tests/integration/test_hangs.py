@@ -22,6 +22,7 @@ from tests.integration.test_recovery import (
     settled,
 )
 from tests.integration.warm import (
+    RecordingGroup,
     create_pool_and_deployment,
     ready,
     submit,
@@ -82,30 +83,6 @@ def test_a_device_that_hangs_on_one_image_isolates_it_as_one_hung_failure_record
     exactly_one_outcome_each(clients, settings, refs)
 
 
-class _Group:
-    """The infrastructure a host runs in (an Auto Scaling group), which cannot run here: it
-    records what the autoscaler asks of it. AsgBackend and EcsBackend's `replace` are
-    tested against moto in test_scaling_backends."""
-
-    name = "group"
-
-    def __init__(self) -> None:
-        self.replaced: list[tuple[str, str]] = []
-
-    def current(self) -> int:
-        return 1
-
-    def warm(self) -> int:
-        return 0
-
-    def apply(self, desired: int, busy: set[str]) -> str:
-        return f"desired {desired}"
-
-    def replace(self, host: str, reason: str) -> str:
-        self.replaced.append((host, reason))
-        return f"replaced {host}"
-
-
 def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replaced(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
@@ -139,7 +116,7 @@ def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replac
             wait_for(
                 lambda: "worker unhealthy" in log.read_text(errors="replace"), 120, "unhealthy"
             )
-            group = _Group()
+            group = RecordingGroup()
             scaler = Autoscaler(client, pool, ScalingSettings(), group)
             wait_for(lambda: scaler.step() and group.replaced, 60, "the host to be replaced")
             host, reason = group.replaced[0]

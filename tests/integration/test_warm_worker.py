@@ -16,8 +16,9 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.states import Cancelling
 
 from tests.conftest import AwsEnv
-from tests.integration.helpers import outcome
+from tests.integration.helpers import audited, outcome
 from tests.integration.warm import (
+    RecordingGroup,
     create_pool_and_deployment,
     final_state,
     ready,
@@ -219,3 +220,89 @@ def test_the_pool_refuses_env_job_variables_with_a_reason(client: SyncPrefectCli
     )
     assert run.job_variables == {"labels": {"team": "ml"}}
     client.delete_flow_run(run.id)
+
+
+def test_a_slot_past_its_memory_bound_is_replaced_while_runs_go_on(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """A growth bound of 1 MB (a slot grows more than that in its first run): every slot is
+    recycled soon after it starts serving, again and again, while runs keep arriving. The
+    fresh slot loads before the old one stops, so no run crashes and every upload has one
+    outcome, served by more than one slot process; the worker tells the pool, and the
+    autoscaler counts each recycle once however often it reads it."""
+    from deployments.autoscaler import Autoscaler
+    from img2img.scaling import ScalingSettings
+
+    clients, settings = aws
+    env = {
+        **SLOW_SIM,
+        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "200",
+        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
+        "IMG2IMG_WORKER__RECYCLE_GROWTH_MB": "1",
+    }
+    pool, deployment_id = create_pool_and_deployment(client)
+    log = tmp_path / "worker.log"
+    with warm_worker(pool, log, env):
+        wait_for(lambda: ready(log), 120, "the slot to load")
+        runs = []
+        for i in range(8):
+            runs.append(submit(client, clients, settings, deployment_id, f"recycle{i}", count=2))
+            if i == 2:  # the rest arrive while the first slot is being recycled
+                wait_for(lambda: "recycling it" in log.read_text(), 60, "a recycle to begin")
+        states = [final_state(client, run.id, timeout_s=180) for run, _ in runs]
+        wait_for(lambda: "recycled: its memory grew" in log.read_text(), 60, "a recycle to end")
+        text = log.read_text()
+    assert all(s.is_completed() for s in states), [(s.name, s.message) for s in states]
+    refs = [r for _, batch in runs for r in batch]
+    report = audited(clients, settings, refs)
+    assert (report.counts()["lost"], report.counts()["duplicated"]) == (0, 0), report.problems
+    pids = {outcome(clients, settings.storage.results_bucket, r)[1]["worker"]["pid"] for r in refs}
+    assert len(pids) >= 2, pids
+    assert "replacing it" not in text  # no slot died: each was asked to stop
+    scaler = Autoscaler(client, pool, ScalingSettings(), RecordingGroup())
+    counted = wait_for(lambda: scaler.observe() and scaler.recent_recycles(), 30, "the events")
+    scaler.observe()  # reads the same minute again
+    assert scaler.recent_recycles() == counted
+    assert counted <= log.read_text().count("recycled: its memory grew")
+
+
+@pytest.mark.parametrize("cores", [None, "0-1"], ids=["loads-first", "neuron-cores"])
+def test_a_slot_is_recycled_after_its_runs(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path, cores: str | None
+) -> None:
+    """After recycle_after_runs (no jitter) the slot is replaced, and the next run is served
+    by the fresh process. Where two processes may share the device, the fresh slot is ready
+    before the old one stops; on NeuronCores (a core group: one process per core), the old
+    one exits first and the fresh one loads on its cores."""
+    clients, settings = aws
+    env = {
+        **SLOW_SIM,
+        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "100",
+        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "100",
+        "IMG2IMG_WORKER__RECYCLE_AFTER_RUNS": "2",
+        "IMG2IMG_WORKER__RECYCLE_JITTER": "0",
+        "IMG2IMG_WORKER__RECYCLE_GROWTH_MB": "0",
+    }
+    if cores is not None:
+        env["IMG2IMG_WORKER__CORE_GROUPS"] = json.dumps([cores])
+    with loaded_worker(client, tmp_path, env) as (deployment_id, log, _proc):
+        first = [submit(client, clients, settings, deployment_id, f"runs{i}") for i in range(2)]
+        assert all(final_state(client, run.id).is_completed() for run, _ in first)
+        wait_for(lambda: "recycled: it served 2 runs" in log.read_text(), 60, "the recycle")
+        wait_for(lambda: ready(log, 2), 60, "the fresh slot")
+        later, refs = submit(client, clients, settings, deployment_id, "after-recycle")
+        assert final_state(client, later.id).is_completed()
+        text = log.read_text()
+    results = settings.storage.results_bucket
+    before = {outcome(clients, results, r[0])[1]["worker"]["pid"] for _, r in first}
+    after = outcome(clients, results, refs[0])[1]["worker"]["pid"]
+    assert len(before) == 1 and after not in before
+    began = text.index("recycling it")
+    fresh_ready = text.index(": ready (pid", began)
+    ended = text.index("recycled: it served 2 runs")
+    if cores is None:
+        assert began < fresh_ready < ended, text[began:]
+    else:
+        assert "finishes its runs and exits, then a fresh slot loads" in text
+        assert began < ended < fresh_ready, text[began:]
+    assert "replacing it" not in text

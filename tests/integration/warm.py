@@ -142,3 +142,27 @@ def slot_pid_of_running(client: Any, run_id: Any, timeout_s: float = 120) -> int
 
     run = wait_for(running, timeout_s, f"flow run {run_id} to start on a slot")
     return int(run.infrastructure_pid)
+
+
+class RecordingGroup:
+    """The infrastructure a host runs in (an Auto Scaling group), which cannot run here: it
+    records what the autoscaler asks of it. AsgBackend and EcsBackend's `replace` are
+    tested against moto in test_scaling_backends."""
+
+    name = "group"
+
+    def __init__(self) -> None:
+        self.replaced: list[tuple[str, str]] = []
+
+    def current(self) -> int:
+        return 1
+
+    def warm(self) -> int:
+        return 0
+
+    def apply(self, desired: int, busy: set[str]) -> str:
+        return f"desired {desired}"
+
+    def replace(self, host: str, reason: str) -> str:
+        self.replaced.append((host, reason))
+        return f"replaced {host}"

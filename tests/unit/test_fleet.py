@@ -57,6 +57,26 @@ def test_the_fleet_markdown_says_health_cost_and_basis() -> None:
     assert "![the fleet over time](data:image/png;base64,AAAA)" in text
 
 
+def test_frequent_recycles_are_called_out_in_the_view_and_alerted_at_the_same_count() -> None:
+    from img2img.fleet import FREQUENT_RECYCLES
+
+    window = FleetWindow(window_s=300, price_per_hour=PRICE, slots_per_host=1)
+    window.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)
+    window.slot_recycles = FREQUENT_RECYCLES - 1
+    calm = markdown(window.sample(T0 + 60), "inf2", "inf2.xlarge", "")
+    assert "recycled" not in calm.split("\n")[0] and "slot recycles (lately) | 2" in calm
+    window.slot_recycles = FREQUENT_RECYCLES
+    loud = markdown(window.sample(T0 + 60), "inf2", "inf2.xlarge", "")
+    assert f"ATTENTION: {FREQUENT_RECYCLES} slots recycled lately" in loud
+    alert = next(
+        a
+        for a in definitions("inf2", "11111111-2222-3333-4444-555555555555")
+        if a["name"] == "img2img slots recycled often"
+    )
+    assert alert["trigger"]["threshold"] == FREQUENT_RECYCLES
+    assert alert["trigger"]["match_related"]["prefect.resource.name"] == "inf2"
+
+
 def test_prices_default_to_the_instance_type_and_refuse_an_unknown_one() -> None:
     assert MonitorSettings().price_per_hour == PRICE
     assert MonitorSettings(instance_type="inf2.48xlarge").price_per_hour == 12.9813
@@ -74,6 +94,7 @@ def test_alert_definitions_are_valid_automations_for_the_pool_and_block() -> Non
         {"prefect.flow-run.Failed", "prefect.flow-run.Crashed"},
         {"img2img.pool.starved"},
         {"img2img.worker.unhealthy"},
+        {"img2img.slot.recycled"},
         {"img2img.pool.idle-launches"},
         {"img2img.dlq.not-empty"},
     ]
@@ -101,3 +122,17 @@ def test_top_reads_the_figures_from_a_scrape() -> None:
     assert got.gauges["img2img_cost_per_image_usd"] == 0.0012
     assert got.images == {"completed": 7.0} and got.failures == {"preprocess": 1.0}
     assert got.stage_mean_s == {"stage2": 1.0}
+
+
+def test_the_recycles_of_the_window_reach_metrics() -> None:
+    from prometheus_client import generate_latest
+
+    from deployments.metrics_endpoint import PrometheusMetrics
+
+    window = FleetWindow(window_s=300, price_per_hour=PRICE, slots_per_host=1)
+    window.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)
+    window.slot_recycles = 4
+    metrics = PrometheusMetrics("inf2")
+    metrics.observe_fleet(window.sample(T0 + 60))
+    text = generate_latest(metrics.registry).decode()
+    assert 'img2img_slot_recycles{pool="inf2"} 4.0' in text
