@@ -16,6 +16,7 @@ GAUGES = {
     "img2img_duty_cycle": "duty cycle",
     "img2img_cost_per_image_usd": "cost per image, USD",
     "img2img_dead_letter_messages": "dead-letter messages",
+    "img2img_slot_recycles": "slot recycles (lately)",
 }
 
 

@@ -846,6 +846,20 @@ class LocalStackSettings(BaseModel):
     def metrics_url(self) -> str:
         return f"http://{self.host}:{self.metrics_port}/metrics"
 
+    def beside(self, state_dir: Path, port_offset: int, **updates: object) -> LocalStackSettings:
+        """A stack of its own next to this one (a benchmark's): its state folder, every port
+        shifted by `port_offset`, and `updates`."""
+        return self.model_copy(
+            update={
+                "state_dir": state_dir,
+                "prefect_port": self.prefect_port + port_offset,
+                "moto_port": self.moto_port + port_offset,
+                "metrics_port": self.metrics_port + port_offset,
+                "postgres_port": self.postgres_port + port_offset,
+                **updates,
+            }
+        )
+
 
 class Settings(BaseSettings):
     """Root of the settings tree."""

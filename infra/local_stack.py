@@ -315,9 +315,7 @@ class LocalStack:
             )
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(wanted)
-        # The server's threads share two malloc arenas, as a slot's do (glibc's default, 8
-        # per core, left what one request freed in arenas the next did not reuse).
-        env = {**env, **self.settings.retention.server_env(), "MALLOC_ARENA_MAX": "2"}
+        env = {**env, **self.settings.retention.server_env()}
         if wanted != "postgres":
             return env
         cluster = self.postgres()

@@ -90,19 +90,14 @@ def views() -> dict[str, dict[str, str]]:
 
 def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
     """The benchmark's stack: its own state folder and ports, fixed hosts, no autoscaler."""
-    local = base.local.model_copy(
-        update={
-            "state_dir": base.local.state_dir / "bench-control",
-            "prefect_port": base.local.prefect_port + 20,
-            "moto_port": base.local.moto_port + 20,
-            "metrics_port": base.local.metrics_port + 20,
-            "postgres_port": base.local.postgres_port + 20,
-            "database": cfg.database,
-            "workers": cfg.hosts,
-            "dispatchers": cfg.dispatchers,
-            "autoscaler": False,
-            "worker_type": "img2img-warm",
-        }
+    local = base.local.beside(
+        base.local.state_dir / "bench-control",
+        20,
+        database=cfg.database,
+        workers=cfg.hosts,
+        dispatchers=cfg.dispatchers,
+        autoscaler=False,
+        worker_type="img2img-warm",
     )
     worker = base.worker.model_copy(update={"slots": cfg.slots})
     return base.model_copy(update={"local": local, "worker": worker})

@@ -41,16 +41,8 @@ class BenchConfig:
 
 def bench_settings(base: Settings, state_dir: Path) -> Settings:
     """The benchmark stack: its own state folder and ports next to the demo stack's."""
-    local = base.local.model_copy(
-        update={
-            "state_dir": state_dir,
-            "prefect_port": base.local.prefect_port + 10,
-            "moto_port": base.local.moto_port + 10,
-            # One fixed worker and no autoscaler: this measures the worker, not scaling.
-            "workers": 1,
-            "autoscaler": False,
-        }
-    )
+    # One fixed worker and no autoscaler: this measures the worker, not scaling.
+    local = base.local.beside(state_dir, 10, workers=1, autoscaler=False)
     return base.model_copy(update={"local": local})
 
 

@@ -65,16 +65,11 @@ class SoakConfig:
 
 def soak_settings(base: Settings, cfg: SoakConfig) -> Settings:
     """The soak's stack: its own state folder and ports, the topology asked for."""
-    local = base.local.model_copy(
-        update={
-            "state_dir": base.local.state_dir / "bench-soak",
-            "prefect_port": base.local.prefect_port + 30,
-            "moto_port": base.local.moto_port + 30,
-            "metrics_port": base.local.metrics_port + 30,
-            "postgres_port": base.local.postgres_port + 30,
-            "workers": cfg.workers,
-            "worker_type": "img2img-warm",
-        }
+    local = base.local.beside(
+        base.local.state_dir / "bench-soak",
+        30,
+        workers=cfg.workers,
+        worker_type="img2img-warm",
     )
     settings = base.model_copy(update={"local": local})
     settings.use_topology(cfg.topology)

@@ -136,3 +136,4 @@ def test_the_recycles_of_the_window_reach_metrics() -> None:
     metrics.observe_fleet(window.sample(T0 + 60))
     text = generate_latest(metrics.registry).decode()
     assert 'img2img_slot_recycles{pool="inf2"} 4.0' in text
+    assert parse(text).pool_gauges["inf2"]["img2img_slot_recycles"] == 4.0  # what top shows

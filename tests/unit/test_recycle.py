@@ -166,3 +166,18 @@ def test_recycle_figures_split_the_images_by_whether_they_finished_during_a_recy
     none = recycle_figures(images, [])
     assert none["recycles"] == 0 and none["images_during_recycles"] == 0
     assert none["e2e_p95_s_during_recycles"] is None
+
+
+def test_a_benchmark_stack_sits_beside_the_demo_stack_on_every_port() -> None:
+    from pathlib import Path
+
+    from img2img.settings import LocalStackSettings
+
+    demo = LocalStackSettings()
+    soak = demo.beside(Path("/tmp/soak"), 30, workers=2)
+    assert (soak.prefect_port, soak.moto_port) == (demo.prefect_port + 30, demo.moto_port + 30)
+    assert (soak.metrics_port, soak.postgres_port) == (
+        demo.metrics_port + 30,
+        demo.postgres_port + 30,
+    )
+    assert soak.state_dir == Path("/tmp/soak") and soak.workers == 2 and demo.workers == 0
