@@ -1,4 +1,5 @@
-"""Command group: `img2img bench pipeline | models | device | scaling | control-plane`."""
+"""Command group: `img2img bench pipeline | models | device | scaling | control-plane |
+capacity | soak`."""
 
 from __future__ import annotations
 
