@@ -94,8 +94,8 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
 
     # The runs execute on long-lived threads, as many as the slot may hold at once, not on a
     # thread per run: glibc gives each new thread a malloc arena (up to 8 per core), and a
-    # run's torch and image buffers freed in many arenas stayed resident (+550 MB an hour
-    # per slot at 0.5 uploads/s before; `img2img bench soak`).
+    # run's torch and image buffers freed in many arenas stayed resident (+747 MB an hour
+    # per slot at 0.5 uploads/s before, +15 after; `img2img bench soak`).
     runs = ThreadPoolExecutor(max_workers=settings.worker.runs_per_slot, thread_name_prefix="run")
     while True:
         try:
