@@ -126,7 +126,7 @@ class SlotPool:
             self.slots.append(Slot(index=index, env=env))
         for slot in self.slots:
             self._spawn(slot)
-        threading.Thread(target=self._watch, daemon=True, name="slot-watchdog").start()
+        _in_background(self._watch, name="slot-watchdog")
 
     def _spawn(self, slot: Slot) -> None:
         from deployments.slot_process import slot_main
@@ -150,18 +150,8 @@ class SlotPool:
             slot.rss_mb = slot.ready_rss_mb = None
             slot.runs_done, slot.run_limit = 0, run_limit(self._rule, self._rng)
         self.log.info("%s: started (pid %s), loading models", slot.describe(), process.pid)
-        threading.Thread(
-            target=self._read,
-            args=(slot, process, parent),
-            daemon=True,
-            name=f"slot-{slot.index}-reader",
-        ).start()
-        threading.Thread(
-            target=self._bound_start,
-            args=(slot, process),
-            daemon=True,
-            name=f"slot-{slot.index}-start-timeout",
-        ).start()
+        _in_background(self._read, slot, process, parent, name=f"slot-{slot.index}-reader")
+        _in_background(self._bound_start, slot, process, name=f"slot-{slot.index}-start-timeout")
 
     def _bound_start(self, slot: Slot, process: Any) -> None:
         """Kill a slot that has not loaded its models within `slot_start_timeout_s` (a hung
@@ -281,12 +271,9 @@ class SlotPool:
                     reason,
                     self.settings.hang_grace_s,
                 )
-                threading.Thread(
-                    target=self._kill_if_still_hung,
-                    args=(slot, slot.process),
-                    daemon=True,
-                    name=f"slot-{slot.index}-hang",
-                ).start()
+                _in_background(
+                    self._kill_if_still_hung, slot, slot.process, name=f"slot-{slot.index}-hang"
+                )
 
     def hung(self, slot: Slot, now: float | None = None) -> str | None:
         """Why `slot` is hung now, or None (see `img2img.progress.hung_reason`)."""
@@ -341,12 +328,7 @@ class SlotPool:
             if reason is None:
                 return
             slot.recycling = True  # one recycle at a time per worker
-        threading.Thread(
-            target=self._recycle,
-            args=(slot, reason),
-            daemon=True,
-            name=f"slot-{slot.index}-recycle",
-        ).start()
+        _in_background(self._recycle, slot, reason, name=f"slot-{slot.index}-recycle")
 
     def _recycle(self, old: Slot, reason: str) -> None:
         """Replace `old` by a fresh slot with its share of the device. Where two processes
@@ -469,7 +451,7 @@ class SlotPool:
             self.restarts += 1
             self._spawn(slot)
 
-        threading.Thread(target=later, daemon=True).start()
+        _in_background(later, name=f"slot-{slot.index}-restart")
 
     def stop(self, timeout_s: float) -> None:
         """Ask every slot to finish its runs and exit; kill what is still there after
@@ -553,6 +535,11 @@ class SlotPool:
                 }
                 for s in self.slots
             ]
+
+
+def _in_background(target: Callable[..., None], *args: Any, name: str) -> None:
+    """Run `target(*args)` on a daemon thread of its own, named for what it watches."""
+    threading.Thread(target=target, args=args, daemon=True, name=name).start()
 
 
 def _blame(run_id: str, culprit: str | None, hung: bool) -> str | None:
