@@ -247,10 +247,10 @@ def test_a_slot_past_its_memory_bound_is_replaced_while_runs_go_on(
         runs = []
         for i in range(8):
             runs.append(submit(client, clients, settings, deployment_id, f"recycle{i}", count=2))
-            if i == 2:  # the rest arrive while the first slot is being recycled
-                wait_for(lambda: "recycling it" in log.read_text(), 60, "a recycle to begin")
+            if i == 2:  # the rest arrive once the first slot has handed over, while its
+                # successors grow past the bound and are recycled in turn
+                wait_for(lambda: "recycled: its memory grew" in log.read_text(), 120, "a recycle")
         states = [final_state(client, run.id, timeout_s=180) for run, _ in runs]
-        wait_for(lambda: "recycled: its memory grew" in log.read_text(), 60, "a recycle to end")
         text = log.read_text()
     assert all(s.is_completed() for s in states), [(s.name, s.message) for s in states]
     refs = [r for _, batch in runs for r in batch]
