@@ -64,4 +64,4 @@ status:
 mutation: install
 	$(BIN)/python -m pip install -q "mutmut>=3.8,<4"
 	$(BIN)/mutmut run
-	$(BIN)/python -m infra.mutation_report
+	$(BIN)/python -m infra.bench.mutation_report

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from cli.common import say
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def _block(args: argparse.Namespace, settings: Settings) -> str:
@@ -25,8 +25,8 @@ def _block(args: argparse.Namespace, settings: Settings) -> str:
 def cmd_apply(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.alerts import apply, block_document_id, pipeline_definitions
-    from img2img.topology import pools
+    from deployments.services.alerts import apply, block_document_id, pipeline_definitions
+    from img2img.pipeline.topology import pools
 
     with get_client(sync_client=True) as client:
         block_id = block_document_id(client, _block(args, settings))
@@ -42,8 +42,8 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
     import yaml
     from prefect.client.orchestration import get_client
 
-    from deployments.alerts import block_document_id, pipeline_definitions
-    from img2img.topology import pools
+    from deployments.services.alerts import block_document_id, pipeline_definitions
+    from img2img.pipeline.topology import pools
 
     with get_client(sync_client=True) as client:
         block_id = block_document_id(client, _block(args, settings))
@@ -64,7 +64,7 @@ def cmd_render(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_listen(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.webhook_listener import serve
+    from infra.local.webhook_listener import serve
 
     server = serve(settings.local.host, args.port, sys.stdout)
     say(f"listening for alerts on http://{settings.local.host}:{server.server_port}/alerts")

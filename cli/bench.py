@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cli.common import say
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
@@ -37,8 +37,8 @@ def cmd_bench_pipeline(args: argparse.Namespace, settings: Settings) -> int:
     if args.worker == "process" and args.compare:
         print("--compare already runs the process worker; use --worker warm", file=sys.stderr)
         return 2
-    from img2img.compiled.sizes import parse_batches
     from img2img.errors import InvalidParameters
+    from img2img.models.compiled.sizes import parse_batches
 
     try:
         sizes = parse_batches(args.device_batch, "--device-batch")
@@ -391,8 +391,8 @@ def cmd_bench_models(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_bench_device(args: argparse.Namespace, settings: Settings) -> int:
     import torch
 
-    from img2img.compiled.sizes import parse_batches
     from img2img.errors import InvalidParameters
+    from img2img.models.compiled.sizes import parse_batches
     from infra.bench.device import DeviceBenchConfig, pick_device, print_lines, run_device_bench
 
     try:

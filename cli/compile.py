@@ -7,15 +7,15 @@ import sys
 from typing import Any
 
 from cli.common import say
-from img2img.compiled.request import add_compile_arguments
-from img2img.settings import Settings
+from img2img.config.settings import Settings
+from img2img.models.compiled.request import add_compile_arguments
 
 
 def cmd_compile(args: argparse.Namespace, settings: Settings) -> int:
-    from img2img.aws import clients_from_settings
-    from img2img.compiled.compile import compile_sizes
-    from img2img.compiled.request import batches_from_args, request_from_args
+    from img2img.aws.clients import clients_from_settings
     from img2img.errors import Img2ImgError
+    from img2img.models.compiled.compile import compile_sizes
+    from img2img.models.compiled.request import batches_from_args, request_from_args
 
     needs_s3 = any(v.startswith("s3://") for v in (args.model, args.out))
     s3 = clients_from_settings(settings.aws).s3 if needs_s3 else None
@@ -38,9 +38,9 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
     pool, both by default)."""
     import json
 
-    from img2img.aws import clients_from_settings
-    from img2img.compiled.cache import fetch_artifacts
-    from img2img.compiled.sizes import artifact_locations
+    from img2img.aws.clients import clients_from_settings
+    from img2img.models.compiled.cache import fetch_artifacts
+    from img2img.models.compiled.sizes import artifact_locations
 
     s3 = clients_from_settings(settings.aws).s3
     stages = settings.stages

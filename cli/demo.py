@@ -8,17 +8,17 @@ import sys
 from typing import Any
 
 from cli.common import NOISE_NOTICE, say
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     import os
 
-    from img2img.aws import clients_from_settings
-    from infra import demo
-    from infra.audit import audit
-    from infra.local_stack import LOCAL_AWS_KEY, LocalStack
-    from infra.resources import APP_QUEUE, local_topic_arn
+    from img2img.aws.clients import clients_from_settings
+    from infra.local import demo
+    from infra.local.audit import audit
+    from infra.local.resources import APP_QUEUE, local_topic_arn
+    from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
     if args.backend is not None:
         # Children (dispatcher, autoscaler, workers) read their settings from the environment.

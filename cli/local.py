@@ -7,11 +7,11 @@ import shlex
 from typing import Any
 
 from cli.common import say
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.local_stack import LocalStack, describe
+    from infra.local.stack import LocalStack, describe
 
     if args.workers is not None:
         settings.local.workers = args.workers
@@ -64,8 +64,8 @@ def cmd_supervise(settings: Settings) -> int:
     """The local stack's supervisor process (started by `local up`)."""
     import threading
 
-    from deployments.signals import stop_on_signals
-    from infra.local_stack import LocalStack, log
+    from deployments.services.signals import stop_on_signals
+    from infra.local.stack import LocalStack, log
 
     stopped = threading.Event()
     stop_on_signals(stopped.set, log, "supervisor stopping (services are left running)")

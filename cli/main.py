@@ -8,7 +8,7 @@ import os
 import sys
 
 from cli import alerts, bench, compile, demo, local, recovery, services, top
-from img2img.settings import load_settings
+from img2img.config.settings import load_settings
 
 GROUPS = (local, services, recovery, demo, compile, bench, top, alerts)
 

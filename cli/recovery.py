@@ -8,11 +8,11 @@ import sys
 from typing import Any
 
 from cli.common import say
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def _local_clients(settings: Settings) -> Any:
-    from img2img.aws import clients_from_settings
+    from img2img.aws.clients import clients_from_settings
 
     return clients_from_settings(settings.aws)
 
@@ -20,10 +20,10 @@ def _local_clients(settings: Settings) -> Any:
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.reconciler import reconcile
-    from deployments.recovery import RecoveryService, RunRecovery
-    from img2img.announce import Announcer
-    from img2img.topology import pools
+    from deployments.services.reconciler import reconcile
+    from deployments.services.recovery import RecoveryService, RunRecovery
+    from img2img.delivery.announce import Announcer
+    from img2img.pipeline.topology import pools
 
     clients = _local_clients(settings)
     policy = settings.recovery
@@ -59,7 +59,7 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.reconciler import reconcile
+    from deployments.services.reconciler import reconcile
 
     clients = _local_clients(settings)
     with get_client(sync_client=True) as client:
@@ -90,7 +90,7 @@ def cmd_reconcile(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
-    from deployments import dlq
+    from deployments.services import dlq
 
     sqs = _local_clients(settings).sqs
     if args.action == "show":
@@ -110,7 +110,7 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.chaos import SCENARIOS, run_scenario
+    from infra.chaos.scenarios import SCENARIOS, run_scenario
 
     if args.scenario not in SCENARIOS:
         print(f"unknown scenario {args.scenario!r}", file=sys.stderr)

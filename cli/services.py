@@ -7,14 +7,14 @@ import json
 import logging
 from typing import Any
 
-from img2img.settings import Settings
+from img2img.config.settings import Settings
 
 
 def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.dispatcher import Dispatcher
-    from img2img.aws import clients_from_settings
+    from deployments.services.dispatcher import Dispatcher
+    from img2img.aws.clients import clients_from_settings
 
     if args.max_batch is not None:
         settings.dispatch.max_batch = args.max_batch
@@ -42,7 +42,7 @@ def run_slots(settings: Settings) -> int:
 def cmd_autoscale(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from infra.autoscaling import build_autoscalers
+    from deployments.services.autoscalers import build_autoscalers
 
     with get_client(sync_client=True) as client:
         scaler = build_autoscalers(settings, client)

@@ -12,8 +12,8 @@ import time
 import urllib.request
 from typing import Any
 
-from img2img.scrape import GAUGES, Scraped, parse
-from img2img.settings import Settings
+from img2img.config.settings import Settings
+from img2img.observe.scrape import GAUGES, Scraped, parse
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> Scraped:

@@ -1,1 +1,1 @@
-"""Prefect flows: the pipeline (one micro-batch per run)."""
+"""Prefect flows of the pipeline: one micro-batch per run, in one pool or split per stage."""

@@ -14,9 +14,9 @@ from typing import Any
 
 from prefect.states import Cancelled, Completed, Failed, State
 
-from img2img.cancel import RunCancelled, registry
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
+from img2img.intake.events import ObjectRef
+from img2img.pipeline.jobs import ImageJob
+from img2img.slots.cancel import RunCancelled, registry
 from tasks.artifacts import Progress, publish_timings
 from tasks.policy import run_step
 from tasks.postprocess import postprocess

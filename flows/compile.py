@@ -12,7 +12,7 @@ from typing import Literal
 
 from prefect import flow
 
-from img2img.compiled.request import (
+from img2img.models.compiled.request import (
     CompileRequest,
     add_compile_arguments,
     batches_from_args,

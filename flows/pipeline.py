@@ -21,11 +21,11 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.batch_run import BatchRun, Step, unique
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
-from img2img.stages.spec import STAGE1, STAGE2
-from img2img.steps import record_queue_wait, reject_unaccepted
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE1, STAGE2
+from img2img.pipeline.steps import record_queue_wait, reject_unaccepted
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import img2img_stage, upscale_stage
 from tasks.preprocess import preprocess

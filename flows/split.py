@@ -22,11 +22,11 @@ from prefect.states import State
 
 from flows.batch_run import BatchRun, unique
 from flows.pipeline import begin, through_stage1
-from img2img.events import ObjectRef
-from img2img.handoff import HANDOFF, HandoffState, restore, run_origin
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
-from img2img.stages.spec import STAGE2
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.pipeline.handoff import HANDOFF, HandoffState, restore, run_origin
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE2
 from tasks.handoff import HandoffLost, hand_off, take_over
 from tasks.inference import upscale_stage
 

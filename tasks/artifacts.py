@@ -14,8 +14,8 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from img2img.jobs import ImageJob
-from img2img.report import BatchReport, batch_event, build_report, markdown_summary
+from img2img.observe.report import BatchReport, batch_event, build_report, markdown_summary
+from img2img.pipeline.jobs import ImageJob
 from tasks.runtime import get_runtime
 
 # Stable keys: the Artifacts page keeps one history per key across runs.
@@ -99,7 +99,7 @@ def publish_timings(
 def _publish_artifacts(
     report: BatchReport, jobs: list[ImageJob], with_chart: bool, links: list[str]
 ) -> None:
-    from img2img.charts import data_uri, waterfall_png
+    from img2img.observe.charts import data_uri, waterfall_png
 
     chart = None
     if with_chart and report.lines:

@@ -6,9 +6,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from img2img.compiled.compile import compile_sizes
-from img2img.compiled.manifest import Manifest
-from img2img.compiled.request import CompileRequest
+from img2img.models.compiled.compile import compile_sizes
+from img2img.models.compiled.manifest import Manifest
+from img2img.models.compiled.request import CompileRequest
 from tasks.runtime import get_runtime
 
 COMPILE_KEY = "img2img-compile"

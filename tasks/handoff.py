@@ -8,13 +8,13 @@ from uuid import UUID
 
 from prefect import get_run_logger
 
-from img2img import steps
-from img2img.batching import run_name
 from img2img.errors import PermanentError
-from img2img.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
-from img2img.jobs import ImageJob
-from img2img.stages.spec import STAGE1
-from img2img.topology import STAGE2_POOL
+from img2img.intake.batching import run_name
+from img2img.pipeline import steps
+from img2img.pipeline.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE1
+from img2img.pipeline.topology import STAGE2_POOL
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
 

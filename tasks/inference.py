@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from img2img import backends, steps
-from img2img.jobs import ImageJob
-from img2img.stages.spec import STAGE1, STAGE2, Stage
+from img2img.models import registry as backends
+from img2img.pipeline import steps
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE1, STAGE2, Stage
 from tasks.policy import DEVICE_DELAYS_S, transient_task
 from tasks.runtime import get_runtime, stop_requested
 

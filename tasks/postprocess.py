@@ -7,9 +7,9 @@ import os
 from prefect import get_run_logger
 from prefect.events import emit_event
 
-from img2img import steps
-from img2img.announce import Announcer
-from img2img.jobs import ImageJob, finish_timings
+from img2img.delivery.announce import Announcer
+from img2img.pipeline import steps
+from img2img.pipeline.jobs import ImageJob, finish_timings
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from prefect import get_run_logger
 
-from img2img import steps
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
+from img2img.intake.params import ImageParams
+from img2img.pipeline import steps
+from img2img.pipeline.jobs import ImageJob
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
 

@@ -6,10 +6,10 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from img2img.aws import AwsClients, clients_from_block, clients_from_settings
-from img2img.cancel import registry
-from img2img.models import ModelCache, configure_torch, process_models
-from img2img.settings import Settings, load_settings
+from img2img.aws.clients import AwsClients, clients_from_block, clients_from_settings
+from img2img.config.settings import Settings, load_settings
+from img2img.models.loaded import ModelCache, configure_torch, process_models
+from img2img.slots.cancel import registry
 
 
 @dataclass(frozen=True)

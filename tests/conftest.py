@@ -12,8 +12,8 @@ from typing import NamedTuple
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from img2img.aws import AwsClients
-from img2img.settings import Settings
+from img2img.aws.clients import AwsClients
+from img2img.config.settings import Settings
 
 # Set before anything imports torch or tokenizers: one thread per process on small hosts.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -83,9 +83,9 @@ class AwsEnv(NamedTuple):
 @pytest.fixture
 def aws(test_env: dict[str, str], moto_url: str) -> Iterator[AwsEnv]:
     """Fresh moto state with the pipeline's buckets and queues; yields (clients, settings)."""
-    from img2img.aws import clients_from_settings
-    from img2img.settings import load_settings
-    from infra.resources import ensure_resources
+    from img2img.aws.clients import clients_from_settings
+    from img2img.config.settings import load_settings
+    from infra.local.resources import ensure_resources
     from tasks.runtime import reset_runtime
 
     request = urllib.request.Request(f"{moto_url}/moto-api/reset", method="POST")

@@ -1,6 +1,6 @@
 """Real Stable Diffusion architectures with random weights, built offline from shipped configs.
 
-`img2img/configs/` holds the published `config.json` of each component (SD 1.5, SD 2.1 base,
+`img2img/dev/configs/` holds the published `config.json` of each component (SD 1.5, SD 2.1 base,
 the x4 upscaler). Random weights of the real shapes cost the same to compile, load and run
 as the trained ones, so benchmarks measure real sizes without a model hub. The outputs are
 noise. The tokenizer is the tiny offline one (token ids are shape-only here).
@@ -21,7 +21,9 @@ _FOLDERS = {("img2img", "sd15"): "sd15", ("img2img", "sd21"): "sd21"}
 
 def config(folder: str, component: str) -> dict[str, Any]:
     """The shipped config of `component` ("unet", "vae", ...) of architecture `folder`."""
-    text = resources.files("img2img").joinpath("configs", folder, f"{component}.json").read_text()
+    text = (
+        resources.files("img2img.dev").joinpath("configs", folder, f"{component}.json").read_text()
+    )
     raw: dict[str, Any] = json.loads(text)
     return raw
 

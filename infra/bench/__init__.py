@@ -1,3 +1,6 @@
-"""The benchmarks and their simulations, in one place: `img2img bench pipeline` (the whole
-local path), `bench models` (each stage on each backend) and `bench scaling` (request
-traces through the scaling policy). Dev-only: nothing in production imports them."""
+"""The benchmarks and their simulations, each an `img2img bench` sub-command: `pipeline` (the
+whole local path), `models` (each stage on each backend), `device` (device batches),
+`control-plane` (the orchestration alone), `scaling` (request traces through the scaling
+policy and its peers), `capacity` (what the Prefect side needs) and `soak` (every process's
+memory over time); and `make mutation`'s score. Development only: nothing in production
+imports them."""

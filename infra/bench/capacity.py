@@ -4,7 +4,7 @@
 A flow run costs the control plane a fixed amount (its states, events, requests) plus a
 little per image (its parameters, its timing-table row); two benchmark steps at different
 batch sizes give both parts (`fit_costs`). The batch a dispatcher builds at a rate follows
-the dispatcher's own rule (`img2img.batching.plan_batch`: what arrives in `max_wait_s`, no
+the dispatcher's own rule (`img2img.intake.batching.plan_batch`: what arrives in `max_wait_s`, no
 more than a run does in `max_run_s` at the device's seconds per image, within the base and
 the ceiling), and the plan (`plan_row`) is the fleet of API replicas, database and storage
 that cost needs at the day's peak.
@@ -16,8 +16,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from img2img.batching import plan_batch
-from img2img.settings import DispatchSettings
+from img2img.config.settings import DispatchSettings
+from img2img.intake.batching import plan_batch
 
 # Assumptions, each stated in the README's capacity plan.
 PEAK_OVER_MEAN = 2.0  # the diurnal trace of the scaling simulation

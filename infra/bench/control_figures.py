@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from img2img.timing import summarize
+from img2img.observe.timing import summarize
 
 # uvicorn's access log line: `... "POST /api/flow_runs/filter HTTP/1.1" 200 OK`
 _ACCESS = re.compile(r'"(GET|POST|PATCH|PUT|DELETE|HEAD) (\S+) HTTP/[\d.]+" (\d{3})')

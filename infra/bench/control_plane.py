@@ -23,10 +23,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from img2img.aws import clients_from_settings
-from img2img.events import ObjectRef
-from img2img.notify import upload_of
-from img2img.settings import MonitorSettings, Settings
+from img2img.aws.clients import clients_from_settings
+from img2img.config.settings import MonitorSettings, Settings
+from img2img.delivery.notify import upload_of
+from img2img.intake.events import ObjectRef
 from infra.bench.control_figures import (
     EVENT_TABLES,
     GROWING_TABLES,
@@ -37,11 +37,11 @@ from infra.bench.control_figures import (
     stop_reason,
 )
 from infra.bench.pipeline import wait_for_log
-from infra.demo import upload_sample
-from infra.local_env import dispatcher_name
-from infra.local_stack import LOCAL_AWS_KEY, LocalStack
-from infra.postgres import DATABASE, psql
-from infra.resources import APP_QUEUE
+from infra.local.demo import upload_sample
+from infra.local.env import dispatcher_name
+from infra.local.postgres import DATABASE, psql
+from infra.local.resources import APP_QUEUE
+from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

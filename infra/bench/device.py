@@ -26,14 +26,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from img2img.backends import CallSizes
+from img2img.config.settings import StageSettings
 from img2img.dev.realsize import build_random
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
-from img2img.settings import StageSettings
-from img2img.stages.spec import INFERENCE_STAGES, Stage
-from img2img.steps import run_stage
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.models.registry import CallSizes
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import INFERENCE_STAGES, Stage
+from img2img.pipeline.steps import run_stage
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ def _load(stage: Stage, cfg: DeviceBenchConfig) -> Any:
     if cfg.dtype != "float32":
         pipe = pipe.to(getattr(torch, cfg.dtype))
     if cfg.device.startswith("cuda"):
-        from img2img.eager import tune_for_gpu
+        from img2img.models.eager import tune_for_gpu
 
         tune_for_gpu(pipe, StageSettings(device=cfg.device))  # what the GPU slots run
     pipe.set_progress_bar_config(disable=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from img2img.timing import summarize
+from img2img.observe.timing import summarize
 
 DEVICE_STAGES = ("stage1", "stage2")
 

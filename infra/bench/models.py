@@ -20,12 +20,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from img2img.backends import load as load_pipeline
-from img2img.compiled.compile import compile_pipeline
-from img2img.compiled.parts import StageKind
-from img2img.compiled.request import CompileRequest
+from img2img.config.settings import StageSettings
 from img2img.dev.realsize import build_random
-from img2img.settings import StageSettings
+from img2img.models.compiled.compile import compile_pipeline
+from img2img.models.compiled.parts import StageKind
+from img2img.models.compiled.request import CompileRequest
+from img2img.models.registry import load as load_pipeline
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ where a scaler's behaviour is simplified, the docstring says how.
   tracking on `ApproximateBacklogSizePerInstance`, plus the step policy on
   `HasBacklogWithoutCapacity` that leaves zero.
 - `RayServe`: Ray Serve's default autoscaling policy (`replica_queue_length_autoscaling_policy`).
-- `Img2ImgPolicy`: this project's policy (`img2img.scaling.decide`) behind the same interface.
+- `Img2ImgPolicy`: this project's policy (`img2img.scaling.policy.decide`), same interface.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from img2img.forecast import Forecast
-from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling.forecast import Forecast
+from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
 
 
 @dataclass(frozen=True)

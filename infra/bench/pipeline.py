@@ -16,11 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TextIO
 
-from img2img.aws import clients_from_settings
-from img2img.settings import Settings
-from infra import demo
+from img2img.aws.clients import clients_from_settings
+from img2img.config.settings import Settings
 from infra.bench.metrics import pipeline_figures
-from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+from infra.local import demo
+from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
 
 @dataclass(frozen=True)

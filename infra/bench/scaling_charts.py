@@ -24,7 +24,7 @@ def trace_png(trace: Trace, results: dict[str, SimResult], dpi: int = 110) -> by
     # A Figure of its own, no pyplot: no global state, no display.
     from matplotlib.figure import Figure
 
-    from img2img.charts import png_bytes
+    from img2img.observe.charts import png_bytes
 
     hours = trace.duration_s > 4 * 3600
     scale, unit = (3600.0, "hours") if hours else (60.0, "minutes")
@@ -77,7 +77,7 @@ def trace_chart(trace: Trace, results: dict[str, SimResult], out_dir: Path) -> P
 def bench_markdown(rows: list[dict[str, Any]], charts: dict[str, bytes], header: str) -> str:
     """The bench's rows as one table per trace, each followed by its chart (a `data:` URI,
     as the run charts are: the artifact needs no bucket and no URL that expires)."""
-    from img2img.charts import data_uri
+    from img2img.observe.charts import data_uri
 
     out = ["# Scaling bench", "", header, ""]
     for trace in dict.fromkeys(r["trace"] for r in rows):

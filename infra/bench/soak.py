@@ -29,14 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from img2img.aws import clients_from_settings
-from img2img.events import ObjectRef
-from img2img.memory import rss_mb_of as rss_mb
-from img2img.settings import Settings
+from img2img.aws.clients import clients_from_settings
+from img2img.config.settings import Settings
+from img2img.intake.events import ObjectRef
+from img2img.slots.memory import rss_mb_of as rss_mb
 from infra.bench.control_plane import upload_at
 from infra.bench.pipeline import wait_for_log
 from infra.bench.soak_figures import Sample, over_goal, recycle_figures, role_figures
-from infra.local_stack import LOCAL_AWS_KEY, LocalStack
+from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
 # The issue's goals, MB of growth per hour after warm-up (the worst process of each role).
 GOALS = {
@@ -273,7 +273,7 @@ def run_soak(
         say(f"{len(refs)} uploads in {end_s:.0f} s; waiting for their outcomes")
         _wait_outcomes(clients.s3, settings, refs, cfg.drain_s)
         sampler.end()
-        from infra.audit import audit_local_stack
+        from infra.local.audit import audit_local_stack
 
         counts = audit_local_stack(
             clients.s3, clients.sqs, settings, [r.pool for r in stack.roles], refs, say
@@ -308,7 +308,7 @@ def run_soak(
 
 
 def _wait_outcomes(s3: Any, settings: Settings, refs: list[ObjectRef], limit_s: float) -> None:
-    from img2img.outcomes import outcome_key
+    from img2img.delivery.outcomes import outcome_key
 
     bucket = settings.storage.results_bucket
     waiting = list(refs)
@@ -324,7 +324,7 @@ def _finished(
 ) -> list[tuple[float, float, float]]:
     """(finished at, end-to-end seconds, its device batch's seconds) of each result, times
     in seconds since `began` (epoch)."""
-    from img2img.keys import keys_for
+    from img2img.intake.keys import keys_for
 
     out = []
     for ref in refs:

@@ -12,10 +12,10 @@ from typing import Any
 
 from PIL import Image
 
-from img2img.audit import AuditReport
-from img2img.events import ObjectRef
-from img2img.keys import keys_for
-from infra.audit import audit
+from img2img.delivery.audit import AuditReport
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
+from infra.local.audit import audit
 from tests.conftest import free_port
 
 

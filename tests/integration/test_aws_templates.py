@@ -86,7 +86,7 @@ def stub_resources(doc: dict[str, Any], made: dict[str, str]) -> dict[str, Any]:
 @pytest.mark.usefixtures("prefect_api")
 def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
     from flows.pipeline import img2img_pipeline
-    from img2img.aws import service_client
+    from img2img.aws.clients import service_client
     from tasks.runtime import reset_runtime
 
     clients, settings = aws
@@ -150,7 +150,7 @@ def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
     try:
         upload(clients, uploads, "cfn/one.png", png(), FAST)
         # The notification the template wired delivers the upload to the template's queue.
-        from img2img.events import parse_message
+        from img2img.intake.events import parse_message
 
         refs = []
         for _ in range(10):
@@ -178,7 +178,7 @@ def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
 def test_prefect_server_stack_on_moto(aws: AwsEnv) -> None:
     """The self-hosted server's template creates on moto's CloudFormation (what moto has of
     it), and what it made is private, encrypted and wired as the template says."""
-    from img2img.aws import service_client
+    from img2img.aws.clients import service_client
 
     _, settings = aws
     ec2 = service_client(settings.aws, "ec2")

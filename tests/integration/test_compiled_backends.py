@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 
 from cli.main import main as cli
-from img2img.backends import load as load_pipeline
-from img2img.compiled.backends import NEURON_INSTALL, get_backend
-from img2img.compiled.cache import fetch_artifacts
-from img2img.compiled.compile import CompileRequest, compile_stage
+from img2img.config.settings import StageSettings
 from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale
 from img2img.errors import InvalidParameters, ModelLoadError
-from img2img.settings import StageSettings
+from img2img.models.compiled.cache import fetch_artifacts
+from img2img.models.compiled.compile import CompileRequest, compile_stage
+from img2img.models.compiled.compilers import NEURON_INSTALL, get_backend
+from img2img.models.registry import load as load_pipeline
 from tests.conftest import AwsEnv
 
 # Traced graphs run the same kernels as eager; only op fusion order may differ.
@@ -288,8 +288,8 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws: AwsEnv) -> None:
 def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> None:
     """The neuron backend traces attention as explicit matmuls (the recipe's form); trace that
     graph with torchscript here so what Inf2 compiles is checked against eager in CI."""
-    from img2img.compiled.compile import compile_pipeline
-    from img2img.compiled.parts import use_plain_attention
+    from img2img.models.compiled.compile import compile_pipeline
+    from img2img.models.compiled.parts import use_plain_attention
 
     source = build_tiny_upscale()
     use_plain_attention(source)

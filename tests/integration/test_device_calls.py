@@ -13,16 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2img import backends, progress
-from img2img.backends import CallSizes
+from img2img.config.settings import StageSettings
 from img2img.errors import DeviceOutOfMemory, InvalidParameters
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
-from img2img.report import build_report
-from img2img.settings import StageSettings
-from img2img.stages.spec import STAGE1, STAGE2, Stage
-from img2img.steps import StageOutputs, run_stage
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.models import registry as backends
+from img2img.models.registry import CallSizes
+from img2img.observe.report import build_report
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE1, STAGE2, Stage
+from img2img.pipeline.steps import StageOutputs, run_stage
+from img2img.slots import progress
 from tests.conftest import AwsEnv
 
 SHAPE = (64, 64)
@@ -202,7 +203,7 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
     """`img2img compile --batch 1,2` to S3; a host prefetches and loads both sizes; a run of
     3 images is one call at 2 and one at 1, each image as the eager stage makes it alone."""
     from cli.main import main as cli
-    from img2img.compiled.sizes import SIZES
+    from img2img.models.compiled.sizes import SIZES
 
     clients, cfg = aws
     bucket = cfg.storage.results_bucket

@@ -10,9 +10,9 @@ from uuid import UUID
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from deployments.dispatcher import Dispatcher
+from deployments.services.dispatcher import Dispatcher
 from flows.pipeline import img2img_pipeline
-from img2img.events import ObjectRef
+from img2img.intake.events import ObjectRef
 from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome, png, upload
 
@@ -212,7 +212,7 @@ def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reas
     drain(d, lambda: d.stats.dead_lettered >= 3)
 
     assert d.stats.runs_created == 0
-    from deployments import dlq
+    from deployments.services import dlq
 
     letters = dlq.show(clients.sqs, st)
     reasons = sorted(letter.reason for letter in letters)
@@ -224,7 +224,7 @@ def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reas
 
 
 def test_dead_letters_are_replayed_to_the_ingest_queue_without_loss(aws: AwsEnv) -> None:
-    from deployments import dlq
+    from deployments.services import dlq
 
     clients, settings = aws
     st = settings.storage

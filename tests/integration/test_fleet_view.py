@@ -11,9 +11,9 @@ from prefect.client.schemas.actions import WorkPoolCreate
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events import emit_event
 
-from deployments.fleet_view import ARTIFACT_KEY, FleetView
-from img2img.scaling import Decision, Observation
-from img2img.settings import MonitorSettings
+from deployments.services.fleet_view import ARTIFACT_KEY, FleetView
+from img2img.config.settings import MonitorSettings
+from img2img.scaling.policy import Decision, Observation
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 

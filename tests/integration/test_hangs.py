@@ -92,9 +92,9 @@ def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replac
     replaces its host; another host finishes the run."""
     from prefect.events.filters import EventFilter, EventNameFilter
 
-    from deployments.autoscaler import Autoscaler
-    from deployments.warm_worker import UNHEALTHY_EVENT
-    from img2img.scaling import ScalingSettings
+    from deployments.services.autoscaler import Autoscaler
+    from deployments.worker.names import UNHEALTHY_EVENT
+    from img2img.scaling.policy import ScalingSettings
 
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)

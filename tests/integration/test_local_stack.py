@@ -88,9 +88,9 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     outcome was announced: exactly one message each on the app's queue."""
     import boto3
 
-    from img2img.events import ObjectRef
-    from infra.audit import audit
-    from infra.resources import APP_QUEUE
+    from img2img.intake.events import ObjectRef
+    from infra.local.audit import audit
+    from infra.local.resources import APP_QUEUE
     from tests.integration.helpers import FAST, drain, png
 
     endpoint = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__MOTO_PORT']}"
@@ -203,7 +203,7 @@ def _every_worker_started_served_a_run(env: dict[str, str]) -> None:
     running slots had already cleared would be listed with none."""
     import httpx
 
-    from infra.local_env import POOL
+    from infra.local.env import POOL
 
     api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
     with httpx.Client(base_url=api, timeout=30) as http:

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from img2img.events import ObjectRef
-from infra.audit import audit, drain_messages, runs_per_upload
-from infra.chaos import notification
-from infra.resources import APP_QUEUE
+from img2img.intake.events import ObjectRef
+from infra.chaos.scenarios import notification
+from infra.local.audit import audit, drain_messages, runs_per_upload
+from infra.local.resources import APP_QUEUE
 from tests.conftest import free_port
 from tests.integration.helpers import img2img, png, stack_client, stack_env
 from tests.integration.warm import wait_for

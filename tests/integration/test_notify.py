@@ -9,13 +9,13 @@ import urllib.request
 
 import pytest
 
-from img2img.announce import ANNOUNCED_TAG, Announcer
+from img2img.config.settings import NotifySettings
+from img2img.delivery.announce import ANNOUNCED_TAG, Announcer
+from img2img.delivery.notify import EVENT_DETAIL_TYPE, EVENT_SOURCE
 from img2img.errors import NotifyRefused
-from img2img.events import ObjectRef
-from img2img.keys import keys_for
-from img2img.notify import EVENT_DETAIL_TYPE, EVENT_SOURCE
-from img2img.settings import NotifySettings
-from infra.resources import ensure_notifications
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
+from infra.local.resources import ensure_notifications
 from tests.conftest import AwsEnv
 from tests.integration.helpers import drain, png, upload
 
@@ -97,7 +97,7 @@ def test_an_outcome_its_writer_is_announcing_is_left_to_it(aws: AwsEnv) -> None:
     finds it untagged, waits for the writer's tag, and sends nothing."""
     import threading
 
-    from img2img.storage import put_tags
+    from img2img.aws.storage import put_tags
 
     clients, settings = aws
     topic, queue = ensure_notifications(clients)
@@ -183,7 +183,7 @@ def test_nothing_is_sent_when_no_topic_or_bus_is_set(aws: AwsEnv) -> None:
 
 
 def test_the_announcer_is_built_from_the_settings_it_serves(aws: AwsEnv) -> None:
-    from img2img.settings import Settings
+    from img2img.config.settings import Settings
 
     clients, settings = aws
     configured = Settings.model_validate(

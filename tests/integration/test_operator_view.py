@@ -22,9 +22,9 @@ from typing import Any
 
 import pytest
 
-from img2img.scrape import Scraped, parse
-from infra.postgres import accepting, cluster_for, psql
-from infra.webhook_listener import serve
+from img2img.observe.scrape import Scraped, parse
+from infra.local.postgres import accepting, cluster_for, psql
+from infra.local.webhook_listener import serve
 from tests.conftest import free_port
 from tests.integration import browser
 from tests.integration.helpers import img2img, stack_client, stack_env

@@ -7,11 +7,11 @@ import logging
 
 import pytest
 
+from img2img.delivery.outcomes import caller_id, outcome_key, write_failure, write_failure_record
 from img2img.errors import StorageUnavailable
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.keys import keys_for
-from img2img.outcomes import caller_id, outcome_key, write_failure, write_failure_record
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
+from img2img.pipeline.jobs import ImageJob
 from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, outcome, png, unreachable_s3, upload
 
@@ -88,6 +88,6 @@ def test_the_caller_id_comes_from_the_upload_and_its_absence_costs_nothing(
     # S3 out of reach (nothing listens on port 1): no id, a warning naming the upload and
     # why, and no error, so the failure record is still written.
     unreachable = unreachable_s3()
-    with caplog.at_level(logging.WARNING, logger="img2img.outcomes"):
+    with caplog.at_level(logging.WARNING, logger="img2img.delivery.outcomes"):
         assert caller_id(unreachable, ref) is None
     assert f"no caller id for {ref.uri}: {ref.uri}: Could not connect" in caplog.text

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from flows.pipeline import img2img_pipeline
-from img2img.keys import keys_for
+from img2img.intake.keys import keys_for
 from tests.conftest import AwsEnv
 from tests.integration.helpers import (
     FAST,
@@ -261,7 +261,7 @@ def test_when_retries_are_spent_the_images_get_retryable_failure_records(
     lasts: the copy step is retried (each of its retries, botocore's own turned off), then
     its images fail with records that say `retryable: true`, so they can be submitted
     again; the rest of the run (the failure records' own writes) goes through."""
-    from infra.faultproxy import FaultProxy
+    from infra.chaos.faultproxy import FaultProxy
     from tasks.policy import IO_DELAYS_S
     from tasks.runtime import reset_runtime
 
@@ -292,7 +292,7 @@ def test_when_retries_are_spent_the_images_get_retryable_failure_records(
 
 def test_missing_upload_is_a_failure_record(aws: AwsEnv) -> None:
     clients, settings = aws
-    from img2img.events import ObjectRef
+    from img2img.intake.events import ObjectRef
 
     ref = ObjectRef(bucket=settings.storage.uploads_bucket, key="gone.png", etag="abc")
     state = img2img_pipeline(objects=[ref], return_state=True)
@@ -342,7 +342,7 @@ def test_pipeline_runs_on_the_torchscript_backend(
 @pytest.fixture
 def announced(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> str:
     """Completion messages on: the local topic and the app's queue; yields the queue URL."""
-    from infra.resources import ensure_notifications
+    from infra.local.resources import ensure_notifications
     from tasks.runtime import reset_runtime
 
     topic, queue = ensure_notifications(aws.clients)
@@ -352,7 +352,7 @@ def announced(aws: AwsEnv, monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_every_outcome_of_a_mixed_batch_is_announced_once(aws: AwsEnv, announced: str) -> None:
-    from img2img.events import ObjectRef
+    from img2img.intake.events import ObjectRef
 
     clients, settings = aws
     st = settings.storage

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from infra.processes import EXEC_GRACE_S, ProcessTable, Service, terminate
+from infra.local.processes import EXEC_GRACE_S, ProcessTable, Service, terminate
 
 
 def sleeper(name: str, marker: str) -> Service:

@@ -16,16 +16,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from img2img import steps
-from img2img.announce import Announcer
+from img2img.config.settings import NotifySettings
+from img2img.delivery.announce import Announcer
+from img2img.delivery.outcomes import write_failure
 from img2img.errors import StorageUnavailable
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.keys import keys_for
-from img2img.outcomes import write_failure
-from img2img.params import ImageParams
-from img2img.settings import NotifySettings
-from infra.resources import ensure_notifications
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
+from img2img.intake.params import ImageParams
+from img2img.pipeline import steps
+from img2img.pipeline.jobs import ImageJob
+from infra.local.resources import ensure_notifications
 from tests.conftest import AwsEnv
 from tests.integration.helpers import audited, drain, outcome, png, upload
 

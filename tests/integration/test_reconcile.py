@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from deployments.reconciler import reconcile
-from img2img.outcomes import write_failure
+from deployments.services.reconciler import reconcile
+from img2img.delivery.outcomes import write_failure
 from tests.conftest import AwsEnv
 from tests.integration.helpers import png, upload
 

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
-from deployments.recovery import RecoveryService, RunRecovery
-from infra.processes import alive
+from deployments.services.recovery import RecoveryService, RunRecovery
+from infra.local.processes import alive
 from tests.conftest import AwsEnv
 from tests.integration.helpers import FAST, audited, outcome
 from tests.integration.warm import (
@@ -204,9 +204,9 @@ def test_a_run_sharing_a_slot_with_the_crash_is_re_run_at_once_with_no_crash_cou
 def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
-    from img2img.announce import Announcer
-    from img2img.settings import NotifySettings
-    from infra.resources import ensure_notifications
+    from img2img.config.settings import NotifySettings
+    from img2img.delivery.announce import Announcer
+    from infra.local.resources import ensure_notifications
     from tests.integration.helpers import drain, png, upload
 
     clients, settings = aws

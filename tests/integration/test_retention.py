@@ -17,8 +17,8 @@ from uuid import UUID
 
 import pytest
 
-from img2img.settings import RetentionSettings
-from infra.processes import http_ok
+from img2img.config.settings import RetentionSettings
+from infra.local.processes import http_ok
 from tests.conftest import free_port
 
 PERIOD_H = 1.01  # Prefect wants more than an hour

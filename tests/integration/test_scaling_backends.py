@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
-from deployments.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
-from img2img.aws import service_client
-from img2img.scaling import Decision, Observation, ScalingSettings
+from deployments.services.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
+from img2img.aws.clients import service_client
+from img2img.scaling.policy import Decision, Observation, ScalingSettings
 from tests.conftest import AwsEnv
 
 
@@ -124,7 +124,7 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 
-    from deployments.autoscaler import ARTIFACT_KEY, Autoscaler
+    from deployments.services.autoscaler import ARTIFACT_KEY, Autoscaler
     from tests.integration.warm import create_pool_and_deployment
 
     ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
@@ -154,7 +154,7 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
 
 
 def test_warm_pool_instances_are_counted_when_ready_to_resume(asg: Any) -> None:
-    from deployments.scaling_backends import waiting_in_warm_pool
+    from deployments.services.scaling_backends import waiting_in_warm_pool
 
     backend = AsgBackend(asg, "img2img-inf2")
     assert backend.warm() == 0  # a group with no warm pool: none waiting, no error
@@ -174,8 +174,8 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
     from prefect.client.orchestration import get_client
     from prefect.states import Completed, Scheduled
 
-    from deployments.autoscaler import Autoscaler
-    from img2img.forecast import ForecastSettings
+    from deployments.services.autoscaler import Autoscaler
+    from img2img.scaling.forecast import ForecastSettings
     from tests.integration.warm import create_pool_and_deployment
 
     ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
@@ -212,7 +212,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
 def test_the_scaling_bench_publishes_its_table_and_charts_as_an_artifact() -> None:
     from prefect.client.orchestration import get_client
 
-    from img2img.scaling import ScalingSettings as Policy
+    from img2img.scaling.policy import ScalingSettings as Policy
     from infra.bench.scaling_charts import ARTIFACT_KEY, bench_markdown, publish, trace_png
     from infra.bench.scaling_compare import Bench, compare
     from infra.bench.scaling_sim import HostStart, Trace
@@ -244,7 +244,7 @@ def test_at_zero_the_autoscaler_decides_again_as_soon_as_a_run_is_queued(ecs: An
 
     from prefect.client.orchestration import get_client
 
-    from deployments.autoscaler import Autoscaler
+    from deployments.services.autoscaler import Autoscaler
     from tests.integration.warm import create_pool_and_deployment
 
     with get_client(sync_client=True) as client:
@@ -273,8 +273,8 @@ def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) 
     (its upstream) and starts hosts too, each pool through its own ECS service."""
     from prefect.client.orchestration import get_client
 
-    from deployments.autoscaler import Autoscaler
-    from infra.autoscaling import PoolScalers
+    from deployments.services.autoscaler import Autoscaler
+    from deployments.services.autoscalers import PoolScalers
     from tests.integration.warm import create_pool_and_deployment
 
     ecs.create_service(

@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 
 from flows.split import img2img_stage1, img2img_stage2
-from img2img.handoff import handoff_key
-from img2img.keys import keys_for
-from img2img.topology import STAGE2_POOL
+from img2img.intake.keys import keys_for
+from img2img.pipeline.handoff import handoff_key
+from img2img.pipeline.topology import STAGE2_POOL
 from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome, png, upload
 

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from img2img.events import ObjectRef
-from img2img.keys import keys_for
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
 from tests.conftest import free_port
 from tests.integration.helpers import img2img, stack_client, stack_env
 

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from img2img import backends
-from img2img.cancel import RunCancelled
-from img2img.params import ImageParams
-from img2img.settings import StageSettings
-from img2img.stages.img2img import run_img2img
-from img2img.stages.upscale import run_upscale
+from img2img.config.settings import StageSettings
+from img2img.intake.params import ImageParams
+from img2img.models import registry as backends
+from img2img.pipeline.stages.generate import run_img2img
+from img2img.pipeline.stages.upscale import run_upscale
+from img2img.slots.cancel import RunCancelled
 
 
 class StopAfter:

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from PIL import Image
 
-from img2img.events import ObjectRef
-from img2img.jobs import ImageJob
-from img2img.params import ImageParams
-from img2img.stages.spec import STAGE1
-from img2img.steps import StageOutputs, run_stage
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.pipeline.jobs import ImageJob
+from img2img.pipeline.stages.spec import STAGE1
+from img2img.pipeline.steps import StageOutputs, run_stage
 from tests.conftest import AwsEnv
 
 

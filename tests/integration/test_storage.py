@@ -8,9 +8,9 @@ from collections.abc import Callable
 
 import pytest
 
-from img2img import storage
+from img2img.aws import storage
 from img2img.errors import ObjectMissing, StorageUnavailable
-from img2img.events import ObjectRef
+from img2img.intake.events import ObjectRef
 from tests.conftest import AwsEnv
 from tests.integration.helpers import unreachable_s3
 

@@ -56,11 +56,11 @@ def test_the_worker_type_is_registered_with_its_job_template() -> None:
     from prefect.plugins import load_prefect_collections
     from prefect.workers.base import BaseWorker
 
-    from deployments.warm_worker import WarmWorker
+    from deployments.worker.warm_worker import WarmWorker
 
     load_prefect_collections()
     assert BaseWorker.get_worker_class_from_type("img2img-warm") is WarmWorker
-    shipped = Path("deployments/base-job-templates/img2img-warm.json")
+    shipped = Path("deployments/worker/base-job-templates/img2img-warm.json")
     assert json.loads(shipped.read_text()) == WarmWorker.get_default_base_job_template()
 
 
@@ -198,7 +198,9 @@ def test_the_pool_refuses_env_job_variables_with_a_reason(client: SyncPrefectCli
     API refuses it, at deploy time and for a single run, naming the field."""
     from prefect.exceptions import PrefectHTTPStatusError
 
-    shipped = json.loads(Path("deployments/base-job-templates/img2img-warm.json").read_text())
+    shipped = json.loads(
+        Path("deployments/worker/base-job-templates/img2img-warm.json").read_text()
+    )
     assert "slot processes" in shipped["variables"]["properties"]["env"]["description"]
     pool, deployment_id = create_pool_and_deployment(client, template=shipped)
     flow_id = client.create_flow_from_name("img2img-pipeline")
@@ -230,8 +232,8 @@ def test_a_slot_past_its_memory_bound_is_replaced_while_runs_go_on(
     fresh slot loads before the old one stops, so no run crashes and every upload has one
     outcome, served by more than one slot process; the worker tells the pool, and the
     autoscaler counts each recycle once however often it reads it."""
-    from deployments.autoscaler import Autoscaler
-    from img2img.scaling import ScalingSettings
+    from deployments.services.autoscaler import Autoscaler
+    from img2img.scaling.policy import ScalingSettings
 
     clients, settings = aws
     env = {

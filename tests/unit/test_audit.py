@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from img2img.audit import AuditReport, Evidence, judge, message_owner
-from img2img.events import ObjectRef
-from img2img.keys import keys_for
+from img2img.delivery.audit import AuditReport, Evidence, judge, message_owner
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
 
 REF = ObjectRef(bucket="uploads", key="a/cat.png", etag="e1")
 OTHER = ObjectRef(bucket="uploads", key="a/dog.png", etag="e2")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 from botocore.exceptions import ClientError, ConnectTimeoutError, EndpointConnectionError
 
-from img2img.aws import is_missing_object, is_precondition_failed, translate_error
+from img2img.aws.clients import is_missing_object, is_precondition_failed, translate_error
 from img2img.errors import ObjectMissing, StorageUnavailable, is_retryable
 
 

@@ -1,7 +1,7 @@
 from __future__ import annotations
 
-from img2img.batching import Batcher
-from img2img.events import ObjectRef
+from img2img.intake.batching import Batcher
+from img2img.intake.events import ObjectRef
 
 
 def ref(i: int, etag: str = "e") -> ObjectRef:
@@ -81,8 +81,8 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_at_low_load_a_batch_is_the_base_size_and_leaves_after_max_wait() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
     plan = plan_batch(settings, in_hand=3, queue_depth=0, rate=1.0, run_slots=12)
@@ -93,8 +93,8 @@ def test_at_low_load_a_batch_is_the_base_size_and_leaves_after_max_wait() -> Non
 
 
 def test_a_backlog_is_spread_over_the_pools_run_slots_up_to_the_ceiling() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
     # 1,000 waiting over 4 hosts × 1 slot × 3 runs: 84 per run, filled for up to max_hold_s.
@@ -113,8 +113,8 @@ def test_a_backlog_is_spread_over_the_pools_run_slots_up_to_the_ceiling() -> Non
 
 
 def test_the_hold_never_outlasts_the_visibility_timeout_and_a_small_ceiling_caps_the_base() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     tight = DispatchSettings(visibility_timeout_s=35, max_hold_s=60)
     plan = plan_batch(tight, in_hand=10, queue_depth=1000, rate=0.0, run_slots=1)
@@ -125,7 +125,7 @@ def test_the_hold_never_outlasts_the_visibility_timeout_and_a_small_ceiling_caps
 
 
 def test_a_resized_batcher_cuts_batches_of_the_new_size() -> None:
-    from img2img.batching import BatchPlan
+    from img2img.intake.batching import BatchPlan
 
     batcher = Batcher(max_batch=8, max_wait_s=2.0, dedup_window=1000)
     for i in range(150):
@@ -136,8 +136,8 @@ def test_a_resized_batcher_cuts_batches_of_the_new_size() -> None:
 
 
 def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
     # 40 waiting over 12 run slots would be batches of 8; but 5 runs already wait for a slot.
@@ -152,8 +152,8 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
 
 
 def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()  # max_wait_s 2, max_run_s 30
     # 16 images/s bring 32 in the 2 s an image waits at low load anyway: one run of 32,
@@ -182,7 +182,7 @@ def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s()
 
 
 def test_seconds_per_image_is_learned_from_the_dispatchers_own_runs() -> None:
-    from img2img.batching import run_name, seconds_per_image
+    from img2img.intake.batching import run_name, seconds_per_image
 
     assert run_name([ref(1), ref(2)]) == "batch-2-1.png"
     runs = [
@@ -200,8 +200,8 @@ def test_seconds_per_image_is_learned_from_the_dispatchers_own_runs() -> None:
 def test_each_plan_says_why_with_its_figures() -> None:
     """The reasons the dispatcher logs, exactly, at each rule's boundary (defaults: base 8,
     max_batch 512, max_wait_s 2, max_run_s 30, max_hold_s 10)."""
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     s = DispatchSettings()
     # 300 queued over 2 run slots: 150 each, held up to max_hold_s while more arrive.
@@ -231,8 +231,8 @@ def test_each_plan_says_why_with_its_figures() -> None:
 
 
 def test_the_plan_at_each_rules_boundary() -> None:
-    from img2img.batching import plan_batch
-    from img2img.settings import DispatchSettings
+    from img2img.config.settings import DispatchSettings
+    from img2img.intake.batching import plan_batch
 
     s = DispatchSettings()
     # What arrives equals one slot's share: no steady-rate rule, a batch of it all.
@@ -248,7 +248,7 @@ def test_the_plan_at_each_rules_boundary() -> None:
 
 
 def test_seconds_per_image_takes_every_sized_run_that_took_time() -> None:
-    from img2img.batching import seconds_per_image
+    from img2img.intake.batching import seconds_per_image
 
     assert seconds_per_image([("batch-1-a.png", 2.0)]) == 2.0
     assert seconds_per_image([("batch-4-a.png", 0.5)]) == 0.125
@@ -256,7 +256,7 @@ def test_seconds_per_image_takes_every_sized_run_that_took_time() -> None:
 
 
 def test_a_run_is_named_for_its_maker_size_and_first_file() -> None:
-    from img2img.batching import run_name
+    from img2img.intake.batching import run_name
 
     objects = [ObjectRef(bucket="b", key="a/b/c.png"), ObjectRef(bucket="b", key="d.png")]
     assert run_name(objects) == "batch-2-c.png"
@@ -268,7 +268,7 @@ def test_a_run_is_named_for_its_maker_size_and_first_file() -> None:
 def test_the_batchers_edges() -> None:
     import pytest
 
-    from img2img.batching import BatchPlan
+    from img2img.intake.batching import BatchPlan
 
     with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
         Batcher(max_batch=0, max_wait_s=1.0, dedup_window=10)

@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from img2img.compiled.backends import visible_core_count
-from img2img.compiled.manifest import Manifest, PartRecord, check_manifest, soft_differences
-from img2img.compiled.parts import Shapes, check_compile_shape
 from img2img.errors import InvalidParameters, ModelLoadError
+from img2img.models.compiled.compilers import visible_core_count
+from img2img.models.compiled.manifest import Manifest, PartRecord, check_manifest, soft_differences
+from img2img.models.compiled.parts import Shapes, check_compile_shape
 
 VERSIONS = {
     "torch": "2.13.0+cpu",
@@ -136,7 +136,7 @@ def test_batch_must_match_the_images_per_call() -> None:
 
 
 def test_sizes_are_parsed_chosen_and_refused_by_name() -> None:
-    from img2img.compiled.sizes import choose_sizes, parse_batches, size_folder
+    from img2img.models.compiled.sizes import choose_sizes, parse_batches, size_folder
 
     assert parse_batches("4,1,2,4") == [1, 2, 4]
     assert parse_batches("8") == [8]

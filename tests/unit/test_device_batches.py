@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from img2img.device_batches import Call, CallCost, cut, group_by, plan_calls, split_shares
+from img2img.pipeline.device_batches import Call, CallCost, cut, group_by, plan_calls, split_shares
 
 
 def sizes_of(calls: list[Call]) -> list[tuple[int, int]]:

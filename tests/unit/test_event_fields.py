@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from img2img.errors import InvalidEvent
-from img2img.events import ObjectRef, parse_document, parse_message
+from img2img.intake.events import ObjectRef, parse_document, parse_message
 
 WHEN = datetime(2026, 11, 29, 10, 0, 1, tzinfo=timezone.utc)
 

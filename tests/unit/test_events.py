@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 import pytest
 
 from img2img.errors import InvalidEvent
-from img2img.events import ObjectRef, parse_message
-from img2img.idempotency import batch_key as batch_idempotency_key
+from img2img.intake.events import ObjectRef, parse_message
+from img2img.intake.idempotency import batch_key as batch_idempotency_key
 
 
 def s3_record(
@@ -146,7 +146,7 @@ def test_run_idempotency_keys_never_change_between_releases() -> None:
     of the next release must make the same key for the same uploads, or a message
     redelivered across an upgrade would become a second run. Pinned: the uploads'
     identities sorted, one per line, SHA-256, first 40 hex digits."""
-    from img2img.idempotency import batch_key, reconcile_key, split_key
+    from img2img.intake.idempotency import batch_key, reconcile_key, split_key
 
     pair = [ObjectRef(bucket="b", key="k2", etag="e"), ObjectRef(bucket="b", key="k1", etag="e")]
     assert batch_key(pair) == "img2img-batch-dd35df3aff07458cef9cc5366c91fe84647410ea"

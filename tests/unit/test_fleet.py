@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 from prefect.events.schemas.automations import AutomationCore
 
-from deployments.alerts import definitions
-from img2img.fleet import BatchDigest, FleetWindow, markdown
-from img2img.scrape import parse
-from img2img.settings import MonitorSettings
+from deployments.services.alerts import definitions
+from img2img.config.settings import MonitorSettings
+from img2img.observe.scrape import parse
+from img2img.scaling.fleet import BatchDigest, FleetWindow, markdown
 
 T0 = 1_700_000_000.0
 PRICE = 0.7582
@@ -58,7 +58,7 @@ def test_the_fleet_markdown_says_health_cost_and_basis() -> None:
 
 
 def test_frequent_recycles_are_called_out_in_the_view_and_alerted_at_the_same_count() -> None:
-    from img2img.fleet import FREQUENT_RECYCLES
+    from img2img.scaling.fleet import FREQUENT_RECYCLES
 
     window = FleetWindow(window_s=300, price_per_hour=PRICE, slots_per_host=1)
     window.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)
@@ -127,7 +127,7 @@ def test_top_reads_the_figures_from_a_scrape() -> None:
 def test_the_recycles_of_the_window_reach_metrics() -> None:
     from prometheus_client import generate_latest
 
-    from deployments.metrics_endpoint import PrometheusMetrics
+    from deployments.services.metrics_endpoint import PrometheusMetrics
 
     window = FleetWindow(window_s=300, price_per_hour=PRICE, slots_per_host=1)
     window.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)

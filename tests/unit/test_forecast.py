@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from img2img.forecast import Forecast, ForecastSettings, forecast
-from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling.forecast import Forecast, ForecastSettings, forecast
+from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
 from infra.bench.scaling_sim import HostStart, PastDays, Trace, simulate
 
 F = ForecastSettings(enabled=True, days=7, min_days=3, lead_s=120, bucket_s=60)

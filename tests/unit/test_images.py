@@ -6,9 +6,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from img2img.config.settings import ImageLimits
 from img2img.errors import InvalidImage
-from img2img.images import decode_image, encode_png, fit_to_shape
-from img2img.settings import ImageLimits
+from img2img.intake.images import decode_image, encode_png, fit_to_shape
 
 
 def encoded(
@@ -134,7 +134,7 @@ def test_a_decompression_bomb_is_refused_by_the_projects_rule_from_the_header() 
 
 @pytest.mark.parametrize("fmt", ["HEIF", "AVIF"])
 def test_phone_formats_heic_and_avif_are_accepted(fmt: str) -> None:
-    from img2img.images import _register_heif
+    from img2img.intake.images import _register_heif
 
     assert _register_heif()
     image = decode_image(encoded((48, 32), fmt), LIMITS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from img2img.events import ObjectRef
-from img2img.keys import keys_for, outcome_stem, stem_from_outcome_key, unsafe_key_reason
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for, outcome_stem, stem_from_outcome_key, unsafe_key_reason
 
 
 def ref(key: str, bucket: str = "uploads") -> ObjectRef:
@@ -56,7 +56,7 @@ def test_outcome_keys_map_back_to_the_uploads_stem() -> None:
 
 
 def test_outcome_prefixes_are_where_a_folders_outcomes_are_listed() -> None:
-    from img2img.keys import outcome_prefixes
+    from img2img.intake.keys import outcome_prefixes
 
     assert outcome_prefixes("uploads", "a/") == ("results/uploads/a/", "failed/uploads/a/")
     assert outcome_prefixes("uploads") == ("results/uploads/", "failed/uploads/")

@@ -1,4 +1,4 @@
-"""A slot's malloc arenas bounded (`img2img.memory`), checked in a fresh process: glibc's
+"""A slot's malloc arenas bounded (`img2img.slots.memory`), checked in a fresh process: glibc's
 own statistics count the arenas that threads allocated from."""
 
 from __future__ import annotations
@@ -9,11 +9,11 @@ import sys
 
 import pytest
 
-from img2img.memory import limit_malloc_arenas, own_rss_mb, rss_mb_of
+from img2img.slots.memory import limit_malloc_arenas, own_rss_mb, rss_mb_of
 
 THREADS = """
 import ctypes, sys, threading
-from img2img.memory import limit_malloc_arenas
+from img2img.slots.memory import limit_malloc_arenas
 applied = limit_malloc_arenas(int(sys.argv[1]))
 keep = []
 together = threading.Barrier(8)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.mutation_report import classify, main, module_figures, report
+from infra.bench.mutation_report import classify, main, module_figures, report
 
 
 def test_exit_codes_are_sorted_as_mutmut_sorts_them() -> None:
@@ -36,14 +36,14 @@ def test_the_score_counts_a_hang_as_caught_and_an_untested_mutant_against_it() -
 def test_a_line_per_module_a_total_and_the_survivors(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    (tmp_path / "img2img").mkdir()
+    (tmp_path / "img2img" / "intake").mkdir(parents=True)
     for name, codes in (("keys", {"k1": 1, "k2": 0}), ("params", {"p1": 1, "p2": 1})):
         meta = {"exit_code_by_key": codes, "durations_by_key": {}}
-        (tmp_path / "img2img" / f"{name}.py.meta").write_text(json.dumps(meta))
+        (tmp_path / "img2img" / "intake" / f"{name}.py.meta").write_text(json.dumps(meta))
     lines, survivors = report(tmp_path)
     assert [(x["module"], x["score"]) for x in lines] == [
-        ("img2img/keys.py", 0.5),
-        ("img2img/params.py", 1.0),
+        ("img2img/intake/keys.py", 0.5),
+        ("img2img/intake/params.py", 1.0),
         ("all", 0.75),
     ]
     assert survivors == ["k2"]

@@ -4,17 +4,17 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError, EndpointConnectionError
 
-from img2img.announce import _translate
-from img2img.errors import NotifyRefused, NotifyUnavailable
-from img2img.events import ObjectRef
-from img2img.keys import keys_for
-from img2img.notify import (
+from img2img.delivery.announce import _translate
+from img2img.delivery.notify import (
     MAX_REASON_CHARS,
     fifo_ids,
     outcome_message,
     request_id_from,
     sns_attributes,
 )
+from img2img.errors import NotifyRefused, NotifyUnavailable
+from img2img.intake.events import ObjectRef
+from img2img.intake.keys import keys_for
 
 REF = ObjectRef(bucket="uploads", key="photos/cat.png", etag="e1", version_id="v1")
 
@@ -132,7 +132,7 @@ def test_throttling_is_retried_and_a_refusal_is_not() -> None:
 
 
 def test_a_consumer_finds_the_upload_a_message_is_about() -> None:
-    from img2img.notify import upload_of
+    from img2img.delivery.notify import upload_of
 
     message = outcome_message(REF, "results", "result", result_doc())
     assert upload_of(message) == REF

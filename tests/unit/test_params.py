@@ -5,7 +5,7 @@ import os
 import pytest
 
 from img2img.errors import InvalidParameters
-from img2img.params import ImageParams, params_from_metadata
+from img2img.intake.params import ImageParams, params_from_metadata
 
 DEFAULTS = ImageParams(prompt="default prompt", steps=20)
 
@@ -87,7 +87,7 @@ def test_seed_is_stable_per_upload_and_differs_between_uploads() -> None:
 
     params = ImageParams()
     here = params.seed_for("b/k@e1")
-    code = "from img2img.params import ImageParams; print(ImageParams().seed_for('b/k@e1'))"
+    code = "from img2img.intake.params import ImageParams; print(ImageParams().seed_for('b/k@e1'))"
     for hash_seed in ("1", "2"):
         elsewhere = subprocess.run(
             [sys.executable, "-c", code],
@@ -105,7 +105,7 @@ def test_seed_is_stable_per_upload_and_differs_between_uploads() -> None:
 
 def test_steps_times_strength_below_one_step_is_refused_where_parameters_are_read() -> None:
     from img2img.errors import InvalidParameters
-    from img2img.params import params_from_metadata
+    from img2img.intake.params import params_from_metadata
 
     with pytest.raises(InvalidParameters, match=r"steps × strength must be at least 1 .* 2 × 0.3"):
         params_from_metadata({"steps": "2", "strength": "0.3"}, DEFAULTS)

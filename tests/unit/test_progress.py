@@ -1,4 +1,4 @@
-"""The hung-slot rule (`img2img.progress`), and how a hang's failure record reads."""
+"""The hung-slot rule (`img2img.slots.progress`), and how a hang's failure record reads."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from img2img.progress import ProgressRecorder, Snapshot, deadline_s, hung_reason
-from img2img.recovery import give_up_record
+from img2img.delivery.recovery import give_up_record
+from img2img.slots.progress import ProgressRecorder, Snapshot, deadline_s, hung_reason
 
 CALLS = {"stage1": 2.0, "stage2": 0.5}
 

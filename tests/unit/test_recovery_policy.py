@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from img2img.events import ObjectRef
-from img2img.recovery import (
+from img2img.config.settings import RecoverySettings
+from img2img.delivery.recovery import (
     GiveUp,
     Retry,
     Split,
@@ -17,7 +17,7 @@ from img2img.recovery import (
     plan,
     split_tags,
 )
-from img2img.settings import RecoverySettings
+from img2img.intake.events import ObjectRef
 
 POLICY = RecoverySettings(max_attempts=3, split_after=2, backoff_s=5, max_backoff_s=30)
 
@@ -188,7 +188,7 @@ def test_the_policy_says_exactly_what_it_decided_at_each_boundary() -> None:
 
 
 def test_a_give_up_record_names_the_stage_a_hang_stopped_in() -> None:
-    from img2img.recovery import give_up_record
+    from img2img.delivery.recovery import give_up_record
 
     hang = "slot 0 (pid 9) hung: no progress for 31 s during stage2; the slot is being replaced"
     assert give_up_record(hang, "crashed 3 times") == (

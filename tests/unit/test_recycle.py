@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from img2img.recycle import RecycleRule, recycle_reason, run_limit
-from img2img.settings import WorkerSettings
+from img2img.config.settings import WorkerSettings
+from img2img.slots.recycle import RecycleRule, recycle_reason, run_limit
 from infra.bench.soak import role_of, slot_role
 from infra.bench.soak_figures import (
     Sample,
@@ -171,7 +171,7 @@ def test_recycle_figures_split_the_images_by_whether_they_finished_during_a_recy
 def test_a_benchmark_stack_sits_beside_the_demo_stack_on_every_port() -> None:
     from pathlib import Path
 
-    from img2img.settings import LocalStackSettings
+    from img2img.config.settings import LocalStackSettings
 
     demo = LocalStackSettings()
     soak = demo.beside(Path("/tmp/soak"), 30, workers=2)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from img2img.scaling import Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
 
 S = ScalingSettings(
     min_hosts=0,
@@ -153,8 +153,8 @@ def test_a_cleared_backlog_scales_in_after_the_cooldown_not_after_the_window() -
 
 
 def test_scale_in_protection_covers_exactly_the_busy_hosts_on_any_backend() -> None:
-    from deployments.scaling_backends import protection_plan
-    from deployments.warm_worker import host_of
+    from deployments.services.scaling_backends import protection_plan
+    from deployments.worker.names import host_of
 
     # Workers are named "<host>@<process nonce>"; the autoscaler reduces them to hosts.
     busy = {host_of("i-0aa@1f2e3d4c"), host_of("9c1d0e@77aa0011")}
@@ -304,7 +304,7 @@ def test_hosts_running_runs_are_not_scaled_in_when_arrivals_stop() -> None:
 
 
 def test_launch_backoff_after_idle_launches_doubles_and_is_bounded() -> None:
-    from img2img.scaling import launch_backoff
+    from img2img.scaling.policy import launch_backoff
 
     assert launch_backoff(S, (), 0.0) == 0.0
     assert launch_backoff(S, (100.0,), 110.0) == 0.0  # one is below the limit of 2
@@ -354,7 +354,7 @@ def test_a_hung_host_does_not_make_the_policy_flap() -> None:
 
 
 def test_the_local_backend_drains_idle_workers_first_newest_first() -> None:
-    from deployments.scaling_backends import drain_choice
+    from deployments.services.scaling_backends import drain_choice
 
     workers = [(0, "w0"), (1, "w1"), (2, "w2"), (3, "w3")]
     # Two to go, w3 and w1 busy: the idle ones, newest first.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from deployments.slot_protocol import SlotIdentifier
+from deployments.worker.slot_protocol import SlotIdentifier
 
 
 def test_the_identifier_names_host_slot_process_and_run_and_parses_back() -> None:
@@ -22,7 +22,7 @@ def test_anything_else_is_refused_naming_the_expected_form(value: str) -> None:
 def test_a_slot_that_died_is_blamed_on_the_run_on_its_device_alone() -> None:
     """Which of the runs a dead slot held is counted a crash (`None`) and which are innocent
     (re-run at once, no crash counted: the reason why)."""
-    from deployments.slot_pool import _blame
+    from deployments.worker.slot_pool import _blame
 
     # A run on the device when the slot died did it; the others held by the slot did not.
     assert _blame("a", culprit="a", hung=False) is None

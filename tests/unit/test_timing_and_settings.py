@@ -5,8 +5,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from img2img.settings import DispatchSettings, Settings
-from img2img.timing import Timings, percentile, slowest_stage, summarize
+from img2img.config.settings import DispatchSettings, Settings
+from img2img.observe.timing import Timings, percentile, slowest_stage, summarize
 
 
 def test_percentile_interpolates_and_handles_edges() -> None:
@@ -50,7 +50,7 @@ def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_cuda_worker_gets_one_slot_per_gpu_unless_told_otherwise() -> None:
-    from img2img.settings import WorkerSettings
+    from img2img.config.settings import WorkerSettings
 
     plain = WorkerSettings()
     assert plain.one_slot_per_gpu("cuda", 4).devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]

@@ -9,9 +9,12 @@ from datetime import datetime, timezone
 import pytest
 from PIL import Image
 
-from img2img.events import ObjectRef
-from img2img.fleet import BatchDigest, FleetWindow
-from img2img.handoff import (
+from img2img.config.settings import Settings
+from img2img.intake.events import ObjectRef
+from img2img.intake.params import ImageParams
+from img2img.observe.report import batch_event, build_report
+from img2img.observe.scrape import parse
+from img2img.pipeline.handoff import (
     HandoffState,
     batch_ready,
     handoff_key,
@@ -19,12 +22,8 @@ from img2img.handoff import (
     restore,
     run_origin,
 )
-from img2img.jobs import ImageJob, finish_timings, result_record
-from img2img.params import ImageParams
-from img2img.report import batch_event, build_report
-from img2img.scrape import parse
-from img2img.settings import Settings
-from img2img.topology import (
+from img2img.pipeline.jobs import ImageJob, finish_timings, result_record
+from img2img.pipeline.topology import (
     SINGLE_POOL,
     STAGE1_POOL,
     STAGE2_POOL,
@@ -33,6 +32,7 @@ from img2img.topology import (
     pools,
     stages_for_pool,
 )
+from img2img.scaling.fleet import BatchDigest, FleetWindow
 
 T0 = 1_700_000_000.0
 
@@ -192,7 +192,7 @@ def test_a_scrape_keeps_each_pools_gauges_apart() -> None:
 
 
 def test_alerts_cover_each_pool_of_a_split_topology() -> None:
-    from deployments.alerts import definitions, pipeline_definitions
+    from deployments.services.alerts import definitions, pipeline_definitions
 
     single = pipeline_definitions(pools("single"), "block-1")
     assert single == definitions("inf2", "block-1", "img2img-pipeline")

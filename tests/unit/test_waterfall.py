@@ -5,8 +5,8 @@ from typing import Any
 
 import pytest
 
-from img2img.charts import waterfall_png
-from img2img.waterfall import (
+from img2img.observe.charts import waterfall_png
+from img2img.observe.waterfall import (
     QUEUE_WAIT,
     WAIT_DEVICE,
     WAIT_OTHER,
@@ -86,7 +86,7 @@ def test_the_waterfall_chart_is_a_png() -> None:
 
 
 def test_a_long_run_s_table_keeps_the_failures_and_the_slowest_and_counts_the_rest() -> None:
-    from img2img.report import keep_rows
+    from img2img.observe.report import keep_rows
 
     rows: list[dict[str, Any]] = [{"image": f"{i}.png", "total": float(i)} for i in range(300)]
     rows[7]["image"] = "7.png (failed)"

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_a_warm_worker_reads_each_deployment_once_per_ttl() -> None:
     import anyio
 
-    from deployments.warm_worker import _read_deployments_once
+    from deployments.worker.warm_worker import _read_deployments_once
 
     class Reads:
         def __init__(self) -> None:

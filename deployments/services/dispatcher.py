@@ -1,0 +1,386 @@
+"""The S3-event dispatcher: SQS notifications in, one pipeline flow run per micro-batch out.
+
+A long-running service and a competing consumer: run as many replicas as you like. Each
+flow run is created with an idempotency key derived from its objects, so a redelivered
+message never makes a second run, and a message is deleted only after its run exists.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from uuid import UUID
+
+from deployments.services.signals import stop_on_signals
+from img2img.config.settings import DispatchSettings, StorageSettings
+from img2img.errors import InvalidEvent
+from img2img.intake.batching import (
+    Batch,
+    Batcher,
+    BatchPlan,
+    plan_batch,
+    run_name,
+    seconds_per_image,
+)
+from img2img.intake.events import ObjectRef, parse_message
+from img2img.intake.keys import unsafe_key_reason
+
+if TYPE_CHECKING:
+    from mypy_boto3_sqs import SQSClient
+    from prefect.client.orchestration import SyncPrefectClient
+
+log = logging.getLogger("img2img.dispatcher")
+
+RETRY_BACKOFF_S = 2.0
+T = TypeVar("T")
+# How often, and over how many of its deployment's last completed runs, the dispatcher
+# learns what an image adds to a run (one small read at steady load, none at low load).
+IMAGE_S_EVERY_S = 30.0
+DISPATCH_TAG = "s3-event"
+RECENT_RUNS = 10
+
+
+class _AtMostEvery(Generic[T]):
+    """An advisory read of the Prefect API done at most every `every_s`; between two, the
+    last answer. `read` gets the last answer (to keep it when a read fails)."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float]) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self.at = -1e9
+        self.value: T | None = None
+
+    def get(self, read: Callable[[T | None], T | None]) -> T | None:
+        if self.clock() - self.at >= self.every_s:
+            self.value = read(self.value)
+            self.at = self.clock()
+        return self.value
+
+
+@dataclass
+class DispatchStats:
+    messages: int = 0
+    objects: int = 0
+    skipped: int = 0
+    dead_lettered: int = 0
+    runs_created: int = 0
+    run_errors: int = 0
+    flow_run_ids: list[str] = field(default_factory=list)
+    batch_sizes: list[int] = field(default_factory=list)
+
+
+class Dispatcher:
+    """One consumer of the ingest queue. `step()` is one poll; `run()` loops until stopped."""
+
+    def __init__(
+        self,
+        sqs: SQSClient,
+        prefect: SyncPrefectClient,
+        storage: StorageSettings,
+        settings: DispatchSettings,
+        clock: Any = time.monotonic,
+        run_slots: int = 1,
+    ) -> None:
+        """`run_slots`: the flow runs the pool can hold at once at its largest (max hosts ×
+        slots per host × runs per slot); an adaptive batch spreads a backlog over as many."""
+        self.sqs = sqs
+        self.prefect = prefect
+        self.settings = settings
+        self.clock = clock
+        self.upload_buckets = storage.upload_buckets
+        self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
+        self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
+        self.run_slots = max(1, run_slots)
+        self.batcher = Batcher(
+            min(settings.base_batch, settings.max_batch), settings.max_wait_s, settings.dedup_window
+        )
+        self.plan: BatchPlan | None = None
+        self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
+        self._queued: _AtMostEvery[int] = _AtMostEvery(1.0, clock)
+        self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
+        self.stats = DispatchStats()
+        self._deployment_id: UUID | None = None
+        self._stop = threading.Event()
+        self._retry_after = 0.0
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def run(self, stop_after_s: float | None = None) -> DispatchStats:
+        """Poll and dispatch until `stop()` (or SIGTERM/SIGINT), then flush what is pending."""
+        deadline = None if stop_after_s is None else self.clock() + stop_after_s
+        log.info(
+            "dispatching from %s to deployment %s (%s, %.1f s wait)",
+            self.queue_url,
+            self.settings.target,
+            f"batches of {self.batcher.max_batch} at low load, up to {self.settings.max_batch} "
+            f"under a backlog over {self.run_slots} run slots"
+            if self.settings.adaptive
+            else f"batches of {self.batcher.max_batch}",
+            self.settings.max_wait_s,
+        )
+        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
+            self.step()
+        self.flush()
+        return self.stats
+
+    def stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        stop_on_signals(self.stop, log, "finishing pending batches and stopping")
+
+    def step(self) -> None:
+        """Receive one round of messages (long-polling up to the next batch deadline),
+        then dispatch every batch that is due."""
+        depth = self._replan()
+        due_in = self.batcher.next_due_in(self.clock())
+        wait = (
+            self.settings.poll_wait_s
+            if due_in is None
+            else min(self.settings.poll_wait_s, int(due_in))
+        )
+        if depth and self.batcher.pending_count < self.batcher.max_batch:
+            wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
+        response = self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=10,
+            WaitTimeSeconds=max(0, wait),
+            VisibilityTimeout=self.settings.visibility_timeout_s,
+        )
+        now = self.clock()
+        deletable: list[str] = []
+        before = self.stats.objects
+        for message in response.get("Messages", []):
+            deletable += self._take(message, now)
+        since, taken = self._since_batch
+        self._since_batch = (since, taken + self.stats.objects - before)
+        self._delete(deletable)
+        self._dispatch_due(flush=False)
+
+    def _replan(self) -> int:
+        """Choose the next batch's size from what waits (adaptive only); returns the queue's
+        depth (0 when not adaptive or not known)."""
+        if not self.settings.adaptive:
+            return 0
+        try:
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            depth: int | None = int(attrs["ApproximateNumberOfMessages"])
+        except Exception as exc:  # advisory: size from what is in hand
+            log.debug("could not read the queue's depth: %s", exc)
+            depth = None
+        since, taken = self._since_batch
+        rate = taken / max(self.clock() - since, 1e-3)
+        in_hand = self.batcher.pending_count
+        base = min(self.settings.base_batch, self.settings.max_batch)
+        # The pool's queue only matters once more than a base batch waits (one count a
+        # second at most, and none at low load).
+        queued = self._queued_runs() if in_hand + (depth or 0) > base else None
+        # What a run's images cost on a slot only matters once a steady rate would fill
+        # more than a base batch in max_wait_s (none read at low load).
+        image_s = self._image_s() if rate * self.settings.max_wait_s > base else None
+        plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued, image_s)
+        if plan != self.plan:
+            log.debug("next batch: %d images: %s", plan.size, plan.reason)
+        self.plan = plan
+        self.batcher.resize(plan)
+        return depth or 0
+
+    def _queued_runs(self) -> int | None:
+        """The pipeline's runs waiting for a slot (scheduled, due, or pending), read at
+        most once a second; None when it cannot be read."""
+        return self._queued.get(lambda _: self._count_queued())
+
+    def _count_queued(self) -> int | None:
+        from datetime import datetime, timezone
+
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterExpectedStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        try:
+            return int(
+                self.prefect.count_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(
+                                any_=[StateType.SCHEDULED, StateType.PENDING]
+                            )
+                        ),
+                        expected_start_time=FlowRunFilterExpectedStartTime(
+                            before_=datetime.now(timezone.utc)
+                        ),
+                    )
+                )
+            )
+        except Exception as exc:  # advisory: size from the queue alone
+            log.debug("could not count the pool's queued runs: %s", exc)
+            return None
+
+    def _image_s(self) -> float | None:
+        """Seconds an image adds to a run on its slot, from the deployment's last completed
+        runs (`seconds_per_image`), read at most every IMAGE_S_EVERY_S; the last value
+        known when they cannot be read."""
+        return self._image_s_read.get(lambda known: self._read_image_s() or known)
+
+    def _read_image_s(self) -> float | None:
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterTags,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        try:
+            runs = self.prefect.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.COMPLETED])
+                    ),
+                    # The dispatchers' own runs (a recovery's split halves keep their
+                    # parent's name but not its images).
+                    tags=FlowRunFilterTags(all_=[DISPATCH_TAG]),
+                ),
+                sort=FlowRunSort.END_TIME_DESC,
+                limit=RECENT_RUNS,
+            )
+            return seconds_per_image([(r.name, r.total_run_time.total_seconds()) for r in runs])
+        except Exception as exc:  # advisory: keep what was known
+            log.debug("could not read the recent runs: %s", exc)
+            return None
+
+    def flush(self) -> None:
+        """Dispatch every pending object now (on shutdown)."""
+        self._retry_after = 0.0
+        self._dispatch_due(flush=True)
+
+    # -- parts --------------------------------------------------------------------------------
+
+    def _take(self, message: Any, now: float) -> list[str]:
+        self.stats.messages += 1
+        try:
+            parsed = parse_message(message.get("Body", ""))
+        except InvalidEvent as exc:
+            self._dead_letter(message, str(exc))
+            return [message["ReceiptHandle"]]
+        for reason in parsed.skipped:
+            log.info("skipped message %s: %s", message["MessageId"], reason)
+            self.stats.skipped += 1
+        accepted, refused = self._screen(parsed.objects)
+        if refused:
+            self._dead_letter(message, "; ".join(refused))
+        self.stats.objects += len(accepted)
+        return self.batcher.add(message["MessageId"], message["ReceiptHandle"], accepted, now)
+
+    def _screen(self, objects: list[ObjectRef]) -> tuple[list[ObjectRef], list[str]]:
+        """Objects this pipeline takes, and why it refuses the others (another bucket, or a
+        key unsafe to build outcome keys from)."""
+        accepted: list[ObjectRef] = []
+        refused: list[str] = []
+        for ref in objects:
+            if ref.bucket not in self.upload_buckets:
+                refused.append(
+                    f"s3://{ref.bucket}/{ref.key[:200]}: bucket {ref.bucket!r} is not an upload "
+                    f"bucket of this pipeline (accepted: {', '.join(sorted(self.upload_buckets))})"
+                )
+            elif (reason := unsafe_key_reason(ref)) is not None:
+                refused.append(f"s3://{ref.bucket}: {reason}")
+            else:
+                accepted.append(ref)
+        return accepted, refused
+
+    def _dead_letter(self, message: Any, reason: str) -> None:
+        log.error(
+            "message %s moved to the dead-letter queue: %s",
+            message["MessageId"],
+            reason,
+        )
+        self.sqs.send_message(
+            QueueUrl=self.dlq_url,
+            MessageBody=message.get("Body", "") or "<empty>",
+            MessageAttributes={
+                "reason": {"DataType": "String", "StringValue": reason[:1000]},
+                "source_message_id": {"DataType": "String", "StringValue": message["MessageId"]},
+            },
+        )
+        self.stats.dead_lettered += 1
+
+    def _dispatch_due(self, flush: bool) -> None:
+        now = self.clock()
+        if now < self._retry_after:
+            return
+        for batch in self.batcher.due(now, flush=flush):
+            try:
+                run_id = self._create_run(batch)
+            except Exception as exc:  # the server may be restarting: keep and retry
+                self.stats.run_errors += 1
+                log.warning(
+                    "could not create a flow run for %d objects (will retry in %.0f s): %s",
+                    len(batch.objects),
+                    RETRY_BACKOFF_S,
+                    exc,
+                )
+                self.batcher.released(batch, self.clock())
+                self._retry_after = self.clock() + RETRY_BACKOFF_S
+                return  # the other due batches stay pending and go after the backoff
+            self.stats.runs_created += 1
+            self.stats.flow_run_ids.append(run_id)
+            self.stats.batch_sizes.append(len(batch.objects))
+            self._since_batch = (self.clock(), 0)
+            self._maybe_crash()
+            self._delete(self.batcher.dispatched(batch))
+
+    def _maybe_crash(self) -> None:
+        """Fault injection: die between creating a run and deleting its messages."""
+        flag = self.settings.crash_flag
+        if flag is not None and flag.exists():
+            flag.unlink(missing_ok=True)
+            log.error("fault injection (%s): killing the dispatcher now", flag)
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _deployment(self) -> UUID:
+        if self._deployment_id is None:
+            self._deployment_id = self.prefect.read_deployment_by_name(self.settings.target).id
+        return self._deployment_id
+
+    def _create_run(self, batch: Batch) -> str:
+        run = self.prefect.create_flow_run_from_deployment(
+            self._deployment(),
+            parameters={"objects": [o.as_parameter() for o in batch.objects]},
+            idempotency_key=batch.idempotency_key,
+            name=run_name(batch.objects),
+            tags=[DISPATCH_TAG],
+        )
+        log.info(
+            "flow run %s for %d objects (key %s)", run.id, len(batch.objects), batch.idempotency_key
+        )
+        return str(run.id)
+
+    def _delete(self, receipt_handles: list[str]) -> None:
+        for start in range(0, len(receipt_handles), 10):
+            chunk = receipt_handles[start : start + 10]
+            result = self.sqs.delete_message_batch(
+                QueueUrl=self.queue_url,
+                Entries=[{"Id": str(i), "ReceiptHandle": h} for i, h in enumerate(chunk)],
+            )
+            for failed in result.get("Failed", []):
+                # The message will reappear and be recognised as a duplicate then.
+                log.warning("could not delete a message: %s", json.dumps(failed))

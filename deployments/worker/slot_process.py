@@ -1,0 +1,211 @@
+"""A warm slot: a long-lived process that owns a share of the device, loads the stage models
+once, and runs flow runs in threads, as many as the worker hands it (pipelining).
+
+The messages it exchanges with its worker are the typed ones of `slot_protocol`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from multiprocessing.connection import Connection
+from typing import Any
+from uuid import UUID
+
+from deployments.worker.slot_protocol import (
+    CRASHED,
+    Beat,
+    CancelRequest,
+    LoadFailed,
+    OnDevice,
+    Ready,
+    RunDone,
+    RunRequest,
+    SlotMessage,
+    StopRequest,
+)
+from img2img.slots.memory import limit_malloc_arenas, own_rss_mb
+
+log = logging.getLogger("img2img.slot")
+
+
+def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
+    """Entry point of a slot process."""
+    os.environ.update(env)
+    # A terminal's Ctrl-C reaches the whole process group; the worker decides when slots stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s slot-{index} %(levelname)s %(message)s"
+    )
+    for noisy in ("httpx", "httpcore", "botocore", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    send_lock = threading.Lock()
+
+    def send(message: SlotMessage) -> None:
+        with send_lock:
+            conn.send(message)
+
+    try:
+        from img2img.config.settings import load_settings
+
+        start = time.perf_counter()
+        settings = load_settings()
+        # Before torch or anything else starts a thread: each thread allocates from one of
+        # at most this many malloc arenas (glibc), so what one run frees the next reuses.
+        limit_malloc_arenas(settings.worker.malloc_arenas)
+        from deployments.worker.api_logs import limit_api_logs
+        from img2img.aws.clients import clients_from_settings
+        from img2img.models.loaded import configure_torch, process_models
+        from img2img.pipeline.topology import BOTH
+
+        limit_api_logs(settings.monitor.api_log_level)
+        configure_torch(settings.stages)
+        # The process-wide model cache the pipeline's tasks use too: what is loaded here is
+        # what every run of this slot gets.
+        models = process_models()
+        stages = tuple(settings.worker.stages or BOTH)
+        call_s = models.warm_up(settings.stages, clients_from_settings(settings.aws).s3, stages)
+    except Exception as exc:
+        send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
+        return
+    models.device_lock = ReportingDeviceLock(send)
+    _prepare_runs()
+    send(
+        Ready(
+            pid=os.getpid(),
+            loads=models.loads,
+            load_s=round(time.perf_counter() - start, 3),
+            call_s=call_s,
+            rss_mb=own_rss_mb(),
+        )
+    )
+    threading.Thread(
+        target=_beat,
+        args=(send, settings.worker.progress_beat_s),
+        name="progress-beat",
+        daemon=True,
+    ).start()
+
+    from img2img.slots.cancel import registry
+
+    # The runs execute on long-lived threads, as many as the slot may hold at once, not on a
+    # thread per run: glibc gives each new thread a malloc arena (up to 8 per core), and a
+    # run's torch and image buffers freed in many arenas stayed resident (+747 MB an hour
+    # per slot at 0.5 uploads/s before, +15 after; `img2img bench soak`).
+    runs = ThreadPoolExecutor(max_workers=settings.worker.runs_per_slot, thread_name_prefix="run")
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            # The worker is gone (killed, host lost). A slot never outlives its worker: the
+            # runs it holds are recovered elsewhere, so it stops now rather than finish them
+            # with nobody to report to.
+            log.error("the worker went away; stopping this slot and its runs now")
+            os._exit(70)
+        if isinstance(message, RunRequest):
+            runs.submit(_execute, message.run_id, send)
+        elif isinstance(message, CancelRequest):
+            registry().request(message.run_id)
+        elif isinstance(message, StopRequest):
+            break
+    runs.shutdown(wait=True)
+
+
+def _prepare_runs() -> None:
+    """What a slot's first run would otherwise pay before its flow starts (about 2 s, once
+    per slot, on every new host; in a split topology, added to the hand-off): the flows'
+    modules imported, the runtime the tasks share built (settings, AWS clients from the
+    credentials block). Done before the slot says it is ready; a failure here is the first
+    run's to report, so it is only logged."""
+    try:
+        import flows.split  # noqa: F401  (imports the pipeline flow too)
+        from tasks.runtime import get_runtime
+
+        get_runtime()
+    except Exception as exc:
+        log.warning("could not prepare for runs ahead of the first one: %s", exc)
+
+
+def _beat(send: Any, every_s: float) -> None:
+    """Send the device's last progress to the worker, for ever (a daemon thread). A process
+    that stops (SIGSTOP, a lock held for ever) stops beating; a device call that never
+    returns leaves the beats going with the same progress time: the worker tells both."""
+    from img2img.slots.progress import recorder
+
+    progress = recorder()
+    while True:
+        last = progress.snapshot()
+        try:
+            send(Beat(at=last.at, stage=last.stage, on_device=last.on_device, rss_mb=own_rss_mb()))
+        except (OSError, ValueError):
+            return  # the worker is gone; the main loop stops the slot
+        time.sleep(every_s)
+
+
+class ReportingDeviceLock:
+    """The slot's device lock, which also tells the worker which flow run holds it. When the
+    slot dies, only that run is blamed (it crashed); the others it held at the time are
+    victims and are re-run without counting a crash against their images. Taking and giving
+    back the device is progress (`img2img.slots.progress`)."""
+
+    def __init__(self, send: Any) -> None:
+        from img2img.slots.progress import recorder
+
+        self._lock = threading.Lock()
+        self._send = send
+        self._progress = recorder()
+
+    def __enter__(self) -> ReportingDeviceLock:
+        self._lock.acquire()
+        from prefect.runtime import flow_run
+
+        self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
+        self._progress.device(True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.device(False)
+        self._send(OnDevice(run_id=None))
+        self._lock.release()
+
+
+_flows: dict[UUID | None, Any] = {}
+_flows_lock = threading.Lock()
+
+
+def _flow_for(flow_run: Any) -> Any:
+    """The run's flow, loaded once per deployment: the first run of a deployment in this
+    slot runs its pull steps and imports its entrypoint; the next ones reuse it (the code is
+    imported for good anyway), which spares the server a deployment read, the pull steps'
+    log lines and their event on every run."""
+    from prefect.flow_engine import load_flow
+
+    with _flows_lock:
+        key = flow_run.deployment_id
+        if key is None or key not in _flows:
+            _flows[key] = load_flow(flow_run)
+        return _flows[key]
+
+
+def _execute(run_id: str, send: Any) -> None:
+    """Run one flow run in this process, with the models already resident."""
+    from prefect.flow_engine import load_flow_run, run_flow
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+
+    try:
+        flow_run = load_flow_run(UUID(run_id))
+        flow = _flow_for(flow_run)
+        # No flow-run heartbeat events: Prefect emits one at every run's start (and every
+        # 180 s), an event and seven rows per run that nothing here reads; a dead slot is
+        # told by its worker's heartbeat and its own beats (the recovery service, the
+        # watchdog).
+        with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
+            state = run_flow(flow, flow_run=flow_run, return_type="state")
+        send(RunDone(run_id=run_id, state=str(state.type.value)))  # type: ignore[union-attr]
+    except BaseException as exc:
+        log.exception("flow run %s raised out of the engine", run_id)
+        send(RunDone(run_id=run_id, state=CRASHED, error=f"{type(exc).__name__}: {exc}"))

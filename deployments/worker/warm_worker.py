@@ -1,0 +1,484 @@
+"""The `img2img-warm` Prefect worker type: flow runs execute inside long-lived slot
+processes that keep the stage models resident, instead of a fresh process per run.
+
+    prefect work-pool create inf2 --type img2img-warm \\
+        --base-job-template deployments/worker/base-job-templates/img2img-warm.json
+    prefect worker start --pool inf2 --type img2img-warm
+
+Slots come from the `IMG2IMG_WORKER__*` settings (one per NeuronCore group, GPU or CPU share).
+SIGTERM drains: the worker stops taking runs, lets the running ones finish (bounded by
+`worker.drain_timeout_s`) and exits, which is what scale-in needs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import time
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+import anyio.abc
+from prefect.client.schemas.objects import FlowRun, StateType
+from prefect.exceptions import Abort, ObjectNotFound
+from prefect.states import AwaitingRetry, Cancelled, Crashed
+from prefect.utilities.engine import propose_state
+from prefect.workers.base import (
+    BaseJobConfiguration,
+    BaseVariables,
+    BaseWorker,
+    BaseWorkerResult,
+)
+from pydantic import Field
+
+from deployments.worker.api_logs import limit_api_logs
+from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
+from deployments.worker.slot_pool import SlotPool
+from deployments.worker.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
+from img2img.config.settings import WorkerSettings
+from img2img.pipeline.topology import stages_for_pool
+
+ACQUIRE_POLL_S = 0.1
+
+
+def slot_base_env() -> dict[str, str]:
+    """The worker's environment plus its Prefect connection, for the slot processes (the
+    API URL may come from a profile or a test harness rather than the environment)."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    env = dict(os.environ)
+    for setting in (PREFECT_API_URL, PREFECT_API_KEY, PREFECT_API_AUTH_STRING):
+        value = setting.value()
+        if value:
+            env[setting.name] = str(
+                value.get_secret_value() if hasattr(value, "get_secret_value") else value
+            )
+    return env
+
+
+# BaseWorker reads a run's deployment twice per run (to check it exists, then for its job
+# variables). A warm pool's deployments change rarely and its runs carry no job variables
+# (the template refuses them): one read per deployment per minute serves every run.
+DEPLOYMENT_TTL_S = 60.0
+
+
+def _read_deployments_once(client: Any, ttl_s: float) -> None:
+    """Make `client.read_deployment` answer from a per-worker cache for `ttl_s` (this
+    worker's own client only; a deployment deleted is seen within `ttl_s`)."""
+    original = client.read_deployment
+    cache: dict[Any, tuple[float, Any]] = {}
+
+    async def read_deployment(deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
+        hit = cache.get(deployment_id)
+        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+            return hit[1]
+        found = await original(deployment_id, *args, **kwargs)
+        cache[deployment_id] = (time.monotonic(), found)
+        return found
+
+    client.read_deployment = read_deployment
+
+
+class WarmJobConfiguration(BaseJobConfiguration):
+    """Nothing to configure per run: the slot's models and device are the worker's."""
+
+
+ENV_REFUSED = (
+    "Not supported on this pool, so refused: a warm worker runs flows in slot processes "
+    "started before any run arrives (models loaded), so a run cannot change their "
+    "environment. Set variables on the host (the worker's environment, e.g. the "
+    "EnvironmentFile of its systemd unit), or deploy to a process pool."
+)
+
+
+class WarmVariables(BaseVariables):
+    """The base variables (labels, name). `env` is refused by the pool's template
+    (`maxProperties: 0`): the slots are started before any run arrives, so a run cannot set
+    their environment; the Prefect API refuses a deployment or a run that sets it."""
+
+    env: dict[str, str | None] = Field(
+        default_factory=dict,
+        title="Environment Variables",
+        description=ENV_REFUSED,
+        json_schema_extra={"maxProperties": 0},
+    )
+
+
+class WarmWorkerResult(BaseWorkerResult):
+    """Outcome of one flow run on a slot."""
+
+
+def _gpus(stage_device: str) -> int:
+    """GPUs this host has, asked only when the stages run on `cuda` (torch is imported for
+    it, once, at worker start)."""
+    if not stage_device.startswith("cuda"):
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResult]):
+    type = "img2img-warm"
+    job_configuration = WarmJobConfiguration
+    job_configuration_variables = WarmVariables
+    _description = (
+        "Runs img2img flow runs inside long-lived slot processes (one per NeuronCore group, "
+        "GPU or CPU share) that keep the stage models loaded across runs."
+    )
+    _display_name = "img2img warm worker"
+    _documentation_url = "https://github.com/img2img/img2img#warm-worker"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from img2img.config.settings import load_settings
+
+        loaded = load_settings()
+        settings = loaded.worker.one_slot_per_gpu(loaded.stages.device, _gpus(loaded.stages.device))
+        if kwargs.get("name"):
+            # Unique per process: the recovery service tells a dead worker's runs by its
+            # silent heartbeat, which a restarted worker of the same name would hide.
+            kwargs["name"] = f"{kwargs['name']}{HOST_SEPARATOR}{uuid4().hex[:8]}"
+        if kwargs.get("limit") is None:
+            kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
+        super().__init__(*args, **kwargs)
+        self.worker_settings: WorkerSettings = settings
+        self.api_log_level = loaded.monitor.api_log_level
+        self._configuration: WarmJobConfiguration | None = None
+        self.pool: SlotPool | None = None
+        self.draining = False
+        # Waiting for a slot's answer parks a thread; these have their own limiter, sized for
+        # every run the worker may hold plus a cancel each, so anyio's shared default of 40
+        # threads never makes a run wait for a thread (12 slots x 3 runs is already 36).
+        self._waits = anyio.CapacityLimiter(2 * settings.slot_count() * settings.runs_per_slot)
+        self._cancelled: set[str] = set()
+        self._cancelling: set[str] = set()  # runs told to stop, until they end
+        self._observer: Any = None  # Prefect's FlowRunCancellingObserver, once started
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    async def setup(self) -> None:
+        await super().setup()
+        limit_api_logs(self.api_log_level)
+        _read_deployments_once(self.client, DEPLOYMENT_TTL_S)
+        # The models its slots load: the worker's setting, else its pool's stage(s).
+        stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
+        self._logger.info("slots load the %s model(s)", " and ".join(stages))
+        env = {**slot_base_env(), "IMG2IMG_WORKER__STAGES": json.dumps(stages)}
+        self.pool = SlotPool(
+            self.worker_settings,
+            env,
+            self._logger,
+            on_unhealthy=self._unhealthy,
+            on_recycle=self._recycled,
+        )
+        self.pool.start_all()
+        assert self._runs_task_group is not None
+        # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and
+        # cancellation observer use, and it lives as long as the worker.
+        self._runs_task_group.start_soon(self._watch_cancellations)
+        self._runs_task_group.start_soon(self._watch_sigterm)
+
+    async def _watch_sigterm(self) -> None:
+        """SIGTERM drains (see `begin_drain`); anyio's signal receiver, in the worker's loop."""
+        try:
+            with anyio.open_signal_receiver(signal.SIGTERM) as signals:
+                async for _ in signals:
+                    self.begin_drain()
+        except (NotImplementedError, ValueError, RuntimeError):
+            # Not the main thread (a worker driven in-process, as in some tests): no drain.
+            return
+
+    def _unhealthy(self, reason: str) -> None:
+        """Every slot is given up (called from the pool's thread): say so where operators and
+        the autoscaler look. The worker then takes no runs, gives back those waiting for a
+        slot, and stops heartbeating, so Prefect lists it offline; the autoscaler replaces
+        its host on the event."""
+        self._logger.error("unhealthy, taking no more runs: %s", reason)
+        self._emit(UNHEALTHY_EVENT, {"reason": reason})
+
+    def _recycled(self, slot: str, reason: str) -> None:
+        """A slot was recycled (called from the pool's thread): the autoscaler counts these
+        for the fleet view and /metrics, and an alert fires when they come often."""
+        self._emit(RECYCLED_EVENT, {"slot": slot, "reason": reason})
+
+    def _emit(self, event: str, payload: dict[str, Any]) -> None:
+        """An event about this host, related to its work pool (what the autoscaler reads and
+        the alerts match on)."""
+        from prefect.events import emit_event
+
+        try:
+            pool = self.work_pool  # raises if the worker never synced: no pool to name
+            emit_event(
+                event=event,
+                resource={
+                    "prefect.resource.id": f"img2img.host.{host_of(self.name)}",
+                    "prefect.resource.name": host_of(self.name),
+                },
+                related=[
+                    {
+                        "prefect.resource.id": f"prefect.work-pool.{pool.id}",
+                        "prefect.resource.role": "work-pool",
+                        "prefect.resource.name": pool.name,
+                    }
+                ],
+                payload={
+                    "worker": self.name,
+                    "host": host_of(self.name),
+                    "pool": pool.name,
+                    **payload,
+                },
+            )
+        except Exception as exc:  # advisory: the worker's own log says it too
+            self._logger.warning("could not emit %s: %s", event, exc)
+
+    @property
+    def unhealthy(self) -> str | None:
+        return self.pool.unhealthy if self.pool is not None else None
+
+    async def sync_with_backend(self) -> None:
+        # An unhealthy worker stops heartbeating: Prefect lists it offline, and the recovery
+        # service releases any run still labelled with it.
+        if self.unhealthy is not None:
+            channel = getattr(self, "_worker_channel", None)  # BaseWorker's, if it has one
+            if channel is not None:
+                channel.stop()
+            return
+        await super().sync_with_backend()
+
+    async def teardown(self, *exc_info: Any) -> None:
+        if self.pool is not None:
+            await anyio.to_thread.run_sync(self.pool.stop, 60.0)
+        await super().teardown(*exc_info)
+
+    def begin_drain(self) -> None:
+        """First SIGTERM: stop taking runs, finish the running ones, exit. Second: exit now."""
+        if self.draining:
+            self._logger.warning("second SIGTERM: stopping without waiting for runs")
+            os.kill(os.getpid(), signal.SIGINT)
+            return
+        self.draining = True
+        self._logger.info(
+            "SIGTERM: draining (no new runs; waiting up to %.0f s for %d running)",
+            self.worker_settings.drain_timeout_s,
+            self.running_count(),
+        )
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._drain_then_exit)  # held by the task group
+
+    async def _drain_then_exit(self) -> None:
+        await self.wait_idle(self.worker_settings.drain_timeout_s)
+        self._logger.info("drained; stopping")
+        os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler turns this into a clean exit
+
+    def running_count(self) -> int:
+        try:
+            return int(self.limiter.borrowed_tokens)
+        except RuntimeError:  # not set up yet
+            return 0
+
+    async def wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while self.running_count() > 0 and time.monotonic() < deadline:
+            await anyio.sleep(0.2)
+        return self.running_count() == 0
+
+    # -- taking runs ------------------------------------------------------------------------
+
+    async def get_and_submit_flow_runs(self) -> list[FlowRun]:
+        # While draining, or while no slot has its models loaded or room for a run, leave
+        # runs to others, and do not even ask for them: a busy host's polls are paid for
+        # nothing (one request per query interval per host, whatever the load).
+        if self.draining or self.pool is None or not self.pool.has_room():
+            return []
+        return await super().get_and_submit_flow_runs()
+
+    async def _submit_run_and_capture_errors(
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[int | Exception] | None = None,
+    ) -> BaseWorkerResult | Exception:
+        """BaseWorker's, less what costs the server on every run and serves nothing on a
+        warm pool: the job configuration is the pool's, built once (BaseWorker reads the
+        run's flow and deployment to build it per run, for job variables a warm pool
+        refuses); no Submitting state (Pending already claims the run: one state, one event
+        and one request fewer); no submitted/executed worker events (the run's own state
+        events say when it started and ended, its labels which worker ran it). The labels
+        stay: the recovery service finds a dead worker's runs by them."""
+        try:
+            if self._configuration is None:
+                self._configuration = await WarmJobConfiguration.from_template_and_values(
+                    self.work_pool.base_job_template, {}, client=self.client
+                )
+            await self._give_worker_labels_to_flow_run(flow_run.id)
+            result: BaseWorkerResult = await self.run(
+                flow_run=flow_run,
+                task_status=task_status,
+                configuration=self._configuration,
+            )
+        except Exception as exc:
+            run_logger = self.get_flow_run_logger(flow_run)
+            # anyio's TaskStatus says whether started() was called only by its future.
+            if task_status is not None and not getattr(task_status, "_future").done():  # noqa: B009
+                run_logger.exception("Failed to submit flow run '%s' to a slot", flow_run.name)
+                task_status.started(exc)
+                await self._propose_crashed_state(
+                    flow_run, f"Failed to submit flow run to a slot: {type(exc).__name__}: {exc}"
+                )
+            else:
+                run_logger.exception("Lost flow run '%s' on its slot", flow_run.name)
+            return exc
+        finally:
+            self._release_limit_slot(flow_run.id)
+        return result
+
+    async def run(
+        self,
+        flow_run: FlowRun,
+        configuration: WarmJobConfiguration,
+        task_status: anyio.abc.TaskStatus[int] | None = None,
+    ) -> WarmWorkerResult:
+        assert self.pool is not None
+        run_id = str(flow_run.id)
+        while (acquired := self.pool.try_acquire(run_id)) is None:
+            if self.pool.unhealthy is not None:
+                return await self._give_back(flow_run, task_status)
+            await anyio.sleep(ACQUIRE_POLL_S)
+        slot, future = acquired
+        identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
+        self._observe(run_id, running=True)
+        if task_status is not None:
+            task_status.started(slot.pid or 0)  # Prefect's infrastructure_pid: the slot process
+        try:
+            outcome = await anyio.to_thread.run_sync(future.result, limiter=self._waits)
+        finally:
+            self._observe(run_id, running=False)
+        if outcome.state == StateType.CANCELLING.value and run_id not in self._cancelled:
+            # Cancelled while its last device call ran: every image got its outcome, and
+            # the server refused the run's own final state. Left Cancelling it would count
+            # as running for ever (the autoscaler would keep its host).
+            with contextlib.suppress(ObjectNotFound):
+                await self.client.set_flow_run_state(
+                    flow_run.id,
+                    Cancelled(message="cancelled as it finished: every image has its outcome"),
+                    force=True,
+                )
+            return WarmWorkerResult(identifier=identifier, status_code=0)
+        if outcome.state != CRASHED or run_id in self._cancelled:
+            self._cancelled.discard(run_id)
+            return WarmWorkerResult(identifier=identifier, status_code=0)
+        message = f"{outcome.error}; the slot is being replaced"
+        if outcome.victim_of:
+            # Not this run's fault: run it again at once, counting no crash against it.
+            message = f"{message}; {outcome.victim_of}, this run is re-run"
+            self.get_flow_run_logger(flow_run).warning("%s", message)
+            with contextlib.suppress(ObjectNotFound):
+                await self.client.set_flow_run_state(
+                    flow_run.id, AwaitingRetry(message=message), force=True
+                )
+            return WarmWorkerResult(identifier=identifier, status_code=0)
+        self.get_flow_run_logger(flow_run).error("flow run crashed: %s", message)
+        with contextlib.suppress(Abort, ObjectNotFound):
+            await propose_state(self.client, Crashed(message=message), flow_run_id=flow_run.id)
+        # Status 0 although it crashed: the state is set above, once. A non-zero status would
+        # make BaseWorker propose Crashed a second time, after the recovery service may have
+        # already re-scheduled the run (and a second crash would be counted).
+        return WarmWorkerResult(identifier=identifier, status_code=0)
+
+    async def _give_back(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[int] | None
+    ) -> WarmWorkerResult:
+        """A run this unhealthy worker claimed but never started: back to the queue for
+        another host, with no crash counted."""
+        if task_status is not None:
+            task_status.started(0)
+        message = f"given back: worker {self.name} is unhealthy ({self.unhealthy})"
+        self.get_flow_run_logger(flow_run).warning("%s", message)
+        with contextlib.suppress(ObjectNotFound):
+            await self.client.set_flow_run_state(
+                flow_run.id, AwaitingRetry(message=message), force=True
+            )
+        return WarmWorkerResult(identifier=f"unhealthy:{flow_run.id}", status_code=0)
+
+    # -- cancellation -----------------------------------------------------------------------
+
+    async def _watch_cancellations(self) -> None:
+        """Prefect's worker cancels only runs that have not started (a started run is the
+        job of its own process's runner). Runs on warm slots share a process, so the worker
+        watches the runs on its slots for a Cancelling state and tells their slot. It
+        listens on Prefect's events stream (a subscription to this pool's Cancelling
+        events: no request while nothing is cancelled, whatever the hosts and the load);
+        while the stream is down, Prefect's observer asks for them every `cancel_poll_s`."""
+        from prefect._internal.observers import FlowRunCancellingObserver
+        from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+        while self._work_pool is None:  # known once the worker has synced with the API
+            await anyio.sleep(0.5)
+        pool_id = self._work_pool.id
+        observer = FlowRunCancellingObserver(
+            on_cancelling=self._on_cancelling,
+            polling_interval=self.worker_settings.cancel_poll_s,
+            event_filter=EventFilter(
+                event=EventNameFilter(name=["prefect.flow-run.Cancelling"]),
+                any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),
+            ),
+        )
+        async with observer:
+            self._observer = observer
+            for run_id in self.pool.running_ids() if self.pool is not None else []:
+                observer.add_in_flight_flow_run_id(UUID(run_id))
+            await anyio.sleep_forever()
+
+    def _observe(self, run_id: str, running: bool) -> None:
+        """Watch a run on a slot for cancellation from now on (or no longer)."""
+        if self._observer is None:
+            return
+        if running:
+            self._observer.add_in_flight_flow_run_id(UUID(run_id))
+        else:
+            self._observer.remove_in_flight_flow_run_id(UUID(run_id))
+            self._cancelling.discard(run_id)
+
+    def _on_cancelling(self, flow_run_id: UUID) -> None:
+        run_id = str(flow_run_id)
+        if run_id in self._cancelling:
+            return  # the stream and a poll may both say so
+        self._cancelling.add(run_id)
+        assert self._runs_task_group is not None
+        self._runs_task_group.start_soon(self._cancel_started_run, flow_run_id)
+
+    async def _cancel_started_run(self, flow_run_id: UUID) -> None:
+        """Tell the run's slot to stop it (between diffusion steps); past the grace period,
+        kill the slot. BaseWorker's own cancellation handles runs not yet started."""
+        run_id = str(flow_run_id)
+        slot = self.pool.slot_of(run_id) if self.pool is not None else None
+        if slot is None:
+            return
+        self._logger.info("cancelling flow run %s on %s", run_id, slot.describe())
+        future = slot.inflight.get(run_id)
+        slot.send(CancelRequest(run_id=run_id))
+        if future is None:
+            return
+        stopped = False
+        with anyio.move_on_after(self.worker_settings.cancel_grace_s):
+            await anyio.to_thread.run_sync(
+                future.result, abandon_on_cancel=True, limiter=self._waits
+            )
+            stopped = True
+        if not stopped:
+            self._logger.warning(
+                "flow run %s did not stop within %.0f s; killing %s",
+                run_id,
+                self.worker_settings.cancel_grace_s,
+                slot.describe(),
+            )
+            self._cancelled.add(run_id)
+            self.pool.kill(slot)  # type: ignore[union-attr]
+            await self.client.set_flow_run_state(
+                flow_run_id,
+                Cancelled(message="cancelled; its slot was killed and is being replaced"),
+                force=True,
+            )

@@ -1,0 +1,1 @@
+"""Configuration: one pydantic-settings tree read from `IMG2IMG_*` environment variables."""

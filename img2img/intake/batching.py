@@ -1,0 +1,270 @@
+"""Micro-batching of uploads for the dispatcher: pure state, no I/O, time passed in.
+
+Like Lambda's SQS event source: a batch closes when it holds its size in images or when its
+oldest image has waited its hold time. Each SQS message is deleted only once every object it
+carried is in a created flow run (or was a duplicate of one).
+
+The size is chosen per batch from what is waiting (`plan_batch`): at low load the base size
+and `max_wait_s`, as a fixed batch would; under a backlog, the waiting images spread over
+the runs the pool can hold at once, up to `max_batch`, so a flow run's fixed cost to Prefect
+is shared by many images without leaving any host the autoscaler may add without a run;
+under a steady rate, a batch holds what arrives in `max_wait_s` (no image waits longer for
+its batch than at low load, and the Prefect server's cost per image falls as the rate
+rises), as long as a run of that size stays within `max_run_s` on its slot, judged from the
+recent runs' seconds per image (`seconds_per_image`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import statistics
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from img2img.config.settings import DispatchSettings
+from img2img.intake.events import ObjectRef
+from img2img.intake.idempotency import batch_key
+
+
+@dataclass
+class Batch:
+    objects: list[ObjectRef]
+
+    @property
+    def idempotency_key(self) -> str:
+        return batch_key(self.objects)
+
+
+# The dispatcher names each run for its size and first key: `batch-<images>-<key>`.
+_RUN_NAME = re.compile(r"^batch-(\d+)-")
+
+
+def run_name(objects: list[ObjectRef], kind: str = "batch") -> str:
+    """A pipeline run's name: who made it (`batch`: the dispatcher; `reconcile`, `stage2`),
+    its image count, then the first object's file name."""
+    first = objects[0].key.rsplit("/", 1)[-1][:40] if objects else ""
+    return f"{kind}-{len(objects)}-{first}"
+
+
+def seconds_per_image(runs: list[tuple[str, float]]) -> float | None:
+    """A slot's seconds per image in a run, from the dispatcher's recent completed runs as
+    (name, seconds in Running): the median (runs named otherwise are left out); None when
+    none is known.
+
+    A run's time includes its waits for the device behind the slot's other runs, so this is
+    what an image adds to its run's length under load, not the device's bare time."""
+    rates = []
+    for name, seconds in runs:
+        match = _RUN_NAME.match(name)
+        if match and int(match.group(1)) > 0 and seconds > 0:
+            rates.append(seconds / int(match.group(1)))
+    return statistics.median(rates) if rates else None
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """The next batch's size, how long its oldest image may wait for it, and why."""
+
+    size: int
+    hold_s: float
+    reason: str
+
+
+def plan_batch(
+    settings: DispatchSettings,
+    in_hand: int,
+    queue_depth: int | None,
+    rate: float,
+    run_slots: int,
+    queued_runs: int | None = None,
+    image_s: float | None = None,
+) -> BatchPlan:
+    """Size the next batch from what waits for it.
+
+    Args:
+        in_hand: objects received and not yet in a run.
+        queue_depth: messages visible in the queue (each at least one object; None: not
+            known).
+        rate: objects received per second since the last batch.
+        run_slots: flow runs the pool can hold at once when it is at its largest (hosts ×
+            slots × runs per slot): a backlog is spread over that many runs at least.
+        queued_runs: the pipeline's runs waiting for a slot now (None: not known). While
+            there are some, the slots are all taken: a new run would only wait behind
+            them, so the batch fills (up to `max_batch`, for up to the hold) instead of
+            adding a run's fixed cost for a few images.
+        image_s: seconds an image adds to a run on its slot (`seconds_per_image`; None:
+            not known yet). Known, a steady rate fills each batch with what arrives in
+            `max_wait_s`, up to what a run does in `max_run_s`; unknown, batches keep to
+            the share above (a first run of many slow images would set the latency).
+    """
+    base = min(settings.base_batch, settings.max_batch)
+    if not settings.adaptive:
+        return BatchPlan(base, settings.max_wait_s, f"fixed batches of {base}")
+    depth = max(queue_depth or 0, 0)
+    waiting = in_hand + depth + rate * settings.max_wait_s
+    share = math.ceil(waiting / max(run_slots, 1) - 1e-9)
+    paced = 0
+    if image_s is not None and image_s > 0:
+        arriving = math.ceil(rate * settings.max_wait_s - 1e-9)
+        paced = min(arriving, math.floor(settings.max_run_s / image_s + 1e-9))
+    size = max(base, min(settings.max_batch, max(share, paced)))
+    longest = max(settings.max_wait_s, min(settings.max_hold_s, settings.visibility_timeout_s - 30))
+    if queued_runs and waiting > base:
+        return BatchPlan(
+            settings.max_batch,
+            longest,
+            f"backlog at the pool: {queued_runs} runs wait for a slot; filling up to "
+            f"{settings.max_batch} for up to {longest:.1f} s ({waiting:.0f} waiting: "
+            f"{in_hand} in hand, {depth} queued, {rate:.1f}/s)",
+        )
+    if size <= base:
+        return BatchPlan(
+            base,
+            settings.max_wait_s,
+            f"low load: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, "
+            f"{rate:.1f}/s) over {run_slots} run slots is at most the base {base}",
+        )
+    if paced > share and depth == 0:
+        # A steady rate, no backlog: one run per max_wait_s. The batch fills in about the
+        # wait an image has at low load anyway.
+        assert image_s is not None
+        capped = " (max_batch)" if size == settings.max_batch and paced > size else ""
+        return BatchPlan(
+            size,
+            settings.max_wait_s,
+            f"steady load: {rate:.1f}/s brings {math.ceil(rate * settings.max_wait_s)} in "
+            f"{settings.max_wait_s:g} s; {size} per run{capped} (~{size * image_s:.1f} s on a "
+            f"slot at {image_s * 1000:.0f} ms/image, max_run_s {settings.max_run_s:g})",
+        )
+    # More is there to receive: let the batch fill, within the visibility.
+    hold = longest if depth > 0 else settings.max_wait_s
+    capped = " (max_batch)" if size == settings.max_batch and share > size else ""
+    return BatchPlan(
+        size,
+        hold,
+        f"backlog: {waiting:.0f} waiting ({in_hand} in hand, {depth} queued, {rate:.1f}/s) "
+        f"over {run_slots} run slots: {size} per run{capped}, hold up to {hold:.1f} s",
+    )
+
+
+@dataclass
+class _Message:
+    receipt_handle: str
+    remaining: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _Pending:
+    ref: ObjectRef
+    first_seen: float
+    messages: set[str] = field(default_factory=set)
+
+
+class Batcher:
+    """Groups objects from SQS messages into batches and says which messages may go."""
+
+    def __init__(self, max_batch: int, max_wait_s: float, dedup_window: int) -> None:
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_s
+        self.dedup_window = dedup_window
+        self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        self._messages: dict[str, _Message] = {}
+        self._recent: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+
+    def resize(self, plan: BatchPlan) -> None:
+        """Use `plan`'s size and hold time from now on (see `plan_batch`)."""
+        self.max_batch = max(1, plan.size)
+        self.max_wait_s = plan.hold_s
+
+    @property
+    def pending_count(self) -> int:
+        return len(self._pending)
+
+    def add(
+        self, message_id: str, receipt_handle: str, objects: list[ObjectRef], now: float
+    ) -> list[str]:
+        """Take one message's objects. Returns receipt handles that can be deleted now
+        (messages with nothing left to dispatch: duplicates, test events)."""
+        msg = self._messages.get(message_id)
+        if msg is None:
+            msg = self._messages[message_id] = _Message(receipt_handle)
+        else:
+            msg.receipt_handle = receipt_handle  # a redelivery: only the newest handle works
+        for ref in objects:
+            ident = ref.identity
+            if ident in self._recent:
+                self.duplicates += 1
+                continue
+            pending = self._pending.get(ident)
+            if pending is None:
+                pending = self._pending[ident] = _Pending(ref, now)
+            elif message_id not in pending.messages:
+                self.duplicates += 1
+            pending.messages.add(message_id)
+            msg.remaining.add(ident)
+        if not msg.remaining:
+            del self._messages[message_id]
+            return [receipt_handle]
+        return []
+
+    def next_due_in(self, now: float) -> float | None:
+        """Seconds until the oldest pending batch must close, or None with nothing pending."""
+        if not self._pending:
+            return None
+        if len(self._pending) >= self.max_batch:
+            return 0.0
+        oldest = min(p.first_seen for p in self._pending.values())
+        return max(0.0, oldest + self.max_wait_s - now)
+
+    def due(self, now: float, flush: bool = False) -> list[Batch]:
+        """Batches that should be dispatched now (every pending object with `flush`).
+
+        Objects stay pending until `dispatched` or `released` is called for their batch;
+        call one of them for every batch before asking again.
+        """
+        waiting = list(self._pending.values())
+        batches: list[Batch] = []
+        while len(waiting) >= self.max_batch:
+            batches.append(Batch([p.ref for p in waiting[: self.max_batch]]))
+            waiting = waiting[self.max_batch :]
+        if waiting and (flush or now - min(p.first_seen for p in waiting) >= self.max_wait_s):
+            batches.append(Batch([p.ref for p in waiting]))
+        return batches
+
+    def dispatched(self, batch: Batch) -> list[str]:
+        """The batch's flow run exists: returns receipt handles of messages now complete."""
+        done: list[str] = []
+        for ref in batch.objects:
+            ident = ref.identity
+            pending = self._pending.pop(ident, None)
+            self._remember(ident)
+            if pending is None:
+                continue
+            for message_id in pending.messages:
+                msg = self._messages.get(message_id)
+                if msg is None:
+                    continue
+                msg.remaining.discard(ident)
+                if not msg.remaining:
+                    done.append(msg.receipt_handle)
+                    del self._messages[message_id]
+        return done
+
+    def released(self, batch: Batch, now: float) -> None:
+        """Creating the batch's run failed: its objects wait to be tried again."""
+        for ref in batch.objects:
+            pending = self._pending.get(ref.identity)
+            if pending is not None:
+                pending.first_seen = now
+
+    def _remember(self, ident: str) -> None:
+        if self.dedup_window <= 0:
+            return
+        self._recent[ident] = None
+        self._recent.move_to_end(ident)
+        while len(self._recent) > self.dedup_window:
+            self._recent.popitem(last=False)

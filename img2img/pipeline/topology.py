@@ -1,0 +1,74 @@
+"""Where each inference stage runs: one pool for both (`single`), or a pool per stage
+(`split`, the seed's p1/p2 groups) handing off through the directory bucket.
+
+Pure: names only. Everything that knows a pool or a deployment by name (the dispatcher, the
+worker, the autoscaler, the recovery service, the reconciler, the local stack) asks here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from img2img.pipeline.stages import StageKind
+
+Topology = Literal["single", "split"]
+
+BOTH: tuple[StageKind, ...] = ("img2img", "upscale")
+
+
+@dataclass(frozen=True)
+class PoolRole:
+    """One work pool of the pipeline: its name, the deployment whose runs it serves, the
+    stage models its hosts load, and what the local stack calls its workers."""
+
+    pool: str
+    deployment: str  # FLOW_NAME/DEPLOYMENT_NAME
+    stages: tuple[StageKind, ...]
+    worker_prefix: str  # local stack service names: "<prefix>-<index>"
+
+    @property
+    def flow(self) -> str:
+        return self.deployment.split("/", 1)[0]
+
+
+SINGLE_POOL = PoolRole("inf2", "img2img-pipeline/inf2", BOTH, "worker")
+STAGE1_POOL = PoolRole("inf2-img2img", "img2img-stage1/inf2-img2img", ("img2img",), "worker")
+STAGE2_POOL = PoolRole(
+    "inf2-upscale", "img2img-stage2/inf2-upscale", ("upscale",), "upscale-worker"
+)
+ROLES: tuple[PoolRole, ...] = (SINGLE_POOL, STAGE1_POOL, STAGE2_POOL)
+
+
+def pools(topology: Topology, single_pool: str = SINGLE_POOL.pool) -> tuple[PoolRole, ...]:
+    """The pipeline's pools, the one the uploads enter first. `single_pool` renames the
+    single topology's pool (`autoscaler.pool`)."""
+    if topology == "split":
+        return (STAGE1_POOL, STAGE2_POOL)
+    if single_pool == SINGLE_POOL.pool:
+        return (SINGLE_POOL,)
+    return (PoolRole(single_pool, SINGLE_POOL.deployment, BOTH, "worker"),)
+
+
+def entry_deployment(topology: Topology) -> str:
+    """The deployment the dispatcher and the reconciler create runs of."""
+    return pools(topology)[0].deployment
+
+
+def stages_for_pool(pool: str) -> tuple[StageKind, ...]:
+    """The stage models a host of `pool` loads: its stage in a split topology, both in any
+    other pool (the single topology's, or one an operator named)."""
+    for role in (STAGE1_POOL, STAGE2_POOL):
+        if role.pool == pool:
+            return role.stages
+    return BOTH
+
+
+def role_of(pool: str, topology: Topology) -> PoolRole | None:
+    return next((r for r in pools(topology, pool) if r.pool == pool), None)
+
+
+def artifact_key(base: str, pool: str) -> str:
+    """A per-pool artifact's key: `base-<pool>` for a split topology's pools, so their
+    histories never mix; `base` for any other pool (the single topology's, as always)."""
+    return f"{base}-{pool}" if pool in (STAGE1_POOL.pool, STAGE2_POOL.pool) else base
