@@ -73,7 +73,8 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
 
 def deploy_fingerprint() -> str:
     digest = hashlib.sha256()
-    flows = [*PROJECT_DIR.glob("flows/*.py"), PROJECT_DIR / "deployments/services/autoscale_flow.py"]
+    autoscale_flow = PROJECT_DIR / "deployments" / "services" / "autoscale_flow.py"
+    flows = [*PROJECT_DIR.glob("flows/*.py"), autoscale_flow]
     for path in sorted([PROJECT_DIR / "prefect.yaml", *flows]):
         digest.update(path.read_bytes())
     return digest.hexdigest()
