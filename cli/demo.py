@@ -102,7 +102,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         "duplicated": counts["duplicated"],
         "audit": {k: v for k, v in counts.items() if k not in ("uploads", "lost", "duplicated")},
         "stage_p50_ms": demo.stage_p50(outcomes),
-        # The most images one device call held, per stage (see README, Device batches).
+        # The most images one device call held, per stage (see docs/architecture/device-batches.md).
         "device_batch_max": {
             stage: max((o.doc.get("device_batch", {}).get(stage, 0) for o in completed), default=0)
             for stage in ("stage1", "stage2")

@@ -1,9 +1,10 @@
-"""The autoscaler as a Prefect flow: one run keeps the pool sized for `duration_s` seconds.
+"""The autoscaler as a Prefect flow: one run keeps the pools sized for `duration_s` seconds.
 
 The recommended way to run the autoscaler is the long-running `img2img autoscale` service
-(see README, Scaling). This flow is the same loop under Prefect's supervision, for teams that
-want it as a deployment: schedule it hourly with a concurrency limit of one and each run
-scales for the hour, its decisions in the run's logs and the `img2img-autoscaler` artifact.
+(docs/architecture/scaling.md). This flow is the same loop under Prefect's supervision, for
+teams that want it as a deployment: schedule it hourly with a concurrency limit of one and
+each run scales for the hour, its decisions in the run's logs and the `img2img-autoscaler`
+artifact.
 
     python -m deployments.services.autoscale_flow --duration 300
 """

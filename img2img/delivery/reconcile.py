@@ -9,7 +9,7 @@ matching `results/<bucket>/<prefix>` and `failed/<bucket>/<prefix>`, compared in
 At 10⁸ objects a live listing takes about 10⁵ requests per pass; there, the same comparison
 runs on two S3 Inventory reports (daily CSV or Parquet of the uploads bucket and of the
 results bucket, with ETag and version id) instead of listing, and only the day's new keys
-are listed live. See the README's runbook.
+are listed live. See the runbook in docs/operations.md.
 """
 
 from __future__ import annotations

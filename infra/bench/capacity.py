@@ -19,7 +19,7 @@ from typing import Any
 from img2img.config.settings import DispatchSettings
 from img2img.intake.batching import plan_batch
 
-# Assumptions, each stated in the README's capacity plan.
+# Assumptions, each stated in the capacity plan (docs/capacity.md).
 PEAK_OVER_MEAN = 2.0  # the diurnal trace of the scaling simulation
 API_REPLICA_BUSY = 0.6  # one API replica is one process (at most one core), kept at 60%
 DATABASE_BUSY = 0.5  # a database instance's vCPUs kept at 50%
@@ -153,7 +153,7 @@ def plan_row(
 
 
 def markdown(rows: list[dict[str, Any]], label: str) -> str:
-    """The plan as a README table."""
+    """The plan as a Markdown table (docs/capacity.md)."""
     lines = [
         f"| images a day ({label}) | peak images/s | batch | a run on its slot | flow runs/s "
         "| server ms / image | API replicas (cores busy) | database vCPUs (busy) "

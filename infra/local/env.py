@@ -24,7 +24,7 @@ LOCAL_SCALING = {
     "IMG2IMG_SCALING__HOST_START_S": "20",
 }
 # Recovery on a laptop's time scale: workers heartbeat every 5 s, a worker silent for 20 s
-# is gone (the README promises detection within 2 minutes), crashed runs are looked at
+# is gone (docs/delivery.md promises detection within 2 minutes), crashed runs are looked at
 # every 2 s.
 LOCAL_RECOVERY = {
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "5",

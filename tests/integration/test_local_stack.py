@@ -164,7 +164,7 @@ def _unfinished_runs(env: dict[str, str]) -> int:
 
 
 def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:
-    """The README's "From the app's side" snippet, run as written against this stack."""
+    """The "From the app's side" snippet of docs/using.md, run as written against this stack."""
     import re
     import subprocess
     import sys
@@ -173,8 +173,8 @@ def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:
 
     from tests.integration.helpers import img2img
 
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    section = readme.split("### From the app's side", 1)[1]
+    readme = (Path(__file__).resolve().parents[2] / "docs" / "using.md").read_text()
+    section = readme.split("## From the app's side", 1)[1]
     snippet = re.search(r"```python\n(.*?)```", section, re.S)
     assert snippet is not None
     app_env = dict(env)
@@ -197,7 +197,7 @@ def _readme_app_snippet_works(env: dict[str, str], tmp_path: Path) -> None:
 
 
 def _every_worker_started_served_a_run(env: dict[str, str]) -> None:
-    """The demo, the mixed batch, the redelivery and the README upload came as small bursts:
+    """The demo, the mixed batch, the redelivery and the docs' app upload came as small bursts:
     every warm worker the autoscaler started (each registers in Prefect under its own
     name) ran at least one of the pool's flow runs. A host started for a burst that the
     running slots had already cleared would be listed with none."""

@@ -248,7 +248,7 @@ def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     # A completion message per upload, whichever process wrote its outcome. A slot killed
     # while another run on it was between sending a message and tagging the outcome as
     # announced (a victim of the poison) leaves that outcome to its re-run, which may send it
-    # again (README: at least once): repeats carry the same dedup_id and the same outcome,
+    # again (docs/delivery.md: at least once): repeats carry the same dedup_id and the same outcome,
     # so the app drops them, and no upload is announced as two different things.
     messages = drain(clients.sqs, app_queue, quiet_s=3, at_least=8)
     assert sorted({m["request_id"] for m in messages}) == [f"r{i}" for i in range(8)]
