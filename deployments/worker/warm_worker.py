@@ -35,6 +35,7 @@ from prefect.workers.base import (
 )
 from pydantic import Field
 
+from deployments.worker import prefect_internals as internals
 from deployments.worker.api_logs import limit_api_logs
 from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from deployments.worker.slot_pool import SlotPool
@@ -61,26 +62,8 @@ def slot_base_env() -> dict[str, str]:
 
 
 # BaseWorker reads a run's deployment twice per run (to check it exists, then for its job
-# variables). A warm pool's deployments change rarely and its runs carry no job variables
-# (the template refuses them): one read per deployment per minute serves every run.
+# variables); one read per deployment per minute serves every run of a warm pool.
 DEPLOYMENT_TTL_S = 60.0
-
-
-def _read_deployments_once(client: Any, ttl_s: float) -> None:
-    """Make `client.read_deployment` answer from a per-worker cache for `ttl_s` (this
-    worker's own client only; a deployment deleted is seen within `ttl_s`)."""
-    original = client.read_deployment
-    cache: dict[Any, tuple[float, Any]] = {}
-
-    async def read_deployment(deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
-        hit = cache.get(deployment_id)
-        if hit is not None and time.monotonic() - hit[0] < ttl_s:
-            return hit[1]
-        found = await original(deployment_id, *args, **kwargs)
-        cache[deployment_id] = (time.monotonic(), found)
-        return found
-
-    client.read_deployment = read_deployment
 
 
 class WarmJobConfiguration(BaseJobConfiguration):
@@ -163,7 +146,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def setup(self) -> None:
         await super().setup()
         limit_api_logs(self.api_log_level)
-        _read_deployments_once(self.client, DEPLOYMENT_TTL_S)
+        internals.cache_deployment_reads(self.client, DEPLOYMENT_TTL_S)
         # The models its slots load: the worker's setting, else its pool's stage(s).
         stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
         self._logger.info("slots load the %s model(s)", " and ".join(stages))
@@ -176,11 +159,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             on_recycle=self._recycled,
         )
         self.pool.start_all()
-        assert self._runs_task_group is not None
-        # BaseWorker has no public task group; `_runs_task_group` is the one its own runs and
-        # cancellation observer use, and it lives as long as the worker.
-        self._runs_task_group.start_soon(self._watch_cancellations)
-        self._runs_task_group.start_soon(self._watch_sigterm)
+        internals.start_in_worker(self, self._watch_cancellations)
+        internals.start_in_worker(self, self._watch_sigterm)
 
     async def _watch_sigterm(self) -> None:
         """SIGTERM drains (see `begin_drain`); anyio's signal receiver, in the worker's loop."""
@@ -266,8 +246,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self.worker_settings.drain_timeout_s,
             self.running_count(),
         )
-        assert self._runs_task_group is not None
-        self._runs_task_group.start_soon(self._drain_then_exit)  # held by the task group
+        internals.start_in_worker(self, self._drain_then_exit)  # held by the task group
 
     async def _drain_then_exit(self) -> None:
         await self.wait_idle(self.worker_settings.drain_timeout_s)
@@ -296,6 +275,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return []
         return await super().get_and_submit_flow_runs()
 
+    # Overrides `BaseWorker`'s per-run submission (`prefect_internals.SUBMIT_HOOK`).
     async def _submit_run_and_capture_errors(
         self,
         flow_run: FlowRun,
@@ -313,7 +293,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                 self._configuration = await WarmJobConfiguration.from_template_and_values(
                     self.work_pool.base_job_template, {}, client=self.client
                 )
-            await self._give_worker_labels_to_flow_run(flow_run.id)
+            await internals.give_worker_labels(self, flow_run.id)
             result: BaseWorkerResult = await self.run(
                 flow_run=flow_run,
                 task_status=task_status,
@@ -321,18 +301,19 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             )
         except Exception as exc:
             run_logger = self.get_flow_run_logger(flow_run)
-            # anyio's TaskStatus says whether started() was called only by its future.
-            if task_status is not None and not getattr(task_status, "_future").done():  # noqa: B009
+            if task_status is not None and not internals.has_started(task_status):
                 run_logger.exception("Failed to submit flow run '%s' to a slot", flow_run.name)
                 task_status.started(exc)
-                await self._propose_crashed_state(
-                    flow_run, f"Failed to submit flow run to a slot: {type(exc).__name__}: {exc}"
+                await internals.propose_crashed(
+                    self,
+                    flow_run,
+                    f"Failed to submit flow run to a slot: {type(exc).__name__}: {exc}",
                 )
             else:
                 run_logger.exception("Lost flow run '%s' on its slot", flow_run.name)
             return exc
         finally:
-            self._release_limit_slot(flow_run.id)
+            internals.release_limit_slot(self, flow_run.id)
         return result
 
     async def run(
@@ -412,16 +393,15 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         listens on Prefect's events stream (a subscription to this pool's Cancelling
         events: no request while nothing is cancelled, whatever the hosts and the load);
         while the stream is down, Prefect's observer asks for them every `cancel_poll_s`."""
-        from prefect._internal.observers import FlowRunCancellingObserver
         from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
         while self._work_pool is None:  # known once the worker has synced with the API
             await anyio.sleep(0.5)
         pool_id = self._work_pool.id
-        observer = FlowRunCancellingObserver(
-            on_cancelling=self._on_cancelling,
-            polling_interval=self.worker_settings.cancel_poll_s,
-            event_filter=EventFilter(
+        observer = internals.cancelling_observer(
+            self._on_cancelling,
+            self.worker_settings.cancel_poll_s,
+            EventFilter(
                 event=EventNameFilter(name=["prefect.flow-run.Cancelling"]),
                 any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),
             ),
@@ -447,8 +427,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         if run_id in self._cancelling:
             return  # the stream and a poll may both say so
         self._cancelling.add(run_id)
-        assert self._runs_task_group is not None
-        self._runs_task_group.start_soon(self._cancel_started_run, flow_run_id)
+        internals.start_in_worker(self, self._cancel_started_run, flow_run_id)
 
     async def _cancel_started_run(self, flow_run_id: UUID) -> None:
         """Tell the run's slot to stop it (between diffusion steps); past the grace period,

@@ -6,7 +6,7 @@ from __future__ import annotations
 def test_a_warm_worker_reads_each_deployment_once_per_ttl() -> None:
     import anyio
 
-    from deployments.worker.warm_worker import _read_deployments_once
+    from deployments.worker.prefect_internals import cache_deployment_reads
 
     class Reads:
         def __init__(self) -> None:
@@ -17,7 +17,7 @@ def test_a_warm_worker_reads_each_deployment_once_per_ttl() -> None:
             return f"deployment {deployment_id}"
 
     client = Reads()
-    _read_deployments_once(client, ttl_s=60.0)
+    cache_deployment_reads(client, ttl_s=60.0)
 
     async def runs() -> list[str]:
         return [await client.read_deployment(d) for d in ("a", "a", "b", "a", "b")]
@@ -28,7 +28,7 @@ def test_a_warm_worker_reads_each_deployment_once_per_ttl() -> None:
         "deployment b",
     ]
     assert client.calls == ["a", "b"]
-    _read_deployments_once(fresh := Reads(), ttl_s=0.0)
+    cache_deployment_reads(fresh := Reads(), ttl_s=0.0)
     anyio.run(lambda: fresh.read_deployment("a"))
     anyio.run(lambda: fresh.read_deployment("a"))
     assert fresh.calls == ["a", "a"]  # no TTL: every read goes through

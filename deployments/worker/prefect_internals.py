@@ -1,0 +1,112 @@
+"""Every use the warm worker makes of Prefect's (and anyio's) private internals, in one place,
+each with what it assumes. `tests/unit/test_prefect_internals.py` pins these assumptions
+against the installed versions, so an upgrade that breaks one fails there, by name, before
+any warm worker runs. The tested range is `prefect>=3.9.1,<3.10` (`pyproject.toml`).
+
+Why private at all: Prefect's `BaseWorker` runs each flow run in a new process. A warm worker
+hands runs to long-lived slot processes instead, and three things have no public hook:
+
+- submitting a run (`SUBMIT_HOOK`): the warm worker overrides `BaseWorker`'s per-run
+  submission to skip what costs the server on every run and serves nothing on a warm pool,
+  and calls the three helpers it is made of (worker labels, a Crashed state on a failed
+  submission, the worker's concurrency slot);
+- the worker's task group (`start_in_worker`): the cancellation watcher and the drain run as
+  long as the worker, beside its own runs;
+- the cancellation observer (`cancelling_observer`): Prefect's worker cancels only runs that
+  have not started; runs on warm slots share a process, so the worker watches them itself
+  with the observer Prefect's runner uses (event stream, polling while it is down).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, cast
+from uuid import UUID
+
+if TYPE_CHECKING:
+    import anyio.abc
+    from prefect.client.schemas.objects import FlowRun
+    from prefect.events.filters import EventFilter
+    from prefect.workers.base import BaseWorker
+
+# The coroutine method of `BaseWorker` that submits one flow run:
+# `(self, flow_run, task_status=None) -> BaseWorkerResult | Exception`. The warm worker
+# overrides it; `BaseWorker.get_and_submit_flow_runs` starts it once per run it claims.
+SUBMIT_HOOK = "_submit_run_and_capture_errors"
+
+
+def start_in_worker(
+    worker: BaseWorker[Any, Any, Any], func: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+) -> None:
+    """Start `func(*args)` in the worker's own task group. Assumes `BaseWorker.setup` sets
+    `_runs_task_group` to an anyio task group entered into the worker's exit stack, so that
+    it lives until the worker exits (its runs and its cancellation handling use it); the
+    warm worker's `setup` calls `BaseWorker.setup` first."""
+    group = worker._runs_task_group
+    if group is None:
+        raise RuntimeError("the worker's task group is not open: call it after `BaseWorker.setup`")
+    group.start_soon(func, *args)
+
+
+async def give_worker_labels(worker: BaseWorker[Any, Any, Any], flow_run_id: UUID) -> None:
+    """Label the run with this worker (`prefect.worker.name`, ...), as `BaseWorker` does on
+    submission: the recovery service finds a dead worker's runs by these labels."""
+    await worker._give_worker_labels_to_flow_run(flow_run_id)
+
+
+async def propose_crashed(
+    worker: BaseWorker[Any, Any, Any], flow_run: FlowRun, message: str
+) -> None:
+    """Propose a Crashed state for a run the worker claimed but could not start."""
+    await worker._propose_crashed_state(flow_run, message)
+
+
+def release_limit_slot(worker: BaseWorker[Any, Any, Any], flow_run_id: UUID) -> None:
+    """Give back the worker's concurrency slot that `BaseWorker` took for the run."""
+    worker._release_limit_slot(flow_run_id)
+
+
+def has_started(task_status: anyio.abc.TaskStatus[Any]) -> bool:
+    """Whether `task_status.started()` was called. anyio's `TaskStatus` says so only through
+    its private `_future` (set by `started()`)."""
+    future = getattr(task_status, "_future")  # noqa: B009
+    done: bool = future.done()
+    return done
+
+
+def cancelling_observer(
+    on_cancelling: Callable[[UUID], None], polling_interval: float, event_filter: EventFilter
+) -> Any:
+    """Prefect's `FlowRunCancellingObserver` (`prefect._internal.observers`): an async
+    context manager that calls `on_cancelling(flow_run_id)` synchronously, once per run put
+    in Cancelling, for the runs registered with `add_in_flight_flow_run_id` (and no longer
+    after `remove_in_flight_flow_run_id`); it listens to the events stream matching
+    `event_filter` and polls every `polling_interval` seconds while the stream is down."""
+    from prefect._internal.observers import FlowRunCancellingObserver
+
+    return FlowRunCancellingObserver(
+        on_cancelling=cast(Any, on_cancelling),
+        polling_interval=polling_interval,
+        event_filter=event_filter,
+    )
+
+
+def cache_deployment_reads(client: Any, ttl_s: float) -> None:
+    """Make `client.read_deployment(deployment_id)` (a coroutine method of Prefect's async
+    client, called twice per run by `BaseWorker`) answer from a cache for `ttl_s`, on this
+    client object only. A warm pool's deployments change rarely and its runs carry no job
+    variables (the template refuses them): one read per deployment per `ttl_s` serves every
+    run; a deleted deployment is seen within `ttl_s`."""
+    original = client.read_deployment
+    cache: dict[Any, tuple[float, Any]] = {}
+
+    async def read_deployment(deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
+        hit = cache.get(deployment_id)
+        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+            return hit[1]
+        found = await original(deployment_id, *args, **kwargs)
+        cache[deployment_id] = (time.monotonic(), found)
+        return found
+
+    client.read_deployment = read_deployment

@@ -1,0 +1,149 @@
+"""The assumptions `deployments.worker.prefect_internals` makes of Prefect's and anyio's
+private internals, pinned against the installed versions: an upgrade that breaks one fails
+here, by name, before any warm worker runs."""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+from uuid import UUID, uuid4
+
+import anyio
+import anyio.abc
+import pytest
+from prefect.workers.base import BaseWorker
+
+from deployments.worker import prefect_internals as internals
+from deployments.worker.warm_worker import WarmWorker
+
+
+def params(func: Any) -> list[str]:
+    return list(inspect.signature(func).parameters)
+
+
+def test_the_submit_hook_is_a_coroutine_method_of_base_worker_with_the_expected_signature() -> None:
+    hook = getattr(BaseWorker, internals.SUBMIT_HOOK)
+    assert inspect.iscoroutinefunction(hook)
+    assert params(hook) == ["self", "flow_run", "task_status"]
+    assert inspect.signature(hook).parameters["task_status"].default is None
+    # BaseWorker starts it once per claimed run; the warm worker's override is what runs.
+    assert internals.SUBMIT_HOOK in inspect.getsource(BaseWorker._submit_run)
+    assert WarmWorker.__dict__[internals.SUBMIT_HOOK] is not hook
+    assert params(WarmWorker.__dict__[internals.SUBMIT_HOOK]) == params(hook)
+
+
+def test_the_helpers_the_submission_is_made_of_exist_with_the_expected_signatures() -> None:
+    assert inspect.iscoroutinefunction(BaseWorker._give_worker_labels_to_flow_run)
+    assert params(BaseWorker._give_worker_labels_to_flow_run) == ["self", "flow_run_id"]
+    assert inspect.iscoroutinefunction(BaseWorker._propose_crashed_state)
+    assert params(BaseWorker._propose_crashed_state)[:3] == ["self", "flow_run", "message"]
+    assert not inspect.iscoroutinefunction(BaseWorker._release_limit_slot)
+    assert params(BaseWorker._release_limit_slot) == ["self", "flow_run_id"]
+
+
+def test_the_worker_opens_its_runs_task_group_in_setup_for_its_whole_life() -> None:
+    assert "self._runs_task_group: Optional[anyio.abc.TaskGroup] = None" in inspect.getsource(
+        BaseWorker.__init__
+    )
+    setup = inspect.getsource(BaseWorker.setup)
+    assert "self._runs_task_group = anyio.create_task_group()" in setup
+    assert "enter_async_context(self._runs_task_group)" in setup
+    # The warm worker's own setup starts its watchers only after BaseWorker's.
+    warm_setup = inspect.getsource(WarmWorker.setup)
+    assert warm_setup.index("await super().setup()") < warm_setup.index("start_in_worker")
+
+
+class _Worker:
+    """Stands in for a worker: only the attribute `start_in_worker` reads."""
+
+    def __init__(self, group: anyio.abc.TaskGroup | None) -> None:
+        self._runs_task_group = group
+
+
+def test_start_in_worker_runs_in_the_group_and_refuses_a_closed_one() -> None:
+    ran: list[int] = []
+
+    async def job(value: int) -> None:
+        ran.append(value)
+
+    async def main() -> None:
+        async with anyio.create_task_group() as group:
+            internals.start_in_worker(_Worker(group), job, 7)  # type: ignore[arg-type]
+
+    anyio.run(main)
+    assert ran == [7]
+    with pytest.raises(RuntimeError, match="task group is not open"):
+        internals.start_in_worker(_Worker(None), job, 1)  # type: ignore[arg-type]
+
+
+def test_has_started_reads_anyio_task_status_before_and_after_started() -> None:
+    seen: list[bool] = []
+
+    async def child(*, task_status: anyio.abc.TaskStatus[int]) -> None:
+        seen.append(internals.has_started(task_status))
+        task_status.started(1)
+        seen.append(internals.has_started(task_status))
+
+    async def main() -> int:
+        async with anyio.create_task_group() as group:
+            value: int = await group.start(child)
+        return value
+
+    assert anyio.run(main) == 1
+    assert seen == [False, True]
+
+
+def test_the_cancelling_observer_takes_the_arguments_and_methods_the_worker_uses() -> None:
+    from prefect._internal.observers import FlowRunCancellingObserver
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    init = inspect.signature(FlowRunCancellingObserver.__init__).parameters
+    assert {"on_cancelling", "polling_interval", "event_filter"} <= set(init)
+    calls: list[UUID] = []
+    observer = internals.cancelling_observer(
+        calls.append, 2.0, EventFilter(event=EventNameFilter(name=["prefect.flow-run.Cancelling"]))
+    )
+    assert isinstance(observer, FlowRunCancellingObserver)
+    assert hasattr(observer, "__aenter__") and hasattr(observer, "__aexit__")
+    run = uuid4()
+    observer.add_in_flight_flow_run_id(run)
+    assert run in observer._in_flight_flow_run_ids
+    observer.remove_in_flight_flow_run_id(run)
+    assert run not in observer._in_flight_flow_run_ids
+
+
+def test_the_prefect_client_reads_a_deployment_by_id_as_a_coroutine() -> None:
+    from prefect.client.orchestration import PrefectClient
+
+    assert inspect.iscoroutinefunction(PrefectClient.read_deployment)
+    assert params(PrefectClient.read_deployment)[:2] == ["self", "deployment_id"]
+
+
+def test_deployment_reads_are_cached_per_client_for_the_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.reads: list[str] = []
+
+        async def read_deployment(self, deployment_id: str) -> str:
+            self.reads.append(deployment_id)
+            return f"deployment {deployment_id} #{len(self.reads)}"
+
+    now = [100.0]
+    monkeypatch.setattr(internals.time, "monotonic", lambda: now[0])
+    client, other = Client(), Client()
+    internals.cache_deployment_reads(client, ttl_s=60.0)
+
+    async def read(c: Client, name: str) -> str:
+        got: str = await c.read_deployment(name)
+        return got
+
+    assert anyio.run(read, client, "a") == "deployment a #1"
+    now[0] += 59.0
+    assert anyio.run(read, client, "a") == "deployment a #1"  # served from the cache
+    assert anyio.run(read, client, "b") == "deployment b #2"  # another deployment: read
+    now[0] += 2.0
+    assert anyio.run(read, client, "a") == "deployment a #3"  # past the TTL: read again
+    assert client.reads == ["a", "b", "a"]
+    assert anyio.run(read, other, "a") == "deployment a #1" and other.reads == ["a"]
