@@ -7,10 +7,10 @@ import logging
 import os
 import sys
 
-from cli import alerts, bench, compile, demo, local, recovery, services, top
+from cli import alerts, bench, chaos, compile, demo, local, recovery, services, top
 from img2img.config.settings import load_settings
 
-GROUPS = (local, services, recovery, demo, compile, bench, top, alerts)
+GROUPS = (local, services, recovery, chaos, demo, compile, bench, top, alerts)
 
 
 def build_parser() -> argparse.ArgumentParser:

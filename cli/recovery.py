@@ -1,4 +1,4 @@
-"""Command group: `img2img recover | reconcile | dlq | chaos` (recovery and its proof)."""
+"""Command group: `img2img recover | reconcile | dlq`: recovery, reconciling and dead letters."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import json
 import sys
 from typing import Any
 
-from cli.common import say
 from img2img.config.settings import Settings
 
 
@@ -109,22 +108,6 @@ def cmd_dlq(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
-    from infra.chaos.scenarios import SCENARIOS, run_scenario
-
-    if args.scenario not in SCENARIOS:
-        print(f"unknown scenario {args.scenario!r}", file=sys.stderr)
-        return 2
-    result = run_scenario(args.scenario, settings, images=args.images, say=say)
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key}: {value}")
-    ok = result["lost"] == 0 and result["duplicated"] == 0
-    return 0 if ok else 1
-
-
 def add_commands(sub: Any) -> None:
     recover = sub.add_parser(
         "recover", help="recover crashed and orphaned runs, reconcile uploads (long-running)"
@@ -147,9 +130,3 @@ def add_commands(sub: Any) -> None:
     dlq.add_argument("--limit", type=int, default=100, help="show: most messages")
     dlq.add_argument("--json", action="store_true")
     dlq.set_defaults(func=cmd_dlq)
-
-    chaos = sub.add_parser("chaos", help="fault-injection scenarios on the local stack")
-    chaos.add_argument("--scenario", required=True)
-    chaos.add_argument("--images", type=int, default=8)
-    chaos.add_argument("--json", action="store_true")
-    chaos.set_defaults(func=cmd_chaos)

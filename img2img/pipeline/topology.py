@@ -64,10 +64,6 @@ def stages_for_pool(pool: str) -> tuple[StageKind, ...]:
     return BOTH
 
 
-def role_of(pool: str, topology: Topology) -> PoolRole | None:
-    return next((r for r in pools(topology, pool) if r.pool == pool), None)
-
-
 def artifact_key(base: str, pool: str) -> str:
     """A per-pool artifact's key: `base-<pool>` for a split topology's pools, so their
     histories never mix; `base` for any other pool (the single topology's, as always)."""
