@@ -4,7 +4,7 @@
 and the UNet runs through `torch_neuronx.DataParallel` over the slot's core group.
 `torchscript` traces the very same wrappers with `torch.jit.trace` into the same files and
 manifest; it runs on CPU (or CUDA) anywhere, which is what keeps the Neuron code path honest
-in CI. (`eager`, plain diffusers, needs no compiling and lives in `img2img.models.loaded`.)
+in CI. (`eager`, plain diffusers, needs no compiling and lives in `img2img.models.eager`.)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from img2img.models.compiled.parts import PartName, use_plain_attention
 NEURON_INSTALL = (
     "torch_neuronx is not installed. It only installs on an Inf2/Trn1 host with the Neuron "
     "DLAMI: `pip install --extra-index-url https://pip.repos.neuron.amazonaws.com "
-    "torch-neuronx neuronx-cc` in the Neuron PyTorch virtual environment (README: "
-    "'Running on a real Inf2 host')"
+    "torch-neuronx neuronx-cc` in the Neuron PyTorch virtual environment (see "
+    "docs/architecture/compiled-models.md, 'Running on a real Inf2 host')"
 )
 
 # The published Stable Diffusion recipe: UNet and VAE compile as unet-inference, matmuls
