@@ -114,7 +114,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         "GPU or CPU share) that keep the stage models loaded across runs."
     )
     _display_name = "img2img warm worker"
-    _documentation_url = "https://github.com/img2img/img2img#warm-worker"
+    _documentation_url = (
+        "https://github.com/img2img/img2img/blob/main/docs/architecture/warm-worker.md"
+    )
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from img2img.config.settings import load_settings

@@ -13,7 +13,9 @@ import argparse
 import enum
 import json
 import sys
+import types
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +43,18 @@ start with a message that names the variable. The local stack sets its own value
 """
 
 
-def _is_section(field: FieldInfo) -> bool:
+def _section_model(field: FieldInfo) -> type[BaseModel] | None:
+    """The settings model of a field that is a section of its own, or None for a value."""
     ann = field.annotation
-    return isinstance(ann, type) and issubclass(ann, BaseModel)
+    return ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+
+
+def _sections(model: type[BaseModel]) -> Iterator[tuple[str, type[BaseModel]]]:
+    """The fields of `model` that are sections of their own (nested settings models)."""
+    for name, field in model.model_fields.items():
+        section = _section_model(field)
+        if section is not None:
+            yield name, section
 
 
 def default_text(field: FieldInfo) -> str:
@@ -69,7 +80,7 @@ def default_text(field: FieldInfo) -> str:
 def _choices(annotation: Any) -> list[str]:
     if typing.get_origin(annotation) is typing.Literal:
         return [str(a) for a in typing.get_args(annotation)]
-    if typing.get_origin(annotation) in (typing.Union, __import__("types").UnionType):
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         out: list[str] = []
         for arg in typing.get_args(annotation):
             out += _choices(arg)
@@ -101,7 +112,7 @@ def _cell(text: str) -> str:
 def rows(model: type[BaseModel], prefix: str) -> list[str]:
     out = []
     for name, field in model.model_fields.items():
-        if _is_section(field):
+        if _section_model(field) is not None:
             continue
         variable = f"{prefix}{name.upper()}"
         description = _cell(field.description or "")
@@ -126,11 +137,8 @@ def _section(path: list[str], model: type[BaseModel], table: list[str]) -> list[
     own = rows(model, prefix)
     if own:
         lines += [*table, *own, ""]
-    for name, field in model.model_fields.items():
-        if _is_section(field):
-            nested = field.annotation
-            assert isinstance(nested, type) and issubclass(nested, BaseModel)
-            lines += _section([*path, name], nested, table)
+    for name, nested in _sections(model):
+        lines += _section([*path, name], nested, table)
     return lines
 
 
@@ -140,11 +148,8 @@ def markdown(settings: type[BaseModel] = Settings) -> str:
     top = rows(settings, PREFIX)
     if top:
         lines += ["## The pipeline as a whole", "", *table, *top, ""]
-    for name, field in settings.model_fields.items():
-        if _is_section(field):
-            section = field.annotation
-            assert isinstance(section, type) and issubclass(section, BaseModel)
-            lines += _section([name], section, table)
+    for name, section in _sections(settings):
+        lines += _section([name], section, table)
     return "\n".join(lines).rstrip() + "\n"
 
 

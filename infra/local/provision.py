@@ -71,10 +71,12 @@ def _run(argv: list[str], env: dict[str, str]) -> None:
         )
 
 
+# What `prefect deploy` reads: the deployments and the flows they name.
+DEPLOYED = ("prefect.yaml", "flows/*.py", "deployments/services/autoscale_flow.py")
+
+
 def deploy_fingerprint() -> str:
     digest = hashlib.sha256()
-    autoscale_flow = PROJECT_DIR / "deployments" / "services" / "autoscale_flow.py"
-    flows = [*PROJECT_DIR.glob("flows/*.py"), autoscale_flow]
-    for path in sorted([PROJECT_DIR / "prefect.yaml", *flows]):
+    for path in sorted(p for pattern in DEPLOYED for p in PROJECT_DIR.glob(pattern)):
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -18,7 +18,7 @@ LOCAL = {"img2img", "deployments", "infra", "flows", "tasks", "cli", "tests"}
 # Imported, but installed from elsewhere: torch-neuronx only from the Neuron repository on
 # Inf2 hosts (its import is guarded); mypy_boto3_* are typing stubs, imported for type
 # checking only and declared through boto3-stubs.
-NOT_FROM_PYPI = {"torch_neuronx", "neuronx_distributed", "libneuronxla"}
+NOT_FROM_PYPI = {"torch_neuronx"}
 
 
 def imported_top_levels(files: list[Path]) -> set[str]:

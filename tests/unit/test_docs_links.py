@@ -4,6 +4,7 @@ heading it points at is there (anchors as GitHub renders them)."""
 from __future__ import annotations
 
 import re
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,9 @@ def prose_lines(text: str) -> list[str]:
     return lines
 
 
+@cache
 def anchors(path: Path) -> set[str]:
+    """The anchors of a page's headings (read once per page)."""
     seen: dict[str, int] = {}
     found = set()
     for line in prose_lines(path.read_text()):

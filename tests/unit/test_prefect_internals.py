@@ -117,33 +117,3 @@ def test_the_prefect_client_reads_a_deployment_by_id_as_a_coroutine() -> None:
 
     assert inspect.iscoroutinefunction(PrefectClient.read_deployment)
     assert params(PrefectClient.read_deployment)[:2] == ["self", "deployment_id"]
-
-
-def test_deployment_reads_are_cached_per_client_for_the_ttl(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    class Client:
-        def __init__(self) -> None:
-            self.reads: list[str] = []
-
-        async def read_deployment(self, deployment_id: str) -> str:
-            self.reads.append(deployment_id)
-            return f"deployment {deployment_id} #{len(self.reads)}"
-
-    now = [100.0]
-    monkeypatch.setattr(internals.time, "monotonic", lambda: now[0])
-    client, other = Client(), Client()
-    internals.cache_deployment_reads(client, ttl_s=60.0)
-
-    async def read(c: Client, name: str) -> str:
-        got: str = await c.read_deployment(name)
-        return got
-
-    assert anyio.run(read, client, "a") == "deployment a #1"
-    now[0] += 59.0
-    assert anyio.run(read, client, "a") == "deployment a #1"  # served from the cache
-    assert anyio.run(read, client, "b") == "deployment b #2"  # another deployment: read
-    now[0] += 2.0
-    assert anyio.run(read, client, "a") == "deployment a #3"  # past the TTL: read again
-    assert client.reads == ["a", "b", "a"]
-    assert anyio.run(read, other, "a") == "deployment a #1" and other.reads == ["a"]
