@@ -74,8 +74,11 @@ WAITS_FOR_A_RUN = (
     "stage2-worker-kill",
 )
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
-# and the services' settings while it runs: one run slot, so the whole backlog is one run,
-# and a fast simulated device, so a run of 160 takes seconds, not minutes.
+# and the services' settings while it runs: one run slot, so the whole backlog is one run;
+# a hold long enough to receive the whole backlog on a loaded machine (under a backlog the
+# batch waits at most min(max_hold_s, visibility_timeout_s − 30 s): with a suite's 35 s
+# visibility that was 5 s, and a slow receive cut the backlog into runs of fewer than
+# BACKLOG_MIN); and a fast simulated device, so a run of 160 takes seconds, not minutes.
 BACKLOG_MIN = 128
 BACKLOG_PARTIAL = 1  # results written before the worker is killed
 BACKLOG_ENV = {
@@ -83,6 +86,8 @@ BACKLOG_ENV = {
     "IMG2IMG_WORKER__RUNS_PER_SLOT": "1",
     "IMG2IMG_DISPATCH__ADAPTIVE": "true",
     "IMG2IMG_DISPATCH__MAX_BATCH": "512",
+    "IMG2IMG_DISPATCH__MAX_HOLD_S": "60",
+    "IMG2IMG_DISPATCH__VISIBILITY_TIMEOUT_S": "120",
     "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "20",
     "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "10",
 }
@@ -284,7 +289,8 @@ class Chaos:
             least = BACKLOG_MIN if scenario == "backlog-worker-kill" else 0
             if self.running_run(min_images=least) is None:
                 raise RuntimeError(
-                    f"no run of at least {least} images started within 120 s: nothing to kill"
+                    f"no run of at least {least} images started within 120 s (the largest "
+                    f"seen running held {self._largest}): nothing to kill"
                 )
             if scenario == "backlog-worker-kill":
                 self._first_results(refs)
