@@ -26,7 +26,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         settings.stages.backend = args.backend
     if args.topology is not None:
         os.environ["IMG2IMG_TOPOLOGY"] = args.topology
-        settings.use_topology(args.topology)
+        settings.topology = args.topology
     stack = LocalStack(settings)
     say(
         f"bringing the local stack up on the {settings.stages.backend} backend, "

@@ -18,7 +18,7 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
     if args.database is not None:
         settings.local.database = args.database
     if args.topology is not None:
-        settings.use_topology(args.topology)
+        settings.topology = args.topology
     if args.action == "supervise":
         return cmd_supervise(settings)
     stack = LocalStack(settings)

@@ -15,6 +15,7 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
     from deployments.services.dispatcher import Dispatcher
     from img2img.aws.clients import clients_from_settings
+    from img2img.pipeline.topology import dispatch_target
 
     if args.max_batch is not None:
         settings.dispatch.max_batch = args.max_batch
@@ -23,7 +24,13 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
     clients = clients_from_settings(settings.aws)
     with get_client(sync_client=True) as client:
         dispatcher = Dispatcher(
-            clients.sqs, client, settings.storage, settings.dispatch, run_slots=run_slots(settings)
+            clients.sqs,
+            client,
+            settings.storage,
+            settings.dispatch,
+            dispatch_target(settings),
+            run_slots=run_slots(settings),
+            crash_flag=settings.faults.dispatcher_crash_flag,
         )
         dispatcher.install_signal_handlers()
         stats = dispatcher.run()

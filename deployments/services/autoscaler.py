@@ -36,16 +36,10 @@ from deployments.services.pool_runs import (
 from deployments.services.scaling_backends import MetricsSink, ScalingBackend
 from deployments.services.signals import stop_on_signals
 from deployments.worker.names import RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
+from img2img.config.scaling import ScalingSettings
 from img2img.pipeline.topology import artifact_key
 from img2img.scaling.forecast import Forecast, day_offsets, forecast, history_counts
-from img2img.scaling.policy import (
-    Decision,
-    Observation,
-    PolicyState,
-    ScalingSettings,
-    decide,
-    upstream_rate,
-)
+from img2img.scaling.policy import Decision, Observation, PolicyState, decide, upstream_rate
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient

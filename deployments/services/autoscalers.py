@@ -27,7 +27,7 @@ from deployments.services.scaling_backends import (
 from deployments.services.signals import stop_on_signals
 from img2img.aws.clients import service_client
 from img2img.config.settings import Settings
-from img2img.pipeline.topology import pools
+from img2img.pipeline.topology import check_pool_groups, pools
 from img2img.scaling.policy import Decision
 
 if TYPE_CHECKING:
@@ -121,6 +121,7 @@ def build_fleet_view(
 def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolScalers:
     """One autoscaler per pool of the topology (one, or one per stage when split), each
     sizing its pool from its own queue, with one /metrics endpoint for all of them."""
+    check_pool_groups(settings)
     roles = pools(settings.topology, settings.autoscaler.pool)
     shared: PrometheusMetrics | None = None
     scalers = []

@@ -15,11 +15,13 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from deployments.services.signals import stop_on_signals
-from img2img.config.settings import DispatchSettings, StorageSettings
+from img2img.config.aws import StorageSettings
+from img2img.config.dispatch import DispatchSettings
 from img2img.errors import InvalidEvent
 from img2img.intake.batching import (
     Batch,
@@ -85,12 +87,18 @@ class Dispatcher:
         prefect: SyncPrefectClient,
         storage: StorageSettings,
         settings: DispatchSettings,
+        deployment: str,
         clock: Any = time.monotonic,
         run_slots: int = 1,
+        crash_flag: Path | None = None,
     ) -> None:
-        """`run_slots`: the flow runs the pool can hold at once at its largest (max hosts ×
-        slots per host × runs per slot); an adaptive batch spreads a backlog over as many."""
+        """`deployment`: the runs' deployment, FLOW_NAME/DEPLOYMENT_NAME. `run_slots`: the
+        flow runs the pool can hold at once at its largest (max hosts × slots per host × runs
+        per slot); an adaptive batch spreads a backlog over as many. `crash_flag`: fault
+        injection (`faults.dispatcher_crash_flag`)."""
         self.sqs = sqs
+        self.deployment = deployment
+        self.crash_flag = crash_flag
         self.prefect = prefect
         self.settings = settings
         self.clock = clock
@@ -118,7 +126,7 @@ class Dispatcher:
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
-            self.settings.target,
+            self.deployment,
             f"batches of {self.batcher.max_batch} at low load, up to {self.settings.max_batch} "
             f"under a backlog over {self.run_slots} run slots"
             if self.settings.adaptive
@@ -350,7 +358,7 @@ class Dispatcher:
 
     def _maybe_crash(self) -> None:
         """Fault injection: die between creating a run and deleting its messages."""
-        flag = self.settings.crash_flag
+        flag = self.crash_flag
         if flag is not None and flag.exists():
             flag.unlink(missing_ok=True)
             log.error("fault injection (%s): killing the dispatcher now", flag)
@@ -358,7 +366,7 @@ class Dispatcher:
 
     def _deployment(self) -> UUID:
         if self._deployment_id is None:
-            self._deployment_id = self.prefect.read_deployment_by_name(self.settings.target).id
+            self._deployment_id = self.prefect.read_deployment_by_name(self.deployment).id
         return self._deployment_id
 
     def _create_run(self, batch: Batch) -> str:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from img2img.config.settings import StorageSettings
+from img2img.config.aws import StorageSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient

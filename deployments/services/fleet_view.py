@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
 from deployments.services.pool_runs import PoolResource, online_hosts
-from img2img.config.settings import MonitorSettings, StorageSettings
+from img2img.config.aws import StorageSettings
+from img2img.config.monitor import MonitorSettings
 from img2img.pipeline.topology import artifact_key
 from img2img.scaling.fleet import BatchDigest, FleetSample, FleetWindow, markdown
 from img2img.scaling.policy import Decision, Observation

@@ -19,7 +19,7 @@ from img2img.intake.batching import run_name
 from img2img.intake.events import ObjectRef
 from img2img.intake.idempotency import reconcile_key
 from img2img.intake.keys import outcome_stem
-from img2img.pipeline.topology import pools
+from img2img.pipeline.topology import dispatch_target, pools
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -101,7 +101,7 @@ def reconcile(
 def _resubmit(
     prefect: SyncPrefectClient, settings: Settings, missing: list[ObjectRef]
 ) -> list[str]:
-    deployment = prefect.read_deployment_by_name(settings.dispatch.target)
+    deployment = prefect.read_deployment_by_name(dispatch_target(settings))
     size = settings.dispatch.max_batch
     created = []
     for start in range(0, len(missing), size):

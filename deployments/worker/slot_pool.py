@@ -33,9 +33,10 @@ from deployments.worker.slot_protocol import (
     StopRequest,
     WorkerMessage,
 )
-from img2img.config.settings import WorkerSettings
+from img2img.config.worker import WorkerSettings
+from img2img.slots.layout import slot_env
 from img2img.slots.progress import Snapshot, hung_reason
-from img2img.slots.recycle import recycle_reason, run_limit
+from img2img.slots.recycle import recycle_reason, recycle_rule, run_limit
 
 
 @dataclass
@@ -110,7 +111,7 @@ class SlotPool:
         self.restarts = 0
         self.hangs = 0
         self.recycles = 0  # slots replaced by a fresh one (the recycle rule)
-        self._rule = settings.recycle_rule()
+        self._rule = recycle_rule(settings)
         self._rng = random.Random()
         self._on_recycle = on_recycle
         # Why no slot is left (sticky: a worker that lost every slot is replaced, not
@@ -122,7 +123,7 @@ class SlotPool:
 
     def start_all(self) -> None:
         for index in range(self.settings.slot_count()):
-            env = {**self.base_env, **self.settings.slot_env(index)}
+            env = {**self.base_env, **slot_env(self.settings, index)}
             self.slots.append(Slot(index=index, env=env))
         for slot in self.slots:
             self._spawn(slot)

@@ -40,7 +40,7 @@ from deployments.worker.api_logs import limit_api_logs
 from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from deployments.worker.slot_pool import SlotPool
 from deployments.worker.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
-from img2img.config.settings import WorkerSettings
+from img2img.config.worker import WorkerSettings
 from img2img.pipeline.topology import stages_for_pool
 
 ACQUIRE_POLL_S = 0.1
@@ -120,9 +120,12 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         from img2img.config.settings import load_settings
+        from img2img.slots.layout import one_slot_per_gpu
 
         loaded = load_settings()
-        settings = loaded.worker.one_slot_per_gpu(loaded.stages.device, _gpus(loaded.stages.device))
+        settings = one_slot_per_gpu(
+            loaded.worker, loaded.stages.device, _gpus(loaded.stages.device)
+        )
         if kwargs.get("name"):
             # Unique per process: the recovery service tells a dead worker's runs by its
             # silent heartbeat, which a restarted worker of the same name would hide.

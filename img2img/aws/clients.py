@@ -9,7 +9,7 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-from img2img.config.settings import AwsSettings
+from img2img.config.aws import AwsSettings
 from img2img.errors import ObjectMissing, StorageUnavailable
 
 if TYPE_CHECKING:

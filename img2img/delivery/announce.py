@@ -32,7 +32,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from img2img.aws import storage
 from img2img.aws.clients import RETRYABLE_CODES, AwsClients
-from img2img.config.settings import NotifySettings, Settings
+from img2img.config.notify import NotifySettings
+from img2img.config.settings import Settings
 from img2img.delivery.notify import (
     EVENT_DETAIL_TYPE,
     EVENT_SOURCE,

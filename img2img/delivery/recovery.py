@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-from img2img.config.settings import RecoverySettings
+from img2img.config.recovery import RecoverySettings
 from img2img.intake.events import ObjectRef
 
 CRASHES_TAG = "img2img-crashes:"

@@ -22,7 +22,7 @@ import statistics
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from img2img.config.settings import DispatchSettings
+from img2img.config.dispatch import DispatchSettings
 from img2img.intake.events import ObjectRef
 from img2img.intake.idempotency import batch_key
 

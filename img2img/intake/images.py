@@ -8,7 +8,7 @@ from functools import cache
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from img2img.config.settings import ImageLimits
+from img2img.config.limits import ImageLimits
 from img2img.errors import InvalidImage
 
 

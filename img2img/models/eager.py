@@ -8,11 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from img2img.aws.folders import download_prefix, split_s3_uri
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageKind, StageSettings
 from img2img.dev.tiny import save_tiny
 from img2img.errors import ModelLoadError
 from img2img.models.buildonce import build_once
-from img2img.pipeline.stages import StageKind
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

@@ -9,9 +9,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageKind, StageSettings
 from img2img.models import registry as backends
-from img2img.pipeline.stages import StageKind
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client

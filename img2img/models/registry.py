@@ -18,9 +18,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageKind, StageSettings
 from img2img.errors import ModelLoadError
-from img2img.pipeline.stages import StageKind
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -66,23 +65,23 @@ def _simulated(
 ) -> Any:
     from img2img.dev.simulated import SimulatedPipeline
 
-    time.sleep(settings.simulated_load_s / 2)  # half the load time for each of two models
+    time.sleep(settings.simulated.load_s / 2)  # half the load time for each of two models
     if kind == "img2img":
         return SimulatedPipeline(
             kind,
-            settings.simulated_img2img_ms,
+            settings.simulated.generate_ms,
             scale=1,
-            crash_marker=settings.simulated_crash_marker,
-            hang_marker=settings.simulated_hang_marker,
-            hang_file=settings.simulated_hang_file,
-            image_share=settings.simulated_image_share,
+            crash_marker=settings.simulated.crash_marker,
+            hang_marker=settings.simulated.hang_marker,
+            hang_file=settings.simulated.hang_file,
+            image_share=settings.simulated.image_share,
         )
     return SimulatedPipeline(
         kind,
-        settings.simulated_upscale_ms,
+        settings.simulated.upscale_ms,
         scale=4,
-        hang_file=settings.simulated_hang_file,
-        image_share=settings.simulated_image_share,
+        hang_file=settings.simulated.hang_file,
+        image_share=settings.simulated.image_share,
     )
 
 

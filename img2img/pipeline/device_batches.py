@@ -26,7 +26,7 @@ T = TypeVar("T")
 class CallCost:
     """What one device call of `size` images costs, in any unit (ms): `fixed + per_image ×
     size`. Only the ratio matters: the default says one more image adds a third of a lone
-    call's time (the simulated device's default, `stages.simulated_image_share`)."""
+    call's time (the simulated device's default, `stages.simulated.image_share`)."""
 
     fixed: float = 2.0
     per_image: float = 1.0

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 from PIL import Image
 
 from img2img.aws import storage
-from img2img.config.settings import ImageLimits, StageSettings
+from img2img.config.limits import ImageLimits
+from img2img.config.stages import StageSettings
 from img2img.delivery.announce import Announcer
 from img2img.delivery.notify import Outcome, request_id_from
 from img2img.delivery.outcomes import caller_id, outcome_key, write_failure_record

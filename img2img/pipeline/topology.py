@@ -8,11 +8,9 @@ worker, the autoscaler, the recovery service, the reconciler, the local stack) a
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
-from img2img.pipeline.stages import StageKind
-
-Topology = Literal["single", "split"]
+from img2img.config.settings import Settings, Topology
+from img2img.config.stages import StageKind
 
 BOTH: tuple[StageKind, ...] = ("img2img", "upscale")
 
@@ -51,8 +49,29 @@ def pools(topology: Topology, single_pool: str = SINGLE_POOL.pool) -> tuple[Pool
 
 
 def entry_deployment(topology: Topology) -> str:
-    """The deployment the dispatcher and the reconciler create runs of."""
+    """The topology's first deployment: the one the uploads enter."""
     return pools(topology)[0].deployment
+
+
+def dispatch_target(settings: Settings) -> str:
+    """The deployment the dispatcher and the reconciler create runs of: `dispatch.deployment`
+    when set, else the topology's first."""
+    return settings.dispatch.deployment or entry_deployment(settings.topology)
+
+
+def check_pool_groups(settings: Settings) -> None:
+    """A split topology scaled on AWS (an Auto Scaling group or ECS service per pool) must
+    name each pool's own group in `autoscaler.pool_groups`: raises ValueError naming those
+    missing."""
+    auto = settings.autoscaler
+    if settings.topology != "split" or auto.backend == "local":
+        return
+    missing = [r.pool for r in pools("split") if r.pool not in auto.pool_groups]
+    if missing:
+        raise ValueError(
+            f"topology split with autoscaler.backend={auto.backend} scales each pool's "
+            f"own group: autoscaler.pool_groups must name one for {', '.join(missing)}"
+        )
 
 
 def stages_for_pool(pool: str) -> tuple[StageKind, ...]:

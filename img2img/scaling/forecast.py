@@ -31,67 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, Field, model_validator
+from img2img.config.scaling import ForecastSettings
 
 DAY_S = 86_400.0
-
-
-class ForecastSettings(BaseModel):
-    """The scaling policy's daily forecast (off by default)."""
-
-    enabled: bool = Field(
-        False, description="Pre-scale ahead of the rises seen at this time on past days."
-    )
-    days: int = Field(
-        7,
-        ge=1,
-        le=13,
-        description="Past days read, at the same time of day (within the runs' retention).",
-    )
-    min_days: int = Field(
-        3, ge=1, le=13, description="Days with arrivals needed before the forecast is trusted."
-    )
-    lead_s: float = Field(
-        105.0,
-        gt=0,
-        le=3600,
-        description="How far ahead it looks: at least a host's start time "
-        "(scaling.host_start_s), and with a bucket at most the idle time and scale-in "
-        "cooldown after which the reactive part releases an unused host.",
-    )
-    bucket_s: float = Field(
-        15.0,
-        ge=1,
-        le=3600,
-        description="Width of a history bucket (Prefect's run history): narrow enough that a "
-        "rise fills a whole bucket within the lead, so it is sized in full.",
-    )
-    target_utilization: float = Field(
-        0.9,
-        gt=0,
-        le=1,
-        description="The reactive part's target while the forecast is trusted.",
-    )
-    tolerance: float = Field(
-        0.25,
-        ge=0,
-        le=1,
-        description="How far the rate arriving now may stray from the forecast's figure for "
-        "now (a fraction of it, on top of Poisson noise) before the forecast is distrusted.",
-    )
-
-    @model_validator(mode="after")
-    def _days(self) -> ForecastSettings:
-        if self.min_days > self.days:
-            raise ValueError(
-                f"scaling.forecast.min_days ({self.min_days}) must not exceed "
-                f"scaling.forecast.days ({self.days})"
-            )
-        return self
-
-    @property
-    def buckets_ahead(self) -> int:
-        return max(1, math.ceil(self.lead_s / self.bucket_s))
 
 
 @dataclass(frozen=True)

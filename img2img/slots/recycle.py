@@ -14,12 +14,23 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
+from img2img.config.worker import WorkerSettings
+
 
 @dataclass(frozen=True)
 class RecycleRule:
     growth_mb: float | None  # RSS above its ready RSS; None: never for memory
     after_runs: int | None  # runs served; None: never for runs
     jitter: float  # share of after_runs added at random, per slot, 0..1
+
+
+def recycle_rule(worker: WorkerSettings) -> RecycleRule:
+    """The rule `worker`'s settings give (0 turns a part off)."""
+    return RecycleRule(
+        growth_mb=worker.recycle_growth_mb or None,
+        after_runs=worker.recycle_after_runs or None,
+        jitter=worker.recycle_jitter,
+    )
 
 
 def run_limit(rule: RecycleRule, rng: random.Random) -> int | None:

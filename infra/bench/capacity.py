@@ -16,7 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from img2img.config.settings import DispatchSettings
+from img2img.config.dispatch import DispatchSettings
 from img2img.intake.batching import plan_batch
 
 # Assumptions, each stated in the capacity plan (docs/capacity.md).

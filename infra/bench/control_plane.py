@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
 from img2img.aws.clients import clients_from_settings
-from img2img.config.settings import MonitorSettings, Settings
+from img2img.config.monitor import MonitorSettings
+from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
 from img2img.intake.events import ObjectRef
 from infra.bench.control_figures import (
@@ -38,7 +39,7 @@ from infra.bench.control_figures import (
 )
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
-from infra.local.env import dispatcher_name
+from infra.local.env import dispatcher_name, stack_beside
 from infra.local.postgres import DATABASE, psql
 from infra.local.resources import APP_QUEUE
 from infra.local.stack import LOCAL_AWS_KEY, LocalStack
@@ -90,7 +91,8 @@ def views() -> dict[str, dict[str, str]]:
 
 def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
     """The benchmark's stack: its own state folder and ports, fixed hosts, no autoscaler."""
-    local = base.local.beside(
+    local = stack_beside(
+        base.local,
         base.local.state_dir / "bench-control",
         20,
         database=cfg.database,
@@ -106,9 +108,9 @@ def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
 def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
     return {
         "IMG2IMG_STAGES__BACKEND": "simulated",
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": str(cfg.device_ms),
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.device_ms),
-        "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.device_ms),
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": str(cfg.device_ms),
+        "IMG2IMG_STAGES__SIMULATED__LOAD_S": str(cfg.load_s),
         "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.max_batch if cfg.adaptive else cfg.batch_size),
         "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),
         "IMG2IMG_DISPATCH__ADAPTIVE": "true" if cfg.adaptive else "false",

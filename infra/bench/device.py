@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.dev.realsize import build_random
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.dev.realsize import build_random
 from img2img.models.compiled.compile import compile_pipeline
 from img2img.models.compiled.parts import StageKind

@@ -20,8 +20,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from img2img.config.scaling import ScalingSettings
 from img2img.scaling.forecast import Forecast
-from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
+from img2img.scaling.policy import Observation, PolicyState, decide
 
 
 @dataclass(frozen=True)

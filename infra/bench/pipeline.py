@@ -20,6 +20,7 @@ from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
 from infra.bench.metrics import pipeline_figures
 from infra.local import demo
+from infra.local.env import stack_beside
 from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
 
@@ -42,7 +43,7 @@ class BenchConfig:
 def bench_settings(base: Settings, state_dir: Path) -> Settings:
     """The benchmark stack: its own state folder and ports next to the demo stack's."""
     # One fixed worker and no autoscaler: this measures the worker, not scaling.
-    local = base.local.beside(state_dir, 10, workers=1, autoscaler=False)
+    local = stack_beside(base.local, state_dir, 10, workers=1, autoscaler=False)
     return base.model_copy(update={"local": local})
 
 
@@ -52,10 +53,10 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
     settings = settings.model_copy(update={"local": local})
     env = {
         "IMG2IMG_STAGES__BACKEND": cfg.backend,
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": str(cfg.img2img_ms),
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": str(cfg.upscale_ms),
-        "IMG2IMG_STAGES__SIMULATED_LOAD_S": str(cfg.load_s),
-        "IMG2IMG_STAGES__SIMULATED_IMAGE_SHARE": str(cfg.image_share),
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.img2img_ms),
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": str(cfg.upscale_ms),
+        "IMG2IMG_STAGES__SIMULATED__LOAD_S": str(cfg.load_s),
+        "IMG2IMG_STAGES__SIMULATED__IMAGE_SHARE": str(cfg.image_share),
         "IMG2IMG_STAGES__DEVICE_BATCH": str(cfg.device_batch),
         "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.batch_size),
         "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),

@@ -13,8 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from img2img.scaling.forecast import ForecastSettings
-from img2img.scaling.policy import ScalingSettings
+from img2img.config.scaling import ForecastSettings, ScalingSettings
 from infra.bench.peer_policies import Img2ImgPolicy, KedaSqs, RayServe, SageMakerAsync, Scaler
 from infra.bench.scaling_sim import HostStart, PastDays, SimResult, Trace, arrivals, simulate
 

@@ -19,9 +19,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from img2img.config.scaling import ForecastSettings, ScalingSettings
 from img2img.observe.timing import percentile
-from img2img.scaling.forecast import DAY_S, Forecast, ForecastSettings, day_offsets, forecast
-from img2img.scaling.policy import ScalingSettings
+from img2img.scaling.forecast import DAY_S, Forecast, day_offsets, forecast
 from infra.bench.peer_policies import Img2ImgPolicy, Scaler, View
 
 RATE_WINDOW_S = 60.0

@@ -21,8 +21,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from img2img.config.scaling import ScalingSettings
 from img2img.observe.timing import percentile
-from img2img.scaling.policy import ScalingSettings, upstream_rate
+from img2img.scaling.policy import upstream_rate
 from infra.bench.scaling_sim import (
     RATE_WINDOW_S,
     HostStart,

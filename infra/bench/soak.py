@@ -36,6 +36,7 @@ from img2img.slots.memory import rss_mb_of as rss_mb
 from infra.bench.control_plane import upload_at
 from infra.bench.pipeline import wait_for_log
 from infra.bench.soak_figures import Sample, over_goal, recycle_figures, role_figures
+from infra.local.env import stack_beside
 from infra.local.stack import LOCAL_AWS_KEY, LocalStack
 
 # The issue's goals, MB of growth per hour after warm-up (the worst process of each role).
@@ -65,14 +66,15 @@ class SoakConfig:
 
 def soak_settings(base: Settings, cfg: SoakConfig) -> Settings:
     """The soak's stack: its own state folder and ports, the topology asked for."""
-    local = base.local.beside(
+    local = stack_beside(
+        base.local,
         base.local.state_dir / "bench-soak",
         30,
         workers=cfg.workers,
         worker_type="img2img-warm",
     )
     settings = base.model_copy(update={"local": local})
-    settings.use_topology(cfg.topology)
+    settings.topology = cfg.topology
     return settings
 
 
@@ -81,9 +83,9 @@ def stack_env(cfg: SoakConfig) -> dict[str, str]:
         return {"IMG2IMG_STAGES__BACKEND": "eager"}
     return {
         "IMG2IMG_STAGES__BACKEND": "simulated",
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "300",
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
-        "IMG2IMG_STAGES__SIMULATED_LOAD_S": "1",
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "300",
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "200",
+        "IMG2IMG_STAGES__SIMULATED__LOAD_S": "1",
     }
 
 

@@ -88,17 +88,17 @@ BACKLOG_ENV = {
     "IMG2IMG_DISPATCH__MAX_BATCH": "512",
     "IMG2IMG_DISPATCH__MAX_HOLD_S": "60",
     "IMG2IMG_DISPATCH__VISIBILITY_TIMEOUT_S": "120",
-    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "20",
-    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "10",
+    "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "20",
+    "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "10",
 }
 # The services whose settings the backlog scenario changes.
 INTAKE = ["dispatcher*", "autoscaler"]
 SIM_ENV = {
     "IMG2IMG_STAGES__BACKEND": "simulated",
-    "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": POISON_MARKER,
-    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "300",
-    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
-    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "1",
+    "IMG2IMG_STAGES__SIMULATED__CRASH_MARKER": POISON_MARKER,
+    "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "300",
+    "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "200",
+    "IMG2IMG_STAGES__SIMULATED__LOAD_S": "1",
 }
 POLL_S = 0.5
 # The audit's figures that the line carries at its top level (the rest go under "audit").
@@ -148,9 +148,9 @@ class Chaos:
         for key, value in SIM_ENV.items():
             os.environ[key] = value  # the stack's children read their settings from here
         settings.stages.backend = "simulated"
-        settings.stages.simulated_crash_marker = POISON_MARKER
+        settings.stages.simulated.crash_marker = POISON_MARKER
         flag = settings.local.state_dir.resolve() / "chaos-dispatcher-crash"
-        os.environ["IMG2IMG_DISPATCH__CRASH_FLAG"] = str(flag)
+        os.environ["IMG2IMG_FAULTS__DISPATCHER_CRASH_FLAG"] = str(flag)
         self.crash_flag = flag
         self._burst: Any = None
         self._serving: set[str] = set()

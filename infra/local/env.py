@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from img2img.config.dev import LocalStackSettings
 from img2img.config.settings import Settings
 from img2img.pipeline.topology import SINGLE_POOL
 from infra.local.resources import local_topic_arn
@@ -129,3 +130,20 @@ def worker_env(
     env = child_env(settings, state, extra_env)
     env["IMG2IMG_AWS__CREDENTIALS_BLOCK"] = CREDENTIALS_BLOCK
     return env
+
+
+def stack_beside(
+    local: LocalStackSettings, state_dir: Path, port_offset: int, **updates: object
+) -> LocalStackSettings:
+    """A stack of its own next to `local` (a benchmark's): its state folder, every port
+    shifted by `port_offset`, and `updates`."""
+    return local.model_copy(
+        update={
+            "state_dir": state_dir,
+            "prefect_port": local.prefect_port + port_offset,
+            "moto_port": local.moto_port + port_offset,
+            "metrics_port": local.metrics_port + port_offset,
+            "postgres_port": local.postgres_port + port_offset,
+            **updates,
+        }
+    )

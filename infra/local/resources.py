@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any, cast
 from botocore.exceptions import ClientError
 
 from img2img.aws.clients import AwsClients
-from img2img.config.settings import DispatchSettings, StorageSettings
+from img2img.config.aws import StorageSettings
+from img2img.config.dispatch import DispatchSettings
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs.literals import QueueAttributeNameType

@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from img2img.config.retention import prefect_server_env
 from img2img.config.settings import Settings
 from img2img.pipeline.topology import ROLES, PoolRole, pools
 from infra.local.env import (
@@ -73,7 +74,7 @@ class LocalStack:
         # The topology the running stack was brought up with, unless this one names its own.
         marker = self.state / "topology"
         if "topology" not in settings.model_fields_set and marker.exists():
-            settings.use_topology("split" if marker.read_text().strip() == "split" else "single")
+            settings.topology = "split" if marker.read_text().strip() == "split" else "single"
         self.roles = pools(settings.topology)
 
     def role(self, pool: str | None = None) -> PoolRole:
@@ -321,7 +322,7 @@ class LocalStack:
             )
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(wanted)
-        env = {**env, **self.settings.retention.server_env()}
+        env = {**env, **prefect_server_env(self.settings.retention)}
         if wanted != "postgres":
             return env
         cluster = self.postgres()
@@ -363,8 +364,8 @@ class LocalStack:
         marker = self.state / "stages-backend"
         stages = self.settings.stages
         backend: str = stages.backend
-        if stages.simulated_crash_marker:
-            backend += f" (crash marker {stages.simulated_crash_marker!r})"
+        if stages.simulated.crash_marker:
+            backend += f" (crash marker {stages.simulated.crash_marker!r})"
         before = marker.read_text().strip() if marker.exists() else backend
         shape = self.state / "topology"
         topology = self.settings.topology

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from cli.main import main as cli
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale
 from img2img.errors import InvalidParameters, ModelLoadError
 from img2img.models.compiled.cache import fetch_artifacts

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.errors import DeviceOutOfMemory, InvalidParameters
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams

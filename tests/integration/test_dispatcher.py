@@ -13,6 +13,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from deployments.services.dispatcher import Dispatcher
 from flows.pipeline import img2img_pipeline
 from img2img.intake.events import ObjectRef
+from img2img.pipeline.topology import dispatch_target
 from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome, png, upload
 
@@ -35,7 +36,7 @@ def dispatcher(clients: Any, client: Any, settings: Any, **overrides: Any) -> Di
     dispatch = settings.dispatch.model_copy(
         update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 8, **overrides}
     )
-    return Dispatcher(clients.sqs, client, settings.storage, dispatch)
+    return Dispatcher(clients.sqs, client, settings.storage, dispatch, dispatch_target(settings))
 
 
 def runs_of(client: Any) -> list[Any]:

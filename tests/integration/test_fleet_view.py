@@ -12,7 +12,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
 from prefect.events import emit_event
 
 from deployments.services.fleet_view import ARTIFACT_KEY, FleetView
-from img2img.config.settings import MonitorSettings
+from img2img.config.monitor import MonitorSettings
 from img2img.scaling.policy import Decision, Observation
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

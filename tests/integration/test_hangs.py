@@ -35,8 +35,8 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 HANG = {
     **SIM,
-    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "100",
-    "IMG2IMG_STAGES__SIMULATED_HANG_MARKER": "HANG",
+    "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "100",
+    "IMG2IMG_STAGES__SIMULATED__HANG_MARKER": "HANG",
     # Stage 1 calls take 0.1 s: 10 x that is under the floor, so its deadline is the floor,
     # 3 s; a slot that sends nothing for 3 s (beats every 0.5 s) is hung too.
     "IMG2IMG_WORKER__HANG_FLOOR_S": "3",
@@ -94,14 +94,14 @@ def test_a_worker_whose_device_stays_stuck_goes_unhealthy_and_its_host_is_replac
 
     from deployments.services.autoscaler import Autoscaler
     from deployments.worker.names import UNHEALTHY_EVENT
-    from img2img.scaling.policy import ScalingSettings
+    from img2img.config.scaling import ScalingSettings
 
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     stuck = tmp_path / "device-stuck"
     env = {
         **HANG,
-        "IMG2IMG_STAGES__SIMULATED_HANG_FILE": str(stuck),
+        "IMG2IMG_STAGES__SIMULATED__HANG_FILE": str(stuck),
         # Long enough for a first load on a loaded machine (3–5 s here), short for a stuck one.
         "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "10",
         "IMG2IMG_WORKER__RESTART_BACKOFF_S": "0.5",

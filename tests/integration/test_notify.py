@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from img2img.config.settings import NotifySettings
+from img2img.config.notify import NotifySettings
 from img2img.delivery.announce import ANNOUNCED_TAG, Announcer
 from img2img.delivery.notify import EVENT_DETAIL_TYPE, EVENT_SOURCE
 from img2img.errors import NotifyRefused

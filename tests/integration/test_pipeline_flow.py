@@ -476,9 +476,9 @@ def test_a_run_of_128_images_writes_no_more_prefect_rows_than_a_run_of_8(
     into the run's artifacts and its batch event, once)."""
     for key, value in {
         "IMG2IMG_STAGES__BACKEND": "simulated",
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1",
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "1",
-        "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0",
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "1",
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "1",
+        "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0",
     }.items():
         monkeypatch.setenv(key, value)
     clients, settings = aws

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from PIL import Image
 
-from img2img.config.settings import NotifySettings
+from img2img.config.notify import NotifySettings
 from img2img.delivery.announce import Announcer
 from img2img.delivery.outcomes import write_failure
 from img2img.errors import StorageUnavailable

@@ -32,10 +32,10 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SIM = {
     "IMG2IMG_STAGES__BACKEND": "simulated",
-    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "400",
-    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
-    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.2",
-    "IMG2IMG_STAGES__SIMULATED_CRASH_MARKER": "POISON",
+    "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "400",
+    "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "200",
+    "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0.2",
+    "IMG2IMG_STAGES__SIMULATED__CRASH_MARKER": "POISON",
     "PREFECT_WORKER_HEARTBEAT_SECONDS": "1",
 }
 
@@ -168,7 +168,7 @@ def test_a_run_sharing_a_slot_with_the_crash_is_re_run_at_once_with_no_crash_cou
         # One image per device call, each 1 s: the innocent run has calls left when the
         # poisoned one takes the device between two of them.
         "IMG2IMG_STAGES__DEVICE_BATCH": "1",
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1000",
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "1000",
     }
     with warm_worker(pool, log, env), recovery(client, clients, settings, pool):
         wait_for(lambda: ready(log), 120, "the slot to load")
@@ -204,7 +204,7 @@ def test_a_run_sharing_a_slot_with_the_crash_is_re_run_at_once_with_no_crash_cou
 def test_a_poison_image_fails_alone_and_the_rest_of_its_batch_completes(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
-    from img2img.config.settings import NotifySettings
+    from img2img.config.notify import NotifySettings
     from img2img.delivery.announce import Announcer
     from infra.local.resources import ensure_notifications
     from tests.integration.helpers import drain, png, upload

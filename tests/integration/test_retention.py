@@ -17,7 +17,7 @@ from uuid import UUID
 
 import pytest
 
-from img2img.config.settings import RetentionSettings
+from img2img.config.retention import RetentionSettings, prefect_server_env
 from infra.local.processes import http_ok
 from tests.conftest import free_port
 
@@ -36,7 +36,7 @@ def server(tmp_path: Path) -> Iterator[str]:
     )
     env = {
         **os.environ,
-        **retention.server_env(),
+        **prefect_server_env(retention),
         "PREFECT_HOME": str(tmp_path),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",

@@ -9,7 +9,8 @@ import pytest
 
 from deployments.services.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
 from img2img.aws.clients import service_client
-from img2img.scaling.policy import Decision, Observation, ScalingSettings
+from img2img.config.scaling import ScalingSettings
+from img2img.scaling.policy import Decision, Observation
 from tests.conftest import AwsEnv
 
 
@@ -175,7 +176,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
     from prefect.states import Completed, Scheduled
 
     from deployments.services.autoscaler import Autoscaler
-    from img2img.scaling.forecast import ForecastSettings
+    from img2img.config.scaling import ForecastSettings
     from tests.integration.warm import create_pool_and_deployment
 
     ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
@@ -212,7 +213,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
 def test_the_scaling_bench_publishes_its_table_and_charts_as_an_artifact() -> None:
     from prefect.client.orchestration import get_client
 
-    from img2img.scaling.policy import ScalingSettings as Policy
+    from img2img.config.scaling import ScalingSettings as Policy
     from infra.bench.scaling_charts import ARTIFACT_KEY, bench_markdown, publish, trace_png
     from infra.bench.scaling_compare import Bench, compare
     from infra.bench.scaling_sim import HostStart, Trace

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.intake.params import ImageParams
 from img2img.models import registry as backends
 from img2img.pipeline.stages.generate import run_img2img

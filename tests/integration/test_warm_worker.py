@@ -33,9 +33,9 @@ pytestmark = pytest.mark.usefixtures("prefect_api")
 
 SLOW_SIM = {
     "IMG2IMG_STAGES__BACKEND": "simulated",
-    "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "1500",
-    "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "1500",
-    "IMG2IMG_STAGES__SIMULATED_LOAD_S": "0.2",
+    "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "1500",
+    "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "1500",
+    "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0.2",
 }
 
 
@@ -182,7 +182,7 @@ def test_a_slot_that_hangs_while_loading_is_killed_after_the_start_timeout(
     log = tmp_path / "worker.log"
     env = {
         **SLOW_SIM,
-        "IMG2IMG_STAGES__SIMULATED_LOAD_S": "600",  # a load that never ends
+        "IMG2IMG_STAGES__SIMULATED__LOAD_S": "600",  # a load that never ends
         "IMG2IMG_WORKER__SLOT_START_TIMEOUT_S": "4",
         "IMG2IMG_WORKER__RESTART_BACKOFF_S": "60",
     }
@@ -233,13 +233,13 @@ def test_a_slot_past_its_memory_bound_is_replaced_while_runs_go_on(
     outcome, served by more than one slot process; the worker tells the pool, and the
     autoscaler counts each recycle once however often it reads it."""
     from deployments.services.autoscaler import Autoscaler
-    from img2img.scaling.policy import ScalingSettings
+    from img2img.config.scaling import ScalingSettings
 
     clients, settings = aws
     env = {
         **SLOW_SIM,
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "200",
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "200",
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "200",
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "200",
         "IMG2IMG_WORKER__RECYCLE_GROWTH_MB": "1",
     }
     pool, deployment_id = create_pool_and_deployment(client)
@@ -279,8 +279,8 @@ def test_a_slot_is_recycled_after_its_runs(
     clients, settings = aws
     env = {
         **SLOW_SIM,
-        "IMG2IMG_STAGES__SIMULATED_IMG2IMG_MS": "100",
-        "IMG2IMG_STAGES__SIMULATED_UPSCALE_MS": "100",
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "100",
+        "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "100",
         "IMG2IMG_WORKER__RECYCLE_AFTER_RUNS": "2",
         "IMG2IMG_WORKER__RECYCLE_JITTER": "0",
         "IMG2IMG_WORKER__RECYCLE_GROWTH_MB": "0",

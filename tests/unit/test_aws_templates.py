@@ -157,7 +157,7 @@ def test_gpu_hosts_run_the_eager_backend_in_fp16_one_slot_per_gpu(
     allowed = template["Parameters"]["InstanceType"]["AllowedValues"]
     assert set(gpu_types) <= set(allowed)
     # Each GPU type has a price for cost per image.
-    from img2img.config.settings import ON_DEMAND_USD_PER_HOUR
+    from img2img.config.prices import ON_DEMAND_USD_PER_HOUR
 
     assert all(t in ON_DEMAND_USD_PER_HOUR for t in allowed)
 

@@ -81,7 +81,7 @@ def test_dedup_window_is_bounded() -> None:
 
 
 def test_at_low_load_a_batch_is_the_base_size_and_leaves_after_max_wait() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
@@ -93,7 +93,7 @@ def test_at_low_load_a_batch_is_the_base_size_and_leaves_after_max_wait() -> Non
 
 
 def test_a_backlog_is_spread_over_the_pools_run_slots_up_to_the_ceiling() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
@@ -113,7 +113,7 @@ def test_a_backlog_is_spread_over_the_pools_run_slots_up_to_the_ceiling() -> Non
 
 
 def test_the_hold_never_outlasts_the_visibility_timeout_and_a_small_ceiling_caps_the_base() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     tight = DispatchSettings(visibility_timeout_s=35, max_hold_s=60)
@@ -136,7 +136,7 @@ def test_a_resized_batcher_cuts_batches_of_the_new_size() -> None:
 
 
 def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()
@@ -152,7 +152,7 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
 
 
 def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     settings = DispatchSettings()  # max_wait_s 2, max_run_s 30
@@ -200,7 +200,7 @@ def test_seconds_per_image_is_learned_from_the_dispatchers_own_runs() -> None:
 def test_each_plan_says_why_with_its_figures() -> None:
     """The reasons the dispatcher logs, exactly, at each rule's boundary (defaults: base 8,
     max_batch 512, max_wait_s 2, max_run_s 30, max_hold_s 10)."""
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     s = DispatchSettings()
@@ -231,7 +231,7 @@ def test_each_plan_says_why_with_its_figures() -> None:
 
 
 def test_the_plan_at_each_rules_boundary() -> None:
-    from img2img.config.settings import DispatchSettings
+    from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
     s = DispatchSettings()

@@ -4,7 +4,7 @@ import pytest
 from prefect.events.schemas.automations import AutomationCore
 
 from deployments.services.alerts import definitions
-from img2img.config.settings import MonitorSettings
+from img2img.config.monitor import MonitorSettings
 from img2img.observe.scrape import parse
 from img2img.scaling.fleet import BatchDigest, FleetWindow, markdown
 

@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from img2img.scaling.forecast import Forecast, ForecastSettings, forecast
-from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
+from img2img.config.scaling import ForecastSettings, ScalingSettings
+from img2img.scaling.forecast import Forecast, forecast
+from img2img.scaling.policy import Observation, PolicyState, decide
 from infra.bench.scaling_sim import HostStart, PastDays, Trace, simulate
 
 F = ForecastSettings(enabled=True, days=7, min_days=3, lead_s=120, bucket_s=60)

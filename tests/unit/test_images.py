@@ -6,7 +6,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from img2img.config.settings import ImageLimits
+from img2img.config.limits import ImageLimits
 from img2img.errors import InvalidImage
 from img2img.intake.images import decode_image, encode_png, fit_to_shape
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from img2img.config.settings import RecoverySettings
+from img2img.config.recovery import RecoverySettings
 from img2img.delivery.recovery import (
     GiveUp,
     Retry,

@@ -6,8 +6,8 @@ import random
 
 import pytest
 
-from img2img.config.settings import WorkerSettings
-from img2img.slots.recycle import RecycleRule, recycle_reason, run_limit
+from img2img.config.worker import WorkerSettings
+from img2img.slots.recycle import RecycleRule, recycle_reason, recycle_rule, run_limit
 from infra.bench.soak import role_of, slot_role
 from infra.bench.soak_figures import (
     Sample,
@@ -16,6 +16,7 @@ from infra.bench.soak_figures import (
     role_figures,
     slope_per_hour,
 )
+from infra.local.env import stack_beside
 
 MEMORY = RecycleRule(growth_mb=100.0, after_runs=None, jitter=0.0)
 
@@ -63,9 +64,9 @@ def test_the_run_limit_adds_at_most_the_jitter_share_and_differs_per_slot() -> N
 
 
 def test_zero_in_the_settings_turns_each_bound_off() -> None:
-    rule = WorkerSettings(recycle_growth_mb=0, recycle_after_runs=0).recycle_rule()
+    rule = recycle_rule(WorkerSettings(recycle_growth_mb=0, recycle_after_runs=0))
     assert (rule.growth_mb, rule.after_runs) == (None, None)
-    default = WorkerSettings().recycle_rule()
+    default = recycle_rule(WorkerSettings())
     assert (default.growth_mb, default.after_runs) == (2048.0, None)
     with pytest.raises(ValueError, match="recycle_jitter"):
         WorkerSettings(recycle_jitter=1.5)
@@ -171,10 +172,10 @@ def test_recycle_figures_split_the_images_by_whether_they_finished_during_a_recy
 def test_a_benchmark_stack_sits_beside_the_demo_stack_on_every_port() -> None:
     from pathlib import Path
 
-    from img2img.config.settings import LocalStackSettings
+    from img2img.config.dev import LocalStackSettings
 
     demo = LocalStackSettings()
-    soak = demo.beside(Path("/tmp/soak"), 30, workers=2)
+    soak = stack_beside(demo, Path("/tmp/soak"), 30, workers=2)
     assert (soak.prefect_port, soak.moto_port) == (demo.prefect_port + 30, demo.moto_port + 30)
     assert (soak.metrics_port, soak.postgres_port) == (
         demo.metrics_port + 30,

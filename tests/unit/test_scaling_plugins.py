@@ -10,11 +10,12 @@ import pytest
 
 from deployments.services.autoscalers import build_backend, plugged_backend
 from img2img.config.settings import Settings
+from infra.local.env import stack_beside
 
 
 def settings_in(tmp_path: Path) -> Settings:
     settings = Settings(topology="split")
-    settings.local = settings.local.beside(tmp_path / "stack", 0)
+    settings.local = stack_beside(settings.local, tmp_path / "stack", 0)
     return settings
 
 

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide
+from img2img.config.scaling import ScalingSettings
+from img2img.scaling.policy import Observation, PolicyState, decide
 
 S = ScalingSettings(
     min_hosts=0,

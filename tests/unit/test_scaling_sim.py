@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from img2img.scaling.policy import ScalingSettings
+from img2img.config.scaling import ScalingSettings
 from infra.bench.scaling_sim import HostStart, Trace, simulate
 
 SETTINGS = ScalingSettings(max_hosts=20, slots_per_host=4, expected_run_s=4.0)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from img2img.scaling.policy import Observation, PolicyState, ScalingSettings, decide, upstream_rate
+from img2img.config.scaling import ScalingSettings
+from img2img.scaling.policy import Observation, PolicyState, decide, upstream_rate
 from infra.bench.scaling_sim import HostStart, Trace
 from infra.bench.scaling_split import SplitBench, compare_split, upstream_of
 

@@ -5,7 +5,8 @@ import math
 import pytest
 from pydantic import ValidationError
 
-from img2img.config.settings import DispatchSettings, Settings
+from img2img.config.dispatch import DispatchSettings
+from img2img.config.settings import Settings
 from img2img.observe.timing import Timings, percentile, slowest_stage, summarize
 
 
@@ -50,13 +51,14 @@ def test_nested_settings_come_from_the_environment(monkeypatch: pytest.MonkeyPat
 
 
 def test_a_cuda_worker_gets_one_slot_per_gpu_unless_told_otherwise() -> None:
-    from img2img.config.settings import WorkerSettings
+    from img2img.config.worker import WorkerSettings
+    from img2img.slots.layout import one_slot_per_gpu
 
     plain = WorkerSettings()
-    assert plain.one_slot_per_gpu("cuda", 4).devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
-    assert plain.one_slot_per_gpu("cuda", 4).slot_count() == 4
-    assert plain.one_slot_per_gpu("cpu", 4) is plain
-    assert plain.one_slot_per_gpu("cuda:1", 4) is plain  # a GPU named: as set
-    assert plain.one_slot_per_gpu("cuda", 0) is plain  # none found: as set (and it will say)
+    assert one_slot_per_gpu(plain, "cuda", 4).devices == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
+    assert one_slot_per_gpu(plain, "cuda", 4).slot_count() == 4
+    assert one_slot_per_gpu(plain, "cpu", 4) is plain
+    assert one_slot_per_gpu(plain, "cuda:1", 4) is plain  # a GPU named: as set
+    assert one_slot_per_gpu(plain, "cuda", 0) is plain  # none found: as set (and it will say)
     chosen = WorkerSettings(devices=["cuda:1"])
-    assert chosen.one_slot_per_gpu("cuda", 4).devices == ["cuda:1"]
+    assert one_slot_per_gpu(chosen, "cuda", 4).devices == ["cuda:1"]

@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 import pytest
 from PIL import Image
 
+from deployments.services.autoscalers import build_autoscalers
 from img2img.config.settings import Settings
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams
@@ -28,6 +29,8 @@ from img2img.pipeline.topology import (
     STAGE1_POOL,
     STAGE2_POOL,
     artifact_key,
+    check_pool_groups,
+    dispatch_target,
     entry_deployment,
     pools,
     stages_for_pool,
@@ -58,15 +61,15 @@ def test_the_dispatcher_follows_the_topology_unless_told(monkeypatch: pytest.Mon
     for key in ("IMG2IMG_TOPOLOGY", "IMG2IMG_DISPATCH__DEPLOYMENT"):
         monkeypatch.delenv(key, raising=False)
     settings = Settings()
-    assert settings.dispatch.target == "img2img-pipeline/inf2"
-    settings.use_topology("split")
-    assert settings.dispatch.target == STAGE1_POOL.deployment
+    assert dispatch_target(settings) == "img2img-pipeline/inf2"
+    settings.topology = "split"
+    assert dispatch_target(settings) == STAGE1_POOL.deployment
     monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
-    assert Settings().dispatch.target == STAGE1_POOL.deployment
+    assert dispatch_target(Settings()) == STAGE1_POOL.deployment
     monkeypatch.setenv("IMG2IMG_DISPATCH__DEPLOYMENT", "mine/custom")
     chosen = Settings()
-    chosen.use_topology("single")
-    assert chosen.dispatch.target == "mine/custom"
+    chosen.topology = "single"
+    assert dispatch_target(chosen) == "mine/custom"
 
 
 def test_split_on_aws_needs_a_group_per_pool(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -75,11 +78,16 @@ def test_split_on_aws_needs_a_group_per_pool(monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.setenv("IMG2IMG_AUTOSCALER__ASG_NAME", "img2img")
     monkeypatch.setenv("IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1"}')
     with pytest.raises(ValueError, match="inf2-upscale"):
-        Settings()
+        check_pool_groups(Settings())
+    with pytest.raises(ValueError, match="inf2-upscale"):  # before anything is built
+        build_autoscalers(Settings(), prefect=None)  # type: ignore[arg-type]
+    monkeypatch.setenv("IMG2IMG_TOPOLOGY", "single")
+    check_pool_groups(Settings())  # one pool: the one group named
+    monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
     monkeypatch.setenv(
         "IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1", "inf2-upscale": "p2"}'
     )
-    assert Settings().autoscaler.pool_groups["inf2-upscale"] == "p2"
+    check_pool_groups(Settings())
 
 
 def _job(name: str = "a.png") -> ImageJob:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageSettings
 from img2img.errors import ModelLoadError
 from img2img.models.buildonce import build_once
 from img2img.models.compiled.cache import fetch_artifacts

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from img2img.pipeline.stages import StageKind
+from img2img.config.stages import StageKind
 
 PartName = Literal["text_encoder", "unet", "vae_encoder", "vae_decoder"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
-from img2img.pipeline.stages import StageKind
+from img2img.config.stages import StageKind
 
 
 @dataclass(frozen=True)

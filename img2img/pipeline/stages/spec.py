@@ -11,9 +11,8 @@ from typing import Any, TypeVar
 
 from PIL import Image
 
-from img2img.config.settings import StageSettings
+from img2img.config.stages import StageKind, StageSettings
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages import StageKind
 from img2img.pipeline.stages.generate import call_shape as stage1_shape
 from img2img.pipeline.stages.generate import run_img2img
 from img2img.pipeline.stages.upscale import call_shape as stage2_shape
