@@ -161,8 +161,7 @@ def _renamed() -> list[str]:
     lines = [
         "## Renamed",
         "",
-        "These old names still work; a process that reads one logs a warning naming the new "
-        "one.",
+        "These old names still work; a process that reads one logs a warning naming the new one.",
         "",
         "| old variable | new variable |",
         "| --- | --- |",
