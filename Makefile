@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 CHECKOV_VENV ?= .venv-checkov
 CHECKOV_STAMP := $(CHECKOV_VENV)/.installed-stamp
 
-.PHONY: install test-tools demo test lint infra-check down status mutation
+.PHONY: install test-tools demo test test-chaos lint infra-check down status mutation
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -48,9 +48,13 @@ infra-check: install $(CHECKOV_STAMP)
 		--skip-download
 
 # Two test processes, a test module each at a time: most of the suite waits on real servers
-# and workers, so two modules overlap well on 2 cores (15 → 11.5 minutes here).
+# and workers, so two modules overlap well on 2 cores. The chaos scenarios (minutes each, a
+# whole stack killed piece by piece) are `make test-chaos`: CI runs both.
 test: lint infra-check test-tools
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 -m "not chaos"
+
+test-chaos: install test-tools
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=5 -m chaos
 
 down:
 	$(BIN)/img2img local down

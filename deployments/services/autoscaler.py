@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 import logging
 import statistics
-import threading
 import time
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from deployments.services.loop import LoopService
 from deployments.services.pool_runs import (
     PAGE,
     PoolResource,
@@ -34,7 +34,6 @@ from deployments.services.pool_runs import (
     pool_runs,
 )
 from deployments.services.scaling_backends import MetricsSink, ScalingBackend
-from deployments.services.signals import stop_on_signals
 from deployments.worker.names import RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from img2img.config.scaling import ScalingSettings
 from img2img.pipeline.topology import artifact_key
@@ -55,7 +54,10 @@ IDLE_LAUNCH_EVENT = "img2img.autoscaler.idle-launch"
 REPLACED_EVENT = "img2img.autoscaler.replaced"
 
 
-class Autoscaler:
+class Autoscaler(LoopService[None]):
+    log = log
+    stopping_note = "stopping the autoscaler (hosts are left as they are)"
+
     def __init__(
         self,
         prefect: SyncPrefectClient,
@@ -67,6 +69,7 @@ class Autoscaler:
         clock: Callable[[], float] = time.monotonic,
         fleet: FleetView | None = None,
     ) -> None:
+        super().__init__(clock)
         self.prefect = prefect
         self.fleet = fleet
         self.pool = pool
@@ -74,11 +77,9 @@ class Autoscaler:
         self.backend = backend
         self.metrics = metrics
         self.rate_window_s = rate_window_s
-        self.clock = clock
         self.state = PolicyState()
         self.history: list[dict[str, Any]] = []
         self.busy: set[str] = set()
-        self._stop = threading.Event()
         self.pool_resource = PoolResource(prefect, pool)
         self._last_look: datetime | None = None
         # Workers that said they are unhealthy (name → reason), and those replaced.
@@ -414,8 +415,7 @@ class Autoscaler:
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self, stop_after_s: float | None = None) -> None:
-        deadline = None if stop_after_s is None else self.clock() + stop_after_s
+    def started(self) -> None:
         log.info(
             "autoscaling work pool %s with the %s backend every %.0f s (%d to %d hosts)",
             self.pool,
@@ -424,13 +424,17 @@ class Autoscaler:
             self.policy.min_hosts,
             self.policy.max_hosts,
         )
-        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
-            desired = None
-            try:
-                desired = self.step().desired
-            except Exception as exc:  # the API or a backend may be briefly unavailable
-                log.warning("scaling step failed (will retry): %s", exc)
-            self.wait_next(at_zero=desired == 0)
+
+    def round(self) -> None:
+        desired = None
+        try:
+            desired = self.step().desired
+        except Exception as exc:  # the API or a backend may be briefly unavailable
+            log.warning("scaling step failed (will retry): %s", exc)
+        self.wait_next(at_zero=desired == 0)
+
+    def finished(self) -> None:
+        return None
 
     def wait_next(self, at_zero: bool) -> None:
         """Until the next decision: one interval; with no host, less as soon as a run is
@@ -438,22 +442,16 @@ class Autoscaler:
         whole interval for its host to be asked for."""
         until = self.clock() + self.policy.interval_s
         if not at_zero or self.policy.zero_interval_s >= self.policy.interval_s:
-            self._stop.wait(self.policy.interval_s)
+            self.wait(self.policy.interval_s)
             return
         while self.clock() < until:
-            if self._stop.wait(min(self.policy.zero_interval_s, until - self.clock())):
+            if self.wait(min(self.policy.zero_interval_s, until - self.clock())):
                 return
             try:
                 if self.queued() > 0:
                     return
             except Exception as exc:
                 log.debug("could not count the queue: %s", exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        stop_on_signals(self.stop, log, "stopping the autoscaler (hosts are left as they are)")
 
 
 def _worker_of(run: FlowRun) -> str | None:

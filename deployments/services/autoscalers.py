@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from deployments.services.autoscaler import Autoscaler
 from deployments.services.fleet_view import FleetView
+from deployments.services.loop import LoopService
 from deployments.services.metrics_endpoint import PrometheusMetrics
 from deployments.services.scaling_backends import (
     AsgBackend,
@@ -24,7 +25,6 @@ from deployments.services.scaling_backends import (
     EcsBackend,
     ScalingBackend,
 )
-from deployments.services.signals import stop_on_signals
 from img2img.aws.clients import service_client
 from img2img.config.settings import Settings
 from img2img.pipeline.topology import check_pool_groups, pools
@@ -157,16 +157,21 @@ def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolSca
     return PoolScalers(scalers)
 
 
-class PoolScalers:
+class PoolScalers(LoopService[None]):
     """The autoscalers of every pool, each in its own thread, stopped together."""
 
+    log = log
+    stopping_note = "stopping the autoscalers (hosts are left as they are)"
+
     def __init__(self, scalers: list[Autoscaler]) -> None:
+        super().__init__()
         self.scalers = scalers
 
     def step(self) -> list[Decision]:
         return [scaler.step() for scaler in self.scalers]
 
     def run(self, stop_after_s: float | None = None) -> None:
+        """Each pool's autoscaler in a thread of its own (one: in this one), until stopped."""
         if len(self.scalers) == 1:
             self.scalers[0].run(stop_after_s)
             return
@@ -180,8 +185,6 @@ class PoolScalers:
             thread.join()
 
     def stop(self) -> None:
+        super().stop()
         for scaler in self.scalers:
             scaler.stop()
-
-    def install_signal_handlers(self) -> None:
-        stop_on_signals(self.stop, log, "stopping the autoscalers (hosts are left as they are)")

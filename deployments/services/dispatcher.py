@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
-from deployments.services.signals import stop_on_signals
+from deployments.services.loop import LoopService
 from img2img.config.aws import StorageSettings
 from img2img.config.dispatch import DispatchSettings
 from img2img.errors import InvalidEvent
@@ -78,8 +77,11 @@ class DispatchStats:
     batch_sizes: list[int] = field(default_factory=list)
 
 
-class Dispatcher:
+class Dispatcher(LoopService[DispatchStats]):
     """One consumer of the ingest queue. `step()` is one poll; `run()` loops until stopped."""
+
+    log = log
+    stopping_note = "finishing pending batches and stopping"
 
     def __init__(
         self,
@@ -96,12 +98,12 @@ class Dispatcher:
         flow runs the pool can hold at once at its largest (max hosts × slots per host × runs
         per slot); an adaptive batch spreads a backlog over as many. `crash_flag`: fault
         injection (`faults.dispatcher_crash_flag`)."""
+        super().__init__(clock)
         self.sqs = sqs
         self.deployment = deployment
         self.crash_flag = crash_flag
         self.prefect = prefect
         self.settings = settings
-        self.clock = clock
         self.upload_buckets = storage.upload_buckets
         self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
@@ -115,14 +117,11 @@ class Dispatcher:
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
-        self._stop = threading.Event()
         self._retry_after = 0.0
 
     # -- the loop ---------------------------------------------------------------------------
 
-    def run(self, stop_after_s: float | None = None) -> DispatchStats:
-        """Poll and dispatch until `stop()` (or SIGTERM/SIGINT), then flush what is pending."""
-        deadline = None if stop_after_s is None else self.clock() + stop_after_s
+    def started(self) -> None:
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
@@ -133,16 +132,14 @@ class Dispatcher:
             else f"batches of {self.batcher.max_batch}",
             self.settings.max_wait_s,
         )
-        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
-            self.step()
+
+    def round(self) -> None:
+        self.step()
+
+    def finished(self) -> DispatchStats:
+        """Dispatch every pending object before the process exits."""
         self.flush()
         return self.stats
-
-    def stop(self, *_: Any) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        stop_on_signals(self.stop, log, "finishing pending batches and stopping")
 
     def step(self) -> None:
         """Receive one round of messages (long-polling up to the next batch deadline),

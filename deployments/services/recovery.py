@@ -19,12 +19,12 @@ have idempotency keys derived from the parent, so a repeated split creates nothi
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
+from deployments.services.loop import LoopService
 from deployments.services.pool_runs import PAGE, pool_runs
 from img2img.config.settings import Settings
 from img2img.delivery import recovery
@@ -262,9 +262,12 @@ class RunRecovery:
         return what
 
 
-class RecoveryService:
+class RecoveryService(LoopService[RecoveryStats]):
     """The long-running loop on the control host: run recovery every `interval_s`, and the
     upload reconciler every `reconcile_interval_s` (when set)."""
+
+    log = log
+    stopping_note = "stopping the recovery service"
 
     def __init__(
         self,
@@ -274,16 +277,16 @@ class RecoveryService:
     ) -> None:
         """`runs`: the recovery of each pool of the pipeline (one, or one per stage when
         split); the first one's stats are what `run` returns."""
+        super().__init__(clock)
         self.pools = runs if isinstance(runs, list) else [runs]
         self.runs = self.pools[0]
+        self.policy = self.runs.policy
         self.reconcile = reconcile
-        self.clock = clock
-        self._stop = threading.Event()
+        self._next_reconcile = 0.0
 
-    def run(self, stop_after_s: float | None = None) -> RecoveryStats:
-        policy = self.runs.policy
-        deadline = None if stop_after_s is None else self.clock() + stop_after_s
-        next_reconcile = self.clock() + policy.reconcile_interval_s
+    def started(self) -> None:
+        policy = self.policy
+        self._next_reconcile = self.clock() + policy.reconcile_interval_s
         log.info(
             "recovering crashed and orphaned runs of pool %s every %.0f s (orphaned after "
             "%.0f s of worker silence; %d attempts, split after %d)",
@@ -293,29 +296,25 @@ class RecoveryService:
             policy.max_attempts,
             policy.split_after,
         )
-        while not self._stop.is_set() and (deadline is None or self.clock() < deadline):
-            for runs in self.pools:
-                try:
-                    runs.step()
-                except Exception as exc:  # the API may be briefly unavailable
-                    log.warning("recovery pass of pool %s failed (will retry): %s", runs.pool, exc)
-            if (
-                self.reconcile is not None
-                and policy.reconcile_interval_s > 0
-                and self.clock() >= next_reconcile
-            ):
-                next_reconcile = self.clock() + policy.reconcile_interval_s
-                try:
-                    self.reconcile()
-                except Exception as exc:
-                    log.warning("reconcile pass failed (will retry): %s", exc)
-            self._stop.wait(policy.interval_s)
+
+    def round(self) -> None:
+        policy = self.policy
+        for runs in self.pools:
+            try:
+                runs.step()
+            except Exception as exc:  # the API may be briefly unavailable
+                log.warning("recovery pass of pool %s failed (will retry): %s", runs.pool, exc)
+        if (
+            self.reconcile is not None
+            and policy.reconcile_interval_s > 0
+            and self.clock() >= self._next_reconcile
+        ):
+            self._next_reconcile = self.clock() + policy.reconcile_interval_s
+            try:
+                self.reconcile()
+            except Exception as exc:
+                log.warning("reconcile pass failed (will retry): %s", exc)
+        self.wait(policy.interval_s)
+
+    def finished(self) -> RecoveryStats:
         return self.runs.stats
-
-    def stop(self, *_: Any) -> None:
-        self._stop.set()
-
-    def install_signal_handlers(self) -> None:
-        from deployments.services.signals import stop_on_signals
-
-        stop_on_signals(self.stop, log, "stopping the recovery service")

@@ -22,7 +22,7 @@ from tests.integration.warm import wait_for
 SCENARIOS = ("slot-hang", "dispatcher-kill", "backlog-worker-kill", "server-restart", "s3-errors")
 IMAGES = {"backlog-worker-kill": 160}
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 
 def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> None:

@@ -36,7 +36,8 @@ def dispatcher(clients: Any, client: Any, settings: Any, **overrides: Any) -> Di
     dispatch = settings.dispatch.model_copy(
         update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 8, **overrides}
     )
-    return Dispatcher(clients.sqs, client, settings.storage, dispatch, dispatch_target(settings))
+    target = dispatch_target(settings.model_copy(update={"dispatch": dispatch}))
+    return Dispatcher(clients.sqs, client, settings.storage, dispatch, target)
 
 
 def runs_of(client: Any) -> list[Any]:

@@ -24,7 +24,7 @@ from img2img.intake.keys import keys_for
 from tests.conftest import free_port
 from tests.integration.helpers import img2img, stack_client, stack_env
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 
 IMAGES = 32
 
