@@ -6,7 +6,7 @@ import sys
 
 NOISE_NOTICE = (
     "note: the stages use tiny random-weight models (no model hub here), so results are "
-    "noise. Set IMG2IMG_STAGES__IMG2IMG_MODEL and IMG2IMG_STAGES__UPSCALE_MODEL to diffusers "
+    "noise. Set IMG2IMG_STAGES__GENERATE_MODEL and IMG2IMG_STAGES__UPSCALE_MODEL to diffusers "
     "checkpoints (folders or s3:// URIs) for real images."
 )
 

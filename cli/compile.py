@@ -44,11 +44,11 @@ def cmd_prefetch(args: argparse.Namespace, settings: Settings) -> int:
 
     s3 = clients_from_settings(settings.aws).s3
     stages = settings.stages
-    wanted = settings.worker.stages or ["img2img", "upscale"]
+    wanted = settings.worker.stages or ["generate", "upscale"]
     sources = {
         kind: uri
         for kind, uri in (
-            ("img2img", stages.img2img_artifacts),
+            ("generate", stages.generate_artifacts),
             ("upscale", stages.upscale_artifacts),
         )
         if kind in wanted

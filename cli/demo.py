@@ -87,7 +87,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         {
             str(o.doc[k])
             for o in outcomes
-            for k in ("stage1_flow_run_id", "flow_run_id")
+            for k in ("generate_flow_run_id", "flow_run_id")
             if o.doc.get(k)
         }
     )
@@ -105,7 +105,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         # The most images one device call held, per stage (see docs/architecture/device-batches.md).
         "device_batch_max": {
             stage: max((o.doc.get("device_batch", {}).get(stage, 0) for o in completed), default=0)
-            for stage in ("stage1", "stage2")
+            for stage in ("generate", "upscale")
         },
         "results": [o.result_uri for o in completed],
         "flow_runs": flow_runs,

@@ -53,7 +53,7 @@ def add_commands(sub: Any) -> None:
         "--topology",
         choices=["single", "split"],
         default=None,
-        help="single: one pool runs both stages; split: a pool per stage (inf2-img2img, "
+        help="single: one pool runs both stages; split: a pool per stage (inf2-generate, "
         "inf2-upscale), each with its own workers and autoscaling (default: "
         "IMG2IMG_TOPOLOGY, else what the running stack uses, else single)",
     )

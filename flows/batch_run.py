@@ -111,7 +111,7 @@ class BatchRun:
         )
         if handed:
             result["handed_off"] = len(handed)
-            result["stage2_run"] = handed[0].linked_run
+            result["upscale_run"] = handed[0].linked_run
             message = (
                 f"{len(handed)} handed to stage 2 (flow run {handed[0].linked_run}), {message}"
             )

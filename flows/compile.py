@@ -1,7 +1,7 @@
 """Compile a stage's model to static-shape artifacts on a compile host (the `compile`
 deployment). The serving slots load the result in their own processes, never this one.
 
-    python -m flows.compile --stage img2img --model s3://models/sd15 --height 512 \\
+    python -m flows.compile --stage generate --model s3://models/sd15 --height 512 \\
         --width 512 --backend neuron --out s3://models/compiled/sd15-512-b1/v1
 """
 
@@ -23,7 +23,7 @@ from tasks.compile import compile_task
 
 @flow(name="img2img-compile", log_prints=False)
 def compile_model(
-    stage: Literal["img2img", "upscale"],
+    stage: Literal["generate", "upscale"],
     model: str,
     height: int,
     width: int,

@@ -1,6 +1,6 @@
 """The pipeline flow: one run = one micro-batch of uploads.
 
-    copy to directory bucket → preprocess → stage 1 (img2img) → stage 2 (x4 upscale)
+    copy to directory bucket → preprocess → stage 1: generate → stage 2: upscale (x4)
     → post-process → timing artifacts
 
 Run it directly against the local stack:
@@ -24,10 +24,10 @@ from flows.batch_run import BatchRun, Step, unique
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE1, STAGE2
+from img2img.pipeline.stages.spec import GENERATE, UPSCALE
 from img2img.pipeline.steps import record_queue_wait, reject_unaccepted
 from tasks.copy import copy_to_directory_bucket
-from tasks.inference import img2img_stage, upscale_stage
+from tasks.inference import generate_stage, upscale_stage
 from tasks.preprocess import preprocess
 from tasks.runtime import get_runtime
 
@@ -42,18 +42,18 @@ def img2img_pipeline(objects: list[ObjectRef], defaults: ImageParams | None = No
     """
     batch = begin(objects)
     cancelled = batch.steps(
-        [*through_stage1(batch, defaults), (STAGE2.name, partial(batch.call, upscale_stage))]
+        [*through_generate(batch, defaults), (UPSCALE.name, partial(batch.call, upscale_stage))]
     )
     return batch.finish(cancelled)
 
 
-def through_stage1(batch: BatchRun, defaults: ImageParams | None) -> list[Step]:
+def through_generate(batch: BatchRun, defaults: ImageParams | None) -> list[Step]:
     """How every pipeline flow begins: copy → preprocess → stage 1."""
     call = batch.call
     return [
         ("copy", partial(call, copy_to_directory_bucket)),
         ("preprocess", lambda jobs: call(preprocess, jobs, defaults or ImageParams())),
-        (STAGE1.name, partial(call, img2img_stage)),
+        (GENERATE.name, partial(call, generate_stage)),
     ]
 
 

@@ -1,6 +1,6 @@
 """The split topology's two flows: each inference stage on its own work pool.
 
-    inf2-img2img:  copy → preprocess → stage 1 → hand-off (creates the stage-2 run)
+    inf2-generate:  copy → preprocess → stage 1 → hand-off (creates the stage-2 run)
     inf2-upscale:  take over (stage-1 outputs from the directory bucket) → stage 2
                    → post-process → timing artifacts
 
@@ -21,12 +21,12 @@ from prefect.runtime import flow_run
 from prefect.states import State
 
 from flows.batch_run import BatchRun, unique
-from flows.pipeline import begin, through_stage1
+from flows.pipeline import begin, through_generate
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams
 from img2img.pipeline.handoff import HANDOFF, HandoffState, restore, run_origin
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE2
+from img2img.pipeline.stages.spec import UPSCALE
 from tasks.handoff import HandoffLost, hand_off, take_over
 from tasks.inference import upscale_stage
 
@@ -35,8 +35,8 @@ def _run_link(run_id: str | None, what: str) -> list[str]:
     return [f"- {what}: [flow run {run_id}](/runs/flow-run/{run_id})"] if run_id else []
 
 
-@flow(name="img2img-stage1", log_prints=False, validate_parameters=True)
-def img2img_stage1(objects: list[ObjectRef], defaults: ImageParams | None = None) -> State[Any]:
+@flow(name="img2img-generate", log_prints=False, validate_parameters=True)
+def img2img_generate(objects: list[ObjectRef], defaults: ImageParams | None = None) -> State[Any]:
     """Stage 1 of a micro-batch on the img2img pool; its finished images go on to one
     stage-2 run on the upscale pool.
 
@@ -47,7 +47,7 @@ def img2img_stage1(objects: list[ObjectRef], defaults: ImageParams | None = None
     batch = begin(objects)
     cancelled = batch.steps(
         [
-            *through_stage1(batch, defaults),
+            *through_generate(batch, defaults),
             (HANDOFF, lambda jobs: batch.call(hand_off, jobs, batch.run_id)),
         ]
     )
@@ -55,18 +55,18 @@ def img2img_stage1(objects: list[ObjectRef], defaults: ImageParams | None = None
     return batch.finish(cancelled, links=_run_link(handed, "stage 2 (upscale) of these images"))
 
 
-@flow(name="img2img-stage2", log_prints=False, validate_parameters=True)
-def img2img_stage2(
+@flow(name="img2img-upscale", log_prints=False, validate_parameters=True)
+def img2img_upscale(
     objects: list[ObjectRef],
     handoff: dict[str, HandoffState],
-    stage1_run: str | None = None,
+    generate_run: str | None = None,
 ) -> State[Any]:
     """Stage 2 of the images a stage-1 run handed over, then their outcomes.
 
     Args:
         objects: the uploads (the recovery service splits a crashed run by them).
         handoff: per upload identity, what stage 1 learnt: parameters, seed, timings so far.
-        stage1_run: the stage-1 flow run that handed them over.
+        generate_run: the stage-1 flow run that handed them over.
     """
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id) if flow_run.id else None
@@ -76,15 +76,15 @@ def img2img_stage2(
         if state is None:
             job.fail(HANDOFF, HandoffLost(f"no hand-off state for {job.ref.uri} in this run"))
         else:
-            restore(job, state, started.timestamp(), stage1_run)
+            restore(job, state, started.timestamp(), generate_run)
     batch = BatchRun.begin(jobs, run_id, started)
     call = batch.call
     cancelled = batch.steps(
-        [(HANDOFF, partial(call, take_over)), (STAGE2.name, partial(call, upscale_stage))]
+        [(HANDOFF, partial(call, take_over)), (UPSCALE.name, partial(call, upscale_stage))]
     )
     origin = run_origin(list(handoff.values()), started.timestamp())
     return batch.finish(
         cancelled,
         run_start=origin,
-        links=_run_link(stage1_run, "stage 1 (img2img) of these images"),
+        links=_run_link(generate_run, "stage 1 (generate) of these images"),
     )

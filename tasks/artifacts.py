@@ -23,8 +23,8 @@ TIMINGS_KEY = "img2img-stage-timings"
 # What the timing table's columns say, under the run's summary.
 LEGEND = (
     "Per-image timings in ms; the columns add up to `total` (queue = upload event → run "
-    "start; io = outcome check, copy, download, upload; cpu = preprocess and encode; stage1, "
-    "stage2 = the image's share of its device call; handoff = stage-1 outputs of the batch "
+    "start; io = outcome check, copy, download, upload; cpu = preprocess and encode; generate, "
+    "upscale = the image's share of its device call; handoff = stage-1 outputs of the batch "
     "written → stage-2 run started (split topology); batch = images in that call, stage 1 / "
     "stage 2; wait_dev = behind other images on the device; wait_other = the rest of the "
     "batch and the orchestrator), then p50 / p95 / max over completed images."

@@ -13,8 +13,8 @@ from img2img.intake.batching import run_name
 from img2img.pipeline import steps
 from img2img.pipeline.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE1
-from img2img.pipeline.topology import STAGE2_POOL
+from img2img.pipeline.stages.spec import GENERATE
+from img2img.pipeline.topology import UPSCALE_POOL
 from tasks.policy import transient_task
 from tasks.runtime import get_runtime
 
@@ -41,7 +41,7 @@ def _deployment_id(name: str) -> UUID:
                     raise PermanentError(
                         f"the stage-2 deployment {name} does not exist: deploy prefect.yaml's "
                         "split deployments (prefect --no-prompt deploy --all) and run a worker "
-                        f"on pool {STAGE2_POOL.pool}"
+                        f"on pool {UPSCALE_POOL.pool}"
                     ) from None
         return _deployment_ids[name]
 
@@ -53,7 +53,7 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
     run gets the same stage-2 run back, never a second one."""
     from prefect.client.orchestration import get_client
 
-    ready = [j for j in jobs if j.active and j.stage1 is not None]
+    ready = [j for j in jobs if j.active and j.generate is not None]
     if not ready:
         return jobs
     if run_id is None:
@@ -64,21 +64,21 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
         "handoff": {
             j.ref.identity: handoff_state(j, written).model_dump(mode="json") for j in ready
         },
-        "stage1_run": run_id,
+        "generate_run": run_id,
     }
     with get_client(sync_client=True) as client:
         run = client.create_flow_run_from_deployment(
-            _deployment_id(STAGE2_POOL.deployment),
+            _deployment_id(UPSCALE_POOL.deployment),
             parameters=parameters,
             idempotency_key=handoff_key(run_id),
-            name=run_name([j.ref for j in ready], "stage2"),
+            name=run_name([j.ref for j in ready], "upscale"),
             tags=["handoff"],
         )
     for job in ready:
         job.status = "handed_off"
         job.linked_run = str(run.id)
         job.note = f"stage 2 in flow run {run.id}"
-        job.stage1 = None  # kept in the directory bucket; the stage-2 host reads it there
+        job.generate = None  # kept in the directory bucket; the stage-2 host reads it there
     get_run_logger().info("%d images handed to stage 2: flow run %s", len(ready), run.id)
     return jobs
 
@@ -95,13 +95,13 @@ def take_over(jobs: list[ImageJob]) -> list[ImageJob]:
     outputs = steps.StageOutputs(s3, storage.stage_bucket)
 
     def load(job: ImageJob) -> None:
-        image = outputs.load(STAGE1.output_key(job))
+        image = outputs.load(GENERATE.output_key(job))
         if image is None:
             raise HandoffLost(
-                f"stage 1's output s3://{storage.stage_bucket}/{STAGE1.output_key(job)} is "
+                f"stage 1's output s3://{storage.stage_bucket}/{GENERATE.output_key(job)} is "
                 "gone (deleted by a lifecycle rule before stage 2 ran?); submit the upload again"
             )
-        job.stage1 = image
+        job.generate = image
 
     try:
         steps.each(jobs, HANDOFF, load, concurrency=8, measure=False)

@@ -7,7 +7,7 @@ from prefect import get_run_logger
 from img2img.models import registry as backends
 from img2img.pipeline import steps
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE1, STAGE2, Stage
+from img2img.pipeline.stages.spec import GENERATE, UPSCALE, Stage
 from tasks.policy import DEVICE_DELAYS_S, transient_task
 from tasks.runtime import get_runtime, stop_requested
 
@@ -52,11 +52,11 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
     return jobs
 
 
-@transient_task("stage1-img2img", DEVICE_DELAYS_S)
-def img2img_stage(jobs: list[ImageJob]) -> list[ImageJob]:
-    return _run_on_device(jobs, STAGE1)
+@transient_task("generate-img2img", DEVICE_DELAYS_S)
+def generate_stage(jobs: list[ImageJob]) -> list[ImageJob]:
+    return _run_on_device(jobs, GENERATE)
 
 
-@transient_task("stage2-upscale", DEVICE_DELAYS_S)
+@transient_task("upscale-upscale", DEVICE_DELAYS_S)
 def upscale_stage(jobs: list[ImageJob]) -> list[ImageJob]:
-    return _run_on_device(jobs, STAGE2)
+    return _run_on_device(jobs, UPSCALE)

@@ -28,7 +28,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         return 2
     side = args.height or (64 if args.size == "tiny" else 512)
     cfg = ModelBenchConfig(
-        stages=["img2img", "upscale"] if args.stage == "all" else [args.stage],
+        stages=["generate", "upscale"] if args.stage == "all" else [args.stage],
         backends=backends,
         size=args.size,
         height=side,
@@ -49,7 +49,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
 
 def add_command(bench_sub: Any) -> None:
     models = bench_sub.add_parser("models", help="stage latency per backend")
-    models.add_argument("--stage", choices=["img2img", "upscale", "all"], default="all")
+    models.add_argument("--stage", choices=["generate", "upscale", "all"], default="all")
     models.add_argument(
         "--backend", choices=["eager", "torchscript", "neuron", "all"], default="all"
     )

@@ -20,8 +20,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         batch_size=args.batch_size,
         backend=args.backend,
         worker="img2img-warm" if args.worker == "warm" else "process",
-        img2img_ms=args.stage1_ms,
-        upscale_ms=args.stage2_ms,
+        generate_ms=args.generate_ms,
+        upscale_ms=args.upscale_ms,
         load_s=args.load_s,
         timeout_s=args.timeout,
         steps=args.steps,
@@ -66,13 +66,13 @@ def add_command(bench_sub: Any) -> None:
         help="also run the stock process worker, one run per image",
     )
     pipe.add_argument(
-        "--stage1-ms",
+        "--generate-ms",
         type=float,
         default=2020.0,
         help="simulated stage-1 device time per call (SD 1.5 512², Inf2)",
     )
     pipe.add_argument(
-        "--stage2-ms", type=float, default=2020.0, help="simulated stage-2 device time per call"
+        "--upscale-ms", type=float, default=2020.0, help="simulated stage-2 device time per call"
     )
     pipe.add_argument(
         "--load-s", type=float, default=20.0, help="simulated model load time per process"

@@ -154,7 +154,7 @@ def _bench_split(args: argparse.Namespace, policy: Any, starts: Any, names: list
         f"simulated: stage 1 {stage_s[0]} s, stage 2 {stage_s[1]} s per image; single pool "
         f"{args.slots_per_host} slots per host, starts in {bench.single.starts.cold_s:.0f} s; "
         f"split pools {slots[0]} and {slots[1]} slots per host, start in "
-        f"{bench.stage1.starts.cold_s:.0f} s and {bench.stage2.starts.cold_s:.0f} s; "
+        f"{bench.generate.starts.cold_s:.0f} s and {bench.upscale.starts.cold_s:.0f} s; "
         f"hand-off {args.handoff_s} s",
         file=sys.stderr,
     )

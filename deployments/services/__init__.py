@@ -1,3 +1,3 @@
 """The control host's long-running services: the S3-event dispatcher, the autoscaler (and its
-scaling backends, fleet view and /metrics), recovery, the reconciler, the dead-letter queue
+scale targets, fleet view and /metrics), recovery, the reconciler, the dead-letter queue
 tool and the alerts."""

@@ -29,7 +29,7 @@ def autoscale(duration_s: float = 3600.0) -> int:
         scalers.run(stop_after_s=duration_s)
     size = 0
     for scaler in scalers.scalers:
-        held: int = scaler.backend.current()
+        held: int = scaler.target.current()
         get_run_logger().info(
             "left pool %s at %d host(s) after %.0f s", scaler.pool, held, duration_s
         )

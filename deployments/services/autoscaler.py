@@ -9,7 +9,7 @@ whose history lists each decision with its reason.
 
 Two things a queue alone does not show are watched here too:
 - a warm worker that lost every slot says so (`img2img.worker.unhealthy`): its host is
-  replaced through the backend, and its runs stop counting as work;
+  replaced through the target, and its runs stop counting as work;
 - a host that left without serving a run was launched in vain: each one is counted
   (`idle_launches`, the fleet view, `img2img.autoscaler.idle-launch`), and the policy backs
   off after several (`img2img.scaling.policy.launch_backoff`).
@@ -33,7 +33,7 @@ from deployments.services.pool_runs import (
     pool_filter,
     pool_runs,
 )
-from deployments.services.scaling_backends import MetricsSink, ScalingBackend
+from deployments.services.scale_targets import MetricsSink, ScaleTarget
 from deployments.worker.names import RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from img2img.config.scaling import ScalingSettings
 from img2img.pipeline.topology import artifact_key
@@ -63,7 +63,7 @@ class Autoscaler(LoopService[None]):
         prefect: SyncPrefectClient,
         pool: str,
         policy: ScalingSettings,
-        backend: ScalingBackend,
+        target: ScaleTarget,
         metrics: MetricsSink | None = None,
         rate_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
@@ -74,7 +74,7 @@ class Autoscaler(LoopService[None]):
         self.fleet = fleet
         self.pool = pool
         self.policy = policy
-        self.backend = backend
+        self.target = target
         self.metrics = metrics
         self.rate_window_s = rate_window_s
         self.state = PolicyState()
@@ -152,7 +152,7 @@ class Autoscaler(LoopService[None]):
             now=self.clock(),
             queued=queued,
             running=running,
-            current_desired=self.backend.current(),
+            current_desired=self.target.current(),
             live_hosts=len({host_of(w) for w in online}),
             busy_hosts=len(self.busy),
             idle_launches=tuple(self.idle_launches),
@@ -161,7 +161,7 @@ class Autoscaler(LoopService[None]):
             recent_arrival_rate=recent,
             recent_window_s=since,
             rate_window_s=self.rate_window_s,
-            warm=self.backend.warm(),
+            warm=self.target.warm(),
             forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
             **self.upstream_view(),
         )
@@ -251,7 +251,7 @@ class Autoscaler(LoopService[None]):
             if worker in self.replaced:
                 continue
             try:
-                what = self.backend.replace(host_of(worker), reason)
+                what = self.target.replace(host_of(worker), reason)
             except Exception as exc:
                 log.warning("could not replace unhealthy host %s (will retry): %s", worker, exc)
                 continue
@@ -338,7 +338,7 @@ class Autoscaler(LoopService[None]):
         decision, self.state = decide(self.policy, obs, self.state)
         self.last_desired = decision.desired
         if decision.desired != obs.current_desired:
-            applied = self.backend.apply(decision.desired, self.busy)
+            applied = self.target.apply(decision.desired, self.busy)
             log.info(
                 "pool %s: %d → %d hosts: %s (%s)",
                 self.pool,
@@ -417,9 +417,9 @@ class Autoscaler(LoopService[None]):
 
     def started(self) -> None:
         log.info(
-            "autoscaling work pool %s with the %s backend every %.0f s (%d to %d hosts)",
+            "autoscaling work pool %s with the %s target every %.0f s (%d to %d hosts)",
             self.pool,
-            self.backend.name,
+            self.target.name,
             self.policy.interval_s,
             self.policy.min_hosts,
             self.policy.max_hosts,
@@ -429,7 +429,7 @@ class Autoscaler(LoopService[None]):
         desired = None
         try:
             desired = self.step().desired
-        except Exception as exc:  # the API or a backend may be briefly unavailable
+        except Exception as exc:  # the API or a target may be briefly unavailable
             log.warning("scaling step failed (will retry): %s", exc)
         self.wait_next(at_zero=desired == 0)
 

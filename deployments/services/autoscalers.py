@@ -1,10 +1,10 @@
 """The control host's composition root: which autoscalers it runs, for where the pools' hosts
-are (an EC2 Auto Scaling group, an ECS service, or a backend plugged in by name), with their
+are (an EC2 Auto Scaling group, an ECS service, or a target plugged in by name), with their
 fleet views and /metrics. The command line and the autoscale flow call it.
 
-Nothing here imports the development stack: the `local` scaling backend (warm worker processes
-on this machine) is registered by the local stack under the `img2img.scaling_backends` entry
-point group (`pyproject.toml`) and loaded only when `autoscaler.backend` names it.
+Nothing here imports the development stack: the `local` scale target (warm worker processes
+on this machine) is registered by the local stack under the `img2img.scale_targets` entry
+point group (`pyproject.toml`) and loaded only when `autoscaler.target` names it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from deployments.services.autoscaler import Autoscaler
 from deployments.services.fleet_view import FleetView
 from deployments.services.loop import LoopService
 from deployments.services.metrics_endpoint import PrometheusMetrics
-from deployments.services.scaling_backends import (
-    AsgBackend,
+from deployments.services.scale_targets import (
+    AsgTarget,
     CloudWatchMetrics,
-    EcsBackend,
-    ScalingBackend,
+    EcsTarget,
+    ScaleTarget,
 )
 from img2img.aws.clients import service_client
 from img2img.config.settings import Settings
@@ -36,38 +36,38 @@ if TYPE_CHECKING:
 log = logging.getLogger("img2img.autoscaler")
 
 
-def build_backend(settings: Settings, pool: str | None = None) -> ScalingBackend:
-    """The backend named by `settings.autoscaler`, for `pool` (None: the first pool): on
+def build_target(settings: Settings, pool: str | None = None) -> ScaleTarget:
+    """The target named by `settings.autoscaler`, for `pool` (None: the first pool): on
     AWS its group is `autoscaler.pool_groups[pool]`, else the one group named."""
     auto = settings.autoscaler
     group = auto.pool_groups.get(pool) if pool is not None else None
-    if auto.backend == "asg":
+    if auto.target == "asg":
         name = group or auto.asg_name
         assert name is not None  # the settings validate it
-        return AsgBackend(service_client(settings.aws, "autoscaling"), name)
-    if auto.backend == "ecs":
+        return AsgTarget(service_client(settings.aws, "autoscaling"), name)
+    if auto.target == "ecs":
         service = group or auto.ecs_service
         assert auto.ecs_cluster is not None and service is not None
-        return EcsBackend(service_client(settings.aws, "ecs"), auto.ecs_cluster, service)
-    return plugged_backend(auto.backend, settings, pool)
+        return EcsTarget(service_client(settings.aws, "ecs"), auto.ecs_cluster, service)
+    return plugged_target(auto.target, settings, pool)
 
 
-PLUGIN_GROUP = "img2img.scaling_backends"
+PLUGIN_GROUP = "img2img.scale_targets"
 
 
-def plugged_backend(name: str, settings: Settings, pool: str | None) -> ScalingBackend:
-    """The scaling backend registered as `name` in the `img2img.scaling_backends` entry point
-    group: a callable `(settings, pool) -> ScalingBackend`."""
+def plugged_target(name: str, settings: Settings, pool: str | None) -> ScaleTarget:
+    """The scale target registered as `name` in the `img2img.scale_targets` entry point
+    group: a callable `(settings, pool) -> ScaleTarget`."""
     found = [ep for ep in entry_points(group=PLUGIN_GROUP) if ep.name == name]
     if not found:
         known = sorted(ep.name for ep in entry_points(group=PLUGIN_GROUP))
         raise ValueError(
-            f"autoscaler.backend={name!r} is not a registered scaling backend (registered in "
+            f"autoscaler.target={name!r} is not a registered scale target (registered in "
             f"the {PLUGIN_GROUP!r} entry point group: {known or 'none'}; built in: asg, ecs)"
         )
     factory = found[0].load()
-    backend: ScalingBackend = factory(settings, pool)
-    return backend
+    target: ScaleTarget = factory(settings, pool)
+    return target
 
 
 def _prometheus(settings: Settings, pool: str) -> PrometheusMetrics | None:
@@ -144,7 +144,7 @@ def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolSca
                 prefect,
                 role.pool,
                 policy,
-                build_backend(settings, role.pool if len(roles) > 1 else None),
+                build_target(settings, role.pool if len(roles) > 1 else None),
                 metrics,
                 settings.autoscaler.rate_window_s,
                 fleet=build_fleet_view(

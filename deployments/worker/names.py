@@ -6,7 +6,7 @@ from __future__ import annotations
 
 UNHEALTHY_EVENT = "img2img.worker.unhealthy"
 RECYCLED_EVENT = "img2img.slot.recycled"
-# A warm worker is named "<host>@<process nonce>"; scaling backends match on <host>.
+# A warm worker is named "<host>@<process nonce>"; scale targets match on <host>.
 HOST_SEPARATOR = "@"
 
 

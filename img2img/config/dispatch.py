@@ -14,7 +14,7 @@ class DispatchSettings(BaseModel):
     deployment: str | None = Field(
         None,
         description="Deployment the dispatcher creates runs of, as FLOW_NAME/DEPLOYMENT_NAME. "
-        "None: the topology's first (img2img-pipeline/inf2, or img2img-stage1/inf2-img2img "
+        "None: the topology's first (img2img-pipeline/inf2, or img2img-generate/inf2-generate "
         "when split).",
     )
     base_batch: int = Field(

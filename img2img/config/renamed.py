@@ -22,6 +22,13 @@ RENAMED: Mapping[Path, Path] = {
     ("stages", "simulated_hang_marker"): ("stages", "simulated", "hang_marker"),
     ("stages", "simulated_hang_file"): ("stages", "simulated", "hang_file"),
     ("dispatch", "crash_flag"): ("faults", "dispatcher_crash_flag"),
+    ("stages", "img2img_model"): ("stages", "generate_model"),
+    ("stages", "img2img_artifacts"): ("stages", "generate_artifacts"),
+    ("autoscaler", "backend"): ("autoscaler", "target"),
+}
+# Values that were renamed: the field's path → old value → new value (in a list too).
+RENAMED_VALUES: Mapping[Path, Mapping[str, str]] = {
+    ("worker", "stages"): {"img2img": "generate"},
 }
 
 
@@ -47,6 +54,19 @@ def move_renamed(data: MutableMapping[str, Any]) -> list[str]:
             continue
         target[new[-1]] = value
         warnings.append(f"{env_name(old)} was renamed {env_name(new)}: use the new name")
+    for path, values in RENAMED_VALUES.items():
+        parent = _section(data, path[:-1], create=False)
+        if parent is None or path[-1] not in parent:
+            continue
+        given = parent[path[-1]]
+        items = given if isinstance(given, list) else [given]
+        if any(isinstance(v, str) and v in values for v in items):
+            renamed = [values.get(v, v) if isinstance(v, str) else v for v in items]
+            parent[path[-1]] = renamed if isinstance(given, list) else renamed[0]
+            moved = ", ".join(
+                f"{v} → {values[v]}" for v in items if isinstance(v, str) and v in values
+            )
+            warnings.append(f"{env_name(path)}: renamed values ({moved}): use the new names")
     return warnings
 
 

@@ -186,18 +186,18 @@ class AutoscalerSettings(BaseModel):
     """Where the autoscaler applies the size it decides, and what it publishes."""
 
     pool: str = Field("inf2", description="Work pool whose queue drives the size.")
-    backend: Literal["local", "asg", "ecs"] = Field(
+    target: Literal["local", "asg", "ecs"] = Field(
         "local",
         description="local: worker processes here; asg: an EC2 Auto Scaling group; "
         "ecs: an ECS service's desired count.",
     )
-    asg_name: str | None = Field(None, description="Auto Scaling group (backend asg).")
-    ecs_cluster: str | None = Field(None, description="ECS cluster (backend ecs).")
-    ecs_service: str | None = Field(None, description="ECS service (backend ecs).")
+    asg_name: str | None = Field(None, description="Auto Scaling group (target asg).")
+    ecs_cluster: str | None = Field(None, description="ECS cluster (target ecs).")
+    ecs_service: str | None = Field(None, description="ECS service (target ecs).")
     pool_groups: dict[str, str] = Field(
         default_factory=dict,
         description="Split topology on AWS: each pool's own Auto Scaling group (asg) or ECS "
-        'service (ecs), e.g. {"inf2-img2img": "img2img-p1", "inf2-upscale": '
+        'service (ecs), e.g. {"inf2-generate": "img2img-p1", "inf2-upscale": '
         '"img2img-p2"}.',
     )
     pool_slots: dict[str, int] = Field(
@@ -213,12 +213,12 @@ class AutoscalerSettings(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _backend_named(self) -> AutoscalerSettings:
-        if self.backend == "asg" and not self.asg_name:
-            raise ValueError("autoscaler.asg_name is required with autoscaler.backend=asg")
-        if self.backend == "ecs" and not (self.ecs_cluster and self.ecs_service):
+    def _target_named(self) -> AutoscalerSettings:
+        if self.target == "asg" and not self.asg_name:
+            raise ValueError("autoscaler.asg_name is required with autoscaler.target=asg")
+        if self.target == "ecs" and not (self.ecs_cluster and self.ecs_service):
             raise ValueError(
                 "autoscaler.ecs_cluster and autoscaler.ecs_service are required "
-                "with autoscaler.backend=ecs"
+                "with autoscaler.target=ecs"
             )
         return self

@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     topology: Topology = Field(
         "single",
         description="single: both stages on every host of one pool (inf2); split: stage 1 "
-        "on pool inf2-img2img, stage 2 on inf2-upscale, each scaled on its own queue, "
+        "on pool inf2-generate, stage 2 on inf2-upscale, each scaled on its own queue, "
         "handing off through the directory bucket.",
     )
     aws: AwsSettings = Field(default_factory=AwsSettings)

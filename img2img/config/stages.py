@@ -12,8 +12,9 @@ from pydantic import BaseModel, Field
 
 from img2img.config.dev import SimulatedDevice
 
-# The one definition of what a stage's model is: stage 1 (img2img) or stage 2 (x4 upscale).
-StageKind = Literal["img2img", "upscale"]
+# The one definition of what a stage's model is: stage 1, generate (diffusers img2img), or
+# stage 2, upscale (the x4 upscaler).
+StageKind = Literal["generate", "upscale"]
 
 
 class StageSettings(BaseModel):
@@ -26,15 +27,15 @@ class StageSettings(BaseModel):
         "neuron runs Neuron-compiled artifacts on the slot's NeuronCores (Inf2); simulated "
         "waits a fixed device time per call without using the CPU (benchmarks only).",
     )
-    img2img_artifacts: str | None = Field(
+    generate_artifacts: str | None = Field(
         None,
         description="Compiled stage-1 artifacts (folder or s3:// URI written by `img2img "
         "compile`) for the torchscript and neuron backends. None: torchscript compiles "
-        "img2img_model once into model_cache_dir; neuron refuses.",
+        "generate_model once into model_cache_dir; neuron refuses.",
     )
     upscale_artifacts: str | None = Field(
         None,
-        description="Compiled stage-2 artifacts (folder or s3:// URI), as img2img_artifacts.",
+        description="Compiled stage-2 artifacts (folder or s3:// URI), as generate_artifacts.",
     )
     compiled_batches: list[int] | None = Field(
         None,
@@ -70,7 +71,7 @@ class StageSettings(BaseModel):
     dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float32", description="Weights dtype; float16 only on CUDA."
     )
-    img2img_model: str | None = Field(
+    generate_model: str | None = Field(
         None,
         description="Stage-1 model: a diffusers folder or s3:// URI. None builds the tiny "
         "random-weight model (produces noise).",

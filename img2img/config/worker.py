@@ -88,8 +88,8 @@ class WorkerSettings(BaseModel):
     )
     stages: list[StageKind] | None = Field(
         None,
-        description="Stage models this worker's slots load: img2img, upscale or both. None: "
-        "what its work pool runs (inf2-img2img: img2img, inf2-upscale: upscale, any other "
+        description="Stage models this worker's slots load: generate, upscale or both. None: "
+        "what its work pool runs (inf2-generate: generate, inf2-upscale: upscale, any other "
         "pool: both).",
     )
     unhealthy_after: int = Field(

@@ -7,7 +7,7 @@ One message per outcome, version 1:
     {"version": 1, "dedup_id": "results/<bucket>/<key>@<tag>.json", "outcome": "result",
      "upload": {"bucket", "key", "version_id", "etag", "uri"}, "request_id": "...",
      "result": {"uri", "width", "height"[, "presigned_url", "presigned_expires_at"]},
-     "failure": null, "timings_ms": {...}, "device_batch": {"stage1": 4, "stage2": 4},
+     "failure": null, "timings_ms": {...}, "device_batch": {"generate": 4, "upscale": 4},
      "flow_run_id": "...", "finished_at": "..."}
 
 A failure carries `"result": null` and `"failure": {"stage", "reason", "retryable",

@@ -16,7 +16,7 @@ import torch
 
 SIZES = ("tiny", "sd15", "sd21")
 # The only x4 upscaler architecture is stabilityai/stable-diffusion-x4-upscaler.
-_FOLDERS = {("img2img", "sd15"): "sd15", ("img2img", "sd21"): "sd21"}
+_FOLDERS = {("generate", "sd15"): "sd15", ("generate", "sd21"): "sd21"}
 
 
 def config(folder: str, component: str) -> dict[str, Any]:
@@ -61,11 +61,11 @@ def build_random(stage: str, size: str) -> Any:
     from img2img.dev.tiny import build_tiny_img2img, build_tiny_upscale, tiny_tokenizer
 
     if size == "tiny":
-        return build_tiny_img2img() if stage == "img2img" else build_tiny_upscale()
+        return build_tiny_img2img() if stage == "generate" else build_tiny_upscale()
     folder = folder_for(stage, size)
     parts = build_components(folder)
     tokenizer = tiny_tokenizer()
-    if stage == "img2img":
+    if stage == "generate":
         return StableDiffusionImg2ImgPipeline(
             **parts,
             tokenizer=tokenizer,

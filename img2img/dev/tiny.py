@@ -3,7 +3,7 @@
 There is no model hub here, so the embedded default is these: the real
 `StableDiffusionImg2ImgPipeline` and `StableDiffusionUpscalePipeline` with a few thousand
 random weights each. They run the whole code path in well under a second on one CPU thread
-and produce noise. Point `IMG2IMG_STAGES__IMG2IMG_MODEL` / `..._UPSCALE_MODEL` at real
+and produce noise. Point `IMG2IMG_STAGES__GENERATE_MODEL` / `..._UPSCALE_MODEL` at real
 checkpoints for real images.
 """
 
@@ -141,6 +141,6 @@ def build_tiny_upscale(seed: int = 0) -> Any:
 
 
 def save_tiny(kind: str, folder: Path, seed: int = 0) -> None:
-    """Build the tiny model of `kind` ("img2img" or "upscale") and save it to `folder`."""
-    builder = {"img2img": build_tiny_img2img, "upscale": build_tiny_upscale}[kind]
+    """Build the tiny model of `kind` ("generate" or "upscale") and save it to `folder`."""
+    builder = {"generate": build_tiny_img2img, "upscale": build_tiny_upscale}[kind]
     builder(seed).save_pretrained(str(folder))

@@ -41,7 +41,7 @@ _RUN_NAME = re.compile(r"^batch-(\d+)-")
 
 
 def run_name(objects: list[ObjectRef], kind: str = "batch") -> str:
-    """A pipeline run's name: who made it (`batch`: the dispatcher; `reconcile`, `stage2`),
+    """A pipeline run's name: who made it (`batch`: the dispatcher; `reconcile`, `upscale`),
     its image count, then the first object's file name."""
     first = objects[0].key.rsplit("/", 1)[-1][:40] if objects else ""
     return f"{kind}-{len(objects)}-{first}"

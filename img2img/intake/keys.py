@@ -58,8 +58,8 @@ class UploadKeys:
     """Every key derived from one upload."""
 
     input: str
-    stage1: str
-    stage2: str
+    generate: str
+    upscale: str
     result: str
     result_meta: str
     failure: str
@@ -79,8 +79,8 @@ def keys_for(ref: ObjectRef) -> UploadKeys:
     base = outcome_stem(ref)
     return UploadKeys(
         input=f"input/{base}",
-        stage1=f"stage1/{base}.png",
-        stage2=f"stage2/{base}.png",
+        generate=f"generate/{base}.png",
+        upscale=f"upscale/{base}.png",
         result=f"results/{base}.png",
         result_meta=f"results/{base}.json",
         failure=f"failed/{base}.json",

@@ -22,14 +22,14 @@ log = logging.getLogger("img2img.models")
 def pipeline_class(kind: StageKind) -> Any:
     from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionUpscalePipeline
 
-    return {"img2img": StableDiffusionImg2ImgPipeline, "upscale": StableDiffusionUpscalePipeline}[
+    return {"generate": StableDiffusionImg2ImgPipeline, "upscale": StableDiffusionUpscalePipeline}[
         kind
     ]
 
 
 def resolve_source(kind: StageKind, settings: StageSettings, s3: S3Client | None) -> Path:
     """The local folder holding the model of `kind`, fetching or building it once per host."""
-    source = settings.img2img_model if kind == "img2img" else settings.upscale_model
+    source = settings.generate_model if kind == "generate" else settings.upscale_model
     cache = settings.model_cache_dir
     if source is None:
         folder = cache / f"tiny-{kind}"
@@ -63,7 +63,7 @@ def load_eager(
 
 
 def eager_cache_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:
-    source = settings.img2img_model if kind == "img2img" else settings.upscale_model
+    source = settings.generate_model if kind == "generate" else settings.upscale_model
     return (kind, "eager", str(source), settings.device, settings.dtype)
 
 

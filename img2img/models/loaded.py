@@ -48,7 +48,7 @@ class ModelCache:
         self,
         settings: StageSettings,
         s3: S3Client | None = None,
-        stages: tuple[StageKind, ...] = ("img2img", "upscale"),
+        stages: tuple[StageKind, ...] = ("generate", "upscale"),
     ) -> dict[str, float]:
         """Load the `stages`' models (both, or one on a split topology's pool) and run the
         smallest call there is through each (one image, or the smallest compiled size), so
@@ -60,8 +60,8 @@ class ModelCache:
         from PIL import Image
 
         from img2img.intake.params import ImageParams
-        from img2img.pipeline.stages.generate import run_img2img
-        from img2img.pipeline.stages.spec import STAGE1, STAGE2
+        from img2img.pipeline.stages.generate import run_generate
+        from img2img.pipeline.stages.spec import GENERATE, UPSCALE
         from img2img.pipeline.stages.upscale import run_upscale
 
         params = ImageParams(prompt="warm-up", steps=2, strength=0.5, upscale_steps=1)
@@ -69,7 +69,7 @@ class ModelCache:
         call_s: dict[str, float] = {}
         # Stage 1 keeps the size; stage 2 takes a blank of it when stage 1 is not here.
         images = [Image.new("RGB", shape)]
-        for kind, stage in (("img2img", STAGE1), ("upscale", STAGE2)):
+        for kind, stage in (("generate", GENERATE), ("upscale", UPSCALE)):
             if kind not in stages:
                 continue
             pipe = self.get(kind, settings, s3)
@@ -79,8 +79,8 @@ class ModelCache:
             blank, each, seeds = images[:1] * count, [params] * count, [0] * count
             with self.device_lock:
                 start = time.perf_counter()
-                if kind == "img2img":
-                    images = run_img2img(pipe, blank, each, seeds, shape)
+                if kind == "generate":
+                    images = run_generate(pipe, blank, each, seeds, shape)
                 else:
                     run_upscale(pipe, blank, each, seeds, settings.noise_level)
                 call_s[stage.name] = round((time.perf_counter() - start) * sizes[-1] / count, 3)

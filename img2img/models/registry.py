@@ -56,7 +56,7 @@ def _compiled(
 
 
 def _compiled_key(kind: StageKind, settings: StageSettings) -> tuple[str, ...]:
-    source = settings.img2img_artifacts if kind == "img2img" else settings.upscale_artifacts
+    source = settings.generate_artifacts if kind == "generate" else settings.upscale_artifacts
     return (kind, settings.backend, str(source), settings.device)
 
 
@@ -66,7 +66,7 @@ def _simulated(
     from img2img.dev.simulated import SimulatedPipeline
 
     time.sleep(settings.simulated.load_s / 2)  # half the load time for each of two models
-    if kind == "img2img":
+    if kind == "generate":
         return SimulatedPipeline(
             kind,
             settings.simulated.generate_ms,

@@ -17,9 +17,9 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "queue": ("queue_wait",),
     "io": ("check", "copy", "download", "upload"),
     "cpu": ("preprocess", "postprocess"),
-    "stage1": ("stage1",),
+    "generate": ("generate",),
     "handoff": ("handoff",),
-    "stage2": ("stage2",),
+    "upscale": ("upscale",),
     "wait_dev": ("device_wait",),
     "wait_other": ("other_wait",),
     "total": ("total",),
@@ -29,7 +29,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 # Not a time: the images in the device calls that ran the image's two stages ("4/4"),
 # shown after the stage columns.
 BATCH_COLUMN = "batch"
-BATCH_AFTER = "stage2"
+BATCH_AFTER = "upscale"
 
 MAX_FAILURES_LISTED = 50  # in a run's summary; every failure has its record anyway
 STATUS_MARK = {
@@ -55,7 +55,7 @@ def device_batch_label(batches: dict[str, int]) -> str | None:
     that did not run); None when neither ran."""
     if not batches:
         return None
-    return "/".join(str(batches.get(stage, "–")) for stage in ("stage1", "stage2"))
+    return "/".join(str(batches.get(stage, "–")) for stage in ("generate", "upscale"))
 
 
 def _column(timings: dict[str, float], parts: tuple[str, ...]) -> float | None:

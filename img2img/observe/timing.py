@@ -15,10 +15,10 @@ STAGES: tuple[str, ...] = (
     "copy",
     "download",
     "preprocess",
-    "stage1",
+    "generate",
     # Split topology: the batch's stage-1 outputs written → the stage-2 run started (p1_p2).
     "handoff",
-    "stage2",
+    "upscale",
     "postprocess",
     "upload",
     # The time between an image's own steps, so that the columns add up to `total`

@@ -5,7 +5,7 @@ images ahead of it on the device, for the rest of its batch to finish a step, fo
 orchestrator to start the next task. `image_line` lays the measured spans on the wall clock
 and names every gap, so an image's segments add up to its whole time:
 
-    queue wait (upload event → run start) | copy | … | waiting for the device | stage1 | …
+    queue wait (upload event → run start) | copy | … | waiting for the device | generate | …
 
 An event's `eventTime` is the sender's claim: a message replayed from the dead-letter queue
 or sent by hand can carry any time. When it lies outside `[run start − stale_after_s,
@@ -22,7 +22,7 @@ from itertools import pairwise
 QUEUE_WAIT = "queue wait"
 WAIT_DEVICE = "waiting for the device"
 WAIT_OTHER = "waiting (batch, orchestration)"
-DEVICE_STAGES = frozenset({"stage1", "stage2"})
+DEVICE_STAGES = frozenset({"generate", "upscale"})
 
 # How a span's stage is named on the chart; stages not listed keep their own name.
 LABELS = {
@@ -30,9 +30,9 @@ LABELS = {
     "copy": "copy",
     "download": "download",
     "preprocess": "preprocess",
-    "stage1": "stage 1 (img2img)",
+    "generate": "stage 1: generate",
     "handoff": "hand-off to stage 2",
-    "stage2": "stage 2 (upscale)",
+    "upscale": "stage 2: upscale",
     "postprocess": "encode",
     "upload": "upload",
 }

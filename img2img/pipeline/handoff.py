@@ -36,10 +36,10 @@ class HandoffState(BaseModel):
     device_batch: dict[str, int] = Field(default_factory=dict)
 
 
-def handoff_key(stage1_run_id: str) -> str:
+def handoff_key(generate_run_id: str) -> str:
     """The stage-2 run's idempotency key: one stage-2 run per stage-1 run, however often
     the stage-1 run is retried."""
-    return f"handoff:{stage1_run_id}"
+    return f"handoff:{generate_run_id}"
 
 
 def batch_ready(jobs: list[ImageJob], now: float | None = None) -> float:
@@ -49,7 +49,7 @@ def batch_ready(jobs: list[ImageJob], now: float | None = None) -> float:
     topologies, and the hand-off is only what the second pool adds. An output reused from
     an earlier attempt was there already (`now`)."""
     now = time.time() if now is None else now
-    return max((j.output_written.get("stage1", now) for j in jobs), default=now)
+    return max((j.output_written.get("generate", now) for j in jobs), default=now)
 
 
 def handoff_state(job: ImageJob, written: float, now: float | None = None) -> HandoffState:
@@ -72,7 +72,7 @@ def handoff_state(job: ImageJob, written: float, now: float | None = None) -> Ha
 
 
 def restore(
-    job: ImageJob, state: HandoffState, stage2_started: float, stage1_run: str | None
+    job: ImageJob, state: HandoffState, upscale_started: float, generate_run: str | None
 ) -> None:
     """Take over `job` in the stage-2 run: stage 1's view of it, plus the hand-off time
     (its batch's stage-1 outputs written → this run's start) on its timeline."""
@@ -83,10 +83,10 @@ def restore(
     job.timings.spans = [tuple(span) for span in state.spans]  # type: ignore[misc]
     job.timings.started = state.run_started
     job.device_batch = dict(state.device_batch)
-    job.linked_run = stage1_run
-    start = min(state.written, stage2_started)
-    job.timings[HANDOFF] = (stage2_started - start) * 1000.0
-    job.timings.spans.append((HANDOFF, start, stage2_started))
+    job.linked_run = generate_run
+    start = min(state.written, upscale_started)
+    job.timings[HANDOFF] = (upscale_started - start) * 1000.0
+    job.timings.spans.append((HANDOFF, start, upscale_started))
 
 
 def run_origin(states: list[HandoffState], fallback: float) -> float:

@@ -38,8 +38,8 @@ class ImageJob:
     params: ImageParams | None = None
     seed: int = 0
     image: Image.Image | None = None
-    stage1: Image.Image | None = None
-    stage2: Image.Image | None = None
+    generate: Image.Image | None = None
+    upscale: Image.Image | None = None
     status: Status = "pending"
     failure: Failure | None = None
     result_uri: str | None = None
@@ -83,7 +83,7 @@ class ImageJob:
             # A cancelled image can simply be submitted again.
             retryable=is_retryable(exc) or isinstance(exc, RunCancelled),
         )
-        self.image = self.stage1 = self.stage2 = None
+        self.image = self.generate = self.upscale = None
 
 
 def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
@@ -111,22 +111,22 @@ def result_record(
     worker: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON metadata written next to a result image."""
-    assert job.params is not None and job.stage2 is not None
+    assert job.params is not None and job.upscale is not None
     return {
         "source": job.ref.uri,
         "etag": job.ref.etag,
         "version_id": job.ref.version_id,
         "request_id": job.request_id,
         "result": f"s3://{result_bucket}/{job.keys.result}",
-        "width": job.stage2.size[0],
-        "height": job.stage2.size[1],
+        "width": job.upscale.size[0],
+        "height": job.upscale.size[1],
         "params": job.params.model_dump(),
         "seed": job.seed,
         "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
         "device_batch": dict(job.device_batch),
         "flow_run_id": flow_run_id,
         # Split topology: the run that ran stage 1 (flow_run_id ran stage 2).
-        **({"stage1_flow_run_id": job.linked_run} if job.linked_run else {}),
+        **({"generate_flow_run_id": job.linked_run} if job.linked_run else {}),
         "worker": worker or {},
         "finished_at": datetime.now(timezone.utc).isoformat(),
     }

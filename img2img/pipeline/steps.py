@@ -178,9 +178,9 @@ def postprocess(
     which carries the image's complete timings."""
 
     def one(job: ImageJob) -> None:
-        assert job.stage2 is not None
+        assert job.upscale is not None
         with job.timings.measure("postprocess"):
-            png = encode_png(job.stage2)
+            png = encode_png(job.upscale)
         with job.timings.measure("upload"):
             # An image given up on meanwhile (the recovery service wrote its failure record
             # while this run still ran) keeps that one outcome: no result beside it.

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from img2img.config.settings import Settings, Topology
 from img2img.config.stages import StageKind
 
-BOTH: tuple[StageKind, ...] = ("img2img", "upscale")
+BOTH: tuple[StageKind, ...] = ("generate", "upscale")
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,18 @@ class PoolRole:
 
 
 SINGLE_POOL = PoolRole("inf2", "img2img-pipeline/inf2", BOTH, "worker")
-STAGE1_POOL = PoolRole("inf2-img2img", "img2img-stage1/inf2-img2img", ("img2img",), "worker")
-STAGE2_POOL = PoolRole(
-    "inf2-upscale", "img2img-stage2/inf2-upscale", ("upscale",), "upscale-worker"
+GENERATE_POOL = PoolRole("inf2-generate", "img2img-generate/inf2-generate", ("generate",), "worker")
+UPSCALE_POOL = PoolRole(
+    "inf2-upscale", "img2img-upscale/inf2-upscale", ("upscale",), "upscale-worker"
 )
-ROLES: tuple[PoolRole, ...] = (SINGLE_POOL, STAGE1_POOL, STAGE2_POOL)
+ROLES: tuple[PoolRole, ...] = (SINGLE_POOL, GENERATE_POOL, UPSCALE_POOL)
 
 
 def pools(topology: Topology, single_pool: str = SINGLE_POOL.pool) -> tuple[PoolRole, ...]:
     """The pipeline's pools, the one the uploads enter first. `single_pool` renames the
     single topology's pool (`autoscaler.pool`)."""
     if topology == "split":
-        return (STAGE1_POOL, STAGE2_POOL)
+        return (GENERATE_POOL, UPSCALE_POOL)
     if single_pool == SINGLE_POOL.pool:
         return (SINGLE_POOL,)
     return (PoolRole(single_pool, SINGLE_POOL.deployment, BOTH, "worker"),)
@@ -64,12 +64,12 @@ def check_pool_groups(settings: Settings) -> None:
     name each pool's own group in `autoscaler.pool_groups`: raises ValueError naming those
     missing."""
     auto = settings.autoscaler
-    if settings.topology != "split" or auto.backend == "local":
+    if settings.topology != "split" or auto.target == "local":
         return
     missing = [r.pool for r in pools("split") if r.pool not in auto.pool_groups]
     if missing:
         raise ValueError(
-            f"topology split with autoscaler.backend={auto.backend} scales each pool's "
+            f"topology split with autoscaler.target={auto.target} scales each pool's "
             f"own group: autoscaler.pool_groups must name one for {', '.join(missing)}"
         )
 
@@ -77,7 +77,7 @@ def check_pool_groups(settings: Settings) -> None:
 def stages_for_pool(pool: str) -> tuple[StageKind, ...]:
     """The stage models a host of `pool` loads: its stage in a split topology, both in any
     other pool (the single topology's, or one an operator named)."""
-    for role in (STAGE1_POOL, STAGE2_POOL):
+    for role in (GENERATE_POOL, UPSCALE_POOL):
         if role.pool == pool:
             return role.stages
     return BOTH
@@ -86,4 +86,4 @@ def stages_for_pool(pool: str) -> tuple[StageKind, ...]:
 def artifact_key(base: str, pool: str) -> str:
     """A per-pool artifact's key: `base-<pool>` for a split topology's pools, so their
     histories never mix; `base` for any other pool (the single topology's, as always)."""
-    return f"{base}-{pool}" if pool in (STAGE1_POOL.pool, STAGE2_POOL.pool) else base
+    return f"{base}-{pool}" if pool in (GENERATE_POOL.pool, UPSCALE_POOL.pool) else base

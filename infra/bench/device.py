@@ -116,7 +116,7 @@ def _bare_call(pipe: Any, stage: Stage, jobs: list[ImageJob], st: StageSettings)
         "guidance_scale": params.guidance,
         "generator": [torch.Generator("cpu").manual_seed(j.seed) for j in jobs],
     }
-    if stage.model == "img2img":
+    if stage.model == "generate":
         args |= {"num_inference_steps": params.steps, "strength": params.strength}
     else:
         args |= {"num_inference_steps": params.upscale_steps, "noise_level": st.noise_level}

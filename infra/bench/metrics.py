@@ -7,7 +7,7 @@ from typing import Any
 
 from img2img.observe.timing import summarize
 
-DEVICE_STAGES = ("stage1", "stage2")
+DEVICE_STAGES = ("generate", "upscale")
 
 
 def pipeline_figures(docs: list[dict[str, Any]], started: datetime, slots: int) -> dict[str, Any]:

@@ -63,7 +63,7 @@ def _inputs(stage: StageKind, cfg: ModelBenchConfig) -> dict[str, Any]:
         "guidance_scale": cfg.guidance,
         "output_type": "np",
     }
-    if stage == "img2img":
+    if stage == "generate":
         args |= {"num_inference_steps": cfg.steps, "strength": cfg.strength}
     else:
         args |= {"num_inference_steps": cfg.upscale_steps, "noise_level": 20}
@@ -134,7 +134,7 @@ def bench_stage(
                     dtype=cfg.dtype,
                     height=cfg.height,
                     width=cfg.width,
-                    img2img_artifacts=str(out),
+                    generate_artifacts=str(out),
                     upscale_artifacts=str(out),
                     model_cache_dir=Path(tmp) / "cache",
                 )
@@ -152,7 +152,7 @@ def bench_stage(
                 "ms_per_call_min": round(min(times), 1),
                 "batch": cfg.batch,
                 "input": f"{cfg.width}x{cfg.height}",
-                "steps": cfg.steps if stage == "img2img" else cfg.upscale_steps,
+                "steps": cfg.steps if stage == "generate" else cfg.upscale_steps,
                 "device": cfg.device,
                 "dtype": cfg.dtype,
                 "calls": cfg.calls,

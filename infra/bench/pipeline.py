@@ -30,7 +30,7 @@ class BenchConfig:
     batch_size: int
     backend: str
     worker: str  # img2img-warm | process
-    img2img_ms: float
+    generate_ms: float
     upscale_ms: float
     load_s: float
     timeout_s: float
@@ -53,7 +53,7 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
     settings = settings.model_copy(update={"local": local})
     env = {
         "IMG2IMG_STAGES__BACKEND": cfg.backend,
-        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.img2img_ms),
+        "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.generate_ms),
         "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": str(cfg.upscale_ms),
         "IMG2IMG_STAGES__SIMULATED__LOAD_S": str(cfg.load_s),
         "IMG2IMG_STAGES__SIMULATED__IMAGE_SHARE": str(cfg.image_share),
@@ -138,7 +138,7 @@ def run_bench(
 
     if cfg.backend == "simulated":
         say(
-            f"SIMULATED device: stage 1 {cfg.img2img_ms:.0f} ms/call, stage 2 "
+            f"SIMULATED device: stage 1 {cfg.generate_ms:.0f} ms/call, stage 2 "
             f"{cfg.upscale_ms:.0f} ms/call for one image, each further image in a call "
             f"+{cfg.image_share:.0%}, model load {cfg.load_s:.1f} s per process "
             "(no CPU used while waiting)"
@@ -204,15 +204,15 @@ def run_bench(
 def _print_table(rows: list[dict[str, Any]], err: TextIO) -> None:
     print(
         f"{'worker':<10}{'batch':>6}{'images':>8}{'img/s':>9}{'duty':>7}"
-        f"{'overhead ms/img':>17}{'stage1 p50':>12}{'stage2 p50':>12}{'total p95':>11}",
+        f"{'overhead ms/img':>17}{'generate p50':>12}{'upscale p50':>12}{'total p95':>11}",
         file=err,
     )
     for r in rows:
         print(
             f"{r['worker']:<10}{r['batch_size']:>6}{r['images']:>8}{r['images_per_s']:>9.3f}"
             f"{r['duty_cycle']:>7.3f}{r['overhead_ms_per_image']:>17.1f}"
-            f"{r['stage_p50_ms'].get('stage1', 0):>12.1f}"
-            f"{r['stage_p50_ms'].get('stage2', 0):>12.1f}"
+            f"{r['stage_p50_ms'].get('generate', 0):>12.1f}"
+            f"{r['stage_p50_ms'].get('upscale', 0):>12.1f}"
             f"{r['stage_p95_ms'].get('total', 0):>11.1f}",
             file=err,
         )

@@ -49,8 +49,8 @@ class SplitBench:
     """The single pool and the two split pools, on the same price per host-hour."""
 
     single: PoolModel
-    stage1: PoolModel
-    stage2: PoolModel
+    generate: PoolModel
+    upscale: PoolModel
     handoff_s: float
     price_per_hour: float
     seed: int = 7
@@ -84,8 +84,8 @@ class SplitBench:
 
         return cls(
             single=PoolModel("inf2", total, single_slots, starts),
-            stage1=PoolModel("inf2-img2img", stage_s[0], split_slots[0], share(stage_s[0])),
-            stage2=PoolModel("inf2-upscale", stage_s[1], split_slots[1], share(stage_s[1])),
+            generate=PoolModel("inf2-generate", stage_s[0], split_slots[0], share(stage_s[0])),
+            upscale=PoolModel("inf2-upscale", stage_s[1], split_slots[1], share(stage_s[1])),
             handoff_s=handoff_s,
             price_per_hour=price_per_hour,
             seed=seed,
@@ -214,11 +214,11 @@ def _split(
     trace: Trace, base: ScalingSettings, bench: SplitBench, times: list[float]
 ) -> dict[str, Any]:
     """Both split pools at `base` on the uploads `times`."""
-    first = _run(trace, base, bench.stage1, times)
+    first = _run(trace, base, bench.generate, times)
     # FIFO with one service time: requests finish in arrival order, so the i-th arrival's
     # wait is the i-th wait, and the stage-2 arrivals are in the same order.
     handed = [
-        a + w + bench.stage1.service_s + bench.handoff_s
+        a + w + bench.generate.service_s + bench.handoff_s
         for a, w in zip(times, first.waits, strict=True)
     ]
     ahead = None
@@ -227,10 +227,10 @@ def _split(
             times,
             [t - bench.handoff_s for t in handed],
             first.desired_log,
-            policy_for(base, bench.stage1),
-            bench.stage1.service_s,
+            policy_for(base, bench.generate),
+            bench.generate.service_s,
         )
-    second = _run(trace, base, bench.stage2, handed, ahead)
+    second = _run(trace, base, bench.upscale, handed, ahead)
     # Waiting for a slot, in either pool (what the single pool's wait compares with); the
     # hand-off is a transfer, not a wait for capacity, and is reported on its own.
     waits = [w1 + w2 for w1, w2 in zip(first.waits, second.waits, strict=True)]
@@ -241,8 +241,8 @@ def _split(
             "drain_target_s": base.drain_target_s,
         },
         "pools": [
-            _row(first, bench.stage1, bench.price_per_hour),
-            _row(second, bench.stage2, bench.price_per_hour),
+            _row(first, bench.generate, bench.price_per_hour),
+            _row(second, bench.upscale, bench.price_per_hour),
         ],
         "split_p95_wait_s": round(percentile(waits, 95), 2),
         "split_p95_wait_with_handoff_s": round(

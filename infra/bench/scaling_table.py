@@ -10,7 +10,7 @@ HEADER = (
 )
 
 SPLIT_HEADER = (
-    f"{'trace':<10}{'single h':>10}{'p95 s':>8}{'stage1 h':>10}{'stage2 h':>10}"
+    f"{'trace':<10}{'single h':>10}{'p95 s':>8}{'generate h':>10}{'upscale h':>10}"
     f"{'split h':>9}{'p95 s':>8}{'ratio':>7}{'default':>9}  split setting"
 )
 

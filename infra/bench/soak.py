@@ -339,7 +339,7 @@ def _finished(
         doc = json.loads(body["Body"].read())
         timings, batch = doc.get("timings_ms", {}), doc.get("device_batch", {})
         finished = datetime.fromisoformat(doc["finished_at"]).timestamp() - began
-        device_ms = sum(timings.get(s, 0.0) * batch.get(s, 1) for s in ("stage1", "stage2"))
+        device_ms = sum(timings.get(s, 0.0) * batch.get(s, 1) for s in ("generate", "upscale"))
         out.append((finished, timings.get("total", 0.0) / 1000, device_ms / 1000))
     return out
 

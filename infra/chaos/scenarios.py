@@ -23,8 +23,8 @@ uploaded, at least `BACKLOG_MIN` of them), so the dispatcher's adaptive batching
 in one large run (one run slot: one host, one run per slot), then kills the worker once that
 run is running; the line adds `largest_batch`, the most images a run held.
 
-`stage2-worker-kill` needs the split topology (`--topology split`): it SIGKILLs the stage-2
-pool's worker once a stage-2 run is running on it; the line adds `stage1_reruns` (stage-1
+`upscale-worker-kill` needs the split topology (`--topology split`): it SIGKILLs the stage-2
+pool's worker once a stage-2 run is running on it; the line adds `generate_reruns` (stage-1
 runs run more than once: 0 when the kill cost stage 1 nothing) and `handoff_p50_ms` (stage-1
 outputs of the batch written → stage-2 run started, from the result documents).
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
@@ -48,7 +48,7 @@ from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
 from img2img.intake.events import ObjectRef
 from img2img.intake.keys import keys_for
-from img2img.pipeline.topology import STAGE1_POOL, STAGE2_POOL
+from img2img.pipeline.topology import GENERATE_POOL, UPSCALE_POOL
 
 SCENARIOS = (
     "slot-kill",
@@ -60,7 +60,7 @@ SCENARIOS = (
     "redelivery",
     "poison",
     "backlog-worker-kill",
-    "stage2-worker-kill",
+    "upscale-worker-kill",
 )
 POISON_MARKER = "img2img-chaos-poison"
 # Scenarios whose fault waits for a run to be running: their recovery is timed from it.
@@ -71,7 +71,7 @@ WAITS_FOR_A_RUN = (
     "server-restart",
     "s3-errors",
     "backlog-worker-kill",
-    "stage2-worker-kill",
+    "upscale-worker-kill",
 )
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
 # and the services' settings while it runs: one run slot, so the whole backlog is one run;
@@ -299,14 +299,16 @@ class Chaos:
                 time.sleep(1.0)  # the slots die with their worker: what is written now stays
                 self._before_kill = self._results_listed(refs)
                 self.say(f"{self._before_kill} of {len(refs)} results written before the kill")
-        elif scenario == "stage2-worker-kill":
-            stage2 = STAGE2_POOL
+        elif scenario == "upscale-worker-kill":
+            upscale = UPSCALE_POOL
             if self.settings.topology != "split":
-                raise RuntimeError("stage2-worker-kill needs the split topology (--topology split)")
-            run = self.running_run(flow=stage2.flow)
+                raise RuntimeError(
+                    "upscale-worker-kill needs the split topology (--topology split)"
+                )
+            run = self.running_run(flow=upscale.flow)
             if run is None:
                 raise RuntimeError("no stage-2 run started within 120 s: nothing to kill")
-            self._kill_workers(stage2.pool, f" under stage-2 run {run.name}")
+            self._kill_workers(upscale.pool, f" under stage-2 run {run.name}")
         elif scenario == "server-restart":
             if self.running_run() is None:
                 raise RuntimeError("no run started within 120 s")
@@ -349,7 +351,7 @@ class Chaos:
         if scenario == "backlog-worker-kill":
             return self._at_a_backlog(images, timeout_s)
         result = self._run(scenario, images, timeout_s)
-        if scenario == "stage2-worker-kill":
+        if scenario == "upscale-worker-kill":
             result.update(self._split_figures(self._refs))
         return result
 
@@ -362,7 +364,7 @@ class Chaos:
         from img2img.observe.timing import percentile
 
         with get_client(sync_client=True) as client:
-            runs = _every_run(client, STAGE1_POOL.pool)
+            runs = _every_run(client, GENERATE_POOL.pool)
         # A run re-run in place counts its runs; one split by the recovery service is a
         # new run with the split tag.
         reruns = sum(
@@ -382,7 +384,7 @@ class Chaos:
             if ms is not None:
                 handoffs.append(float(ms))
         return {
-            "stage1_reruns": reruns,
+            "generate_reruns": reruns,
             "handoff_p50_ms": round(percentile(handoffs, 50), 1) if handoffs else None,
         }
 

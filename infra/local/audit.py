@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
     from img2img.config.settings import Settings
 
-STAGES = ("stage1", "stage2")
+STAGES = ("generate", "upscale")
 
 
 def versions_under(s3: S3Client, bucket: str, prefix: str) -> Counter[str]:
@@ -142,7 +142,7 @@ def audit(
             messages=tuple(by_upload[ref.identity]),
             stage_outputs=None
             if stage_counts is None
-            else {"stage1": stage_counts[keys.stage1], "stage2": stage_counts[keys.stage2]},
+            else {"generate": stage_counts[keys.generate], "upscale": stage_counts[keys.upscale]},
             runs=None if runs is None else runs.get(ref.identity, 0),
         )
         verdicts.append(judge(ref, evidence, expect_messages=messages is not None))

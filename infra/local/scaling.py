@@ -1,16 +1,16 @@
-"""The `local` scaling backend: warm worker processes of this machine's local stack, started,
+"""The `local` scale target: warm worker processes of this machine's local stack, started,
 drained and killed by the autoscaler like hosts of a pool. Registered under the
-`img2img.scaling_backends` entry point group, so the control host's composition root
+`img2img.scale_targets` entry point group, so the control host's composition root
 (`deployments.services.autoscalers`) loads it by name without importing the local stack."""
 
 from __future__ import annotations
 
-from deployments.services.scaling_backends import ScalingBackend, drain_choice
+from deployments.services.scale_targets import ScaleTarget, drain_choice
 from img2img.config.settings import Settings
 from infra.local.stack import LocalStack
 
 
-class LocalBackend:
+class LocalTarget:
     """Warm worker processes on this machine (the embedded default), for one pool."""
 
     name = "local"
@@ -46,6 +46,6 @@ class LocalBackend:
         return f"local: {host} is already gone"
 
 
-def local_backend(settings: Settings, pool: str | None = None) -> ScalingBackend:
+def local_target(settings: Settings, pool: str | None = None) -> ScaleTarget:
     """The entry point: the local stack of `settings`, for `pool` (None: the one pool)."""
-    return LocalBackend(LocalStack(settings), pool)
+    return LocalTarget(LocalStack(settings), pool)

@@ -40,18 +40,18 @@ def tiny_request(stage: str, out: str, **kw: Any) -> CompileRequest:
 def compiled(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("compiled")
     out = {}
-    for stage in ("img2img", "upscale"):
+    for stage in ("generate", "upscale"):
         out[stage] = root / stage
         compile_stage(tiny_request(stage, str(out[stage])))
     out["img2img-2cores"] = root / "img2img-2cores"
-    compile_stage(tiny_request("img2img", str(out["img2img-2cores"]), cores=2))
+    compile_stage(tiny_request("generate", str(out["img2img-2cores"]), cores=2))
     return out
 
 
 def settings_for(compiled: dict[str, Path], tmp_path: Path, **kw: Any) -> StageSettings:
     args: dict[str, Any] = dict(
         backend="torchscript",
-        img2img_artifacts=str(compiled["img2img"]),
+        generate_artifacts=str(compiled["generate"]),
         upscale_artifacts=str(compiled["upscale"]),
         model_cache_dir=tmp_path / "cache",
     )
@@ -70,19 +70,19 @@ def run(pipe: Any, stage: str, guidance: float = 7.5) -> np.ndarray:
         output_type="np",
         generator=torch.Generator().manual_seed(3),
     )
-    if stage == "img2img":
+    if stage == "generate":
         kw["strength"] = 0.75
     out: np.ndarray = pipe(**kw).images
     return out
 
 
-@pytest.mark.parametrize("stage", ["img2img", "upscale"])
+@pytest.mark.parametrize("stage", ["generate", "upscale"])
 def test_torchscript_matches_eager(stage: str, compiled: dict[str, Path], tmp_path: Path) -> None:
-    eager = build_tiny_img2img() if stage == "img2img" else build_tiny_upscale()
+    eager = build_tiny_img2img() if stage == "generate" else build_tiny_upscale()
     eager.set_progress_bar_config(disable=True)
     traced = load_pipeline(stage, settings_for(compiled, tmp_path))  # type: ignore[arg-type]
     want, got = run(eager, stage), run(traced, stage)
-    assert got.shape == want.shape == ((1, 64, 64, 3) if stage == "img2img" else (1, 256, 256, 3))
+    assert got.shape == want.shape == ((1, 64, 64, 3) if stage == "generate" else (1, 256, 256, 3))
     assert float(np.abs(got - want).max()) < TOLERANCE
     assert float(want.std()) > 0.01  # a real image of noise, not a constant
 
@@ -93,10 +93,10 @@ def test_unet_split_over_two_cores_matches_eager(compiled: dict[str, Path], tmp_
     eager = build_tiny_img2img()
     eager.set_progress_bar_config(disable=True)
     split = load_pipeline(
-        "img2img",
-        settings_for(compiled, tmp_path, img2img_artifacts=str(compiled["img2img-2cores"])),
+        "generate",
+        settings_for(compiled, tmp_path, generate_artifacts=str(compiled["img2img-2cores"])),
     )
-    assert float(np.abs(run(split, "img2img") - run(eager, "img2img")).max()) < TOLERANCE
+    assert float(np.abs(run(split, "generate") - run(eager, "generate")).max()) < TOLERANCE
 
 
 def test_manifest_records_what_was_compiled(compiled: dict[str, Path]) -> None:
@@ -110,17 +110,17 @@ def test_manifest_records_what_was_compiled(compiled: dict[str, Path]) -> None:
 
 def test_settings_at_another_shape_are_refused(compiled: dict[str, Path], tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError) as err:
-        load_pipeline("img2img", settings_for(compiled, tmp_path, height=32))
+        load_pipeline("generate", settings_for(compiled, tmp_path, height=32))
     assert "compiled for 64x64" in str(err.value) and "give 64x32" in str(err.value)
 
 
 def test_an_input_at_another_shape_is_refused_naming_both(
     compiled: dict[str, Path], tmp_path: Path
 ) -> None:
-    pipe = load_pipeline("img2img", settings_for(compiled, tmp_path))
+    pipe = load_pipeline("generate", settings_for(compiled, tmp_path))
     # Compiled with guidance on: a guidance-off call would run the UNet at half the batch.
     with pytest.raises(InvalidParameters) as err:
-        run(pipe, "img2img", guidance=1.0)
+        run(pipe, "generate", guidance=1.0)
     assert "[2, 4, 16, 16]" in str(err.value) and "[1, 4, 16, 16]" in str(err.value)
     big = Image.new("RGB", (96, 64))
     with pytest.raises(
@@ -135,25 +135,25 @@ def test_version_mismatch_and_damage_are_clear_errors(
     import shutil
 
     copy = tmp_path / "copy"
-    shutil.copytree(compiled["img2img"], copy)
+    shutil.copytree(compiled["generate"], copy)
     path = copy / "manifest.json"
     raw = json.loads(path.read_text())
     raw["versions"]["torch"] = "2.8.0"
     path.write_text(json.dumps(raw))
     with pytest.raises(ModelLoadError, match=r"compiled with torch 2\.8\.0, installed is"):
-        load_pipeline("img2img", settings_for(compiled, tmp_path, img2img_artifacts=str(copy)))
+        load_pipeline("generate", settings_for(compiled, tmp_path, generate_artifacts=str(copy)))
     raw["versions"]["torch"] = torch.__version__
     path.write_text(json.dumps(raw))
     with (copy / "unet.pt").open("r+b") as fh:
         fh.seek(100)
         fh.write(b"\x00\x01\x02")
     with pytest.raises(ModelLoadError, match=r"unet\.pt \(unet\) has a different SHA-256"):
-        load_pipeline("img2img", settings_for(compiled, tmp_path, img2img_artifacts=str(copy)))
+        load_pipeline("generate", settings_for(compiled, tmp_path, generate_artifacts=str(copy)))
 
 
 def test_compile_refuses_to_overwrite(compiled: dict[str, Path]) -> None:
     with pytest.raises(InvalidParameters, match="already holds compiled artifacts"):
-        compile_stage(tiny_request("img2img", str(compiled["img2img"])))
+        compile_stage(tiny_request("generate", str(compiled["generate"])))
 
 
 def test_compile_upload_and_load_on_a_fresh_host(
@@ -210,8 +210,8 @@ def test_compile_upload_and_load_on_a_fresh_host(
 
 def test_neuron_without_artifacts_says_what_to_do(tmp_path: Path) -> None:
     st = StageSettings(backend="neuron", model_cache_dir=tmp_path)
-    with pytest.raises(ModelLoadError, match="IMG2IMG_STAGES__IMG2IMG_ARTIFACTS"):
-        load_pipeline("img2img", st)
+    with pytest.raises(ModelLoadError, match="IMG2IMG_STAGES__GENERATE_ARTIFACTS"):
+        load_pipeline("generate", st)
 
 
 def test_missing_torch_neuronx_names_the_install_step() -> None:
@@ -229,7 +229,7 @@ def test_missing_torch_neuronx_names_the_install_step() -> None:
 
 def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
     pytest.importorskip("torch_neuronx", reason="needs torch-neuronx on an Inf2/Trn1 host")
-    for stage in ("img2img", "upscale"):
+    for stage in ("generate", "upscale"):
         for backend in ("torchscript", "neuron"):
             compile_stage(tiny_request(stage, str(tmp_path / backend / stage), backend=backend))
         outs = [
@@ -238,7 +238,7 @@ def test_neuron_compile_and_load_match_torchscript(tmp_path: Path) -> None:
                     stage,
                     StageSettings(
                         backend=b,
-                        img2img_artifacts=str(tmp_path / b / stage),
+                        generate_artifacts=str(tmp_path / b / stage),
                         upscale_artifacts=str(tmp_path / b / stage),
                         model_cache_dir=tmp_path / "c",
                     ),
@@ -261,7 +261,7 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws: AwsEnv) -> None:
     clients, settings = aws
     uri = f"s3://{settings.storage.results_bucket}/models/img2img/flow"
     state = compile_model(
-        stage="img2img",
+        stage="generate",
         model="tiny",
         height=64,
         width=64,
@@ -310,7 +310,7 @@ def test_the_neuron_attention_graph_traces_and_matches_eager(tmp_path: Path) -> 
 def test_arguments_the_graph_cannot_take_are_refused(
     compiled: dict[str, Path], tmp_path: Path
 ) -> None:
-    pipe = load_pipeline("img2img", settings_for(compiled, tmp_path)).pipes[1]  # batch 1
+    pipe = load_pipeline("generate", settings_for(compiled, tmp_path)).pipes[1]  # batch 1
     sample, context = torch.zeros(2, 4, 16, 16), torch.zeros(2, 77, 32)
     assert pipe.unet(sample, 10, context, return_dict=False)[0].shape == (2, 4, 16, 16)
     with pytest.raises(InvalidParameters, match="UNet cannot take cross_attention_kwargs"):

@@ -21,7 +21,7 @@ from img2img.models import registry as backends
 from img2img.models.registry import CallSizes
 from img2img.observe.report import build_report
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE1, STAGE2, Stage
+from img2img.pipeline.stages.spec import GENERATE, UPSCALE, Stage
 from img2img.pipeline.steps import StageOutputs, run_stage
 from img2img.slots import progress
 from tests.conftest import AwsEnv
@@ -80,7 +80,7 @@ def test_a_mixed_run_is_grouped_into_calls_and_each_image_comes_out_as_alone(
     assert sizes == CallSizes((1, 2, 3, 4), exact=True)
 
     recorders = {}
-    for stage in (STAGE1, STAGE2):
+    for stage in (GENERATE, UPSCALE):
         pipe = backends.load(stage.model, settings)
         recorders[stage.name] = Recorder(pipe, stage, settings)
         outputs = StageOutputs(clients.s3, cfg.storage.stage_bucket)
@@ -88,26 +88,26 @@ def test_a_mixed_run_is_grouped_into_calls_and_each_image_comes_out_as_alone(
         assert outputs.close() == []
 
     # Stage 1: the same steps, strength and guidance share a call, at most 4 images each.
-    assert recorders["stage1"].calls == [
+    assert recorders["generate"].calls == [
         ["a0.png", "a1.png", "a2.png", "a3.png"],
         ["a4.png"],
         ["b0.png", "b1.png"],
         ["c0.png"],
     ]
     # Stage 2 groups by its own steps and guidance (strength is not one of them).
-    assert recorders["stage2"].calls == [
+    assert recorders["upscale"].calls == [
         ["a0.png", "a1.png", "a2.png", "a3.png"],
         ["a4.png", "c0.png"],
         ["b0.png", "b1.png"],
     ]
-    assert [j.device_batch for j in jobs[:2]] == [{"stage1": 4, "stage2": 4}] * 2
-    assert jobs[4].device_batch == {"stage1": 1, "stage2": 2}
-    assert all(j.stage2 is not None and j.stage2.size == (256, 256) for j in jobs)
+    assert [j.device_batch for j in jobs[:2]] == [{"generate": 4, "upscale": 4}] * 2
+    assert jobs[4].device_batch == {"generate": 1, "upscale": 2}
+    assert all(j.upscale is not None and j.upscale.size == (256, 256) for j in jobs)
 
     # Each image as it would be alone, at batch 1 with the same seed: the same to within
     # 1 of 255 on a few pixels (float rounding in the batched kernels), never more.
     alone = make_jobs(specs)
-    for stage in (STAGE1, STAGE2):
+    for stage in (GENERATE, UPSCALE):
         outputs = StageOutputs(clients.s3, cfg.storage.stage_bucket)
         run_stage(
             alone,
@@ -119,22 +119,22 @@ def test_a_mixed_run_is_grouped_into_calls_and_each_image_comes_out_as_alone(
         )
         outputs.close()
     for batched, single in zip(jobs, alone, strict=True):
-        diff = np.abs(pixels(batched.stage2) - pixels(single.stage2))
+        diff = np.abs(pixels(batched.upscale) - pixels(single.upscale))
         assert diff.max() <= 1 and diff.mean() < 0.01, (batched.ref.key, diff.max())
     # Different seeds and prompts stay different images inside one call.
-    assert np.abs(pixels(jobs[0].stage2) - pixels(jobs[1].stage2)).mean() > 1.0
+    assert np.abs(pixels(jobs[0].upscale) - pixels(jobs[1].upscale)).mean() > 1.0
 
     # The call's time is split over its images, laid end to end, and the table says the
     # batch each image ran in.
     first_call = jobs[:4]
     ends = [j.timings.spans[0] for j in first_call]
     assert all(a[2] == pytest.approx(b[1]) for a, b in itertools.pairwise(ends))
-    assert len({round(j.timings["stage1"], 6) for j in first_call}) == 1
+    assert len({round(j.timings["generate"], 6) for j in first_call}) == 1
     for job in jobs:
         job.status = "completed"
     rows = build_report(jobs, 1.0, 0.0, 3600.0).rows
     assert rows[0]["batch"] == "4/4" and rows[4]["batch"] == "1/2"
-    assert list(rows[0])[:6] == ["image", "queue", "io", "cpu", "stage1", "stage2"]
+    assert list(rows[0])[:6] == ["image", "queue", "io", "cpu", "generate", "upscale"]
     assert list(rows[0])[6] == "batch"
 
 
@@ -150,12 +150,12 @@ def test_a_call_fails_for_one_image_only_that_image_fails(aws: AwsEnv) -> None:
         return [Image.new("RGB", SHAPE)] * len(batch)
 
     outputs = StageOutputs(clients.s3, cfg.storage.stage_bucket)
-    run_stage(jobs, STAGE1, infer, outputs, resume=False, sizes=CallSizes((1, 2, 4), True))
+    run_stage(jobs, GENERATE, infer, outputs, resume=False, sizes=CallSizes((1, 2, 4), True))
     outputs.close()
     # One call of 4 fails; each image is tried alone; only i2 fails, naming stage 1.
     assert calls == [4, 1, 1, 1, 1]
     assert [j.status for j in jobs] == ["pending", "pending", "failed", "pending"]
-    assert jobs[2].failure is not None and jobs[2].failure.stage == "stage1"
+    assert jobs[2].failure is not None and jobs[2].failure.stage == "generate"
     assert "cannot be drawn" in jobs[2].failure.reason
 
 
@@ -174,19 +174,19 @@ def test_a_call_out_of_device_memory_is_split_and_compiled_sizes_are_padded(
 
     outputs = StageOutputs(clients.s3, cfg.storage.stage_bucket)
     # Compiled for 1, 2 and 4 images per call: 7 = 4 + a padded 4 (3 images + 1 repeat).
-    run_stage(jobs, STAGE1, infer, outputs, resume=False, sizes=CallSizes((1, 2, 4), False))
+    run_stage(jobs, GENERATE, infer, outputs, resume=False, sizes=CallSizes((1, 2, 4), False))
     outputs.close()
     sizes = [len(c) for c in calls]
     assert sizes == [4, 2, 2, 4, 2, 1]
     assert calls[3] == ["o4.png", "o5.png", "o6.png", "o6.png"]  # padded with its last image
-    assert all(j.status == "pending" and j.stage1 is not None for j in jobs)
-    assert [j.device_batch["stage1"] for j in jobs] == [2, 2, 2, 2, 2, 2, 1]
+    assert all(j.status == "pending" and j.generate is not None for j in jobs)
+    assert [j.device_batch["generate"] for j in jobs] == [2, 2, 2, 2, 2, 2, 1]
 
 
 def test_the_simulated_device_charges_a_fixed_part_per_call_and_a_part_per_image() -> None:
     from img2img.dev.simulated import SimulatedPipeline
 
-    pipe = SimulatedPipeline("img2img", call_ms=100.0, scale=1, image_share=0.35)
+    pipe = SimulatedPipeline("generate", call_ms=100.0, scale=1, image_share=0.35)
     assert pipe.call_s(1) == pytest.approx(0.1)
     assert pipe.call_s(4) == pytest.approx(0.205)  # 4 images for 2.05 calls of one
     out = pipe(image=[Image.new("RGB", (8, 8))] * 3, prompt=["a", "b", "c"])
@@ -208,7 +208,7 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
     clients, cfg = aws
     bucket = cfg.storage.results_bucket
     uris = {}
-    for kind in ("img2img", "upscale"):
+    for kind in ("generate", "upscale"):
         uris[kind] = f"s3://{bucket}/models/{kind}/sizes-1-2"
         argv = ["compile", "--stage", kind, "--model", "tiny", "--height", "64", "--width"]
         argv += ["64", "--backend", "torchscript", "--batch", "1,2", "--out", uris[kind]]
@@ -225,7 +225,7 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
     capsys.readouterr()
 
     cache = tmp_path / "host-cache"
-    monkeypatch.setenv("IMG2IMG_STAGES__IMG2IMG_ARTIFACTS", uris["img2img"])
+    monkeypatch.setenv("IMG2IMG_STAGES__GENERATE_ARTIFACTS", uris["generate"])
     monkeypatch.setenv("IMG2IMG_STAGES__UPSCALE_ARTIFACTS", uris["upscale"])
     monkeypatch.setenv("IMG2IMG_STAGES__MODEL_CACHE_DIR", str(cache))
     assert cli(["prefetch"]) == 0
@@ -240,15 +240,15 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
     st = settings.model_copy(
         update={
             "backend": "torchscript",
-            "img2img_artifacts": uris["img2img"],
+            "generate_artifacts": uris["generate"],
             "upscale_artifacts": uris["upscale"],
             "model_cache_dir": cache,
         }
     )
     specs = [(f"t{i}.png", FOUR_STEPS) for i in range(3)]
     jobs, alone = make_jobs(specs), make_jobs(specs)
-    eager = {s.name: backends.load(s.model, settings) for s in (STAGE1, STAGE2)}
-    for stage in (STAGE1, STAGE2):
+    eager = {s.name: backends.load(s.model, settings) for s in (GENERATE, UPSCALE)}
+    for stage in (GENERATE, UPSCALE):
         pipe = backends.load(stage.model, st, clients.s3)
         sizes = backends.call_sizes(st, pipe)
         assert sizes == CallSizes((1, 2), exact=False)
@@ -259,15 +259,15 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
         outputs = StageOutputs(clients.s3, cfg.storage.stage_bucket)
         run_stage(alone, stage, Recorder(eager[stage.name], stage, settings), outputs, False)
         outputs.close()
-    assert [j.device_batch for j in jobs] == [{"stage1": 2, "stage2": 2}] * 2 + [
-        {"stage1": 1, "stage2": 1}
+    assert [j.device_batch for j in jobs] == [{"generate": 2, "upscale": 2}] * 2 + [
+        {"generate": 1, "upscale": 1}
     ]
     for traced, single in zip(jobs, alone, strict=True):
-        diff = np.abs(pixels(traced.stage2) - pixels(single.stage2))
+        diff = np.abs(pixels(traced.upscale) - pixels(single.upscale))
         assert diff.max() <= 1 and diff.mean() < 0.01, (traced.ref.key, diff.max())
     # A location holds its sizes for good: compiling over it is refused.
-    argv = ["compile", "--stage", "img2img", "--model", "tiny", "--height", "64", "--width"]
-    argv += ["64", "--backend", "torchscript", "--batch", "2,4", "--out", uris["img2img"]]
+    argv = ["compile", "--stage", "generate", "--model", "tiny", "--height", "64", "--width"]
+    argv += ["64", "--backend", "torchscript", "--batch", "2,4", "--out", uris["generate"]]
     assert cli(argv) == 2
     assert "already holds compiled artifacts" in capsys.readouterr().err
 
@@ -288,7 +288,7 @@ class CountingRecorder(progress.ProgressRecorder):
 @pytest.mark.parametrize(
     ("stage", "denoising_steps"),
     # Stage 1 runs steps × strength denoising steps (4 × 0.6 → 2); stage 2 its upscale steps.
-    [(STAGE1, 2), (STAGE2, 2)],
+    [(GENERATE, 2), (UPSCALE, 2)],
 )
 def test_the_real_pipelines_mark_progress_after_every_denoising_step(
     settings: StageSettings, stage: Stage, denoising_steps: int, monkeypatch: pytest.MonkeyPatch
@@ -299,8 +299,8 @@ def test_the_real_pipelines_mark_progress_after_every_denoising_step(
     counting = CountingRecorder()
     monkeypatch.setattr(progress, "_recorder", counting)
     jobs = make_jobs([("marks.png", FOUR_STEPS)])
-    if stage is STAGE2:
-        jobs[0].stage1 = jobs[0].image
+    if stage is UPSCALE:
+        jobs[0].generate = jobs[0].image
     pipe = backends.load(stage.model, settings)
 
     stage.run_batch(pipe, jobs, settings, None)

@@ -75,11 +75,11 @@ def test_a_device_that_hangs_on_one_image_isolates_it_as_one_hung_failure_record
         (s, d.get("reason")) for s, d in results
     ] + rec.stats.actions
     record = results[1][1]
-    assert record["stage"] == "stage1" and record["retryable"] is True, record
+    assert record["stage"] == "generate" and record["retryable"] is True, record
     assert record["reason"].startswith("hung: no progress for "), record
     assert rec.stats.split >= 1 and rec.stats.gave_up == 1, rec.stats.actions
     text = log.read_text(errors="replace")
-    assert "SIGKILL" in text and "during stage1" in text
+    assert "SIGKILL" in text and "during generate" in text
     exactly_one_outcome_each(clients, settings, refs)
 
 

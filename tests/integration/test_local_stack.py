@@ -37,12 +37,12 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
         assert summary["submitted"] == 3 and summary["completed"] == 3
         assert summary["failed"] == 0
         # The warm slot ran the run's images several per device call (same parameters).
-        assert summary["device_batch_max"]["stage1"] >= 2, summary
-        assert summary["device_batch_max"]["stage2"] >= 2, summary
+        assert summary["device_batch_max"]["generate"] >= 2, summary
+        assert summary["device_batch_max"]["upscale"] >= 2, summary
         # The demo waited on the completion messages, as an app does: one per upload.
         assert summary["notified"] == 3 and summary["duplicate_messages"] == 0
         assert len(summary["results"]) == 3 and summary["flow_runs"]
-        for stage in ("copy", "stage1", "stage2", "upload", "total"):
+        for stage in ("copy", "generate", "upscale", "upload", "total"):
             assert summary["stage_p50_ms"][stage] > 0
         assert "tiny random-weight models" in demo.stderr
 

@@ -44,7 +44,7 @@ def _write_result(aws: AwsEnv, key: str) -> tuple[ObjectRef, dict]:
         "result": f"s3://{st.results_bucket}/{keys.result}",
         "width": 256,
         "height": 256,
-        "timings_ms": {"stage1": 5.0, "total": 9.0},
+        "timings_ms": {"generate": 5.0, "total": 9.0},
         "flow_run_id": None,
         "finished_at": "2026-11-29T10:00:00+00:00",
     }
@@ -89,7 +89,7 @@ def test_an_outcome_left_unannounced_is_announced_once_by_whoever_finds_it(aws: 
 
     messages = drain(clients.sqs, queue)
     assert [m["upload"]["key"] for m in messages] == ["b/dog.png"]
-    assert messages[0]["timings_ms"] == {"stage1": 5.0, "total": 9.0}
+    assert messages[0]["timings_ms"] == {"generate": 5.0, "total": 9.0}
 
 
 def test_an_outcome_its_writer_is_announcing_is_left_to_it(aws: AwsEnv) -> None:

@@ -172,7 +172,7 @@ def test_prometheus_endpoint_and_top_show_the_fleet(stack: Stack, traffic: dict[
         return got if ok else None
 
     got = _until(scraped, "the batches and the dead letter in /metrics", 90)
-    assert got.stage_mean_s["stage2"] > 0 and got.stage_mean_s["stage1"] > 0
+    assert got.stage_mean_s["upscale"] > 0 and got.stage_mean_s["generate"] > 0
     assert got.gauges["img2img_hosts_wanted"] >= 1
     # The same figures went to CloudWatch (moto's, on the local stack).
     cloudwatch = _aws(stack, "cloudwatch")
@@ -181,7 +181,7 @@ def test_prometheus_endpoint_and_top_show_the_fleet(stack: Stack, traffic: dict[
 
     top = img2img(["top", "--once", "--url", stack.metrics_url], stack.env, 60)
     assert top.returncode == 0, top.stderr
-    assert "cost per image" in top.stdout and "stage2" in top.stdout
+    assert "cost per image" in top.stdout and "upscale" in top.stdout
 
     bad = img2img(["top", "--once", "--url", "http://127.0.0.1:9/metrics"], stack.env, 60)
     assert bad.returncode == 1 and "cannot read http://127.0.0.1:9/metrics" in bad.stderr
@@ -234,7 +234,7 @@ def test_the_views_render_in_a_real_browser(
             "the timing table's rows",
         )
         assert len(rows) >= 3 + 3  # three images, then p50, p95, max
-        assert "(p95)" in browser.page_text(driver) and "stage2" in browser.page_text(driver)
+        assert "(p95)" in browser.page_text(driver) and "upscale" in browser.page_text(driver)
         driver.execute_script("arguments[0].scrollIntoView();", rows[0])
         browser.shoot(driver, shots, "run-timings")
 

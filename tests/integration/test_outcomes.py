@@ -65,7 +65,7 @@ def test_no_failure_record_beside_a_result_and_the_job_says_whose_it_is(aws: Aws
     keys = keys_for(ref)
     clients.s3.put_object(Bucket=st.results_bucket, Key=keys.result_meta, Body=b"{}")
     job = ImageJob.for_ref(ref)
-    job.fail("stage2", StorageUnavailable("s3://stage: SlowDown"))
+    job.fail("upscale", StorageUnavailable("s3://stage: SlowDown"))
 
     assert write_failure_record(clients.s3, st.results_bucket, job, "run-1") is False
 

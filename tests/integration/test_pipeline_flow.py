@@ -63,18 +63,18 @@ def test_upload_to_result_with_timings_and_artifacts(
     assert image.size == (settings.stages.width * 4, settings.stages.height * 4)
     assert meta["params"]["prompt"] == "café cat" and meta["params"]["steps"] == 4
     timings = meta["timings_ms"]
-    for stage in ("queue_wait", "check", "copy", "download", "preprocess", "stage1", "stage2"):
+    for stage in ("queue_wait", "check", "copy", "download", "preprocess", "generate", "upscale"):
         assert timings[stage] >= 0, stage
     # Every millisecond of the image's life is in one column: the columns add up.
     parts = sum(v for k, v in timings.items() if k != "total")
     assert parts == pytest.approx(timings["total"], abs=2.0), timings
     # Stage outputs are kept in the directory bucket under entropy-free prefixes.
     kept = result_keys(clients, st.stage_bucket)
-    assert keys_for(ref).input in kept and keys_for(ref).stage1 in kept
+    assert keys_for(ref).input in kept and keys_for(ref).generate in kept
 
     run_id = state.state_details.flow_run_id
     table: Any = _artifact_data(run_id, "img2img-stage-timings")
-    assert table[0]["image"] == "my cat.png" and table[0]["stage2"] > 0
+    assert table[0]["image"] == "my cat.png" and table[0]["upscale"] > 0
     # "batch" says how many images shared each stage's device call ("1/1": alone).
     assert re.fullmatch(r"\d+/\d+", table[0]["batch"]), table[0]
     columns = [k for k in table[0] if k not in ("image", "total", "batch")]
@@ -92,12 +92,12 @@ def test_upload_to_result_with_timings_and_artifacts(
     event = _wait_for_event("img2img.batch.completed", run_id)
     assert event.payload["completed"] == 2 and event.payload["stale_events"] == 1
     assert len(event.payload["e2e_ms"]) == 1 and event.payload["e2e_ms"][0] >= 2000
-    assert event.payload["stage_ms"]["stage2"][0] > 0
+    assert event.payload["stage_ms"]["upscale"][0] > 0
     assert _task_runs(run_id) == {
         "copy-to-directory-bucket",
         "preprocess",
-        "stage1-img2img",
-        "stage2-upscale",
+        "generate-img2img",
+        "upscale-upscale",
         "postprocess",
         "publish-timings",
     }
@@ -322,7 +322,7 @@ def test_pipeline_runs_on_the_torchscript_backend(
 
     assert state.is_failed() and "1 failed" in str(state.message), state.message
     status, meta = outcome(clients, st.results_bucket, good)
-    assert status == "completed" and meta["timings_ms"]["stage2"] > 0
+    assert status == "completed" and meta["timings_ms"]["upscale"] > 0
     image = Image.open(
         io.BytesIO(
             clients.s3.get_object(Bucket=st.results_bucket, Key=keys_for(good).result)[
@@ -332,7 +332,7 @@ def test_pipeline_runs_on_the_torchscript_backend(
     )
     assert image.size == (settings.stages.width * 4, settings.stages.height * 4)
     status, record = outcome(clients, st.results_bucket, no_cfg)
-    assert status == "failed" and record["stage"] == "stage1"
+    assert status == "failed" and record["stage"] == "generate"
     assert "[2, 4, 16, 16]" in record["reason"] and "[1, 4, 16, 16]" in record["reason"]
     compiled = sorted(p.name for p in (settings.stages.model_cache_dir / "compiled").iterdir())
     assert any(name.startswith("torchscript-img2img-64x64") for name in compiled)
@@ -376,7 +376,7 @@ def test_every_outcome_of_a_mixed_batch_is_announced_once(aws: AwsEnv, announced
     ok = messages["mixed/good.png"]
     assert ok["outcome"] == "result" and ok["request_id"] == "req-good"
     assert ok["result"]["uri"] == f"s3://{st.results_bucket}/{keys_for(good).result}"
-    assert ok["timings_ms"]["stage2"] > 0 and ok["flow_run_id"]
+    assert ok["timings_ms"]["upscale"] > 0 and ok["flow_run_id"]
     failed = messages["mixed/bad.png"]
     assert failed["outcome"] == "failure" and failed["request_id"] == "req-bad"
     assert failed["failure"]["stage"] == "preprocess" and not failed["failure"]["retryable"]

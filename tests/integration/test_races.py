@@ -69,11 +69,11 @@ def _holder(aws: AwsEnv, announcer: Announcer, ref: ObjectRef, run: str) -> Call
 
 
 def _finished(job: ImageJob) -> None:
-    job.stage2 = Image.new("RGB", (256, 256), (200, 40, 40))
+    job.upscale = Image.new("RGB", (256, 256), (200, 40, 40))
 
 
 def _failed(job: ImageJob) -> None:
-    job.fail("stage2", StorageUnavailable("s3://stage: SlowDown (retries spent)"))
+    job.fail("upscale", StorageUnavailable("s3://stage: SlowDown (retries spent)"))
 
 
 # Every holder has sent what it sends before `_race` returns (its threads are joined), so a

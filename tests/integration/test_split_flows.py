@@ -10,10 +10,10 @@ from typing import Any
 
 import pytest
 
-from flows.split import img2img_stage1, img2img_stage2
+from flows.split import img2img_generate, img2img_upscale
 from img2img.intake.keys import keys_for
 from img2img.pipeline.handoff import handoff_key
-from img2img.pipeline.topology import STAGE2_POOL
+from img2img.pipeline.topology import UPSCALE_POOL
 from tests.conftest import AwsEnv
 from tests.integration.helpers import outcome, png, upload
 
@@ -27,54 +27,54 @@ def _fresh_deployment_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(tasks.handoff, "_deployment_ids", {})
 
 
-def _stage2_deployment(client: Any) -> Any:
+def _upscale_deployment(client: Any) -> Any:
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectAlreadyExists
 
     with contextlib.suppress(ObjectAlreadyExists):
-        client.create_work_pool(WorkPoolCreate(name=STAGE2_POOL.pool, type="process"))
-    flow_id = client.create_flow_from_name(STAGE2_POOL.flow)
+        client.create_work_pool(WorkPoolCreate(name=UPSCALE_POOL.pool, type="process"))
+    flow_id = client.create_flow_from_name(UPSCALE_POOL.flow)
     return client.create_deployment(
         flow_id=flow_id,
-        name=STAGE2_POOL.deployment.split("/", 1)[1],
-        entrypoint="flows.split.img2img_stage2",
-        work_pool_name=STAGE2_POOL.pool,
+        name=UPSCALE_POOL.deployment.split("/", 1)[1],
+        entrypoint="flows.split.img2img_upscale",
+        work_pool_name=UPSCALE_POOL.pool,
     )
 
 
-def test_stage1_hands_off_once_and_stage2_finishes_from_the_directory_bucket(
+def test_generate_hands_off_once_and_upscale_finishes_from_the_directory_bucket(
     aws: AwsEnv, client: Any
 ) -> None:
     clients, settings = aws
     st = settings.storage
-    deployment = _stage2_deployment(client)
+    deployment = _upscale_deployment(client)
     refs = [upload(clients, st.uploads_bucket, f"split/{i}.png", png()) for i in range(3)]
 
-    first = img2img_stage1(objects=refs, return_state=True)
+    first = img2img_generate(objects=refs, return_state=True)
 
     assert first.is_completed(), first.message
     assert "3 handed to stage 2" in str(first.message)
     for ref in refs:  # nothing written yet: the stage-2 run writes the outcomes
         assert outcome(clients, st.results_bucket, ref)[0] == "missing"
-        assert keys_for(ref).stage1 in _keys(clients, st.stage_bucket)
-    stage1_id = str(first.state_details.flow_run_id)
+        assert keys_for(ref).generate in _keys(clients, st.stage_bucket)
+    generate_id = str(first.state_details.flow_run_id)
     runs = client.read_flow_runs()
     handed = [r for r in runs if r.deployment_id == deployment]
     assert len(handed) == 1
     run = handed[0]
-    assert run.parameters["stage1_run"] == stage1_id
+    assert run.parameters["generate_run"] == generate_id
     assert sorted(o["key"] for o in run.parameters["objects"]) == sorted(r.key for r in refs)
     # A retried stage-1 run asks for its stage-2 run again and gets the same one back.
     again = client.create_flow_run_from_deployment(
-        deployment, parameters=run.parameters, idempotency_key=handoff_key(stage1_id)
+        deployment, parameters=run.parameters, idempotency_key=handoff_key(generate_id)
     )
     assert again.id == run.id
 
     # Stage 1's output of one image is gone by the time stage 2 runs (a lifecycle rule):
     # that image fails at the hand-off, saying so; the others complete.
     lost = refs[1]
-    clients.s3.delete_object(Bucket=st.stage_bucket, Key=keys_for(lost).stage1)
-    second = img2img_stage2(**run.parameters, return_state=True)
+    clients.s3.delete_object(Bucket=st.stage_bucket, Key=keys_for(lost).generate)
+    second = img2img_upscale(**run.parameters, return_state=True)
 
     assert second.is_failed(), second.message  # one image failed: the run says so
     for ref in refs:
@@ -84,16 +84,16 @@ def test_stage1_hands_off_once_and_stage2_finishes_from_the_directory_bucket(
             assert "gone" in doc["reason"] and "submit the upload again" in doc["reason"]
             continue
         assert status == "completed", doc
-        assert doc["stage1_flow_run_id"] == stage1_id
+        assert doc["generate_flow_run_id"] == generate_id
         assert doc["flow_run_id"] == str(second.state_details.flow_run_id)
         timings = doc["timings_ms"]
-        assert timings["stage1"] > 0 and timings["stage2"] > 0 and timings["handoff"] >= 0
+        assert timings["generate"] > 0 and timings["upscale"] > 0 and timings["handoff"] >= 0
         # Both runs' stages and the hand-off add up to the image's whole time.
         parts = sum(v for k, v in timings.items() if k != "total")
         assert parts == pytest.approx(timings["total"], abs=2.0), timings
 
 
-def test_without_the_stage2_deployment_every_image_gets_a_record_that_says_so(
+def test_without_the_upscale_deployment_every_image_gets_a_record_that_says_so(
     aws: AwsEnv, client: Any
 ) -> None:
     from prefect.exceptions import ObjectNotFound
@@ -101,16 +101,16 @@ def test_without_the_stage2_deployment_every_image_gets_a_record_that_says_so(
     clients, settings = aws
     st = settings.storage
     with contextlib.suppress(ObjectNotFound):  # the API outlives a test: stage 2 may exist
-        client.delete_deployment(client.read_deployment_by_name(STAGE2_POOL.deployment).id)
+        client.delete_deployment(client.read_deployment_by_name(UPSCALE_POOL.deployment).id)
     refs = [upload(clients, st.uploads_bucket, f"nosplit/{i}.png", png()) for i in range(2)]
 
-    state = img2img_stage1(objects=refs, return_state=True)
+    state = img2img_generate(objects=refs, return_state=True)
 
     assert state.is_failed()
     for ref in refs:
         status, doc = outcome(clients, st.results_bucket, ref)
         assert status == "failed" and doc["stage"] == "handoff", doc
-        assert "img2img-stage2/inf2-upscale does not exist" in doc["reason"]
+        assert "img2img-upscale/inf2-upscale does not exist" in doc["reason"]
         assert doc["retryable"] is False
 
 

@@ -1,8 +1,8 @@
-"""The split topology end to end: stage 1 on pool inf2-img2img, stage 2 on inf2-upscale, on a
+"""The split topology end to end: stage 1 on pool inf2-generate, stage 2 on inf2-upscale, on a
 fresh local stack of real processes (moto, Prefect server, dispatcher, the autoscaler
 sizing both pools, the recovery service, warm workers on each pool).
 
-`img2img chaos --scenario stage2-worker-kill` uploads 32 images and SIGKILLs the stage-2
+`img2img chaos --scenario upscale-worker-kill` uploads 32 images and SIGKILLs the stage-2
 pool's worker once a stage-2 run is running on it: every upload must still end as exactly
 one outcome, stage 1 must not run again, and both pools must go back to zero hosts. Then the
 runs themselves are read: each stage-2 run came from a stage-1 run's hand-off (one per
@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 IMAGES = 32
 
 
-def test_split_stack_loses_nothing_when_a_stage2_worker_dies(tmp_path: Path) -> None:
+def test_split_stack_loses_nothing_when_a_upscale_worker_dies(tmp_path: Path) -> None:
     metrics_port = free_port()
     env = stack_env(
         tmp_path / "state",
@@ -47,7 +47,7 @@ def test_split_stack_loses_nothing_when_a_stage2_worker_dies(tmp_path: Path) -> 
     )
     try:
         done = img2img(
-            ["chaos", "--scenario", "stage2-worker-kill", "--images", str(IMAGES), "--json"],
+            ["chaos", "--scenario", "upscale-worker-kill", "--images", str(IMAGES), "--json"],
             env,
             600,
         )
@@ -56,7 +56,7 @@ def test_split_stack_loses_nothing_when_a_stage2_worker_dies(tmp_path: Path) -> 
         print(json.dumps(line))
         assert line["uploads"] == IMAGES and line["results"] == IMAGES, line
         assert line["lost"] == 0 and line["duplicated"] == 0, line
-        assert line["stage1_reruns"] == 0, line  # the stage-2 kill cost stage 1 nothing
+        assert line["generate_reruns"] == 0, line  # the stage-2 kill cost stage 1 nothing
         assert line["handoff_p50_ms"] is not None and line["handoff_p50_ms"] >= 0, line
         assert line["hosts_after_idle"] == 0, line
 
@@ -68,7 +68,7 @@ def test_split_stack_loses_nothing_when_a_stage2_worker_dies(tmp_path: Path) -> 
             f"http://127.0.0.1:{metrics_port}/metrics", timeout=10
         ).read()
         text = metrics.decode()
-        for pool in ("inf2-img2img", "inf2-upscale"):
+        for pool in ("inf2-generate", "inf2-upscale"):
             assert f'img2img_hosts_wanted{{pool="{pool}"}}' in text, text[:2000]
         top = img2img(
             ["top", "--once", "--url", f"http://127.0.0.1:{metrics_port}/metrics"], env, 60
@@ -98,21 +98,21 @@ def _runs_hand_off_once_and_link(env: dict[str, str]) -> None:
     )
 
     with _prefect(env) as client:
-        stage1 = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["img2img-stage1"])), limit=200
+        generate = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["img2img-generate"])), limit=200
         )
-        stage2 = client.read_flow_runs(
-            flow_filter=FlowFilter(name=FlowFilterName(any_=["img2img-stage2"])), limit=200
+        upscale = client.read_flow_runs(
+            flow_filter=FlowFilter(name=FlowFilterName(any_=["img2img-upscale"])), limit=200
         )
-        assert stage1 and stage2
-        parents = [r.parameters["stage1_run"] for r in stage2 if "img2img-split" not in r.tags]
+        assert generate and upscale
+        parents = [r.parameters["generate_run"] for r in upscale if "img2img-split" not in r.tags]
         assert len(parents) == len(set(parents)), parents  # one stage-2 run per stage-1 run
-        assert set(parents) <= {str(r.id) for r in stage1}
-        assert sum(len(r.parameters["objects"]) for r in stage1) == IMAGES
-        assert all(r.state is not None and r.state.is_completed() for r in stage1), [
-            (r.name, r.state) for r in stage1
+        assert set(parents) <= {str(r.id) for r in generate}
+        assert sum(len(r.parameters["objects"]) for r in generate) == IMAGES
+        assert all(r.state is not None and r.state.is_completed() for r in generate), [
+            (r.name, r.state) for r in generate
         ]
-        ran = next(r for r in stage2 if r.state is not None and r.state.is_completed())
+        ran = next(r for r in upscale if r.state is not None and r.state.is_completed())
         tables = client.read_artifacts(
             artifact_filter=ArtifactFilter(
                 key=ArtifactFilterKey(any_=["img2img-stage-timings"]),
@@ -122,11 +122,11 @@ def _runs_hand_off_once_and_link(env: dict[str, str]) -> None:
         rows = json.loads(tables[0].data)
         images = [r for r in rows if not str(r["image"]).startswith("(")]
         assert images and all(
-            r["stage1"] is not None and r["handoff"] is not None and r["stage2"] is not None
+            r["generate"] is not None and r["handoff"] is not None and r["upscale"] is not None
             for r in images
         ), rows
         # The summary above the table links to the stage-1 run.
-        assert f"/runs/flow-run/{ran.parameters['stage1_run']}" in str(tables[0].description)
+        assert f"/runs/flow-run/{ran.parameters['generate_run']}" in str(tables[0].description)
 
 
 def _results_name_both_runs(env: dict[str, str]) -> None:
@@ -141,7 +141,7 @@ def _results_name_both_runs(env: dict[str, str]) -> None:
     ]
     assert len(docs) == IMAGES
     for doc in docs:
-        assert doc["stage1_flow_run_id"] and doc["flow_run_id"] != doc["stage1_flow_run_id"]
+        assert doc["generate_flow_run_id"] and doc["flow_run_id"] != doc["generate_flow_run_id"]
         assert doc["worker"]["model_loads"] == 1, doc["worker"]
         assert doc["timings_ms"]["handoff"] >= 0
         ref = ObjectRef(

@@ -11,7 +11,7 @@ from PIL import Image
 from img2img.config.stages import StageSettings
 from img2img.intake.params import ImageParams
 from img2img.models import registry as backends
-from img2img.pipeline.stages.generate import run_img2img
+from img2img.pipeline.stages.generate import run_generate
 from img2img.pipeline.stages.upscale import run_upscale
 from img2img.slots.cancel import RunCancelled
 
@@ -37,10 +37,10 @@ PARAMS = ImageParams(steps=20, strength=1.0, upscale_steps=10, prompt="a test ca
 
 
 def test_stage_1_stops_at_the_step_the_cancel_arrives(settings: StageSettings) -> None:
-    pipe = backends.load("img2img", settings)
+    pipe = backends.load("generate", settings)
     stop = StopAfter(3)
     with pytest.raises(RunCancelled, match="during stage 1, after denoising step 3"):
-        run_img2img(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
+        run_generate(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
     assert stop.asked == 3  # of 20 steps
 
 
@@ -55,7 +55,7 @@ def test_stage_2_stops_at_the_step_the_cancel_arrives(settings: StageSettings) -
 def test_without_a_cancel_every_step_runs_and_the_image_comes_back(
     settings: StageSettings,
 ) -> None:
-    pipe = backends.load("img2img", settings)
+    pipe = backends.load("generate", settings)
     stop = StopAfter(10_000)
-    (out,) = run_img2img(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
+    (out,) = run_generate(pipe, [Image.new("RGB", (64, 64))], [PARAMS], [1], (64, 64), stop)
     assert out.size == (64, 64) and stop.asked == 20

@@ -7,12 +7,12 @@ from PIL import Image
 from img2img.intake.events import ObjectRef
 from img2img.intake.params import ImageParams
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.spec import STAGE1
+from img2img.pipeline.stages.spec import GENERATE
 from img2img.pipeline.steps import StageOutputs, run_stage
 from tests.conftest import AwsEnv
 
 
-def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> None:
+def test_a_kept_generate_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> None:
     clients, settings = aws
     calls: list[str] = []
 
@@ -27,14 +27,14 @@ def test_a_kept_stage1_output_is_reused_instead_of_recomputed(aws: AwsEnv) -> No
 
     outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
     first = fresh_job()
-    run_stage([first], STAGE1, infer, outputs, resume=True)
+    run_stage([first], GENERATE, infer, outputs, resume=True)
     assert outputs.close() == []
     assert calls == ["k.png"]
 
     # A later attempt (stage 2 failed, the run is retried): stage 1 is not run again.
     outputs = StageOutputs(clients.s3, settings.storage.stage_bucket)
     second = fresh_job()
-    run_stage([second], STAGE1, infer, outputs, resume=True)
+    run_stage([second], GENERATE, infer, outputs, resume=True)
     outputs.close()
     assert calls == ["k.png"]
-    assert second.stage1 is not None and second.stage1.getpixel((0, 0)) == (1, 2, 3)
+    assert second.generate is not None and second.generate.getpixel((0, 0)) == (1, 2, 3)

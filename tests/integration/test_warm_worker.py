@@ -128,7 +128,7 @@ def test_a_cancel_during_the_last_device_call_still_ends_the_run(
     clients, settings = aws
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, log, _proc):
         run, refs = submit(client, clients, settings, deployment_id, "late-cancel", count=4)
-        wait_for(lambda: "stage1 done" in log.read_text(), 60, "stage 1 to finish")
+        wait_for(lambda: "generate done" in log.read_text(), 60, "stage 1 to finish")
         client.set_flow_run_state(run.id, Cancelling(message="operator"), force=True)
         state = final_state(client, run.id, timeout_s=90)
     assert state.is_cancelled(), state

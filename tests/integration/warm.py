@@ -146,8 +146,8 @@ def slot_pid_of_running(client: Any, run_id: Any, timeout_s: float = 120) -> int
 
 class RecordingGroup:
     """The infrastructure a host runs in (an Auto Scaling group), which cannot run here: it
-    records what the autoscaler asks of it. AsgBackend and EcsBackend's `replace` are
-    tested against moto in test_scaling_backends."""
+    records what the autoscaler asks of it. AsgTarget and EcsTarget's `replace` are
+    tested against moto in test_scale_targets."""
 
     name = "group"
 

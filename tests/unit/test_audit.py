@@ -98,7 +98,9 @@ def test_half_written_results_are_named() -> None:
 
 
 def test_device_work_done_again_is_waste_not_failure() -> None:
-    evidence = Evidence(image_writes=1, result_writes=1, stage_outputs={"stage1": 2, "stage2": 3})
+    evidence = Evidence(
+        image_writes=1, result_writes=1, stage_outputs={"generate": 2, "upscale": 3}
+    )
     verdict = judge(REF, evidence, expect_messages=False)
     assert verdict.wasted_device_runs == 3 and verdict.problems == ()
     assert judge(REF, Evidence(1, 1), False).wasted_device_runs is None

@@ -118,7 +118,7 @@ def test_hosts_use_imdsv2_encrypted_disks_and_drain_on_scale_in(
     assert "--type img2img-warm" in inference and "--name $IID" in inference
     # Inf2 hosts serve compiled artifacts, and the autoscaler counts their slots.
     assert "IMG2IMG_STAGES__BACKEND=neuron" in inference
-    assert "IMG2IMG_STAGES__IMG2IMG_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
+    assert "IMG2IMG_STAGES__GENERATE_ARTIFACTS=${Img2ImgArtifactsUri}" in inference
     assert "IMG2IMG_WORKER__CORE_GROUPS=$CORES" in inference and "${SlotCoreGroups}" in inference
     # Split topology: the host's group says its pool, its slots and the model it loads.
     assert "--pool $POOL" in inference and "IMG2IMG_WORKER__STAGES=$STAGES" in inference

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ VERSIONS = {
 
 def manifest(**changes: object) -> Manifest:
     fields: dict[str, object] = dict(
-        stage="img2img",
+        stage="generate",
         backend="torchscript",
         source_model="tiny",
         source_revision="r",
@@ -43,7 +44,7 @@ def manifest(**changes: object) -> Manifest:
 
 def check(m: Manifest, **kw: object) -> list[str]:
     args: dict[str, object] = dict(
-        stage="img2img",
+        stage="generate",
         backend="torchscript",
         height=64,
         width=64,
@@ -99,7 +100,7 @@ def test_garbage_manifest_is_a_clear_load_error() -> None:
 
 
 def test_unet_batch_splits_over_cores() -> None:
-    shapes = Shapes("img2img", 512, 512, 1, True, 2, 8, 4, 4, 77, 768)
+    shapes = Shapes("generate", 512, 512, 1, True, 2, 8, 4, 4, 77, 768)
     assert shapes.unet_call_batch == 2 and shapes.unet_batch == 1
     assert shapes.inputs("unet")["sample"] == (1, 4, 64, 64)
     assert shapes.inputs("vae_encoder")["image"] == (1, 3, 512, 512)
@@ -111,9 +112,9 @@ def test_unet_batch_splits_over_cores() -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (("img2img", 60, 64, 1, True, 1, 8), "height must be a positive multiple of 8"),
-        (("img2img", 64, 64, 0, True, 1, 8), "batch must be at least 1"),
-        (("img2img", 64, 64, 1, False, 2, 8), "does not split evenly over 2 cores"),
+        (("generate", 60, 64, 1, True, 1, 8), "height must be a positive multiple of 8"),
+        (("generate", 64, 64, 0, True, 1, 8), "batch must be at least 1"),
+        (("generate", 64, 64, 1, False, 2, 8), "does not split evenly over 2 cores"),
     ],
 )
 def test_impossible_compile_shapes_are_refused(args: tuple[Any, ...], message: str) -> None:
@@ -148,3 +149,12 @@ def test_sizes_are_parsed_chosen_and_refused_by_name() -> None:
     with pytest.raises(ModelLoadError, match=r"hold batch sizes \[1, 2\].*asks for \[8\]"):
         choose_sizes([1, 2], [8], "s3://m/x")
     assert size_folder("s3://m/x/", 4) == "s3://m/x/batch-4"
+
+
+def test_a_manifest_written_before_the_stage_rename_reads_as_generate() -> None:
+    old = json.loads(manifest().to_json())
+    old["stage"] = "img2img"
+    read = Manifest.from_json(json.dumps(old), "s3://b/manifest.json")
+    assert read.stage == "generate" and check(read) == []
+    old["stage"] = "upscale"
+    assert Manifest.from_json(json.dumps(old), "s3://b/manifest.json").stage == "upscale"

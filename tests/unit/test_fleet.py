@@ -42,8 +42,8 @@ def test_old_batches_and_intervals_leave_the_window() -> None:
 
 
 def test_a_batch_event_with_missing_fields_still_counts() -> None:
-    digest = BatchDigest.from_payload(T0, {"completed": 2, "stage_ms": {"stage2": [900, 1100]}})
-    assert digest.images == 2 and digest.e2e_ms == () and digest.stage_ms["stage2"] == (900, 1100)
+    digest = BatchDigest.from_payload(T0, {"completed": 2, "stage_ms": {"upscale": [900, 1100]}})
+    assert digest.images == 2 and digest.e2e_ms == () and digest.stage_ms["upscale"] == (900, 1100)
 
 
 def test_the_fleet_markdown_says_health_cost_and_basis() -> None:
@@ -114,14 +114,14 @@ def test_top_reads_the_figures_from_a_scrape() -> None:
             "# TYPE img2img_failures counter",
             'img2img_failures_total{pool="inf2",stage="preprocess"} 1.0',
             "# TYPE img2img_stage_seconds histogram",
-            'img2img_stage_seconds_sum{pool="inf2",stage="stage2"} 7.0',
-            'img2img_stage_seconds_count{pool="inf2",stage="stage2"} 7.0',
+            'img2img_stage_seconds_sum{pool="inf2",stage="upscale"} 7.0',
+            'img2img_stage_seconds_count{pool="inf2",stage="upscale"} 7.0',
         ]
     )
     got = parse(text + "\n")
     assert got.gauges["img2img_cost_per_image_usd"] == 0.0012
     assert got.images == {"completed": 7.0} and got.failures == {"preprocess": 1.0}
-    assert got.stage_mean_s == {"stage2": 1.0}
+    assert got.stage_mean_s == {"upscale": 1.0}
 
 
 def test_the_recycles_of_the_window_reach_metrics() -> None:

@@ -35,7 +35,7 @@ def test_unsafe_keys_are_named_and_their_outcome_stays_inside_its_prefix(
     reason = unsafe_key_reason(upload)
     assert reason is not None and words in reason
     keys = keys_for(upload)
-    for derived in (keys.input, keys.stage1, keys.stage2, keys.result, keys.failure):
+    for derived in (keys.input, keys.generate, keys.upscale, keys.result, keys.failure):
         segments = derived.split("/")
         assert ".." not in segments and "." not in segments
         assert len(derived.encode()) <= 1024

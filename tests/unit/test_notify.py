@@ -26,8 +26,8 @@ def result_doc() -> dict:
         "result": f"s3://results/{keys_for(REF).result}",
         "width": 2048,
         "height": 2048,
-        "timings_ms": {"stage1": 10.0, "total": 50.0},
-        "device_batch": {"stage1": 4, "stage2": 2},
+        "timings_ms": {"generate": 10.0, "total": 50.0},
+        "device_batch": {"generate": 4, "upscale": 2},
         "flow_run_id": "run-1",
         "finished_at": "2026-11-29T10:00:00+00:00",
     }
@@ -52,8 +52,8 @@ def test_result_message_names_the_upload_the_result_and_the_caller() -> None:
         "height": 2048,
     }
     assert message["failure"] is None
-    assert message["timings_ms"] == {"stage1": 10.0, "total": 50.0}
-    assert message["device_batch"] == {"stage1": 4, "stage2": 2}
+    assert message["timings_ms"] == {"generate": 10.0, "total": 50.0}
+    assert message["device_batch"] == {"generate": 4, "upscale": 2}
     assert message["finished_at"] == "2026-11-29T10:00:00+00:00"
 
 

@@ -19,8 +19,8 @@ def test_every_deployment_has_a_pool_and_a_real_flow() -> None:
         found[f"{flow.name}/{dep['name']}"] = dep["work_pool"]["name"]
     assert found == {
         "img2img-pipeline/inf2": "inf2",
-        "img2img-stage1/inf2-img2img": "inf2-img2img",
-        "img2img-stage2/inf2-upscale": "inf2-upscale",
+        "img2img-generate/inf2-generate": "inf2-generate",
+        "img2img-upscale/inf2-upscale": "inf2-upscale",
         "img2img-autoscaler/hourly": "control",
         "img2img-compile/compile": "compile",
     }

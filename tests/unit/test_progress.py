@@ -9,7 +9,7 @@ import pytest
 from img2img.delivery.recovery import give_up_record
 from img2img.slots.progress import ProgressRecorder, Snapshot, deadline_s, hung_reason
 
-CALLS = {"stage1": 2.0, "stage2": 0.5}
+CALLS = {"generate": 2.0, "upscale": 0.5}
 
 
 def judge(now: float, heard_at: float, at: float, stage: str | None, on_device: bool) -> str | None:
@@ -31,17 +31,17 @@ def test_the_deadline_is_the_call_time_times_the_factor_never_under_the_floor() 
 
 def test_a_slot_that_moves_or_waits_off_the_device_is_not_hung() -> None:
     # Beating, device held, last progress 19 s ago in a stage whose deadline is 20 s.
-    assert judge(now=100, heard_at=99.5, at=81, stage="stage1", on_device=True) is None
+    assert judge(now=100, heard_at=99.5, at=81, stage="generate", on_device=True) is None
     # Off the device for a long time (I/O, waiting for runs): its own timeouts bound it.
-    assert judge(now=1000, heard_at=999, at=0, stage="stage2", on_device=False) is None
+    assert judge(now=1000, heard_at=999, at=0, stage="upscale", on_device=False) is None
 
 
 def test_a_device_held_past_its_stage_deadline_is_hung_and_the_reason_says_where() -> None:
-    reason = judge(now=100, heard_at=99.5, at=79, stage="stage1", on_device=True)
-    assert reason == "hung: no progress for 21 s during stage1 (deadline 20 s)"
+    reason = judge(now=100, heard_at=99.5, at=79, stage="generate", on_device=True)
+    assert reason == "hung: no progress for 21 s during generate (deadline 20 s)"
     # Stage 2's calls are short: the floor is its deadline.
-    assert judge(now=100, heard_at=99.5, at=91, stage="stage2", on_device=True) is not None
-    assert judge(now=100, heard_at=99.5, at=93, stage="stage2", on_device=True) is None
+    assert judge(now=100, heard_at=99.5, at=91, stage="upscale", on_device=True) is not None
+    assert judge(now=100, heard_at=99.5, at=93, stage="upscale", on_device=True) is None
 
 
 def test_a_stage_with_no_measured_call_time_gets_the_longest_one() -> None:
@@ -50,40 +50,40 @@ def test_a_stage_with_no_measured_call_time_gets_the_longest_one() -> None:
 
 
 def test_a_silent_slot_is_hung_after_the_floor_wherever_it_was() -> None:
-    reason = judge(now=100, heard_at=91, at=91, stage="stage2", on_device=False)
-    assert reason is not None and reason.startswith("hung: no progress for 9 s during stage2")
+    reason = judge(now=100, heard_at=91, at=91, stage="upscale", on_device=False)
+    assert reason is not None and reason.startswith("hung: no progress for 9 s during upscale")
     assert "sends nothing" in reason
     assert judge(now=100, heard_at=93, at=93, stage=None, on_device=False) is None
 
 
 def test_the_recorder_keeps_the_last_mark_and_the_device_holders() -> None:
     rec = ProgressRecorder()
-    rec.mark("stage1")
+    rec.mark("generate")
     first = rec.snapshot()
-    assert first.stage == "stage1" and not first.on_device
+    assert first.stage == "generate" and not first.on_device
     rec.device(True)
     rec.mark()  # a diffusion step: the stage stays
     held = rec.snapshot()
-    assert held.on_device and held.stage == "stage1" and held.at >= first.at
+    assert held.on_device and held.stage == "generate" and held.at >= first.at
     rec.device(False)
     rec.device(False)  # never below zero
     assert not rec.snapshot().on_device
-    threads = [threading.Thread(target=rec.mark, args=("stage2",)) for _ in range(8)]
+    threads = [threading.Thread(target=rec.mark, args=("upscale",)) for _ in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert rec.snapshot().stage == "stage2"
+    assert rec.snapshot().stage == "upscale"
 
 
 @pytest.mark.parametrize(
     ("last", "stage", "lead"),
     [
         (
-            "slot 0 (cpu) (pid 9) hung: no progress for 31 s during stage2 (deadline 30 s); "
+            "slot 0 (cpu) (pid 9) hung: no progress for 31 s during upscale (deadline 30 s); "
             "it was killed; the slot is being replaced",
-            "stage2",
-            "hung: no progress for 31 s during stage2",
+            "upscale",
+            "hung: no progress for 31 s during upscale",
         ),
         (
             "slot 0 (cpu) (pid 9) hung: no progress for 40 s (the slot process sends nothing; "

@@ -17,5 +17,5 @@ def test_configs_give_the_published_parameter_counts() -> None:
 
 
 def test_every_size_has_an_upscaler() -> None:
-    assert folder_for("img2img", "sd21") == "sd21"
+    assert folder_for("generate", "sd21") == "sd21"
     assert folder_for("upscale", "sd15") == "x4-upscaler"

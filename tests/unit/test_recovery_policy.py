@@ -190,10 +190,10 @@ def test_the_policy_says_exactly_what_it_decided_at_each_boundary() -> None:
 def test_a_give_up_record_names_the_stage_a_hang_stopped_in() -> None:
     from img2img.delivery.recovery import give_up_record
 
-    hang = "slot 0 (pid 9) hung: no progress for 31 s during stage2; the slot is being replaced"
+    hang = "slot 0 (pid 9) hung: no progress for 31 s during upscale; the slot is being replaced"
     assert give_up_record(hang, "crashed 3 times") == (
-        "stage2",
-        "hung: no progress for 31 s during stage2; its flow run crashed 3 times; "
+        "upscale",
+        "hung: no progress for 31 s during upscale; its flow run crashed 3 times; "
         f"last crash: {hang}",
     )
     silent = "slot 0 hung: no progress for 40 s"

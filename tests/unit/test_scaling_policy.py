@@ -154,7 +154,7 @@ def test_a_cleared_backlog_scales_in_after_the_cooldown_not_after_the_window() -
 
 
 def test_scale_in_protection_covers_exactly_the_busy_hosts_on_any_backend() -> None:
-    from deployments.services.scaling_backends import protection_plan
+    from deployments.services.scale_targets import protection_plan
     from deployments.worker.names import host_of
 
     # Workers are named "<host>@<process nonce>"; the autoscaler reduces them to hosts.
@@ -354,8 +354,8 @@ def test_a_hung_host_does_not_make_the_policy_flap() -> None:
         assert launches == 0 and changes == 0 and current == start
 
 
-def test_the_local_backend_drains_idle_workers_first_newest_first() -> None:
-    from deployments.services.scaling_backends import drain_choice
+def test_the_local_target_drains_idle_workers_first_newest_first() -> None:
+    from deployments.services.scale_targets import drain_choice
 
     workers = [(0, "w0"), (1, "w1"), (2, "w2"), (3, "w3")]
     # Two to go, w3 and w1 busy: the idle ones, newest first.

@@ -57,3 +57,12 @@ def test_every_new_place_is_a_field_of_the_settings() -> None:
             model = fields[part].annotation
         first = Settings.model_fields[old[0]].annotation
         assert old[-1] not in first.model_fields, f"{env_name(old)} is still a field"  # type: ignore[union-attr]
+
+
+def test_a_renamed_value_is_read_under_its_new_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMG2IMG_WORKER__STAGES", '["img2img", "upscale"]')
+    assert Settings().worker.stages == ["generate", "upscale"]
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__BACKEND", "local")
+    monkeypatch.setenv("IMG2IMG_WORKER__STAGES", '["upscale"]')
+    settings = Settings()
+    assert settings.worker.stages == ["upscale"] and settings.autoscaler.target == "local"

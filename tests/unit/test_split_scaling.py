@@ -52,8 +52,8 @@ def test_a_pool_per_stage_costs_less_when_each_fits_more_slots_and_waits_less() 
     same = SplitBench.from_stages((2.02, 1.0), 12, (12, 12), HostStart(), 0.32, 12.98)
     wider = SplitBench.from_stages((2.02, 1.0), 12, (24, 12), HostStart(), 0.32, 12.98)
     # Each split pool fetches and loads its own stage only: it starts sooner.
-    assert same.stage1.starts.cold_s < same.single.starts.cold_s
-    assert same.stage2.starts.cold_s < same.stage1.starts.cold_s
+    assert same.generate.starts.cold_s < same.single.starts.cold_s
+    assert same.upscale.starts.cold_s < same.generate.starts.cold_s
     out = compare_split(BURST, policy, same)
     split = out["split_default"]
     assert out["requests"] > 10000

@@ -19,12 +19,12 @@ def test_percentile_interpolates_and_handles_edges() -> None:
 
 def test_summary_and_slowest_stage_ignore_queue_wait_and_total() -> None:
     rows = [
-        Timings(stage1=10, stage2=30, queue_wait=500, total=600),
-        Timings(stage1=20, stage2=50, queue_wait=400, total=700),
+        Timings(generate=10, upscale=30, queue_wait=500, total=600),
+        Timings(generate=20, upscale=50, queue_wait=400, total=700),
     ]
     summary = summarize(rows)
-    assert summary["p50"]["stage2"] == 40 and summary["max"]["stage1"] == 20
-    assert slowest_stage(summary) == "stage2"
+    assert summary["p50"]["upscale"] == 40 and summary["max"]["generate"] == 20
+    assert slowest_stage(summary) == "upscale"
 
 
 def test_timings_measure_accumulates() -> None:

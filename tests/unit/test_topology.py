@@ -25,9 +25,9 @@ from img2img.pipeline.handoff import (
 )
 from img2img.pipeline.jobs import ImageJob, finish_timings, result_record
 from img2img.pipeline.topology import (
+    GENERATE_POOL,
     SINGLE_POOL,
-    STAGE1_POOL,
-    STAGE2_POOL,
+    UPSCALE_POOL,
     artifact_key,
     check_pool_groups,
     dispatch_target,
@@ -42,16 +42,16 @@ T0 = 1_700_000_000.0
 
 def test_each_topology_names_its_pools_and_what_their_hosts_load() -> None:
     assert pools("single") == (SINGLE_POOL,)
-    assert [r.pool for r in pools("split")] == ["inf2-img2img", "inf2-upscale"]
+    assert [r.pool for r in pools("split")] == ["inf2-generate", "inf2-upscale"]
     assert entry_deployment("single") == "img2img-pipeline/inf2"
-    assert entry_deployment("split") == "img2img-stage1/inf2-img2img"
-    assert stages_for_pool("inf2-img2img") == ("img2img",)
+    assert entry_deployment("split") == "img2img-generate/inf2-generate"
+    assert stages_for_pool("inf2-generate") == ("generate",)
     assert stages_for_pool("inf2-upscale") == ("upscale",)
-    assert stages_for_pool("inf2") == stages_for_pool("my-own-pool") == ("img2img", "upscale")
+    assert stages_for_pool("inf2") == stages_for_pool("my-own-pool") == ("generate", "upscale")
     # An operator's own single pool keeps the single deployment.
     assert pools("single", "gpu")[0].pool == "gpu"
     assert pools("single", "gpu")[0].deployment == SINGLE_POOL.deployment
-    assert STAGE2_POOL.flow == "img2img-stage2"
+    assert UPSCALE_POOL.flow == "img2img-upscale"
     assert artifact_key("img2img-fleet", "inf2") == "img2img-fleet"
     assert artifact_key("img2img-fleet", "my-pool") == "img2img-fleet"
     assert artifact_key("img2img-fleet", "inf2-upscale") == "img2img-fleet-inf2-upscale"
@@ -63,9 +63,9 @@ def test_the_dispatcher_follows_the_topology_unless_told(monkeypatch: pytest.Mon
     settings = Settings()
     assert dispatch_target(settings) == "img2img-pipeline/inf2"
     settings.topology = "split"
-    assert dispatch_target(settings) == STAGE1_POOL.deployment
+    assert dispatch_target(settings) == GENERATE_POOL.deployment
     monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
-    assert dispatch_target(Settings()) == STAGE1_POOL.deployment
+    assert dispatch_target(Settings()) == GENERATE_POOL.deployment
     monkeypatch.setenv("IMG2IMG_DISPATCH__DEPLOYMENT", "mine/custom")
     chosen = Settings()
     chosen.topology = "single"
@@ -74,9 +74,9 @@ def test_the_dispatcher_follows_the_topology_unless_told(monkeypatch: pytest.Mon
 
 def test_split_on_aws_needs_a_group_per_pool(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
-    monkeypatch.setenv("IMG2IMG_AUTOSCALER__BACKEND", "asg")
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__TARGET", "asg")
     monkeypatch.setenv("IMG2IMG_AUTOSCALER__ASG_NAME", "img2img")
-    monkeypatch.setenv("IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1"}')
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-generate": "p1"}')
     with pytest.raises(ValueError, match="inf2-upscale"):
         check_pool_groups(Settings())
     with pytest.raises(ValueError, match="inf2-upscale"):  # before anything is built
@@ -85,7 +85,7 @@ def test_split_on_aws_needs_a_group_per_pool(monkeypatch: pytest.MonkeyPatch) ->
     check_pool_groups(Settings())  # one pool: the one group named
     monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
     monkeypatch.setenv(
-        "IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-img2img": "p1", "inf2-upscale": "p2"}'
+        "IMG2IMG_AUTOSCALER__POOL_GROUPS", '{"inf2-generate": "p1", "inf2-upscale": "p2"}'
     )
     check_pool_groups(Settings())
 
@@ -104,18 +104,18 @@ def _job(name: str = "a.png") -> ImageJob:
     job.timings.started = T0 + 1
     job.timings["queue_wait"] = 1000.0
     job.timings["copy"] = 20.0
-    job.timings["stage1"] = 300.0
-    job.timings.spans += [("copy", T0 + 1, T0 + 1.02), ("stage1", T0 + 1.5, T0 + 1.8)]
-    job.device_batch["stage1"] = 4
-    job.output_written["stage1"] = T0 + 1.9
+    job.timings["generate"] = 300.0
+    job.timings.spans += [("copy", T0 + 1, T0 + 1.02), ("generate", T0 + 1.5, T0 + 1.8)]
+    job.device_batch["generate"] = 4
+    job.output_written["generate"] = T0 + 1.9
     return job
 
 
-def test_the_handoff_carries_what_stage2_needs_and_times_the_gap() -> None:
+def test_the_handoff_carries_what_upscale_needs_and_times_the_gap() -> None:
     job = _job()
     job.timings["other_wait"] = 55.0  # a wait computed in stage 1 must not travel
     other = _job("b.png")
-    other.output_written["stage1"] = T0 + 1.6  # its device call came first
+    other.output_written["generate"] = T0 + 1.6  # its device call came first
     assert batch_ready([job, other]) == T0 + 1.9  # the batch is ready with its last output
     assert batch_ready([], now=T0 + 5) == T0 + 5
     state = HandoffState.model_validate(handoff_state(job, T0 + 1.9).model_dump(mode="json"))
@@ -123,17 +123,17 @@ def test_the_handoff_carries_what_stage2_needs_and_times_the_gap() -> None:
     assert state.written == T0 + 1.9 and state.run_started == T0 + 1
 
     taken = ImageJob.for_ref(job.ref)
-    restore(taken, state, stage2_started=T0 + 2.4, stage1_run="run-1")
+    restore(taken, state, upscale_started=T0 + 2.4, generate_run="run-1")
     assert taken.params == job.params and taken.seed == 7 and taken.request_id == "req-1"
     assert taken.timings["handoff"] == pytest.approx(500.0)
     assert taken.timings.spans[-1] == ("handoff", T0 + 1.9, T0 + 2.4)
-    assert taken.device_batch == {"stage1": 4} and taken.linked_run == "run-1"
+    assert taken.device_batch == {"generate": 4} and taken.linked_run == "run-1"
     # The result names the run that ran stage 1.
-    taken.stage2 = Image.new("RGB", (8, 8))
-    assert result_record(taken, "res", "run-2")["stage1_flow_run_id"] == "run-1"
+    taken.upscale = Image.new("RGB", (8, 8))
+    assert result_record(taken, "res", "run-2")["generate_flow_run_id"] == "run-1"
     # A clock behind on the stage-2 host never makes a negative hand-off.
     early = ImageJob.for_ref(job.ref)
-    restore(early, state, stage2_started=T0 + 1.5, stage1_run=None)
+    restore(early, state, upscale_started=T0 + 1.5, generate_run=None)
     assert early.timings["handoff"] == 0.0
     assert run_origin([state], fallback=T0 + 9) == T0 + 1
     # One stage-2 run per stage-1 run: the key is the stage-1 run's id in a fixed form, which
@@ -161,12 +161,12 @@ def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
     # The stage-2 run: one row per image with both stages and the hand-off.
     taken = ImageJob.for_ref(handed.ref)
     restore(taken, handoff_state(_job("two.png"), T0 + 1.9), T0 + 2.4, "run-1")
-    taken.timings.add("stage2", 200.0)
-    taken.timings.spans.append(("stage2", T0 + 2.5, T0 + 2.7))
+    taken.timings.add("upscale", 200.0)
+    taken.timings.spans.append(("upscale", T0 + 2.5, T0 + 2.7))
     taken.status = "completed"
     finish_timings([taken], datetime.fromtimestamp(T0 + 3, timezone.utc))
     row = build_report([taken], 0.6, T0 + 1, stale_after_s=3600).rows[0]
-    assert row["stage1"] == 300 and row["handoff"] == 500 and row["stage2"] == 200
+    assert row["generate"] == 300 and row["handoff"] == 500 and row["upscale"] == 200
     assert row["total"] == 3000
 
 
@@ -183,17 +183,17 @@ def test_a_scrape_keeps_each_pools_gauges_apart() -> None:
     text = "\n".join(
         [
             "# TYPE img2img_hosts_wanted gauge",
-            'img2img_hosts_wanted{pool="inf2-img2img"} 2.0',
+            'img2img_hosts_wanted{pool="inf2-generate"} 2.0',
             'img2img_hosts_wanted{pool="inf2-upscale"} 5.0',
             "# TYPE img2img_images counter",
             'img2img_images_total{outcome="completed",pool="inf2-upscale"} 9.0',
-            'img2img_images_total{outcome="failed",pool="inf2-img2img"} 1.0',
+            'img2img_images_total{outcome="failed",pool="inf2-generate"} 1.0',
             'img2img_images_total{outcome="failed",pool="inf2-upscale"} 2.0',
-            'img2img_images_total{outcome="handed_off",pool="inf2-img2img"} 11.0',
+            'img2img_images_total{outcome="handed_off",pool="inf2-generate"} 11.0',
         ]
     )
     scraped = parse(text)
-    assert scraped.pool_gauges["inf2-img2img"]["img2img_hosts_wanted"] == 2.0
+    assert scraped.pool_gauges["inf2-generate"]["img2img_hosts_wanted"] == 2.0
     assert scraped.pool_gauges["inf2-upscale"]["img2img_hosts_wanted"] == 5.0
     assert scraped.gauges["img2img_hosts_wanted"] == 2.0  # the first pool listed
     assert scraped.images == {"completed": 9.0, "failed": 3.0, "handed_off": 11.0}
@@ -208,8 +208,8 @@ def test_alerts_cover_each_pool_of_a_split_topology() -> None:
     names = [a["name"] for a in split]
     assert len(names) == len(set(names))
     assert "img2img pool has no ready worker (inf2-upscale)" in names
-    assert "img2img pool has no ready worker (inf2-img2img)" in names
+    assert "img2img pool has no ready worker (inf2-generate)" in names
     # The dead-letter queue is the pipeline's, not a pool's: one alert.
     assert sum("dead-letter" in n for n in names) == 1
     flows = json.dumps([a for a in split if a["name"].startswith("img2img batch failed")])
-    assert "img2img-stage1" in flows and "img2img-stage2" in flows
+    assert "img2img-generate" in flows and "img2img-upscale" in flows

@@ -21,8 +21,8 @@ SPANS = [
     ("copy", T0 + 0.5, T0 + 0.7),
     ("preprocess", T0 + 1.0, T0 + 1.6),
     ("download", T0 + 1.0, T0 + 1.2),  # measured inside preprocess
-    ("stage1", T0 + 3.0, T0 + 4.0),
-    ("stage2", T0 + 4.5, T0 + 6.5),
+    ("generate", T0 + 3.0, T0 + 4.0),
+    ("upscale", T0 + 4.5, T0 + 6.5),
     ("postprocess", T0 + 7.0, T0 + 7.1),
 ]
 
@@ -38,9 +38,9 @@ def test_segments_cover_the_whole_time_in_order() -> None:
         "download",
         "preprocess",
         WAIT_DEVICE,
-        "stage 1 (img2img)",
+        "stage 1: generate",
         WAIT_DEVICE,
-        "stage 2 (upscale)",
+        "stage 2: upscale",
         WAIT_OTHER,
         "encode",
         WAIT_OTHER,

@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 def artifacts_source(kind: StageKind, settings: StageSettings) -> str | None:
-    return settings.img2img_artifacts if kind == "img2img" else settings.upscale_artifacts
+    return settings.generate_artifacts if kind == "generate" else settings.upscale_artifacts
 
 
 def load_compiled(

@@ -40,6 +40,10 @@ class PartRecord:
     compile_s: float
 
 
+# A stage's old name → its name now (manifests written before the rename).
+RENAMED_STAGES = {"img2img": "generate"}
+
+
 @dataclass(frozen=True)
 class Manifest:
     stage: str
@@ -65,6 +69,8 @@ class Manifest:
     def from_json(cls, text: str, where: str) -> Manifest:
         try:
             raw = json.loads(text)
+            # Artifacts compiled before the stage was named `generate` say `img2img`.
+            raw["stage"] = RENAMED_STAGES.get(raw["stage"], raw["stage"])
             parts = {name: PartRecord(**rec) for name, rec in raw.pop("parts").items()}
             return cls(parts=parts, **raw)
         except (ValueError, TypeError, KeyError, AttributeError) as exc:

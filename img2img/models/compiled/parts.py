@@ -159,7 +159,7 @@ class Shapes:
 
 
 def stage_part_names(kind: StageKind) -> list[PartName]:
-    if kind == "img2img":
+    if kind == "generate":
         return ["text_encoder", "unet", "vae_encoder", "vae_decoder"]
     return ["text_encoder", "unet", "vae_decoder"]  # the upscaler never encodes
 
@@ -174,7 +174,7 @@ def check_compile_shape(
         raise InvalidParameters(f"batch must be at least 1 but is {batch}")
     if cores < 1:
         raise InvalidParameters(f"cores must be at least 1 but is {cores}")
-    step = vae_scale if kind == "img2img" else 1
+    step = vae_scale if kind == "generate" else 1
     for name, side in (("height", height), ("width", width)):
         if side < step or side % step:
             raise InvalidParameters(

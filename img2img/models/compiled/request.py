@@ -35,7 +35,7 @@ class CompileRequest:
 
 def add_compile_arguments(parser: argparse.ArgumentParser, backend_required: bool = True) -> None:
     """The compile command line, shared by `img2img compile` and `python -m flows.compile`."""
-    parser.add_argument("--stage", choices=["img2img", "upscale"], required=True)
+    parser.add_argument("--stage", choices=["generate", "upscale"], required=True)
     parser.add_argument(
         "--model",
         required=True,

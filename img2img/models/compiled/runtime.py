@@ -262,7 +262,7 @@ def assemble_pipeline(
     tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
     scheduler = _scheduler(root / "scheduler")
     pipe: Any
-    if manifest.stage == "img2img":
+    if manifest.stage == "generate":
         pipe = StableDiffusionImg2ImgPipeline(
             vae=vae,
             text_encoder=text,

@@ -12,7 +12,7 @@ from img2img.intake.params import ImageParams
 from img2img.pipeline.stages.call import call_pipeline
 
 
-def run_img2img(
+def run_generate(
     pipe: Any,
     images: Sequence[Image.Image],
     params: Sequence[ImageParams],

@@ -13,9 +13,9 @@ from PIL import Image
 
 from img2img.config.stages import StageKind, StageSettings
 from img2img.pipeline.jobs import ImageJob
-from img2img.pipeline.stages.generate import call_shape as stage1_shape
-from img2img.pipeline.stages.generate import run_img2img
-from img2img.pipeline.stages.upscale import call_shape as stage2_shape
+from img2img.pipeline.stages.generate import call_shape as generate_shape
+from img2img.pipeline.stages.generate import run_generate
+from img2img.pipeline.stages.upscale import call_shape as upscale_shape
 from img2img.pipeline.stages.upscale import run_upscale
 
 Runner = Callable[
@@ -25,7 +25,7 @@ Runner = Callable[
 
 @dataclass(frozen=True)
 class Stage:
-    name: str  # "stage1" | "stage2": the timing column and a failure record's stage
+    name: str  # "generate" | "upscale": the timing column and a failure record's stage
     model: StageKind
     input_attr: str  # the ImageJob field the stage reads (and clears once it has its output)
     output_attr: str  # the ImageJob field it writes
@@ -56,46 +56,46 @@ def _present(values: list[T | None]) -> list[T]:
     return [v for v in values if v is not None]
 
 
-def _run_stage1(
+def _run_generate(
     pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
 ) -> list[Image.Image]:
     images, params = _present([j.image for j in jobs]), _present([j.params for j in jobs])
     seeds = [j.seed for j in jobs]
-    return run_img2img(pipe, images, params, seeds, (st.width, st.height), should_stop)
+    return run_generate(pipe, images, params, seeds, (st.width, st.height), should_stop)
 
 
-def _run_stage2(
+def _run_upscale(
     pipe: Any, jobs: list[ImageJob], st: StageSettings, should_stop: Callable[[], bool] | None
 ) -> list[Image.Image]:
-    images, params = _present([j.stage1 for j in jobs]), _present([j.params for j in jobs])
+    images, params = _present([j.generate for j in jobs]), _present([j.params for j in jobs])
     seeds = [j.seed for j in jobs]
     return run_upscale(pipe, images, params, seeds, st.noise_level, should_stop)
 
 
 def _shape1(job: ImageJob) -> tuple[Any, ...]:
     (params,) = _present([job.params])
-    return stage1_shape(params)
+    return generate_shape(params)
 
 
 def _shape2(job: ImageJob) -> tuple[Any, ...]:
-    (params,), (image,) = _present([job.params]), _present([job.stage1])
-    return stage2_shape(params, image)
+    (params,), (image,) = _present([job.params]), _present([job.generate])
+    return upscale_shape(params, image)
 
 
-STAGE1 = Stage(
-    "stage1",
-    "img2img",
+GENERATE = Stage(
+    "generate",
+    "generate",
     input_attr="image",
-    output_attr="stage1",
-    run_batch=_run_stage1,
+    output_attr="generate",
+    run_batch=_run_generate,
     call_shape=_shape1,
 )
-STAGE2 = Stage(
-    "stage2",
+UPSCALE = Stage(
     "upscale",
-    input_attr="stage1",
-    output_attr="stage2",
-    run_batch=_run_stage2,
+    "upscale",
+    input_attr="generate",
+    output_attr="upscale",
+    run_batch=_run_upscale,
     call_shape=_shape2,
 )
-INFERENCE_STAGES = (STAGE1, STAGE2)
+INFERENCE_STAGES = (GENERATE, UPSCALE)

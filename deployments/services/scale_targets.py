@@ -1,7 +1,7 @@
 """Where the autoscaler's decision is applied, and where its figures are published.
 
-Each backend answers `current()` (the desired size it holds now) and `apply(desired, busy)`,
-where `busy` names the workers (hosts) that are running flow runs: no backend ever picks a
+Each target answers `current()` (the desired size it holds now) and `apply(desired, busy)`,
+where `busy` names the workers (hosts) that are running flow runs: no target ever picks a
 busy host for scale-in. A host that is asked to go drains first (SIGTERM to its warm worker).
 `replace(host)` takes away a host whose worker reported itself unhealthy, at once, and the
 group brings the size back with a new one.
@@ -18,7 +18,7 @@ from img2img.scaling.policy import Decision, Observation
 log = logging.getLogger("img2img.autoscaler")
 
 
-class ScalingBackend(Protocol):
+class ScaleTarget(Protocol):
     """Where the autoscaler applies its decision."""
 
     name: str
@@ -42,7 +42,7 @@ class MetricsSink(Protocol):
     def publish(self, obs: Observation, decision: Decision) -> None: ...
 
 
-class AsgBackend:
+class AsgTarget:
     """An EC2 Auto Scaling group of Inf2 hosts; each host's worker is named by its instance id.
 
     Hosts running flow runs get scale-in protection and idle ones lose it, so the group
@@ -127,7 +127,7 @@ def drain_choice(workers: list[tuple[int, str]], busy: set[str], count: int) -> 
     return [index for index, _name in order[: max(count, 0)]]
 
 
-class EcsBackend:
+class EcsTarget:
     """An ECS service (EC2 launch type with the Neuron device mapped, or CPU on Fargate).
 
     Each task's warm worker is named by its task id (`--name <task id>`). Tasks running flow

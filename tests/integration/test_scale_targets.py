@@ -1,4 +1,4 @@
-"""Scaling backends and the autoscaler against moto (Auto Scaling, ECS, CloudWatch) and a
+"""Scale targets and the autoscaler against moto (Auto Scaling, ECS, CloudWatch) and a
 real Prefect API."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from deployments.services.scaling_backends import AsgBackend, CloudWatchMetrics, EcsBackend
+from deployments.services.scale_targets import AsgTarget, CloudWatchMetrics, EcsTarget
 from img2img.aws.clients import service_client
 from img2img.config.scaling import ScalingSettings
 from img2img.scaling.policy import Decision, Observation
@@ -42,7 +42,7 @@ def protection(autoscaling: Any) -> dict[str, bool]:
 
 
 def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
-    backend = AsgBackend(asg, "img2img-inf2")
+    backend = AsgTarget(asg, "img2img-inf2")
     assert backend.current() == 3
     busy_host = sorted(protection(asg))[0]
 
@@ -56,7 +56,7 @@ def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
 
 
 def test_asg_backend_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any) -> None:
-    backend = AsgBackend(asg, "img2img-inf2")
+    backend = AsgTarget(asg, "img2img-inf2")
     sick = sorted(protection(asg))[0]
     message = backend.replace(sick, "no slot left")
     assert sick in message and "Unhealthy" in message
@@ -70,7 +70,7 @@ def test_asg_backend_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any
 
 def test_asg_backend_names_a_missing_group(aws: AwsEnv) -> None:
     _, settings = aws
-    backend = AsgBackend(service_client(settings.aws, "autoscaling"), "nope")
+    backend = AsgTarget(service_client(settings.aws, "autoscaling"), "nope")
     with pytest.raises(LookupError, match="'nope' does not exist"):
         backend.current()
 
@@ -91,7 +91,7 @@ def ecs(aws: AwsEnv) -> Any:
 
 
 def test_ecs_backend_sets_the_desired_count(ecs: Any) -> None:
-    backend = EcsBackend(ecs, "img2img", "workers")
+    backend = EcsTarget(ecs, "img2img", "workers")
     assert backend.current() == 1
     backend.apply(4, busy=set())
     assert backend.current() == 4
@@ -102,7 +102,7 @@ def test_ecs_backend_replaces_an_unhealthy_host_by_stopping_its_task(ecs: Any) -
         "tasks"
     ][0]
     task_id = task["taskArn"].rsplit("/", 1)[-1]
-    message = EcsBackend(ecs, "img2img", "workers").replace(task_id, "no slot left")
+    message = EcsTarget(ecs, "img2img", "workers").replace(task_id, "no slot left")
     assert task_id in message
     stopped = ecs.describe_tasks(cluster="img2img", tasks=[task["taskArn"]])["tasks"][0]
     assert stopped["desiredStatus"] == "STOPPED" and "no slot left" in stopped["stoppedReason"]
@@ -136,7 +136,7 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
         policy = ScalingSettings(
             max_hosts=5, slots_per_host=1, expected_run_s=60, drain_target_s=60
         )
-        scaler = Autoscaler(client, pool, policy, EcsBackend(ecs, "img2img", "workers"))
+        scaler = Autoscaler(client, pool, policy, EcsTarget(ecs, "img2img", "workers"))
 
         obs = scaler.observe()
         assert (obs.queued, obs.running, obs.current_desired) == (3, 0, 0)
@@ -144,7 +144,7 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
         decision = scaler.step()
 
         assert decision.desired >= 1 and decision.reason.startswith("activate from zero")
-        assert EcsBackend(ecs, "img2img", "workers").current() == decision.desired
+        assert EcsTarget(ecs, "img2img", "workers").current() == decision.desired
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[ARTIFACT_KEY]))
         )
@@ -155,9 +155,9 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
 
 
 def test_warm_pool_instances_are_counted_when_ready_to_resume(asg: Any) -> None:
-    from deployments.services.scaling_backends import waiting_in_warm_pool
+    from deployments.services.scale_targets import waiting_in_warm_pool
 
-    backend = AsgBackend(asg, "img2img-inf2")
+    backend = AsgTarget(asg, "img2img-inf2")
     assert backend.warm() == 0  # a group with no warm pool: none waiting, no error
     # What the count is read from (moto prepares no warm-pool instances, so the count of
     # each lifecycle state is checked on the instances' answer itself):
@@ -197,7 +197,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
             host_start_s=60,
             forecast=ForecastSettings(enabled=True, days=7, min_days=3, lead_s=90),
         )
-        scaler = Autoscaler(client, pool, policy, EcsBackend(ecs, "img2img", "workers"))
+        scaler = Autoscaler(client, pool, policy, EcsTarget(ecs, "img2img", "workers"))
 
         obs = scaler.observe()
         assert obs.queued == 0 and obs.recent_arrival_rate == 0 and obs.warm == 0
@@ -206,7 +206,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
         assert 4 <= obs.forecast.rate_ahead * 15 <= 8  # the busiest 15-s bucket ahead
         decision = scaler.step()
         assert decision.reason.startswith("pre-scale: forecast") and decision.desired >= 2
-        assert EcsBackend(ecs, "img2img", "workers").current() == decision.desired
+        assert EcsTarget(ecs, "img2img", "workers").current() == decision.desired
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -252,7 +252,7 @@ def test_at_zero_the_autoscaler_decides_again_as_soon_as_a_run_is_queued(ecs: An
         pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
         # An interval no test outlasts: a wake can only come from the queued run.
         policy = ScalingSettings(interval_s=3600, zero_interval_s=0.5)
-        scaler = Autoscaler(client, pool, policy, EcsBackend(ecs, "img2img", "workers"))
+        scaler = Autoscaler(client, pool, policy, EcsTarget(ecs, "img2img", "workers"))
         woke = threading.Event()
 
         def wait() -> None:
@@ -268,7 +268,7 @@ def test_at_zero_the_autoscaler_decides_again_as_soon_as_a_run_is_queued(ecs: An
 
 
 @pytest.mark.usefixtures("prefect_api")
-def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) -> None:
+def test_the_upscale_pool_starts_its_hosts_while_generate_holds_the_work(ecs: Any) -> None:
     """Split topology: runs queued on the stage-1 pool only. The stage-1 autoscaler asks
     for hosts; the stage-2 autoscaler, whose own queue is empty, sees that work on its way
     (its upstream) and starts hosts too, each pool through its own ECS service."""
@@ -290,8 +290,8 @@ def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) 
         policy = ScalingSettings(
             max_hosts=5, slots_per_host=1, expected_run_s=60, drain_target_s=60
         )
-        first = Autoscaler(client, first_pool, policy, EcsBackend(ecs, "img2img", "workers"))
-        second = Autoscaler(client, second_pool, policy, EcsBackend(ecs, "img2img", "upscale"))
+        first = Autoscaler(client, first_pool, policy, EcsTarget(ecs, "img2img", "workers"))
+        second = Autoscaler(client, second_pool, policy, EcsTarget(ecs, "img2img", "upscale"))
         alone = second.step()  # before it knows of stage 1: nothing to do
         assert alone.desired == 0 and alone.reason.startswith("hold at zero")
         second.upstream = first
@@ -300,7 +300,7 @@ def test_the_stage2_pool_starts_its_hosts_while_stage1_holds_the_work(ecs: Any) 
         assert one.desired >= 1 and one.reason.startswith("activate from zero")
         assert second.last is not None and second.last.upstream == 4
         assert two.desired >= 1 and two.reason.startswith("activate from zero"), two.reason
-        assert EcsBackend(ecs, "img2img", "upscale").current() == two.desired
+        assert EcsTarget(ecs, "img2img", "upscale").current() == two.desired
 
 
 class _EcsTaskProtection:
@@ -375,7 +375,7 @@ def test_ecs_backend_protects_busy_tasks_from_scale_in_and_releases_idle_ones() 
             aws_access_key_id="testing",
             aws_secret_access_key="testing",
         )
-        message = EcsBackend(ecs, "img2img", "workers").apply(12, busy)
+        message = EcsTarget(ecs, "img2img", "workers").apply(12, busy)
     finally:
         fake.server.shutdown()
 
@@ -383,5 +383,5 @@ def test_ecs_backend_protects_busy_tasks_from_scale_in_and_releases_idle_ones() 
     on = {arn.rsplit("/", 1)[-1] for arn, minutes in fake.protected.items() if minutes}
     off = {arn.rsplit("/", 1)[-1] for arn, minutes in fake.protected.items() if minutes is None}
     assert on == busy and off == {f"t{i:02d}" for i in range(1, 23, 2)}
-    assert set(fake.protected.values()) == {EcsBackend.protect_minutes, None}
+    assert set(fake.protected.values()) == {EcsTarget.protect_minutes, None}
     assert sorted(fake.calls) == [1, 2, 10, 10]  # 12 busy: 10 + 2; 11 idle: 10 + 1
