@@ -283,7 +283,7 @@ def add_command(bench_sub: Any) -> None:
         "--handoff-s",
         type=float,
         default=0.32,
-        help="split: stage-1 output written → stage-2 start (the seed's p1_p2: 321 ms)",
+        help="split: stage-1 output written → stage-2 start (Lyrebird measured 321 ms)",
     )
     scaling.add_argument("--seed", type=int, default=7)
     scaling.add_argument("--json", action="store_true")

@@ -197,8 +197,8 @@ class AutoscalerSettings(BaseModel):
     pool_groups: dict[str, str] = Field(
         default_factory=dict,
         description="Split topology on AWS: each pool's own Auto Scaling group (asg) or ECS "
-        'service (ecs), e.g. {"inf2-generate": "img2img-p1", "inf2-upscale": '
-        '"img2img-p2"}.',
+        'service (ecs), e.g. {"inf2-generate": "img2img-generate", "inf2-upscale": '
+        '"img2img-upscale"}.',
     )
     pool_slots: dict[str, int] = Field(
         default_factory=dict,

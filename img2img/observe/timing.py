@@ -16,7 +16,7 @@ STAGES: tuple[str, ...] = (
     "download",
     "preprocess",
     "generate",
-    # Split topology: the batch's stage-1 outputs written → the stage-2 run started (p1_p2).
+    # Split topology: the batch's stage-1 outputs written → the stage-2 run started.
     "handoff",
     "upscale",
     "postprocess",

@@ -1,5 +1,6 @@
 """Where each inference stage runs: one pool for both (`single`), or a pool per stage
-(`split`, the seed's p1/p2 groups) handing off through the directory bucket.
+(`split`, an Auto Scaling group per stage, as Lyrebird runs them) handing off through the
+directory bucket.
 
 Pure: names only. Everything that knows a pool or a deployment by name (the dispatcher, the
 worker, the autoscaler, the recovery service, the reconciler, the local stack) asks here.

@@ -7,8 +7,8 @@ and cost per image.
 
 Cost per image = the host's hourly price × the host-hours paid in the window ÷ the images
 that got an outcome in it. Host-hours count every host the pool holds (booting, idle or
-busy): that is what the bill counts. Monks (seed 001) measured $0.000425 per image offline;
-here it is measured live.
+busy): that is what the bill counts. A published Stable Diffusion on Inf2 case study
+computed $0.000425 per image offline; here it is measured live.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from typing import Any
 
 from img2img.observe.timing import percentile
 
-MONKS_COST_PER_IMAGE_USD = 0.000425  # seed 001, offline analysis
+# A published reference: AWS's case study of SD on Inf2 (for Monks), computed offline.
+PUBLISHED_COST_PER_IMAGE_USD = 0.000425
 # Slot recycles in the window that the view calls out (the alert's threshold too): a slot
 # with flat memory is never recycled for memory, so a few of them mean a leak came back.
 FREQUENT_RECYCLES = 3
@@ -228,7 +229,11 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         ("duty cycle (busy slots ÷ slots)", f"{100 * sample.duty_cycle:.0f}%"),
         ("cost per image", f"**{money(sample.cost_per_image_usd)}**"),
         ("host cost", f"{sample.host_hours:.3f} host-h × ${sample.price_per_hour:.4f}/h"),
-        ("price basis", f"{instance} on-demand (Monks: ${MONKS_COST_PER_IMAGE_USD:.6f}/image)"),
+        (
+            "price basis",
+            f"{instance} on-demand (a published Inf2 case study: "
+            f"${PUBLISHED_COST_PER_IMAGE_USD:.6f}/image)",
+        ),
         ("failed images", str(sample.failed)),
         ("dead-letter messages", _opt(sample.dead_letters)),
     ]

@@ -1,8 +1,9 @@
 """The scaling policy of the Inf2 work pool, as a pure function of what it observes.
 
-Target tracking on a usage rate, as Monks did on SageMaker (requests ÷ capacity, target 0.75,
-scale-out cooldown 60 s, scale-in 120 s, scale to zero), but fed straight from the work
-pool's queue, so it reacts in seconds instead of after CloudWatch's metric delay:
+Target tracking on a usage rate, as AWS's published SageMaker case study for SD on Inf2 does
+(requests ÷ capacity, target 0.75, scale-out cooldown 60 s, scale-in 120 s, scale to zero),
+but fed straight from the work pool's queue, so it reacts in seconds instead of after
+CloudWatch's metric delay:
 
     keep_up = arrival rate × run time    (Little's law; the running runs when no rate is known)
     backlog = queued runs × run time ÷ drain target

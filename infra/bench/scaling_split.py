@@ -3,10 +3,11 @@ against the single pool that runs both stages, on the same arrivals.
 
 Two pools in a row are simulated exactly by two passes: the stage-1 pool sees the uploads;
 its requests finish, in arrival order (one FIFO queue, one service time), at arrival + wait
-+ stage-1 time, and reach the stage-2 pool a hand-off later (the seed's `p1_p2`). The
-second pool never slows the first, so its arrivals are known once the first pass is done.
-An upload's wait is its wait for a slot in each pool; the hand-off between them is a transfer,
-not a wait for capacity, and is added on its own (`split_p95_wait_with_handoff_s`).
++ stage-1 time, and reach the stage-2 pool a hand-off later (Lyrebird's stage-to-stage
+transfer). The second pool never slows the first, so its arrivals are known once the first
+pass is done. An upload's wait is its wait for a slot in each pool; the hand-off between them
+is a transfer, not a wait for capacity, and is added on its own
+(`split_p95_wait_with_handoff_s`).
 
 What each pool gets of its own is what the issue is about: its stage's device time, its
 slot layout (a host that holds one model fits more slots of it), and its start (one

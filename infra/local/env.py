@@ -88,7 +88,7 @@ def child_env(
             "AWS_DEFAULT_REGION": settings.aws.region,
             "IMG2IMG_PROJECT_DIR": str(PROJECT_DIR),
             # The stack's shape, so that a child reading its own settings (the supervisor,
-            # the autoscaler's local backend) sees the stack its parent started.
+            # the autoscaler's local scale target) sees the stack its parent started.
             "IMG2IMG_LOCAL__WORKER_TYPE": local.worker_type,
             "IMG2IMG_TOPOLOGY": settings.topology,
             "IMG2IMG_LOCAL__STATE_DIR": str(state),

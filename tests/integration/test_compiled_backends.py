@@ -259,7 +259,7 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws: AwsEnv) -> None:
     from flows.compile import compile_model
 
     clients, settings = aws
-    uri = f"s3://{settings.storage.results_bucket}/models/img2img/flow"
+    uri = f"s3://{settings.storage.results_bucket}/models/generate/flow"
     state = compile_model(
         stage="generate",
         model="tiny",
@@ -272,9 +272,9 @@ def test_compile_flow_publishes_parts_to_s3_and_the_ui(aws: AwsEnv) -> None:
     assert state.is_completed(), state.message
     assert state.result() == "tiny-random-seed0"
     keys = clients.s3.list_objects_v2(
-        Bucket=settings.storage.results_bucket, Prefix="models/img2img/flow/"
+        Bucket=settings.storage.results_bucket, Prefix="models/generate/flow/"
     )["Contents"]
-    assert "models/img2img/flow/manifest.json" in {k["Key"] for k in keys}
+    assert "models/generate/flow/manifest.json" in {k["Key"] for k in keys}
     with get_client(sync_client=True) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["img2img-compile"]))

@@ -215,11 +215,11 @@ def test_torchscript_compiled_at_two_batch_sizes_runs_both(
         assert cli(argv) == 0
     keys = {
         o["Key"]
-        for o in clients.s3.list_objects_v2(Bucket=bucket, Prefix="models/img2img/sizes-1-2/")[
+        for o in clients.s3.list_objects_v2(Bucket=bucket, Prefix="models/generate/sizes-1-2/")[
             "Contents"
         ]
     }
-    prefix = "models/img2img/sizes-1-2"
+    prefix = "models/generate/sizes-1-2"
     assert {f"{prefix}/{SIZES}", f"{prefix}/batch-1/manifest.json"} <= keys
     assert f"{prefix}/batch-2/manifest.json" in keys
     capsys.readouterr()

@@ -335,7 +335,7 @@ def test_pipeline_runs_on_the_torchscript_backend(
     assert status == "failed" and record["stage"] == "generate"
     assert "[2, 4, 16, 16]" in record["reason"] and "[1, 4, 16, 16]" in record["reason"]
     compiled = sorted(p.name for p in (settings.stages.model_cache_dir / "compiled").iterdir())
-    assert any(name.startswith("torchscript-img2img-64x64") for name in compiled)
+    assert any(name.startswith("torchscript-generate-64x64") for name in compiled)
     assert any(name.startswith("torchscript-upscale-64x64") for name in compiled)
 
 

@@ -41,7 +41,7 @@ def protection(autoscaling: Any) -> dict[str, bool]:
     return {i["InstanceId"]: i["ProtectedFromScaleIn"] for i in group["Instances"]}
 
 
-def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
+def test_asg_target_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
     backend = AsgTarget(asg, "img2img-inf2")
     assert backend.current() == 3
     busy_host = sorted(protection(asg))[0]
@@ -55,7 +55,7 @@ def test_asg_backend_sets_capacity_and_protects_busy_hosts(asg: Any) -> None:
     assert not any(v for k, v in flags.items() if k != busy_host)
 
 
-def test_asg_backend_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any) -> None:
+def test_asg_target_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any) -> None:
     backend = AsgTarget(asg, "img2img-inf2")
     sick = sorted(protection(asg))[0]
     message = backend.replace(sick, "no slot left")
@@ -68,7 +68,7 @@ def test_asg_backend_replaces_an_unhealthy_host_by_marking_it_unhealthy(asg: Any
     assert [h for i, h in health.items() if i != sick and h.upper() != "HEALTHY"] == []
 
 
-def test_asg_backend_names_a_missing_group(aws: AwsEnv) -> None:
+def test_asg_target_names_a_missing_group(aws: AwsEnv) -> None:
     _, settings = aws
     backend = AsgTarget(service_client(settings.aws, "autoscaling"), "nope")
     with pytest.raises(LookupError, match="'nope' does not exist"):
@@ -90,14 +90,14 @@ def ecs(aws: AwsEnv) -> Any:
     return client
 
 
-def test_ecs_backend_sets_the_desired_count(ecs: Any) -> None:
+def test_ecs_target_sets_the_desired_count(ecs: Any) -> None:
     backend = EcsTarget(ecs, "img2img", "workers")
     assert backend.current() == 1
     backend.apply(4, busy=set())
     assert backend.current() == 4
 
 
-def test_ecs_backend_replaces_an_unhealthy_host_by_stopping_its_task(ecs: Any) -> None:
+def test_ecs_target_replaces_an_unhealthy_host_by_stopping_its_task(ecs: Any) -> None:
     task = ecs.run_task(cluster="img2img", taskDefinition="worker", count=1, launchType="FARGATE")[
         "tasks"
     ][0]
@@ -358,7 +358,7 @@ class _EcsTaskProtection:
         raise AssertionError(f"unexpected ECS call {action}")
 
 
-def test_ecs_backend_protects_busy_tasks_from_scale_in_and_releases_idle_ones() -> None:
+def test_ecs_target_protects_busy_tasks_from_scale_in_and_releases_idle_ones() -> None:
     """23 tasks, 12 of them running flow runs (their workers are named by task id): the
     busy ones are protected for `protect_minutes`, the idle ones released, ten tasks per
     call (the API's limit), before the desired count is lowered."""

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.chaos]
 IMAGES = 32
 
 
-def test_split_stack_loses_nothing_when_a_upscale_worker_dies(tmp_path: Path) -> None:
+def test_split_stack_loses_nothing_when_an_upscale_worker_dies(tmp_path: Path) -> None:
     metrics_port = free_port()
     env = stack_env(
         tmp_path / "state",
