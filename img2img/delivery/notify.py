@@ -2,9 +2,10 @@
 upload's outcome document (its result metadata or its failure record). No I/O here;
 `announce.py` sends it.
 
-One message per outcome, version 1:
+One message per outcome, version 2 (version 1 named the stages `stage1` and `stage2` in
+`timings_ms` and `device_batch`; version 2 names them `generate` and `upscale`):
 
-    {"version": 1, "dedup_id": "results/<bucket>/<key>@<tag>.json", "outcome": "result",
+    {"version": 2, "dedup_id": "results/<bucket>/<key>@<tag>.json", "outcome": "result",
      "upload": {"bucket", "key", "version_id", "etag", "uri"}, "request_id": "...",
      "result": {"uri", "width", "height"[, "presigned_url", "presigned_expires_at"]},
      "failure": null, "timings_ms": {...}, "device_batch": {"generate": 4, "upscale": 4},
@@ -23,7 +24,7 @@ from typing import Any, Literal
 from img2img.intake.events import ObjectRef
 from img2img.intake.keys import keys_for
 
-MESSAGE_VERSION = 1
+MESSAGE_VERSION = 2
 # User-metadata key (x-amz-meta-request-id) that carries the caller's own id; a fixed name,
 # so the app and the pipeline agree on it without configuration.
 REQUEST_ID_METADATA = "request-id"

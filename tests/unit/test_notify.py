@@ -36,7 +36,7 @@ def result_doc() -> dict:
 def test_result_message_names_the_upload_the_result_and_the_caller() -> None:
     message = outcome_message(REF, "results", "result", result_doc())
 
-    assert message["version"] == 1 and message["outcome"] == "result"
+    assert message["version"] == 2 and message["outcome"] == "result"
     assert message["dedup_id"] == keys_for(REF).result_meta
     assert message["upload"] == {
         "bucket": "uploads",
