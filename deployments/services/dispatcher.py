@@ -146,17 +146,23 @@ class Dispatcher(LoopService[DispatchStats]):
         then dispatch every batch that is due."""
         depth = self._replan()
         due_in = self.batcher.next_due_in(self.clock())
-        wait = (
-            self.settings.poll_wait_s
-            if due_in is None
-            else min(self.settings.poll_wait_s, int(due_in))
+        wait: float = (
+            self.settings.poll_wait_s if due_in is None else min(self.settings.poll_wait_s, due_in)
         )
+        if self.settings.adaptive and self.batcher.pending_count:
+            # Holding images: look again within a second whether the pool can take them.
+            wait = min(wait, 1.0)
         if depth and self.batcher.pending_count < self.batcher.max_batch:
             wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
+        if 0 < wait < 1:
+            # SQS waits whole seconds: sleep to the deadline here rather than spin on
+            # zero-second receives (or overshoot it by up to a second).
+            self.wait(wait)
+            wait = 0
         response = self.sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=10,
-            WaitTimeSeconds=max(0, wait),
+            WaitTimeSeconds=int(wait),
             VisibilityTimeout=self.settings.visibility_timeout_s,
         )
         now = self.clock()
@@ -186,9 +192,10 @@ class Dispatcher(LoopService[DispatchStats]):
         rate = taken / max(self.clock() - since, 1e-3)
         in_hand = self.batcher.pending_count
         base = min(self.settings.base_batch, self.settings.max_batch)
-        # The pool's queue only matters once more than a base batch waits (one count a
-        # second at most, and none at low load).
-        queued = self._queued_runs() if in_hand + (depth or 0) > base else None
+        # Whether runs wait for a slot matters once anything is in hand (it may leave at
+        # once) or more than a base batch waits: one count a second at most, none while
+        # nothing waits at all.
+        queued = self._queued_runs() if in_hand or (depth or 0) > base else None
         # What a run's images cost on a slot only matters once a steady rate would fill
         # more than a base batch in max_wait_s (none read at low load).
         image_s = self._image_s() if rate * self.settings.max_wait_s > base else None
@@ -347,6 +354,9 @@ class Dispatcher(LoopService[DispatchStats]):
                 self._retry_after = self.clock() + RETRY_BACKOFF_S
                 return  # the other due batches stay pending and go after the backoff
             self.stats.runs_created += 1
+            # The new run waits for a slot until a worker claims it: counted as queued until
+            # the next count says otherwise.
+            self._queued.value = (self._queued.value or 0) + 1
             self.stats.flow_run_ids.append(run_id)
             self.stats.batch_sizes.append(len(batch.objects))
             self._since_batch = (self.clock(), 0)

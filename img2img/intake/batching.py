@@ -92,7 +92,10 @@ def plan_batch(
         queued_runs: the pipeline's runs waiting for a slot now (None: not known). While
             there are some, the slots are all taken: a new run would only wait behind
             them, so the batch fills (up to `max_batch`, for up to the hold) instead of
-            adding a run's fixed cost for a few images.
+            adding a run's fixed cost for a few images. With none (0) and nothing more in
+            the queue, the pool can take a run now: what is in hand leaves at once (hold 0)
+            instead of waiting out `max_wait_s`; batches then grow from backpressure, out
+            of what arrives while runs wait.
         image_s: seconds an image adds to a run on its slot (`seconds_per_image`; None:
             not known yet). Known, a steady rate fills each batch with what arrives in
             `max_wait_s`, up to what a run does in `max_run_s`; unknown, batches keep to
@@ -117,6 +120,13 @@ def plan_batch(
             f"backlog at the pool: {queued_runs} runs wait for a slot; filling up to "
             f"{settings.max_batch} for up to {longest:.1f} s ({waiting:.0f} waiting: "
             f"{in_hand} in hand, {depth} queued, {rate:.1f}/s)",
+        )
+    if queued_runs == 0 and depth == 0 and in_hand > 0:
+        return BatchPlan(
+            size,
+            0.0,
+            f"the pool can take a run now (no run waits, nothing more queued): {in_hand} in "
+            f"hand leave at once ({rate:.1f}/s)",
         )
     if size <= base:
         return BatchPlan(

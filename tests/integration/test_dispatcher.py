@@ -84,6 +84,35 @@ def test_uploads_become_one_run_and_messages_are_deleted(
     assert queue_depth(clients, settings.storage.ingest_queue) == 0
 
 
+def test_a_lone_upload_leaves_at_once_while_the_pool_can_take_it_then_batches_grow(
+    aws: AwsEnv, client: SyncPrefectClient
+) -> None:
+    """An idle pool (no run of its deployment waits): a lone upload's run is created at
+    once, not after the batch window. Its run then waits (no worker here), so the next
+    upload is held for the window: batches grow from backpressure."""
+    clients, settings = aws
+    flow_id = client.create_flow_from_name("lone-upload")
+    client.create_deployment(flow_id=flow_id, name="idle", entrypoint="flows.pipeline.x")
+    window = 8.0
+    d = dispatcher(clients, client, settings, deployment="lone-upload/idle", max_wait_s=window)
+    drain(d, lambda: d.stats.skipped >= 1, limit_s=10)  # moto's s3:TestEvent
+    bucket = settings.storage.uploads_bucket
+
+    upload(clients, bucket, "lone/first.png", png())
+    sent = time.monotonic()
+    drain(d, lambda: d.stats.runs_created >= 1, limit_s=window * 2)
+    first_s = time.monotonic() - sent
+    assert d.stats.runs_created == 1 and first_s < window / 2, first_s
+    assert "at once" in (d.plan.reason if d.plan else "")
+
+    upload(clients, bucket, "lone/second.png", png())
+    sent = time.monotonic()
+    drain(d, lambda: d.stats.runs_created >= 2, limit_s=window * 3)
+    second_s = time.monotonic() - sent
+    assert d.stats.runs_created == 2 and second_s >= window * 0.75, second_s
+    assert d.stats.batch_sizes == [1, 1]
+
+
 def test_the_same_event_twice_gives_one_run_and_one_result(
     aws: AwsEnv, client: SyncPrefectClient, deployment: str
 ) -> None:

@@ -144,11 +144,33 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
     plan = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=5)
     assert (plan.size, plan.hold_s) == (settings.max_batch, settings.max_hold_s)
     assert "5 runs wait for a slot" in plan.reason
+    # No run waits: the pool takes runs now, so what is in hand leaves at once.
     free = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=0)
-    assert free.size == 8 and free.hold_s == settings.max_wait_s
-    # At low load the pool's queue changes nothing.
+    assert free.size == 8 and free.hold_s == 0
+    # A few images while runs wait: the batch grows for the usual window (backpressure).
     low = plan_batch(settings, in_hand=2, queue_depth=0, rate=0.5, run_slots=12, queued_runs=3)
     assert low.size == 8 and low.hold_s == settings.max_wait_s
+
+
+def test_a_lone_upload_leaves_at_once_only_when_the_pool_can_take_it() -> None:
+    from img2img.config.dispatch import DispatchSettings
+    from img2img.intake.batching import plan_batch
+
+    settings = DispatchSettings()
+    idle = plan_batch(settings, in_hand=1, queue_depth=0, rate=0.0, run_slots=4, queued_runs=0)
+    assert idle.hold_s == 0 and "at once" in idle.reason
+    # Not known whether runs wait (the count failed, or nothing was read): the window.
+    unknown = plan_batch(settings, in_hand=1, queue_depth=0, rate=0.0, run_slots=4)
+    assert unknown.hold_s == settings.max_wait_s
+    # More messages are in the queue: take them into this batch first.
+    queue = plan_batch(settings, in_hand=1, queue_depth=3, rate=0.0, run_slots=4, queued_runs=0)
+    assert queue.hold_s > 0
+    # Nothing in hand: nothing to send.
+    empty = plan_batch(settings, in_hand=0, queue_depth=0, rate=0.0, run_slots=4, queued_runs=0)
+    assert empty.hold_s == settings.max_wait_s
+    # Fixed batches keep their window.
+    fixed = DispatchSettings(adaptive=False)
+    assert plan_batch(fixed, 1, 0, 0.0, 4, queued_runs=0).hold_s == fixed.max_wait_s
 
 
 def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s() -> None:
