@@ -105,6 +105,15 @@ class FleetView:
         self.window.slot_recycles = slot_recycles
         if self.prometheus is not None:
             self.prometheus.observe_pool(obs, decision)
+        # Starvation is judged at every tick (a cold start can be shorter than a refresh).
+        self._guard(
+            "emit the starvation events",
+            self._starvation,
+            decision.desired,
+            obs.live_hosts,
+            obs.queued,
+            now,
+        )
         if (
             self.last_refresh is not None
             and now - self.last_refresh < self.monitor.fleet_interval_s
@@ -238,11 +247,12 @@ class FleetView:
         )
         return found[0].id if found else None
 
-    def _alerts(self, sample: FleetSample, now: float) -> None:
+    def _starvation(self, wanted: int, online: int, queued: int, now: float) -> None:
+        """`img2img.pool.starved` once hosts have been wanted with no worker online for
+        `monitor.starved_after_s`; `.recovered` when a worker is online again."""
         from prefect.events import emit_event
 
-        pool = self.pool_resource.resource()
-        wanted_no_worker = sample.hosts > 0 and sample.hosts_online == 0
+        wanted_no_worker = wanted > 0 and online == 0
         if wanted_no_worker:
             self._starved_since = self._starved_since or now
         else:
@@ -254,21 +264,25 @@ class FleetView:
         if starving and not self._starved:
             emit_event(
                 event="img2img.pool.starved",
-                resource=pool,
+                resource=self.pool_resource.resource(),
                 payload={
-                    "hosts_wanted": sample.hosts,
-                    "hosts_online": sample.hosts_online,
-                    "queued_runs": sample.queued_runs,
+                    "hosts_wanted": wanted,
+                    "hosts_online": online,
+                    "queued_runs": queued,
                     "for_s": round(now - (self._starved_since or now)),
                 },
             )
-            log.warning(
-                "work pool %s: %d host(s) wanted, no worker online", self.pool, sample.hosts
-            )
+            log.warning("work pool %s: %d host(s) wanted, no worker online", self.pool, wanted)
         elif self._starved and not wanted_no_worker:
-            emit_event(event="img2img.pool.recovered", resource=pool, payload={})
+            emit_event(
+                event="img2img.pool.recovered", resource=self.pool_resource.resource(), payload={}
+            )
         self._starved = starving or (self._starved and wanted_no_worker)
 
+    def _alerts(self, sample: FleetSample, now: float) -> None:
+        from prefect.events import emit_event
+
+        pool = self.pool_resource.resource()
         # Hosts paid for in vain, repeatedly: the policy is backing off (once per episode).
         wasting = sample.idle_launches >= self.idle_launch_limit
         if wasting and not self._wasting:

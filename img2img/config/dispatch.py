@@ -22,7 +22,8 @@ class DispatchSettings(BaseModel):
         ge=1,
         le=4096,
         description="Images in one flow run at low load (nothing waiting beyond the batch): "
-        "it leaves at this size or after max_wait_s. With adaptive off, every batch's size.",
+        "it leaves at this size or after max_wait_s, or at once while the pool can take a run "
+        "(adaptive: none of its runs waits for a slot). With adaptive off, every batch's size.",
     )
     max_batch: int = Field(
         512,
