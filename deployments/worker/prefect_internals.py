@@ -14,7 +14,11 @@ hands runs to long-lived slot processes instead, and three things have no public
   long as the worker, beside its own runs;
 - the cancellation observer (`cancelling_observer`): Prefect's worker cancels only runs that
   have not started; runs on warm slots share a process, so the worker watches them itself
-  with the observer Prefect's runner uses (event stream, polling while it is down).
+  with the observer Prefect's runner uses (event stream, polling while it is down);
+- claiming a run heard on the events stream (`submit_scheduled`, `is_submitting`): Prefect's
+  worker finds runs only by its timed poll; the warm worker hands a run it heard to the same
+  submission its poll uses (concurrency limit, Pending proposal, hand-off), so both paths
+  claim the same way and a run heard and polled at once is submitted once.
 """
 
 from __future__ import annotations
@@ -73,6 +77,30 @@ def has_started(task_status: anyio.abc.TaskStatus[Any]) -> bool:
     future = getattr(task_status, "_future")  # noqa: B009
     done: bool = future.done()
     return done
+
+
+async def submit_scheduled(
+    worker: BaseWorker[Any, Any, Any], flow_run: FlowRun, work_queue_id: UUID
+) -> bool:
+    """Submit `flow_run` (read in a SCHEDULED state) as `BaseWorker` submits what its poll
+    finds: `_submit_scheduled_flow_runs(list[WorkerFlowRunResponse])` takes the worker's
+    concurrency slot for the run (none free: nothing happens), skips a run already being
+    submitted, and starts `_submit_run`, which proposes Pending (the claim: a run another
+    host claimed first is aborted by the server) and then calls the submit hook. Whether it
+    was taken for submission."""
+    from prefect.client.schemas.responses import WorkerFlowRunResponse
+
+    response = WorkerFlowRunResponse(
+        work_pool_id=worker.work_pool.id, work_queue_id=work_queue_id, flow_run=flow_run
+    )
+    submitted = await worker._submit_scheduled_flow_runs(flow_run_response=[response])
+    return any(run.id == flow_run.id for run in submitted)
+
+
+def is_submitting(worker: BaseWorker[Any, Any, Any], flow_run_id: UUID) -> bool:
+    """Whether the worker is submitting `flow_run_id` now (`BaseWorker` keeps these ids in
+    `_submitting_flow_run_ids` from its claim until the hand-off returns)."""
+    return flow_run_id in worker._submitting_flow_run_ids
 
 
 def cancelling_observer(

@@ -38,6 +38,7 @@ from pydantic import Field
 from deployments.worker import prefect_internals as internals
 from deployments.worker.api_logs import limit_api_logs
 from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
+from deployments.worker.run_starts import RunStartStream, claim_delay_s, run_start_filter
 from deployments.worker.slot_pool import SlotPool
 from deployments.worker.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
 from img2img.config.worker import WorkerSettings
@@ -145,6 +146,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self._cancelled: set[str] = set()
         self._cancelling: set[str] = set()  # runs told to stop, until they end
         self._observer: Any = None  # Prefect's FlowRunCancellingObserver, once started
+        self.run_starts: RunStartStream | None = None  # once the worker knows its pool
+        # A run was heard while no slot had room: the next slot to free polls at once.
+        self._heard_while_full = False
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -166,6 +170,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self.pool.start_all()
         internals.start_in_worker(self, self._watch_cancellations)
         internals.start_in_worker(self, self._watch_sigterm)
+        if self.worker_settings.run_start_events:
+            internals.start_in_worker(self, self._listen_for_runs)
 
     async def _watch_sigterm(self) -> None:
         """SIGTERM drains (see `begin_drain`); anyio's signal receiver, in the worker's loop."""
@@ -280,6 +286,85 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return []
         return await super().get_and_submit_flow_runs()
 
+    def _can_take_run(self) -> bool:
+        """Whether this host may claim one more run now: not draining, healthy, a slot with
+        room and a concurrency slot free."""
+        if self.draining or self.pool is None or not self.pool.has_room():
+            return False
+        try:
+            return float(self.limiter.available_tokens) >= 1
+        except RuntimeError:  # not set up yet
+            return False
+
+    async def _listen_for_runs(self) -> None:
+        """Hear this pool's runs become ready to start on Prefect's events stream, and claim
+        them at once (`deployments.worker.run_starts`)."""
+        while self._work_pool is None:  # known once the worker has synced with the API
+            await anyio.sleep(0.5)
+        self.run_starts = RunStartStream(
+            run_start_filter(self._work_pool.id),
+            on_run=self._heard_run,
+            on_connected=self._poll_now,
+            logger=self._logger,
+        )
+        await self.run_starts.run()
+
+    def _heard_run(self, flow_run_id: UUID) -> None:
+        """A run of this pool is ready to start. Only a host that can take it reacts (the
+        others would only make the server refuse their claim); a host that cannot polls as
+        soon as a slot frees, in case the run still waits then."""
+        if not self._can_take_run():
+            self._heard_while_full = True
+            return
+        internals.start_in_worker(self, self._claim_heard, flow_run_id)
+
+    async def _claim_heard(self, flow_run_id: UUID) -> None:
+        """Claim a run heard on the stream, as the poll would have: read it (still waiting?
+        one of this worker's queues? due?), then Prefect's submission, whose Pending
+        proposal makes one claim of a run that several hosts heard."""
+        from prefect.settings import PREFECT_WORKER_QUERY_SECONDS
+        from prefect.types._datetime import now
+
+        if internals.is_submitting(self, flow_run_id):
+            return
+        try:
+            flow_run = await self.client.read_flow_run(flow_run_id)
+        except ObjectNotFound:
+            return
+        state = flow_run.state
+        if state is None or not state.is_scheduled() or flow_run.work_queue_id is None:
+            return  # claimed by another host already, or cancelled
+        if self._work_queues and flow_run.work_queue_name not in self._work_queues:
+            return  # a queue this worker does not serve
+        self._logger.info("heard flow run %s (%s): claiming it", flow_run_id, state.name)
+        delay = claim_delay_s(
+            state.state_details.scheduled_time,
+            now("UTC"),
+            self._prefetch_seconds,
+            float(PREFECT_WORKER_QUERY_SECONDS.value()),
+        )
+        if delay is None:
+            return  # due after the next timed poll, which takes it
+        if delay > 0:
+            await anyio.sleep(delay)
+            if not self._can_take_run():
+                self._heard_while_full = True
+                return
+        await internals.submit_scheduled(self, flow_run, flow_run.work_queue_id)
+
+    async def _poll_now(self) -> None:
+        """Look for waiting runs now rather than at the next timed poll."""
+        try:
+            await self.get_and_submit_flow_runs()
+        except Exception as exc:  # the timed poll tries again
+            self._logger.warning("could not look for waiting runs: %s", exc)
+
+    def _slot_freed(self) -> None:
+        """A run left this host: if a run was heard while it was full, look now."""
+        if self._heard_while_full and self._can_take_run():
+            self._heard_while_full = False
+            internals.start_in_worker(self, self._poll_now)
+
     # Overrides `BaseWorker`'s per-run submission (`prefect_internals.SUBMIT_HOOK`).
     async def _submit_run_and_capture_errors(
         self,
@@ -319,6 +404,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return exc
         finally:
             internals.release_limit_slot(self, flow_run.id)
+            self._slot_freed()
         return result
 
     async def run(

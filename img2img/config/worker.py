@@ -59,6 +59,12 @@ class WorkerSettings(BaseModel):
         description="How often the worker asks whether a run it is running was cancelled, "
         "while Prefect's events stream (which tells it with no request) is down.",
     )
+    run_start_events: bool = Field(
+        True,
+        description="Claim the pool's runs as soon as Prefect's events stream says they are "
+        "scheduled, instead of at the worker's next timed poll (PREFECT_WORKER_QUERY_SECONDS, "
+        "which still runs, and starts runs while the stream is down).",
+    )
     hang_factor: float = Field(
         10.0,
         ge=1.0,

@@ -117,3 +117,28 @@ def test_the_prefect_client_reads_a_deployment_by_id_as_a_coroutine() -> None:
 
     assert inspect.iscoroutinefunction(PrefectClient.read_deployment)
     assert params(PrefectClient.read_deployment)[:2] == ["self", "deployment_id"]
+
+
+def test_a_heard_run_is_submitted_the_way_the_poll_submits_it() -> None:
+    submit = BaseWorker._submit_scheduled_flow_runs
+    assert inspect.iscoroutinefunction(submit)
+    assert params(submit) == ["self", "flow_run_response"]
+    source = inspect.getsource(submit)
+    # It takes the worker's concurrency slot, skips a run already being submitted, and
+    # starts `_submit_run`, whose Pending proposal is the claim.
+    assert "acquire_on_behalf_of_nowait(flow_run.id)" in source
+    assert "self._submitting_flow_run_ids" in source
+    assert "self._submit_run," in source
+    assert "_propose_pending_state(flow_run)" in inspect.getsource(BaseWorker._submit_run)
+    # What the warm worker reads to decide whether to claim a heard run.
+    init = inspect.getsource(BaseWorker.__init__)
+    assert "self._submitting_flow_run_ids: set[UUID] = set()" in init
+    assert "self._prefetch_seconds" in init and "self._work_queues" in init
+
+
+def test_is_submitting_reads_the_worker_s_submitting_ids() -> None:
+    class Worker:
+        _submitting_flow_run_ids = {UUID(int=1)}
+
+    assert internals.is_submitting(Worker(), UUID(int=1))  # type: ignore[arg-type]
+    assert not internals.is_submitting(Worker(), UUID(int=2))  # type: ignore[arg-type]

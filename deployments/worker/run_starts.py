@@ -1,0 +1,160 @@
+"""A run starts when it is created, not at the worker's next poll: the warm worker hears its
+pool's runs become Scheduled (new, retried, late) on Prefect's events stream and claims them
+at once through Prefect's Pending proposal, which lets exactly one host win a run that
+several heard. Prefect's own worker finds runs only by its timed poll (every
+`PREFECT_WORKER_QUERY_SECONDS`, 10 s by default): a lone upload waited half of that on
+average, twice in the split topology.
+
+The stream is an addition, not a replacement: the worker's timed poll goes on, and is what
+starts runs while the stream is down. On every (re)connection the worker polls once, so
+nothing created while it was away waits for the next timed poll; events that occurred before
+the connection (Prefect's subscriber replays the last minute) are covered by that poll and
+ignored.
+
+`heard_run` and `claim_delay_s` are the pure rules; `RunStartStream` is the connection.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+from uuid import UUID
+
+import anyio
+
+if TYPE_CHECKING:
+    from prefect.events import Event
+    from prefect.events.filters import EventFilter
+
+# The state names of Prefect's SCHEDULED type a run reaches when it may start: created (or
+# re-scheduled by the recovery service), a retry, and a run the server marked late.
+RUN_START_EVENTS = (
+    "prefect.flow-run.Scheduled",
+    "prefect.flow-run.AwaitingRetry",
+    "prefect.flow-run.Late",
+)
+FLOW_RUN_PREFIX = "prefect.flow-run."
+BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # between reconnection attempts, then every 30 s
+
+
+def run_start_filter(pool_id: UUID) -> EventFilter:
+    """The events of runs in pool `pool_id` becoming ready to start."""
+    from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
+
+    return EventFilter(
+        event=EventNameFilter(name=list(RUN_START_EVENTS)),
+        any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),
+    )
+
+
+def heard_run(
+    event_name: str, resource_id: str, occurred: datetime.datetime, since: datetime.datetime
+) -> UUID | None:
+    """The flow run an event says is ready to start, or None: another kind of event, a
+    resource that is not a flow run, or one that occurred before `since` (a replay of what
+    the catch-up poll covers)."""
+    if event_name not in RUN_START_EVENTS or occurred < since:
+        return None
+    if not resource_id.startswith(FLOW_RUN_PREFIX):
+        return None
+    try:
+        return UUID(resource_id.removeprefix(FLOW_RUN_PREFIX))
+    except ValueError:
+        return None
+
+
+def claim_delay_s(
+    scheduled_time: datetime.datetime | None,
+    now: datetime.datetime,
+    prefetch_s: float,
+    poll_s: float,
+) -> float | None:
+    """How long to wait before claiming a run scheduled at `scheduled_time` (a retry may be
+    scheduled a little later): 0 for a run due now (or within the worker's prefetch), the
+    wait for one due before the next timed poll, None for one due later (the poll takes
+    it; holding a timer for every far-off retry would serve nothing)."""
+    if scheduled_time is None:
+        return 0.0
+    wait = (scheduled_time - now).total_seconds() - prefetch_s
+    if wait <= 0:
+        return 0.0
+    return wait if wait < poll_s else None
+
+
+class RunStartStream:
+    """One subscription to the run-start events matching `event_filter`, kept open for the
+    worker's life: `on_run(run_id)` for each run heard live, `on_connected()` after each
+    (re)connection (the worker polls then). Reconnects with back-off; `connected` says
+    whether it is up now."""
+
+    def __init__(
+        self,
+        event_filter: EventFilter,
+        on_run: Callable[[UUID], None],
+        on_connected: Callable[[], Awaitable[Any]],
+        logger: logging.Logger | logging.LoggerAdapter[Any],
+        subscriber: Callable[[EventFilter], Any] | None = None,
+    ) -> None:
+        self._filter = event_filter
+        self._on_run = on_run
+        self._on_connected = on_connected
+        self._log = logger
+        self._subscriber = subscriber or _prefect_subscriber
+        self.connected = False
+        self.connections = 0
+        self.heard = 0
+
+    async def run(self) -> None:
+        """Listen until cancelled."""
+        failures = 0
+        while True:
+            try:
+                await self._listen()
+                failures = 0  # a clean close: reconnect after the shortest back-off
+                await anyio.sleep(BACKOFF_S[0])
+            except Exception as exc:
+                self.connected = False
+                wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                failures += 1
+                log = self._log.warning if failures == 1 else self._log.debug
+                log(
+                    "run-start events unavailable (%s: %s); the timed poll starts runs "
+                    "meanwhile; reconnecting in %.0f s",
+                    type(exc).__name__,
+                    exc,
+                    wait,
+                )
+                await anyio.sleep(wait)
+
+    async def _listen(self) -> None:
+        from prefect.types._datetime import now
+
+        since = now("UTC")
+        async with self._subscriber(self._filter) as events:
+            self.connected = True
+            self.connections += 1
+            if self.connections > 1:
+                self._log.info("run-start events back; polling once for what was missed")
+            else:
+                self._log.info("listening for this pool's run starts on the events stream")
+            await self._on_connected()
+            try:
+                async for event in events:
+                    self._handle(event, since)
+            finally:
+                self.connected = False
+
+    def _handle(self, event: Event, since: datetime.datetime) -> None:
+        run_id = heard_run(event.event, event.resource.id, event.occurred, since)
+        if run_id is not None:
+            self.heard += 1
+            self._on_run(run_id)
+
+
+def _prefect_subscriber(event_filter: EventFilter) -> Any:
+    """Prefect's events subscriber, failing fast: reconnection is `RunStartStream`'s."""
+    from prefect.events.clients import get_events_subscriber
+
+    return get_events_subscriber(filter=event_filter, reconnection_attempts=0)
