@@ -138,7 +138,8 @@ def test_a_heard_run_is_submitted_the_way_the_poll_submits_it() -> None:
 
 def test_is_submitting_reads_the_worker_s_submitting_ids() -> None:
     class Worker:
-        _submitting_flow_run_ids = {UUID(int=1)}
+        def __init__(self) -> None:
+            self._submitting_flow_run_ids = {UUID(int=1)}
 
     assert internals.is_submitting(Worker(), UUID(int=1))  # type: ignore[arg-type]
     assert not internals.is_submitting(Worker(), UUID(int=2))  # type: ignore[arg-type]
