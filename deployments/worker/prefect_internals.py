@@ -18,7 +18,11 @@ hands runs to long-lived slot processes instead, and three things have no public
 - claiming a run heard on the events stream (`submit_scheduled`, `is_submitting`): Prefect's
   worker finds runs only by its timed poll; the warm worker hands a run it heard to the same
   submission its poll uses (concurrency limit, Pending proposal, hand-off), so both paths
-  claim the same way and a run heard and polled at once is submitted once.
+  claim the same way and a run heard and polled at once is submitted once;
+- the engine's suspension observer (`skip_suspension_observer`): Prefect's flow engine
+  starts, for every deployment run, a thread with its own event loop and events
+  subscription that waits for a Suspended state, and waits for it to connect before the
+  flow starts; nothing on a warm pool suspends a run, so slots do without it.
 """
 
 from __future__ import annotations
@@ -120,21 +124,52 @@ def cancelling_observer(
     )
 
 
-def cache_deployment_reads(client: Any, ttl_s: float) -> None:
-    """Make `client.read_deployment(deployment_id)` (a coroutine method of Prefect's async
-    client, called twice per run by `BaseWorker`) answer from a cache for `ttl_s`, on this
-    client object only. A warm pool's deployments change rarely and its runs carry no job
-    variables (the template refuses them): one read per deployment per `ttl_s` serves every
-    run; a deleted deployment is seen within `ttl_s`."""
-    original = client.read_deployment
-    cache: dict[Any, tuple[float, Any]] = {}
+def skip_suspension_observer() -> None:
+    """Make this process's flow runs start without Prefect's suspension observer. Assumes
+    `prefect.flow_engine` binds `observe_flow_run_suspension(flow_run_id,
+    suspension_request, polling_interval=10)` (a context manager from
+    `prefect._flow_run_suspension`) at module level and enters it, by that name, only from
+    `BaseFlowRunEngine.setup_flow_run_suspension_request`, for runs of a deployment. The
+    suspension request itself is still registered: a flow that asked to suspend itself
+    would still be told to stop (nothing here does)."""
+    from contextlib import nullcontext
 
-    async def read_deployment(deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
-        hit = cache.get(deployment_id)
-        if hit is not None and time.monotonic() - hit[0] < ttl_s:
+    import prefect.flow_engine
+
+    def no_observer(*_args: Any, **_kwargs: Any) -> nullcontext[None]:
+        return nullcontext()
+
+    prefect.flow_engine.observe_flow_run_suspension = no_observer  # type: ignore[assignment]
+
+
+class DeploymentReads:
+    """Answers `client.read_deployment(deployment_id)` (a coroutine method of Prefect's async
+    client, which `BaseWorker` calls for every run it submits) from a cache, on one client
+    object. A warm pool's deployments change rarely and its runs carry no job variables
+    (the template refuses them), so a deployment is read again only when it changes: the
+    worker calls `forget` when the events stream says it was updated or deleted, and
+    `forget_all` when the stream comes back (it may have missed such an event). While the
+    stream is down (`trusted()` False) an entry lasts `ttl_s`."""
+
+    def __init__(self, client: Any, ttl_s: float, trusted: Callable[[], bool]) -> None:
+        self._original = client.read_deployment
+        self._ttl_s = ttl_s
+        self._trusted = trusted
+        self._cache: dict[Any, tuple[float, Any]] = {}
+        self.reads = 0
+        client.read_deployment = self.read_deployment
+
+    async def read_deployment(self, deployment_id: Any, *args: Any, **kwargs: Any) -> Any:
+        hit = self._cache.get(deployment_id)
+        if hit is not None and (self._trusted() or time.monotonic() - hit[0] < self._ttl_s):
             return hit[1]
-        found = await original(deployment_id, *args, **kwargs)
-        cache[deployment_id] = (time.monotonic(), found)
+        found = await self._original(deployment_id, *args, **kwargs)
+        self.reads += 1
+        self._cache[deployment_id] = (time.monotonic(), found)
         return found
 
-    client.read_deployment = read_deployment
+    def forget(self, deployment_id: Any) -> None:
+        self._cache.pop(deployment_id, None)
+
+    def forget_all(self) -> None:
+        self._cache.clear()

@@ -11,7 +11,11 @@ nothing created while it was away waits for the next timed poll; events that occ
 the connection (Prefect's subscriber replays the last minute) are covered by that poll and
 ignored.
 
-`heard_run` and `claim_delay_s` are the pure rules; `RunStartStream` is the connection.
+The same subscription tells the worker when one of its pool's deployments changes, so it
+reads a deployment again then, not on a timer.
+
+`heard_run`, `changed_deployment` and `claim_delay_s` are the pure rules; `RunStartStream`
+is the connection.
 """
 
 from __future__ import annotations
@@ -35,16 +39,19 @@ RUN_START_EVENTS = (
     "prefect.flow-run.AwaitingRetry",
     "prefect.flow-run.Late",
 )
+DEPLOYMENT_EVENTS = ("prefect.deployment.updated", "prefect.deployment.deleted")
 FLOW_RUN_PREFIX = "prefect.flow-run."
+DEPLOYMENT_PREFIX = "prefect.deployment."
 BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # between reconnection attempts, then every 30 s
 
 
 def run_start_filter(pool_id: UUID) -> EventFilter:
-    """The events of runs in pool `pool_id` becoming ready to start."""
+    """The events of runs in pool `pool_id` becoming ready to start, and of its deployments
+    changing."""
     from prefect.events.filters import EventAnyResourceFilter, EventFilter, EventNameFilter
 
     return EventFilter(
-        event=EventNameFilter(name=list(RUN_START_EVENTS)),
+        event=EventNameFilter(name=[*RUN_START_EVENTS, *DEPLOYMENT_EVENTS]),
         any_resource=EventAnyResourceFilter(id=[f"prefect.work-pool.{pool_id}"]),
     )
 
@@ -61,6 +68,16 @@ def heard_run(
         return None
     try:
         return UUID(resource_id.removeprefix(FLOW_RUN_PREFIX))
+    except ValueError:
+        return None
+
+
+def changed_deployment(event_name: str, resource_id: str) -> UUID | None:
+    """The deployment an event says was updated or deleted, or None."""
+    if event_name not in DEPLOYMENT_EVENTS or not resource_id.startswith(DEPLOYMENT_PREFIX):
+        return None
+    try:
+        return UUID(resource_id.removeprefix(DEPLOYMENT_PREFIX))
     except ValueError:
         return None
 
@@ -84,10 +101,11 @@ def claim_delay_s(
 
 
 class RunStartStream:
-    """One subscription to the run-start events matching `event_filter`, kept open for the
-    worker's life: `on_run(run_id)` for each run heard live, `on_connected()` after each
-    (re)connection (the worker polls then). Reconnects with back-off; `connected` says
-    whether it is up now."""
+    """One subscription to the events matching `event_filter`, kept open for the worker's
+    life: `on_run(run_id)` for each run heard live, `on_deployment(deployment_id)` for each
+    deployment changed, `on_connected()` after each (re)connection (the worker polls then,
+    and forgets what it read of its deployments). Reconnects with back-off; `connected`
+    says whether it is up now."""
 
     def __init__(
         self,
@@ -96,9 +114,11 @@ class RunStartStream:
         on_connected: Callable[[], Awaitable[Any]],
         logger: logging.Logger | logging.LoggerAdapter[Any],
         subscriber: Callable[[EventFilter], Any] | None = None,
+        on_deployment: Callable[[UUID], None] | None = None,
     ) -> None:
         self._filter = event_filter
         self._on_run = on_run
+        self._on_deployment = on_deployment
         self._on_connected = on_connected
         self._log = logger
         self._subscriber = subscriber or _prefect_subscriber
@@ -151,6 +171,10 @@ class RunStartStream:
         if run_id is not None:
             self.heard += 1
             self._on_run(run_id)
+            return
+        deployment_id = changed_deployment(event.event, event.resource.id)
+        if deployment_id is not None and self._on_deployment is not None:
+            self._on_deployment(deployment_id)
 
 
 def _prefect_subscriber(event_filter: EventFilter) -> Any:

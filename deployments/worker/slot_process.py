@@ -107,7 +107,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             log.error("the worker went away; stopping this slot and its runs now")
             os._exit(70)
         if isinstance(message, RunRequest):
-            runs.submit(_execute, message.run_id, send)
+            runs.submit(_execute, message.run_id, message.flow_run, send)
         elif isinstance(message, CancelRequest):
             registry().request(message.run_id)
         elif isinstance(message, StopRequest):
@@ -119,12 +119,18 @@ def _prepare_runs() -> None:
     """What a slot's first run would otherwise pay before its flow starts (about 2 s, once
     per slot, on every new host; in a split topology, added to the hand-off): the flows'
     modules imported, the runtime the tasks share built (settings, AWS clients from the
-    credentials block). Done before the slot says it is ready; a failure here is the first
-    run's to report, so it is only logged."""
+    credentials block). And what every run would pay: Prefect's engine watches each
+    deployment run for suspension with a thread, an event loop and an events subscription
+    of its own, waited for before the flow starts; nothing here suspends a run (a warm
+    slot cannot give its run back and pick it up later), so the slot does without. Done
+    before the slot says it is ready; a failure here is the first run's to report, so it is
+    only logged."""
     try:
         import flows.split  # noqa: F401  (imports the pipeline flow too)
+        from deployments.worker.prefect_internals import skip_suspension_observer
         from tasks.runtime import get_runtime
 
+        skip_suspension_observer()
         get_runtime()
     except Exception as exc:
         log.warning("could not prepare for runs ahead of the first one: %s", exc)
@@ -191,13 +197,15 @@ def _flow_for(flow_run: Any) -> Any:
         return _flows[key]
 
 
-def _execute(run_id: str, send: Any) -> None:
-    """Run one flow run in this process, with the models already resident."""
+def _execute(run_id: str, given: Any, send: Any) -> None:
+    """Run one flow run in this process, with the models already resident. `given`: the run
+    as the worker read it (Prefect's engine reads it again as it starts the run, so the
+    slot's own read would be the third); None: read it here."""
     from prefect.flow_engine import load_flow_run, run_flow
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     try:
-        flow_run = load_flow_run(UUID(run_id))
+        flow_run = given if given is not None else load_flow_run(UUID(run_id))
         flow = _flow_for(flow_run)
         # No flow-run heartbeat events: Prefect emits one at every run's start (and every
         # 180 s), an event and seven rows per run that nothing here reads; a dead slot is

@@ -12,7 +12,7 @@ share a slot process, so the pid alone would not say which one to stop.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 SlotState = Literal["starting", "ready", "hung", "failed", "dead", "stopped"]
 CRASHED = "CRASHED"
@@ -20,7 +20,11 @@ CRASHED = "CRASHED"
 
 @dataclass(frozen=True)
 class RunRequest:
+    """Run `run_id`. `flow_run` is the run as the worker read it (Prefect's `FlowRun`),
+    so the slot need not read it again; None: the slot reads it."""
+
     run_id: str
+    flow_run: Any = None
 
 
 @dataclass(frozen=True)

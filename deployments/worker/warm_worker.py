@@ -62,8 +62,9 @@ def slot_base_env() -> dict[str, str]:
     return env
 
 
-# BaseWorker reads a run's deployment twice per run (to check it exists, then for its job
-# variables); one read per deployment per minute serves every run of a warm pool.
+# BaseWorker reads a run's deployment for every run it submits; a warm worker reads each
+# deployment again when the events stream says it changed, and, while the stream is down,
+# at most once a minute.
 DEPLOYMENT_TTL_S = 60.0
 
 
@@ -147,6 +148,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self._cancelling: set[str] = set()  # runs told to stop, until they end
         self._observer: Any = None  # Prefect's FlowRunCancellingObserver, once started
         self.run_starts: RunStartStream | None = None  # once the worker knows its pool
+        self.deployment_reads: internals.DeploymentReads | None = None  # once set up
         # A run was heard while no slot had room: the next slot to free polls at once.
         self._heard_while_full = False
 
@@ -155,7 +157,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def setup(self) -> None:
         await super().setup()
         limit_api_logs(self.api_log_level)
-        internals.cache_deployment_reads(self.client, DEPLOYMENT_TTL_S)
+        self.deployment_reads = internals.DeploymentReads(
+            self.client, DEPLOYMENT_TTL_S, trusted=self._stream_up
+        )
         # The models its slots load: the worker's setting, else its pool's stage(s).
         stages = self.worker_settings.stages or list(stages_for_pool(self._work_pool_name))
         self._logger.info("slots load the %s model(s)", " and ".join(stages))
@@ -304,10 +308,24 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         self.run_starts = RunStartStream(
             run_start_filter(self._work_pool.id),
             on_run=self._heard_run,
-            on_connected=self._poll_now,
+            on_connected=self._connected,
             logger=self._logger,
+            on_deployment=self._deployment_changed,
         )
         await self.run_starts.run()
+
+    def _stream_up(self) -> bool:
+        return self.run_starts is not None and self.run_starts.connected
+
+    async def _connected(self) -> None:
+        """The stream is (back) up: what it may have missed is read afresh."""
+        if self.deployment_reads is not None:
+            self.deployment_reads.forget_all()
+        await self._poll_now()
+
+    def _deployment_changed(self, deployment_id: UUID) -> None:
+        if self.deployment_reads is not None:
+            self.deployment_reads.forget(deployment_id)
 
     def _heard_run(self, flow_run_id: UUID) -> None:
         """A run of this pool is ready to start. Only a host that can take it reacts (the
@@ -415,7 +433,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     ) -> WarmWorkerResult:
         assert self.pool is not None
         run_id = str(flow_run.id)
-        while (acquired := self.pool.try_acquire(run_id)) is None:
+        while (acquired := self.pool.try_acquire(run_id, flow_run)) is None:
             if self.pool.unhealthy is not None:
                 return await self._give_back(flow_run, task_status)
             await anyio.sleep(ACQUIRE_POLL_S)

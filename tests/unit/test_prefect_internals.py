@@ -143,3 +143,40 @@ def test_is_submitting_reads_the_worker_s_submitting_ids() -> None:
 
     assert internals.is_submitting(Worker(), UUID(int=1))  # type: ignore[arg-type]
     assert not internals.is_submitting(Worker(), UUID(int=2))  # type: ignore[arg-type]
+
+
+def test_the_engine_enters_the_suspension_observer_by_its_module_name_for_deployment_runs() -> None:
+    import prefect.flow_engine
+    from prefect._flow_run_suspension import observe_flow_run_suspension
+
+    assert prefect.flow_engine.observe_flow_run_suspension is observe_flow_run_suspension
+    assert params(observe_flow_run_suspension) == [
+        "flow_run_id",
+        "suspension_request",
+        "polling_interval",
+    ]
+    source = inspect.getsource(prefect.flow_engine.BaseFlowRunEngine)
+    assert source.count("observe_flow_run_suspension(") == 1
+    setup = inspect.getsource(
+        prefect.flow_engine.BaseFlowRunEngine.setup_flow_run_suspension_request
+    )
+    assert "if self.flow_run.deployment_id:" in setup
+    assert "observe_flow_run_suspension(" in setup
+
+
+def test_skipping_the_suspension_observer_starts_no_thread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    import prefect.flow_engine
+
+    monkeypatch.setattr(
+        prefect.flow_engine,
+        "observe_flow_run_suspension",
+        prefect.flow_engine.observe_flow_run_suspension,
+    )  # restored after the test
+    internals.skip_suspension_observer()
+    before = threading.active_count()
+    with prefect.flow_engine.observe_flow_run_suspension(uuid4(), object()):  # type: ignore[arg-type]
+        assert threading.active_count() == before

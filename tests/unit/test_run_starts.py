@@ -14,7 +14,12 @@ import pytest
 from prefect.events import Event
 
 from deployments.worker import run_starts
-from deployments.worker.run_starts import RunStartStream, claim_delay_s, heard_run
+from deployments.worker.run_starts import (
+    RunStartStream,
+    changed_deployment,
+    claim_delay_s,
+    heard_run,
+)
 
 T0 = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)
 RUN = uuid4()
@@ -34,6 +39,14 @@ def test_other_events_replays_and_other_resources_are_not() -> None:
     assert heard_run("prefect.flow-run.Scheduled", "prefect.flow-run.not-a-uuid", T0, T0) is None
 
 
+def test_a_deployment_updated_or_deleted_is_heard_as_changed() -> None:
+    for name in ("prefect.deployment.updated", "prefect.deployment.deleted"):
+        assert changed_deployment(name, f"prefect.deployment.{RUN}") == RUN
+    assert changed_deployment("prefect.deployment.created", f"prefect.deployment.{RUN}") is None
+    assert changed_deployment("prefect.deployment.updated", f"prefect.flow-run.{RUN}") is None
+    assert heard_run("prefect.deployment.updated", f"prefect.deployment.{RUN}", T0, T0) is None
+
+
 def test_a_run_due_now_is_claimed_at_once_a_later_one_when_due_or_by_the_poll() -> None:
     later = T0 + datetime.timedelta(seconds=4)
     assert claim_delay_s(None, T0, prefetch_s=0, poll_s=10) == 0.0
@@ -44,11 +57,11 @@ def test_a_run_due_now_is_claimed_at_once_a_later_one_when_due_or_by_the_poll() 
     assert claim_delay_s(later, T0, prefetch_s=0, poll_s=3) is None  # the poll comes first
 
 
-def event(name: str, run_id: UUID, occurred: datetime.datetime) -> Event:
+def event(name: str, run_id: UUID, occurred: datetime.datetime, kind: str = "flow-run") -> Event:
     return Event(
         occurred=occurred,
         event=name,
-        resource={"prefect.resource.id": f"prefect.flow-run.{run_id}"},
+        resource={"prefect.resource.id": f"prefect.{kind}.{run_id}"},
         id=uuid4(),
     )
 
@@ -88,6 +101,7 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
 ) -> None:
     monkeypatch.setattr(run_starts, "BACKOFF_S", (0.0,))
     live = [uuid4(), uuid4()]
+    deployment = uuid4()
     now = datetime.datetime.now(datetime.timezone.utc)
     script = Script(
         [
@@ -97,10 +111,14 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
                 lambda: event("prefect.flow-run.Running", live[0], now_utc()),
             ],
             OSError("refused"),
-            [lambda: event("prefect.flow-run.AwaitingRetry", live[1], now_utc())],
+            [
+                lambda: event("prefect.deployment.updated", deployment, now_utc(), "deployment"),
+                lambda: event("prefect.flow-run.AwaitingRetry", live[1], now_utc()),
+            ],
         ]
     )
     heard: list[UUID] = []
+    changed: list[UUID] = []
     polls: list[bool] = []
 
     async def on_connected() -> None:
@@ -112,6 +130,7 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
         on_connected,
         logging.getLogger("test"),
         subscriber=script,
+        on_deployment=changed.append,
     )
 
     async def main() -> None:
@@ -124,6 +143,7 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
 
     anyio.run(main)
     assert heard == live  # the replayed event (before the connection) is not heard
+    assert changed == [deployment]
     assert len(polls) == stream.connections == 2  # a poll at each connection
     assert script.opened == 3  # connected, refused, connected again
 

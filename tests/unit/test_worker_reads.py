@@ -1,4 +1,5 @@
-"""What a warm worker reads from the Prefect API per run."""
+"""What a warm worker reads from the Prefect API per run: each deployment once, again when
+the events stream says it changed, and at most once a TTL while the stream is down."""
 
 from __future__ import annotations
 
@@ -6,61 +7,61 @@ import anyio
 import pytest
 
 from deployments.worker import prefect_internals
-from deployments.worker.prefect_internals import cache_deployment_reads
+from deployments.worker.prefect_internals import DeploymentReads
 
 
-def test_a_warm_worker_reads_each_deployment_once_per_ttl() -> None:
-    class Reads:
-        def __init__(self) -> None:
-            self.calls: list[str] = []
+class Client:
+    def __init__(self) -> None:
+        self.reads: list[str] = []
 
-        async def read_deployment(self, deployment_id: str) -> str:
-            self.calls.append(deployment_id)
-            return f"deployment {deployment_id}"
-
-    client = Reads()
-    cache_deployment_reads(client, ttl_s=60.0)
-
-    async def runs() -> list[str]:
-        return [await client.read_deployment(d) for d in ("a", "a", "b", "a", "b")]
-
-    assert anyio.run(runs) == ["deployment a"] * 2 + [
-        "deployment b",
-        "deployment a",
-        "deployment b",
-    ]
-    assert client.calls == ["a", "b"]
-    cache_deployment_reads(fresh := Reads(), ttl_s=0.0)
-    anyio.run(lambda: fresh.read_deployment("a"))
-    anyio.run(lambda: fresh.read_deployment("a"))
-    assert fresh.calls == ["a", "a"]  # no TTL: every read goes through
+    async def read_deployment(self, deployment_id: str) -> str:
+        self.reads.append(deployment_id)
+        return f"deployment {deployment_id} #{len(self.reads)}"
 
 
-def test_deployment_reads_are_cached_per_client_for_the_ttl(
+async def _read(client: Client, name: str) -> str:
+    got: str = await client.read_deployment(name)
+    return got
+
+
+def read(client: Client, name: str) -> str:
+    return anyio.run(_read, client, name)
+
+
+def test_while_the_stream_is_up_a_deployment_is_read_again_only_when_it_changed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    class Client:
-        def __init__(self) -> None:
-            self.reads: list[str] = []
-
-        async def read_deployment(self, deployment_id: str) -> str:
-            self.reads.append(deployment_id)
-            return f"deployment {deployment_id} #{len(self.reads)}"
-
     now = [100.0]
     monkeypatch.setattr(prefect_internals.time, "monotonic", lambda: now[0])
+    client = Client()
+    reads = DeploymentReads(client, ttl_s=60.0, trusted=lambda: True)
+    assert read(client, "a") == "deployment a #1"
+    now[0] += 3600.0  # no timer: an hour later, still the same deployment
+    assert read(client, "a") == "deployment a #1"
+    assert read(client, "b") == "deployment b #2"
+    reads.forget("a")  # the stream said `a` was updated
+    assert read(client, "a") == "deployment a #3"
+    assert read(client, "b") == "deployment b #2"
+    reads.forget_all()  # the stream came back: it may have missed a change
+    assert read(client, "a") == "deployment a #4" and read(client, "b") == "deployment b #5"
+    assert client.reads == ["a", "b", "a", "a", "b"] and reads.reads == 5
+
+
+def test_while_the_stream_is_down_a_deployment_is_read_at_most_once_a_ttl(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    now = [100.0]
+    up = [False]
+    monkeypatch.setattr(prefect_internals.time, "monotonic", lambda: now[0])
     client, other = Client(), Client()
-    cache_deployment_reads(client, ttl_s=60.0)
-
-    async def read(c: Client, name: str) -> str:
-        got: str = await c.read_deployment(name)
-        return got
-
-    assert anyio.run(read, client, "a") == "deployment a #1"
+    DeploymentReads(client, ttl_s=60.0, trusted=lambda: up[0])
+    assert read(client, "a") == "deployment a #1"
     now[0] += 59.0
-    assert anyio.run(read, client, "a") == "deployment a #1"  # served from the cache
-    assert anyio.run(read, client, "b") == "deployment b #2"  # another deployment: read
+    assert read(client, "a") == "deployment a #1"  # served from the cache
     now[0] += 2.0
-    assert anyio.run(read, client, "a") == "deployment a #3"  # past the TTL: read again
-    assert client.reads == ["a", "b", "a"]
-    assert anyio.run(read, other, "a") == "deployment a #1" and other.reads == ["a"]
+    assert read(client, "a") == "deployment a #2"  # past the TTL: read again
+    up[0] = True
+    now[0] += 600.0
+    assert read(client, "a") == "deployment a #2"  # the stream is up: no timer
+    # The cache is the client object's own.
+    assert read(other, "a") == "deployment a #1" and other.reads == ["a"]
