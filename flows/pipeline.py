@@ -17,6 +17,7 @@ from functools import partial
 from typing import Any
 
 from prefect import flow
+from prefect.context import FlowRunContext
 from prefect.runtime import flow_run
 from prefect.states import State
 
@@ -26,6 +27,7 @@ from img2img.intake.params import ImageParams
 from img2img.pipeline.jobs import ImageJob
 from img2img.pipeline.stages.spec import GENERATE, UPSCALE
 from img2img.pipeline.steps import record_queue_wait, reject_unaccepted
+from img2img.slots import claims
 from tasks.copy import copy_to_directory_bucket
 from tasks.inference import generate_stage, upscale_stage
 from tasks.preprocess import preprocess
@@ -63,7 +65,9 @@ def begin(objects: list[ObjectRef]) -> BatchRun:
     started = datetime.now(timezone.utc)
     run_id = str(flow_run.id) if flow_run.id else None
     jobs = [ImageJob.for_ref(ref) for ref in unique(objects)]
-    record_queue_wait(jobs, started)
+    context = FlowRunContext.get()
+    created = context.flow_run.created if context and context.flow_run else None
+    record_queue_wait(jobs, started, created, claims.take(run_id))
     reject_unaccepted(jobs, get_runtime().settings.storage.upload_buckets)
     return BatchRun.begin(jobs, run_id, started)
 

@@ -1,14 +1,23 @@
 """Command group: `img2img bench pipeline | models | device | scaling | control-plane |
-capacity | soak`, one module per sub-command (its arguments beside it); what each measures,
-and its tables and verdicts, live in `infra/bench/`."""
+latency | capacity | soak`, one module per sub-command (its arguments beside it); what each
+measures, and its tables and verdicts, live in `infra/bench/`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from cli.bench import capacity, control_plane, device, models, pipeline, scaling, soak
+from cli.bench import (
+    capacity,
+    control_plane,
+    device,
+    latency,
+    models,
+    pipeline,
+    scaling,
+    soak,
+)
 
-SUBCOMMANDS = (pipeline, soak, control_plane, capacity, device, models, scaling)
+SUBCOMMANDS = (pipeline, soak, control_plane, latency, capacity, device, models, scaling)
 
 
 def add_commands(sub: Any) -> None:

@@ -14,6 +14,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -296,7 +297,10 @@ class Dispatcher(LoopService[DispatchStats]):
         for reason in parsed.skipped:
             log.info("skipped message %s: %s", message["MessageId"], reason)
             self.stats.skipped += 1
-        accepted, refused = self._screen(parsed.objects)
+        received = datetime.now(timezone.utc)
+        accepted, refused = self._screen(
+            [ref.model_copy(update={"received_at": received}) for ref in parsed.objects]
+        )
         if refused:
             self._dead_letter(message, "; ".join(refused))
         self.stats.objects += len(accepted)

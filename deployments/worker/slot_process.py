@@ -107,6 +107,10 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             log.error("the worker went away; stopping this slot and its runs now")
             os._exit(70)
         if isinstance(message, RunRequest):
+            if message.claimed_at is not None:
+                from img2img.slots.claims import record
+
+                record(message.run_id, message.claimed_at)
             runs.submit(_execute, message.run_id, message.flow_run, send)
         elif isinstance(message, CancelRequest):
             registry().request(message.run_id)
@@ -197,6 +201,21 @@ def _flow_for(flow_run: Any) -> Any:
         return _flows[key]
 
 
+_threads = threading.local()
+
+
+def _keep_client() -> None:
+    """One Prefect client per run thread, for the slot's life: Prefect's engine takes the
+    client of the current context when there is one (`SyncClientContext.get_or_create`),
+    else builds a new one (and a new connection) for every run."""
+    if getattr(_threads, "client", None) is None:
+        from prefect.context import SyncClientContext
+
+        context = SyncClientContext()
+        context.__enter__()  # left open: the thread serves runs until the slot exits
+        _threads.client = context
+
+
 def _execute(run_id: str, given: Any, send: Any) -> None:
     """Run one flow run in this process, with the models already resident. `given`: the run
     as the worker read it (Prefect's engine reads it again as it starts the run, so the
@@ -205,6 +224,7 @@ def _execute(run_id: str, given: Any, send: Any) -> None:
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
 
     try:
+        _keep_client()
         flow_run = given if given is not None else load_flow_run(UUID(run_id))
         flow = _flow_for(flow_run)
         # No flow-run heartbeat events: Prefect emits one at every run's start (and every

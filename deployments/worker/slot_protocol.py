@@ -21,10 +21,12 @@ CRASHED = "CRASHED"
 @dataclass(frozen=True)
 class RunRequest:
     """Run `run_id`. `flow_run` is the run as the worker read it (Prefect's `FlowRun`),
-    so the slot need not read it again; None: the slot reads it."""
+    so the slot need not read it again; None: the slot reads it. `claimed_at`: when the
+    worker claimed it (epoch seconds), for the run's queue-wait hops."""
 
     run_id: str
     flow_run: Any = None
+    claimed_at: float | None = None
 
 
 @dataclass(frozen=True)

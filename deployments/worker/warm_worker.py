@@ -433,7 +433,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     ) -> WarmWorkerResult:
         assert self.pool is not None
         run_id = str(flow_run.id)
-        while (acquired := self.pool.try_acquire(run_id, flow_run)) is None:
+        claimed_at = time.time()  # BaseWorker hands a run over once its Pending is accepted
+        while (acquired := self.pool.try_acquire(run_id, flow_run, claimed_at)) is None:
             if self.pool.unhealthy is not None:
                 return await self._give_back(flow_run, task_status)
             await anyio.sleep(ACQUIRE_POLL_S)

@@ -36,6 +36,8 @@ class ObjectRef(BaseModel):
     size: int | None = None
     sequencer: str | None = None
     event_time: datetime | None = None
+    # When the dispatcher received the event (the first hop of the queue wait).
+    received_at: datetime | None = None
 
     def as_parameter(self) -> dict[str, object]:
         """This upload as a flow run parameter: JSON, fields without a value left out (a

@@ -7,14 +7,18 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from img2img.observe.timing import STAGES, slowest_stage, summarize
+from img2img.observe.timing import QUEUE_HOPS, STAGES, slowest_stage, summarize
 from img2img.observe.waterfall import ImageLine, breakdown, image_line
 from img2img.pipeline.jobs import ImageJob
 
 # The table's columns, each the sum of some timings: narrow enough to fit the page (the
 # waterfall chart and the result metadata keep every stage apart). They add up to `total`.
 COLUMNS: dict[str, tuple[str, ...]] = {
-    "queue": ("queue_wait",),
+    # The queue wait, hop by hop (`timing.QUEUE_HOPS`).
+    "intake": ("intake",),
+    "batching": ("batching",),
+    "claim": ("claim",),
+    "start": ("run_start",),
     "io": ("check", "copy", "download", "upload"),
     "cpu": ("preprocess", "postprocess"),
     "generate": ("generate",),
@@ -151,8 +155,8 @@ def build_report(
             continue  # on the chart; its end to end is the stage-2 run's to measure
         timings = dict(t)
         if not trusted:
-            timings.pop("queue_wait", None)
-            timings.pop("total", None)
+            for hop in ("queue_wait", *QUEUE_HOPS, "total"):
+                timings.pop(hop, None)
         elif "total" in t:
             e2e.append(t["total"])
         if job.status == "completed":
@@ -187,7 +191,7 @@ def batch_event(report: BatchReport, jobs: list[ImageJob]) -> tuple[str, dict[st
     for job in jobs:
         if job.status == "completed":
             for stage in STAGES:
-                if stage in job.timings and stage not in ("queue_wait", "total"):
+                if stage in job.timings and stage not in ("queue_wait", *QUEUE_HOPS, "total"):
                     stage_ms.setdefault(stage, []).append(round(job.timings[stage]))
         if job.failure is not None:
             failed_at[job.failure.stage] = failed_at.get(job.failure.stage, 0) + 1

@@ -11,6 +11,11 @@ from typing import Any
 # Columns of the timing table, in pipeline order; all in milliseconds.
 STAGES: tuple[str, ...] = (
     "queue_wait",
+    # queue_wait's hops (see `queue_hops`): they add up to it.
+    "intake",
+    "batching",
+    "claim",
+    "run_start",
     "check",
     "copy",
     "download",
@@ -28,8 +33,37 @@ STAGES: tuple[str, ...] = (
     "other_wait",
     "total",
 )
+# The hops of an upload's queue wait, from its S3 event to its flow run's first line: the
+# event reaching the dispatcher, the dispatcher's batch window and run creation, a worker
+# claiming the run, the run starting on a slot.
+QUEUE_HOPS = ("intake", "batching", "claim", "run_start")
 # Columns that are not a stage's own work.
-WAITS = frozenset({"queue_wait", "device_wait", "other_wait", "total"})
+WAITS = frozenset({"queue_wait", *QUEUE_HOPS, "device_wait", "other_wait", "total"})
+
+
+def queue_hops(
+    event: float,
+    received: float | None,
+    created: float | None,
+    claimed: float | None,
+    started: float,
+) -> dict[str, float]:
+    """Milliseconds of each hop of the queue wait, from the instants (epoch seconds) the
+    upload's event occurred, the dispatcher received it, its run was created, a worker
+    claimed the run, and the run began. An instant not known (a run not made by the
+    dispatcher, not claimed by a warm worker) folds its hop into the next one; instants are
+    taken in order (clocks of different hosts may disagree by a few ms), so the hops always
+    add up to the whole wait (`started - event`, at least 0)."""
+    hops: dict[str, float] = {}
+    previous = event
+    end = max(started, event)
+    for name, instant in zip(QUEUE_HOPS, (received, created, claimed, end), strict=True):
+        if instant is None:
+            continue
+        at = min(max(instant, previous), end)
+        hops[name] = (at - previous) * 1000.0
+        previous = at
+    return hops
 
 
 class Timings(dict[str, float]):

@@ -15,7 +15,7 @@ import time
 from pydantic import BaseModel, Field
 
 from img2img.intake.params import ImageParams
-from img2img.observe.timing import WAITS
+from img2img.observe.timing import QUEUE_HOPS, WAITS
 from img2img.pipeline.jobs import ImageJob
 
 HANDOFF = "handoff"  # the timing column, and the stage of a failure to take over an image
@@ -52,6 +52,10 @@ def batch_ready(jobs: list[ImageJob], now: float | None = None) -> float:
     return max((j.output_written.get("generate", now) for j in jobs), default=now)
 
 
+# The queue wait and its hops are stage 1's to measure; they travel with the image.
+QUEUE = frozenset({"queue_wait", *QUEUE_HOPS})
+
+
 def handoff_state(job: ImageJob, written: float, now: float | None = None) -> HandoffState:
     """What stage 2 needs of `job`, whose stage 1 is done and whose batch's outputs were
     all written at `written` (`batch_ready`). Only measured stages travel (the waits and
@@ -63,7 +67,7 @@ def handoff_state(job: ImageJob, written: float, now: float | None = None) -> Ha
         params=job.params,
         seed=job.seed,
         request_id=job.request_id,
-        timings_ms={k: round(v, 3) for k, v in t.items() if k not in WAITS or k == "queue_wait"},
+        timings_ms={k: round(v, 3) for k, v in t.items() if k not in WAITS or k in QUEUE},
         spans=list(t.spans),
         run_started=t.started if t.started is not None else now,
         written=written,

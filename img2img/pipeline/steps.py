@@ -28,6 +28,7 @@ from img2img.intake.images import decode_image, encode_png, fit_to_shape
 from img2img.intake.keys import unsafe_key_reason
 from img2img.intake.params import ImageParams, params_from_metadata
 from img2img.models.registry import CallSizes
+from img2img.observe.timing import queue_hops
 from img2img.pipeline.device_batches import cut, group_by, plan_calls, split_shares
 from img2img.pipeline.jobs import ImageJob, finish_timings, result_record
 from img2img.pipeline.stages.spec import Stage
@@ -115,13 +116,30 @@ def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -
     each(jobs, "check", check, concurrency=16)
 
 
-def record_queue_wait(jobs: list[ImageJob], started: datetime) -> None:
-    """Queue wait = flow run start − the upload's event time (as the event states it)."""
+def record_queue_wait(
+    jobs: list[ImageJob],
+    started: datetime,
+    created: datetime | None = None,
+    claimed: float | None = None,
+) -> None:
+    """Queue wait = flow run start − the upload's event time (as the event states it), and
+    its hops (`queue_hops`) from when the dispatcher received the event, the run was
+    `created` and a worker `claimed` it (epoch seconds)."""
     for job in jobs:
         job.timings.started = started.timestamp()
         if job.ref.event_time is not None:
             wait = (started - job.ref.event_time).total_seconds() * 1000.0
             job.timings["queue_wait"] = max(wait, 0.0)
+            received = job.ref.received_at
+            job.timings.update(
+                queue_hops(
+                    job.ref.event_time.timestamp(),
+                    received.timestamp() if received is not None else None,
+                    created.timestamp() if created is not None else None,
+                    claimed,
+                    started.timestamp(),
+                )
+            )
 
 
 def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, concurrency: int) -> None:

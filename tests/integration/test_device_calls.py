@@ -134,8 +134,18 @@ def test_a_mixed_run_is_grouped_into_calls_and_each_image_comes_out_as_alone(
         job.status = "completed"
     rows = build_report(jobs, 1.0, 0.0, 3600.0).rows
     assert rows[0]["batch"] == "4/4" and rows[4]["batch"] == "1/2"
-    assert list(rows[0])[:6] == ["image", "queue", "io", "cpu", "generate", "upscale"]
-    assert list(rows[0])[6] == "batch"
+    assert list(rows[0])[:9] == [
+        "image",
+        "intake",
+        "batching",
+        "claim",
+        "start",
+        "io",
+        "cpu",
+        "generate",
+        "upscale",
+    ]
+    assert list(rows[0])[9] == "batch"
 
 
 def test_a_call_fails_for_one_image_only_that_image_fails(aws: AwsEnv) -> None:

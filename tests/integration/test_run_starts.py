@@ -65,8 +65,14 @@ def test_a_run_is_claimed_when_it_is_created_not_at_the_next_poll(
         for i in range(3):
             run, refs = submit(client, clients, settings, deployment_id, f"heard{i}")
             assert final_state(client, run.id, timeout_s=60).is_completed()
-            assert outcome(clients, settings.storage.results_bucket, refs[0])[0] == "completed"
+            status, doc = outcome(clients, settings.storage.results_bucket, refs[0])
+            assert status == "completed"
             waits.append(claim_s(client, run.id))
+            # The queue wait, hop by hop: the worker's claim is one of them.
+            t = doc["timings_ms"]
+            assert {"batching", "claim", "run_start"} <= set(t), t
+            hops = t["batching"] + t["claim"] + t["run_start"]
+            assert hops == pytest.approx(t["queue_wait"], abs=1.0), t
     print(f"claimed {[round(w, 3) for w in waits]} s after creation (poll 60 s)")
     assert sorted(waits)[1] < CLAIM_S and max(waits) < CLAIM_BOUND_S, waits
     assert log.read_text().count("claiming it") == 3
