@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from prefect.client.orchestration import SyncPrefectClient
 from prefect.settings import PREFECT_API_URL
 
 from tests.conftest import AwsEnv
-from tests.integration.helpers import outcome
+from tests.integration.helpers import FAST, outcome, png, upload
 from tests.integration.stream_proxy import StreamBlocker
 from tests.integration.warm import (
     create_pool_and_deployment,
@@ -63,9 +64,13 @@ def test_a_run_is_claimed_when_it_is_created_not_at_the_next_poll(
         wait_for(lambda: ready(log) and LISTENING in log.read_text(), 120, "a listening worker")
         waits = []
         for i in range(3):
-            run, refs = submit(client, clients, settings, deployment_id, f"heard{i}")
+            ref = upload(clients, settings.storage.uploads_bucket, f"heard{i}.png", png(), FAST)
+            ref = ref.model_copy(update={"event_time": datetime.now(timezone.utc)})
+            run = client.create_flow_run_from_deployment(
+                deployment_id, parameters={"objects": [ref.as_parameter()]}
+            )
             assert final_state(client, run.id, timeout_s=60).is_completed()
-            status, doc = outcome(clients, settings.storage.results_bucket, refs[0])
+            status, doc = outcome(clients, settings.storage.results_bucket, ref)
             assert status == "completed"
             waits.append(claim_s(client, run.id))
             # The queue wait, hop by hop: the worker's claim is one of them.
