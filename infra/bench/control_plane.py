@@ -249,11 +249,13 @@ def server_log_since(stack: LocalStack, offset: int, end: int) -> list[str]:
 
 
 class Outcomes:
-    """Reads the completion messages (as an app would) in a thread, for every upload."""
+    """Reads the completion messages (as an app would) in a thread, for every upload, with
+    when each arrived (epoch seconds, `arrived`)."""
 
     def __init__(self, sqs: SQSClient, queue_url: str) -> None:
         self.sqs, self.queue_url = sqs, queue_url
         self.docs: dict[str, dict[str, Any]] = {}
+        self.arrived: dict[str, float] = {}
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -272,10 +274,13 @@ class Outcomes:
                 QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
             )
             messages = got.get("Messages", [])
+            now = time.time()
             for message in messages:
                 body = json.loads(message["Body"])
+                identity = upload_of(body).identity
                 with self._lock:
-                    self.docs[upload_of(body).identity] = body
+                    self.docs[identity] = body
+                    self.arrived.setdefault(identity, now)
             if messages:
                 self.sqs.delete_message_batch(
                     QueueUrl=self.queue_url,

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -33,7 +32,7 @@ from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
 from img2img.intake.events import ObjectRef
 from img2img.observe.timing import percentile
-from infra.bench.control_plane import upload_at, views
+from infra.bench.control_plane import Outcomes, upload_at, views
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
 from infra.local.env import stack_beside
@@ -116,57 +115,12 @@ def summarize(
     return out
 
 
-class Messages:
-    """The app's completion messages, read as they arrive (in a thread of its own, so the
-    steady phase's uploads do not delay them), with the bench's arrival time."""
-
-    def __init__(self, sqs: Any, queue_url: str) -> None:
-        self.sqs, self.queue_url = sqs, queue_url
-        self.seen: dict[str, tuple[dict[str, Any], float]] = {}
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True, name="messages")
-
-    def start(self) -> Messages:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            got = self.sqs.receive_message(
-                QueueUrl=self.queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=0
-            )
-            messages = got.get("Messages", [])
-            now = time.time()
-            with self._lock:
-                for message in messages:
-                    body = json.loads(message["Body"])
-                    self.seen.setdefault(upload_of(body).identity, (body, now))
-            if messages:
-                self.sqs.delete_message_batch(
-                    QueueUrl=self.queue_url,
-                    Entries=[
-                        {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]}
-                        for i, m in enumerate(messages)
-                    ],
-                )
-            else:
-                time.sleep(0.01)
-
-    def wait(self, refs: list[ObjectRef], timeout_s: float) -> list[tuple[dict[str, Any], float]]:
-        """The (message, arrival) of each of `refs` that arrived within `timeout_s`."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with self._lock:
-                if all(r.identity in self.seen for r in refs):
-                    break
-            time.sleep(0.01)
-        with self._lock:
-            return [self.seen[r.identity] for r in refs if r.identity in self.seen]
+def arrivals(
+    outcomes: Outcomes, refs: list[ObjectRef], timeout_s: float
+) -> list[tuple[dict[str, Any], float]]:
+    """The (completion message, arrival time) of each of `refs` that arrived in time."""
+    docs = outcomes.wait(refs, time.monotonic() + timeout_s)
+    return [(doc, outcomes.arrived[upload_of(doc).identity]) for doc in docs]
 
 
 def bench_settings(base: Settings, cfg: LatencyConfig) -> Settings:
@@ -211,7 +165,7 @@ def run_latency(
         f"{cfg.generate_ms}/{cfg.upscale_ms} ms per call"
     )
     lines: list[dict[str, Any]] = []
-    messages: Messages | None = None
+    messages: Outcomes | None = None
     try:
         stack.down(say)
         stack.up(say)
@@ -224,20 +178,20 @@ def run_latency(
         )
         clients = clients_from_settings(aws)
         queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
-        messages = Messages(clients.sqs, queue).start()
+        messages = Outcomes(clients.sqs, queue).start()
         bucket = settings.storage.uploads_bucket
         tag = time.strftime("%Y%m%d-%H%M%S")
         say("warm-up: 2 uploads")
         for i in range(2):
             ref = upload_sample(clients.s3, bucket, f"bench/{tag}/warm {i}.png", i, 2, 2)
-            messages.wait([ref], cfg.timeout_s)
+            arrivals(messages, [ref], cfg.timeout_s)
         say(f"lone: {cfg.lone} uploads, one at a time, {cfg.gap_s} s apart")
         rows: list[dict[str, float]] = []
         for i in range(cfg.lone):
             time.sleep(cfg.gap_s)
             put_at = time.time()
             ref = upload_sample(clients.s3, bucket, f"bench/{tag}/lone {i:03d}.png", i, 2, 2)
-            rows += [image_hops(body, put_at, at) for body, at in messages.wait([ref], 120)]
+            rows += [image_hops(body, put_at, at) for body, at in arrivals(messages, [ref], 120)]
         lines.append(summarize("lone", cfg, rows, cfg.lone))
         print(json.dumps(lines[-1]), file=out, flush=True)
         if cfg.rate > 0:
@@ -245,7 +199,7 @@ def run_latency(
             started = time.time()
             refs = upload_at(clients.s3, bucket, cfg.rate, cfg.steady_s, f"{tag}/steady")
             sent = {r.identity: started + i / cfg.rate for i, r in enumerate(refs)}
-            arrived = messages.wait(refs, cfg.timeout_s + cfg.steady_s)
+            arrived = arrivals(messages, refs, cfg.timeout_s + cfg.steady_s)
             steady = [image_hops(body, sent[upload_of(body).identity], at) for body, at in arrived]
             lines.append(summarize("steady", cfg, steady, len(refs)))
             print(json.dumps(lines[-1]), file=out, flush=True)
