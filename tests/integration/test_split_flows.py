@@ -6,6 +6,7 @@ at the hand-off ends as failure records that say why."""
 from __future__ import annotations
 
 import contextlib
+from datetime import datetime, timezone
 from typing import Any
 
 import pytest
@@ -48,7 +49,13 @@ def test_generate_hands_off_once_and_upscale_finishes_from_the_directory_bucket(
     clients, settings = aws
     st = settings.storage
     deployment = _upscale_deployment(client)
-    refs = [upload(clients, st.uploads_bucket, f"split/{i}.png", png()) for i in range(3)]
+    uploaded = datetime.now(timezone.utc)
+    refs = [
+        upload(clients, st.uploads_bucket, f"split/{i}.png", png()).model_copy(
+            update={"event_time": uploaded}
+        )
+        for i in range(3)
+    ]
 
     first = img2img_generate(objects=refs, return_state=True)
 
@@ -92,6 +99,9 @@ def test_generate_hands_off_once_and_upscale_finishes_from_the_directory_bucket(
         # queue_wait is there whole and hop by hop (intake, batching, claim, run_start).
         parts = sum(v for k, v in timings.items() if k not in ("total", "queue_wait"))
         assert parts == pytest.approx(timings["total"], abs=2.0), timings
+        # Stage 1's queue wait, hop by hop, travels with the image to the stage-2 run.
+        hops = timings.get("batching", 0) + timings.get("run_start", 0)
+        assert timings["queue_wait"] > 0 and hops == pytest.approx(timings["queue_wait"], abs=1)
 
 
 def test_without_the_upscale_deployment_every_image_gets_a_record_that_says_so(
