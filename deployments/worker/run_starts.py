@@ -124,7 +124,6 @@ class RunStartStream:
         self._subscriber = subscriber or _prefect_subscriber
         self.connected = False
         self.connections = 0
-        self.heard = 0
 
     async def run(self) -> None:
         """Listen until cancelled."""
@@ -169,7 +168,6 @@ class RunStartStream:
     def _handle(self, event: Event, since: datetime.datetime) -> None:
         run_id = heard_run(event.event, event.resource.id, event.occurred, since)
         if run_id is not None:
-            self.heard += 1
             self._on_run(run_id)
             return
         deployment_id = changed_deployment(event.event, event.resource.id)

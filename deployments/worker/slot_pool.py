@@ -480,12 +480,10 @@ class SlotPool:
         with self._lock:
             return self.unhealthy is None and any(self._takes_runs(s) for s in self.slots)
 
-    def try_acquire(
-        self, run_id: str, flow_run: Any = None, claimed_at: float | None = None
-    ) -> tuple[Slot, Future[RunDone]] | None:
-        """Reserve room for `run_id` on the ready slot with the fewest runs and hand it the
-        run (`flow_run`: the run as the worker read it, which the slot then need not read;
-        `claimed_at`: when the worker claimed it), or None."""
+    def try_acquire(self, request: RunRequest) -> tuple[Slot, Future[RunDone]] | None:
+        """Reserve room for `request`'s run on the ready slot with the fewest runs and hand
+        it the request, or None."""
+        run_id = request.run_id
         with self._lock:
             ready = [s for s in self.slots if self._takes_runs(s)]
             if not ready or self.unhealthy is not None:
@@ -494,7 +492,7 @@ class SlotPool:
             future: Future[RunDone] = Future()
             slot.inflight[run_id] = future
         try:
-            slot.send(RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at))
+            slot.send(request)
         except (OSError, ValueError) as exc:
             with self._lock:
                 slot.inflight.pop(run_id, None)

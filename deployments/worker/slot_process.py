@@ -28,6 +28,7 @@ from deployments.worker.slot_protocol import (
     SlotMessage,
     StopRequest,
 )
+from img2img.slots import claims
 from img2img.slots.memory import limit_malloc_arenas, own_rss_mb
 
 log = logging.getLogger("img2img.slot")
@@ -108,9 +109,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
             os._exit(70)
         if isinstance(message, RunRequest):
             if message.claimed_at is not None:
-                from img2img.slots.claims import record
-
-                record(message.run_id, message.claimed_at)
+                claims.record(message.run_id, message.claimed_at)
             runs.submit(_execute, message.run_id, message.flow_run, send)
         elif isinstance(message, CancelRequest):
             registry().request(message.run_id)

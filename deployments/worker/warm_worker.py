@@ -40,7 +40,7 @@ from deployments.worker.api_logs import limit_api_logs
 from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from deployments.worker.run_starts import RunStartStream, claim_delay_s, run_start_filter
 from deployments.worker.slot_pool import SlotPool
-from deployments.worker.slot_protocol import CRASHED, CancelRequest, SlotIdentifier
+from deployments.worker.slot_protocol import CRASHED, CancelRequest, RunRequest, SlotIdentifier
 from img2img.config.worker import WorkerSettings
 from img2img.pipeline.topology import stages_for_pool
 
@@ -434,7 +434,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         assert self.pool is not None
         run_id = str(flow_run.id)
         claimed_at = time.time()  # BaseWorker hands a run over once its Pending is accepted
-        while (acquired := self.pool.try_acquire(run_id, flow_run, claimed_at)) is None:
+        request = RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at)
+        while (acquired := self.pool.try_acquire(request)) is None:
             if self.pool.unhealthy is not None:
                 return await self._give_back(flow_run, task_status)
             await anyio.sleep(ACQUIRE_POLL_S)

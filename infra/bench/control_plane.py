@@ -23,7 +23,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TextIO
 
-from img2img.aws.clients import clients_from_settings
 from img2img.config.monitor import MonitorSettings
 from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
@@ -39,10 +38,10 @@ from infra.bench.control_figures import (
 )
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
-from infra.local.env import dispatcher_name, stack_beside
+from infra.local.env import dispatcher_name, local_clients, stack_beside
 from infra.local.postgres import DATABASE, psql
 from infra.local.resources import APP_QUEUE
-from infra.local.stack import LOCAL_AWS_KEY, LocalStack
+from infra.local.stack import LocalStack
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -343,12 +342,7 @@ def run_control_plane(
             log.unlink()
         stack.up(say)
         _wait_ready(stack, cfg)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-        aws = settings.aws.model_copy(
-            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
-        )
-        clients = clients_from_settings(aws)
+        clients = local_clients(settings)
         queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
         outcomes = Outcomes(clients.sqs, queue).start()
         bucket = settings.storage.uploads_bucket

@@ -27,7 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal, TextIO
 
-from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
 from img2img.intake.events import ObjectRef
@@ -35,9 +34,9 @@ from img2img.observe.timing import percentile
 from infra.bench.control_plane import Outcomes, upload_at, views
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
-from infra.local.env import stack_beside
+from infra.local.env import local_clients, stack_beside
 from infra.local.resources import APP_QUEUE
-from infra.local.stack import LOCAL_AWS_KEY, LocalStack
+from infra.local.stack import LocalStack
 
 # The hops of one image, in order, each from two instants (or the run's own timings).
 HOPS = (
@@ -171,12 +170,7 @@ def run_latency(
         stack.up(say)
         for role in stack.roles:
             wait_for_log(stack.log_path(f"{role.worker_prefix}-0"), ": ready (pid", 1, 180.0)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-        aws = settings.aws.model_copy(
-            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
-        )
-        clients = clients_from_settings(aws)
+        clients = local_clients(settings)
         queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
         messages = Outcomes(clients.sqs, queue).start()
         bucket = settings.storage.uploads_bucket

@@ -29,15 +29,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TextIO
 
-from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
 from img2img.intake.events import ObjectRef
 from img2img.slots.memory import rss_mb_of as rss_mb
 from infra.bench.control_plane import upload_at
 from infra.bench.pipeline import wait_for_log
 from infra.bench.soak_figures import Sample, over_goal, recycle_figures, role_figures
-from infra.local.env import stack_beside
-from infra.local.stack import LOCAL_AWS_KEY, LocalStack
+from infra.local.env import local_clients, stack_beside
+from infra.local.stack import LocalStack
 
 # The goals, MB of growth per hour after warm-up (the worst process of each role).
 GOALS = {
@@ -255,13 +254,8 @@ def run_soak(
         stack.up(say)
         first = stack.roles[0].worker_prefix
         wait_for_log(stack.log_path(f"{first}-0"), ": ready (pid", 1, 600)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
         os.environ["PREFECT_API_URL"] = settings.local.prefect_api_url
-        aws = settings.aws.model_copy(
-            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
-        )
-        clients = clients_from_settings(aws)
+        clients = local_clients(settings)
         sampler = Sampler(stack.pids, cfg.sample_s).begin()
         began = time.time()
         refs = upload_at(

@@ -44,11 +44,11 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote_plus
 
-from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
 from img2img.intake.events import ObjectRef
 from img2img.intake.keys import keys_for
 from img2img.pipeline.topology import GENERATE_POOL, UPSCALE_POOL
+from infra.local.env import local_clients
 
 SCENARIOS = (
     "slot-kill",
@@ -143,7 +143,7 @@ class Chaos:
     """One scenario against a running local stack (`LocalStack`)."""
 
     def __init__(self, settings: Settings, say: Callable[[str], None]) -> None:
-        from infra.local.stack import LOCAL_AWS_KEY, LocalStack
+        from infra.local.stack import LocalStack
 
         for key, value in SIM_ENV.items():
             os.environ[key] = value  # the stack's children read their settings from here
@@ -161,12 +161,7 @@ class Chaos:
         self.settings = settings
         self.say = say
         self.stack = LocalStack(settings)
-        os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
-        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-        aws = settings.aws.model_copy(
-            update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
-        )
-        self.clients = clients_from_settings(aws)
+        self.clients = local_clients(settings)
         os.environ["PREFECT_API_URL"] = settings.local.prefect_api_url
 
     # -- the pieces ------------------------------------------------------------------------

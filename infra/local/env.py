@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from img2img.aws.clients import AwsClients, clients_from_settings
 from img2img.config.dev import LocalStackSettings
 from img2img.config.settings import Settings
 from img2img.pipeline.topology import SINGLE_POOL
@@ -147,3 +148,14 @@ def stack_beside(
             **updates,
         }
     )
+
+
+def local_clients(settings: Settings) -> AwsClients:
+    """Clients of the local stack's S3/SQS endpoint (moto), with its fixed non-secret
+    credentials unless the environment has its own."""
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
+    aws = settings.aws.model_copy(
+        update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
+    )
+    return clients_from_settings(aws)

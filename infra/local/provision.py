@@ -9,9 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from img2img.aws.clients import clients_from_settings
 from img2img.config.settings import Settings
-from infra.local.env import LOCAL_AWS_KEY, PROJECT_DIR
+from infra.local.env import PROJECT_DIR, local_clients
 from infra.local.processes import http_status
 
 
@@ -22,12 +21,8 @@ def provision(
     and deployments on the Prefect server (`prefect deploy`, skipped when unchanged)."""
     from infra.local.resources import ensure_notifications, ensure_resources, local_topic_arn
 
-    aws = settings.aws.model_copy(
-        update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
-    )
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", LOCAL_AWS_KEY)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", LOCAL_AWS_KEY)
-    clients = clients_from_settings(aws)
+    aws = settings.aws
+    clients = local_clients(settings)
     ensure_resources(
         clients, settings.storage, settings.dispatch, aws.region, keep_stage_versions=True
     )
