@@ -33,6 +33,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             steady_s=args.steady_s,
             generate_ms=args.generate_ms,
             upscale_ms=args.upscale_ms,
+            database=args.database,
         )
         lines = run_latency(settings, cfg, args.keep, sys.stdout, sys.stderr)
         lost += sum(int(line["lost"]) for line in lines)
@@ -46,6 +47,12 @@ def add_command(bench_sub: Any) -> None:
         "time outside the models",
     )
     latency.add_argument("--topology", choices=["single", "split", "both"], default="single")
+    latency.add_argument(
+        "--database",
+        choices=["sqlite", "postgres"],
+        default="sqlite",
+        help="the Prefect server's database (PostgreSQL is what AWS runs)",
+    )
     latency.add_argument(
         "--poll-s",
         type=float,

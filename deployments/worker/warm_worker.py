@@ -396,6 +396,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         and one request fewer); no submitted/executed worker events (the run's own state
         events say when it started and ended, its labels which worker ran it). The labels
         stay: the recovery service finds a dead worker's runs by them."""
+        claimed_at = time.time()  # BaseWorker calls this once the run's Pending is accepted
         try:
             if self._configuration is None:
                 self._configuration = await WarmJobConfiguration.from_template_and_values(
@@ -406,6 +407,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
                 flow_run=flow_run,
                 task_status=task_status,
                 configuration=self._configuration,
+                claimed_at=claimed_at,
             )
         except Exception as exc:
             run_logger = self.get_flow_run_logger(flow_run)
@@ -430,10 +432,12 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         flow_run: FlowRun,
         configuration: WarmJobConfiguration,
         task_status: anyio.abc.TaskStatus[int] | None = None,
+        claimed_at: float | None = None,
     ) -> WarmWorkerResult:
+        """Run `flow_run` on a slot; `claimed_at`: when this worker's claim was accepted
+        (epoch seconds), the end of the run's `claim` hop."""
         assert self.pool is not None
         run_id = str(flow_run.id)
-        claimed_at = time.time()  # BaseWorker hands a run over once its Pending is accepted
         request = RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at)
         while (acquired := self.pool.try_acquire(request)) is None:
             if self.pool.unhealthy is not None:

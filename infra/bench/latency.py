@@ -64,6 +64,8 @@ class LatencyConfig:
     generate_ms: float
     upscale_ms: float
     timeout_s: float = 120.0
+    # The Prefect server's database: SQLite (one writer at a time) or PostgreSQL (as on AWS).
+    database: Literal["sqlite", "postgres"] = "sqlite"
 
 
 def image_hops(message: dict[str, Any], put_at: float, read_at: float) -> dict[str, float]:
@@ -97,6 +99,7 @@ def summarize(
         "bench": "latency",
         "phase": phase,
         "topology": cfg.topology,
+        "database": cfg.database,
         "poll_s": cfg.poll_s,
         "uploads": uploads,
         "outcomes": len(rows),
@@ -127,6 +130,7 @@ def bench_settings(base: Settings, cfg: LatencyConfig) -> Settings:
         base.local,
         base.local.state_dir / "bench-latency",
         30,
+        database=cfg.database,
         workers=1,
         dispatchers=1,
         autoscaler=False,
@@ -160,7 +164,8 @@ def run_latency(
     os.environ["PREFECT_WORKER_QUERY_SECONDS"] = str(cfg.poll_s)
     stack = LocalStack(settings, extra_env=env)
     say(
-        f"latency bench, {cfg.topology} topology, worker poll {cfg.poll_s} s, simulated device "
+        f"latency bench, {cfg.topology} topology on {cfg.database}, worker poll {cfg.poll_s} s, "
+        "simulated device "
         f"{cfg.generate_ms}/{cfg.upscale_ms} ms per call"
     )
     lines: list[dict[str, Any]] = []
