@@ -351,7 +351,11 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return
         state = flow_run.state
         if state is None or not state.is_scheduled() or flow_run.work_queue_id is None:
-            return  # claimed by another host already, or cancelled
+            # Claimed by another host that heard it first, or cancelled.
+            self._logger.info(
+                "heard flow run %s: already %s", flow_run_id, state.name if state else "gone"
+            )
+            return
         if self._work_queues and flow_run.work_queue_name not in self._work_queues:
             return  # a queue this worker does not serve
         self._logger.info("heard flow run %s (%s): claiming it", flow_run_id, state.name)
