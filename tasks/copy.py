@@ -14,8 +14,9 @@ from tasks.runtime import get_runtime
 def copy_to_directory_bucket(jobs: list[ImageJob]) -> list[ImageJob]:
     rt = get_runtime()
     storage = rt.settings.storage
-    steps.mark_already_done(rt.clients.s3, jobs, storage.results_bucket)
-    steps.copy_to_stage(rt.clients.s3, jobs, storage.stage_bucket, storage.copy_concurrency)
+    steps.copy_to_stage(
+        rt.clients.s3, jobs, storage.stage_bucket, storage.results_bucket, storage.copy_concurrency
+    )
     get_run_logger().info(
         "copied %d of %d uploads to s3://%s",
         sum(1 for j in jobs if j.active),

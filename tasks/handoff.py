@@ -85,13 +85,12 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
 
 @transient_task("take-over-from-stage-1")
 def take_over(jobs: list[ImageJob]) -> list[ImageJob]:
-    """Skip uploads that already have an outcome (a redelivery), then read each image's
-    stage-1 output from the directory bucket (or its stage-2 output, kept by an earlier
-    attempt of this run, which the stage then reuses)."""
+    """Read each image's stage-1 output from the directory bucket, with its outcome check
+    beside the read: an upload that has its outcome already (a redelivery) is skipped. (An
+    earlier attempt of this run may have kept its stage-2 output: the stage reuses it.)"""
     rt = get_runtime()
     storage = rt.settings.storage
     s3 = rt.clients.s3
-    steps.mark_already_done(s3, jobs, storage.results_bucket)
     outputs = steps.StageOutputs(s3, storage.stage_bucket)
 
     def load(job: ImageJob) -> None:
@@ -104,7 +103,8 @@ def take_over(jobs: list[ImageJob]) -> list[ImageJob]:
         job.generate = image
 
     try:
-        steps.each(jobs, HANDOFF, load, concurrency=8, measure=False)
+        # Not measured: the hand-off column ends at this run's start (`handoff.restore`).
+        steps.with_outcome_check(s3, jobs, storage.results_bucket, HANDOFF, load, 8, False)
     finally:
         outputs.close()
     return jobs

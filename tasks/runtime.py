@@ -59,3 +59,22 @@ def stop_requested() -> Callable[[], bool]:
     run_id = str(flow_run.id) if flow_run.id else None
     cancels = registry()
     return lambda: cancels.requested(run_id)
+
+
+def earlier_attempt() -> bool:
+    """Whether this run's images may have stage outputs kept by an earlier attempt: the run
+    is running again (a retry, from the recovery service or the UI), is half of a batch the
+    recovery service split after crashes, or this task is retrying. On a first attempt
+    nothing can have been kept, so the stages look nothing up."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    from img2img.delivery.recovery import inherited_crashes
+
+    flow_context = FlowRunContext.get()
+    if flow_context is None or flow_context.flow_run is None:
+        return True  # outside a flow run (a step called on its own): look
+    run = flow_context.flow_run
+    if run.run_count > 1 or inherited_crashes(list(run.tags or [])) > 0:
+        return True
+    task_context = TaskRunContext.get()
+    return task_context is not None and task_context.task_run.run_count > 1

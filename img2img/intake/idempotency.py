@@ -12,9 +12,10 @@ use them say so.
    restarted one gets the existing run back from Prefect instead of a new one. Runs the
    recovery service splits (`split_key`) and runs the reconciler resubmits
    (`reconcile_key`) have keys of their own, derived the same way.
-3. **Skip what has an outcome** (`steps.mark_already_done`): a run first looks for each
-   upload's result or failure record and skips those that have one, so a re-run redoes only
-   what is missing, and the recovery service splits only unfinished uploads.
+3. **Skip what has an outcome** (`steps.with_outcome_check`): a run looks for each
+   upload's result or failure record (beside its copy, not before it) and skips those that
+   have one, so a re-run redoes only what is missing, and the recovery service splits only
+   unfinished uploads.
 4. **Create-once outcomes** (`storage.put_once`): results and failure records are written with
    `If-None-Match: *`; when two runs race, the second write fails as "already there" and the
    upload still has exactly one outcome.

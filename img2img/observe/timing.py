@@ -94,6 +94,11 @@ class Timings(dict[str, float]):
     def add(self, stage: str, ms: float) -> None:
         self[stage] = self.get(stage, 0.0) + ms
 
+    def span(self, stage: str, start: float, end: float) -> None:
+        """Add `stage`'s time from `start` to `end` (epoch seconds, as `measure` keeps them)."""
+        self.add(stage, (end - start) * 1000.0)
+        self.spans.append((stage, start, end))
+
 
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100) by linear interpolation; NaN for no values."""

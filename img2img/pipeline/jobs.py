@@ -40,6 +40,9 @@ class ImageJob:
     image: Image.Image | None = None
     generate: Image.Image | None = None
     upscale: Image.Image | None = None
+    # The final image as the PNG kept in the directory bucket, so the result is the same
+    # bytes and the image is encoded once (None: encode it when the result is written).
+    upscale_png: bytes | None = None
     status: Status = "pending"
     failure: Failure | None = None
     result_uri: str | None = None

@@ -22,7 +22,7 @@ from img2img.config.limits import ImageLimits
 from img2img.config.stages import StageSettings
 from img2img.delivery.announce import Announcer
 from img2img.delivery.notify import Outcome, request_id_from
-from img2img.delivery.outcomes import caller_id, outcome_key, write_failure_record
+from img2img.delivery.outcomes import caller_id, write_failure_record
 from img2img.errors import DeviceOutOfMemory, InvalidEvent, PermanentError, is_retryable
 from img2img.intake.images import decode_image, encode_png, fit_to_shape
 from img2img.intake.keys import unsafe_key_reason
@@ -103,17 +103,59 @@ def reject_unaccepted(jobs: list[ImageJob], upload_buckets: frozenset[str]) -> N
             job.fail("validate", InvalidEvent(reason))
 
 
-def mark_already_done(s3: S3Client, jobs: list[ImageJob], results_bucket: str) -> None:
-    """Skip uploads that already have a result or a failure record (a redelivered event)."""
+def with_outcome_check(
+    s3: S3Client,
+    jobs: list[ImageJob],
+    results_bucket: str,
+    stage: str,
+    work: Callable[[ImageJob], None],
+    concurrency: int,
+    measure: bool = True,
+) -> None:
+    """Run `work` on each active job with the job's outcome check beside it, not before it:
+    the two lookups (its result document, its failure record) go out at once, while `work`
+    runs. A job that has its outcome already (a redelivered event) is skipped, whatever
+    `work` did or raised (its copy or read was only wasted); otherwise an error of `work`
+    counts as `stage`'s. `stage` gets `work`'s time (unless not `measure`); `check` what
+    the lookups took beyond it, so the two columns still add up to the wall time."""
+    active = [j for j in jobs if j.active]
+    if not active:
+        return
+    threads = min(2 * concurrency, 2 * len(active))
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="outcome-check") as side:
 
-    def check(job: ImageJob) -> None:
-        key = outcome_key(s3, results_bucket, job.ref)
-        if key is not None:
-            job.status = "skipped"
-            job.result_uri = f"s3://{results_bucket}/{key}"
-            job.note = "already processed by an earlier run"
+        def one(job: ImageJob) -> None:
+            keys = (job.keys.result_meta, job.keys.failure)
+            lookups = [side.submit(storage.exists, s3, results_bucket, key) for key in keys]
+            started = time.time()
+            error: Exception | None = None
+            try:
+                work(job)
+            except Exception as exc:  # decided once the lookups say whether it matters
+                error = exc
+            ended = time.time()
+            if measure and stage != "check":
+                job.timings.span(stage, started, ended)
+            try:
+                found = [lookup.result() for lookup in lookups]
+            except Exception as exc:
+                if is_retryable(exc):
+                    raise
+                job.fail("check", exc)
+                return
+            finally:
+                checked = time.time()
+                if checked > ended or stage == "check":
+                    job.timings.span("check", started if stage == "check" else ended, checked)
+            key = next((k for k, hit in zip(keys, found, strict=True) if hit), None)
+            if key is not None:
+                job.status = "skipped"
+                job.result_uri = f"s3://{results_bucket}/{key}"
+                job.note = "already processed by an earlier run"
+            elif error is not None:
+                raise error
 
-    each(jobs, "check", check, concurrency=16)
+        each(active, stage, one, concurrency, measure=False)
 
 
 def record_queue_wait(
@@ -142,10 +184,15 @@ def record_queue_wait(
             )
 
 
-def copy_to_stage(s3: S3Client, jobs: list[ImageJob], stage_bucket: str, concurrency: int) -> None:
-    """Server-side copy of every upload into the directory bucket, concurrently."""
-    each(
+def copy_to_stage(
+    s3: S3Client, jobs: list[ImageJob], stage_bucket: str, results_bucket: str, concurrency: int
+) -> None:
+    """Server-side copy of every upload into the directory bucket, concurrently, each with
+    its outcome check beside it (`with_outcome_check`): a redelivered upload is skipped."""
+    with_outcome_check(
+        s3,
         jobs,
+        results_bucket,
         "copy",
         lambda job: storage.copy_to_stage(s3, job.ref, stage_bucket, job.keys.input),
         concurrency,
@@ -197,8 +244,10 @@ def postprocess(
 
     def one(job: ImageJob) -> None:
         assert job.upscale is not None
-        with job.timings.measure("postprocess"):
-            png = encode_png(job.upscale)
+        png = job.upscale_png
+        if png is None:  # not kept in the directory bucket by this run (an output reused)
+            with job.timings.measure("postprocess"):
+                png = encode_png(job.upscale)
         with job.timings.measure("upload"):
             # An image given up on meanwhile (the recovery service wrote its failure record
             # while this run still ran) keeps that one outcome: no result beside it.
@@ -270,16 +319,25 @@ class StageOutputs:
     costs only the ability to resume from it, so it is reported, not raised.
     """
 
-    def __init__(self, s3: S3Client, bucket: str, threads: int = 4) -> None:
+    def __init__(
+        self, s3: S3Client, bucket: str, threads: int = 4, keep_encoded: bool = False
+    ) -> None:
         self._s3 = s3
         self._bucket = bucket
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stage-out")
         self._pending: list[tuple[str, Future[None]]] = []
+        self._keep_encoded = keep_encoded
         self.written: dict[str, float] = {}  # key → when its write finished (epoch s)
+        # key → the PNG written (with `keep_encoded`: the final stage's, which the result
+        # reuses rather than encoding the image again)
+        self.encoded: dict[str, bytes] = {}
 
     def save(self, key: str, image: Image.Image) -> None:
         def write() -> None:
-            storage.put(self._s3, self._bucket, key, encode_png(image), "image/png")
+            png = encode_png(image)
+            if self._keep_encoded:
+                self.encoded[key] = png
+            storage.put(self._s3, self._bucket, key, png, "image/png")
             self.written[key] = time.time()
 
         self._pending.append((key, self._pool.submit(write)))

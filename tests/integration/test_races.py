@@ -44,16 +44,16 @@ def _announcer(aws: AwsEnv, topic: str) -> Announcer:
 
 
 def _holder(aws: AwsEnv, announcer: Announcer, ref: ObjectRef, run: str) -> Callable[..., ImageJob]:
-    """One run's way through the upload: check, copy, preprocess, then (after `gate`) its
-    own finish (`finish`: a stage-2 image, or a failure), post-process, failure records and
-    the completion message, as `flows/batch_run.py` orders them."""
+    """One run's way through the upload: copy (its outcome check beside it), preprocess,
+    then (after `gate`) its own finish (`finish`: a stage-2 image, or a failure),
+    post-process, failure records and the completion message, as `flows/batch_run.py`
+    orders them."""
     clients, settings = aws
     s3, st = clients.s3, settings.storage
 
     def run_it(gate: threading.Barrier, finish: Finish) -> ImageJob:
         job = ImageJob.for_ref(ref)
-        steps.mark_already_done(s3, [job], st.results_bucket)
-        steps.copy_to_stage(s3, [job], st.stage_bucket, concurrency=1)
+        steps.copy_to_stage(s3, [job], st.stage_bucket, st.results_bucket, concurrency=1)
         steps.preprocess(
             s3, [job], st.stage_bucket, settings.limits, settings.stages, ImageParams(), 1
         )

@@ -16,9 +16,10 @@ import pytest
 from prefect.client.orchestration import SyncPrefectClient
 
 from deployments.services.recovery import RecoveryService, RunRecovery
+from img2img.intake.keys import keys_for
 from infra.local.processes import alive
 from tests.conftest import AwsEnv
-from tests.integration.helpers import FAST, audited, outcome
+from tests.integration.helpers import FAST, audited, outcome, result_keys
 from tests.integration.warm import (
     create_pool_and_deployment,
     ready,
@@ -104,20 +105,31 @@ def test_a_slot_killed_mid_batch_is_replaced_and_its_run_runs_again(
     clients, settings = aws
     pool, deployment_id = create_pool_and_deployment(client)
     log = tmp_path / "worker.log"
+    simulated = device is SIM  # slow enough a device to kill the slot after a first image
     # One image per device call: the run lasts long enough to be caught running.
     device = {**device, "IMG2IMG_STAGES__DEVICE_BATCH": "1"}
     with warm_worker(pool, log, device), recovery(client, clients, settings, pool) as rec:
         wait_for(lambda: ready(log), 120, "the slot to load")
         run, refs = submit(client, clients, settings, deployment_id, "slotkill", count=6)
         slot_pid = slot_pid_of_running(client, run.id)
+        if simulated:  # killed once the first image's stage-1 output is kept
+            first = keys_for(refs[0]).generate
+            stage_bucket = settings.storage.stage_bucket
+            wait_for(lambda: first in result_keys(clients, stage_bucket), 60, "a kept output")
         os.kill(slot_pid, signal.SIGKILL)
         state = settled(client, run.id)
         history = [s.name for s in client.read_flow_run_states(run.id)]
     assert state.is_completed(), (state, history)
     assert "Crashed" in history and "AwaitingRetry" in history
     assert rec.stats.retried >= 1
-    assert [status for status, _ in outcomes(clients, settings, refs)] == ["completed"] * 6
+    done = outcomes(clients, settings, refs)
+    assert [status for status, _ in done] == ["completed"] * 6
     exactly_one_outcome_each(clients, settings, refs)
+    if simulated:
+        # The run's second attempt looked for kept outputs: the first image's stage 1 was
+        # not run again (no device call), the images the kill cut short were.
+        assert "generate" not in done[0][1]["device_batch"], done[0][1]
+        assert "generate" in done[-1][1]["device_batch"], done[-1][1]
 
 
 def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
