@@ -21,6 +21,9 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     if args.poll_s <= 0:
         print("--poll-s must be above 0", file=sys.stderr)
         return 2
+    if args.hosts < 1 or args.slots < 1:
+        print("--hosts and --slots must be at least 1", file=sys.stderr)
+        return 2
     topologies = ["single", "split"] if args.topology == "both" else [args.topology]
     lost = 0
     for topology in topologies:
@@ -34,6 +37,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
             generate_ms=args.generate_ms,
             upscale_ms=args.upscale_ms,
             database=args.database,
+            hosts=args.hosts,
+            slots=args.slots,
         )
         lines = run_latency(settings, cfg, args.keep, sys.stdout, sys.stderr)
         lost += sum(int(line["lost"]) for line in lines)
@@ -69,5 +74,9 @@ def add_command(bench_sub: Any) -> None:
         "--generate-ms", type=float, default=50.0, help="simulated stage-1 call time"
     )
     latency.add_argument("--upscale-ms", type=float, default=50.0, help="simulated stage-2 call")
+    latency.add_argument(
+        "--hosts", type=int, default=1, help="warm hosts per pool (the control-plane bench: 2)"
+    )
+    latency.add_argument("--slots", type=int, default=1, help="slots per host")
     latency.add_argument("--keep", action="store_true", help="leave the bench stack running")
     latency.set_defaults(func=command)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from deployments.services.loop import LoopService
+from deployments.services.run_claims import RunClaims
 from img2img.config.aws import StorageSettings
 from img2img.config.dispatch import DispatchSettings
 from img2img.errors import InvalidEvent
@@ -47,6 +48,10 @@ T = TypeVar("T")
 IMAGE_S_EVERY_S = 30.0
 DISPATCH_TAG = "s3-event"
 RECENT_RUNS = 10
+CLAIMS_RETRY_S = 30.0
+# How often the count of the deployment's waiting runs is read while it matters, unless a
+# claim heard on the events stream says it changed.
+QUEUED_EVERY_S = 1.0
 
 
 class _AtMostEvery(Generic[T]):
@@ -114,15 +119,21 @@ class Dispatcher(LoopService[DispatchStats]):
         )
         self.plan: BatchPlan | None = None
         self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
-        self._queued: _AtMostEvery[int] = _AtMostEvery(1.0, clock)
+        self._queued: _AtMostEvery[int] = _AtMostEvery(QUEUED_EVERY_S, clock)
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._retry_after = 0.0
+        # Runs claimed, heard on the events stream (`run_claims`), once the deployment is
+        # known; a failed start is tried again after CLAIMS_RETRY_S.
+        self.claims: RunClaims | None = None
+        self._claims_at = -1e9
+        self._listening = False  # from `started()`: a loop of rounds, not a step on its own
 
     # -- the loop ---------------------------------------------------------------------------
 
     def started(self) -> None:
+        self._listening = True
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
@@ -140,11 +151,19 @@ class Dispatcher(LoopService[DispatchStats]):
     def finished(self) -> DispatchStats:
         """Dispatch every pending object before the process exits."""
         self.flush()
+        if self.claims is not None:
+            self.claims.stop()
         return self.stats
+
+    def stop(self) -> None:
+        super().stop()
+        if self.claims is not None:
+            self.claims.heard.set()  # a wait for a claim ends too
 
     def step(self) -> None:
         """Receive one round of messages (long-polling up to the next batch deadline),
         then dispatch every batch that is due."""
+        self._listen_for_claims()
         depth = self._replan()
         due_in = self.batcher.next_due_in(self.clock())
         wait: float = (
@@ -153,6 +172,12 @@ class Dispatcher(LoopService[DispatchStats]):
         if self.settings.adaptive and self.batcher.pending_count:
             # Holding images: look again within a second whether the pool can take them.
             wait = min(wait, 1.0)
+            if wait > 0 and self._queued.value and self.claims and self.claims.connected:
+                # Held because runs wait for a slot: the moment that changes is one of them
+                # being claimed, which the stream tells; then plan again. (What arrives
+                # meanwhile waits in the queue for the next receive.)
+                self.claims.heard.wait(wait)
+                return
         if depth and self.batcher.pending_count < self.batcher.max_batch:
             wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
         if 0 < wait < 1:
@@ -196,6 +221,9 @@ class Dispatcher(LoopService[DispatchStats]):
         # Whether runs wait for a slot matters once anything is in hand (it may leave at
         # once) or more than a base batch waits: one count a second at most, none while
         # nothing waits at all.
+        if self.claims is not None and self.claims.heard.is_set():
+            self.claims.heard.clear()  # a claim since the last count: count again
+            self._queued.at = -1e9
         queued = self._queued_runs() if in_hand or (depth or 0) > base else None
         # What a run's images cost on a slot only matters once a steady rate would fill
         # more than a base batch in max_wait_s (none read at low load).
@@ -206,6 +234,21 @@ class Dispatcher(LoopService[DispatchStats]):
         self.plan = plan
         self.batcher.resize(plan)
         return depth or 0
+
+    def _listen_for_claims(self) -> None:
+        """Start hearing the deployment's runs claimed (adaptive, `claim_events`), once its
+        id is known; a start that fails is tried again after CLAIMS_RETRY_S."""
+        if self.claims is not None or not self._listening:
+            return
+        if not (self.settings.adaptive and self.settings.claim_events):
+            return
+        if self.clock() - self._claims_at < CLAIMS_RETRY_S:
+            return
+        self._claims_at = self.clock()
+        try:
+            self.claims = RunClaims(self._deployment(), log).start()
+        except Exception as exc:  # advisory: the count is read once a second meanwhile
+            log.debug("cannot listen for run claims yet: %s", exc)
 
     def _queued_runs(self) -> int | None:
         """The pipeline's runs waiting for a slot (scheduled, due, or pending), read at

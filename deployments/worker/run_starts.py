@@ -15,7 +15,7 @@ The same subscription tells the worker when one of its pool's deployments change
 reads a deployment again then, not on a timer.
 
 `heard_run`, `changed_deployment` and `claim_delay_s` are the pure rules; `RunStartStream`
-is the connection.
+is the worker's subscription (`deployments.run_events` keeps it open).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
-import anyio
+from deployments.run_events import RunEventStream, StreamWords
 
 if TYPE_CHECKING:
     from prefect.events import Event
@@ -42,7 +42,6 @@ RUN_START_EVENTS = (
 DEPLOYMENT_EVENTS = ("prefect.deployment.updated", "prefect.deployment.deleted")
 FLOW_RUN_PREFIX = "prefect.flow-run."
 DEPLOYMENT_PREFIX = "prefect.deployment."
-BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)  # between reconnection attempts, then every 30 s
 
 
 def run_start_filter(pool_id: UUID) -> EventFilter:
@@ -100,12 +99,11 @@ def claim_delay_s(
     return wait if wait < poll_s else None
 
 
-class RunStartStream:
-    """One subscription to the events matching `event_filter`, kept open for the worker's
-    life: `on_run(run_id)` for each run heard live, `on_deployment(deployment_id)` for each
-    deployment changed, `on_connected()` after each (re)connection (the worker polls then,
-    and forgets what it read of its deployments). Reconnects with back-off; `connected`
-    says whether it is up now."""
+class RunStartStream(RunEventStream):
+    """The worker's subscription (`run_start_filter`): `on_run(run_id)` for each run heard
+    live, `on_deployment(deployment_id)` for each deployment changed, `on_connected()` after
+    each (re)connection (the worker polls then, and forgets what it read of its
+    deployments)."""
 
     def __init__(
         self,
@@ -116,54 +114,18 @@ class RunStartStream:
         subscriber: Callable[[EventFilter], Any] | None = None,
         on_deployment: Callable[[UUID], None] | None = None,
     ) -> None:
-        self._filter = event_filter
+        super().__init__(
+            event_filter,
+            self._handle,
+            on_connected,
+            logger,
+            StreamWords(
+                "run-start", "this pool's run starts", "the timed poll starts runs meanwhile"
+            ),
+            subscriber,
+        )
         self._on_run = on_run
         self._on_deployment = on_deployment
-        self._on_connected = on_connected
-        self._log = logger
-        self._subscriber = subscriber or _prefect_subscriber
-        self.connected = False
-        self.connections = 0
-
-    async def run(self) -> None:
-        """Listen until cancelled."""
-        failures = 0
-        while True:
-            try:
-                await self._listen()
-                failures = 0  # a clean close: reconnect after the shortest back-off
-                await anyio.sleep(BACKOFF_S[0])
-            except Exception as exc:
-                self.connected = False
-                wait = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-                failures += 1
-                log = self._log.warning if failures == 1 else self._log.debug
-                log(
-                    "run-start events unavailable (%s: %s); the timed poll starts runs "
-                    "meanwhile; reconnecting in %.0f s",
-                    type(exc).__name__,
-                    exc,
-                    wait,
-                )
-                await anyio.sleep(wait)
-
-    async def _listen(self) -> None:
-        from prefect.types._datetime import now
-
-        since = now("UTC")
-        async with self._subscriber(self._filter) as events:
-            self.connected = True
-            self.connections += 1
-            if self.connections > 1:
-                self._log.info("run-start events back; polling once for what was missed")
-            else:
-                self._log.info("listening for this pool's run starts on the events stream")
-            await self._on_connected()
-            try:
-                async for event in events:
-                    self._handle(event, since)
-            finally:
-                self.connected = False
 
     def _handle(self, event: Event, since: datetime.datetime) -> None:
         run_id = heard_run(event.event, event.resource.id, event.occurred, since)
@@ -173,10 +135,3 @@ class RunStartStream:
         deployment_id = changed_deployment(event.event, event.resource.id)
         if deployment_id is not None and self._on_deployment is not None:
             self._on_deployment(deployment_id)
-
-
-def _prefect_subscriber(event_filter: EventFilter) -> Any:
-    """Prefect's events subscriber, failing fast: reconnection is `RunStartStream`'s."""
-    from prefect.events.clients import get_events_subscriber
-
-    return get_events_subscriber(filter=event_filter, reconnection_attempts=0)

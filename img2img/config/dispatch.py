@@ -38,6 +38,13 @@ class DispatchSettings(BaseModel):
         "depth, the rate since the last batch), spread over the runs the pool can hold at "
         "once; off: fixed batches of base_batch.",
     )
+    claim_events: bool = Field(
+        True,
+        description="While runs wait for a slot (adaptive), hear on Prefect's events stream "
+        "when one is claimed or starts, and send what is held as soon as the pool can take a "
+        "run, instead of reading the count of waiting runs again once a second (which it "
+        "still does while the stream is down).",
+    )
     max_wait_s: float = Field(
         2.0, ge=0, le=300, description="Longest an image waits for its batch to fill."
     )

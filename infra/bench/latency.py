@@ -66,6 +66,9 @@ class LatencyConfig:
     timeout_s: float = 120.0
     # The Prefect server's database: SQLite (one writer at a time) or PostgreSQL (as on AWS).
     database: Literal["sqlite", "postgres"] = "sqlite"
+    # Warm hosts per pool and slots per host (the control-plane bench runs 2 x 1).
+    hosts: int = 1
+    slots: int = 1
 
 
 def image_hops(message: dict[str, Any], put_at: float, read_at: float) -> dict[str, float]:
@@ -101,6 +104,9 @@ def summarize(
         "topology": cfg.topology,
         "database": cfg.database,
         "poll_s": cfg.poll_s,
+        "hosts": cfg.hosts,
+        "slots": cfg.slots,
+        "device_ms_per_call": [cfg.generate_ms, cfg.upscale_ms],
         "uploads": uploads,
         "outcomes": len(rows),
         "lost": uploads - len(rows),
@@ -131,12 +137,13 @@ def bench_settings(base: Settings, cfg: LatencyConfig) -> Settings:
         base.local.state_dir / "bench-latency",
         30,
         database=cfg.database,
-        workers=1,
+        workers=cfg.hosts,
         dispatchers=1,
         autoscaler=False,
         worker_type="img2img-warm",
     )
-    return base.model_copy(update={"local": local, "topology": cfg.topology})
+    worker = base.worker.model_copy(update={"slots": cfg.slots})
+    return base.model_copy(update={"local": local, "topology": cfg.topology, "worker": worker})
 
 
 def stack_env(cfg: LatencyConfig) -> dict[str, str]:
@@ -146,6 +153,10 @@ def stack_env(cfg: LatencyConfig) -> dict[str, str]:
         "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.generate_ms),
         "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": str(cfg.upscale_ms),
         "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0.5",
+        # The dispatcher spreads a backlog over the runs the bench's fixed hosts hold.
+        "IMG2IMG_SCALING__MAX_HOSTS": str(cfg.hosts),
+        "IMG2IMG_SCALING__SLOTS_PER_HOST": str(cfg.slots),
+        "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
         **{f"IMG2IMG_MONITOR__{k}": v for k, v in views()["default"].items()},
     }
 
@@ -174,7 +185,9 @@ def run_latency(
         stack.down(say)
         stack.up(say)
         for role in stack.roles:
-            wait_for_log(stack.log_path(f"{role.worker_prefix}-0"), ": ready (pid", 1, 180.0)
+            for i in range(cfg.hosts):
+                log = stack.log_path(f"{role.worker_prefix}-{i}")
+                wait_for_log(log, ": ready (pid", cfg.slots, 180.0)
         clients = local_clients(settings)
         queue = clients.sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
         messages = Outcomes(clients.sqs, queue).start()

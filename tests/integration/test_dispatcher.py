@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 from uuid import UUID
@@ -111,6 +112,55 @@ def test_a_lone_upload_leaves_at_once_while_the_pool_can_take_it_then_batches_gr
     second_s = time.monotonic() - sent
     assert d.stats.runs_created == 2 and second_s >= window * 0.75, second_s
     assert d.stats.batch_sizes == [1, 1]
+
+
+def test_a_held_upload_leaves_when_the_waiting_run_is_claimed_heard_on_the_stream(
+    aws: AwsEnv, client: SyncPrefectClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run waits for a slot, so an upload is held. When that run starts, the dispatcher
+    hears it on the events stream and sends the upload at once. The count of waiting runs
+    is re-read only every 60 s here and the batch window is 60 s: without the stream the
+    upload would wait out one of them."""
+    from prefect.states import Pending, Running
+
+    from deployments.services import dispatcher as dispatcher_module
+
+    monkeypatch.setattr(dispatcher_module, "QUEUED_EVERY_S", 60.0)
+    clients, settings = aws
+    flow_id = client.create_flow_from_name("claimed-upload")
+    deployment_id = client.create_deployment(
+        flow_id=flow_id, name="busy", entrypoint="flows.pipeline.x"
+    )
+    waiting = client.create_flow_run_from_deployment(deployment_id)  # no worker: it waits
+    d = dispatcher(clients, client, settings, deployment="claimed-upload/busy", max_wait_s=60.0)
+    thread = threading.Thread(target=d.run, kwargs={"stop_after_s": 90}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not (d.claims and d.claims.connected) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert d.claims is not None and d.claims.connected, "the claims stream did not open"
+        upload(clients, settings.storage.uploads_bucket, "claimed/held.png", png())
+        while d.batcher.pending_count == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert d.batcher.pending_count == 1 and d.stats.runs_created == 0, d.plan
+        time.sleep(1.0)
+        assert d.stats.runs_created == 0  # held: a run waits for a slot
+
+        # Claimed (Pending), it still holds the slot it waits for; started, it frees the line.
+        client.set_flow_run_state(waiting.id, Pending(), force=True)
+        time.sleep(2.0)
+        assert d.stats.runs_created == 0
+        client.set_flow_run_state(waiting.id, Running(), force=True)
+        started = time.monotonic()
+        while d.stats.runs_created == 0 and time.monotonic() < started + 20:
+            time.sleep(0.05)
+        assert d.stats.runs_created == 1 and d.stats.batch_sizes == [1], d.plan
+        assert time.monotonic() - started < 20
+    finally:
+        d.stop()
+        thread.join(timeout=30)
+    assert d.claims is not None and not thread.is_alive()
 
 
 def test_the_same_event_twice_gives_one_run_and_one_result(

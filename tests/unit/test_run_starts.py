@@ -13,6 +13,7 @@ import anyio
 import pytest
 from prefect.events import Event
 
+from deployments import run_events
 from deployments.worker import run_starts
 from deployments.worker.run_starts import (
     RunStartStream,
@@ -99,7 +100,7 @@ class Script:
 def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(run_starts, "BACKOFF_S", (0.0,))
+    monkeypatch.setattr(run_events, "BACKOFF_S", (0.0,))
     live = [uuid4(), uuid4()]
     deployment = uuid4()
     now = datetime.datetime.now(datetime.timezone.utc)
