@@ -20,6 +20,9 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     if not rates or min(rates) <= 0:
         print("--rates must all be above 0 images/s", file=sys.stderr)
         return 2
+    if args.idle_s <= 0:
+        print("--idle-s must be above 0", file=sys.stderr)
+        return 2
     if not 0 <= args.device_ms <= 1000:
         print("--device-ms must be within 0..1000", file=sys.stderr)
         return 2
@@ -44,6 +47,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
                 views=args.views,
                 adaptive=adaptive,
                 max_batch=args.max_batch,
+                idle_s=args.idle_s,
             )
             run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
     return 0
@@ -89,6 +93,12 @@ def add_command(bench_sub: Any) -> None:
         default="default",
         help="what each batch records on the server: the settings' defaults, everything "
         "(task runs, artifacts, progress, chart, per-image events), or the least",
+    )
+    control.add_argument(
+        "--idle-s",
+        type=float,
+        default=15.0,
+        help="the idle phase first (no uploads): cores busy and API requests a minute",
     )
     control.add_argument("--keep", action="store_true", help="leave the bench stack running")
     control.set_defaults(func=command)

@@ -67,6 +67,7 @@ class ControlPlaneConfig:
     max_batch: int = 512
     load_s: float = 1.0
     warmup_images: int = 16
+    idle_s: float = 15.0  # the idle phase before the warm-up: cores and requests a minute
 
 
 # What each batch records on the server (MonitorSettings), by the bench's --views: the
@@ -347,8 +348,13 @@ def run_control_plane(
         outcomes = Outcomes(clients.sqs, queue).start()
         bucket = settings.storage.uploads_bucket
         run_tag = time.strftime("%Y%m%d-%H%M%S")
-        idle = _idle_cores(stack, 15.0)
-        say(f"idle (15 s, no uploads): cores busy {idle}")
+        idle, idle_line = _idle(stack, cfg.idle_s)
+        say(f"idle ({cfg.idle_s:.0f} s, no uploads): cores busy {idle}")
+        print(
+            json.dumps({"database": cfg.database, "hosts": cfg.hosts, **idle_line}),
+            file=out,
+            flush=True,
+        )
         say(f"warm-up: {cfg.warmup_images} images")
         warm = upload_at(clients.s3, bucket, 4.0, cfg.warmup_images / 4.0, f"{run_tag}/warmup")
         outcomes.wait(warm, time.monotonic() + cfg.drain_s)
@@ -459,13 +465,26 @@ def _batch_sizes(stack: LocalStack, offsets: dict[str, int]) -> list[int]:
     return sizes
 
 
-def _idle_cores(stack: LocalStack, seconds: float) -> dict[str, float]:
-    """Cores each process group keeps busy with no uploads: polling, heartbeats and the
-    server's background services, paid whatever the load."""
-    before = cpu_by_group(stack)
+def _idle(stack: LocalStack, seconds: float) -> tuple[dict[str, float], dict[str, Any]]:
+    """What the stack costs with no uploads (polling, heartbeats, the server's background
+    services, paid whatever the load): the cores each process group keeps busy, and the
+    API requests a minute, by route (the busiest ten)."""
+    before = mark(stack)
     time.sleep(seconds)
-    after = cpu_by_group(stack)
-    return {k: round((after.get(k, 0.0) - v) / seconds, 3) for k, v in before.items()}
+    after = mark(stack)
+    cores = {k: round((after.cpu.get(k, 0.0) - v) / seconds, 3) for k, v in before.cpu.items()}
+    requests = count_requests(server_log_since(stack, before.log_offset, after.log_offset))
+    per_min = 60.0 / seconds
+    line = {
+        "phase": "idle",
+        "seconds": seconds,
+        "requests_per_min": round(sum(requests.values()) * per_min, 1),
+        "requests_per_min_by_route": {
+            route: round(n * per_min, 1) for route, n in requests.most_common(10)
+        },
+        "cores": cores,
+    }
+    return cores, line
 
 
 def _wait_ready(stack: LocalStack, cfg: ControlPlaneConfig, timeout_s: float = 180.0) -> None:
