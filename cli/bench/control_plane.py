@@ -30,7 +30,10 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         ["sqlite", "postgres"] if args.database == "all" else [args.database]
     )
     # Adaptive batches (the default) run beside fixed ones, same steps, one invocation.
-    batchings = [True, False] if args.adaptive else [False]
+    batchings = ([True] if args.adaptive else []) + ([False] if args.fixed else [])
+    if not batchings:
+        print("--no-adaptive and --no-fixed leave nothing to run", file=sys.stderr)
+        return 2
     for database in databases:
         for adaptive in batchings:
             cfg = ControlPlaneConfig(
@@ -80,8 +83,14 @@ def add_command(bench_sub: Any) -> None:
         "--adaptive",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run with batches sized from the backlog (up to --max-batch) beside the fixed "
-        "run; --no-adaptive: the fixed run only",
+        help="the run with batches sized from the backlog (up to --max-batch), beside the "
+        "fixed one unless --no-fixed; --no-adaptive: the fixed run only",
+    )
+    control.add_argument(
+        "--fixed",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the run with fixed batches of --batch-size (--no-fixed: adaptive only)",
     )
     control.add_argument("--max-batch", type=int, default=512, help="the adaptive ceiling")
     control.add_argument(

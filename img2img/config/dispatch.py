@@ -38,6 +38,16 @@ class DispatchSettings(BaseModel):
         "depth, the rate since the last batch), spread over the runs the pool can hold at "
         "once; off: fixed batches of base_batch.",
     )
+    full_window_rate: float = Field(
+        20.0,
+        gt=0,
+        le=100_000,
+        description="(adaptive) While the pool can take a run, what is in hand leaves after a "
+        "window that grows with the arrival rate: none for a lone upload, max_wait_s × rate ÷ "
+        "this (images/s per dispatcher), all of max_wait_s from this rate up. A run costs the "
+        "Prefect server the same whatever it holds: the window spends the server on latency "
+        "while uploads are few and gathers images per run as they come faster.",
+    )
     claim_events: bool = Field(
         True,
         description="While runs wait for a slot (adaptive), hear on Prefect's events stream "

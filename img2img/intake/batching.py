@@ -93,9 +93,11 @@ def plan_batch(
             there are some, the slots are all taken: a new run would only wait behind
             them, so the batch fills (up to `max_batch`, for up to the hold) instead of
             adding a run's fixed cost for a few images. With none (0) and nothing more in
-            the queue, the pool can take a run now: what is in hand leaves at once (hold 0)
-            instead of waiting out `max_wait_s`; batches then grow from backpressure, out
-            of what arrives while runs wait.
+            the queue, the pool can take a run now: what is in hand leaves after a window
+            that grows with `rate` (none for a lone upload; `max_wait_s` from
+            `full_window_rate` up: a run costs the server the same whatever it holds, so
+            runs per second fall as the rate rises) instead of waiting out `max_wait_s`;
+            batches also grow from backpressure, out of what arrives while runs wait.
         image_s: seconds an image adds to a run on its slot (`seconds_per_image`; None:
             not known yet). Known, a steady rate fills each batch with what arrives in
             `max_wait_s`, up to what a run does in `max_run_s`; unknown, batches keep to
@@ -122,11 +124,13 @@ def plan_batch(
             f"{in_hand} in hand, {depth} queued, {rate:.1f}/s)",
         )
     if queued_runs == 0 and depth == 0 and in_hand > 0:
+        window = settings.max_wait_s * min(1.0, rate / settings.full_window_rate)
+        when = "at once" if window <= 0 else f"within {window:.2f} s (the window at this rate)"
         return BatchPlan(
             size,
-            0.0,
+            window,
             f"the pool can take a run now (no run waits, nothing more queued): {in_hand} in "
-            f"hand leave at once ({rate:.1f}/s)",
+            f"hand leave {when} ({rate:.1f}/s)",
         )
     if size <= base:
         return BatchPlan(

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pytest
+
 from img2img.intake.batching import Batcher
 from img2img.intake.events import ObjectRef
 
@@ -144,9 +146,10 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
     plan = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=5)
     assert (plan.size, plan.hold_s) == (settings.max_batch, settings.max_hold_s)
     assert "5 runs wait for a slot" in plan.reason
-    # No run waits: the pool takes runs now, so what is in hand leaves at once.
+    # No run waits: the pool takes runs now, so what is in hand leaves after the window
+    # of its rate (2 s x 16/s / 20/s), not the backlog's hold.
     free = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=0)
-    assert free.size == 8 and free.hold_s == 0
+    assert free.size == 8 and free.hold_s == pytest.approx(1.6)
     # A few images while runs wait: the batch grows for the usual window (backpressure).
     low = plan_batch(settings, in_hand=2, queue_depth=0, rate=0.5, run_slots=12, queued_runs=3)
     assert low.size == 8 and low.hold_s == settings.max_wait_s
@@ -171,6 +174,32 @@ def test_a_lone_upload_leaves_at_once_only_when_the_pool_can_take_it() -> None:
     # Fixed batches keep their window.
     fixed = DispatchSettings(adaptive=False)
     assert plan_batch(fixed, 1, 0, 0.0, 4, queued_runs=0).hold_s == fixed.max_wait_s
+
+
+def test_while_the_pool_can_take_a_run_the_window_grows_with_the_rate() -> None:
+    """None for a lone upload, max_wait_s x rate / full_window_rate, all of max_wait_s from
+    full_window_rate up: runs per second (the server's cost) fall as the rate rises."""
+    from img2img.config.dispatch import DispatchSettings
+    from img2img.intake.batching import plan_batch
+
+    s = DispatchSettings()  # max_wait_s 2, full_window_rate 20
+
+    def window(rate: float) -> float:
+        return plan_batch(s, 3, 0, rate, 4, queued_runs=0).hold_s
+
+    assert window(0.0) == 0.0
+    assert window(1.0) == pytest.approx(0.1)
+    assert window(10.0) == pytest.approx(1.0)
+    assert window(20.0) == window(200.0) == s.max_wait_s
+    runs_per_s = [rate / (rate * window(rate)) for rate in (5.0, 10.0, 20.0)]
+    assert runs_per_s == sorted(runs_per_s, reverse=True)
+    plan = plan_batch(s, 3, 0, 10.0, 4, queued_runs=0)
+    assert plan.reason == (
+        "the pool can take a run now (no run waits, nothing more queued): 3 in hand leave "
+        "within 1.00 s (the window at this rate) (10.0/s)"
+    )
+    wider = s.model_copy(update={"full_window_rate": 40.0})
+    assert plan_batch(wider, 3, 0, 10.0, 4, queued_runs=0).hold_s == pytest.approx(0.5)
 
 
 def test_a_steady_rate_fills_a_run_per_wait_up_to_what_a_run_does_in_max_run_s() -> None:
