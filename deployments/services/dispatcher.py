@@ -52,6 +52,9 @@ CLAIMS_RETRY_S = 30.0
 # How often the count of the deployment's waiting runs is read while it matters, unless a
 # claim heard on the events stream says it changed.
 QUEUED_EVERY_S = 1.0
+# While runs wait for a slot (and the stream is up), the longest wait for a claim between
+# two receives: what arrives meanwhile waits in the queue at most this much longer.
+CLAIM_PAUSE_S = 0.2
 
 
 class _AtMostEvery(Generic[T]):
@@ -174,10 +177,11 @@ class Dispatcher(LoopService[DispatchStats]):
             wait = min(wait, 1.0)
             if wait > 0 and self._queued.value and self.claims and self.claims.connected:
                 # Held because runs wait for a slot: the moment that changes is one of them
-                # being claimed, which the stream tells; then plan again. (What arrives
-                # meanwhile waits in the queue for the next receive.)
-                self.claims.heard.wait(wait)
-                return
+                # being claimed, which the stream tells (the next round plans again). A
+                # long poll would not wake for it: wait for a claim a little at a time,
+                # then receive without waiting, so what arrives meanwhile is not held up.
+                self.claims.heard.wait(min(wait, CLAIM_PAUSE_S))
+                wait = 0
         if depth and self.batcher.pending_count < self.batcher.max_batch:
             wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
         if 0 < wait < 1:

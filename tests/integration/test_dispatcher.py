@@ -104,7 +104,8 @@ def test_a_lone_upload_leaves_at_once_while_the_pool_can_take_it_then_batches_gr
     drain(d, lambda: d.stats.runs_created >= 1, limit_s=window * 2)
     first_s = time.monotonic() - sent
     assert d.stats.runs_created == 1 and first_s < window / 2, first_s
-    assert "at once" in (d.plan.reason if d.plan else "")
+    # At once, or within the window of the rate it measured (one upload since it started).
+    assert "the pool can take a run now" in (d.plan.reason if d.plan else "")
 
     upload(clients, bucket, "lone/second.png", png())
     sent = time.monotonic()
