@@ -39,7 +39,7 @@ class DispatchSettings(BaseModel):
         "once; off: fixed batches of base_batch.",
     )
     full_window_rate: float = Field(
-        20.0,
+        100.0,
         gt=0,
         le=100_000,
         description="(adaptive) While the pool can take a run, what is in hand leaves after a "

@@ -147,9 +147,9 @@ def test_while_runs_wait_for_a_slot_the_batch_fills_instead_of_adding_runs() -> 
     assert (plan.size, plan.hold_s) == (settings.max_batch, settings.max_hold_s)
     assert "5 runs wait for a slot" in plan.reason
     # No run waits: the pool takes runs now, so what is in hand leaves after the window
-    # of its rate (2 s x 16/s / 20/s), not the backlog's hold.
+    # of its rate (2 s x 16/s / 100/s), not the backlog's hold.
     free = plan_batch(settings, in_hand=40, queue_depth=0, rate=16.0, run_slots=12, queued_runs=0)
-    assert free.size == 8 and free.hold_s == pytest.approx(1.6)
+    assert free.size == 8 and free.hold_s == pytest.approx(0.32)
     # A few images while runs wait: the batch grows for the usual window (backpressure).
     low = plan_batch(settings, in_hand=2, queue_depth=0, rate=0.5, run_slots=12, queued_runs=3)
     assert low.size == 8 and low.hold_s == settings.max_wait_s
@@ -182,7 +182,7 @@ def test_while_the_pool_can_take_a_run_the_window_grows_with_the_rate() -> None:
     from img2img.config.dispatch import DispatchSettings
     from img2img.intake.batching import plan_batch
 
-    s = DispatchSettings()  # max_wait_s 2, full_window_rate 20
+    s = DispatchSettings(full_window_rate=20.0)  # max_wait_s 2
 
     def window(rate: float) -> float:
         return plan_batch(s, 3, 0, rate, 4, queued_runs=0).hold_s
