@@ -26,12 +26,14 @@ install: $(STAMP)
 
 # What the end-to-end tests need besides Python: Debian's chromium and its chromedriver for
 # the browser test of the Prefect UI (Playwright's own browser download cannot reach its
-# servers from here), and PostgreSQL for the stack on PostgreSQL.
+# servers from here), PostgreSQL for the stack on PostgreSQL, Redis and HAProxy for the
+# Prefect server as a cluster (`img2img local up --ha`).
 test-tools:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null \
-		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+		&& ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+		&& command -v redis-server >/dev/null && command -v haproxy >/dev/null || \
 		( apt-get update -qq && apt-get install -y -qq chromium chromium-driver postgresql \
-			>/dev/null )
+			redis-server haproxy >/dev/null )
 
 demo: install
 	$(BIN)/img2img demo --json

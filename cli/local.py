@@ -17,6 +17,8 @@ def cmd_local(args: argparse.Namespace, settings: Settings) -> int:
         settings.local.workers = args.workers
     if args.database is not None:
         settings.local.database = args.database
+    if args.ha:
+        settings.local.ha = True
     if args.topology is not None:
         settings.topology = args.topology
     if args.action == "supervise":
@@ -56,6 +58,13 @@ def add_commands(sub: Any) -> None:
         help="single: one pool runs both stages; split: a pool per stage (inf2-generate, "
         "inf2-upscale), each with its own workers and autoscaling (default: "
         "IMG2IMG_TOPOLOGY, else what the running stack uses, else single)",
+    )
+    local.add_argument(
+        "--ha",
+        action="store_true",
+        help="the Prefect server as a cluster, as on AWS: API replicas behind HAProxy, the "
+        "background services apart, PostgreSQL and Redis (default: IMG2IMG_LOCAL__HA, else "
+        "what the running stack uses)",
     )
     local.set_defaults(func=cmd_local)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 
 class SimulatedDevice(BaseModel):
@@ -98,6 +98,20 @@ class LocalStackSettings(BaseModel):
     postgres_port: int = Field(
         5433, ge=1, le=65535, description="Port of the stack's PostgreSQL (database=postgres)."
     )
+    ha: bool = Field(
+        False,
+        description="The Prefect server as a cluster, as on AWS: api_replicas API servers "
+        "(`prefect server start --no-services`) behind HAProxy on prefect_port, the background "
+        "services in a process of their own, PostgreSQL and Redis (Debian's redis-server and "
+        "haproxy packages). Implies database=postgres.",
+    )
+    api_replicas: int = Field(2, ge=1, le=8, description="API replicas of the cluster (ha).")
+    api_ports: list[int] = Field(
+        default_factory=list,
+        description="Ports of the cluster's API replicas, one each (ha); empty: prefect_port "
+        "+ 100, + 101, ...",
+    )
+    redis_port: int = Field(6380, ge=1, le=65535, description="Port of the cluster's Redis (ha).")
     alert_webhook_url: str = Field(
         "http://127.0.0.1:9465/alerts",
         description="Where the local stack's own alert block posts (`img2img alerts listen` "
@@ -122,6 +136,26 @@ class LocalStackSettings(BaseModel):
         "img2img-warm", description="Worker type of the local pipeline pool."
     )
     start_timeout_s: float = Field(120, gt=0, description="Longest wait for a service to answer.")
+
+    @model_validator(mode="after")
+    def _a_port_per_replica(self) -> LocalStackSettings:
+        if self.api_ports and len(self.api_ports) < self.api_replicas:
+            raise ValueError(
+                f"local.api_ports names {len(self.api_ports)} port(s) for "
+                f"{self.api_replicas} API replicas: give one each, or none"
+            )
+        return self
+
+    @property
+    def replica_ports(self) -> list[int]:
+        """The API replicas' ports (ha)."""
+        if self.api_ports:
+            return list(self.api_ports[: self.api_replicas])
+        return [self.prefect_port + 100 + i for i in range(self.api_replicas)]
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://{self.host}:{self.redis_port}"
 
     @property
     def prefect_api_url(self) -> str:

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import time
 import urllib.error
@@ -32,6 +33,15 @@ class Service:
 def http_ok(url: str, timeout: float = 2.0) -> bool:
     # urlopen raises for 4xx and 5xx, so a status it returns is a success or a redirect.
     return 200 <= http_status(url, timeout) < 400
+
+
+def tcp_open(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether something accepts connections on `host`:`port`."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
 
 
 def http_status(url: str, timeout: float = 5.0) -> int:
@@ -121,6 +131,19 @@ class ProcessTable:
         log.info(
             "started %s (pid %d), log %s", service.name, proc.pid, self.logs / f"{service.name}.log"
         )
+
+    def start_unless_running(self, service: Service, env: dict[str, str]) -> bool:
+        """Start `service` unless a process of it runs; False when one does. Checked and
+        started under a lock of its own, so `up` and the supervisor, both seeing it gone,
+        do not start it twice (two API replicas racing for one port, one left behind)."""
+        from filelock import FileLock
+
+        self.pids.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(self.pids / f"{service.name}.lock"), timeout=60):
+            if self.pid_of(service) is not None:
+                return False
+            self.start(service, env)
+            return True
 
     def wait_healthy(self, service: Service, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ from pathlib import Path
 from img2img.config.retention import prefect_server_env
 from img2img.config.settings import Settings
 from img2img.pipeline.topology import ROLES, PoolRole, pools
+from infra.local import cluster as server_cluster
 from infra.local.env import (
     CREDENTIALS_BLOCK,
     LOCAL_AWS_KEY,
@@ -44,7 +46,7 @@ from infra.local.postgres import (
     ensure_database,
     ensure_initialised,
 )
-from infra.local.processes import ProcessTable, Service, alive, http_ok, terminate
+from infra.local.processes import ProcessTable, Service, alive, http_ok, tcp_open, terminate
 from infra.local.provision import provision
 
 __all__ = [
@@ -60,6 +62,13 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+# The cluster's parts (ha): the balancer at the API's address, the background services,
+# Redis, and the API replicas `prefect-api-<i>`.
+LB = "prefect-lb"
+SERVICES = "prefect-services"
+REPLICA = "prefect-api"
+SERVER_PARTS = ("prefect-server", LB, SERVICES, "redis")
 
 
 class LocalStack:
@@ -103,8 +112,64 @@ class LocalStack:
         return cluster_for(self.state, local.host, local.postgres_port)
 
     def uses_postgres(self) -> bool:
-        """On PostgreSQL: as set, or as an earlier `up` left it running."""
-        return self.settings.local.database == "postgres" or self.procs.pidfile("postgres").exists()
+        """On PostgreSQL: as set, or as an earlier `up` left it running (a cluster always)."""
+        return (
+            self.settings.local.database == "postgres"
+            or self.uses_ha()
+            or self.procs.pidfile("postgres").exists()
+        )
+
+    def uses_ha(self) -> bool:
+        """The Prefect server as a cluster: as set, or as an earlier `up --ha` left it."""
+        return self.settings.local.ha or self.procs.pidfile(LB).exists()
+
+    @property
+    def front(self) -> str:
+        """The service at the Prefect API's address: the server, or the cluster's balancer."""
+        return LB if self.uses_ha() else "prefect-server"
+
+    def _server_services(self) -> list[Service]:
+        """The Prefect server: one process, or (ha) Redis, the API replicas, the background
+        services and the balancer in front of the replicas (`infra.local.cluster`)."""
+        local = self.settings.local
+        py, at = sys.executable, ["--host", local.host, "--port", str(local.prefect_port)]
+        api = Service(
+            "prefect-server",
+            [py, "-m", "prefect", "server", "start", *at],
+            "server",
+            lambda: http_ok(f"{local.prefect_api_url}/health"),
+        )
+        if not self.uses_ha():
+            return [api]
+        host, redis_port = local.host, local.redis_port
+        parts = [
+            Service(
+                "redis",
+                server_cluster.redis_argv(local.host, local.redis_port),
+                "redis-server",
+                lambda: tcp_open(host, redis_port),
+            )
+        ]
+        for i, port in enumerate(local.replica_ports):
+            url = f"http://{local.host}:{port}/api/health"
+            parts.append(
+                Service(
+                    f"{REPLICA}-{i}",
+                    server_cluster.replica_argv(local.host, port),
+                    "--no-services",
+                    lambda url=url: http_ok(url),  # type: ignore[misc]
+                )
+            )
+        parts.append(Service(SERVICES, server_cluster.services_argv(), "services", lambda: True))
+        parts.append(
+            Service(
+                LB,
+                server_cluster.haproxy_argv(str(self.state / "haproxy.cfg")),
+                "haproxy",
+                lambda: http_ok(f"{local.prefect_api_url}/health"),
+            )
+        )
+        return parts
 
     def services(self) -> list[Service]:
         local = self.settings.local
@@ -121,30 +186,15 @@ class LocalStack:
                     user=cluster.user,
                 )
             )
-        services += [
+        services.append(
             Service(
                 "moto",
                 [py, "-m", "moto.server", "-H", local.host, "-p", str(local.moto_port)],
                 "moto.server",
                 lambda: http_ok(f"{local.moto_url}/moto-api/"),
-            ),
-            Service(
-                "prefect-server",
-                [
-                    py,
-                    "-m",
-                    "prefect",
-                    "server",
-                    "start",
-                    "--host",
-                    local.host,
-                    "--port",
-                    str(local.prefect_port),
-                ],
-                "server",
-                lambda: http_ok(f"{local.prefect_api_url}/health"),
-            ),
-        ]
+            )
+        )
+        services += self._server_services()
         services += [
             self.worker_service(i, role.pool) for role in self.roles for i in range(local.workers)
         ]
@@ -274,23 +324,17 @@ class LocalStack:
         env = self.child_env()
         services = {s.name: s for s in self.services()}
         server_env = self._database(services, env, say)
-        for name in ("moto", "prefect-server"):
-            service = services[name]
-            if self.pid_of(service) is not None and service.healthy():
-                say(f"{name}: already running")
-                continue
-            if service.healthy():
-                raise RuntimeError(
-                    f"{name}: something else already answers on its port; stop it or change "
-                    "the port setting (IMG2IMG_LOCAL__PREFECT_PORT / IMG2IMG_LOCAL__MOTO_PORT)"
-                )
-            say(f"{name}: starting")
-            self._start(service, server_env if name == "prefect-server" else env)
-            self.procs.wait_healthy(service, self.settings.local.start_timeout_s)
+        self._start_healthy(services["moto"], env, say)
+        if self.uses_ha():
+            self._cluster_up(services, server_env, env, say)
+        else:
+            self._start_healthy(services["prefect-server"], server_env, say)
         provision(self.settings, self.state, env, say)
         self._restart_on_backend_change(say)
         for name, service in services.items():
-            if name in ("postgres", "moto", "prefect-server", "supervisor"):
+            if name in ("postgres", "moto", "supervisor") or name in SERVER_PARTS:
+                continue
+            if name.startswith(REPLICA):
                 continue
             if self.pid_of(service) is not None:
                 say(f"{name}: already running")
@@ -304,15 +348,78 @@ class LocalStack:
         else:
             say("supervisor: already running")
 
+    def _start_healthy(
+        self, service: Service, env: dict[str, str], say: Callable[[str], None]
+    ) -> None:
+        """Start `service` unless it runs and answers already; wait until it answers."""
+        name = service.name
+        if self.pid_of(service) is not None and service.healthy():
+            say(f"{name}: already running")
+            return
+        if service.healthy():
+            raise RuntimeError(
+                f"{name}: something else already answers on its port; stop it or change the "
+                "port setting (IMG2IMG_LOCAL__PREFECT_PORT / IMG2IMG_LOCAL__MOTO_PORT / "
+                "IMG2IMG_LOCAL__REDIS_PORT / IMG2IMG_LOCAL__API_PORTS)"
+            )
+        if self.procs.start_unless_running(service, env):
+            say(f"{name}: starting")
+        else:
+            say(f"{name}: started meanwhile (by the supervisor)")
+        self.procs.wait_healthy(service, self.settings.local.start_timeout_s)
+
+    def _cluster_up(
+        self,
+        services: dict[str, Service],
+        server_env: dict[str, str],
+        env: dict[str, str],
+        say: Callable[[str], None],
+    ) -> None:
+        """Redis, the schema migrated once, the API replicas one after the other (each
+        registers Prefect's block types as it starts: at once they would race), the
+        background services, then the balancer."""
+        local = self.settings.local
+        self._start_healthy(services["redis"], {k: v for k, v in env.items()}, say)
+        replicas = [services[f"{REPLICA}-{i}"] for i in range(local.api_replicas)]
+        if all(self.pid_of(r) is None for r in replicas):
+            say("prefect: migrating the database (once, before the replicas start)")
+            done = subprocess.run(
+                server_cluster.migrate_argv(), env=server_env, capture_output=True, text=True
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"prefect database migration failed: {done.stderr[-2000:]}")
+        for replica in replicas:
+            self._start_healthy(replica, server_env, say)
+        services_process = services[SERVICES]
+        if self.procs.start_unless_running(services_process, server_env):
+            say(f"{SERVICES}: starting (the scheduler, triggers and other loop services)")
+        else:
+            say(f"{SERVICES}: already running")
+        config = self.state / "haproxy.cfg"
+        config.write_text(
+            server_cluster.haproxy_config(local.host, local.prefect_port, local.replica_ports)
+        )
+        self._start_healthy(services[LB], env, say)
+
+    def server_env(self) -> dict[str, str]:
+        """The environment of the Prefect server's processes, once the stack is up (the
+        supervisor restarts them with it)."""
+        env = {**self.child_env(), **prefect_server_env(self.settings.retention)}
+        if self.uses_postgres():
+            env["PREFECT_API_DATABASE_CONNECTION_URL"] = self.postgres().url()
+        if self.uses_ha():
+            env.update(server_cluster.cluster_env(self.settings.local.redis_url))
+        return env
+
     def _database(
         self, services: dict[str, Service], env: dict[str, str], say: Callable[[str], None]
     ) -> dict[str, str]:
         """Start the PostgreSQL server when the stack uses it; returns the Prefect server's
         environment (with its database URL, which only that process gets)."""
-        chosen = self.settings.local.database
+        chosen = "postgres" if self.uses_ha() else self.settings.local.database
         marker = self.state / "database"
         before = marker.read_text().strip() if marker.exists() else None
-        server_running = self.pid_of(services["prefect-server"]) is not None
+        server_running = self.pid_of(services[self.front]) is not None
         # Not chosen: what the running stack uses, else SQLite.
         wanted = chosen or (before if server_running and before else "sqlite")
         if before is not None and before != wanted and server_running:
@@ -323,6 +430,8 @@ class LocalStack:
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text(wanted)
         env = {**env, **prefect_server_env(self.settings.retention)}
+        if self.uses_ha():
+            env.update(server_cluster.cluster_env(self.settings.local.redis_url))
         if wanted != "postgres":
             return env
         cluster = self.postgres()
@@ -348,12 +457,24 @@ class LocalStack:
         any that died, and reap what ended. Returns when `stop()` is true."""
         env = self.child_env()
         services = {s.name: s for s in self.services() if supervised(s.name)}
+        # The cluster's parts too (ha): a replica, the services process, Redis, the balancer.
+        parts = {
+            s.name: s
+            for s in self.services()
+            if self.uses_ha() and (s.name in SERVER_PARTS or s.name.startswith(REPLICA))
+        }
+        server_env = self.server_env() if parts else {}
         while not stop():
             self.reap()
             for name, service in services.items():
                 if self.pid_of(service) is None:
                     log.warning("%s is not running; restarting it", name)
                     self._start(service, env)
+            for name, service in parts.items():
+                if self.pid_of(service) is None:
+                    part_env = env if name in (LB, "redis") else server_env
+                    if self.procs.start_unless_running(service, part_env):
+                        log.warning("%s was not running; restarted it", name)
             time.sleep(interval_s)
         self.reap()
 
