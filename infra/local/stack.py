@@ -349,12 +349,22 @@ class LocalStack:
             say("supervisor: already running")
 
     def _start_healthy(
-        self, service: Service, env: dict[str, str], say: Callable[[str], None]
+        self,
+        service: Service,
+        env: dict[str, str],
+        say: Callable[[str], None],
+        supervisor_restarts: bool = False,
     ) -> None:
-        """Start `service` unless it runs and answers already; wait until it answers."""
+        """Start `service` unless it runs and answers already; wait until it answers. With
+        `supervisor_restarts` (a part of the cluster while the supervisor runs), a part that
+        died is the supervisor's to restart: `up` waits for it rather than racing it."""
         name = service.name
         if self.pid_of(service) is not None and service.healthy():
             say(f"{name}: already running")
+            return
+        if supervisor_restarts and self.pid_of(service) is None:
+            say(f"{name}: down; waiting for the supervisor to restart it")
+            self.procs.wait_healthy(service, self.settings.local.start_timeout_s)
             return
         if service.healthy():
             raise RuntimeError(
@@ -379,7 +389,8 @@ class LocalStack:
         registers Prefect's block types as it starts: at once they would race), the
         background services, then the balancer."""
         local = self.settings.local
-        self._start_healthy(services["redis"], {k: v for k, v in env.items()}, say)
+        supervisor = self.pid_of(services["supervisor"]) is not None
+        self._start_healthy(services["redis"], dict(env), say, supervisor)
         replicas = [services[f"{REPLICA}-{i}"] for i in range(local.api_replicas)]
         if all(self.pid_of(r) is None for r in replicas):
             say("prefect: migrating the database (once, before the replicas start)")
@@ -389,9 +400,11 @@ class LocalStack:
             if done.returncode != 0:
                 raise RuntimeError(f"prefect database migration failed: {done.stderr[-2000:]}")
         for replica in replicas:
-            self._start_healthy(replica, server_env, say)
+            self._start_healthy(replica, server_env, say, supervisor)
         services_process = services[SERVICES]
-        if self.procs.start_unless_running(services_process, server_env):
+        if supervisor and self.pid_of(services_process) is None:
+            say(f"{SERVICES}: down; the supervisor restarts it")
+        elif self.procs.start_unless_running(services_process, server_env):
             say(f"{SERVICES}: starting (the scheduler, triggers and other loop services)")
         else:
             say(f"{SERVICES}: already running")
@@ -399,7 +412,7 @@ class LocalStack:
         config.write_text(
             server_cluster.haproxy_config(local.host, local.prefect_port, local.replica_ports)
         )
-        self._start_healthy(services[LB], env, say)
+        self._start_healthy(services[LB], env, say, supervisor)
 
     def server_env(self) -> dict[str, str]:
         """The environment of the Prefect server's processes, once the stack is up (the

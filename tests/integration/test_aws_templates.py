@@ -247,7 +247,7 @@ def test_prefect_server_stack_on_moto(aws: AwsEnv) -> None:
     assert services["img2img-prefect-services"]["desiredCount"] == 1
     api = ecs.describe_task_definition(taskDefinition="img2img-prefect-api")["taskDefinition"]
     (container,) = api["containerDefinitions"]
-    assert container["image"] == "prefecthq/prefect:3.8.8-python3.11"
+    assert container["image"] == "prefecthq/prefect:3.9.1-python3.11"
     assert "--no-services" in container["command"][-1]
     assert {s["name"] for s in container["secrets"]} >= {"PREFECT_SERVER_API_AUTH_STRING"}
 

@@ -250,7 +250,7 @@ def test_server_runs_api_and_services_apart_on_the_pinned_image(server: dict[str
     api, services = _container(server, "ApiTask"), _container(server, "ServicesTask")
     assert api["Image"] == services["Image"] == {"Ref": "PrefectImage"}
     params = load_template("prefect-server.yaml")["Parameters"]
-    assert params["PrefectImage"]["Default"] == "prefecthq/prefect:3.8.8-python3.11"
+    assert params["PrefectImage"]["Default"].startswith("prefecthq/prefect:3.9.")
     assert api["Command"][-1].endswith(
         "prefect server start --host 0.0.0.0 --port 4200 --no-services"
     )
@@ -273,8 +273,50 @@ def test_server_runs_api_and_services_apart_on_the_pinned_image(server: dict[str
             "PREFECT_SERVER_DATABASE_PASSWORD",
             "PREFECT_SERVER_API_AUTH_STRING",
             "PREFECT_REDIS_MESSAGING_PASSWORD",
+            "PREFECT_REDIS_WORKER_CLEANUP_QUEUE_PASSWORD",
         }
         assert not any("PASSWORD" in name or "AUTH" in name for name in env)
+
+
+def test_the_server_cluster_is_configured_as_the_local_stack_s(server: dict[str, Any]) -> None:
+    """`img2img local up --ha` and the template run one shape: the same Prefect modules on
+    Redis in every server process (API replicas and services), Redis over TLS with its
+    password from the secret, no telemetry, and the API replicas never migrating."""
+    from infra.local.cluster import REDIS_MODULES, cluster_env
+
+    local = cluster_env("redis://127.0.0.1:6380")
+    for task in ("ApiTask", "ServicesTask"):
+        container = _container(server, task)
+        env = {e["Name"]: e["Value"] for e in container["Environment"]}
+        for name, module in REDIS_MODULES.items():
+            assert env.get(name) == module, (task, name)
+        assert env["PREFECT_SERVER_ANALYTICS_ENABLED"] == local["PREFECT_SERVER_ANALYTICS_ENABLED"]
+        # Every Redis the local stack points at a URL for, the template points at the cluster.
+        assert env["PREFECT_REDIS_MESSAGING_HOST"] == env["PREFECT_REDIS_WORKER_CLEANUP_QUEUE_HOST"]
+        assert env["PREFECT_REDIS_WORKER_CLEANUP_QUEUE_SSL"] == "true"
+        assert "PREFECT_SERVER_DOCKET_URL" in local
+        assert 'PREFECT_SERVER_DOCKET_URL="rediss://' in container["Command"][-1]
+    api = {e["Name"]: e["Value"] for e in _container(server, "ApiTask")["Environment"]}
+    assert api["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false"
+    assert local["PREFECT_API_DATABASE_MIGRATE_ON_START"] == "false"
+
+
+def test_the_server_image_is_the_prefect_the_project_tests() -> None:
+    """The server's image runs the Prefect version the clients (workers, slots, services)
+    are tested with: a server older than its clients may refuse what they send."""
+    import re
+    from pathlib import Path
+
+    import tomllib
+    from packaging.specifiers import SpecifierSet
+
+    params = load_template("prefect-server.yaml")["Parameters"]
+    image = params["PrefectImage"]["Default"]
+    version = re.fullmatch(r"prefecthq/prefect:(\d+\.\d+\.\d+)-python3\.\d+", image)
+    assert version, image
+    project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
+    (pin,) = [d for d in project["dependencies"] if re.match(r"prefect[>=<]", d)]
+    assert version.group(1) in SpecifierSet(pin.removeprefix("prefect")), (image, pin)
 
 
 def test_server_retention_is_on_by_default(server: dict[str, Any]) -> None:
