@@ -50,6 +50,9 @@ from img2img.intake.keys import keys_for
 from img2img.pipeline.topology import GENERATE_POOL, UPSCALE_POOL
 from infra.local.env import local_clients
 
+# Faults of the Prefect server as a cluster (`img2img local up --ha`): one API replica
+# SIGKILLed, the background-services process SIGKILLed, Redis and PostgreSQL restarted.
+CLUSTER_SCENARIOS = ("api-replica-kill", "services-kill", "redis-restart", "postgres-restart")
 SCENARIOS = (
     "slot-kill",
     "slot-hang",
@@ -61,6 +64,7 @@ SCENARIOS = (
     "poison",
     "backlog-worker-kill",
     "upscale-worker-kill",
+    *CLUSTER_SCENARIOS,
 )
 POISON_MARKER = "img2img-chaos-poison"
 # Scenarios whose fault waits for a run to be running: their recovery is timed from it.
@@ -72,6 +76,7 @@ WAITS_FOR_A_RUN = (
     "s3-errors",
     "backlog-worker-kill",
     "upscale-worker-kill",
+    *CLUSTER_SCENARIOS,
 )
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
 # and the services' settings while it runs: one run slot, so the whole backlog is one run;
@@ -319,6 +324,38 @@ class Chaos:
         elif scenario == "redelivery":
             self.redeliver(refs)
             self.say(f"sent {len(refs)} duplicate notifications")
+        elif scenario in CLUSTER_SCENARIOS:
+            if not self.stack.uses_ha():
+                raise RuntimeError(
+                    f"{scenario} needs the Prefect server as a cluster: img2img local up --ha "
+                    "(or IMG2IMG_LOCAL__HA=true)"
+                )
+            if self.running_run() is None:
+                raise RuntimeError("no run started within 120 s")
+            self._cluster_fault(scenario)
+
+    def _cluster_fault(self, scenario: str) -> None:
+        """SIGKILL an API replica or the services process (the supervisor restarts it), or
+        restart Redis (stopped; the supervisor starts it again) or PostgreSQL (stopped,
+        then `up` starts it again)."""
+        parts = {s.name: s for s in self.stack.services()}
+        target = {
+            "api-replica-kill": "prefect-api-0",
+            "services-kill": "prefect-services",
+            "redis-restart": "redis",
+            "postgres-restart": "postgres",
+        }[scenario]
+        pid = self.stack.pid_of(parts[target])
+        if pid is None:
+            raise RuntimeError(f"{target} is not running: nothing to fault")
+        if scenario.endswith("-kill"):
+            self.say(f"SIGKILL {target} (pid {pid}) mid-stream")
+            os.kill(pid, signal.SIGKILL)
+            return
+        self.say(f"restarting {target} (pid {pid}) mid-stream")
+        self.stack.stop([target], self.say)
+        time.sleep(2)
+        self.stack.up(self.say)
 
     def _kill_workers(self, pool: str, why: str) -> None:
         """SIGKILL every running worker of `pool`, the worker process alone: its slots must

@@ -20,6 +20,9 @@ from tests.integration.warm import wait_for
 # backlog one: a worker killed under a run of 160 images that the dispatcher's adaptive
 # batching built from the queue (the 6-image worker-kill is the same fault on a small run).
 SCENARIOS = ("slot-hang", "dispatcher-kill", "backlog-worker-kill", "server-restart", "s3-errors")
+# On the cluster (`local up --ha`): the one the suite runs; the others run by hand
+# (`img2img chaos --scenario ...` on an --ha stack) until they fit its time.
+CLUSTER_SCENARIOS = ("api-replica-kill",)
 IMAGES = {"backlog-worker-kill": 160}
 
 pytestmark = [pytest.mark.slow, pytest.mark.chaos]
@@ -85,3 +88,39 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
         down = img2img(["local", "down"], env, 300)
         print("\n".join(json.dumps(line) for line in lines))
         assert down.returncode == 0, down.stderr[-2000:]
+
+
+def test_cluster_faults_lose_nothing(tmp_path: Path) -> None:
+    """The Prefect server as a cluster (`local up --ha`): an API replica SIGKILLed under
+    16 uploads; every upload still ends with one outcome and one message, and the hosts go
+    back to zero."""
+    from tests.conftest import free_port
+
+    env = stack_env(
+        tmp_path / "state",
+        {
+            "IMG2IMG_LOCAL__HA": "true",
+            "IMG2IMG_LOCAL__API_PORTS": json.dumps([free_port(), free_port()]),
+            "IMG2IMG_LOCAL__REDIS_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__POSTGRES_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+            "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "6",
+            "IMG2IMG_SCALING__INTERVAL_S": "1",
+            "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "10",
+            "PREFECT_WORKER_HEARTBEAT_SECONDS": "2",
+        },
+    )
+    try:
+        for scenario in CLUSTER_SCENARIOS:
+            done = img2img(["chaos", "--scenario", scenario, "--images", "16", "--json"], env, 600)
+            assert done.returncode == 0, (scenario, done.stdout[-2000:], done.stderr[-4000:])
+            line = json.loads(done.stdout.strip().splitlines()[-1])
+            assert line["scenario"] == scenario and line["uploads"] == 16
+            assert line["lost"] == 0 and line["duplicated"] == 0, line
+            assert line["audit"]["unannounced"] == 0 and line["audit"]["wrong_messages"] == 0
+            assert line["results"] == 16 and line["hosts_after_idle"] == 0, line
+            assert line["recovery_s"] <= 60, line
+        status = json.loads(img2img(["local", "status"], env, 60).stdout)
+        assert status["prefect-api-0"]["healthy"] and status["prefect-lb"]["healthy"]
+    finally:
+        img2img(["local", "down"], env, 180)
