@@ -122,5 +122,8 @@ def test_cluster_faults_lose_nothing(tmp_path: Path) -> None:
             assert line["recovery_s"] <= 60, line
         status = json.loads(img2img(["local", "status"], env, 60).stdout)
         assert status["prefect-api-0"]["healthy"] and status["prefect-lb"]["healthy"]
+        # The fault happened: the killed replica was restarted by the supervisor.
+        supervisor = (tmp_path / "state" / "logs" / "supervisor.log").read_text()
+        assert "prefect-api-0 was not running; restarted it" in supervisor
     finally:
         img2img(["local", "down"], env, 180)
