@@ -73,6 +73,10 @@ class _AtMostEvery(Generic[T]):
             self.at = self.clock()
         return self.value
 
+    def forget(self) -> None:
+        """The next `get` reads afresh, however recent the last read."""
+        self.at = -1e9
+
 
 @dataclass
 class DispatchStats:
@@ -227,7 +231,7 @@ class Dispatcher(LoopService[DispatchStats]):
         # nothing waits at all.
         if self.claims is not None and self.claims.heard.is_set():
             self.claims.heard.clear()  # a claim since the last count: count again
-            self._queued.at = -1e9
+            self._queued.forget()
         queued = self._queued_runs() if in_hand or (depth or 0) > base else None
         # What a run's images cost on a slot only matters once a steady rate would fill
         # more than a base batch in max_wait_s (none read at low load).

@@ -134,7 +134,7 @@ def with_outcome_check(
             except Exception as exc:  # decided once the lookups say whether it matters
                 error = exc
             ended = time.time()
-            if measure and stage != "check":
+            if measure:
                 job.timings.span(stage, started, ended)
             try:
                 found = [lookup.result() for lookup in lookups]
@@ -145,8 +145,8 @@ def with_outcome_check(
                 return
             finally:
                 checked = time.time()
-                if checked > ended or stage == "check":
-                    job.timings.span("check", started if stage == "check" else ended, checked)
+                if checked > ended:
+                    job.timings.span("check", ended, checked)
             key = next((k for k, hit in zip(keys, found, strict=True) if hit), None)
             if key is not None:
                 job.status = "skipped"

@@ -105,6 +105,16 @@ def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
     return base.model_copy(update={"local": local, "worker": worker})
 
 
+def fixed_hosts_env(hosts: int, slots: int) -> dict[str, str]:
+    """A bench stack's fixed hosts × slots, as its children read them: the dispatchers
+    spread a backlog over the runs those hosts hold."""
+    return {
+        "IMG2IMG_SCALING__MAX_HOSTS": str(hosts),
+        "IMG2IMG_SCALING__SLOTS_PER_HOST": str(slots),
+        "IMG2IMG_WORKER__SLOTS": str(slots),
+    }
+
+
 def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
     return {
         "IMG2IMG_STAGES__BACKEND": "simulated",
@@ -114,10 +124,7 @@ def stack_env(cfg: ControlPlaneConfig) -> dict[str, str]:
         "IMG2IMG_DISPATCH__MAX_BATCH": str(cfg.max_batch if cfg.adaptive else cfg.batch_size),
         "IMG2IMG_DISPATCH__BASE_BATCH": str(cfg.batch_size),
         "IMG2IMG_DISPATCH__ADAPTIVE": "true" if cfg.adaptive else "false",
-        # The dispatchers spread a backlog over the runs the bench's fixed hosts hold.
-        "IMG2IMG_SCALING__MAX_HOSTS": str(cfg.hosts),
-        "IMG2IMG_SCALING__SLOTS_PER_HOST": str(cfg.slots),
-        "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
+        **fixed_hosts_env(cfg.hosts, cfg.slots),
         # The server writes uvicorn's access log (one line per request): the request count.
         "PREFECT_SERVER_LOGGING_LEVEL": "INFO",
         **{f"IMG2IMG_MONITOR__{k}": v for k, v in views()[cfg.views].items()},

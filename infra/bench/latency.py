@@ -31,7 +31,7 @@ from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
 from img2img.intake.events import ObjectRef
 from img2img.observe.timing import percentile
-from infra.bench.control_plane import Outcomes, upload_at, views
+from infra.bench.control_plane import Outcomes, fixed_hosts_env, upload_at, views
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
 from infra.local.env import local_clients, stack_beside
@@ -153,10 +153,7 @@ def stack_env(cfg: LatencyConfig) -> dict[str, str]:
         "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": str(cfg.generate_ms),
         "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": str(cfg.upscale_ms),
         "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0.5",
-        # The dispatcher spreads a backlog over the runs the bench's fixed hosts hold.
-        "IMG2IMG_SCALING__MAX_HOSTS": str(cfg.hosts),
-        "IMG2IMG_SCALING__SLOTS_PER_HOST": str(cfg.slots),
-        "IMG2IMG_WORKER__SLOTS": str(cfg.slots),
+        **fixed_hosts_env(cfg.hosts, cfg.slots),
         **{f"IMG2IMG_MONITOR__{k}": v for k, v in views()["default"].items()},
     }
 
