@@ -29,6 +29,11 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     databases: list[Literal["sqlite", "postgres"]] = (
         ["sqlite", "postgres"] if args.database == "all" else [args.database]
     )
+    if args.ha:
+        if args.database == "sqlite":
+            print("--ha runs the server as a cluster on PostgreSQL, not SQLite", file=sys.stderr)
+            return 2
+        databases = ["postgres"]
     # Adaptive batches (the default) run beside fixed ones, same steps, one invocation.
     batchings = ([True] if args.adaptive else []) + ([False] if args.fixed else [])
     if not batchings:
@@ -51,6 +56,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
                 adaptive=adaptive,
                 max_batch=args.max_batch,
                 idle_s=args.idle_s,
+                ha=args.ha,
+                api_replicas=args.api_replicas,
             )
             run_control_plane(settings, cfg, args.keep, sys.stdout, sys.stderr)
     return 0
@@ -108,6 +115,20 @@ def add_command(bench_sub: Any) -> None:
         type=float,
         default=15.0,
         help="the idle phase first (no uploads): cores busy and API requests a minute",
+    )
+    control.add_argument(
+        "--ha",
+        action="store_true",
+        help="the server as a cluster (as `local up --ha`: API replicas behind HAProxy, the "
+        "background services apart, Redis, PostgreSQL), CPU per part",
+    )
+    control.add_argument(
+        "--api-replicas",
+        type=int,
+        choices=range(1, 9),
+        default=2,
+        metavar="N",
+        help="API replicas of the cluster (--ha)",
     )
     control.add_argument("--keep", action="store_true", help="leave the bench stack running")
     control.set_defaults(func=command)

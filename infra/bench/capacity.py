@@ -45,6 +45,12 @@ class RunCosts:
     bytes: Cost  # database growth
     rows: Cost  # database rows written
     event_bytes: Cost | None = None  # of `bytes`, the events' (None: not told apart)
+    # Figures of a cluster (`bench control-plane --ha`): the server's CPU told apart into
+    # its API replicas and its background services, and Redis beside them (None: one
+    # server process, all of `server_s` sized as API replicas).
+    api_s: Cost | None = None
+    services_s: Cost | None = None
+    redis_s: Cost | None = None
 
 
 def fit(points: list[tuple[float, float]]) -> Cost:
@@ -78,12 +84,27 @@ def fit_costs(steps: list[dict[str, Any]]) -> RunCosts:
         return [(float(s["batch_size_p50"]), float(s[key]) * scale) for s in kept]
 
     told_apart = all(s.get("db_event_bytes_per_image") is not None for s in kept)
+    cluster = all("cluster_cpu_ms_per_image_above_idle" in s for s in kept)
+
+    def part(name: str) -> Cost | None:
+        if not cluster:
+            return None
+        return fit(
+            [
+                (float(s["batch_size_p50"]), s["cluster_cpu_ms_per_image_above_idle"][name] * 1e-3)
+                for s in kept
+            ]
+        )
+
     return RunCosts(
         server_s=fit(points("server_cpu_ms_per_image_above_idle", 1e-3)),
         database_s=fit(points("database_cpu_ms_per_image", 1e-3)),
         bytes=fit(points("db_bytes_per_image", 1.0)),
         rows=fit(points("rows_per_image", 1.0)),
         event_bytes=fit(points("db_event_bytes_per_image", 1.0)) if told_apart else None,
+        api_s=part("api_replicas"),
+        services_s=part("services"),
+        redis_s=part("redis"),
     )
 
 
@@ -134,6 +155,19 @@ def plan_row(
     event_bytes = costs.event_bytes.per_image_at(batch) if costs.event_bytes else 0.0
     event_bytes = min(event_bytes, bytes_per_image)
     held = (bytes_per_image - event_bytes) * runs_days + event_bytes * events_days
+    # One server process sizes all its CPU as API replicas; a cluster's figures size the
+    # replicas and the background-services processes apart (each process at most a core).
+    api_cores = peak * costs.api_s.per_image_at(batch) if costs.api_s else server_cores
+    cluster: dict[str, Any] = {}
+    if costs.services_s is not None:
+        services_cores = peak * costs.services_s.per_image_at(batch)
+        cluster = {
+            "services_cores": round(services_cores, 2),
+            "services_processes": max(1, math.ceil(services_cores / API_REPLICA_BUSY)),
+            "redis_cores": round(peak * costs.redis_s.per_image_at(batch), 2)
+            if costs.redis_s
+            else None,
+        }
     return {
         "images_per_day": images_per_day,
         "peak_images_per_s": round(peak, 1),
@@ -142,7 +176,9 @@ def plan_row(
         "flow_runs_per_s": round(peak / batch, 2),
         "server_ms_per_image": round(costs.server_s.per_image_at(batch) * 1000, 2),
         "server_cores": round(server_cores, 2),
-        "api_replicas": max(1, math.ceil(server_cores / API_REPLICA_BUSY)),
+        "api_cores": round(api_cores, 2),
+        "api_replicas": max(1, math.ceil(api_cores / API_REPLICA_BUSY)),
+        **cluster,
         "database_cores": round(database_cores, 2),
         "database_vcpus": max(2, 2 ** math.ceil(math.log2(max(database_cores / DATABASE_BUSY, 1)))),
         "rows_per_image": round(costs.rows.per_image_at(batch), 2),
@@ -154,17 +190,24 @@ def plan_row(
 
 def markdown(rows: list[dict[str, Any]], label: str) -> str:
     """The plan as a Markdown table (docs/capacity.md)."""
+    cluster = bool(rows) and all("services_processes" in r for r in rows)
     lines = [
         f"| images a day ({label}) | peak images/s | batch | a run on its slot | flow runs/s "
-        "| server ms / image | API replicas (cores busy) | database vCPUs (busy) "
-        "| rows / image | bytes / image | database held |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| server ms / image | API replicas (cores busy) "
+        + ("| services processes (cores busy) | Redis cores " if cluster else "")
+        + "| database vCPUs (busy) | rows / image | bytes / image | database held |",
+        "| --- " * (13 if cluster else 11) + "|",
     ]
     for r in rows:
+        parts = (
+            f"| {r['services_processes']} ({r['services_cores']}) | {r['redis_cores']} "
+            if cluster
+            else ""
+        )
         lines.append(
             f"| {_count(r['images_per_day'])} | {r['peak_images_per_s']:,} | {r['batch']} "
             f"| {r['run_s_on_slot']} s | {r['flow_runs_per_s']} | {r['server_ms_per_image']} "
-            f"| {r['api_replicas']} ({r['server_cores']}) "
+            f"| {r['api_replicas']} ({r['api_cores']}) {parts}"
             f"| {r['database_vcpus']} ({r['database_cores']}) | {r['rows_per_image']} "
             f"| {r['bytes_per_image']:,} B ({r['event_bytes_per_image']:,} B events) "
             f"| {r['database_gb']:,} GB |"

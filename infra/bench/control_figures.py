@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -43,8 +43,46 @@ GROWING_TABLES = (
 )
 # Of those, the events' (kept `retention.events_days`, the runs `retention.runs_days`).
 EVENT_TABLES = ("events", "event_resources")
-# CPU groups in the order they are named as a bound when saturated.
-SINGLE_PROCESS = ("prefect_server", "moto")
+# The Prefect server's CPU groups: its one process, or (a cluster) each API replica
+# `prefect_api_<i>` and the background-services process.
+SERVER_GROUP_PREFIXES = ("prefect_server", "prefect_api_", "prefect_services")
+# CPU groups of one process (one core at most), in the order they are named as a bound when
+# saturated: the server's, Redis (single-threaded) and moto.
+SINGLE_PROCESS = (*SERVER_GROUP_PREFIXES, "redis", "moto")
+
+
+# A cluster's parts, as the capacity plan sizes them: the API replicas (behind the balancer),
+# the background-services process(es), Redis, the balancer.
+CLUSTER_PARTS = {
+    "api_replicas": ("prefect_api_",),
+    "services": ("prefect_services",),
+    "redis": ("redis",),
+    "balancer": ("balancer",),
+}
+
+
+def cluster_parts_ms_per_image(
+    cpu_s: dict[str, float], idle_cores: dict[str, float], window_s: float, images: int
+) -> dict[str, float]:
+    """CPU ms per image above idle of each part of a cluster (empty: one server process)."""
+    if not any(k.startswith("prefect_api_") for k in cpu_s):
+        return {}
+    parts = {}
+    for part, prefixes in CLUSTER_PARTS.items():
+        groups = [k for k in cpu_s if k.startswith(prefixes)]
+        spent = sum(cpu_s[k] - idle_cores.get(k, 0.0) * window_s for k in groups)
+        parts[part] = round(spent * 1000 / max(images, 1), 1)
+    return parts
+
+
+def is_server_group(group: str) -> bool:
+    return group.startswith(SERVER_GROUP_PREFIXES)
+
+
+def server_cpu_s(cpu_s: dict[str, float]) -> float:
+    """CPU seconds of the Prefect server, whatever its shape (one process or a cluster's
+    replicas and services process; Redis, the balancer and the database apart)."""
+    return sum(v for k, v in cpu_s.items() if is_server_group(k))
 
 
 def route_of(path: str) -> str:
@@ -60,6 +98,17 @@ def count_requests(lines: Iterable[str]) -> Counter[str]:
         if match:
             counts[f"{match.group(1)} {route_of(match.group(2))}"] += 1
     return counts
+
+
+HEALTH_CHECK = "GET /api/health"
+
+
+def without_health_checks(requests: Counter[str]) -> tuple[Counter[str], int]:
+    """(the clients' requests, the balancer's health checks): a cluster's balancer asks
+    each replica for `/api/health` every second, whatever the load; counted apart so that
+    requests per image stay the clients' and compare with one server's."""
+    clients = Counter({k: n for k, n in requests.items() if k != HEALTH_CHECK})
+    return clients, requests.get(HEALTH_CHECK, 0)
 
 
 def cloud_limited(requests: Counter[str]) -> int:
@@ -92,6 +141,11 @@ class StepInput:
     batch_sizes: tuple[int, ...] = ()  # the images of each run the dispatchers created
     server_idle_cores: float = 0.0  # what the server spends with no uploads (polling, services)
     event_bytes: int | None = None  # of db_bytes, the events' tables' (None: not told apart)
+    # A cluster's: the requests each API replica answered (its own access log).
+    requests_by_replica: dict[str, int] = field(default_factory=dict)
+    # What each process group spends with no uploads (cores): a cluster's parts above idle.
+    idle_cores: dict[str, float] = field(default_factory=dict)
+    health_checks: int = 0  # the balancer's (a cluster), not in `requests`
 
 
 def achieved_per_s(
@@ -124,7 +178,7 @@ def step_figures(step: StepInput) -> dict[str, Any]:
     limited = cloud_limited(step.requests)
     logs_events = step.rows.get("log", 0) + step.rows.get("events", 0)
     offered = step.uploaded / step.upload_s if step.upload_s > 0 else step.offered_per_s
-    server_s = step.cpu_s.get("prefect_server", 0.0)
+    server_s = server_cpu_s(step.cpu_s)
     achieved = achieved_per_s(step.docs, step.first_upload, step.last_upload)
 
     def per_min(count: int) -> float:
@@ -186,6 +240,23 @@ def step_figures(step: StepInput) -> dict[str, Any]:
         "rows_per_batch": {k: round(v / batches, 1) for k, v in step.rows.items()},
         "database_locked_errors": step.lock_errors,
         "top_routes": dict(step.requests.most_common(6)),
+        **(
+            {"cluster_cpu_ms_per_image_above_idle": parts}
+            if (
+                parts := cluster_parts_ms_per_image(
+                    step.cpu_s, step.idle_cores, step.window_s, per_image
+                )
+            )
+            else {}
+        ),
+        **(
+            {
+                "api_requests_by_replica": dict(sorted(step.requests_by_replica.items())),
+                "balancer_health_checks_per_min": per_min(step.health_checks),
+            }
+            if step.requests_by_replica
+            else {}
+        ),
     }
 
 
@@ -218,9 +289,10 @@ def name_bound(figures: dict[str, Any], cores: int) -> str:
     """What bounds throughput at this step: a single-process service at one core, or the
     machine's CPU and who spends it, or nothing saturated (latency: batching, polling)."""
     busy: dict[str, float] = figures["cores_busy"]
-    for name in SINGLE_PROCESS:
-        if busy.get(name, 0.0) >= 0.85:
-            return f"{name} (one process at {busy[name]:.0%} of a core)"
+    for prefix in SINGLE_PROCESS:
+        for name in sorted(k for k in busy if k.startswith(prefix)):
+            if busy[name] >= 0.85:
+                return f"{name} (one process at {busy[name]:.0%} of a core)"
     machine = figures["machine_cores_busy"]
     top = sorted(busy.items(), key=lambda kv: -kv[1])[:3]
     spent = ", ".join(f"{k} {v:.2f}" for k, v in top)

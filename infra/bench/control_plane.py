@@ -33,15 +33,17 @@ from infra.bench.control_figures import (
     StepInput,
     count_requests,
     name_bound,
+    server_cpu_s,
     step_figures,
     stop_reason,
+    without_health_checks,
 )
 from infra.bench.pipeline import wait_for_log
 from infra.local.demo import upload_sample
 from infra.local.env import dispatcher_name, local_clients, stack_beside
 from infra.local.postgres import DATABASE, psql
 from infra.local.resources import APP_QUEUE
-from infra.local.stack import LocalStack
+from infra.local.stack import LB, REPLICA, SERVICES, LocalStack
 
 if TYPE_CHECKING:
     from mypy_boto3_sqs import SQSClient
@@ -52,7 +54,7 @@ BATCH_LINE = re.compile(r"flow run \S+ for (\d+) objects")
 
 @dataclass(frozen=True)
 class ControlPlaneConfig:
-    database: Literal["sqlite", "postgres"]
+    database: Literal["sqlite", "postgres"]  # a cluster (ha): postgres
     hosts: int
     slots: int
     dispatchers: int
@@ -68,6 +70,8 @@ class ControlPlaneConfig:
     load_s: float = 1.0
     warmup_images: int = 16
     idle_s: float = 15.0  # the idle phase before the warm-up: cores and requests a minute
+    ha: bool = False  # the server as a cluster (PostgreSQL only)
+    api_replicas: int = 2
 
 
 # What each batch records on the server (MonitorSettings), by the bench's --views: the
@@ -89,6 +93,11 @@ def views() -> dict[str, dict[str, str]]:
     }
 
 
+def server_shape(cfg: ControlPlaneConfig) -> dict[str, Any]:
+    """How the JSON lines name the server: one process, or a cluster of N replicas."""
+    return {"server": "cluster", "api_replicas": cfg.api_replicas} if cfg.ha else {"server": "one"}
+
+
 def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
     """The benchmark's stack: its own state folder and ports, fixed hosts, no autoscaler."""
     local = stack_beside(
@@ -100,6 +109,8 @@ def bench_settings(base: Settings, cfg: ControlPlaneConfig) -> Settings:
         dispatchers=cfg.dispatchers,
         autoscaler=False,
         worker_type="img2img-warm",
+        ha=cfg.ha,
+        api_replicas=cfg.api_replicas,
     )
     worker = base.worker.model_copy(update={"slots": cfg.slots})
     return base.model_copy(update={"local": local, "worker": worker})
@@ -166,8 +177,12 @@ def tree_cpu_s(root: int, cpu: dict[int, float], children: dict[int, list[int]])
 
 
 def group_of(service: str) -> str:
-    if service == "prefect-server":
-        return "prefect_server"
+    """The CPU group of a stack's service: the cluster's parts each apart (`prefect-api-0`
+    → `prefect_api_0`, the services process, Redis, the balancer)."""
+    if service == "prefect-server" or service.startswith(REPLICA) or service == SERVICES:
+        return service.replace("-", "_")
+    if service in ("redis", LB):
+        return {LB: "balancer"}.get(service, service)
     if service == "postgres":
         return "database"
     if service.startswith("worker"):
@@ -226,30 +241,50 @@ class Mark:
     at: float
     cpu: dict[str, float]
     machine: float
-    log_offset: int
     db_bytes: int
     event_bytes: int | None
     rows: dict[str, int]
+    log_offsets: dict[str, int]  # where each API process's access log ends
+
+
+def api_logs(stack: LocalStack) -> list[str]:
+    """The services whose logs hold the API's access log: the server, or each replica."""
+    if not stack.uses_ha():
+        return ["prefect-server"]
+    return [f"{REPLICA}-{i}" for i in range(stack.settings.local.api_replicas)]
 
 
 def mark(stack: LocalStack) -> Mark:
-    log = stack.log_path("prefect-server")
     size, events, rows = database_figures(stack)
+    offsets = {}
+    for name in api_logs(stack):
+        log = stack.log_path(name)
+        offsets[name] = log.stat().st_size if log.exists() else 0
     return Mark(
         at=time.monotonic(),
         cpu=cpu_by_group(stack),
         machine=machine_busy_s(),
-        log_offset=log.stat().st_size if log.exists() else 0,
         db_bytes=size,
         event_bytes=events,
         rows=rows,
+        log_offsets=offsets,
     )
 
 
-def server_log_since(stack: LocalStack, offset: int, end: int) -> list[str]:
-    with stack.log_path("prefect-server").open("rb") as f:
-        f.seek(offset)
-        return f.read(max(end - offset, 0)).decode(errors="replace").splitlines()
+def api_log_since(stack: LocalStack, before: Mark, after: Mark) -> dict[str, list[str]]:
+    """Each API process's log lines between two marks (a replica the supervisor restarted
+    in between has a log that starts over: read from its start)."""
+    lines = {}
+    for name, end in after.log_offsets.items():
+        path = stack.log_path(name)
+        offset = before.log_offsets.get(name, 0)
+        if offset > end:
+            offset = 0
+        with path.open("rb") as f:
+            f.seek(offset)
+            text = f.read(max(end - offset, 0)).decode(errors="replace")
+        lines[name] = text.splitlines()
+    return lines
 
 
 # -- arrivals and outcomes ---------------------------------------------------------------------
@@ -335,7 +370,9 @@ def run_control_plane(
 
     stack = LocalStack(settings, extra_env=stack_env(cfg))
     say(
-        f"control-plane bench on {cfg.database}: {cfg.hosts} host(s) x {cfg.slots} slot(s), "
+        f"control-plane bench on {cfg.database}"
+        f"{f', a cluster of {cfg.api_replicas} API replicas' if cfg.ha else ''}: "
+        f"{cfg.hosts} host(s) x {cfg.slots} slot(s), "
         f"{cfg.dispatchers} dispatcher(s), simulated device {cfg.device_ms} ms/call, batch "
         f"{cfg.batch_size}"
         f"{f' adaptive up to {cfg.max_batch}' if cfg.adaptive else ' fixed'}, views "
@@ -358,7 +395,9 @@ def run_control_plane(
         idle, idle_line = _idle(stack, cfg.idle_s)
         say(f"idle ({cfg.idle_s:.0f} s, no uploads): cores busy {idle}")
         print(
-            json.dumps({"database": cfg.database, "hosts": cfg.hosts, **idle_line}),
+            json.dumps(
+                {"database": cfg.database, **server_shape(cfg), "hosts": cfg.hosts, **idle_line}
+            ),
             file=out,
             flush=True,
         )
@@ -371,6 +410,7 @@ def run_control_plane(
             )
             row = {
                 "database": cfg.database,
+                **server_shape(cfg),
                 "hosts": cfg.hosts,
                 "slots": cfg.slots,
                 "dispatchers": cfg.dispatchers,
@@ -424,7 +464,17 @@ def _step(
     after = mark(stack)
     completed = [d for d in docs if d.get("outcome") == "result"]
     window = after.at - before.at
-    log = server_log_since(stack, before.log_offset, after.log_offset)
+    logs = api_log_since(stack, before, after)
+    log = [line for lines in logs.values() for line in lines]
+    requests, health_checks = without_health_checks(count_requests(log))
+    by_replica = (
+        {
+            name: sum(without_health_checks(count_requests(lines))[0].values())
+            for name, lines in logs.items()
+        }
+        if stack.uses_ha()
+        else {}
+    )
     step = StepInput(
         offered_per_s=rate,
         uploaded=len(refs),
@@ -437,8 +487,10 @@ def _step(
         window_s=window,
         cpu_s={k: after.cpu.get(k, 0.0) - v for k, v in before.cpu.items()},
         machine_busy_s=after.machine - before.machine,
-        server_idle_cores=idle.get("prefect_server", 0.0),
-        requests=count_requests(log),
+        server_idle_cores=server_cpu_s(idle),
+        idle_cores=idle,
+        requests=requests,
+        health_checks=health_checks,
         lock_errors=sum(1 for line in log if "OperationalError) database is locked" in line),
         db_bytes=after.db_bytes - before.db_bytes,
         event_bytes=None
@@ -447,6 +499,7 @@ def _step(
         rows={t: after.rows[t] - before.rows.get(t, 0) for t in after.rows},
         batch_size=cfg.batch_size,
         batch_sizes=tuple(_batch_sizes(stack, offsets)),
+        requests_by_replica=by_replica,
     )
     return step_figures(step)
 
@@ -480,7 +533,10 @@ def _idle(stack: LocalStack, seconds: float) -> tuple[dict[str, float], dict[str
     time.sleep(seconds)
     after = mark(stack)
     cores = {k: round((after.cpu.get(k, 0.0) - v) / seconds, 3) for k, v in before.cpu.items()}
-    requests = count_requests(server_log_since(stack, before.log_offset, after.log_offset))
+    logs = api_log_since(stack, before, after)
+    requests, health_checks = without_health_checks(
+        count_requests(line for lines in logs.values() for line in lines)
+    )
     per_min = 60.0 / seconds
     line = {
         "phase": "idle",
@@ -491,6 +547,8 @@ def _idle(stack: LocalStack, seconds: float) -> tuple[dict[str, float], dict[str
         },
         "cores": cores,
     }
+    if stack.uses_ha():
+        line["balancer_health_checks_per_min"] = round(health_checks * per_min, 1)
     return cores, line
 
 

@@ -145,6 +145,8 @@ def stack_beside(
             "moto_port": local.moto_port + port_offset,
             "metrics_port": local.metrics_port + port_offset,
             "postgres_port": local.postgres_port + port_offset,
+            "redis_port": local.redis_port + port_offset,
+            "api_ports": [port + port_offset for port in local.api_ports],
             **updates,
         }
     )

@@ -2,7 +2,8 @@
 replicas behind HAProxy, the background services in a process of their own, PostgreSQL and
 Redis; every client through the balancer. Real processes on free loopback ports; each
 replica is killed by its PID in turn, and uploads still come back, started by the events
-stream (the workers' timed poll is set to a minute here)."""
+stream (the workers' timed poll is set to a minute here); then a cancellation still reaches
+the worker on that stream (its fallback poll set to five minutes here)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from infra.local.resources import APP_QUEUE
 from tests.conftest import free_port
-from tests.integration.helpers import img2img, stack_env
+from tests.integration.helpers import FAST, drain, img2img, png, stack_client, stack_env
 from tests.integration.warm import wait_for
 
 pytestmark = pytest.mark.slow
@@ -34,9 +37,64 @@ def _demo(env: dict[str, str]) -> dict[str, Any]:
     return dict(json.loads(demo.stdout.strip().splitlines()[-1]))
 
 
-def test_the_cluster_serves_uploads_through_each_replica_s_death(
-    tmp_path: Path, model_cache: Path
-) -> None:
+def _running_run(api: str) -> str | None:
+    running = {"state": {"type": {"any_": ["RUNNING"]}}}
+    got = httpx.post(f"{api}/flow_runs/filter", json={"flow_runs": running}, timeout=30)
+    got.raise_for_status()
+    return got.json()[0]["id"] if got.json() else None
+
+
+def _state_of(api: str, run_id: str) -> str:
+    got = httpx.get(f"{api}/flow_runs/{run_id}", timeout=30)
+    got.raise_for_status()
+    return str(got.json()["state"]["type"])
+
+
+def _a_cancel_reaches_the_worker_on_the_stream(env: dict[str, str], worker_log: Path) -> None:
+    """Cancel a running run through the balancer: the worker hears it on its events
+    subscription (back on a surviving replica), not at its fallback poll (five minutes),
+    stops the run, and the upload ends as one failure record and one message."""
+    api = f"http://127.0.0.1:{env['IMG2IMG_LOCAL__PREFECT_PORT']}/api"
+    # The cancel observer's stream came back after each replica's death and stopped polling.
+    wait_for(
+        lambda: (
+            worker_log.read_text().count(
+                "FlowRunCancellingObserver reconnected to the events stream and stopped polling"
+            )
+            >= 1
+        ),
+        60,
+        "the cancellation stream to come back",
+    )
+    s3, sqs = stack_client(env, "s3"), stack_client(env, "sqs")
+    s3.put_object(Bucket="img2img-uploads", Key="ha/cancel.png", Body=png(), Metadata=FAST)
+    run_id = wait_for(lambda: _running_run(api), 60, "the upload's run to start", interval=0.2)
+    cancel = {"state": {"type": "CANCELLING", "name": "Cancelling", "message": "operator"}}
+    httpx.post(
+        f"{api}/flow_runs/{run_id}/set_state", json={**cancel, "force": True}, timeout=30
+    ).raise_for_status()
+    asked = time.monotonic()
+    wait_for(
+        lambda: f"cancelling flow run {run_id}" in worker_log.read_text(),
+        30,
+        "the worker to hear the cancel",
+        interval=0.1,
+    )
+    heard_s = time.monotonic() - asked
+    assert heard_s < 30, heard_s  # the poll would take five minutes
+    wait_for(lambda: _state_of(api, run_id) == "CANCELLED", 90, "the run to end Cancelled")
+    app = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
+    messages = [
+        m
+        for m in drain(sqs, app, quiet_s=3, limit_s=90, at_least=1)
+        if m["upload"]["key"] == "ha/cancel.png"
+    ]
+    assert len(messages) == 1, messages
+    assert messages[0]["outcome"] == "failure"
+    assert messages[0]["failure"]["stage"] == "cancelled", messages[0]
+
+
+def test_the_cluster_serves_uploads_through_each_replica_s_death(tmp_path: Path) -> None:
     state = tmp_path / "state"
     env = stack_env(
         state,
@@ -46,11 +104,17 @@ def test_the_cluster_serves_uploads_through_each_replica_s_death(
             "IMG2IMG_LOCAL__REDIS_PORT": str(free_port()),
             "IMG2IMG_LOCAL__POSTGRES_PORT": str(free_port()),
             "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
-            "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
+            # The simulated device, slow enough (5 s a one-image run) for a cancel to land.
+            "IMG2IMG_STAGES__BACKEND": "simulated",
+            "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "2500",
+            "IMG2IMG_STAGES__SIMULATED__UPSCALE_MS": "2500",
+            "IMG2IMG_STAGES__SIMULATED__LOAD_S": "0.2",
             "IMG2IMG_SCALING__INTERVAL_S": "1",
             "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "600",
             # Only the events stream starts a run within a minute.
             "PREFECT_WORKER_QUERY_SECONDS": "60",
+            # Only the events stream tells a cancel within five minutes.
+            "IMG2IMG_WORKER__CANCEL_POLL_S": "300",
         },
     )
     try:
@@ -84,6 +148,7 @@ def test_the_cluster_serves_uploads_through_each_replica_s_death(
         assert "run-start events back" in text, text[-3000:]
         supervisor = (state / "logs" / "supervisor.log").read_text()
         assert supervisor.count("was not running; restarted it") >= 2
+        _a_cancel_reaches_the_worker_on_the_stream(env, worker_log)
     finally:
         down = img2img(["local", "down"], env, 180)
     assert down.returncode == 0

@@ -61,3 +61,45 @@ def test_the_batch_follows_the_dispatchers_rule_and_sets_the_plan() -> None:
     held = plan_row(10e6, split, fast, runs_days=14, events_days=7)
     assert held["event_bytes_per_image"] == 229
     assert held["database_gb"] == pytest.approx(70.1, abs=0.1)
+
+
+def test_a_cluster_s_figures_size_the_replicas_and_the_services_apart() -> None:
+    """From `bench control-plane --ha` lines: the API replicas from their own CPU, the
+    background-services processes from theirs, Redis beside them; the markdown grows the
+    two columns. Lines of one server keep the plan as it was."""
+    from infra.bench.capacity import markdown
+
+    def step(batch: int, api: float, services: float) -> dict[str, object]:
+        return {
+            "batch_size_p50": batch,
+            "server_cpu_ms_per_image_above_idle": api + services,
+            "database_cpu_ms_per_image": 1.0,
+            "db_bytes_per_image": 1000,
+            "rows_per_image": 2.0,
+            "cluster_cpu_ms_per_image_above_idle": {
+                "api_replicas": api,
+                "services": services,
+                "redis": services / 4,
+                "balancer": 1.0,
+            },
+        }
+
+    # 120 ms a run on the replicas, 40 ms on the services process, 10 ms on Redis.
+    costs = fit_costs([step(8, 15.0, 5.0), step(32, 3.75, 1.25)])
+    assert costs.api_s == Cost(pytest.approx(0.12), pytest.approx(0.0))  # type: ignore[arg-type]
+    assert costs.services_s is not None and costs.services_s.per_run == pytest.approx(0.04)
+    inf2 = Dispatch(image_s=4.04, dispatchers=2)
+    row = plan_row(10e6, costs, inf2)  # 28.9 runs a second
+    assert row["api_cores"] == pytest.approx(3.47, abs=0.01) and row["api_replicas"] == 6
+    assert row["services_cores"] == pytest.approx(1.16, abs=0.01)
+    assert row["services_processes"] == 2 and row["redis_cores"] == pytest.approx(0.29, abs=0.01)
+    table = markdown([row], "Inf2").splitlines()
+    assert "services processes (cores busy)" in table[0]
+    assert table[0].count("|") == table[1].count("|") == table[2].count("|")
+    assert "| 6 (3.47) | 2 (1.16) | 0.29 |" in table[2]
+    one = plan_row(10e6, fit_costs([step(8, 15.0, 5.0)]), inf2)
+    single = fit_costs([{k: v for k, v in step(8, 15.0, 5.0).items() if "cluster" not in k}])
+    plain = plan_row(10e6, single, inf2)
+    assert "services_processes" not in plain and plain["api_cores"] == plain["server_cores"]
+    assert one["api_replicas"] <= plain["api_replicas"]
+    assert markdown([plain], "Inf2").splitlines()[0].count("|") == 12

@@ -95,6 +95,70 @@ def test_cost_per_image_and_per_batch() -> None:
     assert figures["cores_busy"] == {"prefect_server": 0.1, "workers": 0.05}
 
 
+def test_a_cluster_s_server_cost_is_its_replicas_and_services_process() -> None:
+    """Redis, the balancer and the database are the cluster's too, but not the server's
+    CPU: they are reported apart, as each replica's requests are."""
+    cpu = {
+        "prefect_api_0": 1.0,
+        "prefect_api_1": 0.6,
+        "prefect_services": 0.4,
+        "redis": 0.3,
+        "balancer": 0.2,
+        "database": 1.0,
+        "workers": 1.0,
+    }
+    step = _step(
+        [i + 3.0 for i in range(10)],
+        9.0,
+        cpu_s=cpu,
+        requests_by_replica={"prefect-api-1": 4, "prefect-api-0": 6},
+        idle_cores={"prefect_api_0": 0.01, "prefect_api_1": 0.01, "redis": 0.005},
+    )
+    figures = step_figures(step)
+    assert figures["server_cpu_ms_per_image"] == 200.0
+    # Above idle, part by part (20 s at 0.01 core is 0.2 s of each replica).
+    assert figures["cluster_cpu_ms_per_image_above_idle"] == {
+        "api_replicas": 120.0,
+        "services": 40.0,
+        "redis": 20.0,
+        "balancer": 20.0,
+    }
+    assert figures["cpu_ms_per_image"]["redis"] == 30.0
+    assert list(figures["api_requests_by_replica"].items()) == [
+        ("prefect-api-0", 6),
+        ("prefect-api-1", 4),
+    ]
+    one = step_figures(_step([3.0], 9.0))
+    assert "api_requests_by_replica" not in one
+    assert "cluster_cpu_ms_per_image_above_idle" not in one
+
+
+def test_the_balancer_s_health_checks_are_counted_apart() -> None:
+    from infra.bench.control_figures import without_health_checks
+
+    requests = Counter({"GET /api/health": 120, "POST /api/flow_runs/filter": 60})
+    clients, checks = without_health_checks(requests)
+    assert (clients, checks) == (Counter({"POST /api/flow_runs/filter": 60}), 120)
+    figures = step_figures(
+        _step([3.0], 9.0, requests=clients, health_checks=checks, requests_by_replica={"a": 60})
+    )
+    assert figures["balancer_health_checks_per_min"] == 360.0  # over the 20 s window
+    assert figures["api_requests_per_image"] == 60.0
+
+
+def test_a_saturated_replica_or_redis_is_named_as_the_bound() -> None:
+    replica = {
+        "cores_busy": {"prefect_api_0": 0.5, "prefect_api_1": 0.9, "redis": 0.9},
+        "machine_cores_busy": 1.0,
+    }
+    assert name_bound(replica, 4).startswith("prefect_api_1 (one process at 90%")
+    redis = {"cores_busy": {"prefect_api_0": 0.5, "redis": 0.9}, "machine_cores_busy": 1.0}
+    assert name_bound(redis, 4).startswith("redis (one process")
+    # The balancer is threaded: at a core it is not the bound by itself.
+    balancer = {"cores_busy": {"balancer": 0.95}, "machine_cores_busy": 1.0}
+    assert name_bound(balancer, 4).startswith("not CPU")
+
+
 def test_the_bound_named() -> None:
     server = {"cores_busy": {"prefect_server": 0.97, "workers": 0.5}, "machine_cores_busy": 1.5}
     assert name_bound(server, 2).startswith("prefect_server (one process at 97%")

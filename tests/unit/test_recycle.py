@@ -182,3 +182,8 @@ def test_a_benchmark_stack_sits_beside_the_demo_stack_on_every_port() -> None:
         demo.postgres_port + 30,
     )
     assert soak.state_dir == Path("/tmp/soak") and soak.workers == 2 and demo.workers == 0
+    # The cluster's ports too: Redis, and each API replica (derived, or as set).
+    assert soak.redis_port == demo.redis_port + 30
+    assert soak.replica_ports == [p + 30 for p in demo.replica_ports]
+    named = demo.model_copy(update={"api_ports": [9001, 9002]})
+    assert stack_beside(named, Path("/tmp/soak"), 30).replica_ports == [9031, 9032]
