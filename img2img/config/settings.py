@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from img2img.config.aws import AwsSettings, StorageSettings
 from img2img.config.dev import FaultFlags, LocalStackSettings
 from img2img.config.dispatch import DispatchSettings
+from img2img.config.lanes import LaneSettings, TenantSettings
 from img2img.config.limits import ImageLimits
 from img2img.config.monitor import MonitorSettings
 from img2img.config.notify import NotifySettings
@@ -57,6 +58,8 @@ class Settings(BaseSettings):
     stages: StageSettings = Field(default_factory=StageSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
     dispatch: DispatchSettings = Field(default_factory=DispatchSettings)
+    lanes: LaneSettings = Field(default_factory=LaneSettings)
+    tenants: TenantSettings = Field(default_factory=TenantSettings)
     scaling: ScalingSettings = Field(default_factory=ScalingSettings)
     autoscaler: AutoscalerSettings = Field(default_factory=AutoscalerSettings)
     recovery: RecoverySettings = Field(default_factory=RecoverySettings)
