@@ -99,16 +99,35 @@ def _finished_run(client: Any, database: Path, ended: datetime) -> tuple[UUID, U
             "UPDATE flow_run SET end_time = ? WHERE id = ?",
             (ended.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"), str(run.id)),
         )
-    task_run = client.create_task_run(
-        step, flow_run_id=run.id, dynamic_key="0", state=Completed(timestamp=ended)
-    )
+    task_run_id = _create_task_run_once(client, step, run.id, Completed(timestamp=ended))
     client.create_logs(
         [LogCreate(name="img2img", level=20, message="a line", timestamp=ended, flow_run_id=run.id)]
     )
     client.create_artifact(
         ArtifactCreate(key="img2img-retention", type="markdown", data="x", flow_run_id=run.id)
     )
-    return run.id, task_run.id
+    return run.id, task_run_id
+
+
+def _create_task_run_once(client: Any, step: Any, flow_run_id: Any, state: Any) -> Any:
+    """The task run, created once: on a loaded machine the client may send its request
+    again after a slow answer, and the server then refuses the second with 409 (the run
+    already exists): read that run back rather than fail."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+    from prefect.exceptions import PrefectHTTPStatusError
+
+    try:
+        return client.create_task_run(
+            step, flow_run_id=flow_run_id, dynamic_key="0", state=state
+        ).id
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code != 409:
+            raise
+    runs = client.read_task_runs(
+        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+    )
+    assert len(runs) == 1, runs
+    return runs[0].id
 
 
 def _until(check: Any, timeout_s: float) -> None:
