@@ -14,8 +14,9 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
     from deployments.services.dispatcher import Dispatcher
+    from deployments.services.lane_queues import ensure_lane_queues
     from img2img.aws.clients import clients_from_settings
-    from img2img.pipeline.topology import dispatch_target
+    from img2img.pipeline.topology import dispatch_target, pools
 
     if args.max_batch is not None:
         settings.dispatch.max_batch = args.max_batch
@@ -23,6 +24,9 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
         settings.dispatch.max_wait_s = args.max_wait
     clients = clients_from_settings(settings.aws)
     with get_client(sync_client=True) as client:
+        if settings.lanes.enabled:
+            roles = pools(settings.topology, settings.autoscaler.pool)
+            ensure_lane_queues(client, [r.pool for r in roles], settings.lanes)
         dispatcher = Dispatcher(
             clients.sqs,
             client,
@@ -31,6 +35,9 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
             dispatch_target(settings),
             run_slots=run_slots(settings),
             crash_flag=settings.faults.dispatcher_crash_flag,
+            lanes=settings.lanes,
+            tenants=settings.tenants,
+            s3=clients.s3,
         )
         dispatcher.install_signal_handlers()
         stats = dispatcher.run()

@@ -10,6 +10,7 @@ from prefect import get_run_logger
 
 from img2img.errors import PermanentError
 from img2img.intake.batching import run_name
+from img2img.intake.placement import queue_of
 from img2img.pipeline import steps
 from img2img.pipeline.handoff import HANDOFF, batch_ready, handoff_key, handoff_state
 from img2img.pipeline.jobs import ImageJob
@@ -73,6 +74,7 @@ def hand_off(jobs: list[ImageJob], run_id: str | None) -> list[ImageJob]:
             idempotency_key=handoff_key(run_id),
             name=run_name([j.ref for j in ready], "upscale"),
             tags=["handoff"],
+            work_queue_name=queue_of([j.ref for j in ready]),
         )
     for job in ready:
         job.status = "handed_off"

@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from deployments.services.loop import LoopService
+from deployments.services.placing import Placer
 from deployments.services.run_claims import RunClaims
 from img2img.config.aws import StorageSettings
 from img2img.config.dispatch import DispatchSettings
+from img2img.config.lanes import LaneSettings, TenantSettings
 from img2img.errors import InvalidEvent
 from img2img.intake.batching import (
     Batch,
@@ -34,8 +36,10 @@ from img2img.intake.batching import (
 )
 from img2img.intake.events import ObjectRef, parse_message
 from img2img.intake.keys import unsafe_key_reason
+from img2img.intake.placement import reads_metadata
 
 if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
     from mypy_boto3_sqs import SQSClient
     from prefect.client.orchestration import SyncPrefectClient
 
@@ -78,6 +82,16 @@ class _AtMostEvery(Generic[T]):
         self.at = -1e9
 
 
+class _LaneFlow:
+    """What the dispatcher knows of one lane's flow (lanes off: one, for every upload):
+    when its last batch went and the objects taken since (its rate), and how many of its
+    runs wait for a slot (read at most every QUEUED_EVERY_S)."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.since_batch = (clock(), 0)
+        self.queued: _AtMostEvery[int] = _AtMostEvery(QUEUED_EVERY_S, clock)
+
+
 @dataclass
 class DispatchStats:
     messages: int = 0
@@ -106,11 +120,15 @@ class Dispatcher(LoopService[DispatchStats]):
         clock: Any = time.monotonic,
         run_slots: int = 1,
         crash_flag: Path | None = None,
+        lanes: LaneSettings | None = None,
+        tenants: TenantSettings | None = None,
+        s3: S3Client | None = None,
     ) -> None:
         """`deployment`: the runs' deployment, FLOW_NAME/DEPLOYMENT_NAME. `run_slots`: the
         flow runs the pool can hold at once at its largest (max hosts × slots per host × runs
         per slot); an adaptive batch spreads a backlog over as many. `crash_flag`: fault
-        injection (`faults.dispatcher_crash_flag`)."""
+        injection (`faults.dispatcher_crash_flag`). `lanes`, `tenants`: where each upload
+        goes (off unless enabled); either on, each upload's metadata is read with `s3`."""
         super().__init__(clock)
         self.sqs = sqs
         self.deployment = deployment
@@ -121,12 +139,23 @@ class Dispatcher(LoopService[DispatchStats]):
         self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
         self.run_slots = max(1, run_slots)
+        self.lanes = lanes or LaneSettings()
+        self.tenants = tenants or TenantSettings()
+        self.placer: Placer | None = None
+        if reads_metadata(self.lanes, self.tenants):
+            if s3 is None:
+                raise ValueError("lanes or tenants need an S3 client to read uploads' metadata")
+            self.placer = Placer(s3, self.lanes, self.tenants)
         self.batcher = Batcher(
-            min(settings.base_batch, settings.max_batch), settings.max_wait_s, settings.dedup_window
+            min(settings.base_batch, settings.max_batch),
+            settings.max_wait_s,
+            settings.dedup_window,
+            weight=self.tenants.weight if self.tenants.enabled else None,
         )
         self.plan: BatchPlan | None = None
-        self._since_batch = (clock(), 0)  # (when the last batch went, objects taken since)
-        self._queued: _AtMostEvery[int] = _AtMostEvery(QUEUED_EVERY_S, clock)
+        # Each lane's flow (lanes off: one, keyed None), highest priority first.
+        names: list[str | None] = list(self.lanes.names()) if self.lanes.enabled else [None]
+        self._flows = {lane: _LaneFlow(clock) for lane in names}
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
@@ -179,14 +208,15 @@ class Dispatcher(LoopService[DispatchStats]):
         if self.settings.adaptive and self.batcher.pending_count:
             # Holding images: look again within a second whether the pool can take them.
             wait = min(wait, 1.0)
-            if wait > 0 and self._queued.value and self.claims and self.claims.connected:
+            queued = any(f.queued.value for f in self._flows.values())
+            if wait > 0 and queued and self.claims and self.claims.connected:
                 # Held because runs wait for a slot: the moment that changes is one of them
                 # being claimed, which the stream tells (the next round plans again). A
                 # long poll would not wake for it: wait for a claim a little at a time,
                 # then receive without waiting, so what arrives meanwhile is not held up.
                 self.claims.heard.wait(min(wait, CLAIM_PAUSE_S))
                 wait = 0
-        if depth and self.batcher.pending_count < self.batcher.max_batch:
+        if depth and not self.batcher.full():
             wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
         if 0 < wait < 1:
             # SQS waits whole seconds: sleep to the deadline here rather than spin on
@@ -201,17 +231,15 @@ class Dispatcher(LoopService[DispatchStats]):
         )
         now = self.clock()
         deletable: list[str] = []
-        before = self.stats.objects
         for message in response.get("Messages", []):
             deletable += self._take(message, now)
-        since, taken = self._since_batch
-        self._since_batch = (since, taken + self.stats.objects - before)
         self._delete(deletable)
         self._dispatch_due(flush=False)
 
     def _replan(self) -> int:
-        """Choose the next batch's size from what waits (adaptive only); returns the queue's
-        depth (0 when not adaptive or not known)."""
+        """Choose the next batch's size from what waits (adaptive only), each lane's from
+        its own uploads and runs; returns the queue's depth (0 when not adaptive or not
+        known)."""
         if not self.settings.adaptive:
             return 0
         try:
@@ -222,26 +250,40 @@ class Dispatcher(LoopService[DispatchStats]):
         except Exception as exc:  # advisory: size from what is in hand
             log.debug("could not read the queue's depth: %s", exc)
             depth = None
-        since, taken = self._since_batch
+        if self.claims is not None and self.claims.heard.is_set():
+            self.claims.heard.clear()  # a claim since the last count: count again
+            for flow in self._flows.values():
+                flow.queued.forget()
+        first = next(iter(self._flows))
+        for lane, flow in self._flows.items():
+            # The queue's backlog is not the first lane's: what it holds is mostly the
+            # lower lanes' bulk (an interactive upload is one of few, and waits for none).
+            seen = 0 if lane is not None and lane == first else depth
+            plan = self._plan_lane(lane, flow, seen)
+            if lane is None:
+                if plan != self.plan:
+                    log.debug("next batch: %d images: %s", plan.size, plan.reason)
+                self.plan = plan
+            self.batcher.resize(plan, lane)
+        return depth or 0
+
+    def _plan_lane(self, lane: str | None, flow: _LaneFlow, depth: int | None) -> BatchPlan:
+        since, taken = flow.since_batch
         rate = taken / max(self.clock() - since, 1e-3)
-        in_hand = self.batcher.pending_count
+        in_hand = self.batcher.pending_in(lane)
         base = min(self.settings.base_batch, self.settings.max_batch)
         # Whether runs wait for a slot matters once anything is in hand (it may leave at
         # once) or more than a base batch waits: one count a second at most, none while
         # nothing waits at all.
-        if self.claims is not None and self.claims.heard.is_set():
-            self.claims.heard.clear()  # a claim since the last count: count again
-            self._queued.forget()
-        queued = self._queued_runs() if in_hand or (depth or 0) > base else None
+        waits = in_hand or (depth or 0) > base
+        queued = flow.queued.get(lambda _: self._count_queued(lane)) if waits else None
         # What a run's images cost on a slot only matters once a steady rate would fill
         # more than a base batch in max_wait_s (none read at low load).
         image_s = self._image_s() if rate * self.settings.max_wait_s > base else None
         plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued, image_s)
-        if plan != self.plan:
-            log.debug("next batch: %d images: %s", plan.size, plan.reason)
-        self.plan = plan
-        self.batcher.resize(plan)
-        return depth or 0
+        if lane is not None:
+            log.debug("next %s batch: %d images: %s", lane, plan.size, plan.reason)
+        return plan
 
     def _listen_for_claims(self) -> None:
         """Start hearing the deployment's runs claimed (adaptive, `claim_events`), once its
@@ -258,12 +300,9 @@ class Dispatcher(LoopService[DispatchStats]):
         except Exception as exc:  # advisory: the count is read once a second meanwhile
             log.debug("cannot listen for run claims yet: %s", exc)
 
-    def _queued_runs(self) -> int | None:
-        """The pipeline's runs waiting for a slot (scheduled, due, or pending), read at
-        most once a second; None when it cannot be read."""
-        return self._queued.get(lambda _: self._count_queued())
-
-    def _count_queued(self) -> int | None:
+    def _count_queued(self, lane: str | None = None) -> int | None:
+        """The pipeline's runs waiting for a slot (scheduled, due, or pending), of `lane`'s
+        work queue (None: every queue); None when it cannot be read."""
         from datetime import datetime, timezone
 
         from prefect.client.schemas.filters import (
@@ -272,9 +311,11 @@ class Dispatcher(LoopService[DispatchStats]):
             FlowRunFilterExpectedStartTime,
             FlowRunFilterState,
             FlowRunFilterStateType,
+            FlowRunFilterWorkQueueName,
         )
         from prefect.client.schemas.objects import StateType
 
+        queue = FlowRunFilterWorkQueueName(any_=[lane]) if lane is not None else None
         try:
             return int(
                 self.prefect.count_flow_runs(
@@ -288,6 +329,7 @@ class Dispatcher(LoopService[DispatchStats]):
                         expected_start_time=FlowRunFilterExpectedStartTime(
                             before_=datetime.now(timezone.utc)
                         ),
+                        work_queue_name=queue,
                     )
                 )
             )
@@ -354,7 +396,13 @@ class Dispatcher(LoopService[DispatchStats]):
         )
         if refused:
             self._dead_letter(message, "; ".join(refused))
+        if self.placer is not None:
+            accepted = self.placer.place_all(accepted)
         self.stats.objects += len(accepted)
+        for ref in accepted:
+            flow = self._flows.get(ref.lane) or next(iter(self._flows.values()))
+            since, taken = flow.since_batch
+            flow.since_batch = (since, taken + 1)
         return self.batcher.add(message["MessageId"], message["ReceiptHandle"], accepted, now)
 
     def _screen(self, objects: list[ObjectRef]) -> tuple[list[ObjectRef], list[str]]:
@@ -411,10 +459,11 @@ class Dispatcher(LoopService[DispatchStats]):
             self.stats.runs_created += 1
             # The new run waits for a slot until a worker claims it: counted as queued until
             # the next count says otherwise.
-            self._queued.value = (self._queued.value or 0) + 1
+            flow = self._flows.get(batch.lane) or next(iter(self._flows.values()))
+            flow.queued.value = (flow.queued.value or 0) + 1
             self.stats.flow_run_ids.append(run_id)
             self.stats.batch_sizes.append(len(batch.objects))
-            self._since_batch = (self.clock(), 0)
+            flow.since_batch = (self.clock(), 0)
             self._maybe_crash()
             self._delete(self.batcher.dispatched(batch))
 
@@ -438,9 +487,14 @@ class Dispatcher(LoopService[DispatchStats]):
             idempotency_key=batch.idempotency_key,
             name=run_name(batch.objects),
             tags=[DISPATCH_TAG],
+            work_queue_name=batch.lane,
         )
         log.info(
-            "flow run %s for %d objects (key %s)", run.id, len(batch.objects), batch.idempotency_key
+            "flow run %s for %d objects (key %s)%s",
+            run.id,
+            len(batch.objects),
+            batch.idempotency_key,
+            f" in lane {batch.lane}" if batch.lane else "",
         )
         return str(run.id)
 

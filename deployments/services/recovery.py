@@ -33,6 +33,7 @@ from img2img.delivery.outcomes import outcome_key, write_failure
 from img2img.errors import is_retryable
 from img2img.intake.events import ObjectRef
 from img2img.intake.idempotency import split_key
+from img2img.intake.placement import queue_of
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -251,6 +252,8 @@ class RunRecovery:
             idempotency_key=split_key(str(run.id), index),
             name=f"{run.name}-{'ab'[index]}"[:100],
             tags=recovery.split_tags(crashes),
+            # Its lane's queue (lanes on), as the run it splits.
+            work_queue_name=queue_of(half),
         )
         return str(child.id)
 

@@ -15,6 +15,8 @@ hands runs to long-lived slot processes instead, and three things have no public
 - the cancellation observer (`cancelling_observer`): Prefect's worker cancels only runs that
   have not started; runs on warm slots share a process, so the worker watches them itself
   with the observer Prefect's runner uses (event stream, polling while it is down);
+- the poll's candidates (`POLL_HOOK`): with lanes, a host keeps run places for the first
+  lane; Prefect's worker would claim any waiting run it has a concurrency slot for;
 - claiming a run heard on the events stream (`submit_scheduled`, `is_submitting`): Prefect's
   worker finds runs only by its timed poll; the warm worker hands a run it heard to the same
   submission its poll uses (concurrency limit, Pending proposal, hand-off), so both paths
@@ -42,6 +44,11 @@ if TYPE_CHECKING:
 # `(self, flow_run, task_status=None) -> BaseWorkerResult | Exception`. The warm worker
 # overrides it; `BaseWorker.get_and_submit_flow_runs` starts it once per run it claims.
 SUBMIT_HOOK = "_submit_run_and_capture_errors"
+# The coroutine method of `BaseWorker` its poll takes candidates from:
+# `(self) -> list[WorkerFlowRunResponse]` (each with `.flow_run`), in the server's order
+# (queue priority, then time), awaited by `get_and_submit_flow_runs`. The warm worker
+# overrides it to leave out runs of lower lanes that only a reserved place could take.
+POLL_HOOK = "_get_scheduled_flow_runs"
 
 
 def start_in_worker(

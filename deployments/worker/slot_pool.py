@@ -34,6 +34,7 @@ from deployments.worker.slot_protocol import (
     WorkerMessage,
 )
 from img2img.config.worker import WorkerSettings
+from img2img.slots.lane_room import places
 from img2img.slots.layout import slot_env
 from img2img.slots.progress import Snapshot, hung_reason
 from img2img.slots.recycle import recycle_reason, recycle_rule, run_limit
@@ -101,8 +102,12 @@ class SlotPool:
         logger: Any,
         on_unhealthy: Callable[[str], None] | None = None,
         on_recycle: Callable[[str, str], None] | None = None,
+        reserve: int = 0,
     ) -> None:
+        """`reserve`: run places of each slot that only runs of the first lane may take
+        (`img2img.slots.lane_room.reserve_of`; 0: lanes off)."""
         self.settings = settings
+        self.reserve = reserve
         self.base_env = base_env
         self.log = logger
         self._lock = threading.Lock()
@@ -475,17 +480,33 @@ class SlotPool:
 
     # -- handing out runs -------------------------------------------------------------------
 
-    def has_room(self) -> bool:
-        """Whether a ready slot can take one more run now."""
+    def has_room(self, first: bool = True) -> bool:
+        """Whether a ready slot can take one more run now: of the first lane (`first`),
+        or of another (which leaves each slot's reserved places, `lanes.bulk_reserve`)."""
         with self._lock:
-            return self.unhealthy is None and any(self._takes_runs(s) for s in self.slots)
+            return self.unhealthy is None and any(self._takes_runs(s, first) for s in self.slots)
 
-    def try_acquire(self, request: RunRequest) -> tuple[Slot, Future[RunDone]] | None:
+    def room(self) -> tuple[int, int]:
+        """(free run places on ready slots, of which runs of lanes other than the first may
+        take)."""
+        with self._lock:
+            if self.unhealthy is not None:
+                return 0, 0
+            ready = [s for s in self.slots if s.state == "ready" and not s.retiring]
+            per_slot = self.settings.runs_per_slot
+            free = sum(places(len(s.inflight), per_slot, self.reserve, True) for s in ready)
+            other = sum(places(len(s.inflight), per_slot, self.reserve, False) for s in ready)
+            return free, other
+
+    def try_acquire(
+        self, request: RunRequest, first: bool = True
+    ) -> tuple[Slot, Future[RunDone]] | None:
         """Reserve room for `request`'s run on the ready slot with the fewest runs and hand
-        it the request, or None."""
+        it the request, or None. `first`: the run is of the first lane (or lanes are off)
+        and may take a slot's reserved place."""
         run_id = request.run_id
         with self._lock:
-            ready = [s for s in self.slots if self._takes_runs(s)]
+            ready = [s for s in self.slots if self._takes_runs(s, first)]
             if not ready or self.unhealthy is not None:
                 return None
             slot = min(ready, key=lambda s: len(s.inflight))
@@ -501,12 +522,12 @@ class SlotPool:
             )
         return slot, future
 
-    def _takes_runs(self, slot: Slot) -> bool:
+    def _takes_runs(self, slot: Slot, first: bool = True) -> bool:
         """Whether `slot` can take one more run now (the pool's lock held)."""
         return (
             slot.state == "ready"
             and not slot.retiring
-            and len(slot.inflight) < self.settings.runs_per_slot
+            and places(len(slot.inflight), self.settings.runs_per_slot, self.reserve, first) > 0
         )
 
     def running_ids(self) -> list[str]:

@@ -11,6 +11,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
@@ -28,6 +29,7 @@ from deployments.worker.slot_protocol import (
     SlotMessage,
     StopRequest,
 )
+from img2img.config.lanes import LaneSettings
 from img2img.slots import claims
 from img2img.slots.memory import limit_malloc_arenas, own_rss_mb
 
@@ -73,7 +75,7 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
     except Exception as exc:
         send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return
-    models.device_lock = ReportingDeviceLock(send)
+    models.device_lock = ReportingDeviceLock(send, lane_priority(settings.lanes))
     _prepare_runs()
     send(
         Ready(
@@ -155,23 +157,37 @@ def _beat(send: Any, every_s: float) -> None:
         time.sleep(every_s)
 
 
+def lane_priority(lanes: LaneSettings) -> Callable[[str | None], int]:
+    """A run's turn on the device from its work queue: its lane's priority (lanes off, or
+    a queue that is no lane: all the same, first come first served)."""
+    known = {lane.name: lane.priority for lane in lanes.lanes} if lanes.enabled else {}
+    return lambda queue: known.get(queue or "", 0)
+
+
 class ReportingDeviceLock:
     """The slot's device lock, which also tells the worker which flow run holds it. When the
     slot dies, only that run is blamed (it crashed); the others it held at the time are
     victims and are re-run without counting a crash against their images. Taking and giving
-    back the device is progress (`img2img.slots.progress`)."""
+    back the device is progress (`img2img.slots.progress`). Waiting calls take the device
+    by their run's lane (`img2img.slots.device_turns`): an interactive call before a bulk
+    one."""
 
-    def __init__(self, send: Any) -> None:
+    def __init__(self, send: Any, priority_of: Callable[[str | None], int]) -> None:
+        from img2img.slots.device_turns import PriorityLock
         from img2img.slots.progress import recorder
 
-        self._lock = threading.Lock()
+        self._lock = PriorityLock()
         self._send = send
+        self._priority_of = priority_of
         self._progress = recorder()
 
     def __enter__(self) -> ReportingDeviceLock:
-        self._lock.acquire()
+        from prefect.context import FlowRunContext
         from prefect.runtime import flow_run
 
+        context = FlowRunContext.get()
+        queue = context.flow_run.work_queue_name if context and context.flow_run else None
+        self._lock.acquire(self._priority_of(queue))
         self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
         self._progress.device(True)
         return self

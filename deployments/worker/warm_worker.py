@@ -43,6 +43,7 @@ from deployments.worker.slot_pool import SlotPool
 from deployments.worker.slot_protocol import CRASHED, CancelRequest, RunRequest, SlotIdentifier
 from img2img.config.worker import WorkerSettings
 from img2img.pipeline.topology import stages_for_pool
+from img2img.slots.lane_room import admit, is_first_lane, reserve_of
 
 ACQUIRE_POLL_S = 0.1
 
@@ -136,6 +137,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
         super().__init__(*args, **kwargs)
         self.worker_settings: WorkerSettings = settings
+        self.lanes = loaded.lanes
         self.api_log_level = loaded.monitor.api_log_level
         self._configuration: WarmJobConfiguration | None = None
         self.pool: SlotPool | None = None
@@ -170,6 +172,7 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             self._logger,
             on_unhealthy=self._unhealthy,
             on_recycle=self._recycled,
+            reserve=reserve_of(self.lanes, self.worker_settings.runs_per_slot),
         )
         self.pool.start_all()
         internals.start_in_worker(self, self._watch_cancellations)
@@ -290,6 +293,20 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return []
         return await super().get_and_submit_flow_runs()
 
+    async def _get_scheduled_flow_runs(self) -> list[Any]:
+        """The poll's candidates (Prefect's order: queue priority, then time), less the
+        runs of lower lanes that only a first lane's reserved place could take
+        (`internals.POLL_HOOK`)."""
+        runs = await super()._get_scheduled_flow_runs()
+        if self.pool is None or not self.lanes.enabled:
+            return runs
+        free, free_other = self.pool.room()
+        return admit(runs, lambda r: self._first_lane(r.flow_run), free, free_other)
+
+    def _first_lane(self, flow_run: FlowRun) -> bool:
+        """Whether `flow_run` may take a place kept for the first lane."""
+        return is_first_lane(self.lanes, flow_run.work_queue_name)
+
     def _can_take_run(self) -> bool:
         """Whether this host may claim one more run now: not draining, healthy, a slot with
         room and a concurrency slot free."""
@@ -358,6 +375,10 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             return
         if self._work_queues and flow_run.work_queue_name not in self._work_queues:
             return  # a queue this worker does not serve
+        if self.pool is not None and not self.pool.has_room(self._first_lane(flow_run)):
+            # Only the places kept for the first lane are free: this run waits for a place.
+            self._heard_while_full = True
+            return
         self._logger.info("heard flow run %s (%s): claiming it", flow_run_id, state.name)
         delay = claim_delay_s(
             state.state_details.scheduled_time,
@@ -443,7 +464,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         assert self.pool is not None
         run_id = str(flow_run.id)
         request = RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at)
-        while (acquired := self.pool.try_acquire(request)) is None:
+        first = self._first_lane(flow_run)
+        while (acquired := self.pool.try_acquire(request, first)) is None:
             if self.pool.unhealthy is not None:
                 return await self._give_back(flow_run, task_status)
             await anyio.sleep(ACQUIRE_POLL_S)

@@ -11,9 +11,11 @@ One message per outcome, version 2 (version 1 named the stages `stage1` and `sta
      "failure": null, "timings_ms": {...}, "device_batch": {"generate": 4, "upscale": 4},
      "flow_run_id": "...", "finished_at": "..."}
 
-A failure carries `"result": null` and `"failure": {"stage", "reason", "retryable",
-"record_uri"}`. `dedup_id` is the outcome document's key: stable for an upload, so a consumer
-drops a message whose id it has seen (delivery is at least once).
+With lanes or tenants on, it also carries `"lane"` and `"tenant"` (and SNS attributes of
+the same names, for subscription filters). A failure carries `"result": null` and
+`"failure": {"stage", "reason", "retryable", "record_uri"}`. `dedup_id` is the outcome
+document's key: stable for an upload, so a consumer drops a message whose id it has seen
+(delivery is at least once).
 """
 
 from __future__ import annotations
@@ -91,6 +93,8 @@ def outcome_message(
             "uri": ref.uri,
         },
         "request_id": doc.get("request_id"),
+        # Where the upload ran, when lanes or tenants are on.
+        **{k: doc[k] for k in ("lane", "tenant") if doc.get(k)},
         "result": None,
         "failure": None,
         "timings_ms": dict(doc.get("timings_ms") or {}),
@@ -127,6 +131,9 @@ def sns_attributes(message: dict[str, Any]) -> dict[str, dict[str, str]]:
     }
     if message.get("request_id"):
         attributes["request_id"] = {"DataType": "String", "StringValue": message["request_id"]}
+    for name in ("lane", "tenant"):
+        if message.get(name):
+            attributes[name] = {"DataType": "String", "StringValue": message[name]}
     if message["failure"] is not None:
         retryable = "true" if message["failure"]["retryable"] else "false"
         attributes["retryable"] = {"DataType": "String", "StringValue": retryable}

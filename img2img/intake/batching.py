@@ -20,16 +20,19 @@ import math
 import re
 import statistics
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from img2img.config.dispatch import DispatchSettings
 from img2img.intake.events import ObjectRef
+from img2img.intake.fair_share import FairShare
 from img2img.intake.idempotency import batch_key
 
 
 @dataclass
 class Batch:
     objects: list[ObjectRef]
+    lane: str | None = None  # its objects' lane (lanes on): the run's work queue
 
     @property
     def idempotency_key(self) -> str:
@@ -176,27 +179,65 @@ class _Pending:
 
 
 class Batcher:
-    """Groups objects from SQS messages into batches and says which messages may go."""
+    """Groups objects from SQS messages into batches and says which messages may go.
 
-    def __init__(self, max_batch: int, max_wait_s: float, dedup_window: int) -> None:
+    With lanes, each lane batches on its own (its size and hold from its own plan), so an
+    interactive upload never waits for a bulk batch to fill; with tenants (`weight`), a
+    batch taken from a backlog gives the tenants waiting their weighted turns (deficit round
+    robin, `img2img.intake.fair_share`) instead of arrival order."""
+
+    def __init__(
+        self,
+        max_batch: int,
+        max_wait_s: float,
+        dedup_window: int,
+        weight: Callable[[str], float] | None = None,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, got {max_batch}")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
         self.dedup_window = dedup_window
+        self.weight = weight
+        self._lane_plans: dict[str, tuple[int, float]] = {}
+        self._fair: dict[str | None, FairShare] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self._messages: dict[str, _Message] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
 
-    def resize(self, plan: BatchPlan) -> None:
-        """Use `plan`'s size and hold time from now on (see `plan_batch`)."""
-        self.max_batch = max(1, plan.size)
-        self.max_wait_s = plan.hold_s
+    def resize(self, plan: BatchPlan, lane: str | None = None) -> None:
+        """Use `plan`'s size and hold time from now on (see `plan_batch`), for `lane`'s
+        objects (None: objects without a lane, and any lane without a plan of its own)."""
+        if lane is None:
+            self.max_batch = max(1, plan.size)
+            self.max_wait_s = plan.hold_s
+        else:
+            self._lane_plans[lane] = (max(1, plan.size), plan.hold_s)
+
+    def _plan_of(self, lane: str | None) -> tuple[int, float]:
+        if lane is not None and lane in self._lane_plans:
+            return self._lane_plans[lane]
+        return self.max_batch, self.max_wait_s
 
     @property
     def pending_count(self) -> int:
         return len(self._pending)
+
+    def pending_in(self, lane: str | None) -> int:
+        return sum(1 for p in self._pending.values() if p.ref.lane == lane)
+
+    def full(self) -> bool:
+        """Whether some lane holds a whole batch."""
+        return any(
+            len(waiting) >= self._plan_of(lane)[0] for lane, waiting in self._by_lane().items()
+        )
+
+    def _by_lane(self) -> dict[str | None, list[_Pending]]:
+        lanes: dict[str | None, list[_Pending]] = {}
+        for pending in self._pending.values():
+            lanes.setdefault(pending.ref.lane, []).append(pending)
+        return lanes
 
     def add(
         self, message_id: str, receipt_handle: str, objects: list[ObjectRef], now: float
@@ -229,25 +270,39 @@ class Batcher:
         """Seconds until the oldest pending batch must close, or None with nothing pending."""
         if not self._pending:
             return None
-        if len(self._pending) >= self.max_batch:
-            return 0.0
-        oldest = min(p.first_seen for p in self._pending.values())
-        return max(0.0, oldest + self.max_wait_s - now)
+        due = []
+        for lane, waiting in self._by_lane().items():
+            size, wait_s = self._plan_of(lane)
+            if len(waiting) >= size:
+                return 0.0
+            due.append(min(p.first_seen for p in waiting) + wait_s - now)
+        return max(0.0, min(due))
 
     def due(self, now: float, flush: bool = False) -> list[Batch]:
-        """Batches that should be dispatched now (every pending object with `flush`).
+        """Batches that should be dispatched now (every pending object with `flush`), each
+        of one lane.
 
         Objects stay pending until `dispatched` or `released` is called for their batch;
         call one of them for every batch before asking again.
         """
-        waiting = list(self._pending.values())
         batches: list[Batch] = []
-        while len(waiting) >= self.max_batch:
-            batches.append(Batch([p.ref for p in waiting[: self.max_batch]]))
-            waiting = waiting[self.max_batch :]
-        if waiting and (flush or now - min(p.first_seen for p in waiting) >= self.max_wait_s):
-            batches.append(Batch([p.ref for p in waiting]))
+        for lane, waiting in self._by_lane().items():
+            size, wait_s = self._plan_of(lane)
+            while len(waiting) >= size:
+                chosen = self._take(lane, waiting, size)
+                batches.append(Batch([p.ref for p in chosen], lane))
+                taken = {id(p) for p in chosen}
+                waiting = [p for p in waiting if id(p) not in taken]
+            if waiting and (flush or now - min(p.first_seen for p in waiting) >= wait_s):
+                batches.append(Batch([p.ref for p in waiting], lane))
         return batches
+
+    def _take(self, lane: str | None, waiting: list[_Pending], size: int) -> list[_Pending]:
+        """A whole batch out of more than one: in arrival order, or by tenants' turns."""
+        if self.weight is None:
+            return waiting[:size]
+        fair = self._fair.setdefault(lane, FairShare(self.weight))
+        return fair.take([(p.ref.tenant or "", p) for p in waiting], size)
 
     def dispatched(self, batch: Batch) -> list[str]:
         """The batch's flow run exists: returns receipt handles of messages now complete."""

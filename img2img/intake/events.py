@@ -38,6 +38,12 @@ class ObjectRef(BaseModel):
     event_time: datetime | None = None
     # When the dispatcher received the event (the first hop of the queue wait).
     received_at: datetime | None = None
+    # Where the dispatcher placed it (`img2img.intake.placement`; None: lanes or tenants
+    # off), and why it refused it (a lane or tenant that cannot be used: the run records
+    # the failure, so the upload still ends with one outcome).
+    lane: str | None = None
+    tenant: str | None = None
+    refused: str | None = None
 
     def as_parameter(self) -> dict[str, object]:
         """This upload as a flow run parameter: JSON, fields without a value left out (a

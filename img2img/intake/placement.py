@@ -10,10 +10,11 @@ record that says so, rather than running in a line nobody asked for.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from img2img.config.lanes import TENANT_NAME, LaneSettings, TenantSettings
+from img2img.intake.events import ObjectRef
 
 _TENANT = re.compile(TENANT_NAME)
 
@@ -85,3 +86,10 @@ def reads_metadata(lanes: LaneSettings, tenants: TenantSettings) -> bool:
     """Whether the dispatcher must read each upload's metadata (one HEAD an upload): the
     S3 event carries the key and size, not the metadata."""
     return lanes.enabled or tenants.enabled
+
+
+def queue_of(objects: Sequence[ObjectRef]) -> str | None:
+    """The work queue of a run of these uploads: their lane (the dispatcher makes a batch
+    of one lane; a hand-off or a split half keeps its run's), or None for the deployment's
+    own queue (lanes off)."""
+    return next((o.lane for o in objects if o.lane), None)

@@ -89,6 +89,11 @@ class ImageJob:
         self.image = self.generate = self.upscale = None
 
 
+def placed(ref: ObjectRef) -> dict[str, str]:
+    """The upload's lane and tenant, where the dispatcher placed it (nothing when off)."""
+    return {k: v for k, v in (("lane", ref.lane), ("tenant", ref.tenant)) if v is not None}
+
+
 def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
     """The JSON document written to `failed/<key>@<tag>.json` for a failed image."""
     assert job.failure is not None
@@ -97,6 +102,7 @@ def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
         "etag": job.ref.etag,
         "version_id": job.ref.version_id,
         "request_id": job.request_id,
+        **placed(job.ref),
         "stage": job.failure.stage,
         "reason": job.failure.reason,
         "error": job.failure.error,
@@ -120,6 +126,7 @@ def result_record(
         "etag": job.ref.etag,
         "version_id": job.ref.version_id,
         "request_id": job.request_id,
+        **placed(job.ref),
         "result": f"s3://{result_bucket}/{job.keys.result}",
         "width": job.upscale.size[0],
         "height": job.upscale.size[1],

@@ -87,11 +87,14 @@ def each(
 
 
 def reject_unaccepted(jobs: list[ImageJob], upload_buckets: frozenset[str]) -> None:
-    """Fail uploads from a bucket this pipeline does not serve, or whose key is unsafe to
-    build outcome keys from. The dispatcher refuses them first (to the dead-letter queue);
-    this catches runs created any other way."""
+    """Fail uploads the dispatcher refused a place (a lane or tenant that cannot be used:
+    the failure names it), from a bucket this pipeline does not serve, or whose key is
+    unsafe to build outcome keys from (the dispatcher refuses those first, to the dead-letter
+    queue; this catches runs created any other way)."""
     for job in jobs:
-        if job.ref.bucket not in upload_buckets:
+        if job.ref.refused is not None:
+            job.fail("placement", InvalidEvent(job.ref.refused))
+        elif job.ref.bucket not in upload_buckets:
             job.fail(
                 "validate",
                 InvalidEvent(

@@ -32,6 +32,16 @@ def test_the_submit_hook_is_a_coroutine_method_of_base_worker_with_the_expected_
     assert params(WarmWorker.__dict__[internals.SUBMIT_HOOK]) == params(hook)
 
 
+def test_the_poll_hook_is_where_base_worker_s_poll_takes_its_candidates() -> None:
+    hook = getattr(BaseWorker, internals.POLL_HOOK)
+    assert inspect.iscoroutinefunction(hook)
+    assert params(hook) == ["self"]
+    assert f"self.{internals.POLL_HOOK}()" in inspect.getsource(BaseWorker.get_and_submit_flow_runs)
+    assert "flow_run_response=" in inspect.getsource(BaseWorker.get_and_submit_flow_runs)
+    override = WarmWorker.__dict__[internals.POLL_HOOK]
+    assert override is not hook and params(override) == params(hook)
+
+
 def test_the_helpers_the_submission_is_made_of_exist_with_the_expected_signatures() -> None:
     assert inspect.iscoroutinefunction(BaseWorker._give_worker_labels_to_flow_run)
     assert params(BaseWorker._give_worker_labels_to_flow_run) == ["self", "flow_run_id"]
