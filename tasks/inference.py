@@ -39,6 +39,8 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
             device_lock=rt.models.device_lock,
             should_stop=stop,
             sizes=backends.call_sizes(st, pipe),
+            # A warm slot's lock (lanes): a more urgent run's call goes between two of ours.
+            between_calls=getattr(rt.models.device_lock, "yield_to_waiting", None),
         )
     finally:
         for problem in outputs.close():

@@ -197,6 +197,17 @@ class ReportingDeviceLock:
         self._send(OnDevice(run_id=None))
         self._lock.release()
 
+    def yield_to_waiting(self) -> bool:
+        """Between two calls of the holder's stage: a more urgent lane's waiting run takes
+        the device for its stage, then it comes back here (told to the worker again)."""
+        if not self._lock.yield_to_waiting():
+            return False
+        from prefect.runtime import flow_run
+
+        self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
+        self._progress.device(True)
+        return True
+
 
 _flows: dict[UUID | None, Any] = {}
 _flows_lock = threading.Lock()

@@ -46,6 +46,8 @@ from img2img.pipeline.topology import stages_for_pool
 from img2img.slots.lane_room import admit, is_first_lane, reserve_of
 
 ACQUIRE_POLL_S = 0.1
+# A run of a lower lane claimed without a place left for it waits this long, then goes back.
+PLACE_WAIT_S = 1.0
 
 
 def slot_base_env() -> dict[str, str]:
@@ -465,10 +467,22 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         run_id = str(flow_run.id)
         request = RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at)
         first = self._first_lane(flow_run)
+        waited = 0.0
         while (acquired := self.pool.try_acquire(request, first)) is None:
             if self.pool.unhealthy is not None:
                 return await self._give_back(flow_run, task_status)
+            if not first and waited >= PLACE_WAIT_S:
+                # Claimed at the same moment as another run of its lane (each saw a place
+                # free): holding it here would hold a concurrency slot the first lane may
+                # need. Back to its queue, for the next place here or on another host.
+                return await self._give_back(
+                    flow_run,
+                    task_status,
+                    f"no place for lane {flow_run.work_queue_name} on {self.name} (the "
+                    f"last are kept for {self.lanes.first})",
+                )
             await anyio.sleep(ACQUIRE_POLL_S)
+            waited += ACQUIRE_POLL_S
         slot, future = acquired
         identifier = str(SlotIdentifier(socket.gethostname(), slot.pid or 0, slot.index, run_id))
         self._observe(run_id, running=True)
@@ -511,19 +525,23 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         return WarmWorkerResult(identifier=identifier, status_code=0)
 
     async def _give_back(
-        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[int] | None
+        self,
+        flow_run: FlowRun,
+        task_status: anyio.abc.TaskStatus[int] | None,
+        why: str | None = None,
     ) -> WarmWorkerResult:
-        """A run this unhealthy worker claimed but never started: back to the queue for
-        another host, with no crash counted."""
+        """A run this worker claimed but never started (it is unhealthy, or `why`): back to
+        the queue for another host, with no crash counted."""
         if task_status is not None:
             task_status.started(0)
-        message = f"given back: worker {self.name} is unhealthy ({self.unhealthy})"
+        reason = why or f"worker {self.name} is unhealthy ({self.unhealthy})"
+        message = f"given back: {reason}"
         self.get_flow_run_logger(flow_run).warning("%s", message)
         with contextlib.suppress(ObjectNotFound):
             await self.client.set_flow_run_state(
                 flow_run.id, AwaitingRetry(message=message), force=True
             )
-        return WarmWorkerResult(identifier=f"unhealthy:{flow_run.id}", status_code=0)
+        return WarmWorkerResult(identifier=f"given-back:{flow_run.id}", status_code=0)
 
     # -- cancellation -----------------------------------------------------------------------
 

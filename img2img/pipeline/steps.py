@@ -385,6 +385,7 @@ def run_stage(
     device_lock: AbstractContextManager[Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     sizes: CallSizes = ONE_AT_A_TIME,
+    between_calls: Callable[[], object] | None = None,
 ) -> int:
     """Run one inference stage over the active jobs, in device calls of several images.
 
@@ -394,7 +395,8 @@ def run_stage(
     padded by repeating the last one. With `resume`, outputs kept by an earlier attempt of
     an upload are reused instead of recomputed (stage 2 can be retried without redoing
     stage 1); that lookup happens before the device is taken. `device_lock` is held for
-    the whole stage over the batch.
+    the whole stage over the batch; `between_calls` runs between two of its calls (the
+    slot's lock hands the device to a more urgent lane's waiting run there).
 
     Each image's stage time is its share of its call's time (a call's images are laid end
     to end over it on the image's timeline), and `job.device_batch` says how many images
@@ -417,9 +419,13 @@ def run_stage(
     with device_lock if device_lock is not None else nullcontext():
         progress.mark(stage.name)  # the stage on the device, for the hang deadline
         todo = [j for j in jobs if j.active and stage.output(j) is None]
+        first = True
         for group in group_by(todo, stage.call_shape):
             calls = plan_calls(len(group), sizes.sizes, exact=sizes.exact)
             for chunk, call in zip(cut(group, calls), calls, strict=True):
+                if not first and between_calls is not None:
+                    between_calls()
+                first = False
                 if should_stop is not None and should_stop():
                     raise RunCancelled(f"cancelled before {stage.name}")
                 done += _device_call(chunk, call.size, stage, infer, outputs, sizes, errors)

@@ -42,40 +42,55 @@ def test_the_lowest_priority_number_goes_first_then_arrival_order() -> None:
     assert order == ["inter-1", "inter-2", "bulk-1", "bulk-2"]
 
 
-def test_an_interactive_call_waits_for_one_bulk_call_not_for_the_bulk_run() -> None:
-    """Two bulk runs call the device in a loop; once an interactive call waits, the next
-    grant is its own: it waited for the call already on the device and no more."""
+def test_an_interactive_call_waits_for_one_bulk_call_not_for_the_bulk_stage() -> None:
+    """Two bulk runs each hold the device for a stage of 20 calls, offering it between
+    calls; once an interactive call waits, the next call is its own. The other bulk run
+    does not take the device in the middle of the first one's stage."""
     lock = PriorityLock()
-    stop = threading.Event()
-    grants: list[str] = []  # appended by whoever holds the lock, in grant order
+    calls: list[str] = []  # appended by whoever holds the lock, in call order
+    started = threading.Event()
 
     def bulk(name: str) -> None:
-        while not stop.is_set():
-            lock.acquire(10)
-            grants.append(name)
+        lock.acquire(10)
+        started.set()
+        for index in range(20):
+            if index:
+                lock.yield_to_waiting()
+            calls.append(name)
             time.sleep(0.02)  # a device call
-            lock.release()
+        lock.release()
 
     def interactive() -> None:
         lock.acquire(1)
-        grants.append("interactive")
+        calls.append("interactive")
         lock.release()
 
     runs = [threading.Thread(target=bulk, args=(f"bulk-{i}",), daemon=True) for i in range(2)]
-    for run in runs:
-        run.start()
-    _wait_until(lambda: len(grants) > 5 and len(lock.waiting()) == 1)  # bulk contending
+    runs[0].start()
+    started.wait(5)
+    runs[1].start()
+    _wait_until(lambda: len(lock.waiting()) == 1 and len(calls) > 3)
     waiter = threading.Thread(target=interactive, daemon=True)
     waiter.start()
-    _wait_until(lambda: 1 in lock.waiting() or "interactive" in grants)
+    _wait_until(lambda: 1 in lock.waiting() or "interactive" in calls)
     # The call on the device now was granted before this (a 20 ms call: seen waiting).
-    seen = len(grants) if "interactive" not in grants else grants.index("interactive")
-    waiter.join(5)
-    stop.set()
-    for run in runs:
-        run.join(5)
-    assert grants[seen:][0] == "interactive", grants[seen - 2 : seen + 3]
-    assert len(grants) - seen > 1  # the bulk runs went on after it
+    seen = len(calls) if "interactive" not in calls else calls.index("interactive")
+    for thread in [waiter, *runs]:
+        thread.join(10)
+    assert calls[seen] == "interactive", calls[seen - 2 : seen + 3]
+    # Each bulk run's stage is one stretch, before or after the interactive call.
+    bulk_only = [c for c in calls if c != "interactive"]
+    assert bulk_only == ["bulk-0"] * 20 + ["bulk-1"] * 20
+
+
+def test_the_holder_keeps_the_device_when_nobody_more_urgent_waits() -> None:
+    lock = PriorityLock()
+    lock.acquire(5)
+    assert lock.yield_to_waiting() is False  # nobody waits
+    with pytest.raises(RuntimeError, match="does not hold"):
+        other = PriorityLock()
+        other.yield_to_waiting()
+    lock.release()
 
 
 def test_released_when_nobody_waits_and_misuse_is_refused() -> None:
