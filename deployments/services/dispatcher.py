@@ -21,6 +21,7 @@ from uuid import UUID
 
 from deployments.services.loop import LoopService
 from deployments.services.placing import Placer
+from deployments.services.quotas import Quotas
 from deployments.services.run_claims import RunClaims
 from img2img.config.aws import StorageSettings
 from img2img.config.dispatch import DispatchSettings
@@ -146,6 +147,8 @@ class Dispatcher(LoopService[DispatchStats]):
             if s3 is None:
                 raise ValueError("lanes or tenants need an S3 client to read uploads' metadata")
             self.placer = Placer(s3, self.lanes, self.tenants)
+        has_quotas = self.tenants.quota_per_hour or self.tenants.default_quota_per_hour
+        self.quotas = Quotas(prefect, self.lanes, self.tenants) if has_quotas else None
         self.batcher = Batcher(
             min(settings.base_batch, settings.max_batch),
             settings.max_wait_s,
@@ -398,6 +401,8 @@ class Dispatcher(LoopService[DispatchStats]):
             self._dead_letter(message, "; ".join(refused))
         if self.placer is not None:
             accepted = self.placer.place_all(accepted)
+        if self.quotas is not None:
+            accepted = self.quotas.apply(accepted)
         self.stats.objects += len(accepted)
         for ref in accepted:
             flow = self._flows.get(ref.lane) or next(iter(self._flows.values()))

@@ -163,7 +163,9 @@ def plan_row(
         services_cores = peak * costs.services_s.per_image_at(batch)
         cluster = {
             "services_cores": round(services_cores, 2),
-            "services_processes": max(1, math.ceil(services_cores / API_REPLICA_BUSY)),
+            # One services process per server (the scheduler and the vacuum must not run
+            # twice): past 60% of its core, the load needs that many independent servers.
+            "shards": max(1, math.ceil(services_cores / API_REPLICA_BUSY)),
             "redis_cores": round(peak * costs.redis_s.per_image_at(batch), 2)
             if costs.redis_s
             else None,
@@ -190,17 +192,17 @@ def plan_row(
 
 def markdown(rows: list[dict[str, Any]], label: str) -> str:
     """The plan as a Markdown table (docs/capacity.md)."""
-    cluster = bool(rows) and all("services_processes" in r for r in rows)
+    cluster = bool(rows) and all("shards" in r for r in rows)
     lines = [
         f"| images a day ({label}) | peak images/s | batch | a run on its slot | flow runs/s "
         "| server ms / image | API replicas (cores busy) "
-        + ("| services processes (cores busy) | Redis cores " if cluster else "")
+        + ("| services process (cores busy) | Redis cores | shards " if cluster else "")
         + "| database vCPUs (busy) | rows / image | bytes / image | database held |",
-        "| --- " * (13 if cluster else 11) + "|",
+        "| --- " * (14 if cluster else 11) + "|",
     ]
     for r in rows:
         parts = (
-            f"| {r['services_processes']} ({r['services_cores']}) | {r['redis_cores']} "
+            f"| 1 ({r['services_cores']}) | {r['redis_cores']} | {r['shards']} "
             if cluster
             else ""
         )

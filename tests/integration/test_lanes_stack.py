@@ -3,7 +3,8 @@ autoscaler, a warm worker on the simulated device): a burst of bulk uploads is r
 more of it waits when an interactive upload arrives; the interactive one takes the place
 kept for its lane and the device's next call, and comes back while most of the burst is
 still to do. An upload that names a lane that does not exist ends as a failure record
-that names the lanes. Each lane is a work queue of its own with its priority."""
+that names the lanes, and a tenant's upload over its quota one that names the quota. Each
+lane is a work queue of its own with its priority."""
 
 from __future__ import annotations
 
@@ -50,6 +51,9 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
             "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
             "IMG2IMG_LANES__ENABLED": "true",
             "IMG2IMG_TENANTS__ENABLED": "true",
+            # Tenant "trial" may upload 2 images an hour; a third ends as a failure record.
+            "IMG2IMG_TENANTS__QUOTA_PER_HOUR": '{"trial": 2}',
+            "IMG2IMG_TENANTS__OVER_QUOTA": "fail",
             # One host of one slot holding 3 runs, one place kept for interactive work.
             "IMG2IMG_SCALING__MAX_HOSTS": "1",
             "IMG2IMG_WORKER__RUNS_PER_SLOT": "3",
@@ -82,6 +86,9 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
         priorities = {q["name"]: q["priority"] for q in queues}
         assert priorities["interactive"] == 1 and priorities["bulk"] == 10, priorities
 
+        # Tenant trial's three (before the burst, so they never share the device with the
+        # interactive upload measured below).
+        trial = [_upload(s3, f"trial/{i}.png", {}) for i in range(3)]
         bulk = [
             _upload(s3, f"catalogue/item {i:02d}.png", {"lane": "bulk", "tenant": "acme"})
             for i in range(BULK)
@@ -97,13 +104,13 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
         asked = time.time()
         urgent = _upload(s3, "shop/edit.png", {})  # no lane named: the default, interactive
         wrong = _upload(s3, "shop/typo.png", {"lane": "urgent"})
-        messages = drain(sqs, app, quiet_s=3, limit_s=300, at_least=BULK + 2)
-        report = audit(s3, "img2img-results", [*bulk, urgent, wrong], messages=messages)
+        messages = drain(sqs, app, quiet_s=3, limit_s=300, at_least=BULK + 5)
+        report = audit(s3, "img2img-results", [*bulk, urgent, wrong, *trial], messages=messages)
     finally:
         img2img(["local", "down"], env, 180)
 
     by_key = {m["upload"]["key"]: m for m in messages}
-    assert len(messages) == len(by_key) == BULK + 2, sorted(by_key)
+    assert len(messages) == len(by_key) == BULK + 5, sorted(by_key)
     assert report.problems == (), report.problems
 
     edit = by_key[urgent.key]
@@ -126,3 +133,10 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
     assert typo["outcome"] == "failure" and typo["failure"]["stage"] == "placement", typo
     assert "not one of the lanes: interactive, bulk" in typo["failure"]["reason"]
     assert typo["failure"]["retryable"] is False
+
+    # Over its quota: the third of tenant trial's uploads ends as a failure that says so.
+    outcomes = sorted(by_key[r.key]["outcome"] for r in trial)
+    assert outcomes == ["failure", "result", "result"], outcomes
+    over = next(by_key[r.key] for r in trial if by_key[r.key]["outcome"] == "failure")
+    assert over["failure"]["reason"] == "tenant 'trial' is over its quota of 2 images an hour"
+    assert over["tenant"] == "trial" and over["failure"]["stage"] == "placement"

@@ -65,7 +65,8 @@ def test_the_batch_follows_the_dispatchers_rule_and_sets_the_plan() -> None:
 
 def test_a_cluster_s_figures_size_the_replicas_and_the_services_apart() -> None:
     """From `bench control-plane --ha` lines: the API replicas from their own CPU, the
-    background-services processes from theirs, Redis beside them; the markdown grows the
+    background-services process from its own (past 60% of its core: shards), Redis beside
+    them; the markdown grows the
     two columns. Lines of one server keep the plan as it was."""
     from infra.bench.capacity import markdown
 
@@ -92,14 +93,14 @@ def test_a_cluster_s_figures_size_the_replicas_and_the_services_apart() -> None:
     row = plan_row(10e6, costs, inf2)  # 28.9 runs a second
     assert row["api_cores"] == pytest.approx(3.47, abs=0.01) and row["api_replicas"] == 6
     assert row["services_cores"] == pytest.approx(1.16, abs=0.01)
-    assert row["services_processes"] == 2 and row["redis_cores"] == pytest.approx(0.29, abs=0.01)
+    assert row["shards"] == 2 and row["redis_cores"] == pytest.approx(0.29, abs=0.01)
     table = markdown([row], "Inf2").splitlines()
-    assert "services processes (cores busy)" in table[0]
+    assert "services process (cores busy)" in table[0] and "shards" in table[0]
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
-    assert "| 6 (3.47) | 2 (1.16) | 0.29 |" in table[2]
+    assert "| 6 (3.47) | 1 (1.16) | 0.29 | 2 |" in table[2]
     one = plan_row(10e6, fit_costs([step(8, 15.0, 5.0)]), inf2)
     single = fit_costs([{k: v for k, v in step(8, 15.0, 5.0).items() if "cluster" not in k}])
     plain = plan_row(10e6, single, inf2)
-    assert "services_processes" not in plain and plain["api_cores"] == plain["server_cores"]
+    assert "shards" not in plain and plain["api_cores"] == plain["server_cores"]
     assert one["api_replicas"] <= plain["api_replicas"]
     assert markdown([plain], "Inf2").splitlines()[0].count("|") == 12

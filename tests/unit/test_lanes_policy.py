@@ -11,7 +11,6 @@ from pydantic import ValidationError
 from img2img.config.lanes import Lane, LaneSettings, TenantSettings
 from img2img.intake.fair_share import FairShare
 from img2img.intake.placement import BadPlacement, lane_of, place, reads_metadata, tenant_of
-from img2img.intake.quota import QuotaWindow
 
 LANES = LaneSettings(
     enabled=True,
@@ -167,19 +166,6 @@ def test_nothing_is_taken_twice_or_made_up() -> None:
 
 
 # -- quotas -------------------------------------------------------------------------------------
-
-
-def test_a_quota_admits_up_to_its_images_in_any_hour() -> None:
-    quotas = QuotaWindow(lambda t: {"free": 100}.get(t))
-    assert quotas.admit("free", 60, now=0.0) == 60
-    assert quotas.admit("free", 60, now=600.0) == 40  # 100 in the hour
-    assert quotas.admit("free", 5, now=3500.0) == 0
-    assert quotas.used("free", 3500.0) == 100
-    # The first minute's 60 leave the window an hour later; the 40 of minute 10 stay.
-    assert quotas.admit("free", 80, now=3600.0) == 60
-    assert quotas.used("free", 3600.0) == 100
-    assert quotas.admit("paid", 10_000, now=0.0) == 10_000  # no quota: not counted
-    assert quotas.used("paid", 0.0) == 0
 
 
 def test_quota_settings_are_checked() -> None:
