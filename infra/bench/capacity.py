@@ -202,9 +202,7 @@ def markdown(rows: list[dict[str, Any]], label: str) -> str:
     ]
     for r in rows:
         parts = (
-            f"| 1 ({r['services_cores']}) | {r['redis_cores']} | {r['shards']} "
-            if cluster
-            else ""
+            f"| 1 ({r['services_cores']}) | {r['redis_cores']} | {r['shards']} " if cluster else ""
         )
         lines.append(
             f"| {_count(r['images_per_day'])} | {r['peak_images_per_s']:,} | {r['batch']} "
