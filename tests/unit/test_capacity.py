@@ -94,6 +94,7 @@ def test_a_cluster_s_figures_size_the_replicas_and_the_services_apart() -> None:
     assert row["api_cores"] == pytest.approx(3.47, abs=0.01) and row["api_replicas"] == 6
     assert row["services_cores"] == pytest.approx(1.16, abs=0.01)
     assert row["shards"] == 2 and row["redis_cores"] == pytest.approx(0.29, abs=0.01)
+    assert plan_row(1e6, costs, inf2)["shards"] == 1  # 0.12 core: one server is enough
     table = markdown([row], "Inf2").splitlines()
     assert "services process (cores busy)" in table[0] and "shards" in table[0]
     assert table[0].count("|") == table[1].count("|") == table[2].count("|")
