@@ -270,6 +270,10 @@ class Dispatcher(LoopService[DispatchStats]):
             self.batcher.resize(plan, lane)
         return depth or 0
 
+    def _flow_of(self, lane: str | None) -> _LaneFlow:
+        """A lane's flow (lanes off: the one flow)."""
+        return self._flows.get(lane) or next(iter(self._flows.values()))
+
     def _plan_lane(self, lane: str | None, flow: _LaneFlow, depth: int | None) -> BatchPlan:
         since, taken = flow.since_batch
         rate = taken / max(self.clock() - since, 1e-3)
@@ -405,7 +409,7 @@ class Dispatcher(LoopService[DispatchStats]):
             accepted = self.quotas.apply(accepted)
         self.stats.objects += len(accepted)
         for ref in accepted:
-            flow = self._flows.get(ref.lane) or next(iter(self._flows.values()))
+            flow = self._flow_of(ref.lane)
             since, taken = flow.since_batch
             flow.since_batch = (since, taken + 1)
         return self.batcher.add(message["MessageId"], message["ReceiptHandle"], accepted, now)
@@ -464,7 +468,7 @@ class Dispatcher(LoopService[DispatchStats]):
             self.stats.runs_created += 1
             # The new run waits for a slot until a worker claims it: counted as queued until
             # the next count says otherwise.
-            flow = self._flows.get(batch.lane) or next(iter(self._flows.values()))
+            flow = self._flow_of(batch.lane)
             flow.queued.value = (flow.queued.value or 0) + 1
             self.stats.flow_run_ids.append(run_id)
             self.stats.batch_sizes.append(len(batch.objects))

@@ -8,6 +8,7 @@ import logging
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
+from img2img.aws import storage
 from img2img.config.lanes import LaneSettings, TenantSettings
 from img2img.intake.events import ObjectRef
 from img2img.intake.placement import BadPlacement, place
@@ -52,13 +53,12 @@ class Placer:
         return ref.model_copy(update={"lane": placed.lane, "tenant": placed.tenant})
 
     def _metadata(self, ref: ObjectRef) -> dict[str, str]:
-        """The upload's user metadata (keys without `x-amz-meta-`, lower case). An upload
-        that cannot be read now is placed by the rules alone: its run reads it again and
-        records why it failed if it is gone."""
-        kwargs = {"VersionId": ref.version_id} if ref.version_id else {}
+        """The upload's user metadata (keys without `x-amz-meta-`). An upload that cannot be
+        read now is placed by the rules alone: its run reads it again and records why it
+        failed if it is gone."""
         try:
-            head = self.s3.head_object(Bucket=ref.bucket, Key=ref.key, **kwargs)  # type: ignore[arg-type]
+            metadata = storage.upload_metadata(self.s3, ref)
         except Exception as exc:  # boto3 has retried transient errors already
             log.warning("could not read %s's metadata (placed by the rules): %s", ref.uri, exc)
             return {}
-        return {k.lower(): v for k, v in (head.get("Metadata") or {}).items()}
+        return {k.lower(): v for k, v in (metadata or {}).items()}

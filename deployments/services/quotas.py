@@ -33,7 +33,7 @@ class Quotas:
         self.client = client
         self.lanes = lanes
         self.tenants = tenants
-        self._known: dict[str, int] = {}  # tenant → the limit made or checked
+        self._ensured: set[str] = set()  # limits made or checked by this process
 
     def apply(self, refs: list[ObjectRef]) -> list[ObjectRef]:
         """The uploads, those over their tenant's quota moved to the last lane or refused."""
@@ -89,7 +89,7 @@ class Quotas:
         )
         from prefect.exceptions import ObjectNotFound
 
-        if self._known.get(name) == quota:
+        if name in self._ensured:  # the settings do not change while the process runs
             return
         decay = quota / 3600.0
         try:
@@ -106,7 +106,7 @@ class Quotas:
                     name,
                     GlobalConcurrencyLimitUpdate(limit=quota, slot_decay_per_second=decay),
                 )
-        self._known[name] = quota
+        self._ensured.add(name)
 
     def _increment(self, name: str, slots: int) -> bool:
         from prefect.exceptions import PrefectHTTPStatusError

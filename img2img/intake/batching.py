@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import re
 import statistics
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -202,6 +202,8 @@ class Batcher:
         self._lane_plans: dict[str, tuple[int, float]] = {}
         self._fair: dict[str | None, FairShare] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
+        # Pending objects per lane, kept as they come and go (read every round).
+        self._in_lane: Counter[str | None] = Counter()
         self._messages: dict[str, _Message] = {}
         self._recent: OrderedDict[str, None] = OrderedDict()
         self.duplicates = 0
@@ -225,13 +227,11 @@ class Batcher:
         return len(self._pending)
 
     def pending_in(self, lane: str | None) -> int:
-        return sum(1 for p in self._pending.values() if p.ref.lane == lane)
+        return self._in_lane[lane]
 
     def full(self) -> bool:
         """Whether some lane holds a whole batch."""
-        return any(
-            len(waiting) >= self._plan_of(lane)[0] for lane, waiting in self._by_lane().items()
-        )
+        return any(count >= self._plan_of(lane)[0] for lane, count in self._in_lane.items())
 
     def _by_lane(self) -> dict[str | None, list[_Pending]]:
         lanes: dict[str | None, list[_Pending]] = {}
@@ -257,6 +257,7 @@ class Batcher:
             pending = self._pending.get(ident)
             if pending is None:
                 pending = self._pending[ident] = _Pending(ref, now)
+                self._in_lane[ref.lane] += 1
             elif message_id not in pending.messages:
                 self.duplicates += 1
             pending.messages.add(message_id)
@@ -313,6 +314,7 @@ class Batcher:
             self._remember(ident)
             if pending is None:
                 continue
+            self._in_lane[pending.ref.lane] -= 1
             for message_id in pending.messages:
                 msg = self._messages.get(message_id)
                 if msg is None:

@@ -181,8 +181,10 @@ def group_of(service: str) -> str:
     → `prefect_api_0`, the services process, Redis, the balancer)."""
     if service == "prefect-server" or service.startswith(REPLICA) or service == SERVICES:
         return service.replace("-", "_")
-    if service in ("redis", LB):
-        return {LB: "balancer"}.get(service, service)
+    if service == LB:
+        return "balancer"
+    if service == "redis":
+        return "redis"
     if service == "postgres":
         return "database"
     if service.startswith("worker"):

@@ -153,3 +153,15 @@ def stack_env(state_dir: Path, settings: dict[str, str]) -> dict[str, str]:
     env["IMG2IMG_LOCAL__MOTO_PORT"] = str(free_port())
     env.update(settings)
     return env
+
+
+def cluster_ports() -> dict[str, str]:
+    """A local stack's settings for the Prefect server as a cluster (`local up --ha`), on
+    free loopback ports of its own: two API replicas, Redis, PostgreSQL, the metrics."""
+    return {
+        "IMG2IMG_LOCAL__HA": "true",
+        "IMG2IMG_LOCAL__API_PORTS": json.dumps([free_port(), free_port()]),
+        "IMG2IMG_LOCAL__REDIS_PORT": str(free_port()),
+        "IMG2IMG_LOCAL__POSTGRES_PORT": str(free_port()),
+        "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+    }

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import img2img, stack_env
+from tests.integration.helpers import cluster_ports, img2img, stack_env
 from tests.integration.warm import wait_for
 
 # slot-kill and poison run at a finer grain in test_recovery; redelivery (every notification
@@ -94,16 +94,10 @@ def test_cluster_faults_lose_nothing(tmp_path: Path) -> None:
     """The Prefect server as a cluster (`local up --ha`): an API replica SIGKILLed under
     16 uploads; every upload still ends with one outcome and one message, and the hosts go
     back to zero."""
-    from tests.conftest import free_port
-
     env = stack_env(
         tmp_path / "state",
         {
-            "IMG2IMG_LOCAL__HA": "true",
-            "IMG2IMG_LOCAL__API_PORTS": json.dumps([free_port(), free_port()]),
-            "IMG2IMG_LOCAL__REDIS_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__POSTGRES_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+            **cluster_ports(),
             "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "6",
             "IMG2IMG_SCALING__INTERVAL_S": "1",
             "IMG2IMG_RECOVERY__ORPHAN_AFTER_S": "10",

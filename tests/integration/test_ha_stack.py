@@ -18,8 +18,15 @@ import httpx
 import pytest
 
 from infra.local.resources import APP_QUEUE
-from tests.conftest import free_port
-from tests.integration.helpers import FAST, drain, img2img, png, stack_client, stack_env
+from tests.integration.helpers import (
+    FAST,
+    cluster_ports,
+    drain,
+    img2img,
+    png,
+    stack_client,
+    stack_env,
+)
 from tests.integration.warm import wait_for
 
 pytestmark = pytest.mark.slow
@@ -99,11 +106,7 @@ def test_the_cluster_serves_uploads_through_each_replica_s_death(tmp_path: Path)
     env = stack_env(
         state,
         {
-            "IMG2IMG_LOCAL__HA": "true",
-            "IMG2IMG_LOCAL__API_PORTS": json.dumps([free_port(), free_port()]),
-            "IMG2IMG_LOCAL__REDIS_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__POSTGRES_PORT": str(free_port()),
-            "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+            **cluster_ports(),
             # The simulated device, slow enough (5 s a one-image run) for a cancel to land.
             "IMG2IMG_STAGES__BACKEND": "simulated",
             "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "2500",
