@@ -111,8 +111,9 @@ def _finished_run(client: Any, database: Path, ended: datetime) -> tuple[UUID, U
 
 def _create_task_run_once(client: Any, step: Any, flow_run_id: Any, state: Any) -> Any:
     """The task run, created once: on a loaded machine the client may send its request
-    again after a slow answer, and the server then refuses the second with 409 (the run
-    already exists): read that run back rather than fail."""
+    again after a slow answer, and the server then refuses the second with 409 while the
+    first may still be committing: read that run back (for a few seconds) rather than
+    fail."""
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.exceptions import PrefectHTTPStatusError
 
@@ -123,10 +124,15 @@ def _create_task_run_once(client: Any, step: Any, flow_run_id: Any, state: Any) 
     except PrefectHTTPStatusError as exc:
         if exc.response.status_code != 409:
             raise
-    runs = client.read_task_runs(
-        flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-    )
-    assert len(runs) == 1, runs
+    runs: list[Any] = []
+
+    def found() -> bool:
+        runs[:] = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+        return len(runs) == 1
+
+    _until(found, 30)
     return runs[0].id
 
 
