@@ -17,7 +17,7 @@ from infra.bench import scaling_table as table
 
 def command(args: argparse.Namespace, settings: Settings) -> int:
     from infra.bench.scaling_compare import POLICIES, Bench, ahead, compare, with_forecast
-    from infra.bench.scaling_sim import TRACES, HostStart
+    from infra.bench.scaling_sim import LANE_TRACES, TRACES, HostStart
 
     if args.artifact and not os.environ.get("PREFECT_API_URL"):
         print(
@@ -53,6 +53,8 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     )
     if args.topology == "split":
         return _bench_split(args, policy, starts, names)
+    if args.trace in LANE_TRACES:
+        return _bench_lanes(args, policy, starts)
     forecast = None
     if args.forecast:
         from pydantic import ValidationError
@@ -126,6 +128,30 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_lanes(args: argparse.Namespace, policy: Any, starts: Any) -> int:
+    """A two-lane trace in one line and with lanes (this project's policy only)."""
+    from infra.bench.scaling_compare import Bench, compare_lanes
+    from infra.bench.scaling_sim import LANE_TRACES
+
+    trace = LANE_TRACES[args.trace]
+    cap = args.lower_lanes_max_hosts or policy.lower_lanes_max_hosts or 10
+    capped = policy.model_copy(update={"lower_lanes_max_hosts": cap})
+    bench = Bench(
+        service_s=args.service_s,
+        starts=starts,
+        slots_per_host=args.slots_per_host,
+        price_per_hour=args.price_per_hour,
+        seed=args.seed,
+    )
+    say(f"{trace.name}: {trace.description}")
+    print(table.LANES_HEADER, file=sys.stderr)
+    for row in compare_lanes(trace, capped, bench):
+        print(table.lanes_line(row), file=sys.stderr)
+        if args.json:
+            print(json.dumps(row), flush=True)
+    return 0
+
+
 def _bench_split(args: argparse.Namespace, policy: Any, starts: Any, names: list[str]) -> int:
     """`bench scaling --topology split`: the single pool against a pool per stage, on the
     same arrivals, this project's policy on every pool."""
@@ -170,7 +196,18 @@ def _bench_split(args: argparse.Namespace, policy: Any, starts: Any, names: list
 def add_command(bench_sub: Any) -> None:
     scaling = bench_sub.add_parser("scaling", help="simulate request traces through the policy")
     scaling.add_argument(
-        "--trace", choices=["steady", "spike", "diurnal", "lyrebird", "all"], default="all"
+        "--trace",
+        choices=["steady", "spike", "diurnal", "lyrebird", "all", "lanes"],
+        default="all",
+        help="a one-line trace, all of them, or lanes: an interactive lane and a bulk "
+        "catalogue, served in one line and with lanes",
+    )
+    scaling.add_argument(
+        "--lower-lanes-max-hosts",
+        type=int,
+        default=None,
+        help="with --trace lanes: the hosts bulk alone may keep (default: the scaling "
+        "setting, else 10)",
     )
     scaling.add_argument(
         "--service-s",

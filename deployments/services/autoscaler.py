@@ -38,7 +38,14 @@ from deployments.worker.names import RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
 from img2img.config.scaling import ScalingSettings
 from img2img.pipeline.topology import artifact_key
 from img2img.scaling.forecast import Forecast, day_offsets, forecast, history_counts
-from img2img.scaling.policy import Decision, Observation, PolicyState, decide, upstream_rate
+from img2img.scaling.policy import (
+    Decision,
+    LowerLanes,
+    Observation,
+    PolicyState,
+    decide,
+    upstream_rate,
+)
 
 if TYPE_CHECKING:
     from prefect.client.orchestration import SyncPrefectClient
@@ -68,8 +75,11 @@ class Autoscaler(LoopService[None]):
         rate_window_s: float = 60.0,
         clock: Callable[[], float] = time.monotonic,
         fleet: FleetView | None = None,
+        lower_lanes: tuple[str, ...] = (),
     ) -> None:
         super().__init__(clock)
+        # With lanes: the work queues of the lanes below the first (bulk), counted apart.
+        self.lower_lanes = lower_lanes
         self.prefect = prefect
         self.fleet = fleet
         self.pool = pool
@@ -126,7 +136,8 @@ class Autoscaler(LoopService[None]):
             runs = _runs_filter([], after=start, before=now)
             return int(self.prefect.count_flow_runs(flow_run_filter=runs, work_pool_filter=pool))
 
-        arrived = arrived_since(now - timedelta(seconds=self.rate_window_s))
+        window_start = now - timedelta(seconds=self.rate_window_s)
+        arrived = arrived_since(window_start)
         # Since the last look, apart: it tells a step in the load, and a burst from load
         # (see the policy); consecutive looks count each arrival once.
         last = self._last_look or now - timedelta(seconds=self.policy.interval_s)
@@ -163,7 +174,39 @@ class Autoscaler(LoopService[None]):
             rate_window_s=self.rate_window_s,
             warm=self.target.warm(),
             forecast=self._forecast(now, recent) if self.policy.forecast.enabled else None,
+            lower=self._lower(now, window_start, last, running_runs) if self.lower_lanes else None,
             **self.upstream_view(),
+        )
+
+    def _lower(
+        self, now: datetime, window_start: datetime, last: datetime, running: list[FlowRun]
+    ) -> LowerLanes:
+        """The runs in the lower lanes' work queues: queued (due), running (from the running
+        runs already read) and arriving per second over the rate window and since the last
+        look (three counts)."""
+        pool = pool_filter(self.pool)
+        due = now + timedelta(seconds=self.policy.interval_s)
+        queued = self.prefect.count_flow_runs(
+            flow_run_filter=_runs_filter(
+                ["SCHEDULED", "PENDING"], before=due, queues=self.lower_lanes
+            ),
+            work_pool_filter=pool,
+        )
+        arrived = self.prefect.count_flow_runs(
+            flow_run_filter=_runs_filter(
+                [], after=window_start, before=now, queues=self.lower_lanes
+            ),
+            work_pool_filter=pool,
+        )
+        recent = self.prefect.count_flow_runs(
+            flow_run_filter=_runs_filter([], after=last, before=now, queues=self.lower_lanes),
+            work_pool_filter=pool,
+        )
+        return LowerLanes(
+            queued=int(queued),
+            running=sum(1 for r in running if r.work_queue_name in self.lower_lanes),
+            arrival_rate=int(arrived) / self.rate_window_s,
+            recent_arrival_rate=int(recent) / max((now - last).total_seconds(), 1e-3),
         )
 
     def _read_health(self, now: datetime) -> None:
@@ -461,15 +504,19 @@ def _worker_of(run: FlowRun) -> str | None:
 
 
 def _runs_filter(
-    types: list[str], after: datetime | None = None, before: datetime | None = None
+    types: list[str],
+    after: datetime | None = None,
+    before: datetime | None = None,
+    queues: tuple[str, ...] = (),
 ) -> FlowRunFilter:
     """Runs in any of the state `types` (any state if none), expected to start within
-    [`after`, `before`] where given."""
+    [`after`, `before`] where given, in one of the work `queues` where given."""
     from prefect.client.schemas.filters import (
         FlowRunFilter,
         FlowRunFilterExpectedStartTime,
         FlowRunFilterState,
         FlowRunFilterStateType,
+        FlowRunFilterWorkQueueName,
     )
     from prefect.client.schemas.objects import StateType
 
@@ -479,4 +526,5 @@ def _runs_filter(
     start = None
     if after is not None or before is not None:
         start = FlowRunFilterExpectedStartTime(after_=after, before_=before)
-    return FlowRunFilter(state=state, expected_start_time=start)
+    queue = FlowRunFilterWorkQueueName(any_=list(queues)) if queues else None
+    return FlowRunFilter(state=state, expected_start_time=start, work_queue_name=queue)

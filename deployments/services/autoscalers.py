@@ -150,6 +150,7 @@ def build_autoscalers(settings: Settings, prefect: SyncPrefectClient) -> PoolSca
                 fleet=build_fleet_view(
                     settings, prefect, metrics, role.pool, prometheus, slots, index == 0
                 ),
+                lower_lanes=tuple(settings.lanes.names()[1:]) if settings.lanes.enabled else (),
             )
         )
     for before, after in pairwise(scalers):

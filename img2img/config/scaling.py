@@ -149,6 +149,14 @@ class ScalingSettings(BaseModel):
         description="No host started for this long after the idle launch that reached the "
         "limit; doubled for each one beyond it, at most idle_launch_window_s.",
     )
+    lower_lanes_max_hosts: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="With lanes on: the most hosts the lower lanes' work (bulk) alone may "
+        "keep running, a cost cap; the pool grows beyond it only for the first lane's work, "
+        "and bulk uses what that leaves idle (None: scaling.max_hosts).",
+    )
     scale_in_tolerance: float = Field(
         0.1,
         ge=0,

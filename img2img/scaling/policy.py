@@ -46,6 +46,11 @@ first scale-out from zero be the right size.
 - With a trusted daily forecast (`img2img.scaling.forecast`): the reactive part runs at the
   forecast's target, and the forecast may add hosts ahead of a rise when the reactive part
   holds or scales out; it never keeps hosts the reactive part releases.
+- With lanes (`Observation.lower`): the first lane (interactive) is sized on its own, at
+  the target, as if alone; all the work together may size the pool only up to
+  `lower_lanes_max_hosts` (a cost cap for bulk). The pool is the larger of the two: bulk
+  fills what the first lane leaves idle, a bulk backlog alone keeps at most the cap, and an
+  interactive rise is never held back by it. Empty lanes still go to zero.
 - Always within [min_hosts, max_hosts].
 """
 
@@ -56,6 +61,17 @@ from dataclasses import dataclass, field, replace
 
 from img2img.config.scaling import ScalingSettings
 from img2img.scaling.forecast import Forecast, chance
+
+
+@dataclass(frozen=True)
+class LowerLanes:
+    """The part of an observation's runs in lanes below the first (bulk): queued, running,
+    and arriving per second over the rate window and since the previous decision."""
+
+    queued: int = 0
+    running: int = 0
+    arrival_rate: float = 0.0
+    recent_arrival_rate: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,6 +98,8 @@ class Observation:
     # stage ahead, so this pool starts its hosts while stage 1 runs, not after.
     upstream: int = 0
     upstream_rate: float | None = None
+    # With lanes: the runs above that are in lanes below the first (None: lanes off).
+    lower: LowerLanes | None = None
 
 
 @dataclass(frozen=True)
@@ -165,12 +183,12 @@ def _reactive(
         rate = obs.upstream_rate  # what arrives upstream now arrives here a stage later
     keep_up = rate * run_s if rate is not None else float(obs.running)
     previous_recent = state.last_recent_rate  # the state is updated below
-    # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
-    # already here is known work and gets exactly the slots that clear it in time.
-    keep_hosts = keep_up / (settings.slots_per_host * target)
-    # The backlog may first use the headroom slots, which are idle while arrivals stay at
-    # their mean: hosts are added for it only where the headroom does not clear it in time.
-    backlog_hosts = max(0.0, (keep_up + backlog_slots) / settings.slots_per_host - keep_hosts)
+    keep_hosts, backlog_hosts = _hosts(settings, keep_up, backlog_slots, target)
+    capped_by_lanes = ""
+    if obs.lower is not None:
+        keep_hosts, backlog_hosts, capped_by_lanes = _by_lane(
+            settings, obs, state, obs.lower, run_s, target, (keep_hosts, backlog_hosts)
+        )
     needed = (
         _clamp(settings, math.ceil(keep_hosts + backlog_hosts - 1e-9))
         if demand
@@ -262,7 +280,7 @@ def _reactive(
             f"scale out: {needed} hosts needed, {current} running (demand {demand}: "
             f"{keep_up:.1f} slots to keep up at target {target:.2f} "
             f"+ {backlog_slots:.1f} to clear the backlog, {settings.slots_per_host} per "
-            "host)",
+            f"host{capped_by_lanes})",
         )
 
     stable = _clamp(settings, math.ceil(max(n for _, n in recs) + backlog_hosts - 1e-9))
@@ -288,6 +306,64 @@ def _reactive(
             f"the last {settings.scale_in_cooldown_s:.0f} s)",
         )
     return result(current, f"hold: usage {usage:.2f}")
+
+
+def _hosts(
+    settings: ScalingSettings, keep_up: float, backlog_slots: float, target: float
+) -> tuple[float, float]:
+    """Hosts (fractional) that keep up with arrivals at the target, and the hosts beyond
+    them that clear the backlog in time."""
+    # Headroom (the target utilisation) is for the randomness of arrivals; a backlog that is
+    # already here is known work and gets exactly the slots that clear it in time.
+    keep_hosts = keep_up / (settings.slots_per_host * target)
+    # The backlog may first use the headroom slots, which are idle while arrivals stay at
+    # their mean: hosts are added for it only where the headroom does not clear it in time.
+    backlog_hosts = max(0.0, (keep_up + backlog_slots) / settings.slots_per_host - keep_hosts)
+    return keep_hosts, backlog_hosts
+
+
+def _by_lane(
+    settings: ScalingSettings,
+    obs: Observation,
+    state: PolicyState,
+    lower: LowerLanes,
+    run_s: float,
+    target: float,
+    all_work: tuple[float, float],
+) -> tuple[float, float, str]:
+    """With lanes: the hosts to keep up and to clear the backlog, the larger of the first
+    lane's own need and all the work's need up to `lower_lanes_max_hosts`; and a note for
+    the reason where the cap holds bulk back."""
+    queued = max(0, obs.queued - lower.queued)
+    running = max(0, obs.running - lower.running)
+
+    def less(total: float | None, part: float | None) -> float | None:
+        return None if total is None else max(0.0, total - (part or 0.0))
+
+    # The first lane's arrivals, read as the whole pool's are (window, or a step since the
+    # previous decision): a bulk burst is not taken for a step in the first lane's load.
+    first = replace(
+        obs,
+        arrival_rate=less(obs.arrival_rate, lower.arrival_rate),
+        recent_arrival_rate=less(obs.recent_arrival_rate, lower.recent_arrival_rate),
+    )
+    first_rate = _arrival_rate(settings, first, state)
+    if obs.upstream_rate and (first_rate is None or obs.upstream_rate > first_rate):
+        first_rate = obs.upstream_rate  # a stage ahead, lanes are not told apart
+    first_keep_up = first_rate * run_s if first_rate is not None else float(running)
+    backlog = (queued + obs.upstream) * min(1.0, run_s / settings.drain_target_s)
+    first_keep, first_backlog = _hosts(settings, first_keep_up, backlog, target)
+    all_keep, all_backlog = all_work
+    cap = float(settings.lower_lanes_max_hosts or settings.max_hosts)
+    keep = max(first_keep, min(all_keep, cap))
+    total = max(first_keep + first_backlog, min(all_keep + all_backlog, cap))
+    note = ""
+    if all_keep + all_backlog > total + 1e-9:
+        note = (
+            f"; lanes: the first lane needs {first_keep + first_backlog:.1f} hosts, "
+            f"the lower lanes' work is held to {cap:.0f}"
+        )
+    return keep, total - keep, note
 
 
 def upstream_rate(

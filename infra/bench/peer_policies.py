@@ -22,7 +22,7 @@ from typing import Protocol
 
 from img2img.config.scaling import ScalingSettings
 from img2img.scaling.forecast import Forecast
-from img2img.scaling.policy import Observation, PolicyState, decide
+from img2img.scaling.policy import LowerLanes, Observation, PolicyState, decide
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,10 @@ class View:
     forecast: Forecast | None = None  # the daily forecast, where the bench gives history
     upstream: int = 0  # split topology: requests in the stage before this pool
     upstream_rate: float | None = None  # their arrival rate there
+    # With lanes: the lower lane's (bulk) queued, running, and arrivals per second over the
+    # window and since the last decision (None: one lane). A peer sees the totals above
+    # only: none of them knows lanes.
+    lower: tuple[int, int, float, float | None] | None = None
 
 
 class Scaler(Protocol):
@@ -92,6 +96,7 @@ class Img2ImgPolicy:
             forecast=view.forecast,
             upstream=view.upstream,
             upstream_rate=view.upstream_rate,
+            lower=LowerLanes(*view.lower) if view.lower is not None else None,
         )
         decision, self.state = decide(self.settings, obs, self.state)
         return decision.desired

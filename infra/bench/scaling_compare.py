@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from img2img.config.scaling import ForecastSettings, ScalingSettings
+from img2img.observe.timing import percentile
 from infra.bench.peer_policies import Img2ImgPolicy, KedaSqs, RayServe, SageMakerAsync, Scaler
 from infra.bench.scaling_sim import HostStart, PastDays, SimResult, Trace, arrivals, simulate
 
@@ -179,3 +180,57 @@ def ahead(rows: list[dict[str, Any]]) -> dict[str, bool]:
             and own["p95_wait_s"] <= r["p95_wait_s"] + 1e-9
         )
     return verdict
+
+
+def compare_lanes(
+    trace: Trace,
+    settings: ScalingSettings,
+    bench: Bench,
+    on_result: Callable[[str, SimResult], None] | None = None,
+) -> list[dict[str, Any]]:
+    """A two-lane trace through this project's policy twice, on the same arrivals: in one
+    line (no lanes: one FIFO queue, one count, no cap) and with lanes (the first lane
+    first, taking a slot from bulk where none is free, the bulk part counted apart and held
+    to `settings.lower_lanes_max_hosts`). One row each, with each lane's waits, and the
+    first lane's while bulk work waits (from the first bulk arrival to the last bulk
+    request's start)."""
+    if trace.bulk is None:
+        raise ValueError(f"trace {trace.name!r} has one lane")
+    first = arrivals(trace, bench.seed)
+    bulk = arrivals(trace, bench.seed + 1, trace.bulk)
+    one_line = settings.model_copy(update={"lower_lanes_max_hosts": None})
+    rows = []
+    for label, policy, line in (("one line", one_line, True), ("lanes", settings, False)):
+        result = simulate(
+            trace,
+            make_scaler("img2img", policy),
+            bench.service_s,
+            bench.host_start_s,
+            slots_per_host=bench.slots_per_host,
+            sample_s=bench.sample_s,
+            arrivals_at=first,
+            starts=bench.starts,
+            lower_at=bulk,
+            one_line=line,
+        )
+        if on_result is not None:
+            on_result(label, result)
+        out = row(result, bench, label, {})
+        out["interactive_requests"] = len(result.first_waits)
+        out["bulk_requests"] = len(result.bulk_waits)
+        for lane, waits in (("interactive", result.first_waits), ("bulk", result.bulk_waits)):
+            out[f"{lane}_p50_wait_s"] = round(percentile(waits, 50), 2)
+            out[f"{lane}_p95_wait_s"] = round(percentile(waits, 95), 2)
+            out[f"{lane}_max_wait_s"] = round(max(waits, default=0.0), 2)
+        backlog = (bulk[0], max(result.bulk_started)) if bulk else (0.0, 0.0)
+        during = [
+            w
+            for a, w in zip(result.first_arrived, result.first_waits, strict=True)
+            if backlog[0] <= a <= backlog[1]
+        ]
+        out["interactive_during_bulk"] = len(during)
+        out["interactive_p95_wait_during_bulk_s"] = round(percentile(during, 95), 2)
+        out["interactive_max_wait_during_bulk_s"] = round(max(during, default=0.0), 2)
+        out["lower_lanes_max_hosts"] = None if line else settings.lower_lanes_max_hosts
+        rows.append(out)
+    return rows

@@ -1,7 +1,14 @@
 """A discrete-event simulation that replays request traces through a scaler.
 
 Requests arrive, wait in a FIFO queue (the work pool), and are served one per slot for a
-fixed service time. Hosts take `host_start_s` from launch to their first request, are paid
+fixed service time. With lanes (`lower_at`: the arrivals of the lower lane, bulk), each lane
+waits in a queue of its own; a host with a free slot serves the first lane's queue first,
+and a first-lane request that finds every slot busy takes one from a bulk request, which
+goes back to the head of its queue with the service it has left (the warm worker keeps a
+place per slot for the first lane and its slot hands the device over between two calls);
+the scaler sees the bulk part of the queue apart (the policy's `lower`).
+
+Hosts take `host_start_s` from launch to their first request, are paid
 for from launch to termination, and are never terminated while serving (scale-in
 protection): a host chosen for scale-in drains first. Every `interval_s` of the scaler it
 sees the queue, the running count and the ready hosts, as the live autoscaler does, and
@@ -33,6 +40,9 @@ class Trace:
     duration_s: float
     rate: Callable[[float], float]  # requests per second at time t
     description: str
+    # With lanes: the lower lane's (bulk) requests per second at time t; `rate` is then the
+    # first lane's (interactive).
+    bulk: Callable[[float], float] | None = None
 
 
 def _lyrebird(t: float) -> float:
@@ -45,6 +55,14 @@ def _spike(t: float) -> float:
 
 def _steady(t: float) -> float:
     return 40.0 if t < 1800 else 0.0
+
+
+def _interactive(t: float) -> float:
+    return 5.0 if t < 2400 else 0.0  # people at screens: 5 uploads/s for 40 min
+
+
+def _catalogue(t: float) -> float:
+    return 500.0 if 600 <= t < 660 else 0.0  # a customer's 30,000 product shots in a minute
 
 
 def _diurnal(t: float) -> float:
@@ -62,6 +80,17 @@ TRACES: dict[str, Trace] = {
         1200 + 600,
         _lyrebird,
         "18,000 req/min for 20 min from zero (Lyrebird's load test)",
+    ),
+}
+
+# Two lanes: not in "all" (the one-line traces), run by `img2img bench scaling --trace lanes`.
+LANE_TRACES: dict[str, Trace] = {
+    "lanes": Trace(
+        "lanes",
+        2400 + 600,
+        _interactive,
+        "interactive 5 req/s for 40 min; at 10 min a bulk catalogue of 30,000 in one minute",
+        bulk=_catalogue,
     ),
 }
 
@@ -120,6 +149,8 @@ class _Host:
     ready_at: float
     launched_at: float
     busy: int = 0
+    # With lanes: the lower lane's requests in service, token → (arrival, end of service).
+    bulk: dict[int, tuple[float, float]] = field(default_factory=dict)
     served: int = 0
     draining: bool = False
     available: bool = False  # ready, not draining, with a free slot, and listed as such
@@ -148,6 +179,11 @@ class SimResult:
     stopped_usd_per_hour: float = 0.0
     # (time, arrivals per second, hosts, p95 wait of the requests served) per sample period
     timeline: list[tuple[float, float, int, float]] = field(default_factory=list)
+    # With lanes: the waits of the lower lane's requests (`waits` holds every request's).
+    bulk_waits: list[float] = field(default_factory=list)
+    first_waits: list[float] = field(default_factory=list)
+    first_arrived: list[float] = field(default_factory=list)  # beside `first_waits`
+    bulk_started: list[float] = field(default_factory=list)  # each bulk request's first start
 
     def summary(
         self, host_start_s: float, slots_per_host: int, price_per_hour: float = 0.0
@@ -232,12 +268,14 @@ class PastDays:
         return forecast(self.settings, self.counts(now), observed_rate)
 
 
-def arrivals(trace: Trace, seed: int) -> list[float]:
-    """Poisson arrivals following `trace.rate`, second by second."""
+def arrivals(
+    trace: Trace, seed: int, rate_of: Callable[[float], float] | None = None
+) -> list[float]:
+    """Poisson arrivals following `trace.rate` (or `rate_of`), second by second."""
     rng = random.Random(seed)
     times: list[float] = []
     for second in range(int(trace.duration_s)):
-        rate = trace.rate(second)
+        rate = (rate_of or trace.rate)(second)
         if rate <= 0:
             continue
         t = float(second)
@@ -261,6 +299,8 @@ def simulate(
     starts: HostStart | None = None,
     past: PastDays | None = None,
     upstream: Callable[[float], tuple[int, float]] | None = None,
+    lower_at: list[float] | None = None,
+    one_line: bool = False,
 ) -> SimResult:
     """Replay `trace` through `policy` (a `ScalingSettings` runs this project's policy).
 
@@ -273,6 +313,10 @@ def simulate(
         past: the pool's past days, for a scaler that forecasts (None: no history).
         upstream: for the second pool of a split topology, the requests in the first pool
             at a time and their arrival rate there (None: this pool is the first).
+        lower_at: the arrival times of the lower lane (bulk), beside `arrivals_at` (the
+            first lane's); None: one lane.
+        one_line: the lanes' requests in one FIFO queue, seen as one by the scaler (what the
+            same arrivals get without lanes); their waits are still told apart.
     """
     scaler: Scaler
     if isinstance(policy, ScalingSettings):
@@ -283,7 +327,11 @@ def simulate(
         scaler = policy
     if arrivals_at is None:
         arrivals_at = arrivals(trace, seed)
-    result = SimResult(trace=trace.name, requests=len(arrivals_at), policy=scaler.name)
+    bulk_at = lower_at or []
+    laned = lower_at is not None and not one_line
+    result = SimResult(
+        trace=trace.name, requests=len(arrivals_at) + len(bulk_at), policy=scaler.name
+    )
     cold_s = starts.cold_s if starts is not None else host_start_s
     pool_size = starts.warm_pool if starts is not None else 0
     result.warm_pool = pool_size
@@ -304,7 +352,9 @@ def simulate(
         heapq.heappush(events, (t, order, kind, payload))
 
     for t in arrivals_at:
-        push(t, "arrive")
+        push(t, "arrive", 0)
+    for t in bulk_at:
+        push(t, "arrive", 1)
     end = trace.duration_s + 6 * 3600  # room to drain and scale to zero
     push(0.0, "tick")
     if sample_s > 0:
@@ -316,7 +366,15 @@ def simulate(
     # order then made two runs of the same seed differ by a few cents.
     live: dict[_Host, None] = {}
     available: list[_Host] = []  # hosts with a free slot (may hold stale entries)
-    queue: deque[float] = deque()
+    # The first lane's queue (every request's in one line), the lower lane's: (arrival,
+    # lane, service left: None for a request not yet started).
+    queue: deque[tuple[float, int, float | None]] = deque()
+    bulk_queue: deque[tuple[float, int, float | None]] = deque()
+    bulk_running = 0
+    bulk_window: deque[float] = deque()
+    bulk_since_tick = 0
+    preempted: set[int] = set()  # tokens of services cut short (their "done" is void)
+    tokens = iter(range(1, 1 << 62))
     desired = 0
     running = 0
     cold_first: float | None = None  # arrival time of the first request after zero hosts
@@ -324,22 +382,51 @@ def simulate(
     window_times: deque[float] = deque()  # arrivals within the rate window
     arrived_since_tick, last_tick = 0, 0.0  # arrivals since the previous decision
 
-    def serve(host: _Host, now: float) -> None:
-        nonlocal running
-        arrived = queue.popleft()
-        result.waits.append(now - arrived)
-        if sample_s > 0:
-            sample_waits.append(now - arrived)
+    def serve(host: _Host, now: float, line: deque[tuple[float, int, float | None]]) -> None:
+        nonlocal running, bulk_running
+        arrived, lane, left = line.popleft()
+        if left is None:  # its first start: the wait ends (a resumed one has waited)
+            result.waits.append(now - arrived)
+            (result.bulk_waits if lane else result.first_waits).append(now - arrived)
+            if lane:
+                result.bulk_started.append(now)
+            else:
+                result.first_arrived.append(arrived)
+            if sample_s > 0:
+                sample_waits.append(now - arrived)
+            host.served += 1
+        took = service_s if left is None else left
         host.busy += 1
-        host.served += 1
         running += 1
-        result.service_seconds += service_s
-        push(now + service_s, "done", (host, arrived))
+        token = next(tokens)
+        if lane and laned:
+            host.bulk[token] = (arrived, now + took)
+            bulk_running += 1
+        result.service_seconds += took
+        push(now + took, "done", (host, arrived, lane, token))
+
+    def preempt(now: float) -> _Host | None:
+        """A ready host serving a bulk request, that request stopped and put back at the
+        head of its queue with the service it has left (lanes only)."""
+        nonlocal running, bulk_running
+        host = next((h for h in live if h.bulk and h.ready_at <= now and not h.draining), None)
+        if host is None:
+            return None
+        token, (arrived, end) = next(iter(host.bulk.items()))
+        del host.bulk[token]
+        preempted.add(token)
+        host.busy -= 1
+        running -= 1
+        bulk_running -= 1
+        result.service_seconds -= end - now
+        bulk_queue.appendleft((arrived, 1, end - now))
+        return host
 
     def offer(host: _Host, now: float) -> None:
-        """Give a ready host work from the queue; list it if slots stay free."""
-        while host.busy < slots and queue:
-            serve(host, now)
+        """Give a ready host work from the queues (the first lane's first); list it if slots
+        stay free."""
+        while host.busy < slots and (queue or bulk_queue):
+            serve(host, now, queue if queue else bulk_queue)
         if host.busy < slots and not host.available:
             host.available = True
             available.append(host)
@@ -404,17 +491,33 @@ def simulate(
         if kind == "arrive":
             if not live and cold_first is None:
                 cold_first = now
-            queue.append(now)
             window_times.append(now)
             arrived_since_tick += 1
             sample_arrivals += 1
-            host = next_available()
-            if host is not None:
-                serve(host, now)
+            if payload and laned:
+                bulk_queue.append((now, payload, None))
+                bulk_window.append(now)
+                bulk_since_tick += 1
+                host = next_available()
+                if host is not None:
+                    serve(host, now, bulk_queue)
+            else:
+                queue.append((now, payload, None))
+                host = next_available()
+                if host is None and laned:
+                    host = preempt(now)
+                if host is not None:
+                    serve(host, now, queue)
         elif kind == "done":
-            host, arrived = payload
+            host, arrived, lane, token = payload
+            if token in preempted:
+                preempted.discard(token)
+                continue
             host.busy -= 1
             running -= 1
+            if lane and laned:
+                del host.bulk[token]
+                bulk_running -= 1
             done += 1
             if (
                 cold_first is not None
@@ -440,14 +543,17 @@ def simulate(
             # autoscaler counts them (runs created in the window ÷ its length).
             while window_times and window_times[0] <= now - RATE_WINDOW_S:
                 window_times.popleft()
+            while bulk_window and bulk_window[0] <= now - RATE_WINDOW_S:
+                bulk_window.popleft()
             rate = len(window_times) / RATE_WINDOW_S if now > 0 else None
             since = now - last_tick if now > 0 else None
             recent = arrived_since_tick / since if since else None
-            arrived_since_tick, last_tick = 0, now
+            bulk_recent = bulk_since_tick / since if since else None
+            arrived_since_tick, bulk_since_tick, last_tick = 0, 0, now
             ahead, ahead_rate = upstream(now) if upstream is not None else (0, None)
             view = View(
                 now=now,
-                queued=len(queue),
+                queued=len(queue) + len(bulk_queue),
                 running=running,
                 desired=desired,
                 ready=sum(1 for h in live if h.ready_at <= now and not h.draining),
@@ -459,6 +565,14 @@ def simulate(
                 forecast=past.at(now, recent or 0.0) if past is not None else None,
                 upstream=ahead,
                 upstream_rate=ahead_rate,
+                lower=(
+                    len(bulk_queue),
+                    bulk_running,
+                    len(bulk_window) / RATE_WINDOW_S,
+                    bulk_recent,
+                )
+                if laned
+                else None,
             )
             wanted = scaler.decide(view)
             if wanted != desired:
@@ -466,7 +580,7 @@ def simulate(
                 result.desired_log.append((now, wanted))
                 desired = wanted
                 resize(now, desired)
-            if (done < len(arrivals_at) or live) and now < end:
+            if (done < result.requests or live) and now < end:
                 push(now + (zero_interval_s if desired == 0 else interval_s), "tick")
         elif kind == "sample":
             result.timeline.append(
@@ -478,7 +592,7 @@ def simulate(
                 )
             )
             sample_waits, sample_arrivals = [], 0
-            if (done < len(arrivals_at) or live) and now < end:
+            if (done < result.requests or live) and now < end:
                 push(now + sample_s, "sample")
     for leftover in list(live):
         terminate(leftover, end)

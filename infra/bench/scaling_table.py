@@ -48,3 +48,22 @@ def split_line(trace: str, out: dict[str, Any]) -> str:
         f"{out['split_over_single']:>7.3f}{out['split_default_over_single']:>9.3f}  "
         f"target {setting['target_utilization']}, drain {setting['drain_target_s']:.0f} s"
     )
+
+
+LANES_HEADER = (
+    f"{'trace':<10}{'setting':<10}{'inter p95 s':>12}{'in bulk p95':>12}{'in bulk max':>12}"
+    f"{'bulk p50 s':>11}"
+    f"{'bulk p95 s':>11}{'host-h':>9}{'cost $':>9}{'max':>6}{'cap':>6}"
+)
+
+
+def lanes_line(row: dict[str, Any]) -> str:
+    """One way of serving a two-lane trace, under `LANES_HEADER`."""
+    cap = row["lower_lanes_max_hosts"]
+    return (
+        f"{row['trace']:<10}{row['setting']:<10}{row['interactive_p95_wait_s']:>12.1f}"
+        f"{row['interactive_p95_wait_during_bulk_s']:>12.1f}"
+        f"{row['interactive_max_wait_during_bulk_s']:>12.1f}{row['bulk_p50_wait_s']:>11.1f}"
+        f"{row['bulk_p95_wait_s']:>11.1f}{row['host_hours']:>9.2f}{row['cost_usd']:>9.2f}"
+        f"{row['max_hosts']:>6}{cap if cap is not None else '-':>6}"
+    )

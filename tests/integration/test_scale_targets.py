@@ -154,6 +154,50 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
         assert again.desired == decision.desired and again.reason.startswith("hold")
 
 
+@pytest.mark.usefixtures("prefect_api")
+def test_with_lanes_the_autoscaler_counts_bulk_apart_and_holds_it_to_its_cap(ecs: Any) -> None:
+    from prefect.client.orchestration import get_client
+
+    from deployments.services.autoscaler import Autoscaler
+    from deployments.services.lane_queues import ensure_lane_queues
+    from img2img.config.lanes import LaneSettings
+    from tests.integration.warm import create_pool_and_deployment
+
+    ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
+    target = EcsTarget(ecs, "img2img", "workers")
+    with get_client(sync_client=True) as client:
+        pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
+        ensure_lane_queues(client, [pool], LaneSettings(enabled=True))
+        for _ in range(12):
+            client.create_flow_run_from_deployment(
+                deployment_id, parameters={"objects": []}, work_queue_name="bulk"
+            )
+        client.create_flow_run_from_deployment(
+            deployment_id, parameters={"objects": []}, work_queue_name="interactive"
+        )
+        policy = ScalingSettings(
+            max_hosts=10,
+            slots_per_host=1,
+            expected_run_s=60,
+            drain_target_s=60,
+            lower_lanes_max_hosts=2,
+        )
+        one_line = Autoscaler(client, pool, policy, target)
+        laned = Autoscaler(client, pool, policy, target, lower_lanes=("bulk",))
+
+        seen = laned.observe()
+        assert seen.queued == 13 and seen.lower is not None
+        assert (seen.lower.queued, seen.lower.running) == (12, 0)
+        assert seen.lower.arrival_rate == pytest.approx(12 / 60)
+        assert one_line.observe().lower is None
+        # One line sizes for all 13 queued runs; with lanes bulk is held to 2 hosts (the
+        # one interactive run fits within them).
+        assert one_line.step().desired == 10
+        target.apply(0, set())
+        assert laned.step().desired == 2
+        assert target.current() == 2
+
+
 def test_warm_pool_instances_are_counted_when_ready_to_resume(asg: Any) -> None:
     from deployments.services.scale_targets import waiting_in_warm_pool
 

@@ -4,7 +4,7 @@ import pytest
 from pydantic import ValidationError
 
 from img2img.config.scaling import ScalingSettings
-from img2img.scaling.policy import Observation, PolicyState, decide
+from img2img.scaling.policy import LowerLanes, Observation, PolicyState, decide
 
 S = ScalingSettings(
     min_hosts=0,
@@ -365,3 +365,86 @@ def test_the_local_target_drains_idle_workers_first_newest_first() -> None:
     # None busy: newest first; nothing to cut, nothing drained.
     assert drain_choice(workers, set(), 1) == [3]
     assert drain_choice(workers, set(), 0) == [] and drain_choice(workers, set(), -1) == []
+
+
+# -- lanes: the first lane sized alone, the lower lanes up to a cost cap ----------------------
+
+LANED = S.model_copy(update={"lower_lanes_max_hosts": 2})
+
+
+def laned(
+    now: float,
+    queued: int,
+    running: int,
+    current: int,
+    rate: float | None,
+    lower: LowerLanes,
+) -> Observation:
+    return Observation(
+        now=now,
+        queued=queued,
+        running=running,
+        current_desired=current,
+        arrival_rate=rate,
+        recent_run_s=30,
+        lower=lower,
+    )
+
+
+def test_a_bulk_backlog_alone_keeps_no_more_hosts_than_the_cap() -> None:
+    # 40 bulk runs queued: one line asks for 5 hosts (40 × 30 s ÷ 120 s = 10 slots, 2 a
+    # host); the cap holds bulk to 2.
+    bulk = LowerLanes(queued=40, running=0, arrival_rate=0.0)
+    one_line, _ = decide(S, obs(0, queued=40, current=0), PolicyState())
+    assert one_line.desired == 5
+    capped, _ = decide(LANED, laned(0, 40, 0, 0, None, bulk), PolicyState())
+    assert capped.desired == 2
+    # Scaling out from there: still the cap, and the reason says the cap held it.
+    held, _ = decide(LANED, laned(100, 40, 4, 1, 0.0, bulk), PolicyState())
+    assert held.desired == 2 and "held to 2" in held.reason
+
+
+def test_interactive_work_grows_the_pool_beyond_the_bulk_cap() -> None:
+    # 0.3 interactive runs/s × 30 s = 9 slots → 9 / (2 × 0.75) = 6 hosts, with a bulk backlog
+    # that the cap holds to 2: the pool is the first lane's need, not the cap.
+    bulk = LowerLanes(queued=40, running=4, arrival_rate=0.0)
+    decision, _ = decide(LANED, laned(100, 40, 4 + 4, 2, 0.3, bulk), PolicyState())
+    assert decision.desired == 6
+    # The same arrivals all in the bulk lane: held to the cap.
+    all_bulk = LowerLanes(queued=40, running=8, arrival_rate=0.3)
+    held, _ = decide(LANED, laned(100, 40, 8, 2, 0.3, all_bulk), PolicyState())
+    assert held.desired == 2
+
+
+def test_lanes_without_a_cap_size_as_one_line_and_empty_lanes_go_to_zero() -> None:
+    uncapped = S  # lower_lanes_max_hosts None: max_hosts
+    bulk = LowerLanes(queued=40, running=0, arrival_rate=0.0)
+    decision, _ = decide(uncapped, laned(0, 40, 0, 0, None, bulk), PolicyState())
+    assert decision.desired == decide(S, obs(0, queued=40), PolicyState())[0].desired
+    state = PolicyState()
+    empty = LowerLanes()
+    _, state = decide(LANED, laned(0, 0, 0, 2, 0.0, empty), state)
+    later, _ = decide(LANED, laned(LANED.idle_to_zero_s + 1, 0, 0, 2, 0.0, empty), state)
+    assert later.desired == 0
+
+
+def test_busy_bulk_hosts_above_the_cap_drain_only_through_scale_in() -> None:
+    # Interactive load gone, bulk running on 5 hosts with more queued: scale in to the cap
+    # after the cooldown, never below the hosts still running runs.
+    bulk = LowerLanes(queued=20, running=6, arrival_rate=0.0)
+    state = PolicyState()
+    decision, state = decide(LANED, laned(0, 20, 6, 5, 0.0, bulk), state)
+    decision, state = decide(LANED, laned(300, 20, 6, 5, 0.0, bulk), state)
+    assert decision.desired == 2 and decision.reason.startswith("scale in")
+    busy = Observation(
+        now=600,
+        queued=20,
+        running=6,
+        current_desired=5,
+        arrival_rate=0.0,
+        recent_run_s=30,
+        lower=bulk,
+        busy_hosts=3,
+    )
+    kept, _ = decide(LANED, busy, PolicyState())
+    assert kept.desired == 3

@@ -72,3 +72,48 @@ def test_idle_launches_count_hosts_that_served_nothing() -> None:
     result = simulate(trace, Five(), 4.0, 0.0, slots_per_host=4, starts=HostStart())
     assert result.max_hosts_seen == 5
     assert result.idle_launches >= 3
+
+
+# -- two lanes ---------------------------------------------------------------------------------
+
+
+def _two_lanes() -> tuple[Trace, list[float], list[float]]:
+    from infra.bench.scaling_sim import arrivals
+
+    trace = Trace(
+        "two lanes",
+        900,
+        lambda t: 1.0 if t < 600 else 0.0,
+        "interactive 1/s, a bulk burst of 2,400 at 120 s",
+        bulk=lambda t: 120.0 if 120 <= t < 140 else 0.0,
+    )
+    return trace, arrivals(trace, 3), arrivals(trace, 4, trace.bulk)
+
+
+def test_with_lanes_interactive_requests_overtake_a_bulk_backlog_held_to_its_cap() -> None:
+    trace, first, bulk = _two_lanes()
+    settings = SETTINGS.model_copy(update={"lower_lanes_max_hosts": 3})
+    args = (trace, settings, 4.0, 30.0)
+    lanes = simulate(*args, arrivals_at=first, lower_at=bulk)
+    one_line = simulate(*args, arrivals_at=first, lower_at=bulk, one_line=True)
+
+    # Every request served exactly once, preempted ones resumed with what they had left.
+    for result in (lanes, one_line):
+        assert len(result.first_waits) == len(first) and len(result.bulk_waits) == len(bulk)
+        assert result.service_seconds == pytest.approx((len(first) + len(bulk)) * 4.0)
+    during = [
+        w
+        for a, w in zip(lanes.first_arrived, lanes.first_waits, strict=True)
+        if 140 <= a <= max(lanes.bulk_started)
+    ]
+    waited = [
+        w
+        for a, w in zip(one_line.first_arrived, one_line.first_waits, strict=True)
+        if 140 <= a <= max(one_line.bulk_started)
+    ]
+    assert during and max(during) < 1.0  # a slot is taken from bulk at once
+    assert max(waited) > 30.0  # in one line they queue behind the burst
+    # Bulk alone kept at most the cap; one line grew the pool for it.
+    assert lanes.max_hosts_seen <= 3 < one_line.max_hosts_seen
+    # Bulk used what the interactive lane left idle: it waited longer, nothing was lost.
+    assert max(lanes.bulk_waits) > max(one_line.bulk_waits)
