@@ -56,7 +56,35 @@ def render(scraped: Scraped, url: str) -> Any:
             f"{1000 * mean:.0f}" if mean is not None else "–",
             f"{scraped.failures.get(stage, 0):.0f}",
         )
-    return Group(figures, stages)
+    tables = [figures, stages]
+    for title, shares in (("lanes", scraped.lanes), ("busiest tenants", scraped.tenants)):
+        if shares:
+            tables.append(_share_table(title, shares))
+    return Group(*tables)
+
+
+def _share_table(title: str, shares: dict[str, dict[str, float]]) -> Any:
+    """Lanes or tenants over the fleet window, the host cost attributed by device time."""
+    from rich.table import Table
+
+    table = Table(title=f"{title} (fleet window)", title_justify="left")
+    table.add_column(title.split()[-1].rstrip("s"))
+    columns = [
+        ("images/min", "images_per_minute", "{:.1f}"),
+        ("p95 s", "end_to_end_p95_seconds", "{:.1f}"),
+        ("device s", "device_seconds", "{:.1f}"),
+        ("host cost $", "cost_usd", "{:.4f}"),
+        ("per image $", "cost_per_image_usd", "{:.6f}"),
+    ]
+    for label, _, _ in columns:
+        table.add_column(label, justify="right")
+    busiest = sorted(shares.items(), key=lambda kv: -kv[1].get("images_per_minute", 0.0))
+    for name, figures in busiest if "tenant" in title else shares.items():
+        table.add_row(
+            name,
+            *(fmt.format(figures[key]) if key in figures else "–" for _, key, fmt in columns),
+        )
+    return table
 
 
 def _figure_text(name: str, value: float) -> str:

@@ -115,6 +115,8 @@ def build_fleet_view(
         sinks=[cloudwatch] if cloudwatch is not None else [],
         prometheus=prometheus,
         idle_launch_limit=settings.scaling.idle_launch_limit,
+        top_tenants=settings.tenants.top,
+        lane_order=tuple(settings.lanes.names()),
     )
 
 

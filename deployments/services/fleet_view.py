@@ -62,6 +62,8 @@ class FleetView:
         prometheus: PrometheusMetrics | None = None,
         clock: Callable[[], float] = time.time,
         idle_launch_limit: int = 2,
+        top_tenants: int = 10,
+        lane_order: tuple[str, ...] = (),
     ) -> None:
         self.prefect = prefect
         self.pool = pool
@@ -71,7 +73,13 @@ class FleetView:
         self.sinks = list(sinks)
         self.prometheus = prometheus
         self.clock = clock
-        self.window = FleetWindow(monitor.fleet_window_s, monitor.price_per_hour, slots_per_host)
+        self.window = FleetWindow(
+            monitor.fleet_window_s,
+            monitor.price_per_hour,
+            slots_per_host,
+            top_tenants=top_tenants,
+            lane_order=lane_order,
+        )
         self.history: deque[FleetSample] = deque(maxlen=monitor.fleet_history)
         self.last_refresh: float | None = None
         # The figures start with the service: host-hours before it are unknown, so batches

@@ -4,13 +4,17 @@ Gauges follow the pool at each tick (queue, runs, hosts); counters and histogram
 the finished batches as the fleet view reads them (so they lag by up to one refresh);
 the fleet gauges (throughput, cost per image) follow each refresh. Its own registry, so a
 scrape shows these figures and not the process's internals.
+
+With lanes or tenants, the same by `lane` (counters and histograms: the lanes are few and
+fixed) and by `tenant` (window gauges only, for the busiest `tenants.top` and one
+`(other)`: a tenant leaving the top is removed, so the labels stay bounded).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from img2img.scaling.fleet import BatchDigest, FleetSample
+from img2img.scaling.fleet import BatchDigest, FleetSample, Share
 from img2img.scaling.policy import Decision, Observation
 
 # Seconds, from a fast stage on the device to a long queue wait.
@@ -35,6 +39,16 @@ GAUGES = {
         "img2img_slot_recycles",
         "Slots recycled (memory or run bound) in the scaling policy's idle-launch window",
     ),
+}
+
+
+# The window's figures of a lane or a tenant (`fleet.Share`): attribute → (suffix, help).
+SHARE_GAUGES = {
+    "images_per_min": ("images_per_minute", "Throughput, fleet window"),
+    "e2e_p95_s": ("end_to_end_p95_seconds", "Upload → result p95, fleet window"),
+    "device_s": ("device_seconds", "Device time of its images, fleet window"),
+    "cost_usd": ("cost_usd", "Host cost attributed by device time, fleet window"),
+    "cost_per_image_usd": ("cost_per_image_usd", "Attributed host cost ÷ its images, window"),
 }
 
 
@@ -80,6 +94,30 @@ class PrometheusMetrics:
                 buckets=BUCKETS,
                 registry=r,
             )
+            self._families["lane_images"] = Counter(
+                "img2img_lane_images",
+                "Images with an outcome, by lane",
+                ["pool", "lane", "outcome"],
+                registry=r,
+            )
+            self._families["lane_e2e"] = Histogram(
+                "img2img_lane_end_to_end_seconds",
+                "Upload event → outcome per image, by lane",
+                ["pool", "lane"],
+                buckets=BUCKETS,
+                registry=r,
+            )
+            self._families["lane_device"] = Counter(
+                "img2img_lane_device_time_seconds",
+                "Device time of the lane's images",
+                ["pool", "lane"],
+                registry=r,
+            )
+            for by in ("lane", "tenant"):
+                for key, (suffix, doc) in SHARE_GAUGES.items():
+                    self._families[f"{by}_{key}"] = Gauge(
+                        f"img2img_{by}_{suffix}", f"{doc}, by {by}", ["pool", by], registry=r
+                    )
         f = self._families
         self.queued_runs = f["queued_runs"].labels(pool)
         self.running_runs = f["running_runs"].labels(pool)
@@ -94,6 +132,7 @@ class PrometheusMetrics:
         self.slot_recycles = f["slot_recycles"].labels(pool)
         self._images, self._failures = f["images"], f["failures"]
         self._stage, self._e2e = f["stage"], f["e2e"]
+        self._shown: dict[str, set[str]] = {"lane": set(), "tenant": set()}
 
     def for_pool(self, pool: str) -> PrometheusMetrics:
         """`pool`'s figures, served by this one's endpoint."""
@@ -130,6 +169,18 @@ class PrometheusMetrics:
         e2e = self._e2e.labels(self.pool)
         for ms in batch.e2e_ms:
             e2e.observe(ms / 1000.0)
+        f = self._families
+        for group in batch.groups:
+            if group.lane is None:
+                continue
+            for outcome in ("completed", "failed", "handed_off"):
+                count = getattr(group, outcome)
+                if count:
+                    f["lane_images"].labels(self.pool, group.lane, outcome).inc(count)
+            lane_e2e = f["lane_e2e"].labels(self.pool, group.lane)
+            for ms in group.e2e_ms:
+                lane_e2e.observe(ms / 1000.0)
+            f["lane_device"].labels(self.pool, group.lane).inc(group.device_ms / 1000.0)
 
     def observe_fleet(self, sample: FleetSample) -> None:
         self.images_per_minute.set(sample.images_per_min)
@@ -145,3 +196,19 @@ class PrometheusMetrics:
             self.queued_messages.set(sample.queued_messages)
         if sample.dead_letters is not None:
             self.dead_letters.set(sample.dead_letters)
+        self._observe_shares("lane", sample.lanes)
+        self._observe_shares("tenant", sample.tenants)
+
+    def _observe_shares(self, by: str, shares: tuple[Share, ...]) -> None:
+        """Each share's window gauges; names no longer shown (a tenant out of the top, a
+        lane with no image in the window) removed, so a scrape shows the window's set."""
+        names = {share.name for share in shares}
+        for gone in self._shown[by] - names:
+            for key in SHARE_GAUGES:
+                self._families[f"{by}_{key}"].remove(self.pool, gone)
+        self._shown[by] = names
+        for share in shares:
+            for key in SHARE_GAUGES:
+                value = getattr(share, key)
+                gauge = self._families[f"{by}_{key}"].labels(self.pool, share.name)
+                gauge.set(value if value is not None else float("nan"))

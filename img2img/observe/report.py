@@ -80,6 +80,8 @@ class BatchReport:
     e2e_ms: list[float] = field(default_factory=list)
     # Images whose event time lies outside what a real upload could have (see waterfall.py).
     stale_events: int = 0
+    # With lanes or tenants: the batch by (lane, tenant) (see `placed_groups`).
+    groups: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:
@@ -133,7 +135,8 @@ def build_report(
     e2e: list[float] = []
     stale = 0
     trusted_timings = []
-    for job in jobs:
+    trusted_e2e: dict[int, float] = {}  # index in `jobs` → ms
+    for index, job in enumerate(jobs):
         name = job.ref.key.rsplit("/", 1)[-1]
         name = name if len(name) <= 28 else "…" + name[-27:]
         # The status goes with the name (a column of its own would not fit the page).
@@ -159,6 +162,7 @@ def build_report(
                 timings.pop(hop, None)
         elif "total" in t:
             e2e.append(t["total"])
+            trusted_e2e[index] = t["total"]
         if job.status == "completed":
             trusted_timings.append(timings)
     summary = summarize(trusted_timings)
@@ -180,7 +184,50 @@ def build_report(
         lines=lines,
         e2e_ms=e2e,
         stale_events=stale,
+        groups=placed_groups(jobs, trusted_e2e),
     )
+
+
+def _device_here(job: ImageJob) -> tuple[str, ...]:
+    """The device stages this run did for `job`: a split topology's stage-2 run took it
+    over with stage 1's timings (which stage 1's pool already counted)."""
+    if "handoff" in job.timings:
+        return ("upscale",)
+    if job.status == "handed_off":
+        return ("generate",)
+    return ("generate", "upscale")
+
+
+def placed_groups(jobs: list[ImageJob], e2e_at: dict[int, float]) -> list[dict[str, Any]]:
+    """The batch's images by the lane and tenant the dispatcher placed them in (none when
+    lanes and tenants are off): outcomes, trusted end-to-end times (`e2e_at`: index in
+    `jobs` → ms) and device milliseconds (each image's share of its device calls, every
+    image that used the device: what a tenant's cost is attributed by)."""
+    groups: dict[tuple[str | None, str | None], dict[str, Any]] = {}
+    for index, job in enumerate(jobs):
+        lane, tenant = job.ref.lane, job.ref.tenant
+        if (lane is None and tenant is None) or job.status == "skipped":
+            continue
+        group = groups.setdefault(
+            (lane, tenant),
+            {
+                "lane": lane,
+                "tenant": tenant,
+                "completed": 0,
+                "failed": 0,
+                "handed_off": 0,
+                "e2e_ms": [],
+                "device_ms": 0.0,
+            },
+        )
+        if job.status in ("completed", "failed", "handed_off"):
+            group[job.status] += 1
+        if index in e2e_at:
+            group["e2e_ms"].append(round(e2e_at[index]))
+        group["device_ms"] += sum(job.timings.get(stage, 0.0) for stage in _device_here(job))
+    for group in groups.values():
+        group["device_ms"] = round(group["device_ms"], 1)
+    return list(groups.values())
 
 
 def batch_event(report: BatchReport, jobs: list[ImageJob]) -> tuple[str, dict[str, Any]]:
@@ -209,6 +256,8 @@ def batch_event(report: BatchReport, jobs: list[ImageJob]) -> tuple[str, dict[st
         "time_split_s": {k: round(v, 3) for k, v in report.time_split.items()},
         "slowest_stage": slowest_stage(report.summary),
     }
+    if report.groups:
+        payload["groups"] = report.groups
     return ("img2img.batch.failed" if report.failed else "img2img.batch.completed"), payload
 
 

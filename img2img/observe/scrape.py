@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 GAUGES = {
@@ -20,6 +21,26 @@ GAUGES = {
 }
 
 
+# A lane's or a tenant's window gauges: name suffix → how pools combine (a split topology's
+# two pools each report their part: costs and device time add up, a rate or a p95 is the
+# larger).
+def _largest(values: list[float]) -> float:
+    return max(values)
+
+
+def _total(values: list[float]) -> float:
+    return float(sum(values))
+
+
+SHARE_FIGURES: dict[str, Callable[[list[float]], float]] = {
+    "images_per_minute": _largest,
+    "end_to_end_p95_seconds": _largest,
+    "device_seconds": _total,
+    "cost_usd": _total,
+    "cost_per_image_usd": _total,
+}
+
+
 @dataclass
 class Scraped:
     gauges: dict[str, float] = field(default_factory=dict)  # of the first pool listed
@@ -27,6 +48,9 @@ class Scraped:
     images: dict[str, float] = field(default_factory=dict)  # outcome → count, every pool
     failures: dict[str, float] = field(default_factory=dict)  # stage → count
     stage_mean_s: dict[str, float] = field(default_factory=dict)  # stage → mean seconds
+    # With lanes or tenants: lane → figure → value, and the shown tenants' the same.
+    lanes: dict[str, dict[str, float]] = field(default_factory=dict)
+    tenants: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def parse(text: str) -> Scraped:
@@ -36,9 +60,15 @@ def parse(text: str) -> Scraped:
     out = Scraped()
     sums: dict[str, float] = {}
     counts: dict[str, float] = {}
+    parts: dict[tuple[str, str, str], list[float]] = {}  # (by, name, figure) → per pool
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            if s.name in GAUGES:
+            share = _share_figure(s.name)
+            if share is not None:
+                by, figure = share
+                if by in s.labels and s.value == s.value:  # NaN: not known in the window
+                    parts.setdefault((by, s.labels[by], figure), []).append(s.value)
+            elif s.name in GAUGES:
                 pool = s.labels.get("pool", "")
                 out.pool_gauges.setdefault(pool, {})[s.name] = s.value
             elif s.name == "img2img_images_total":
@@ -54,4 +84,16 @@ def parse(text: str) -> Scraped:
     if out.pool_gauges:
         out.gauges = dict(next(iter(out.pool_gauges.values())))
     out.stage_mean_s = {k: sums[k] / counts[k] for k in sums if counts.get(k)}
+    for (by, name, figure), values in parts.items():
+        table = out.lanes if by == "lane" else out.tenants
+        table.setdefault(name, {})[figure] = SHARE_FIGURES[figure](values)
     return out
+
+
+def _share_figure(metric: str) -> tuple[str, str] | None:
+    """("lane" or "tenant", figure) for a lane's or tenant's window gauge, else None."""
+    for by in ("lane", "tenant"):
+        prefix = f"img2img_{by}_"
+        if metric.startswith(prefix) and metric[len(prefix) :] in SHARE_FIGURES:
+            return by, metric[len(prefix) :]
+    return None

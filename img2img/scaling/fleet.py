@@ -6,7 +6,10 @@ them into one `FleetSample`: throughput, end-to-end percentiles, queue, hosts, d
 and cost per image.
 
 Cost per image = the host's hourly price × the host-hours paid in the window ÷ the images
-that got an outcome in it. Host-hours count every host the pool holds (booting, idle or
+that got an outcome in it. With lanes or tenants, the same figures by lane and for the
+busiest tenants (the rest as one group, `OTHER`), and the window's host cost attributed to
+each by its images' device time (idle and start-up time shared the same way), so the
+shares add up to the host cost. Host-hours count every host the pool holds (booting, idle or
 busy): that is what the bill counts. A published Stable Diffusion on Inf2 case study
 computed $0.000425 per image offline; here it is measured live.
 """
@@ -23,9 +26,42 @@ from img2img.observe.timing import percentile
 
 # A published reference: AWS's case study of SD on Inf2 (for Monks), computed offline.
 PUBLISHED_COST_PER_IMAGE_USD = 0.000425
+# The group of the tenants not shown by name (beyond `tenants.top`); a tenant's name cannot
+# start with '(' (`img2img.config.lanes.TENANT_NAME`), so it never clashes with one.
+OTHER = "(other)"
 # Slot recycles in the window that the view calls out (the alert's threshold too): a slot
 # with flat memory is never recycled for memory, so a few of them mean a leak came back.
 FREQUENT_RECYCLES = 3
+
+
+@dataclass(frozen=True)
+class PlacedDigest:
+    """One (lane, tenant) group of a batch (`report.placed_groups`)."""
+
+    lane: str | None
+    tenant: str | None
+    completed: int
+    failed: int
+    handed_off: int
+    e2e_ms: tuple[float, ...]
+    device_ms: float
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> PlacedDigest:
+        lane, tenant = payload.get("lane"), payload.get("tenant")
+        return cls(
+            lane=str(lane) if lane is not None else None,
+            tenant=str(tenant) if tenant is not None else None,
+            completed=int(payload.get("completed", 0)),
+            failed=int(payload.get("failed", 0)),
+            handed_off=int(payload.get("handed_off", 0)),
+            e2e_ms=tuple(float(v) for v in payload.get("e2e_ms", ())),
+            device_ms=float(payload.get("device_ms", 0.0)),
+        )
+
+    @property
+    def images(self) -> int:
+        return self.completed + self.failed + self.handed_off
 
 
 @dataclass(frozen=True)
@@ -42,6 +78,7 @@ class BatchDigest:
     # Split topology: images whose stage 1 this batch did and handed to the stage-2 pool
     # (work done by this pool; their outcome is the other pool's).
     handed_off: int = 0
+    groups: tuple[PlacedDigest, ...] = ()  # with lanes or tenants
 
     @classmethod
     def from_payload(cls, at: float, payload: Mapping[str, Any]) -> BatchDigest:
@@ -59,12 +96,35 @@ class BatchDigest:
             failed_at={str(k): int(v) for k, v in (payload.get("failed_at") or {}).items()},
             stale_events=int(payload.get("stale_events", 0)),
             handed_off=int(payload.get("handed_off", 0)),
+            groups=tuple(
+                PlacedDigest.from_payload(g)
+                for g in payload.get("groups") or ()
+                if isinstance(g, Mapping)
+            ),
         )
 
     @property
     def images(self) -> int:
         """Images this batch's pool finished its part of."""
         return self.completed + self.failed + self.handed_off
+
+
+@dataclass(frozen=True)
+class Share:
+    """A lane's or a tenant's part of the fleet over the window."""
+
+    name: str
+    images: int
+    failed: int
+    images_per_min: float
+    e2e_p50_s: float | None
+    e2e_p95_s: float | None
+    device_s: float
+    cost_usd: float  # the window's host cost × its share of the device time
+    cost_per_image_usd: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
 
 
 @dataclass(frozen=True)
@@ -90,10 +150,16 @@ class FleetSample:
     idle_launches: int = 0  # hosts that left without serving a run, in the policy's window
     unhealthy_hosts: int = 0  # hosts whose worker lost every slot, not yet replaced
     slot_recycles: int = 0  # slots replaced by the recycle rule, in the policy's window
+    # With lanes or tenants: each lane's part (highest priority first, as the batches name
+    # them), the busiest tenants' and the rest's (`OTHER`); empty when both are off.
+    lanes: tuple[Share, ...] = ()
+    tenants: tuple[Share, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if k != "at"}
+        out = {k: v for k, v in self.__dict__.items() if k not in ("at", "lanes", "tenants")}
         out["at"] = self.at.isoformat(timespec="seconds")
+        out["lanes"] = [s.as_dict() for s in self.lanes]
+        out["tenants"] = [s.as_dict() for s in self.tenants]
         return out
 
 
@@ -108,8 +174,17 @@ class _Interval:
 class FleetWindow:
     """Batches and host samples of the last `window_s` seconds."""
 
-    def __init__(self, window_s: float, price_per_hour: float, slots_per_host: int) -> None:
+    def __init__(
+        self,
+        window_s: float,
+        price_per_hour: float,
+        slots_per_host: int,
+        top_tenants: int = 10,
+        lane_order: tuple[str, ...] = (),
+    ) -> None:
         self.window_s = window_s
+        self.top_tenants = top_tenants
+        self.lane_order = lane_order
         self.price_per_hour = price_per_hour
         self.slots_per_host = slots_per_host
         self.batches: deque[BatchDigest] = deque()
@@ -183,7 +258,60 @@ class FleetWindow:
             idle_launches=self.idle_launches,
             unhealthy_hosts=self.unhealthy_hosts,
             slot_recycles=self.slot_recycles,
+            lanes=self._shares(batches, "lane", span, cost),
+            tenants=self._shares(batches, "tenant", span, cost),
         )
+
+    def _shares(
+        self, batches: list[BatchDigest], by: str, span: float, cost: float
+    ) -> tuple[Share, ...]:
+        """Each lane's (`by` "lane") or tenant's part of the window's batches, the window's
+        host `cost` attributed by device time (by images where no image used the device);
+        tenants beyond `top_tenants` (the busiest by images) as one `OTHER` share."""
+        groups: dict[str, list[PlacedDigest]] = {}
+        for batch in batches:
+            for group in batch.groups:
+                name = group.lane if by == "lane" else group.tenant
+                if name is not None:
+                    groups.setdefault(name, []).append(group)
+        if not groups:
+            return ()
+        images = {name: sum(g.images for g in gs) for name, gs in groups.items()}
+        if by == "lane":
+            rank = {name: i for i, name in enumerate(self.lane_order)}
+            names = sorted(groups, key=lambda n: (rank.get(n, len(rank)), n))
+            merged = {name: groups[name] for name in names}
+        else:
+            busiest = sorted(groups, key=lambda n: (-images[n], n))
+            merged = {name: groups[name] for name in busiest[: self.top_tenants]}
+            rest = [g for name in busiest[self.top_tenants :] for g in groups[name]]
+            if rest:
+                merged[OTHER] = rest
+        device = {name: sum(g.device_ms for g in gs) / 1000.0 for name, gs in merged.items()}
+        total_device = sum(device.values())
+        total_images = sum(sum(g.images for g in gs) for gs in merged.values())
+        shares = []
+        for name, gs in merged.items():
+            done = sum(g.images for g in gs)
+            if total_device > 0:
+                part = device[name] / total_device
+            else:
+                part = done / total_images if total_images else 0.0
+            e2e = [v / 1000.0 for g in gs for v in g.e2e_ms]
+            shares.append(
+                Share(
+                    name=name,
+                    images=done,
+                    failed=sum(g.failed for g in gs),
+                    images_per_min=done * 60.0 / span,
+                    e2e_p50_s=percentile(e2e, 50) if e2e else None,
+                    e2e_p95_s=percentile(e2e, 95) if e2e else None,
+                    device_s=device[name],
+                    cost_usd=cost * part,
+                    cost_per_image_usd=cost * part / done if done else None,
+                )
+            )
+        return tuple(shares)
 
     def _trim(self, before: float) -> None:
         while self.batches and self.batches[0].at < before:
@@ -246,6 +374,9 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
         "| --- | --- |",
         *(f"| {k} | {v} |" for k, v in rows),
     ]
+    for title, shares in (("By lane", sample.lanes), ("Busiest tenants", sample.tenants)):
+        if shares:
+            lines += ["", *share_table(title, shares)]
     if sample.stale_events:
         lines += [
             "",
@@ -255,6 +386,27 @@ def markdown(sample: FleetSample, pool: str, instance: str, chart: str | None) -
     if chart is not None:
         lines += ["", f"![the fleet over time]({chart})"]
     return "\n".join(lines)
+
+
+def share_table(title: str, shares: tuple[Share, ...]) -> list[str]:
+    """A markdown table of lanes' or tenants' parts (cost by device time)."""
+
+    def secs(v: float | None) -> str:
+        return f"{v:.1f}" if v is not None else "–"
+
+    rows = [
+        f"| {s.name} | {s.images_per_min:.1f} | {secs(s.e2e_p50_s)} / {secs(s.e2e_p95_s)} | "
+        f"{s.device_s:.1f} | ${s.cost_usd:.4f} | "
+        f"{f'${s.cost_per_image_usd:.6f}' if s.cost_per_image_usd is not None else '–'} |"
+        for s in shares
+    ]
+    return [
+        f"### {title}",
+        "",
+        "| | images/min | p50 / p95 s | device s | host cost (by device time) | per image |",
+        "| --- | --- | --- | --- | --- | --- |",
+        *rows,
+    ]
 
 
 def _opt(v: int | None) -> str:

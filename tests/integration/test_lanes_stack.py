@@ -39,16 +39,33 @@ def _runs(api: str, queue: str, states: list[str]) -> int:
     return int(got.json())
 
 
+def _lanes_seen(url: str) -> Any:
+    """The scrape once the fleet view shows both lanes and tenant acme with every bulk image
+    (None before)."""
+    from img2img.observe.scrape import parse
+
+    try:
+        scraped = parse(httpx.get(url, timeout=5).text)
+    except httpx.HTTPError:
+        return None
+    bulk = scraped.lanes.get("bulk", {})
+    if "interactive" in scraped.lanes and "acme" in scraped.tenants and bulk.get("cost_usd"):
+        return scraped
+    return None
+
+
 def _upload(s3: Any, key: str, metadata: dict[str, str]) -> ObjectRef:
     put = s3.put_object(Bucket=BUCKET, Key=key, Body=png(), Metadata={**FAST, **metadata})
     return ObjectRef(bucket=BUCKET, key=key, etag=put["ETag"].strip('"'))
 
 
 def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) -> None:
+    metrics_port = free_port()
     env = stack_env(
         tmp_path / "state",
         {
-            "IMG2IMG_LOCAL__METRICS_PORT": str(free_port()),
+            "IMG2IMG_LOCAL__METRICS_PORT": str(metrics_port),
+            "IMG2IMG_MONITOR__FLEET_INTERVAL_S": "5",
             "IMG2IMG_LANES__ENABLED": "true",
             "IMG2IMG_TENANTS__ENABLED": "true",
             # Tenant "trial" may upload 2 images an hour; a third ends as a failure record.
@@ -106,6 +123,10 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
         wrong = _upload(s3, "shop/typo.png", {"lane": "urgent"})
         messages = drain(sqs, app, quiet_s=3, limit_s=300, at_least=BULK + 5)
         report = audit(s3, "img2img-results", [*bulk, urgent, wrong, *trial], messages=messages)
+        # The operator's view: each lane and tenant with its images and attributed cost.
+        url = f"http://127.0.0.1:{metrics_port}/metrics"
+        scraped = wait_for(lambda: _lanes_seen(url), 60, "lanes and tenants in /metrics")
+        top = img2img(["top", "--once", "--url", url], env, 60)
     finally:
         img2img(["local", "down"], env, 180)
 
@@ -128,6 +149,16 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
     # On the device it waited for a bulk call per stage at most (0.4 s each), not for the
     # rest of a bulk run's stage (up to 4.8 s): the bulk run yielded between two calls.
     assert waits["device_wait"] < 2000, waits
+
+    # /metrics and `img2img top` by lane and tenant; the window's host cost is attributed by
+    # device time (bulk did the most).
+    assert set(scraped.lanes) == {"interactive", "bulk"}, scraped.lanes
+    assert {"acme", "shop", "trial"} <= set(scraped.tenants), scraped.tenants
+    bulk_cost = scraped.lanes["bulk"]["cost_usd"]
+    assert bulk_cost > scraped.lanes["interactive"]["cost_usd"] > 0, scraped.lanes
+    assert scraped.tenants["acme"]["device_seconds"] > scraped.tenants["shop"]["device_seconds"]
+    assert top.returncode == 0 and "lanes (fleet window)" in top.stdout, top.stdout
+    assert "busiest tenants" in top.stdout and "acme" in top.stdout, top.stdout
 
     typo = by_key[wrong.key]
     assert typo["outcome"] == "failure" and typo["failure"]["stage"] == "placement", typo

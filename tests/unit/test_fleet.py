@@ -6,7 +6,7 @@ from prefect.events.schemas.automations import AutomationCore
 from deployments.services.alerts import definitions
 from img2img.config.monitor import MonitorSettings
 from img2img.observe.scrape import parse
-from img2img.scaling.fleet import BatchDigest, FleetWindow, markdown
+from img2img.scaling.fleet import OTHER, BatchDigest, FleetWindow, markdown
 
 T0 = 1_700_000_000.0
 PRICE = 0.7582
@@ -137,3 +137,103 @@ def test_the_recycles_of_the_window_reach_metrics() -> None:
     text = generate_latest(metrics.registry).decode()
     assert 'img2img_slot_recycles{pool="inf2"} 4.0' in text
     assert parse(text).pool_gauges["inf2"]["img2img_slot_recycles"] == 4.0  # what top shows
+
+
+# -- lanes and tenants -------------------------------------------------------------------------
+
+
+def _group(lane: str, tenant: str, images: int, device_ms: float, e2e_s: float) -> dict:
+    return {
+        "lane": lane,
+        "tenant": tenant,
+        "completed": images,
+        "failed": 0,
+        "e2e_ms": [e2e_s * 1000.0] * images,
+        "device_ms": device_ms,
+    }
+
+
+def _laned_window(top: int) -> FleetWindow:
+    window = FleetWindow(
+        window_s=300,
+        price_per_hour=PRICE,
+        slots_per_host=1,
+        top_tenants=top,
+        lane_order=("interactive", "bulk"),
+    )
+    window.add_hosts(T0, hosts=2, running_runs=2, queued_runs=0)
+    payload = {
+        "completed": 13,
+        "failed": 0,
+        "groups": [
+            _group("bulk", "acme", 8, 16_000.0, 40.0),
+            _group("interactive", "acme", 1, 2_000.0, 1.0),
+            _group("interactive", "zed", 3, 6_000.0, 2.0),
+            _group("bulk", "tiny", 1, 16_000.0, 50.0),
+        ],
+    }
+    window.add_batch(BatchDigest.from_payload(T0 + 30, payload))
+    return window
+
+
+def test_the_host_cost_is_attributed_to_lanes_and_tenants_by_device_time() -> None:
+    sample = _laned_window(top=10).sample(T0 + 60)
+    # 2 hosts × 60 s; device time 40 s in all.
+    cost = 120 / 3600 * PRICE
+    assert [s.name for s in sample.lanes] == ["interactive", "bulk"]  # by priority
+    lanes = {s.name: s for s in sample.lanes}
+    assert lanes["interactive"].images == 4 and lanes["bulk"].images == 9
+    assert lanes["interactive"].device_s == pytest.approx(8.0)
+    assert lanes["interactive"].cost_usd == pytest.approx(cost * 8 / 40)
+    assert lanes["bulk"].cost_per_image_usd == pytest.approx(cost * 32 / 40 / 9)
+    assert lanes["interactive"].e2e_p95_s == pytest.approx(2.0)
+    tenants = {s.name: s for s in sample.tenants}
+    assert [s.name for s in sample.tenants] == ["acme", "zed", "tiny"]  # busiest first
+    assert tenants["tiny"].cost_usd == pytest.approx(cost * 16 / 40)  # one heavy image
+    for shares in (sample.lanes, sample.tenants):
+        assert sum(s.cost_usd for s in shares) == pytest.approx(sample.cost_usd)
+    assert sample.as_dict()["tenants"][0]["name"] == "acme"
+
+
+def test_tenants_beyond_the_top_are_one_group_and_off_means_no_shares() -> None:
+    sample = _laned_window(top=1).sample(T0 + 60)
+    assert [s.name for s in sample.tenants] == ["acme", OTHER]
+    other = sample.tenants[1]
+    assert other.images == 4 and other.device_s == pytest.approx(22.0)
+    assert sum(s.cost_usd for s in sample.tenants) == pytest.approx(sample.cost_usd)
+    plain = FleetWindow(window_s=300, price_per_hour=PRICE, slots_per_host=1)
+    plain.add_hosts(T0, hosts=1, running_runs=1, queued_runs=0)
+    plain.add_batch(BatchDigest(T0 + 30, completed=3, failed=0))
+    assert plain.sample(T0 + 60).lanes == () and plain.sample(T0 + 60).tenants == ()
+    text = markdown(sample, "inf2", "inf2.xlarge", None)
+    assert "### By lane" in text and "### Busiest tenants" in text and f"| {OTHER} |" in text
+
+
+def test_lanes_and_tenants_reach_metrics_and_top_with_bounded_labels() -> None:
+    from prometheus_client import generate_latest
+    from rich.console import Console
+
+    from cli.top import render
+    from deployments.services.metrics_endpoint import PrometheusMetrics
+
+    window = _laned_window(top=10)
+    metrics = PrometheusMetrics("inf2")
+    for batch in window.batches:
+        metrics.observe_batch(batch)
+    metrics.observe_fleet(window.sample(T0 + 60))
+    text = generate_latest(metrics.registry).decode()
+    assert 'img2img_lane_images_total{lane="bulk",outcome="completed",pool="inf2"} 9.0' in text
+    got = parse(text)
+    assert set(got.lanes) == {"interactive", "bulk"}
+    assert set(got.tenants) == {"acme", "zed", "tiny"}
+    assert got.tenants["tiny"]["device_seconds"] == pytest.approx(16.0)
+    # A tenant out of the top is removed from the scrape, not left at its last value.
+    window.top_tenants = 1
+    metrics.observe_fleet(window.sample(T0 + 61))
+    got = parse(generate_latest(metrics.registry).decode())
+    assert set(got.tenants) == {"acme", OTHER}
+    console = Console(width=140, record=True)
+    console.print(render(got, "http://127.0.0.1:1/metrics"))
+    shown = console.export_text()
+    assert "lanes (fleet window)" in shown and "busiest tenants" in shown
+    assert "interactive" in shown and OTHER in shown

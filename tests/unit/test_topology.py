@@ -213,3 +213,41 @@ def test_alerts_cover_each_pool_of_a_split_topology() -> None:
     assert sum("dead-letter" in n for n in names) == 1
     flows = json.dumps([a for a in split if a["name"].startswith("img2img batch failed")])
     assert "img2img-generate" in flows and "img2img-upscale" in flows
+
+
+def test_each_pool_counts_its_own_device_time_by_lane_and_tenant() -> None:
+    def placed(name: str, lane: str, tenant: str) -> ImageJob:
+        job = _job(name)
+        job.ref = job.ref.model_copy(update={"lane": lane, "tenant": tenant})
+        return job
+
+    # One pool: both stages; a failed image counts its device time too.
+    done, failed, plain = placed("a.png", "bulk", "acme"), placed("b.png", "bulk", "acme"), _job()
+    done.timings.add("upscale", 200.0)
+    done.status, failed.status, plain.status = "completed", "failed", "completed"
+    finish_timings([done, failed, plain], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    report = build_report([done, failed, plain], 2.0, T0 + 1, stale_after_s=3600)
+    _, payload = batch_event(report, [done, failed, plain])
+    (group,) = payload["groups"]  # the unplaced image (lanes and tenants off) is in none
+    assert (group["lane"], group["tenant"], group["completed"], group["failed"]) == (
+        "bulk",
+        "acme",
+        1,
+        1,
+    )
+    assert group["device_ms"] == pytest.approx(300 + 200 + 300)
+    assert len(group["e2e_ms"]) == 2
+
+    # Split: stage 1 counts generate for the image it handed off; stage 2 counts upscale only
+    # (stage 1's timings came with the image).
+    handed = placed("c.png", "interactive", "zed")
+    handed.status = "handed_off"
+    one = build_report([handed], 1.0, T0 + 1, stale_after_s=3600)
+    assert one.groups[0]["device_ms"] == pytest.approx(300) and one.groups[0]["handed_off"] == 1
+    taken = ImageJob.for_ref(handed.ref)
+    restore(taken, handoff_state(handed, T0 + 1.9), T0 + 2.4, "run-1")
+    taken.timings.add("upscale", 200.0)
+    taken.status = "completed"
+    two = build_report([taken], 0.6, T0 + 1, stale_after_s=3600)
+    assert two.groups[0]["device_ms"] == pytest.approx(200)
+    assert batch_event(build_report([plain], 1.0, T0 + 1, 3600), [plain])[1].get("groups") is None
