@@ -1,5 +1,5 @@
 """Command group: `img2img bench pipeline | models | device | scaling | control-plane |
-latency | capacity | soak`, one module per sub-command (its arguments beside it); what each
+latency | capacity | soak | lanes`, one module per sub-command (its arguments beside it); what each
 measures, and its tables and verdicts, live in `infra/bench/`."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from cli.bench import (
     capacity,
     control_plane,
     device,
+    lanes,
     latency,
     models,
     pipeline,
@@ -17,7 +18,7 @@ from cli.bench import (
     soak,
 )
 
-SUBCOMMANDS = (pipeline, soak, control_plane, latency, capacity, device, models, scaling)
+SUBCOMMANDS = (pipeline, soak, control_plane, latency, lanes, capacity, device, models, scaling)
 
 
 def add_commands(sub: Any) -> None:

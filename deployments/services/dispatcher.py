@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import time
@@ -60,6 +61,8 @@ QUEUED_EVERY_S = 1.0
 # While runs wait for a slot (and the stream is up), the longest wait for a claim between
 # two receives: what arrives meanwhile waits in the queue at most this much longer.
 CLAIM_PAUSE_S = 0.2
+# Receives of 10 messages in one round while a backlog is taken in to be held.
+RECEIVES_HOLDING = 5
 
 
 class _AtMostEvery(Generic[T]):
@@ -83,6 +86,10 @@ class _AtMostEvery(Generic[T]):
         self.at = -1e9
 
 
+def _placement(ref: ObjectRef) -> dict[str, str | None]:
+    return {"lane": ref.lane, "tenant": ref.tenant, "refused": ref.refused}
+
+
 class _LaneFlow:
     """What the dispatcher knows of one lane's flow (lanes off: one, for every upload):
     when its last batch went and the objects taken since (its rate), and how many of its
@@ -91,6 +98,7 @@ class _LaneFlow:
     def __init__(self, clock: Callable[[], float]) -> None:
         self.since_batch = (clock(), 0)
         self.queued: _AtMostEvery[int] = _AtMostEvery(QUEUED_EVERY_S, clock)
+        self.running: _AtMostEvery[int] = _AtMostEvery(QUEUED_EVERY_S, clock)
 
 
 @dataclass
@@ -168,6 +176,8 @@ class Dispatcher(LoopService[DispatchStats]):
         self.claims: RunClaims | None = None
         self._claims_at = -1e9
         self._listening = False  # from `started()`: a loop of rounds, not a step on its own
+        # Tenants' turns over a backlog (see `_fair_room`): the dispatcher holds it.
+        self.fair_hold = self.tenants.enabled and settings.adaptive
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -204,38 +214,44 @@ class Dispatcher(LoopService[DispatchStats]):
         then dispatch every batch that is due."""
         self._listen_for_claims()
         depth = self._replan()
+        self._renew_held()
         due_in = self.batcher.next_due_in(self.clock())
         wait: float = (
             self.settings.poll_wait_s if due_in is None else min(self.settings.poll_wait_s, due_in)
+        )
+        # Holding a backlog for tenants' turns: receive the rest of it at once (the turns
+        # are taken among what is held), up to what may be held.
+        taking_all = (
+            self.fair_hold and depth > 0 and self.batcher.pending_count < self.tenants.max_held
         )
         if self.settings.adaptive and self.batcher.pending_count:
             # Holding images: look again within a second whether the pool can take them.
             wait = min(wait, 1.0)
             queued = any(f.queued.value for f in self._flows.values())
-            if wait > 0 and queued and self.claims and self.claims.connected:
+            if wait > 0 and queued and self.claims and self.claims.connected and not taking_all:
                 # Held because runs wait for a slot: the moment that changes is one of them
                 # being claimed, which the stream tells (the next round plans again). A
                 # long poll would not wake for it: wait for a claim a little at a time,
                 # then receive without waiting, so what arrives meanwhile is not held up.
                 self.claims.heard.wait(min(wait, CLAIM_PAUSE_S))
                 wait = 0
-        if depth and not self.batcher.full():
+        if depth and (not self.batcher.full() or taking_all):
             wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
+        if self.fair_hold and self.batcher.pending_count >= self.tenants.max_held:
+            self._dispatch_due(flush=False)
+            self.wait(min(wait, 1.0) if wait else 0.2)  # hold no more: let runs go first
+            return
         if 0 < wait < 1:
             # SQS waits whole seconds: sleep to the deadline here rather than spin on
             # zero-second receives (or overshoot it by up to a second).
             self.wait(wait)
             wait = 0
-        response = self.sqs.receive_message(
-            QueueUrl=self.queue_url,
-            MaxNumberOfMessages=10,
-            WaitTimeSeconds=int(wait),
-            VisibilityTimeout=self.settings.visibility_timeout_s,
-        )
+        messages = self._receive(int(wait), RECEIVES_HOLDING if taking_all else 1)
         now = self.clock()
         deletable: list[str] = []
-        for message in response.get("Messages", []):
-            deletable += self._take(message, now)
+        placed = self._place_round(messages)
+        for message in messages:
+            deletable += self._take(message, now, placed)
         self._delete(deletable)
         self._dispatch_due(flush=False)
 
@@ -288,9 +304,75 @@ class Dispatcher(LoopService[DispatchStats]):
         # more than a base batch in max_wait_s (none read at low load).
         image_s = self._image_s() if rate * self.settings.max_wait_s > base else None
         plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued, image_s)
+        if self.fair_hold:
+            plan = self._fair_room(lane, flow, plan, queued, in_hand + (depth or 0) > base)
+        if lane is not None and lane == self.lanes.first and plan.hold_s > self.settings.max_wait_s:
+            # The first lane's uploads are people waiting: while its runs wait for a place,
+            # what comes is still sent within max_wait_s, not held to fill a bigger run.
+            plan = BatchPlan(plan.size, self.settings.max_wait_s, plan.reason)
         if lane is not None:
             log.debug("next %s batch: %d images: %s", lane, plan.size, plan.reason)
         return plan
+
+    def _fair_room(
+        self, lane: str | None, flow: _LaneFlow, plan: BatchPlan, queued: int | None, backlog: bool
+    ) -> BatchPlan:
+        """Tenants on: room for a new run only while fewer than one, plus one per two
+        running, of the lane's runs wait for a slot, and under a backlog runs of at most
+        `tenants.fair_run_s` of work on a slot. What is not in a run stays held here, where
+        each batch gives the tenants waiting their turns; in runs it would wait in arrival
+        order (a tenant arriving behind another's burst would wait for all of it). The
+        first lane (lanes on) is not held: its uploads are people waiting, and its batches
+        still take turns."""
+        if lane is not None and lane == self.lanes.first:
+            self.batcher.room(lane, None)
+            return plan
+        if queued is None and not backlog:
+            self.batcher.room(lane, None)  # nothing held, nothing waits: no count needed
+            return plan
+        running = flow.running.get(lambda known: self._count_running(lane) or known) or 0
+        ahead = 1 + running // 2
+        self.batcher.room(lane, max(0, ahead - (queued or 0)))
+        if not backlog:
+            return plan
+        image_s = self._image_s()
+        base = min(self.settings.base_batch, self.settings.max_batch)
+        cap = base
+        if image_s:
+            cap = max(base, math.floor(self.tenants.fair_run_s / image_s + 1e-9))
+        if plan.size <= cap:
+            return plan
+        return BatchPlan(
+            cap,
+            plan.hold_s,
+            f"{plan.reason}; tenants take turns: runs of {cap} (~{self.tenants.fair_run_s:g} s "
+            f"on a slot), {ahead} waiting at most ({queued or 0} now), the rest held",
+        )
+
+    def _renew_held(self) -> None:
+        """Extend the visibility of the messages held for longer than the visibility less
+        30 s (a backlog held for tenants' turns), so they do not reappear meanwhile."""
+        after = max(1.0, self.settings.visibility_timeout_s - 30.0)
+        due = self.batcher.renewals(self.clock(), after)
+        for start in range(0, len(due), 10):
+            chunk = due[start : start + 10]
+            try:
+                result = self.sqs.change_message_visibility_batch(
+                    QueueUrl=self.queue_url,
+                    Entries=[
+                        {
+                            "Id": str(i),
+                            "ReceiptHandle": handle,
+                            "VisibilityTimeout": self.settings.visibility_timeout_s,
+                        }
+                        for i, (_, handle) in enumerate(chunk)
+                    ],
+                )
+            except Exception as exc:  # it reappears and is recognised as a duplicate then
+                log.warning("could not extend the visibility of %d messages: %s", len(chunk), exc)
+                continue
+            for failed in result.get("Failed", []):
+                log.warning("could not extend a message's visibility: %s", json.dumps(failed))
 
     def _listen_for_claims(self) -> None:
         """Start hearing the deployment's runs claimed (adaptive, `claim_events`), once its
@@ -344,6 +426,34 @@ class Dispatcher(LoopService[DispatchStats]):
             log.debug("could not count the pool's queued runs: %s", exc)
             return None
 
+    def _count_running(self, lane: str | None) -> int | None:
+        """The lane's runs running now (None when it cannot be read)."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+            FlowRunFilterWorkQueueName,
+        )
+        from prefect.client.schemas.objects import StateType
+
+        queue = FlowRunFilterWorkQueueName(any_=[lane]) if lane is not None else None
+        try:
+            return int(
+                self.prefect.count_flow_runs(
+                    flow_run_filter=FlowRunFilter(
+                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
+                        state=FlowRunFilterState(
+                            type=FlowRunFilterStateType(any_=[StateType.RUNNING])
+                        ),
+                        work_queue_name=queue,
+                    )
+                )
+            )
+        except Exception as exc:  # advisory
+            log.debug("could not count the lane's running runs: %s", exc)
+            return None
+
     def _image_s(self) -> float | None:
         """Seconds an image adds to a run on its slot, from the deployment's last completed
         runs (`seconds_per_image`), read at most every IMAGE_S_EVERY_S; the last value
@@ -387,7 +497,38 @@ class Dispatcher(LoopService[DispatchStats]):
 
     # -- parts --------------------------------------------------------------------------------
 
-    def _take(self, message: Any, now: float) -> list[str]:
+    def _receive(self, wait_s: int, calls: int) -> list[Any]:
+        """Up to `calls` receives of 10 messages (more than one while taking in a backlog
+        held for tenants' turns, so a round's fixed costs are shared), stopping at the
+        first that comes back short."""
+        messages: list[Any] = []
+        for _ in range(calls):
+            got = self.sqs.receive_message(
+                QueueUrl=self.queue_url,
+                MaxNumberOfMessages=10,
+                WaitTimeSeconds=wait_s,
+                VisibilityTimeout=self.settings.visibility_timeout_s,
+            ).get("Messages", [])
+            messages += got
+            if len(got) < 10:
+                break
+        return messages
+
+    def _place_round(self, messages: list[Any]) -> dict[str, ObjectRef]:
+        """Every upload of a round's messages placed at once (their HEADs side by side, not
+        one message after another), by identity; empty when nothing is placed."""
+        if self.placer is None:
+            return {}
+        refs: list[ObjectRef] = []
+        for message in messages:
+            try:
+                refs += parse_message(message.get("Body", "")).objects
+            except InvalidEvent:
+                continue  # dead-lettered when taken
+        accepted, _ = self._screen(refs)
+        return {ref.identity: ref for ref in self.placer.place_all(accepted)}
+
+    def _take(self, message: Any, now: float, placed: dict[str, ObjectRef]) -> list[str]:
         self.stats.messages += 1
         try:
             parsed = parse_message(message.get("Body", ""))
@@ -404,7 +545,12 @@ class Dispatcher(LoopService[DispatchStats]):
         if refused:
             self._dead_letter(message, "; ".join(refused))
         if self.placer is not None:
-            accepted = self.placer.place_all(accepted)
+            accepted = [
+                ref.model_copy(update=_placement(placed[ref.identity]))
+                if ref.identity in placed
+                else self.placer.place_one(ref)
+                for ref in accepted
+            ]
         if self.quotas is not None:
             accepted = self.quotas.apply(accepted)
         self.stats.objects += len(accepted)

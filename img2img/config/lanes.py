@@ -142,6 +142,24 @@ class TenantSettings(BaseModel):
         "lane (with lanes on; else it runs as usual, logged), fail ends it with a failure "
         "record that names the quota. Never dropped.",
     )
+    fair_run_s: float = Field(
+        15.0,
+        gt=0,
+        le=3600,
+        description="Under a backlog (adaptive dispatch), a run holds at most this long of "
+        "work on its slot (at least dispatch.base_batch images), and a lane adds a run only "
+        "while few of its runs wait for a slot (one, plus one per two running): the rest "
+        "of the backlog stays with the dispatcher, where tenants take turns, instead of in "
+        "runs that wait in arrival order.",
+    )
+    max_held: int = Field(
+        20_000,
+        ge=100,
+        le=100_000,
+        description="Most uploads a dispatcher holds back (their messages' visibility "
+        "extended while they wait): beyond it the rest waits in SQS (which caps in-flight "
+        "messages at 120,000), and turns are taken among those held.",
+    )
     top: int = Field(
         10,
         ge=1,

@@ -169,6 +169,7 @@ def plan_batch(
 class _Message:
     receipt_handle: str
     remaining: set[str] = field(default_factory=set)
+    seen: float = 0.0  # when its handle was received or its visibility last extended
 
 
 @dataclass
@@ -184,7 +185,9 @@ class Batcher:
     With lanes, each lane batches on its own (its size and hold from its own plan), so an
     interactive upload never waits for a bulk batch to fill; with tenants (`weight`), a
     batch taken from a backlog gives the tenants waiting their weighted turns (deficit round
-    robin, `img2img.intake.fair_share`) instead of arrival order."""
+    robin, `img2img.intake.fair_share`) instead of arrival order; and a lane may be given
+    `room` for a number of batches only (the rest of its backlog stays here, where tenants
+    take turns, rather than in runs that wait in arrival order)."""
 
     def __init__(
         self,
@@ -200,6 +203,7 @@ class Batcher:
         self.dedup_window = dedup_window
         self.weight = weight
         self._lane_plans: dict[str, tuple[int, float]] = {}
+        self._room: dict[str | None, int] = {}  # lane → batches it may send (absent: any)
         self._fair: dict[str | None, FairShare] = {}
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         # Pending objects per lane, kept as they come and go (read every round).
@@ -216,6 +220,25 @@ class Batcher:
             self.max_wait_s = plan.hold_s
         else:
             self._lane_plans[lane] = (max(1, plan.size), plan.hold_s)
+
+    def room(self, lane: str | None, batches: int | None) -> None:
+        """Let `lane` send at most `batches` batches from now (None: any number); held ones
+        wait, however long they have waited, until it has room again."""
+        if batches is None:
+            self._room.pop(lane, None)
+        else:
+            self._room[lane] = max(0, batches)
+
+    def renewals(self, now: float, after_s: float) -> list[tuple[str, str]]:
+        """(message id, receipt handle) of the messages held `after_s` or more since they
+        were received or last renewed (their visibility is to be extended); each counts as
+        renewed now."""
+        due = []
+        for message_id, msg in self._messages.items():
+            if now - msg.seen >= after_s:
+                msg.seen = now
+                due.append((message_id, msg.receipt_handle))
+        return due
 
     def _plan_of(self, lane: str | None) -> tuple[int, float]:
         if lane is not None and lane in self._lane_plans:
@@ -246,9 +269,10 @@ class Batcher:
         (messages with nothing left to dispatch: duplicates, test events)."""
         msg = self._messages.get(message_id)
         if msg is None:
-            msg = self._messages[message_id] = _Message(receipt_handle)
+            msg = self._messages[message_id] = _Message(receipt_handle, seen=now)
         else:
             msg.receipt_handle = receipt_handle  # a redelivery: only the newest handle works
+            msg.seen = now
         for ref in objects:
             ident = ref.identity
             if ident in self._recent:
@@ -273,11 +297,13 @@ class Batcher:
             return None
         due = []
         for lane, waiting in self._by_lane().items():
+            if self._room.get(lane, 1) == 0:
+                continue  # held until the lane has room (the dispatcher looks every second)
             size, wait_s = self._plan_of(lane)
             if len(waiting) >= size:
                 return 0.0
             due.append(min(p.first_seen for p in waiting) + wait_s - now)
-        return max(0.0, min(due))
+        return max(0.0, min(due)) if due else None
 
     def due(self, now: float, flush: bool = False) -> list[Batch]:
         """Batches that should be dispatched now (every pending object with `flush`), each
@@ -289,11 +315,16 @@ class Batcher:
         batches: list[Batch] = []
         for lane, waiting in self._by_lane().items():
             size, wait_s = self._plan_of(lane)
-            while len(waiting) >= size:
+            room = None if flush else self._room.get(lane)
+            sent = 0
+            while len(waiting) >= size and (room is None or sent < room):
                 chosen = self._take(lane, waiting, size)
                 batches.append(Batch([p.ref for p in chosen], lane))
                 taken = {id(p) for p in chosen}
                 waiting = [p for p in waiting if id(p) not in taken]
+                sent += 1
+            if room is not None and sent >= room:
+                continue
             if waiting and (flush or now - min(p.first_seen for p in waiting) >= wait_s):
                 batches.append(Batch([p.ref for p in waiting], lane))
         return batches

@@ -27,6 +27,12 @@ run is running; the line adds `largest_batch`, the most images a run held.
 pool's worker once a stage-2 run is running on it; the line adds `generate_reruns` (stage-1
 runs run more than once: 0 when the kill cost stage 1 nothing) and `handoff_p50_ms` (stage-1
 outputs of the batch written → stage-2 run started, from the result documents).
+`lanes-worker-kill` runs the dispatcher, the autoscaler and the workers with lanes and
+tenants on (`LANES_ENV`), uploads a mix (every third upload interactive, the rest bulk, two
+tenants) and SIGKILLs the worker once a run is running; the line adds `by_lane`, the
+outcomes by the lane their documents name (each upload must keep its lane through the
+recovery).
+
 The stages run on the simulated backend (a fixed device time, no CPU), with a crash marker
 for the poison scenario.
 """
@@ -64,6 +70,7 @@ SCENARIOS = (
     "poison",
     "backlog-worker-kill",
     "upscale-worker-kill",
+    "lanes-worker-kill",
     *CLUSTER_SCENARIOS,
 )
 POISON_MARKER = "img2img-chaos-poison"
@@ -76,8 +83,12 @@ WAITS_FOR_A_RUN = (
     "s3-errors",
     "backlog-worker-kill",
     "upscale-worker-kill",
+    "lanes-worker-kill",
     *CLUSTER_SCENARIOS,
 )
+# The lanes scenario's services: lanes and tenants on (each lane a work queue, a place per
+# slot kept for the interactive lane, the dispatcher holding bulk for tenants' turns).
+LANES_ENV = {"IMG2IMG_LANES__ENABLED": "true", "IMG2IMG_TENANTS__ENABLED": "true"}
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
 # and the services' settings while it runs: one run slot, so the whole backlog is one run;
 # a hold long enough to receive the whole backlog on a loaded machine (under a backlog the
@@ -179,6 +190,8 @@ class Chaos:
         for i in range(images):
             prompt = POISON_MARKER if scenario == "poison" and i == images // 2 else "chaos"
             meta = {"prompt": prompt, "steps": "4", "strength": "0.5", "upscale-steps": "2"}
+            if scenario == "lanes-worker-kill":
+                meta |= {"lane": "bulk" if i % 3 else "interactive", "tenant": f"t{i % 2}"}
             got = self.clients.s3.put_object(
                 Bucket=bucket, Key=f"{prefix}/{i}.png", Body=body, Metadata=meta
             )
@@ -285,7 +298,7 @@ class Chaos:
                 raise RuntimeError("no run started within 120 s: nothing to stop")
             self.say(f"SIGSTOP slot pid {run.infrastructure_pid} (flow run {run.name}), for good")
             os.kill(int(run.infrastructure_pid), signal.SIGSTOP)
-        elif scenario in ("worker-kill", "backlog-worker-kill"):
+        elif scenario in ("worker-kill", "backlog-worker-kill", "lanes-worker-kill"):
             least = BACKLOG_MIN if scenario == "backlog-worker-kill" else 0
             if self.running_run(min_images=least) is None:
                 raise RuntimeError(
@@ -382,6 +395,9 @@ class Chaos:
             return self._through_fault_proxy(images, timeout_s)
         if scenario == "backlog-worker-kill":
             return self._at_a_backlog(images, timeout_s)
+        if scenario == "lanes-worker-kill":
+            result = self._with_env(LANES_ENV, scenario, images, timeout_s)
+            return {**result, "by_lane": self._by_lane(self._refs)}
         result = self._run(scenario, images, timeout_s)
         if scenario == "upscale-worker-kill":
             result.update(self._split_figures(self._refs))
@@ -434,20 +450,17 @@ class Chaos:
         if left:
             raise RuntimeError(f"still running after being stopped: {', '.join(left)}")
 
-    def _at_a_backlog(self, images: int, timeout_s: float) -> dict[str, Any]:
-        """The dispatcher, the autoscaler and the workers run with `BACKLOG_ENV` for this
-        scenario, and with the stack's own settings again after it."""
-        if images < BACKLOG_MIN:
-            raise ValueError(
-                f"backlog-worker-kill needs at least {BACKLOG_MIN} images (--images), "
-                f"got {images}: its point is a run that large"
-            )
-        self.drain_workers()  # the next workers start with the scenario's device times
+    def _with_env(
+        self, env: dict[str, str], scenario: str, images: int, timeout_s: float
+    ) -> dict[str, Any]:
+        """The dispatcher, the autoscaler and the workers run with `env` for `scenario`, and
+        with the stack's own settings again after it."""
+        self.drain_workers()  # the next workers start with the scenario's settings
         self._stop_intake()
-        saved = {key: os.environ.get(key) for key in BACKLOG_ENV}
-        os.environ.update(BACKLOG_ENV)
+        saved = {key: os.environ.get(key) for key in env}
+        os.environ.update(env)
         try:
-            result = self._run("backlog-worker-kill", images, timeout_s)
+            return self._run(scenario, images, timeout_s)
         finally:
             self._stop_intake()
             for key, value in saved.items():
@@ -457,6 +470,31 @@ class Chaos:
                     os.environ[key] = value
             self.drain_workers()
             self.stack.up(self.say)
+
+    def _by_lane(self, refs: list[ObjectRef]) -> dict[str, int]:
+        """Outcomes by the lane their documents name (result or failure record)."""
+        from img2img.delivery.outcomes import outcome_key
+
+        bucket = self.settings.storage.results_bucket
+        lanes: dict[str, int] = {}
+        for ref in refs:
+            key = outcome_key(self.clients.s3, bucket, ref)
+            if key is None:
+                continue
+            body = self.clients.s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+            lane = str(json.loads(body).get("lane"))
+            lanes[lane] = lanes.get(lane, 0) + 1
+        return lanes
+
+    def _at_a_backlog(self, images: int, timeout_s: float) -> dict[str, Any]:
+        """The dispatcher, the autoscaler and the workers run with `BACKLOG_ENV` for this
+        scenario, and with the stack's own settings again after it."""
+        if images < BACKLOG_MIN:
+            raise ValueError(
+                f"backlog-worker-kill needs at least {BACKLOG_MIN} images (--images), "
+                f"got {images}: its point is a run that large"
+            )
+        result = self._with_env(BACKLOG_ENV, "backlog-worker-kill", images, timeout_s)
         return {
             **result,
             "largest_batch": self._largest,

@@ -19,7 +19,14 @@ from tests.integration.warm import wait_for
 # twice) in test_many_dispatchers, with two dispatchers and two hosts. The worker kill is the
 # backlog one: a worker killed under a run of 160 images that the dispatcher's adaptive
 # batching built from the queue (the 6-image worker-kill is the same fault on a small run).
-SCENARIOS = ("slot-hang", "dispatcher-kill", "backlog-worker-kill", "server-restart", "s3-errors")
+SCENARIOS = (
+    "slot-hang",
+    "dispatcher-kill",
+    "backlog-worker-kill",
+    "lanes-worker-kill",
+    "server-restart",
+    "s3-errors",
+)
 # On the cluster (`local up --ha`): the one the suite runs; the others run by hand
 # (`img2img chaos --scenario ...` on an --ha stack) until they fit its time.
 CLUSTER_SCENARIOS = ("api-replica-kill",)
@@ -64,6 +71,9 @@ def test_fault_scenarios_lose_nothing_and_scale_back_to_zero(tmp_path: Path) -> 
                 assert line["largest_batch"] >= 128, line
                 assert 0 < line["results_before_kill"] < images, line
                 assert line["skipped_as_done"] >= line["results_before_kill"], line
+            if scenario == "lanes-worker-kill":
+                # Every upload kept its lane through the kill (every third interactive).
+                assert line["by_lane"] == {"interactive": 2, "bulk": 4}, line
             assert line["hosts_after_idle"] == 0, line
             if scenario == "slot-hang":  # no host was started for the stuck runs
                 assert line["idle_launches"] == 0, line

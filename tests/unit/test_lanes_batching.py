@@ -81,3 +81,43 @@ def test_a_poll_admits_bulk_only_into_places_not_kept_for_interactive() -> None:
     # One slot of 3, empty: after two interactive runs, a bulk run would take the reserve.
     assert admit(["i1", "i2", "b1"], first, free=3, free_other=2) == ["i1", "i2"]
     assert admit(["i1", "b1", "b2"], first, free=3, free_other=2) == ["i1", "b1"]
+
+
+def test_a_lane_without_room_holds_its_backlog_where_a_later_tenant_gets_its_turns() -> None:
+    """Room for one batch: one run of tenant a's burst goes, the rest is held (however long
+    it waits) and, once tenant b arrives, the next batch gives both their turns."""
+    batcher = Batcher(10, 1.0, 1000, weight=lambda t: 1.0)
+    batcher.resize(BatchPlan(10, 1.0, "backlog"), "bulk")
+    batcher.room("bulk", 1)
+    batcher.add("m1", "h1", [_ref(f"a/{i}", "bulk", "a") for i in range(100)], now=0.0)
+    sent = batcher.due(now=0.0)
+    assert [len(b.objects) for b in sent] == [10]  # not ten batches of a's at once
+    batcher.dispatched(sent[0])
+    batcher.room("bulk", 0)
+    assert batcher.due(now=500.0) == [] and batcher.next_due_in(now=500.0) is None
+    batcher.add("m2", "h2", [_ref(f"b/{i}", "bulk", "b") for i in range(100)], now=30.0)
+    batcher.room("bulk", 1)
+    (turns,) = batcher.due(now=31.0)
+    assert Counter(r.tenant for r in turns.objects) == {"a": 5, "b": 5}
+    # Shutting down sends everything held, room or not: nothing is left behind.
+    batcher.dispatched(turns)
+    batcher.room("bulk", 0)
+    assert sum(len(b.objects) for b in batcher.due(now=31.0, flush=True)) == 180
+    # No room limit (None): every full batch at once, as without tenants.
+    free = Batcher(10, 1.0, 1000)
+    free.add("m", "h", [_ref(f"c/{i}", "bulk") for i in range(50)], now=0.0)
+    free.room("bulk", 2)
+    free.room("bulk", None)
+    assert len(free.due(now=0.0)) == 5
+
+
+def test_held_messages_are_renewed_before_their_visibility_ends() -> None:
+    batcher = Batcher(10, 1.0, 1000)
+    batcher.add("m1", "h1", [_ref("x/1", "bulk")], now=0.0)
+    batcher.add("m2", "h2", [_ref("x/2", "bulk")], now=50.0)
+    assert batcher.renewals(now=80.0, after_s=90.0) == []
+    assert batcher.renewals(now=90.0, after_s=90.0) == [("m1", "h1")]
+    # A redelivered message's newest handle is the one renewed, from when it came again.
+    batcher.add("m2", "h2-again", [_ref("x/2", "bulk")], now=100.0)
+    assert batcher.renewals(now=185.0, after_s=90.0) == [("m1", "h1")]
+    assert batcher.renewals(now=190.0, after_s=90.0) == [("m2", "h2-again")]
