@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from img2img.config.settings import Settings
@@ -19,7 +20,7 @@ def _local_clients(settings: Settings) -> Any:
 def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
     from prefect.client.orchestration import get_client
 
-    from deployments.services.reconciler import reconcile
+    from deployments.services.reconciler import IntakeWatch, held_older_than_s, reconcile
     from deployments.services.recovery import RecoveryService, RunRecovery
     from img2img.delivery.announce import Announcer
     from img2img.pipeline.topology import pools
@@ -37,12 +38,20 @@ def cmd_recover(args: argparse.Namespace, settings: Settings) -> int:
                 print(json.dumps({"pool": runs.pool, **runs.step().__dict__}))
             return 0
 
+        ingest = clients.sqs.get_queue_url(QueueName=settings.storage.ingest_queue)
+        watch = IntakeWatch(clients.sqs, ingest["QueueUrl"])
+
         def periodic_reconcile() -> None:
+            now = time.time()
+            watch.look(now)
+            older = held_older_than_s(
+                now, watch.clear_at, policy.reconcile_older_than_s, policy.reconcile_hold_max_s
+            )
             report = reconcile(
                 clients.s3,
                 client,
                 settings,
-                older_than_s=policy.reconcile_older_than_s,
+                older_than_s=older,
                 newer_than_s=policy.lookback_s,
                 resubmit=True,
             )

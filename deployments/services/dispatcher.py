@@ -63,6 +63,8 @@ QUEUED_EVERY_S = 1.0
 CLAIM_PAUSE_S = 0.2
 # Receives of 10 messages in one round while a backlog is taken in to be held.
 RECEIVES_HOLDING = 5
+# Held messages whose visibility one round extends at most (three SQS calls).
+RENEWALS_PER_ROUND = 30
 
 
 class _AtMostEvery(Generic[T]):
@@ -350,10 +352,12 @@ class Dispatcher(LoopService[DispatchStats]):
         )
 
     def _renew_held(self) -> None:
-        """Extend the visibility of the messages held for longer than the visibility less
-        30 s (a backlog held for tenants' turns), so they do not reappear meanwhile."""
-        after = max(1.0, self.settings.visibility_timeout_s - 30.0)
-        due = self.batcher.renewals(self.clock(), after)
+        """Extend the visibility of the messages held for longer than half the visibility
+        (a backlog held for tenants' turns), so they do not reappear meanwhile: at most
+        RENEWALS_PER_ROUND a round, the longest held first, so a large backlog's renewals
+        spread over the rounds instead of stalling one."""
+        after = max(1.0, self.settings.visibility_timeout_s / 2)
+        due = self.batcher.renewals(self.clock(), after, RENEWALS_PER_ROUND)
         for start in range(0, len(due), 10):
             chunk = due[start : start + 10]
             try:

@@ -30,6 +30,43 @@ log = logging.getLogger("img2img.reconcile")
 LIVE_STATES = ["SCHEDULED", "PENDING", "RUNNING", "CANCELLING", "PAUSED"]
 
 
+def held_older_than_s(
+    now: float, clear_at: float | None, older_than_s: float, hold_max_s: float
+) -> float:
+    """The age below which the periodic reconcile leaves an upload to the event path.
+
+    `clear_at`: when the ingest queue was last seen with no message in flight (None: not
+    since the service started). An upload made after that may be held by a dispatcher (a
+    backlog it holds for tenants' turns, its messages in flight), so it is left for as long
+    as that lasts, at most `hold_max_s`; never less than `older_than_s`. Messages no one
+    receives are not in flight: with no dispatcher, the reconcile is not held back."""
+    if clear_at is None:
+        return max(older_than_s, hold_max_s)
+    return max(older_than_s, min(now - clear_at, hold_max_s))
+
+
+class IntakeWatch:
+    """When the ingest queue was last seen with no message in flight (one request a look)."""
+
+    def __init__(self, sqs: Any, queue_url: str) -> None:
+        self.sqs, self.queue_url = sqs, queue_url
+        self.clear_at: float | None = None
+
+    def look(self, now: float) -> int | None:
+        """Messages in flight now (None: not known, and `clear_at` left as it was)."""
+        try:
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+            )["Attributes"]
+        except Exception as exc:  # advisory: the last known instant stands
+            log.warning("could not read the ingest queue's messages in flight: %s", exc)
+            return None
+        flying = int(attrs["ApproximateNumberOfMessagesNotVisible"])
+        if flying == 0:
+            self.clear_at = now
+        return flying
+
+
 @dataclass
 class ReconcileReport:
     buckets: list[str]
@@ -104,6 +141,14 @@ def _resubmit(
     deployment = prefect.read_deployment_by_name(dispatch_target(settings))
     size = settings.dispatch.max_batch
     created = []
+    # Recovery work is no one waiting at a screen: with lanes, the last lane's queue (its
+    # runs must not take the places and the device turns kept for interactive uploads).
+    queue = None
+    if settings.lanes.enabled:
+        from deployments.services.lane_queues import ensure_lane_queues
+
+        queue = settings.lanes.names()[-1]
+        ensure_lane_queues(prefect, [deployment.work_pool_name or ""], settings.lanes)
     for start in range(0, len(missing), size):
         batch = missing[start : start + size]
         run = prefect.create_flow_run_from_deployment(
@@ -112,6 +157,7 @@ def _resubmit(
             idempotency_key=reconcile_key(batch),
             name=run_name(batch, "reconcile"),
             tags=["reconcile"],
+            work_queue_name=queue,
         )
         created.append(str(run.id))
         log.info("resubmitted %d upload(s) as flow run %s", len(batch), run.id)

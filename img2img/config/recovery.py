@@ -56,6 +56,14 @@ class RecoverySettings(BaseModel):
         description="Uploads younger than this are left to the event path by the periodic "
         "reconcile (longer than the queue's visibility timeout plus a batch).",
     )
+    reconcile_hold_max_s: float = Field(
+        7200.0,
+        ge=0,
+        le=30 * 86_400,
+        description="While the ingest queue has messages in flight (a dispatcher holds them: a "
+        "backlog held for tenants' turns), an upload made since they were last all gone may "
+        "be among them: the periodic reconcile leaves it, for at most this long.",
+    )
     lookback_s: float = Field(
         86_400.0,
         gt=0,

@@ -229,15 +229,20 @@ class Batcher:
         else:
             self._room[lane] = max(0, batches)
 
-    def renewals(self, now: float, after_s: float) -> list[tuple[str, str]]:
+    def renewals(
+        self, now: float, after_s: float, limit: int | None = None
+    ) -> list[tuple[str, str]]:
         """(message id, receipt handle) of the messages held `after_s` or more since they
-        were received or last renewed (their visibility is to be extended); each counts as
-        renewed now."""
+        were received or last renewed (their visibility is to be extended), the longest
+        held first and at most `limit` of them (a large backlog's renewals spread over
+        rounds); each counts as renewed now."""
+        held = [(msg.seen, mid) for mid, msg in self._messages.items() if now - msg.seen >= after_s]
+        held.sort()
         due = []
-        for message_id, msg in self._messages.items():
-            if now - msg.seen >= after_s:
-                msg.seen = now
-                due.append((message_id, msg.receipt_handle))
+        for _, message_id in held[:limit]:
+            msg = self._messages[message_id]
+            msg.seen = now
+            due.append((message_id, msg.receipt_handle))
         return due
 
     def _plan_of(self, lane: str | None) -> tuple[int, float]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Literal, TextIO
 
 from img2img.config.settings import Settings
 from img2img.delivery.notify import upload_of
@@ -54,13 +54,16 @@ class LanesConfig:
     fair_offset_s: float = 30.0
     every_s: float = 2.0  # tenant B's interactive uploads
     idle: int = 15  # B's uploads on the idle pool
-    generate_ms: float = 200.0
-    upscale_ms: float = 100.0
+    generate_ms: float = 400.0
+    upscale_ms: float = 200.0
     price_per_hour: float = 12.9813  # inf2.48xlarge on demand, us-east-1
     timeout_s: float = 1800.0
     # Bursts are uploaded at this pace: faster than the device drains them (a backlog
-    # builds), slower than this machine's S3 endpoint saturates (about 17/s here).
-    upload_rate: float = 10.0
+    # builds), slower than this machine's S3 endpoint and dispatcher take them in.
+    upload_rate: float = 5.0
+    # The Prefect server's database: PostgreSQL, as on AWS (SQLite's one writer at a time
+    # stalls run starts by seconds under this load).
+    database: Literal["sqlite", "postgres"] = "postgres"
     rows: Path | None = None  # every upload's row, as JSON lines
 
 
@@ -200,12 +203,14 @@ class Uploads:
 class Interactive:
     """Tenant B: one interactive upload every `every_s` in a thread until stopped."""
 
-    def __init__(self, uploads: Uploads, every_s: float) -> None:
+    def __init__(self, uploads: Uploads, every_s: float, first: int) -> None:
+        """`first`: the index of its first upload (each upload a new image and key: the
+        same bytes under the same key would be the same upload, already done)."""
         self.uploads, self.every_s = uploads, every_s
         self.refs: list[ObjectRef] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._index = 0
+        self._index = first
 
     def start(self) -> Interactive:
         self._thread.start()
@@ -218,7 +223,7 @@ class Interactive:
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.refs.append(self.uploads.put("b", "interactive", 100_000 + self._index))
+            self.refs.append(self.uploads.put("b", "interactive", self._index))
             self._index += 1
             self._stop.wait(self.every_s)
 
@@ -228,6 +233,7 @@ def bench_settings(base: Settings, cfg: LanesConfig) -> Settings:
         base.local,
         base.local.state_dir / "bench-lanes",
         40,
+        database=cfg.database,
         workers=0,
         dispatchers=1,
         autoscaler=True,
@@ -281,13 +287,14 @@ def run_lanes(
         print(f"  {message}", file=err, flush=True)
 
     def emit(line: dict[str, Any]) -> None:
-        line = {"bench": "lanes", "lanes": cfg.lanes, **line}
+        line = {"bench": "lanes", "lanes": cfg.lanes, "database": cfg.database, **line}
         lines.append(line)
         print(json.dumps(line), file=out, flush=True)
 
     stack = LocalStack(settings, extra_env=stack_env(cfg))
     say(
-        f"lanes bench, lanes {'on' if cfg.lanes else 'off'}: {cfg.hosts} warm host(s) x "
+        f"lanes bench on {cfg.database}, lanes {'on' if cfg.lanes else 'off'}: {cfg.hosts} "
+        "warm host(s) x "
         f"{cfg.slots} slot(s), simulated device {cfg.generate_ms}/{cfg.upscale_ms} ms a call "
         "of one image"
     )
@@ -325,7 +332,7 @@ def _phases(
     chart: Path | None,
 ) -> None:
     say(f"idle: tenant B uploads {cfg.idle} interactive images, one every {cfg.every_s} s")
-    b = Interactive(uploads, cfg.every_s).start()
+    b = Interactive(uploads, cfg.every_s, first=100_000).start()
     time.sleep(cfg.idle * cfg.every_s)
     idle_refs = b.stop()
     idle = _rows(messages, uploads, idle_refs, time.monotonic() + 120)
@@ -333,7 +340,7 @@ def _phases(
     emit(idle_line)
 
     say(f"burst: tenant A uploads {cfg.bulk} bulk images at once; B goes on")
-    b = Interactive(uploads, cfg.every_s).start()
+    b = Interactive(uploads, cfg.every_s, first=200_000).start()
     burst_at = time.time()
     bulk_refs = uploads.many("a", "bulk", cfg.bulk, cfg.upload_rate)
     bulk = _rows(messages, uploads, bulk_refs, time.monotonic() + cfg.timeout_s)

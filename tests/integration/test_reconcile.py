@@ -66,6 +66,29 @@ def test_lost_uploads_are_listed_and_resubmitted_once(aws: AwsEnv, client: Any) 
     young = reconcile(clients.s3, client, settings, prefix="elsewhere/", older_than_s=3600)
     assert young.uploads == 1 and young.missing == []  # too young: left to the event path
 
+    # With lanes, recovery work goes to the last lane (bulk): it must not take the places
+    # and device turns kept for interactive uploads.
+    from img2img.config.lanes import LaneSettings
+
+    laned = settings.model_copy(update={"lanes": LaneSettings(enabled=True)})
+    bulk = reconcile(clients.s3, client, laned, prefix="elsewhere/", resubmit=True)
+    [bulk_run] = bulk.resubmitted_runs
+    assert client.read_flow_run(bulk_run).work_queue_name == "bulk"
+    assert client.read_work_queue_by_name("bulk", work_pool_name=pool).priority == 10
+
+
+def test_a_held_backlog_holds_the_periodic_reconcile_back_for_a_while() -> None:
+    from deployments.services.reconciler import held_older_than_s
+
+    # Messages last all gone 600 s ago: uploads of the last 600 s may be held.
+    assert held_older_than_s(1000.0, 400.0, older_than_s=180, hold_max_s=7200) == 600
+    # Gone just now (or no dispatcher receiving: none in flight): the usual age.
+    assert held_older_than_s(1000.0, 1000.0, older_than_s=180, hold_max_s=7200) == 180
+    # Held for longer than the most it may: reconciled all the same.
+    assert held_older_than_s(90_000.0, 0.0, older_than_s=180, hold_max_s=7200) == 7200
+    # Not seen clear since the service started: the most.
+    assert held_older_than_s(1000.0, None, older_than_s=180, hold_max_s=7200) == 7200
+
 
 def test_img2img_recover_reconciles_lost_uploads_on_its_own_schedule(
     aws: AwsEnv, client: Any, tmp_path: Path

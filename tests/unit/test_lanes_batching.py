@@ -121,3 +121,9 @@ def test_held_messages_are_renewed_before_their_visibility_ends() -> None:
     batcher.add("m2", "h2-again", [_ref("x/2", "bulk")], now=100.0)
     assert batcher.renewals(now=185.0, after_s=90.0) == [("m1", "h1")]
     assert batcher.renewals(now=190.0, after_s=90.0) == [("m2", "h2-again")]
+    # A large backlog: the longest held first, a few a round.
+    many = Batcher(10, 1.0, 1000)
+    for i in range(5):
+        many.add(f"m{i}", f"h{i}", [_ref(f"y/{i}", "bulk")], now=float(10 - i))
+    assert many.renewals(now=100.0, after_s=60.0, limit=2) == [("m4", "h4"), ("m3", "h3")]
+    assert [m for m, _ in many.renewals(now=100.0, after_s=60.0, limit=9)] == ["m2", "m1", "m0"]
