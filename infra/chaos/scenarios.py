@@ -460,6 +460,8 @@ class Chaos:
         saved = {key: os.environ.get(key) for key in env}
         os.environ.update(env)
         try:
+            if scenario != "backlog-worker-kill":  # that one takes its backlog in at once
+                self.stack.up(self.say)  # the intake again, with the scenario's settings
             return self._run(scenario, images, timeout_s)
         finally:
             self._stop_intake()
