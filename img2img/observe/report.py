@@ -190,12 +190,9 @@ def build_report(
 
 def _device_here(job: ImageJob) -> tuple[str, ...]:
     """The device stages this run did for `job`: a split topology's stage-2 run took it
-    over with stage 1's timings (which stage 1's pool already counted)."""
-    if "handoff" in job.timings:
-        return ("upscale",)
-    if job.status == "handed_off":
-        return ("generate",)
-    return ("generate", "upscale")
+    over with stage 1's timings (which stage 1's pool already counted); a stage-1 run has
+    no upscale time to count."""
+    return ("upscale",) if "handoff" in job.timings else ("generate", "upscale")
 
 
 def placed_groups(jobs: list[ImageJob], e2e_at: dict[int, float]) -> list[dict[str, Any]]:

@@ -392,3 +392,75 @@ def test_the_dispatcher_learns_what_an_image_adds_to_a_run_from_its_completed_ru
     # two rates would be another figure.
     assert d._image_s() == pytest.approx(seconds["batch-8-learn.png"] / 8)
     assert seconds["reconcile-1-x.png"] != pytest.approx(seconds["batch-8-learn.png"] / 8)
+
+
+def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+) -> None:
+    """Tenants on: tenant a's 40 uploads give one run of a base batch while no run waits,
+    then are held (their messages kept from reappearing past their visibility), not cut into
+    runs that would wait in arrival order; once that run starts, the next run takes turns
+    between a and b, who came later. Stopping sends everything held."""
+    from prefect.states import Running
+
+    from img2img.config.lanes import TenantSettings
+
+    clients, settings = aws
+    dispatch = settings.dispatch.model_copy(
+        update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 512, "visibility_timeout_s": 31}
+    )
+    ahead = [0.0]  # the dispatcher's clock, moved on by hand past half the visibility
+    d = Dispatcher(
+        clients.sqs,
+        client,
+        settings.storage,
+        dispatch,
+        deployment,
+        clock=lambda: time.monotonic() + ahead[0],
+        tenants=TenantSettings(enabled=True),
+        s3=clients.s3,
+    )
+    bucket = settings.storage.uploads_bucket
+
+    def take_in(count: int) -> None:
+        deadline = time.monotonic() + 60
+        while d.stats.objects < count and time.monotonic() < deadline:
+            d.step()
+        assert d.stats.objects == count, d.stats
+
+    for i in range(40):
+        upload(clients, bucket, f"a/{i:02d}.png", png())
+    take_in(40)
+    assert d.stats.batch_sizes == [8], d.stats.batch_sizes  # one run; the rest is held
+    for i in range(40):
+        upload(clients, bucket, f"b/{i:02d}.png", png())
+    take_in(80)
+    received = time.monotonic()
+    # Held: 10 s on, the dispatcher's clock says 30 s, and it extends every held message's
+    # visibility (31 s) from then. Nothing received after that: without the renewal all 80
+    # would be visible again 31 s after they came; with it, none is at 35 s.
+    until = received + 10
+    while time.monotonic() < until:
+        d.step()
+    ahead[0] = 20.0
+    for _ in range(5):  # 30 renewals a round
+        d.step()
+    time.sleep(max(0.0, received + 35 - time.monotonic()))
+    assert d.stats.runs_created == 1 and d.batcher.pending_count == 72
+    url = clients.sqs.get_queue_url(QueueName=settings.storage.ingest_queue)["QueueUrl"]
+    visible = clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+    )["Attributes"]["ApproximateNumberOfMessages"]
+    assert int(visible) == 0 and d.batcher.duplicates == 0
+
+    client.set_flow_run_state(UUID(d.stats.flow_run_ids[0]), Running(), force=True)
+    deadline = time.monotonic() + 30
+    while d.stats.runs_created < 2 and time.monotonic() < deadline:
+        d.step()
+    second = client.read_flow_run(UUID(d.stats.flow_run_ids[1]))
+    tenants = sorted(p["key"].split("/")[0] for p in second.parameters["objects"])
+    assert tenants == ["a"] * 4 + ["b"] * 4, tenants
+
+    d.flush()
+    assert d.batcher.pending_count == 0 and sum(d.stats.batch_sizes) == 80
+    assert queue_depth(clients, settings.storage.ingest_queue) == 0

@@ -158,6 +158,8 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
 def test_with_lanes_the_autoscaler_counts_bulk_apart_and_holds_it_to_its_cap(ecs: Any) -> None:
     from prefect.client.orchestration import get_client
 
+    from prefect.states import Running
+
     from deployments.services.autoscaler import Autoscaler
     from deployments.services.lane_queues import ensure_lane_queues
     from img2img.config.lanes import LaneSettings
@@ -168,10 +170,13 @@ def test_with_lanes_the_autoscaler_counts_bulk_apart_and_holds_it_to_its_cap(ecs
     with get_client(sync_client=True) as client:
         pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
         ensure_lane_queues(client, [pool], LaneSettings(enabled=True))
-        for _ in range(12):
+        bulk = [
             client.create_flow_run_from_deployment(
                 deployment_id, parameters={"objects": []}, work_queue_name="bulk"
             )
+            for _ in range(12)
+        ]
+        client.set_flow_run_state(bulk[0].id, Running(), force=True)  # one on a host
         client.create_flow_run_from_deployment(
             deployment_id, parameters={"objects": []}, work_queue_name="interactive"
         )
@@ -186,11 +191,11 @@ def test_with_lanes_the_autoscaler_counts_bulk_apart_and_holds_it_to_its_cap(ecs
         laned = Autoscaler(client, pool, policy, target, lower_lanes=("bulk",))
 
         seen = laned.observe()
-        assert seen.queued == 13 and seen.lower is not None
-        assert (seen.lower.queued, seen.lower.running) == (12, 0)
+        assert (seen.queued, seen.running) == (12, 1) and seen.lower is not None
+        assert (seen.lower.queued, seen.lower.running) == (11, 1)
         assert seen.lower.arrival_rate == pytest.approx(12 / 60)
         assert one_line.observe().lower is None
-        # One line sizes for all 13 queued runs; with lanes bulk is held to 2 hosts (the
+        # One line sizes for all 13 runs; with lanes bulk is held to 2 hosts (the
         # one interactive run fits within them).
         assert one_line.step().desired == 10
         target.apply(0, set())

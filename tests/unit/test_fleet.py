@@ -223,6 +223,8 @@ def test_lanes_and_tenants_reach_metrics_and_top_with_bounded_labels() -> None:
     metrics.observe_fleet(window.sample(T0 + 60))
     text = generate_latest(metrics.registry).decode()
     assert 'img2img_lane_images_total{lane="bulk",outcome="completed",pool="inf2"} 9.0' in text
+    assert 'img2img_lane_device_time_seconds_total{lane="bulk",pool="inf2"} 32.0' in text
+    assert 'img2img_lane_end_to_end_seconds_count{lane="interactive",pool="inf2"} 4.0' in text
     got = parse(text)
     assert set(got.lanes) == {"interactive", "bulk"}
     assert set(got.tenants) == {"acme", "zed", "tiny"}
@@ -237,3 +239,21 @@ def test_lanes_and_tenants_reach_metrics_and_top_with_bounded_labels() -> None:
     shown = console.export_text()
     assert "lanes (fleet window)" in shown and "busiest tenants" in shown
     assert "interactive" in shown and OTHER in shown
+
+
+def test_a_scrape_adds_up_a_tenants_pools_and_skips_what_the_window_does_not_know() -> None:
+    text = "\n".join(
+        [
+            "# TYPE img2img_tenant_device_seconds gauge",
+            'img2img_tenant_device_seconds{pool="inf2-generate",tenant="acme"} 2.0',
+            'img2img_tenant_device_seconds{pool="inf2-upscale",tenant="acme"} 3.0',
+            "# TYPE img2img_tenant_images_per_minute gauge",
+            'img2img_tenant_images_per_minute{pool="inf2-generate",tenant="acme"} 10.0',
+            'img2img_tenant_images_per_minute{pool="inf2-upscale",tenant="acme"} 9.0',
+            "# TYPE img2img_tenant_end_to_end_p95_seconds gauge",
+            'img2img_tenant_end_to_end_p95_seconds{pool="inf2-upscale",tenant="acme"} NaN',
+        ]
+    )
+    got = parse(text + "\n").tenants["acme"]
+    # Each pool's device time and cost add up; a rate is the larger; NaN is not known.
+    assert got == {"device_seconds": 5.0, "images_per_minute": 10.0}

@@ -448,3 +448,14 @@ def test_busy_bulk_hosts_above_the_cap_drain_only_through_scale_in() -> None:
     )
     kept, _ = decide(LANED, busy, PolicyState())
     assert kept.desired == 3
+
+
+def test_bulk_arrivals_above_the_cap_hold_no_hosts_in_the_scale_in_window() -> None:
+    # Bulk arriving at 0.3/s (9 slots: 6 hosts unheld) was held to 2; when it slows, the
+    # window remembers the 2 it was allowed, not the 6 it asked for.
+    bulk = LowerLanes(queued=0, running=4, arrival_rate=0.3)
+    held, state = decide(LANED, laned(0, 0, 4, 2, 0.3, bulk), PolicyState())
+    assert held.desired == 2
+    quiet = LowerLanes(queued=0, running=2, arrival_rate=0.0)
+    later, _ = decide(LANED, laned(100, 0, 2, 5, 0.0, quiet), state)
+    assert later.desired == 2 and later.reason.startswith("scale in"), later

@@ -251,3 +251,19 @@ def test_each_pool_counts_its_own_device_time_by_lane_and_tenant() -> None:
     two = build_report([taken], 0.6, T0 + 1, stale_after_s=3600)
     assert two.groups[0]["device_ms"] == pytest.approx(200)
     assert batch_event(build_report([plain], 1.0, T0 + 1, 3600), [plain])[1].get("groups") is None
+
+
+def test_each_pools_autoscaler_counts_the_lower_lanes_and_its_view_knows_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("IMG2IMG_AUTOSCALER__CLOUDWATCH_NAMESPACE", "null")
+    monkeypatch.setenv("IMG2IMG_TENANTS__TOP", "3")
+    plain = build_autoscalers(Settings(), prefect=None).scalers[0]  # type: ignore[arg-type]
+    assert plain.lower_lanes == ()
+    monkeypatch.setenv("IMG2IMG_LANES__ENABLED", "true")
+    monkeypatch.setenv("IMG2IMG_TOPOLOGY", "split")
+    for scaler in build_autoscalers(Settings(), prefect=None).scalers:  # type: ignore[arg-type]
+        assert scaler.lower_lanes == ("bulk",)
+        assert scaler.fleet is not None
+        assert scaler.fleet.window.lane_order == ("interactive", "bulk")
+        assert scaler.fleet.window.top_tenants == 3
