@@ -460,6 +460,14 @@ def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
     second = client.read_flow_run(UUID(d.stats.flow_run_ids[1]))
     tenants = sorted(p["key"].split("/")[0] for p in second.parameters["objects"])
     assert tenants == ["a"] * 4 + ["b"] * 4, tenants
+    # Two running: a run waiting per two running, so two more go at once.
+    client.set_flow_run_state(second.id, Running(), force=True)
+    deadline = time.monotonic() + 30
+    while d.stats.runs_created < 4 and time.monotonic() < deadline:
+        d.step()
+    time.sleep(1.5)  # the counts are read once a second: a third would go by now
+    d.step()
+    assert d.stats.runs_created == 4, d.stats.batch_sizes
 
     d.flush()
     assert d.batcher.pending_count == 0 and sum(d.stats.batch_sizes) == 80

@@ -157,7 +157,6 @@ def test_autoscaler_reads_the_pool_queue_and_scales_the_service(ecs: Any) -> Non
 @pytest.mark.usefixtures("prefect_api")
 def test_with_lanes_the_autoscaler_counts_bulk_apart_and_holds_it_to_its_cap(ecs: Any) -> None:
     from prefect.client.orchestration import get_client
-
     from prefect.states import Running
 
     from deployments.services.autoscaler import Autoscaler
