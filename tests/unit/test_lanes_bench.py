@@ -26,6 +26,9 @@ def test_a_row_takes_its_device_time_and_wait_from_the_message() -> None:
     assert (row.total_ms, row.device_ms, row.device_wait_ms) == (1500.0, 300.0, 150.0)
     line = latency_line("idle", [row, done_of(doc, "b", T0, T0 + 0.5)], uploads=3)
     assert line["lost"] == 1 and line["total_ms_p95"] == 1450 and line["device_wait_ms_max"] == 150
+    assert line["failures"] == 0
+    failed = done_of({**doc, "outcome": "failure"}, "b", T0, T0 + 0.5)
+    assert latency_line("idle", [row, failed], uploads=2)["failures"] == 1
 
 
 def test_rates_are_compared_only_while_both_tenants_have_work_waiting() -> None:
@@ -47,6 +50,9 @@ def test_the_duty_cycle_is_device_time_over_slot_time_in_the_window() -> None:
     assert duty_cycle(rows, T0, T0 + 10, slots=1) == pytest.approx(0.9)
     assert duty_cycle(rows, T0, T0 + 10, slots=2) == pytest.approx(0.45)
     assert duty_cycle(rows, T0 + 20, T0 + 20, slots=1) == 0.0
+    # Only the images finished inside the window count: 5 of them (3 s to 7 s).
+    assert duty_cycle(rows, T0 + 2.5, T0 + 7.5, slots=1) == pytest.approx(0.9)
+    assert duty_cycle(rows, T0 + 20, T0 + 30, slots=1) == 0.0
 
 
 def test_the_chart_draws_both_panels() -> None:
