@@ -38,6 +38,7 @@ def cmd_dispatch(args: argparse.Namespace, settings: Settings) -> int:
             lanes=settings.lanes,
             tenants=settings.tenants,
             s3=clients.s3,
+            max_bytes=settings.limits.max_bytes,
         )
         dispatcher.install_signal_handlers()
         stats = dispatcher.run()

@@ -68,7 +68,8 @@ def begin(objects: list[ObjectRef]) -> BatchRun:
     context = FlowRunContext.get()
     created = context.flow_run.created if context and context.flow_run else None
     record_queue_wait(jobs, started, created, claims.take(run_id))
-    reject_unaccepted(jobs, get_runtime().settings.storage.upload_buckets)
+    settings = get_runtime().settings
+    reject_unaccepted(jobs, settings.storage.upload_buckets, settings.limits.max_bytes)
     return BatchRun.begin(jobs, run_id, started)
 
 

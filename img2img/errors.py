@@ -56,6 +56,10 @@ class InvalidImage(PermanentError):
     """An uploaded object that is not an acceptable image."""
 
 
+class ObjectTooLarge(InvalidImage):
+    """An object over the size the pipeline reads: refused before its body is read."""
+
+
 class InvalidParameters(PermanentError):
     """A per-image or stage parameter outside its allowed range."""
 

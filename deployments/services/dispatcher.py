@@ -36,7 +36,7 @@ from img2img.intake.batching import (
     run_name,
     seconds_per_image,
 )
-from img2img.intake.events import ObjectRef, parse_message
+from img2img.intake.events import ObjectRef, oversize_reason, parse_message
 from img2img.intake.keys import unsafe_key_reason
 from img2img.intake.placement import reads_metadata
 
@@ -109,6 +109,7 @@ class DispatchStats:
     objects: int = 0
     skipped: int = 0
     dead_lettered: int = 0
+    oversize: int = 0  # refused by their events' size
     runs_created: int = 0
     run_errors: int = 0
     flow_run_ids: list[str] = field(default_factory=list)
@@ -134,12 +135,15 @@ class Dispatcher(LoopService[DispatchStats]):
         lanes: LaneSettings | None = None,
         tenants: TenantSettings | None = None,
         s3: S3Client | None = None,
+        max_bytes: int | None = None,
     ) -> None:
         """`deployment`: the runs' deployment, FLOW_NAME/DEPLOYMENT_NAME. `run_slots`: the
         flow runs the pool can hold at once at its largest (max hosts × slots per host × runs
         per slot); an adaptive batch spreads a backlog over as many. `crash_flag`: fault
         injection (`faults.dispatcher_crash_flag`). `lanes`, `tenants`: where each upload
-        goes (off unless enabled); either on, each upload's metadata is read with `s3`."""
+        goes (off unless enabled); either on, each upload's metadata is read with `s3`.
+        `max_bytes`: an upload whose event names a larger size is refused (its run records
+        the failure without reading it; `limits.max_bytes`)."""
         super().__init__(clock)
         self.sqs = sqs
         self.deployment = deployment
@@ -150,6 +154,7 @@ class Dispatcher(LoopService[DispatchStats]):
         self.queue_url = sqs.get_queue_url(QueueName=storage.ingest_queue)["QueueUrl"]
         self.dlq_url = sqs.get_queue_url(QueueName=storage.dead_letter_queue)["QueueUrl"]
         self.run_slots = max(1, run_slots)
+        self.max_bytes = max_bytes
         self.lanes = lanes or LaneSettings()
         self.tenants = tenants or TenantSettings()
         self.placer: Placer | None = None
@@ -396,6 +401,17 @@ class Dispatcher(LoopService[DispatchStats]):
     def _count_queued(self, lane: str | None = None) -> int | None:
         """The pipeline's runs waiting for a slot (scheduled, due, or pending), of `lane`'s
         work queue (None: every queue); None when it cannot be read."""
+        return self._count_runs(lane, ("SCHEDULED", "PENDING"), due_only=True)
+
+    def _count_running(self, lane: str | None) -> int | None:
+        """The lane's runs running now (None when it cannot be read)."""
+        return self._count_runs(lane, ("RUNNING",), due_only=False)
+
+    def _count_runs(
+        self, lane: str | None, states: tuple[str, ...], *, due_only: bool
+    ) -> int | None:
+        """The deployment's runs in `states` of `lane`'s work queue (None: every queue),
+        those due by now only if `due_only`; None when they cannot be counted (advisory)."""
         from datetime import datetime, timezone
 
         from prefect.client.schemas.filters import (
@@ -409,53 +425,24 @@ class Dispatcher(LoopService[DispatchStats]):
         from prefect.client.schemas.objects import StateType
 
         queue = FlowRunFilterWorkQueueName(any_=[lane]) if lane is not None else None
-        try:
-            return int(
-                self.prefect.count_flow_runs(
-                    flow_run_filter=FlowRunFilter(
-                        deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
-                        state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(
-                                any_=[StateType.SCHEDULED, StateType.PENDING]
-                            )
-                        ),
-                        expected_start_time=FlowRunFilterExpectedStartTime(
-                            before_=datetime.now(timezone.utc)
-                        ),
-                        work_queue_name=queue,
-                    )
-                )
-            )
-        except Exception as exc:  # advisory: size from the queue alone
-            log.debug("could not count the pool's queued runs: %s", exc)
-            return None
-
-    def _count_running(self, lane: str | None) -> int | None:
-        """The lane's runs running now (None when it cannot be read)."""
-        from prefect.client.schemas.filters import (
-            FlowRunFilter,
-            FlowRunFilterDeploymentId,
-            FlowRunFilterState,
-            FlowRunFilterStateType,
-            FlowRunFilterWorkQueueName,
+        due = (
+            FlowRunFilterExpectedStartTime(before_=datetime.now(timezone.utc)) if due_only else None
         )
-        from prefect.client.schemas.objects import StateType
-
-        queue = FlowRunFilterWorkQueueName(any_=[lane]) if lane is not None else None
         try:
             return int(
                 self.prefect.count_flow_runs(
                     flow_run_filter=FlowRunFilter(
                         deployment_id=FlowRunFilterDeploymentId(any_=[self._deployment()]),
                         state=FlowRunFilterState(
-                            type=FlowRunFilterStateType(any_=[StateType.RUNNING])
+                            type=FlowRunFilterStateType(any_=[StateType(s) for s in states])
                         ),
+                        expected_start_time=due,
                         work_queue_name=queue,
                     )
                 )
             )
-        except Exception as exc:  # advisory
-            log.debug("could not count the lane's running runs: %s", exc)
+        except Exception as exc:
+            log.debug("could not count the runs %s of lane %s: %s", states, lane, exc)
             return None
 
     def _image_s(self) -> float | None:
@@ -530,7 +517,8 @@ class Dispatcher(LoopService[DispatchStats]):
             except InvalidEvent:
                 continue  # dead-lettered when taken
         accepted, _ = self._screen(refs)
-        return {ref.identity: ref for ref in self.placer.place_all(accepted)}
+        fits = [ref for ref in accepted if self._oversize(ref) is None]
+        return {ref.identity: ref for ref in self.placer.place_all(fits)}
 
     def _take(self, message: Any, now: float, placed: dict[str, ObjectRef]) -> list[str]:
         self.stats.messages += 1
@@ -548,9 +536,12 @@ class Dispatcher(LoopService[DispatchStats]):
         )
         if refused:
             self._dead_letter(message, "; ".join(refused))
+        accepted = [self._refuse_oversize(ref) for ref in accepted]
         if self.placer is not None:
             accepted = [
-                ref.model_copy(update=_placement(placed[ref.identity]))
+                ref
+                if ref.refused is not None
+                else ref.model_copy(update=_placement(placed[ref.identity]))
                 if ref.identity in placed
                 else self.placer.place_one(ref)
                 for ref in accepted
@@ -580,6 +571,24 @@ class Dispatcher(LoopService[DispatchStats]):
             else:
                 accepted.append(ref)
         return accepted, refused
+
+    def _oversize(self, ref: ObjectRef) -> str | None:
+        return None if self.max_bytes is None else oversize_reason(ref.size, self.max_bytes)
+
+    def _refuse_oversize(self, ref: ObjectRef) -> ObjectRef:
+        """`ref`, refused (its run records the failure, reading nothing) when its event
+        names a size over the limit: a multi-GB upload is never copied or read whole."""
+        reason = self._oversize(ref)
+        if reason is None:
+            return ref
+        log.warning("%s refused: %s", ref.uri, reason)
+        self.stats.oversize += 1
+        update: dict[str, Any] = {"refused": reason}
+        if self.lanes.enabled:
+            update["lane"] = self.lanes.default
+        if self.tenants.enabled:
+            update["tenant"] = self.tenants.default
+        return ref.model_copy(update=update)
 
     def _dead_letter(self, message: Any, reason: str) -> None:
         log.error(

@@ -17,6 +17,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 from uuid import UUID
 
+from deployments.worker.run_guard import RunGuard, RunRefused, guard_from
 from deployments.worker.slot_protocol import (
     CRASHED,
     Beat,
@@ -76,6 +77,8 @@ def slot_main(conn: Connection, index: int, env: dict[str, str]) -> None:
         send(LoadFailed(reason=f"{type(exc).__name__}: {exc}"))
         return
     models.device_lock = ReportingDeviceLock(send, lane_priority(settings.lanes))
+    global _guard
+    _guard = guard_from(settings.worker.allowed_flows, settings.worker.project_dir)
     _prepare_runs()
     send(
         Ready(
@@ -209,22 +212,55 @@ class ReportingDeviceLock:
         return True
 
 
-_flows: dict[UUID | None, Any] = {}
+_flows: dict[UUID, Any] = {}
 _flows_lock = threading.Lock()
+_guard: RunGuard | None = None  # set once the slot is ready
 
 
 def _flow_for(flow_run: Any) -> Any:
-    """The run's flow, loaded once per deployment: the first run of a deployment in this
-    slot runs its pull steps and imports its entrypoint; the next ones reuse it (the code is
-    imported for good anyway), which spares the server a deployment read, the pull steps'
-    log lines and their event on every run."""
-    from prefect.flow_engine import load_flow
+    """The run's flow, loaded once per deployment (the next runs reuse it: the code is
+    imported for good anyway, and the server is spared a deployment read on every run).
+    Only a release flow is loaded, from the allow-listed entrypoint, never from what the
+    deployment stores, and no pull step runs here: the deployment is checked again (it may
+    have changed since the worker checked it) and the release's working directory set."""
+    from prefect.client.orchestration import get_client
+    from prefect.flows import load_flow_from_entrypoint
 
+    assert _guard is not None
+    if flow_run.deployment_id is None:
+        raise RunRefused("the run has no deployment: a warm worker runs deployments only")
     with _flows_lock:
         key = flow_run.deployment_id
-        if key is None or key not in _flows:
-            _flows[key] = load_flow(flow_run)
+        if key not in _flows:
+            with get_client(sync_client=True) as client:
+                deployment = client.read_deployment(key)
+                flow_name = client.read_flow(deployment.flow_id).name
+            reason = _guard.refusal(flow_name, deployment.entrypoint, deployment.pull_steps)
+            if reason is not None:
+                raise RunRefused(reason)
+            if deployment.pull_steps:
+                os.chdir(_guard.directory)
+            entrypoint = _guard.entrypoint(flow_name)
+            _flows[key] = load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
         return _flows[key]
+
+
+def _refuse(run_id: str, reason: str) -> str:
+    """Fail a refused run with the reason (the worker checks first: this is the race of a
+    deployment changed in between); the state it ended in."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Failed
+
+    log.error("flow run %s refused: %s", run_id, reason)
+    try:
+        with get_client(sync_client=True) as client:
+            client.set_flow_run_state(
+                UUID(run_id), Failed(message=f"refused: {reason}"), force=True
+            )
+        return "FAILED"
+    except Exception as exc:  # the worker marks it crashed instead: still never run
+        log.error("could not fail refused run %s: %s", run_id, exc)
+        return CRASHED
 
 
 _threads = threading.local()
@@ -260,6 +296,8 @@ def _execute(run_id: str, given: Any, send: Any) -> None:
         with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
             state = run_flow(flow, flow_run=flow_run, return_type="state")
         send(RunDone(run_id=run_id, state=str(state.type.value)))  # type: ignore[union-attr]
+    except RunRefused as exc:
+        send(RunDone(run_id=run_id, state=_refuse(run_id, str(exc))))
     except BaseException as exc:
         log.exception("flow run %s raised out of the engine", run_id)
         send(RunDone(run_id=run_id, state=CRASHED, error=f"{type(exc).__name__}: {exc}"))

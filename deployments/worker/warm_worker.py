@@ -25,7 +25,7 @@ import anyio
 import anyio.abc
 from prefect.client.schemas.objects import FlowRun, StateType
 from prefect.exceptions import Abort, ObjectNotFound
-from prefect.states import AwaitingRetry, Cancelled, Crashed
+from prefect.states import AwaitingRetry, Cancelled, Crashed, Failed
 from prefect.utilities.engine import propose_state
 from prefect.workers.base import (
     BaseJobConfiguration,
@@ -38,6 +38,7 @@ from pydantic import Field
 from deployments.worker import prefect_internals as internals
 from deployments.worker.api_logs import limit_api_logs
 from deployments.worker.names import HOST_SEPARATOR, RECYCLED_EVENT, UNHEALTHY_EVENT, host_of
+from deployments.worker.run_guard import guard_from
 from deployments.worker.run_starts import RunStartStream, claim_delay_s, run_start_filter
 from deployments.worker.slot_pool import SlotPool
 from deployments.worker.slot_protocol import CRASHED, CancelRequest, RunRequest, SlotIdentifier
@@ -139,6 +140,8 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
             kwargs["limit"] = settings.slot_count() * settings.runs_per_slot
         super().__init__(*args, **kwargs)
         self.worker_settings: WorkerSettings = settings
+        self.run_guard = guard_from(settings.allowed_flows, settings.project_dir)
+        self._flow_names: dict[UUID, str] = {}  # flow id → name (a flow's name never changes)
         self.lanes = loaded.lanes
         self.api_log_level = loaded.monitor.api_log_level
         self._configuration: WarmJobConfiguration | None = None
@@ -465,6 +468,9 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         (epoch seconds), the end of the run's `claim` hop."""
         assert self.pool is not None
         run_id = str(flow_run.id)
+        refusal = await self._refusal(flow_run)
+        if refusal is not None:
+            return await self._refuse(flow_run, task_status, refusal)
         request = RunRequest(run_id=run_id, flow_run=flow_run, claimed_at=claimed_at)
         first = self._first_lane(flow_run)
         waited = 0.0
@@ -523,6 +529,30 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
         # make BaseWorker propose Crashed a second time, after the recovery service may have
         # already re-scheduled the run (and a second crash would be counted).
         return WarmWorkerResult(identifier=identifier, status_code=0)
+
+    async def _refusal(self, flow_run: FlowRun) -> str | None:
+        """Why this worker does not run `flow_run` (`run_guard`), or None. The deployment
+        read is the cached one BaseWorker already made; the flow's name is read once."""
+        if flow_run.deployment_id is None:
+            return "the run has no deployment: a warm worker runs deployments only"
+        deployment = await self.client.read_deployment(flow_run.deployment_id)
+        name = self._flow_names.get(deployment.flow_id)
+        if name is None:
+            name = (await self.client.read_flow(deployment.flow_id)).name
+            self._flow_names[deployment.flow_id] = name
+        return self.run_guard.refusal(name, deployment.entrypoint, deployment.pull_steps)
+
+    async def _refuse(
+        self, flow_run: FlowRun, task_status: anyio.abc.TaskStatus[int] | None, reason: str
+    ) -> WarmWorkerResult:
+        """End a refused run Failed, with the reason, before any slot sees it."""
+        message = f"refused by worker {self.name}: {reason}"
+        self.get_flow_run_logger(flow_run).error("%s", message)
+        with contextlib.suppress(ObjectNotFound):
+            await self.client.set_flow_run_state(flow_run.id, Failed(message=message), force=True)
+        if task_status is not None:
+            task_status.started(0)
+        return WarmWorkerResult(identifier=f"refused:{flow_run.id}", status_code=0)
 
     async def _give_back(
         self,

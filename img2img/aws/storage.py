@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from botocore.exceptions import BotoCoreError, ClientError
 
 from img2img.aws.clients import is_missing_object, is_precondition_failed, translate_error
+from img2img.errors import ObjectTooLarge
 from img2img.intake.events import ObjectRef
 
 if TYPE_CHECKING:
@@ -18,6 +19,12 @@ if TYPE_CHECKING:
     from mypy_boto3_s3.type_defs import CopySourceTypeDef
 
 T = TypeVar("T")
+
+# The largest object of the pipeline's own that it reads back: a result or failure document
+# (JSON of a few KiB) or a stage output kept for a retry (a PNG of at most a few tens of
+# MiB at the largest upscaled shape). Uploads are held to `limits.max_bytes`.
+DOCUMENT_MAX_BYTES = 4 * 1024 * 1024
+STAGE_OUTPUT_MAX_BYTES = 256 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -52,28 +59,48 @@ def copy_to_stage(s3: S3Client, ref: ObjectRef, stage_bucket: str, key: str) -> 
         raise translate_error(exc, ref.uri) from exc
 
 
-def download(s3: S3Client, bucket: str, key: str) -> Downloaded:
+def download(s3: S3Client, bucket: str, key: str, max_bytes: int) -> Downloaded:
+    """The object's bytes and user metadata; ObjectTooLarge, before its body is read, when
+    it is over `max_bytes`."""
     try:
         response = s3.get_object(Bucket=bucket, Key=key)
-        return Downloaded(body=response["Body"].read(), metadata=dict(response.get("Metadata", {})))
+        body = read_body(response, max_bytes, f"s3://{bucket}/{key}")
+        return Downloaded(body=body, metadata=dict(response.get("Metadata", {})))
     except (ClientError, BotoCoreError) as exc:
         raise translate_error(exc, f"s3://{bucket}/{key}") from exc
 
 
-def download_if_exists(s3: S3Client, bucket: str, key: str) -> bytes | None:
+def download_if_exists(s3: S3Client, bucket: str, key: str, max_bytes: int) -> bytes | None:
     """The object's bytes, or None when the key does not exist."""
-    found = download_with_time(s3, bucket, key)
+    found = download_with_time(s3, bucket, key, max_bytes)
     return None if found is None else found[0]
 
 
-def download_with_time(s3: S3Client, bucket: str, key: str) -> tuple[bytes, datetime] | None:
+def download_with_time(
+    s3: S3Client, bucket: str, key: str, max_bytes: int
+) -> tuple[bytes, datetime] | None:
     """The object's bytes and when it was written, or None when the key does not exist."""
 
     def get() -> tuple[bytes, datetime]:
         response = s3.get_object(Bucket=bucket, Key=key)
-        return response["Body"].read(), response["LastModified"]
+        return read_body(response, max_bytes, f"s3://{bucket}/{key}"), response["LastModified"]
 
     return _unless_missing(get, bucket, key)
+
+
+def read_body(response: Any, max_bytes: int, uri: str) -> bytes:
+    """A GetObject response's body, its `ContentLength` checked first: an object over
+    `max_bytes` is refused (its stream closed unread) instead of being held in memory whole;
+    a stream longer than it said is cut at the limit and refused too."""
+    length = response.get("ContentLength")
+    if length is not None and int(length) > max_bytes:
+        response["Body"].close()
+        raise ObjectTooLarge(f"{uri} is {int(length)} bytes; the limit is {max_bytes}")
+    body: bytes = response["Body"].read(max_bytes + 1)
+    if len(body) > max_bytes:
+        response["Body"].close()
+        raise ObjectTooLarge(f"{uri} is over {max_bytes} bytes, the limit")
+    return body
 
 
 def exists(s3: S3Client, bucket: str, key: str) -> bool:

@@ -9,6 +9,13 @@ from pydantic import BaseModel, Field, model_validator
 
 from img2img.config.stages import StageKind
 
+# The flows prefect.yaml deploys on the warm pools (inf2, inf2-generate, inf2-upscale).
+RELEASE_FLOWS = {
+    "img2img-pipeline": "flows.pipeline.img2img_pipeline",
+    "img2img-generate": "flows.split.img2img_generate",
+    "img2img-upscale": "flows.split.img2img_upscale",
+}
+
 
 class WorkerSettings(BaseModel):
     """The warm worker: long-lived slots that keep the stage models resident."""
@@ -135,6 +142,20 @@ class WorkerSettings(BaseModel):
         le=1,
         description="Share of recycle_after_runs added at random per slot, so slots started "
         "together are not recycled together.",
+    )
+
+    allowed_flows: dict[str, str] = Field(
+        default_factory=lambda: dict(RELEASE_FLOWS),
+        description="The flows a warm worker runs (flow name → entrypoint, as prefect.yaml "
+        "deploys them): a run of any other flow, another entrypoint, or pull steps other "
+        "than none or the release's (set the working directory to project_dir) is refused "
+        "with a Failed state that says why (`deployments/worker/run_guard.py`).",
+    )
+    project_dir: str | None = Field(
+        None,
+        description="The directory the release's pull step sets (prefect.yaml's "
+        "IMG2IMG_PROJECT_DIR when deploying). None: the IMG2IMG_PROJECT_DIR environment "
+        "variable, else the worker's working directory.",
     )
 
     @model_validator(mode="after")

@@ -127,7 +127,9 @@ class Announcer:
                 continue
             if ANNOUNCED_TAG in tags:
                 return False
-            found = storage.download_with_time(self.s3, self.results_bucket, key)
+            found = storage.download_with_time(
+                self.s3, self.results_bucket, key, storage.DOCUMENT_MAX_BYTES
+            )
             if found is None or self._announced_by_writer(key, found[1]):
                 return False
             self._send_and_tag(ref, outcome_kind, json.loads(found[0]))

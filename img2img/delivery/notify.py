@@ -21,15 +21,22 @@ document's key: stable for an upload, so a consumer drops a message whose id it 
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from typing import Any, Literal
 
 from img2img.intake.events import ObjectRef
 from img2img.intake.keys import keys_for
 
+log = logging.getLogger("img2img.notify")
+
 MESSAGE_VERSION = 2
 # User-metadata key (x-amz-meta-request-id) that carries the caller's own id; a fixed name,
 # so the app and the pipeline agree on it without configuration.
 REQUEST_ID_METADATA = "request-id"
+# What a caller's id may be: it is a message attribute subscribers route on, and a log field.
+REQUEST_ID_MAX_CHARS = 128
+REQUEST_ID_PATTERN = re.compile(r"[A-Za-z0-9._:/@+=~-]+")
 # SNS and EventBridge take at most 256 KiB per message; a reason is cut well below that.
 MAX_REASON_CHARS = 2000
 # The EventBridge event's `source` and `detail-type`, for rules to match on.
@@ -60,11 +67,24 @@ def upload_of(message: dict[str, Any]) -> ObjectRef:
 
 def request_id_from(metadata: dict[str, str] | None) -> str | None:
     """The caller's id from an upload's user metadata (keys as boto3 returns them, without
-    the `x-amz-meta-` prefix, lower case), or None."""
+    the `x-amz-meta-` prefix, lower case), or None. An id that is not 1 to 128 of letters,
+    digits and `._:/@+=~-` is dropped (logged, never carried): it is offered to subscribers
+    as a routing attribute, so it cannot be a way to inject text into their filters or logs."""
     if not metadata:
         return None
     value = metadata.get(REQUEST_ID_METADATA)
-    return value if value else None
+    if not value:
+        return None
+    if len(value) > REQUEST_ID_MAX_CHARS or not REQUEST_ID_PATTERN.fullmatch(value):
+        log.warning(
+            "request id dropped: %d characters, %r; expected 1 to %d of letters, digits "
+            "and ._:/@+=~-",
+            len(value),
+            value[:40],
+            REQUEST_ID_MAX_CHARS,
+        )
+        return None
+    return value
 
 
 def outcome_message(

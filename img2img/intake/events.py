@@ -24,6 +24,14 @@ from pydantic import BaseModel, ConfigDict
 from img2img.errors import InvalidEvent
 
 
+def oversize_reason(size: int | None, max_bytes: int) -> str | None:
+    """Why an upload whose event names `size` bytes is not read (None: it fits, or its
+    event names no size and the read's own check holds it)."""
+    if size is None or size <= max_bytes:
+        return None
+    return f"upload is {size} bytes; the limit is {max_bytes} (limits.max_bytes)"
+
+
 class ObjectRef(BaseModel):
     """One uploaded object, as its notification named it. JSON-serialisable flow parameter."""
 

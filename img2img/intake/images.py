@@ -26,7 +26,7 @@ def decode_image(data: bytes, limits: ImageLimits) -> Image.Image:
         raise InvalidImage(f"object is {len(data)} bytes; the limit is {limits.max_bytes}")
     _register_heif()
     try:
-        image = _open_header(data)
+        image = _open_header(data, openable(limits.formats))
     except UnidentifiedImageError as exc:
         raise InvalidImage(
             f"not a readable image: {len(data)} bytes starting {data[:8]!r} match no known "
@@ -70,16 +70,25 @@ def to_rgb(image: Image.Image) -> Image.Image:
 _open_lock = threading.Lock()
 
 
-def _open_header(data: bytes) -> Image.Image:
-    """`Image.open` (which reads the header only) with Pillow's own decompression-bomb
-    guard off, so the caller's pixel limit is the one that refuses a large image, with its
-    own message. The guard is a module global: the lock keeps other decodes in this process
-    from running without it."""
+def openable(formats: tuple[str, ...]) -> list[str]:
+    """The accepted formats this Pillow can open (HEIF only with pillow-heif registered)."""
+    Image.init()
+    return [f for f in formats if f.upper() in Image.OPEN]
+
+
+def _open_header(data: bytes, formats: list[str]) -> Image.Image:
+    """`Image.open` (which reads the header only) trying only the accepted formats' readers
+    (an upload never reaches another of Pillow's plugins, such as EPS, which runs
+    Ghostscript), with Pillow's own decompression-bomb guard off, so the caller's pixel
+    limit is the one that refuses a large image, with its own message. The guard is a
+    module global: the lock keeps other decodes in this process from running without it."""
+    if not formats:
+        raise UnidentifiedImageError("no accepted format can be opened here")
     with _open_lock:
         saved = Image.MAX_IMAGE_PIXELS
         Image.MAX_IMAGE_PIXELS = None
         try:
-            return Image.open(io.BytesIO(data))
+            return Image.open(io.BytesIO(data), formats=formats)
         finally:
             Image.MAX_IMAGE_PIXELS = saved
 

@@ -5,9 +5,12 @@ bucket, its own key and tag, so listings stay in few directories, a stage's outp
 from the upload alone (stage 2 can be re-run from stage 1's output without redoing stage 1),
 and two buckets' uploads of the same key never share an outcome.
 
-An upload key is used in derived keys only when it is safe: no `.` or `..` path segment (a
-tool that syncs results to a disk would resolve it outside its folder), no control
-character, and short enough that every derived key fits S3's 1,024 bytes. An unsafe key's
+An upload key is used in derived keys only when it is safe: no `.` or `..` path segment,
+with `/` or `\` as the separator (a tool that syncs results to a disk would resolve it
+outside its folder), no control character (C0, DEL or C1), no line or paragraph separator
+(U+2028, U+2029: a new line in a log or a terminal), no bidirectional control (which makes
+a key read as another in a console or a review), and short enough that every derived key
+fits S3's 1,024 bytes. An unsafe key's
 outcome goes to a hashed key instead (`failed/<bucket>/_unsafe/<sha256>@<tag>.json`), so
 it still gets its one failure record, inside its prefix.
 """
@@ -21,6 +24,22 @@ from img2img.intake.events import ObjectRef
 
 MAX_S3_KEY_BYTES = 1024
 UNSAFE_PREFIX = "_unsafe"
+# Characters a key may not hold: C0 controls and DEL, C1 controls, the line and paragraph
+# separators, and the bidirectional marks, embeddings, overrides and isolates.
+_UNSAFE_CHARS = frozenset(
+    [
+        *range(0x00, 0x20),
+        0x7F,
+        *range(0x80, 0xA0),
+        0x2028,
+        0x2029,
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x202A, 0x202F),
+        *range(0x2066, 0x206A),
+    ]
+)
 # The longest prefix and suffix that `keys_for` adds around "<bucket>/<key>@<tag>".
 _LONGEST_WRAP = len("results/") + len(".json")
 
@@ -34,10 +53,14 @@ def unsafe_key_reason(ref: ObjectRef) -> str | None:
     key = ref.key
     if not key:
         return "the object key is empty"
-    bad = sorted({f"{ord(c):#04x}" for c in key if ord(c) < 0x20 or ord(c) == 0x7F})
+    bad = sorted({ord(c) for c in key if ord(c) in _UNSAFE_CHARS})
     if bad:
-        return f"object key {key!r:.120} contains control characters ({', '.join(bad)})"
-    segments = key.split("/")
+        named = ", ".join(f"U+{c:04X}" for c in bad)
+        return (
+            f"object key {key!r:.120} contains control, line-separator or bidirectional "
+            f"characters ({named})"
+        )
+    segments = key.replace("\\", "/").split("/")
     dots = sorted({s for s in segments if s in (".", "..")})
     if dots:
         return (

@@ -23,7 +23,14 @@ from img2img.config.stages import StageSettings
 from img2img.delivery.announce import Announcer
 from img2img.delivery.notify import Outcome, request_id_from
 from img2img.delivery.outcomes import caller_id, write_failure_record
-from img2img.errors import DeviceOutOfMemory, InvalidEvent, PermanentError, is_retryable
+from img2img.errors import (
+    DeviceOutOfMemory,
+    InvalidEvent,
+    ObjectTooLarge,
+    PermanentError,
+    is_retryable,
+)
+from img2img.intake.events import oversize_reason
 from img2img.intake.images import decode_image, encode_png, fit_to_shape
 from img2img.intake.keys import unsafe_key_reason
 from img2img.intake.params import ImageParams, params_from_metadata
@@ -86,13 +93,16 @@ def each(
             raise err
 
 
-def reject_unaccepted(jobs: list[ImageJob], upload_buckets: frozenset[str]) -> None:
-    """Fail uploads the dispatcher refused a place (a lane or tenant that cannot be used:
-    the failure names it), from a bucket this pipeline does not serve, or whose key is
-    unsafe to build outcome keys from (the dispatcher refuses those first, to the dead-letter
-    queue; this catches runs created any other way)."""
+def reject_unaccepted(jobs: list[ImageJob], upload_buckets: frozenset[str], max_bytes: int) -> None:
+    """Fail uploads whose event names a size over `max_bytes` (never copied or read), that
+    the dispatcher refused a place (a lane or tenant that cannot be used: the failure names
+    it), from a bucket this pipeline does not serve, or whose key is unsafe to build outcome
+    keys from (the dispatcher refuses those first, to the dead-letter queue; this catches
+    runs created any other way)."""
     for job in jobs:
-        if job.ref.refused is not None:
+        if (too_big := oversize_reason(job.ref.size, max_bytes)) is not None:
+            job.fail("validate", ObjectTooLarge(too_big))
+        elif job.ref.refused is not None:
             job.fail("placement", InvalidEvent(job.ref.refused))
         elif job.ref.bucket not in upload_buckets:
             job.fail(
@@ -215,7 +225,7 @@ def preprocess(
 
     def one(job: ImageJob) -> None:
         with job.timings.measure("download"):
-            got = storage.download(s3, stage_bucket, job.keys.input)
+            got = storage.download(s3, stage_bucket, job.keys.input, limits.max_bytes)
         job.request_id = request_id_from(got.metadata)
         job.params = params_from_metadata(got.metadata, defaults)
         job.seed = job.params.seed_for(job.ref.identity)
@@ -231,7 +241,7 @@ def preprocess(
 
 
 def decode_png(data: bytes) -> Image.Image:
-    return Image.open(io.BytesIO(data)).convert("RGB")
+    return Image.open(io.BytesIO(data), formats=["PNG"]).convert("RGB")
 
 
 def postprocess(
@@ -275,12 +285,18 @@ def write_failures(
     s3: S3Client, jobs: list[ImageJob], results_bucket: str, flow_run_id: str | None
 ) -> None:
     """Write one failure record per failed image (create-once, like results). An image that
-    failed before its upload was read gets the caller's id from the upload's metadata, unless
-    it was refused at validation (its bucket or key is not one this pipeline reads)."""
+    failed before its upload was read gets the caller's id from the upload's metadata (a
+    HEAD: an upload refused for its size too), unless it was refused at validation for its
+    bucket or key (not one this pipeline reads)."""
     for job in jobs:
         if job.status == "failed":
-            stage = job.failure.stage if job.failure is not None else ""
-            if job.request_id is None and stage != "validate":
+            failure = job.failure
+            foreign = (
+                failure is not None
+                and failure.stage == "validate"
+                and failure.error != ObjectTooLarge.__name__
+            )
+            if job.request_id is None and not foreign:
                 job.request_id = caller_id(s3, job.ref)
             write_failure_record(s3, results_bucket, job, flow_run_id)
 
@@ -347,7 +363,9 @@ class StageOutputs:
 
     def load(self, key: str) -> Image.Image | None:
         """A stage output kept by an earlier attempt, or None."""
-        data = storage.download_if_exists(self._s3, self._bucket, key)
+        data = storage.download_if_exists(
+            self._s3, self._bucket, key, storage.STAGE_OUTPUT_MAX_BYTES
+        )
         return decode_png(data) if data is not None else None
 
     def close(self) -> list[str]:

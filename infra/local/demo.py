@@ -155,7 +155,7 @@ def _wait(
 def _look_up(s3: S3Client, results_bucket: str, item: Outcome) -> None:
     keys = keys_for(item.ref)
     for status, key in (("completed", keys.result_meta), ("failed", keys.failure)):
-        body = storage.download_if_exists(s3, results_bucket, key)
+        body = storage.download_if_exists(s3, results_bucket, key, storage.DOCUMENT_MAX_BYTES)
         if body is not None:
             item.status, item.doc = status, json.loads(body)
             return

@@ -85,6 +85,33 @@ def test_uploads_become_one_run_and_messages_are_deleted(
     assert queue_depth(clients, settings.storage.ingest_queue) == 0
 
 
+def test_an_upload_over_the_size_limit_is_refused_by_its_event_with_the_size_named(
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+) -> None:
+    clients, settings = aws
+    small = upload(clients, settings.storage.uploads_bucket, "size/small.png", png())
+    big = upload(clients, settings.storage.uploads_bucket, "size/big.png", png() + b"\0" * 4000)
+    dispatch = settings.dispatch.model_copy(update={"poll_wait_s": 1, "max_wait_s": 0.5})
+    d = Dispatcher(
+        clients.sqs,
+        client,
+        settings.storage,
+        dispatch,
+        dispatch_target(settings),
+        max_bytes=4000,
+    )
+    drain(d, lambda: d.stats.objects >= 2 and d.batcher.pending_count == 0)
+
+    assert d.stats.oversize == 1
+    params = {p["key"]: p for r in runs_of(client) for p in r.parameters["objects"]}
+    size = params[big.key]["size"]
+    assert size > 4000
+    assert params[big.key]["refused"] == (
+        f"upload is {size} bytes; the limit is 4000 (limits.max_bytes)"
+    )
+    assert "refused" not in params[small.key]
+
+
 def test_a_lone_upload_leaves_at_once_while_the_pool_can_take_it_then_batches_grow(
     aws: AwsEnv, client: SyncPrefectClient
 ) -> None:
@@ -301,7 +328,7 @@ def test_other_buckets_and_unsafe_keys_go_to_the_dead_letter_queue_with_the_reas
     assert len(reasons) == 3, reasons
     assert any("'someone-elses-bucket' is not an upload bucket" in r for r in reasons)
     assert any("'..' path segments" in r for r in reasons)
-    assert any("control characters (0x07)" in r for r in reasons)
+    assert any("characters (U+0007)" in r for r in reasons)
     assert queue_depth(clients, st.ingest_queue) == 0
 
 
@@ -395,7 +422,7 @@ def test_the_dispatcher_learns_what_an_image_adds_to_a_run_from_its_completed_ru
 
 
 def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
-    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+    aws: AwsEnv, client: SyncPrefectClient
 ) -> None:
     """Tenants on: tenant a's 40 uploads give one run of a base batch while no run waits,
     then are held (their messages kept from reappearing past their visibility), not cut into
@@ -406,6 +433,10 @@ def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
     from img2img.config.lanes import TenantSettings
 
     clients, settings = aws
+    # A deployment of its own: another test's runs left waiting would count as queued.
+    flow_id = client.create_flow_from_name("tenant-turns")
+    client.create_deployment(flow_id=flow_id, name="held", entrypoint="flows.pipeline.x")
+    deployment = "tenant-turns/held"
     dispatch = settings.dispatch.model_copy(
         update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 512, "visibility_timeout_s": 31}
     )

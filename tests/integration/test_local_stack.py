@@ -28,6 +28,8 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
             "IMG2IMG_STAGES__MODEL_CACHE_DIR": str(model_cache),
             "IMG2IMG_SCALING__IDLE_TO_ZERO_S": "8",
             "IMG2IMG_SCALING__INTERVAL_S": "1",
+            # Small enough for an oversized upload of a few MB (the samples are far below).
+            "IMG2IMG_LIMITS__MAX_BYTES": str(HUGE_LIMIT),
         },
     )
     try:
@@ -83,10 +85,15 @@ def test_demo_on_a_fresh_local_stack(tmp_path: Path, model_cache: Path) -> None:
     assert not any(s["running"] for s in final.values())
 
 
+HUGE_LIMIT = 2_000_000
+
+
 def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
-    """Good and bad uploads with the caller's id, and one S3 event delivered again after its
-    outcome was announced: exactly one message each on the app's queue."""
+    """Good, bad and oversized uploads with the caller's id, and one S3 event delivered again
+    after its outcome was announced: exactly one message each on the app's queue. The
+    oversized one is refused by its event's size: never copied to the stage bucket."""
     import boto3
+    from botocore.config import Config
 
     from img2img.intake.events import ObjectRef
     from infra.local.audit import audit
@@ -100,10 +107,14 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     )
     s3 = session.client("s3", endpoint_url=endpoint)
     sqs = session.client("sqs", endpoint_url=endpoint)
+    # moto has no S3 Express sessions: the directory bucket is read with plain signing.
+    plain = Config(s3={"disable_s3_express_session_auth": True})  # type: ignore[arg-type]
+    stage_s3 = session.client("s3", endpoint_url=endpoint, config=plain)
     app_queue = sqs.get_queue_url(QueueName=APP_QUEUE)["QueueUrl"]
     uploads = {
         "app/good.png": (png(), "req-good"),
         "app/bad.png": (b"not an image", "req-bad"),
+        "app/huge.png": (png() + b"\0" * HUGE_LIMIT, "req-huge"),
     }
     etags = {}
     for key, (body, request_id) in uploads.items():
@@ -111,7 +122,7 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
         put = s3.put_object(Bucket="img2img-uploads", Key=key, Body=body, Metadata=metadata)
         etags[key] = put["ETag"].strip('"')
 
-    first = drain(sqs, app_queue, quiet_s=2, limit_s=180, at_least=2)
+    first = drain(sqs, app_queue, quiet_s=2, limit_s=180, at_least=3)
     event = {
         "Records": [
             {
@@ -132,18 +143,29 @@ def _mixed_batch_is_announced_once(env: dict[str, str]) -> None:
     wait_for(lambda: not _unfinished_runs(env), 180, "every run to finish", interval=1.0)
     again = drain(sqs, app_queue, quiet_s=2, limit_s=60)
 
-    assert sorted(m["upload"]["key"] for m in first) == ["app/bad.png", "app/good.png"]
+    assert sorted(m["upload"]["key"] for m in first) == [
+        "app/bad.png",
+        "app/good.png",
+        "app/huge.png",
+    ]
     assert again == []
     refs = [ObjectRef(bucket="img2img-uploads", key=k, etag=etags[k]) for k in uploads]
     report = audit(s3, "img2img-results", refs, messages=first + again)
     assert report.problems == (), report.problems
-    assert report.counts()["results"] == 1 and report.counts()["failure_records"] == 1
+    assert report.counts()["results"] == 1 and report.counts()["failure_records"] == 2
     by_key = {m["upload"]["key"]: m for m in first}
     assert by_key["app/good.png"]["outcome"] == "result"
     assert by_key["app/good.png"]["request_id"] == "req-good"
     assert by_key["app/bad.png"]["outcome"] == "failure"
     assert by_key["app/bad.png"]["request_id"] == "req-bad"
     assert by_key["app/bad.png"]["failure"]["stage"] == "preprocess"
+    huge = by_key["app/huge.png"]
+    size = len(uploads["app/huge.png"][0])
+    assert huge["outcome"] == "failure" and huge["request_id"] == "req-huge"
+    assert huge["failure"]["stage"] == "validate" and not huge["failure"]["retryable"]
+    assert f"upload is {size} bytes; the limit is {HUGE_LIMIT}" in huge["failure"]["reason"]
+    staged = stage_s3.list_objects_v2(Bucket="img2img-stage--use1-az4--x-s3").get("Contents", [])
+    assert staged and not any("huge" in o["Key"] for o in staged), staged
 
 
 def _queue_empty(sqs: Any, url: str) -> bool:

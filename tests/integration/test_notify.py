@@ -246,3 +246,65 @@ def test_a_fifo_topic_gets_the_ids_it_requires(aws: AwsEnv) -> None:
     )["TopicArn"]
     ref, doc = _write_result(aws, "h/cat.png")
     assert _announcer(aws, topic_arn=topic).announce_once(ref, ("result", doc))
+
+
+def _app_filter(bucket: str, prefix: str) -> dict:
+    """The example app subscription's filter policy, as notify.yaml builds it."""
+    from tests.integration.test_aws_templates import load_template
+
+    sub = load_template("notify.yaml")["Resources"]["AppSubscription"]["Properties"]
+    assert sub["FilterPolicyScope"] == "MessageBody"
+    condition, with_prefix, without = sub["FilterPolicy"]["Fn::If"]
+    assert condition == "WithKeyPrefix"
+    values = {"AppUploadBucket": bucket, "AppKeyPrefix": prefix}
+
+    def resolve(node: object) -> object:
+        if isinstance(node, dict):
+            if set(node) == {"Ref"}:
+                return values[node["Ref"]]
+            return {k: resolve(v) for k, v in node.items()}
+        if isinstance(node, list):
+            return [resolve(v) for v in node]
+        return node
+
+    return resolve(with_prefix if prefix else without)  # type: ignore[return-value]
+
+
+def test_each_apps_subscription_gets_its_own_uploads_only(aws: AwsEnv) -> None:
+    """The topic carries every app's outcomes; a subscription made as notify.yaml makes it
+    gets those of its bucket (and prefix) only: no other app's keys or request ids."""
+    clients, settings = aws
+    topic, _ = ensure_notifications(clients)
+    queues = {}
+    uploads = settings.storage.uploads_bucket
+    apps = {"a": (uploads, "a/"), "b": (uploads, "b/"), "all": (uploads, ""), "x": ("xb", "")}
+    for app, (bucket, prefix) in apps.items():
+        url = clients.sqs.create_queue(QueueName=f"app-{app}")["QueueUrl"]
+        arn = clients.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
+        policy = _app_filter(bucket, prefix)
+        clients.sns.subscribe(
+            TopicArn=topic,
+            Protocol="sqs",
+            Endpoint=arn["Attributes"]["QueueArn"],
+            Attributes={
+                "RawMessageDelivery": "true",
+                "FilterPolicyScope": "MessageBody",
+                "FilterPolicy": json.dumps(policy),
+            },
+        )
+        queues[app] = url
+    announcer = _announcer(aws, topic_arn=topic)
+    for key in ("a/one.png", "b/two.png", "c/three.png"):
+        ref, doc = _write_result(aws, key)
+        assert announcer.announce_once(ref, ("result", doc))
+
+    got = {
+        app: sorted(m["upload"]["key"] for m in drain(clients.sqs, url))
+        for app, url in queues.items()
+    }
+    assert got == {
+        "a": ["a/one.png"],
+        "b": ["b/two.png"],
+        "all": ["a/one.png", "b/two.png", "c/three.png"],
+        "x": [],  # an app of another bucket gets none of these
+    }

@@ -37,10 +37,39 @@ def test_documents_and_images_are_written_with_their_type_and_read_back(aws: Aws
     assert clients.s3.head_object(Bucket=bucket, Key="d/once.png")["ContentType"] == "image/png"
     # The second create-once write of a key is refused, and the first stays.
     assert not storage.put_once(clients.s3, bucket, "d/once.png", b"2", "image/png")
-    assert storage.download_if_exists(clients.s3, bucket, "d/once.png") == b"1"
-    assert storage.download_if_exists(clients.s3, bucket, "d/none.png") is None
-    body, written = storage.download_with_time(clients.s3, bucket, "d/once.png") or (b"", None)
+    assert storage.download_if_exists(clients.s3, bucket, "d/once.png", 10) == b"1"
+    assert storage.download_if_exists(clients.s3, bucket, "d/none.png", 10) is None
+    body, written = storage.download_with_time(clients.s3, bucket, "d/once.png", 10) or (b"", None)
     assert body == b"1" and written is not None and written.tzinfo is not None
+
+
+def test_a_read_over_its_limit_is_refused_by_its_length_before_the_body(aws: AwsEnv) -> None:
+    from img2img.errors import ObjectTooLarge, PermanentError
+
+    clients, settings = aws
+    bucket = settings.storage.results_bucket
+    storage.put(clients.s3, bucket, "d/big.png", b"x" * 5000, "image/png")
+    with pytest.raises(ObjectTooLarge, match="is 5000 bytes; the limit is 4999") as err:
+        storage.download(clients.s3, bucket, "d/big.png", 4999)
+    assert isinstance(err.value, PermanentError)  # not retried
+    with pytest.raises(ObjectTooLarge, match="5000 bytes; the limit is 10"):
+        storage.download_with_time(clients.s3, bucket, "d/big.png", 10)
+    assert storage.download(clients.s3, bucket, "d/big.png", 5000).body == b"x" * 5000
+
+    class Lying:  # a stream longer than its ContentLength said
+        def __init__(self) -> None:
+            self.closed = False
+
+        def read(self, n: int) -> bytes:
+            return b"y" * n
+
+        def close(self) -> None:
+            self.closed = True
+
+    body = Lying()
+    with pytest.raises(ObjectTooLarge, match="over 100 bytes"):
+        storage.read_body({"ContentLength": 3, "Body": body}, 100, "s3://b/k")
+    assert body.closed
 
 
 def test_an_uploads_metadata_is_read_from_the_version_the_event_named(aws: AwsEnv) -> None:
@@ -60,7 +89,7 @@ def test_an_uploads_metadata_is_read_from_the_version_the_event_named(aws: AwsEn
     # The copy into the stage bucket takes that version too, metadata and all.
     stage = settings.storage.stage_bucket
     storage.copy_to_stage(clients.s3, old, stage, "input/a.png")
-    copied = storage.download(clients.s3, stage, "input/a.png")
+    copied = storage.download(clients.s3, stage, "input/a.png", 1000)
     assert copied.body == b"1" and copied.metadata == {"prompt": "one"}
 
 
@@ -88,8 +117,8 @@ def test_every_call_names_the_object_when_s3_cannot_be_reached(aws: AwsEnv) -> N
             lambda: storage.upload_metadata(s3, ref),
         ],
         "s3://b/k": [
-            lambda: storage.download(s3, "b", "k"),
-            lambda: storage.download_with_time(s3, "b", "k"),
+            lambda: storage.download(s3, "b", "k", 1000),
+            lambda: storage.download_with_time(s3, "b", "k", 1000),
             lambda: storage.exists(s3, "b", "k"),
             lambda: storage.put(s3, "b", "k", b"", "image/png"),
             lambda: storage.put_once(s3, "b", "k", b"", "image/png"),
@@ -111,7 +140,7 @@ def test_a_missing_upload_or_bucket_is_final_and_named(aws: AwsEnv) -> None:
         storage.copy_to_stage(clients.s3, gone, settings.storage.stage_bucket, "input/x")
     assert str(info.value).startswith(f"{gone.uri} does not exist")
     with pytest.raises(ObjectMissing) as missing:
-        storage.download(clients.s3, "no-such-bucket-here", "k")
+        storage.download(clients.s3, "no-such-bucket-here", "k", 1000)
     assert str(missing.value) == "s3://no-such-bucket-here/k does not exist (NoSuchBucket)"
 
 
@@ -125,7 +154,7 @@ def test_a_copy_keeps_the_uploads_metadata_and_drops_its_tags(aws: AwsEnv) -> No
     )
     storage.copy_to_stage(clients.s3, ObjectRef(bucket=bucket, key="u/t.png"), stage, "in/t")
     assert clients.s3.get_object_tagging(Bucket=stage, Key="in/t")["TagSet"] == []
-    assert storage.download(clients.s3, stage, "in/t").metadata == {"prompt": "p"}
+    assert storage.download(clients.s3, stage, "in/t", 1000).metadata == {"prompt": "p"}
 
 
 def test_a_create_once_write_to_a_bucket_that_is_gone_is_final_and_named(aws: AwsEnv) -> None:

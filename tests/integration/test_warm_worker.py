@@ -224,6 +224,92 @@ def test_the_pool_refuses_env_job_variables_with_a_reason(client: SyncPrefectCli
     client.delete_flow_run(run.id)
 
 
+def test_a_deployment_with_a_foreign_pull_step_or_flow_is_refused_and_never_run(
+    aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
+) -> None:
+    """Whoever may write deployments could register one in the pool with a shell step: the
+    worker fails its runs with the reason before any slot sees them, and the step never
+    runs. A release deployment on the same worker still runs."""
+    clients, settings = aws
+    marker = tmp_path / "pwned"
+    with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, _log, _proc):
+        pool = client.read_deployment(deployment_id).work_pool_name
+        pipeline = client.create_flow_from_name("img2img-pipeline")
+        shell = client.create_deployment(
+            flow_id=pipeline,
+            name=f"{pool}-shell",
+            entrypoint="flows.pipeline.img2img_pipeline",
+            work_pool_name=pool,
+            pull_steps=[
+                {"prefect.deployments.steps.run_shell_script": {"script": f"touch {marker}"}}
+            ],
+        )
+        other = client.create_deployment(
+            flow_id=client.create_flow_from_name("not-ours"),
+            name=f"{pool}-other",
+            entrypoint="flows.pipeline.img2img_pipeline",
+            work_pool_name=pool,
+        )
+        moved = client.create_deployment(
+            flow_id=pipeline,
+            name=f"{pool}-moved",
+            entrypoint="os:system",
+            work_pool_name=pool,
+        )
+        runs = {
+            name: client.create_flow_run_from_deployment(d, parameters={"objects": []})
+            for name, d in (("shell", shell), ("other", other), ("moved", moved))
+        }
+        states = {name: final_state(client, run.id) for name, run in runs.items()}
+        good, _ = submit(client, clients, settings, deployment_id, "after-refusals")
+        assert final_state(client, good.id).is_completed()
+
+    assert all(s.is_failed() for s in states.values()), {n: s.type for n, s in states.items()}
+    assert states["shell"].message.startswith("refused by worker ")
+    assert "pull steps ['prefect.deployments.steps.run_shell_script']" in states["shell"].message
+    assert "flow 'not-ours' is not one this release runs" in states["other"].message
+    assert "entrypoint 'os:system' is not the release's" in states["moved"].message
+    assert not marker.exists()
+
+
+def test_a_slot_loads_only_the_allow_listed_flow_and_checks_the_deployment_again(
+    client: SyncPrefectClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot's own check (a deployment changed after the worker's): a foreign pull step
+    is refused there too, and a release deployment's flow comes from the allow-list."""
+    from deployments.worker import slot_process
+    from deployments.worker.run_guard import RunGuard, RunRefused, release_steps
+    from img2img.config.worker import RELEASE_FLOWS
+
+    pool, release = create_pool_and_deployment(client)
+    pipeline = client.create_flow_from_name("img2img-pipeline")
+    stepped = client.create_deployment(
+        flow_id=pipeline,
+        name=f"{pool}-release-steps",
+        entrypoint="flows.pipeline.img2img_pipeline",
+        work_pool_name=pool,
+        pull_steps=release_steps(str(tmp_path)),
+    )
+    shell = client.create_deployment(
+        flow_id=pipeline,
+        name=f"{pool}-shell",
+        entrypoint="flows.pipeline.img2img_pipeline",
+        work_pool_name=pool,
+        pull_steps=[{"prefect.deployments.steps.run_shell_script": {"script": "true"}}],
+    )
+    monkeypatch.setattr(slot_process, "_guard", RunGuard(RELEASE_FLOWS, str(tmp_path)))
+    monkeypatch.chdir(Path.cwd())  # restored after the slot's chdir
+
+    def run_of(deployment_id: Any) -> Any:
+        return client.create_flow_run_from_deployment(deployment_id, parameters={"objects": []})
+
+    assert slot_process._flow_for(run_of(release)).name == "img2img-pipeline"
+    assert slot_process._flow_for(run_of(stepped)).name == "img2img-pipeline"
+    assert Path.cwd() == tmp_path  # the release's working directory, set by the slot
+    with pytest.raises(RunRefused, match="run_shell_script"):
+        slot_process._flow_for(run_of(shell))
+
+
 def test_a_slot_past_its_memory_bound_is_replaced_while_runs_go_on(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:

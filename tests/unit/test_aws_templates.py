@@ -73,9 +73,23 @@ def test_alarms_watch_the_dead_letter_queue_and_message_age(storage: dict[str, A
     assert metrics == {"ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"}
 
 
+def statements(role: dict[str, Any]) -> list[dict[str, Any]]:
+    """A role's policy statements, a conditional one (`Fn::If`) taken as if its condition
+    held (the stricter reading: every statement the role may get)."""
+    out = []
+    for policy in role["Properties"].get("Policies", []):
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if "Fn::If" in statement:
+                _, when, otherwise = statement["Fn::If"]
+                assert otherwise == {"Ref": "AWS::NoValue"}, statement
+                statement = when
+            out.append(statement)
+    return out
+
+
 def test_roles_are_least_privilege(compute: dict[str, Any]) -> None:
     for name, role in of_type(compute, "AWS::IAM::Role").items():
-        for policy in role["Properties"]["Policies"]:
+        for policy in [{"PolicyDocument": {"Statement": statements(role)}}]:
             for statement in policy["PolicyDocument"]["Statement"]:
                 actions = statement["Action"]
                 actions = actions if isinstance(actions, list) else [actions]
@@ -92,8 +106,7 @@ def test_roles_are_least_privilege(compute: dict[str, Any]) -> None:
     scale = next(
         st
         for role in of_type(compute, "AWS::IAM::Role").values()
-        for policy in role["Properties"]["Policies"]
-        for st in policy["PolicyDocument"]["Statement"]
+        for st in statements(role)
         if st.get("Sid") == "ScaleTheInferenceGroup"
     )
     assert "autoscaling:SetInstanceHealth" in scale["Action"]
@@ -219,15 +232,10 @@ def test_hosts_announce_to_the_outcomes_topic_and_tag_what_they_announced(
     compute: dict[str, Any],
 ) -> None:
     for role in ("WorkerRole", "ControlRole"):
-        statements = {
-            s["Sid"]: s
-            for s in compute[role]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
-        }
-        publish = next(s for s in statements.values() if s["Action"] == "sns:Publish")
+        by_sid = {s["Sid"]: s for s in statements(compute[role])}
+        publish = next(s for s in by_sid.values() if s["Action"] == "sns:Publish")
         assert json.dumps(publish["Resource"]).endswith(':${Prefix}-outcomes"}'), role
-        tagging = [
-            s for s in statements.values() if "s3:PutObjectTagging" in json.dumps(s["Action"])
-        ]
+        tagging = [s for s in by_sid.values() if "s3:PutObjectTagging" in json.dumps(s["Action"])]
         assert len(tagging) == 1, role
         assert "results/*" in json.dumps(tagging[0]) and "failed/*" in json.dumps(tagging[0])
     for template in ("InferenceLaunchTemplate", "ControlLaunchTemplate"):
@@ -372,3 +380,67 @@ def test_compute_takes_the_self_hosted_auth_string(compute: dict[str, Any]) -> N
     ]
     for template in ("InferenceLaunchTemplate", "ControlLaunchTemplate"):
         assert "${PrefectCredentialEnv}=$KEY" in json.dumps(compute[template]), template
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+VIA_SECRETS_MANAGER = {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"}
+
+
+@pytest.mark.parametrize("template", ["compute.yaml", "prefect-server.yaml"])
+def test_every_role_that_reads_a_secret_can_decrypt_it_and_nothing_more(template: str) -> None:
+    """Reading a secret encrypted with a customer-managed key takes kms:Decrypt on that key
+    too (without it the hosts' boot stopped at the secret read). Each role gets exactly
+    kms:Decrypt, on the secret's own key, through Secrets Manager only."""
+    doc = load_template(template)
+    resources, params = doc["Resources"], doc.get("Parameters", {})
+    readers = 0
+    for name, role in of_type(resources, "AWS::IAM::Role").items():
+        st = statements(role)
+        kms = [s for s in st if any(a.startswith("kms:") for a in _as_list(s["Action"]))]
+        for s in kms:  # nothing more: one action, through Secrets Manager only
+            assert _as_list(s["Action"]) == ["kms:Decrypt"], (name, s)
+            assert s["Condition"]["StringEquals"]["kms:ViaService"] == VIA_SECRETS_MANAGER
+        secrets = [
+            ref
+            for s in st
+            if "secretsmanager:GetSecretValue" in _as_list(s["Action"])
+            for ref in _as_list(s["Resource"])
+        ]
+        for secret in secrets:
+            readers += 1
+            if secret["Ref"] in resources:  # a secret of this template: its own key
+                key = resources[secret["Ref"]]["Properties"]["KmsKeyId"]
+                assert key == {"Ref": "Key"}, (name, secret)
+                assert any(s["Resource"] == {"Fn::GetAtt": ["Key", "Arn"]} for s in kms), name
+            else:  # a secret given as a parameter: the key given beside it, for it only
+                assert secret["Ref"] in params, (name, secret)
+                key_param = secret["Ref"].removesuffix("Arn") + "KmsKeyArn"
+                assert key_param in params, (name, key_param)
+                (grant,) = [s for s in kms if s["Resource"] == {"Ref": key_param}]
+                context = grant["Condition"]["StringEquals"]["kms:EncryptionContext:SecretARN"]
+                assert context == secret, name
+        if not secrets:
+            assert kms == [], (name, "decrypts without reading a secret")
+    assert readers >= (2 if template == "compute.yaml" else 3)
+    if template == "prefect-server.yaml":
+        # The key the hosts are given is the one the auth string is encrypted with.
+        assert doc["Outputs"]["AuthSecretKeyArn"]["Value"] == {"Fn::GetAtt": ["Key", "Arn"]}
+        assert resources["AuthSecret"]["Properties"]["KmsKeyId"] == {"Ref": "Key"}
+
+
+def test_the_workers_project_dir_is_the_one_the_deployments_are_made_with(
+    compute: dict[str, Any],
+) -> None:
+    """The worker refuses pull steps other than the release's (set the working directory to
+    its project directory): the hosts' directory must be the one docs/deploy-aws.md deploys
+    prefect.yaml with, or every run would be refused."""
+    from pathlib import Path
+
+    user_data = json.dumps(compute["InferenceLaunchTemplate"])
+    assert "IMG2IMG_PROJECT_DIR=/var/lib/img2img" in user_data
+    assert "WorkingDirectory=/var/lib/img2img" in user_data
+    deploy = (Path(__file__).parents[2] / "docs" / "deploy-aws.md").read_text()
+    assert "IMG2IMG_PROJECT_DIR=/var/lib/img2img prefect --no-prompt deploy --all" in deploy

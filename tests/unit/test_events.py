@@ -152,3 +152,11 @@ def test_run_idempotency_keys_never_change_between_releases() -> None:
     assert batch_key(pair) == "img2img-batch-dd35df3aff07458cef9cc5366c91fe84647410ea"
     assert reconcile_key(pair) == "reconcile-img2img-batch-dd35df3aff07458cef9cc5366c91fe84647410ea"
     assert split_key("run-1", 0) == "run-1:split:0" != split_key("run-1", 1)
+
+
+def test_an_event_size_over_the_limit_is_named_with_the_limit() -> None:
+    from img2img.intake.events import oversize_reason
+
+    assert oversize_reason(None, 10) is None  # no size in the event: the read checks it
+    assert oversize_reason(10, 10) is None
+    assert oversize_reason(11, 10) == "upload is 11 bytes; the limit is 10 (limits.max_bytes)"

@@ -108,8 +108,15 @@ def test_too_many_bytes_is_refused() -> None:
 def test_tiny_and_unaccepted_formats_are_refused() -> None:
     with pytest.raises(InvalidImage, match="at least 8 pixels"):
         decode_image(encoded((4, 40)), LIMITS)
-    with pytest.raises(InvalidImage, match="format BMP is not accepted"):
+    # Only the accepted formats' readers are tried: a BMP (or an EPS, whose reader runs
+    # Ghostscript) is never opened by its own plugin.
+    with pytest.raises(InvalidImage, match=r"match no known image format \(accepted: JPEG"):
         decode_image(encoded((20, 20), "BMP"), LIMITS)
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 100 100\n"
+    with pytest.raises(InvalidImage, match="match no known image format"):
+        decode_image(eps, LIMITS)
+    with pytest.raises(InvalidImage, match=r"match no known image format \(accepted: PNG\)"):
+        decode_image(encoded((20, 20), "JPEG"), LIMITS.model_copy(update={"formats": ("PNG",)}))
 
 
 def png_header_only(width: int, height: int) -> bytes:

@@ -23,7 +23,13 @@ def test_two_buckets_with_the_same_key_have_different_outcomes() -> None:
     [
         ("../ev/../etc/passwd.jpg", "'..' path segments"),
         ("a/./b.png", "'.' path segments"),
-        ("a\nb.png", "control characters (0x0a)"),
+        ("a\nb.png", "characters (U+000A)"),
+        ("a\\..\\..\\b.png", "'..' path segments"),  # a backslash separates on Windows
+        ("dir\\.\\b.png", "'.' path segments"),
+        ("a\x85b.png", "characters (U+0085)"),  # C1: NEXT LINE
+        ("a\u2028b.png", "characters (U+2028)"),  # a line break in a log line
+        ("invoice_\u202egnp.exe", "characters (U+202E)"),  # reads as "invoice_exe.png"
+        ("a\u2067b\u2069.png", "characters (U+2067, U+2069)"),
         ("x" * 1000, "over S3's 1024"),
         ("", "empty"),
     ],
@@ -43,7 +49,16 @@ def test_unsafe_keys_are_named_and_their_outcome_stays_inside_its_prefix(
 
 
 def test_ordinary_keys_with_dots_spaces_and_unicode_are_safe() -> None:
-    for key in ("a/b.c.png", "photos/my cat ü.jpg", "..hidden/x.png", "a..b/c"):
+    for key in (
+        "a/b.c.png",
+        "photos/my cat ü.jpg",
+        "..hidden/x.png",
+        "a..b/c",
+        "a\\b.png",
+        "日本/写真.jpg",
+        "a\u00a0b.png",  # no-break space: the first character past the C1 controls
+        "emoji/😀.png",
+    ):
         assert unsafe_key_reason(ref(key)) is None
 
 
@@ -71,13 +86,14 @@ def test_each_unsafe_key_is_refused_in_words_that_name_the_problem() -> None:
 
     assert reason("") == "the object key is empty"
     assert reason("a\x7fb\x01") == (
-        "object key 'a\\x7fb\\x01' contains control characters (0x01, 0x7f)"
+        "object key 'a\\x7fb\\x01' contains control, line-separator or bidirectional "
+        "characters (U+0001, U+007F)"
     )
     assert reason("./a/..") == (
         "object key './a/..' has '.' and '..' path segments, which would resolve outside "
         "their folder"
     )
-    assert reason("a/\x80b") is None  # the first byte past DEL is an ordinary character
+    assert reason("a/\xa0b") is None  # the first character past the C1 controls
 
 
 def test_the_longest_safe_key_fills_s3s_1024_bytes_exactly() -> None:

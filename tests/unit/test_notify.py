@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from botocore.exceptions import ClientError, EndpointConnectionError
 
 from img2img.delivery.announce import _translate
@@ -90,6 +91,18 @@ def test_request_id_comes_from_the_metadata_key_request_id() -> None:
     assert request_id_from({"prompt": "p"}) is None
     assert request_id_from({"request-id": ""}) is None
     assert request_id_from(None) is None
+    assert request_id_from({"request-id": "app-1/2026-12-07T10:00:00Z@eu+x=1~y."}) is not None
+    assert request_id_from({"request-id": "x" * 128}) == "x" * 128
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["x" * 129, "a b", "a\nb", "a\u2028b", "a\u202eb", '{"prefix": ""}', "ü", "a*", "a;b"],
+)
+def test_a_request_id_outside_its_characters_or_length_is_dropped(value: str) -> None:
+    """It becomes a routing attribute and a log field: no spaces, breaks, bidi marks,
+    JSON or wildcards, at most 128 characters."""
+    assert request_id_from({"request-id": value}) is None
 
 
 def test_sns_attributes_let_subscribers_filter() -> None:
