@@ -444,3 +444,46 @@ def test_the_workers_project_dir_is_the_one_the_deployments_are_made_with(
     assert "WorkingDirectory=/var/lib/img2img" in user_data
     deploy = (Path(__file__).parents[2] / "docs" / "deploy-aws.md").read_text()
     assert "IMG2IMG_PROJECT_DIR=/var/lib/img2img prefect --no-prompt deploy --all" in deploy
+
+
+def test_the_api_is_reachable_from_the_hosts_groups_and_the_operators_only(
+    server: dict[str, Any], compute: dict[str, Any]
+) -> None:
+    """No address range reaches the API: the hosts by their security groups (added by
+    compute.yaml to the server's load balancer group), the operators by a prefix list; the
+    load balancer reaches the tasks, and the tasks the database and Redis, by group."""
+    lb = server["LoadBalancerSecurityGroup"]["Properties"]
+    assert "SecurityGroupIngress" not in lb
+    assert lb["SecurityGroupEgress"] == [
+        {
+            "IpProtocol": "-1",
+            "CidrIp": "127.0.0.1/32",
+            "Description": "none but LoadBalancerToTasks",
+        }
+    ]
+    operators = server["OperatorsToLoadBalancer"]
+    assert operators["Condition"] == "WithOperators"
+    assert operators["Properties"]["SourcePrefixListId"] == {"Ref": "OperatorPrefixListId"}
+    assert "ClientCidr" not in load_template("prefect-server.yaml")["Parameters"]
+    egress = {
+        name: r["Properties"]
+        for name, r in of_type(server, "AWS::EC2::SecurityGroupEgress").items()
+    }
+    assert {(e["FromPort"], e["DestinationSecurityGroupId"]["Ref"]) for e in egress.values()} == {
+        (4200, "TaskSecurityGroup"),
+        (5432, "DatabaseSecurityGroup"),
+        (6379, "RedisSecurityGroup"),
+    }
+    for rule in server["TaskSecurityGroup"]["Properties"]["SecurityGroupEgress"]:
+        assert rule["FromPort"] == 443, rule  # only HTTPS (image, secrets, logs) leaves
+    ins = {name: r for name, r in of_type(compute, "AWS::EC2::SecurityGroupIngress").items()}
+    assert {r["Properties"]["SourceSecurityGroupId"]["Ref"] for r in ins.values()} == {
+        "InferenceSecurityGroup",
+        "ControlSecurityGroup",
+    }
+    for rule in ins.values():
+        assert rule["Condition"] == "SelfHostedServer"
+        assert rule["Properties"]["GroupId"] == {"Ref": "PrefectLoadBalancerSecurityGroupId"}
+        assert rule["Properties"]["FromPort"] == rule["Properties"]["ToPort"] == 443
+    outputs = load_template("prefect-server.yaml")["Outputs"]
+    assert outputs["LoadBalancerSecurityGroupId"]["Value"] == {"Ref": "LoadBalancerSecurityGroup"}
