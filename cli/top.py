@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import urllib.parse
 import urllib.request
 from typing import Any
 
@@ -17,7 +18,12 @@ from img2img.observe.scrape import GAUGES, Scraped, parse
 
 
 def fetch(url: str, timeout_s: float = 5.0) -> Scraped:
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+    """The endpoint's figures; only an http(s) URL is opened (not file: or another scheme
+    urllib would follow)."""
+    if urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise ValueError(f"the metrics URL must be http or https, but is {url!r}")
+    # checked above (bandit B310)
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:  # nosec B310
         return parse(response.read().decode("utf-8"))
 
 

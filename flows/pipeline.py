@@ -12,7 +12,7 @@ Run it directly against the local stack:
 from __future__ import annotations
 
 import argparse
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -62,7 +62,7 @@ def through_generate(batch: BatchRun, defaults: ImageParams | None) -> list[Step
 def begin(objects: list[ObjectRef]) -> BatchRun:
     """A run's batch from its uploads: one job each, its queue wait recorded, uploads this
     pipeline does not serve failed at 'validate'."""
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     run_id = str(flow_run.id) if flow_run.id else None
     jobs = [ImageJob.for_ref(ref) for ref in unique(objects)]
     context = FlowRunContext.get()

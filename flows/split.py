@@ -12,7 +12,7 @@ hand-off time between them (`handoff`), and each run's summary links to the othe
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -68,7 +68,7 @@ def img2img_upscale(
         handoff: per upload identity, what stage 1 learnt: parameters, seed, timings so far.
         generate_run: the stage-1 flow run that handed them over.
     """
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     run_id = str(flow_run.id) if flow_run.id else None
     jobs = [ImageJob.for_ref(ref) for ref in unique(objects)]
     for job in jobs:

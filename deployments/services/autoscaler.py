@@ -22,7 +22,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from deployments.services.loop import LoopService
@@ -117,7 +117,7 @@ class Autoscaler(LoopService[None]):
     def observe(self) -> Observation:
         from prefect.client.schemas.sorting import FlowRunSort
 
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         pool = pool_filter(self.pool)
         self._read_health(now)
         queued = self.queued(now)
@@ -324,7 +324,7 @@ class Autoscaler(LoopService[None]):
     def queued(self, now: datetime | None = None) -> int:
         """The pool's scheduled (late included) and pending runs that are due: not ones set
         for later."""
-        due = (now or datetime.now(timezone.utc)) + timedelta(seconds=self.policy.interval_s)
+        due = (now or datetime.now(UTC)) + timedelta(seconds=self.policy.interval_s)
         return int(
             self.prefect.count_flow_runs(
                 flow_run_filter=_runs_filter(["SCHEDULED", "PENDING"], before=due),
@@ -427,7 +427,7 @@ class Autoscaler(LoopService[None]):
         from prefect.events import emit_event
 
         row = {
-            "at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "at": datetime.now(UTC).isoformat(timespec="seconds"),
             "from": obs.current_desired,
             "to": decision.desired,
             "queued": obs.queued,

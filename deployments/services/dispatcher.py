@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
@@ -412,7 +412,7 @@ class Dispatcher(LoopService[DispatchStats]):
     ) -> int | None:
         """The deployment's runs in `states` of `lane`'s work queue (None: every queue),
         those due by now only if `due_only`; None when they cannot be counted (advisory)."""
-        from datetime import datetime, timezone
+        from datetime import datetime
 
         from prefect.client.schemas.filters import (
             FlowRunFilter,
@@ -425,9 +425,7 @@ class Dispatcher(LoopService[DispatchStats]):
         from prefect.client.schemas.objects import StateType
 
         queue = FlowRunFilterWorkQueueName(any_=[lane]) if lane is not None else None
-        due = (
-            FlowRunFilterExpectedStartTime(before_=datetime.now(timezone.utc)) if due_only else None
-        )
+        due = FlowRunFilterExpectedStartTime(before_=datetime.now(UTC)) if due_only else None
         try:
             return int(
                 self.prefect.count_flow_runs(
@@ -530,7 +528,7 @@ class Dispatcher(LoopService[DispatchStats]):
         for reason in parsed.skipped:
             log.info("skipped message %s: %s", message["MessageId"], reason)
             self.stats.skipped += 1
-        received = datetime.now(timezone.utc)
+        received = datetime.now(UTC)
         accepted, refused = self._screen(
             [ref.model_copy(update={"received_at": received}) for ref in parsed.objects]
         )

@@ -20,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 from uuid import UUID
 
@@ -167,12 +167,10 @@ class FleetView:
 
         # Events reach the API a little after they happen: read again from a minute
         # before the last read and drop the ones already counted.
-        since = datetime.fromtimestamp(self._cursor - 60.0, timezone.utc)
+        since = datetime.fromtimestamp(self._cursor - 60.0, UTC)
         page = self.prefect.read_events(
             EventFilter(
-                occurred=EventOccurredFilter(
-                    since=since, until=datetime.fromtimestamp(now, timezone.utc)
-                ),
+                occurred=EventOccurredFilter(since=since, until=datetime.fromtimestamp(now, UTC)),
                 event=EventNameFilter(prefix=[BATCH_EVENTS]),
                 related=EventRelatedFilter(id=[self.pool_resource.resource_id]),
                 order=EventOrder.ASC,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from deployments.services.pool_runs import pool_runs
@@ -118,7 +118,7 @@ def reconcile(
     live: set[str] = set()
     for role in pools(settings.topology, settings.autoscaler.pool):
         live |= live_stems(prefect, role.pool)
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     missing: list[ObjectRef] = []
     for bucket in buckets:
         uploads = list(list_uploads(s3, bucket, prefix))

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from deployments.services.loop import LoopService
@@ -99,7 +99,7 @@ class RunRecovery:
         """Mark Crashed every Pending or Running run whose worker stopped heartbeating."""
         from prefect.states import Crashed
 
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         workers = {
             w.name: w.last_heartbeat_time
             for w in self.prefect.read_workers_for_work_pool(self.pool, limit=PAGE)
@@ -174,7 +174,7 @@ class RunRecovery:
 
         action = recovery.plan(crashes, unfinished, self.policy)
         if isinstance(action, recovery.Retry):
-            when = datetime.now(timezone.utc) + timedelta(seconds=action.delay_s)
+            when = datetime.now(UTC) + timedelta(seconds=action.delay_s)
             self.prefect.set_flow_run_state(
                 run.id,
                 AwaitingRetry(scheduled_time=when, message=f"{action.reason} (crashed: {last})"),

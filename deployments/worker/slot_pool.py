@@ -117,7 +117,8 @@ class SlotPool:
         self.hangs = 0
         self.recycles = 0  # slots replaced by a fresh one (the recycle rule)
         self._rule = recycle_rule(settings)
-        self._rng = random.Random()
+        # recycle jitter, not security (bandit B311)
+        self._rng = random.Random()  # nosec B311
         self._on_recycle = on_recycle
         # Why no slot is left (sticky: a worker that lost every slot is replaced, not
         # trusted again), and who is told.

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -140,8 +140,8 @@ class Announcer:
         """Whether the document's writer tags it as announced within the grace after it
         wrote it (it sends, then tags, right after writing); polls the tag until then."""
         until = written_at + timedelta(seconds=self.settings.writer_grace_s)
-        while datetime.now(timezone.utc) < until:
-            time.sleep(min(0.25, max((until - datetime.now(timezone.utc)).total_seconds(), 0)))
+        while datetime.now(UTC) < until:
+            time.sleep(min(0.25, max((until - datetime.now(UTC)).total_seconds(), 0)))
             tags = storage.get_tags(self.s3, self.results_bucket, key)
             if tags is None or ANNOUNCED_TAG in tags:
                 return True
@@ -163,7 +163,7 @@ class Announcer:
             Params={"Bucket": self.results_bucket, "Key": keys_for(ref).result},
             ExpiresIn=lifetime,
         )
-        expires = datetime.now(timezone.utc) + timedelta(seconds=lifetime)
+        expires = datetime.now(UTC) + timedelta(seconds=lifetime)
         return url, expires.isoformat(timespec="seconds")
 
     def _send(self, message: dict[str, Any]) -> str:

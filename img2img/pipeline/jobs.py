@@ -4,7 +4,7 @@ outcome. Steps mutate jobs in place and skip those that already finished or fail
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 from PIL import Image
@@ -109,7 +109,7 @@ def failure_record(job: ImageJob, flow_run_id: str | None) -> dict[str, Any]:
         "retryable": job.failure.retryable,
         "timings_ms": {k: round(v, 1) for k, v in job.timings.items()},
         "flow_run_id": flow_run_id,
-        "failed_at": datetime.now(timezone.utc).isoformat(),
+        "failed_at": datetime.now(UTC).isoformat(),
     }
 
 
@@ -138,14 +138,14 @@ def result_record(
         # Split topology: the run that ran stage 1 (flow_run_id ran stage 2).
         **({"generate_flow_run_id": job.linked_run} if job.linked_run else {}),
         "worker": worker or {},
-        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
     }
 
 
 def finish_timings(jobs: list[ImageJob], finished: datetime | None = None) -> None:
     """total = upload event → now (end-to-end), else the sum of the measured stages; the
     waits between the image's own steps (see waterfall.py) fill the rest."""
-    finished = finished or datetime.now(timezone.utc)
+    finished = finished or datetime.now(UTC)
     for job in jobs:
         if "total" in job.timings:
             continue

@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from img2img.observe.timing import percentile
@@ -237,7 +237,7 @@ class FleetWindow:
         cost = host_hours * self.price_per_hour
         slots_s = host_s * self.slots_per_host
         return FleetSample(
-            at=datetime.fromtimestamp(now, timezone.utc),
+            at=datetime.fromtimestamp(now, UTC),
             window_s=round(span, 1),
             images=images,
             failed=sum(b.failed for b in batches),

@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -87,7 +87,7 @@ def run_one(settings: Settings, cfg: BenchConfig, label: str, say: Any) -> dict[
         update={"endpoint_url": settings.local.moto_url, "express_session_auth": False}
     )
     s3 = clients_from_settings(aws).s3
-    started = datetime.now(timezone.utc)
+    started = datetime.now(UTC)
     refs = demo.upload_samples(
         s3, settings.storage.uploads_bucket, cfg.images, cfg.steps, cfg.upscale_steps
     )

@@ -254,7 +254,10 @@ class PastDays:
         """Per past day, the arrivals in the bucket that ends at this time of day, then in
         each bucket of the lead (as the live autoscaler asks Prefect's run history)."""
         width = self.settings.bucket_s
-        rng = random.Random(self.seed * 1_000_003 + int(now))
+        rng = random.Random(
+            self.seed * 1_000_003 + int(now)
+            # a simulation's draws, not security (bandit B311)
+        )  # nosec B311
 
         def count(start: float) -> float:
             return float(_poisson(rng, sum(self._rate(start + i) for i in range(int(width)))))
@@ -272,7 +275,8 @@ def arrivals(
     trace: Trace, seed: int, rate_of: Callable[[float], float] | None = None
 ) -> list[float]:
     """Poisson arrivals following `trace.rate` (or `rate_of`), second by second."""
-    rng = random.Random(seed)
+    # a simulation's draws, not security (bandit B311)
+    rng = random.Random(seed)  # nosec B311
     times: list[float] = []
     for second in range(int(trace.duration_s)):
         rate = (rate_of or trace.rate)(second)

@@ -43,7 +43,8 @@ class FaultProxy:
         self.upstream_port = parts.port or 80
         self.error_rate = error_rate
         self.only = only
-        self.random = random.Random(seed)
+        # fault injection, not security (bandit B311)
+        self.random = random.Random(seed)  # nosec B311
         self._lock = threading.Lock()
         self._burst_until = 0.0
         self.forwarded = 0

@@ -39,6 +39,9 @@ def _tag(loader: yaml.SafeLoader, suffix: str, node: yaml.Node) -> Any:
 _CfnLoader.add_multi_constructor("!", _tag)
 
 
+IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/img2img-prefect@sha256:" + "0" * 64
+
+
 def load_template(name: str) -> dict[str, Any]:
     doc: dict[str, Any] = yaml.load((TEMPLATES / name).read_text(), Loader=_CfnLoader)
     return doc
@@ -225,6 +228,7 @@ def test_prefect_server_stack_on_moto(aws: AwsEnv) -> None:
             {"ParameterKey": "PrivateSubnetIds", "ParameterValue": ",".join(subnets)},
             {"ParameterKey": "CertificateArn", "ParameterValue": certificate},
             {"ParameterKey": "DomainName", "ParameterValue": "prefect.img2img.internal"},
+            {"ParameterKey": "PrefectImage", "ParameterValue": IMAGE},
         ],
     )
     stack = cfn.describe_stacks(StackName="img2img-prefect")["Stacks"][0]
@@ -247,7 +251,7 @@ def test_prefect_server_stack_on_moto(aws: AwsEnv) -> None:
     assert services["img2img-prefect-services"]["desiredCount"] == 1
     api = ecs.describe_task_definition(taskDefinition="img2img-prefect-api")["taskDefinition"]
     (container,) = api["containerDefinitions"]
-    assert container["image"] == "prefecthq/prefect:3.9.1-python3.11"
+    assert container["image"] == IMAGE
     assert "--no-services" in container["command"][-1]
     assert {s["name"] for s in container["secrets"]} >= {"PREFECT_SERVER_API_AUTH_STRING"}
 

@@ -6,7 +6,7 @@ import io
 import json
 import re
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -36,7 +36,7 @@ def test_upload_to_result_with_timings_and_artifacts(
         monkeypatch.setenv(f"IMG2IMG_MONITOR__{name}", "true")
     clients, settings = aws
     st = settings.storage
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     ref = upload(
         clients,
         st.uploads_bucket,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from uuid import UUID
@@ -97,7 +97,7 @@ def _finished_run(client: Any, database: Path, ended: datetime) -> tuple[UUID, U
     with sqlite3.connect(database) as db:
         db.execute(
             "UPDATE flow_run SET end_time = ? WHERE id = ?",
-            (ended.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S.%f"), str(run.id)),
+            (ended.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f"), str(run.id)),
         )
     task_run_id = _create_task_run_once(client, step, run.id, Completed(timestamp=ended))
     client.create_logs(
@@ -172,7 +172,7 @@ def test_old_runs_their_logs_and_artifacts_and_old_events_are_deleted(
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     database = tmp_path / "prefect.db"
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     with temporary_settings({PREFECT_API_URL: server}), get_client(sync_client=True) as client:
         old, old_task = _finished_run(client, database, now - timedelta(hours=2))
         young, young_task = _finished_run(client, database, now - timedelta(minutes=5))

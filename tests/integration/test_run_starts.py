@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def test_a_run_is_claimed_when_it_is_created_not_at_the_next_poll(
         waits = []
         for i in range(3):
             ref = upload(clients, settings.storage.uploads_bucket, f"heard{i}.png", png(), FAST)
-            ref = ref.model_copy(update={"event_time": datetime.now(timezone.utc)})
+            ref = ref.model_copy(update={"event_time": datetime.now(UTC)})
             run = client.create_flow_run_from_deployment(
                 deployment_id, parameters={"objects": [ref.as_parameter()]}
             )

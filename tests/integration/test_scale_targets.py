@@ -3,6 +3,7 @@ real Prefect API."""
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import pytest
@@ -218,7 +219,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
     """Runs scheduled at this time on three past days, just ahead of now: the autoscaler
     reads them from Prefect's run history, trusts the forecast (today so far agrees: no
     arrivals yet) and starts hosts ahead of the rise, with nothing queued."""
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     from prefect.client.orchestration import get_client
     from prefect.states import Completed, Scheduled
@@ -230,7 +231,7 @@ def test_the_autoscaler_forecasts_from_the_pools_runs_on_past_days(ecs: Any) -> 
     ecs.update_service(cluster="img2img", service="workers", desiredCount=0)
     with get_client(sync_client=True) as client:
         pool, deployment_id = create_pool_and_deployment(client, pool_type="process")
-        now = datetime.now(timezone.utc)
+        now = datetime.now(UTC)
         for day in (1, 2, 3):
             for i in range(8):  # 8 runs from 30 s to 37 s ahead, a day earlier
                 at = now - timedelta(days=day) + timedelta(seconds=30 + i)

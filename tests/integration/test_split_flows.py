@@ -6,7 +6,7 @@ at the hand-off ends as failure records that say why."""
 from __future__ import annotations
 
 import contextlib
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -49,7 +49,7 @@ def test_generate_hands_off_once_and_upscale_finishes_from_the_directory_bucket(
     clients, settings = aws
     st = settings.storage
     deployment = _upscale_deployment(client)
-    uploaded = datetime.now(timezone.utc)
+    uploaded = datetime.now(UTC)
     refs = [
         upload(clients, st.uploads_bucket, f"split/{i}.png", png()).model_copy(
             update={"event_time": uploaded}

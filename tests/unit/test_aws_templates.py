@@ -257,8 +257,6 @@ def _container(server: dict[str, Any], task: str) -> dict[str, Any]:
 def test_server_runs_api_and_services_apart_on_the_pinned_image(server: dict[str, Any]) -> None:
     api, services = _container(server, "ApiTask"), _container(server, "ServicesTask")
     assert api["Image"] == services["Image"] == {"Ref": "PrefectImage"}
-    params = load_template("prefect-server.yaml")["Parameters"]
-    assert params["PrefectImage"]["Default"].startswith("prefecthq/prefect:3.9.")
     assert api["Command"][-1].endswith(
         "prefect server start --host 0.0.0.0 --port 4200 --no-services"
     )
@@ -313,13 +311,14 @@ def test_the_server_image_is_the_prefect_the_project_tests() -> None:
     """The server's image runs the Prefect version the clients (workers, slots, services)
     are tested with: a server older than its clients may refuse what they send."""
     import re
+    import tomllib
     from pathlib import Path
 
-    import tomllib
+    from infra.release.locks import LOCKS, pinned
 
-    params = load_template("prefect-server.yaml")["Parameters"]
-    image = params["PrefectImage"]["Default"]
-    version = re.fullmatch(r"prefecthq/prefect:(\d+\.\d+\.\d+)-python3\.\d+", image)
+    # The image is built on the Prefect of the server lock (its build refuses another).
+    image = pinned((LOCKS / "server.txt").read_text())["prefect"]
+    version = re.fullmatch(r"(\d+\.\d+\.\d+)", image)
     assert version, image
     project = tomllib.loads(Path("pyproject.toml").read_text())["project"]
     (pin,) = [d for d in project["dependencies"] if re.match(r"prefect[>=<]", d)]
@@ -487,3 +486,64 @@ def test_the_api_is_reachable_from_the_hosts_groups_and_the_operators_only(
         assert rule["Properties"]["FromPort"] == rule["Properties"]["ToPort"] == 443
     outputs = load_template("prefect-server.yaml")["Outputs"]
     assert outputs["LoadBalancerSecurityGroupId"]["Value"] == {"Ref": "LoadBalancerSecurityGroup"}
+
+
+def _user_data(template: dict[str, Any]) -> str:
+    """A launch template's user-data script (the text of its Fn::Sub)."""
+    found: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, str) and node.startswith("#!/bin/bash"):
+            found.append(node)
+        elif isinstance(node, dict):
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(template)
+    (script,) = found
+    return script
+
+
+def test_hosts_install_the_checked_wheel_and_its_hash_locked_requirements_only(
+    compute: dict[str, Any],
+) -> None:
+    """No install drifts: the wheel is checked against its SHA-256 before use, every
+    dependency comes from the lock it carries with --require-hashes, and nothing else is
+    resolved from the registry at boot."""
+    import re
+
+    params = load_template("compute.yaml")["Parameters"]
+    assert params["ProjectWheelSha256"]["AllowedPattern"] == "^[0-9a-f]{64}$"
+    assert "Default" not in params["ProjectWheelSha256"]
+    for template, lock in (
+        ("InferenceLaunchTemplate", "inference"),
+        ("ControlLaunchTemplate", "control"),
+    ):
+        script = _user_data(compute[template])
+        check = script.index('echo "${ProjectWheelSha256}  $WHEEL" | sha256sum --check --strict -')
+        installs = [m.start() for m in re.finditer(r"pip install", script)]
+        assert installs and all(i > check for i in installs), template
+        lines = re.findall(r"pip install.*", script)
+        assert len(lines) == 2, lines
+        wanted = f"--require-hashes --no-deps -r /tmp/img2img-wheel/infra/release/locks/{lock}.txt"
+        assert lines[0].endswith(wanted), lines
+        assert lines[1].endswith('--no-deps --no-index "$WHEEL"'), lines
+    assert "sys.version_info >= (3, 11)" in json.dumps(compute["InferenceLaunchTemplate"])
+
+
+def test_the_server_image_is_pinned_by_digest_with_prefect_redis_built_in(
+    server: dict[str, Any],
+) -> None:
+    from pathlib import Path
+
+    params = load_template("prefect-server.yaml")["Parameters"]
+    assert params["PrefectImage"]["AllowedPattern"].endswith("@sha256:[0-9a-f]{64}$")
+    for task in ("ApiTask", "ServicesTask"):
+        command = _container(server, task)["Command"][-1]
+        assert "pip install" not in command, task  # prefect-redis is in the image
+    dockerfile = (Path(__file__).parents[2] / "infra/aws/server-image/Dockerfile").read_text()
+    assert "--require-hashes --no-deps -r /tmp/server.txt" in dockerfile
+    assert "PREFECT_IMAGE must be pinned by digest" in dockerfile

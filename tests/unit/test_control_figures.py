@@ -4,7 +4,7 @@ go on, the stop rule, the bound it names, the Prefect Cloud ceiling."""
 from __future__ import annotations
 
 from collections import Counter
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from infra.bench.control_figures import (
     StepInput,
@@ -15,7 +15,7 @@ from infra.bench.control_figures import (
     stop_reason,
 )
 
-T0 = datetime(2026, 11, 30, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 30, tzinfo=UTC)
 RUN = "0b7c2a52-3c1d-4c55-9a41-6a0d5d0f6a11"
 
 

@@ -8,10 +8,9 @@ import ast
 import re
 import subprocess
 import sys
+import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
-
-import tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL = {"img2img", "deployments", "infra", "flows", "tasks", "cli", "tests"}

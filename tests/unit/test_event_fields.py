@@ -5,7 +5,7 @@ outcome keys are built from)."""
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -13,7 +13,7 @@ import pytest
 from img2img.errors import InvalidEvent
 from img2img.intake.events import ObjectRef, parse_document, parse_message
 
-WHEN = datetime(2026, 11, 29, 10, 0, 1, tzinfo=timezone.utc)
+WHEN = datetime(2026, 11, 29, 10, 0, 1, tzinfo=UTC)
 
 
 def direct(obj: dict[str, Any], **record: Any) -> dict[str, Any]:

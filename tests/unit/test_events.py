@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -48,7 +48,7 @@ def test_direct_notification_gives_one_object_with_its_fields() -> None:
         "v1",
         1234,
     )
-    assert ref.event_time == datetime(2026, 11, 23, 10, 0, 0, 123000, tzinfo=timezone.utc)
+    assert ref.event_time == datetime(2026, 11, 23, 10, 0, 0, 123000, tzinfo=UTC)
     assert ref.identity == "uploads/photos/cat.png@v1"
 
 

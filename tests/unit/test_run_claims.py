@@ -9,7 +9,7 @@ import pytest
 
 from deployments.services.run_claims import CLAIM_EVENTS, heard_claim
 
-T0 = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.UTC)
 RUN = f"prefect.flow-run.{uuid4()}"
 
 

@@ -22,7 +22,7 @@ from deployments.worker.run_starts import (
     heard_run,
 )
 
-T0 = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.timezone.utc)
+T0 = datetime.datetime(2026, 12, 6, 12, 0, tzinfo=datetime.UTC)
 RUN = uuid4()
 
 
@@ -103,7 +103,7 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
     monkeypatch.setattr(run_events, "BACKOFF_S", (0.0,))
     live = [uuid4(), uuid4()]
     deployment = uuid4()
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     script = Script(
         [
             [
@@ -150,4 +150,4 @@ def test_the_stream_hears_live_runs_polls_on_every_connection_and_reconnects(
 
 
 def now_utc() -> datetime.datetime:
-    return datetime.datetime.now(datetime.timezone.utc)
+    return datetime.datetime.now(datetime.UTC)

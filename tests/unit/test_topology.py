@@ -4,7 +4,7 @@ hand-off state between the two runs, and how reports and scrapes show two pools.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 from PIL import Image
@@ -95,7 +95,7 @@ def _job(name: str = "a.png") -> ImageJob:
         bucket="up",
         key=f"in/{name}",
         etag="e1",
-        event_time=datetime.fromtimestamp(T0, timezone.utc),
+        event_time=datetime.fromtimestamp(T0, UTC),
     )
     job = ImageJob.for_ref(ref)
     job.params = ImageParams(prompt="p", steps=4, upscale_steps=2)
@@ -144,14 +144,14 @@ def test_the_handoff_carries_what_upscale_needs_and_times_the_gap() -> None:
 def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
     single = _job("one.png")
     single.status = "completed"
-    finish_timings([single], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    finish_timings([single], datetime.fromtimestamp(T0 + 3, UTC))
     report = build_report([single], 2.0, T0 + 1, stale_after_s=3600)
     assert "handoff" not in report.rows[0]
 
     # The stage-1 run: its handed-off image is on the chart, not in the end-to-end figures.
     handed = _job("two.png")
     handed.status = "handed_off"
-    finish_timings([handed], datetime.fromtimestamp(T0 + 2, timezone.utc))
+    finish_timings([handed], datetime.fromtimestamp(T0 + 2, UTC))
     report = build_report([handed], 1.0, T0 + 1, stale_after_s=3600)
     assert report.rows[0]["image"].endswith("(to stage 2)")
     assert report.e2e_ms == [] and len(report.lines) == 1
@@ -164,7 +164,7 @@ def test_reports_show_the_handoff_column_only_when_there_was_one() -> None:
     taken.timings.add("upscale", 200.0)
     taken.timings.spans.append(("upscale", T0 + 2.5, T0 + 2.7))
     taken.status = "completed"
-    finish_timings([taken], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    finish_timings([taken], datetime.fromtimestamp(T0 + 3, UTC))
     row = build_report([taken], 0.6, T0 + 1, stale_after_s=3600).rows[0]
     assert row["generate"] == 300 and row["handoff"] == 500 and row["upscale"] == 200
     assert row["total"] == 3000
@@ -225,7 +225,7 @@ def test_each_pool_counts_its_own_device_time_by_lane_and_tenant() -> None:
     done, failed, plain = placed("a.png", "bulk", "acme"), placed("b.png", "bulk", "acme"), _job()
     done.timings.add("upscale", 200.0)
     done.status, failed.status, plain.status = "completed", "failed", "completed"
-    finish_timings([done, failed, plain], datetime.fromtimestamp(T0 + 3, timezone.utc))
+    finish_timings([done, failed, plain], datetime.fromtimestamp(T0 + 3, UTC))
     report = build_report([done, failed, plain], 2.0, T0 + 1, stale_after_s=3600)
     _, payload = batch_event(report, [done, failed, plain])
     (group,) = payload["groups"]  # the unplaced image (lanes and tenants off) is in none

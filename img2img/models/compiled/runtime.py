@@ -237,10 +237,12 @@ def assemble_pipeline(
     root = folder / PIPELINE_DIR
     dtype = getattr(torch, manifest.dtype)
     dev = torch.device(device)
+    # The artifacts' local directory, never the Hub (bandit B615).
+    text_config = CLIPTextConfig.from_pretrained(str(root / "text_encoder"))  # nosec B615
     text = CompiledTextEncoder(
         runners["text_encoder"],
         shapes,
-        CLIPTextConfig.from_pretrained(str(root / "text_encoder")),
+        text_config,
         dtype,
         dev,
     )
@@ -259,7 +261,10 @@ def assemble_pipeline(
         dtype,
         dev,
     )
-    tokenizer = CLIPTokenizer.from_pretrained(str(root / "tokenizer"))
+    tokenizer = CLIPTokenizer.from_pretrained(
+        str(root / "tokenizer")
+        # a local artifacts directory, never the Hub (bandit B615)
+    )  # nosec B615
     scheduler = _scheduler(root / "scheduler")
     pipe: Any
     if manifest.stage == "generate":

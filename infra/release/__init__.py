@@ -1,0 +1,1 @@
+"""Release tooling: the hosts' hash-locked requirements."""
