@@ -59,6 +59,8 @@ log = logging.getLogger("img2img.autoscaler")
 ARTIFACT_KEY = "img2img-autoscaler"
 IDLE_LAUNCH_EVENT = "img2img.autoscaler.idle-launch"
 REPLACED_EVENT = "img2img.autoscaler.replaced"
+HELD_EVENT = "img2img.autoscaler.replacement-held"
+REPLACE_WINDOW_S = 3600.0
 
 
 class Autoscaler(LoopService[None]):
@@ -96,6 +98,8 @@ class Autoscaler(LoopService[None]):
         self.unhealthy: dict[str, str] = {}
         self._unhealthy_at: dict[str, float] = {}  # when (self.clock()) each was seen
         self.replaced: set[str] = set()
+        self._replaced_at: list[float] = []  # when (self.clock()) each replacement was made
+        self._held: set[str] = set()  # workers whose replacement waits for the hourly cap
         self._health_cursor: datetime | None = None
         # Slot recycles reported by the pool's workers: event id → when (self.clock()) seen.
         self._recycled_at: dict[str, float] = {}
@@ -288,10 +292,26 @@ class Autoscaler(LoopService[None]):
         return any(_worker_of(r) == worker for r in runs)
 
     def replace_unhealthy(self) -> list[str]:
-        """Replace, once each, the hosts whose workers reported themselves unhealthy."""
+        """Replace, once each, the hosts whose workers reported themselves unhealthy, at
+        most `scaling.max_replaced_per_hour` in any hour (the rest wait: a report is an
+        event any holder of the API credential could forge)."""
         done = []
+        now = self.clock()
+        self._replaced_at = [t for t in self._replaced_at if now - t < REPLACE_WINDOW_S]
         for worker, reason in list(self.unhealthy.items()):
             if worker in self.replaced:
+                continue
+            if len(self._replaced_at) >= self.policy.max_replaced_per_hour:
+                if worker not in self._held:
+                    self._held.add(worker)
+                    log.error(
+                        "replacement of host %s held: %d hosts replaced in the last hour, the "
+                        "most scaling.max_replaced_per_hour allows (reported: %s)",
+                        host_of(worker),
+                        len(self._replaced_at),
+                        reason,
+                    )
+                    self._emit(HELD_EVENT, {"worker": worker, "reason": reason})
                 continue
             try:
                 what = self.target.replace(host_of(worker), reason)
@@ -299,6 +319,8 @@ class Autoscaler(LoopService[None]):
                 log.warning("could not replace unhealthy host %s (will retry): %s", worker, exc)
                 continue
             self.replaced.add(worker)
+            self._held.discard(worker)
+            self._replaced_at.append(self.clock())
             log.error(
                 "replaced host %s: worker %s is unhealthy (%s): %s",
                 host_of(worker),

@@ -149,6 +149,15 @@ class ScalingSettings(BaseModel):
         description="No host started for this long after the idle launch that reached the "
         "limit; doubled for each one beyond it, at most idle_launch_window_s.",
     )
+    max_replaced_per_hour: int = Field(
+        4,
+        ge=1,
+        le=10_000,
+        description="Hosts replaced for an unhealthy report in any hour, at most. A report "
+        "is an event any holder of the API credential can send: a forged burst replaces "
+        "this many hosts, not the fleet; the others wait for the next hour (logged, and "
+        "the event img2img.autoscaler.replacement-held).",
+    )
     lower_lanes_max_hosts: int | None = Field(
         None,
         ge=1,

@@ -99,7 +99,13 @@ def test_storage_stack_on_moto_runs_the_pipeline(aws: AwsEnv) -> None:
     cfn.create_stack(
         StackName="img2img-storage",
         TemplateBody=json.dumps(doc),
-        Parameters=[{"ParameterKey": "Prefix", "ParameterValue": "cfntest"}],
+        Parameters=[
+            {"ParameterKey": "Prefix", "ParameterValue": "cfntest"},
+            {
+                "ParameterKey": "ModelsWriterArns",
+                "ParameterValue": "arn:aws:iam::123456789012:role/img2img-release",
+            },
+        ],
     )
     stack = cfn.describe_stacks(StackName="img2img-storage")["Stacks"][0]
     assert stack["StackStatus"] == "CREATE_COMPLETE"

@@ -434,3 +434,45 @@ def test_ecs_target_protects_busy_tasks_from_scale_in_and_releases_idle_ones() -
     assert on == busy and off == {f"t{i:02d}" for i in range(1, 23, 2)}
     assert set(fake.protected.values()) == {EcsTarget.protect_minutes, None}
     assert sorted(fake.calls) == [1, 2, 10, 10]  # 12 busy: 10 + 2; 11 idle: 10 + 1
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_unhealthy_reports_replace_at_most_the_hourly_cap_of_hosts() -> None:
+    """A report of an unhealthy worker is an event any holder of the API credential can
+    send: a burst of them (forged, say, by one compromised host about its peers) replaces
+    at most `max_replaced_per_hour` hosts; the rest wait for the hour to pass."""
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter
+
+    from deployments.services.autoscaler import HELD_EVENT, Autoscaler
+    from tests.integration.warm import RecordingGroup, create_pool_and_deployment, wait_for
+
+    now = [1000.0]
+    with get_client(sync_client=True) as client:
+        pool, _ = create_pool_and_deployment(client, pool_type="process")
+        group = RecordingGroup()
+        policy = ScalingSettings(max_replaced_per_hour=2)
+        scaler = Autoscaler(client, pool, policy, group, clock=lambda: now[0])
+        for i in range(5):
+            scaler.unhealthy[f"host-{i}@w{i}"] = "no slot left"
+        assert len(scaler.replace_unhealthy()) == 2
+        assert len(scaler.replace_unhealthy()) == 0  # held, not dropped
+        now[0] += 1800
+        assert scaler.replace_unhealthy() == []
+        now[0] += 1801  # the first two are an hour old
+        assert len(scaler.replace_unhealthy()) == 2
+        now[0] += 3601
+        assert len(scaler.replace_unhealthy()) == 1
+        assert [h for h, _ in group.replaced] == [f"host-{i}" for i in range(5)]
+
+        def held() -> list[Any]:
+            events = client.read_events(
+                EventFilter(event=EventNameFilter(name=[HELD_EVENT])), limit=50
+            )
+            return [
+                e for e in events.events if str(e.payload.get("worker", "")).startswith("host-")
+            ]
+
+        # Each held host is announced once, however many looks it waited.
+        got = wait_for(lambda: len(held()) >= 3 and held(), 30, "the held events")
+        assert sorted(e.payload["worker"] for e in got) == [f"host-{i}@w{i}" for i in (2, 3, 4)]

@@ -28,7 +28,7 @@ def of_type(resources: dict[str, Any], kind: str) -> dict[str, Any]:
 def test_every_bucket_is_private_encrypted_and_tls_only(storage: dict[str, Any]) -> None:
     buckets = of_type(storage, "AWS::S3::Bucket")
     policies = of_type(storage, "AWS::S3::BucketPolicy")
-    assert set(buckets) == {"AccessLogBucket", "UploadsBucket", "ResultsBucket"}
+    assert set(buckets) == {"AccessLogBucket", "UploadsBucket", "ResultsBucket", "ModelsBucket"}
     for name, bucket in buckets.items():
         props = bucket["Properties"]
         assert all(props["PublicAccessBlockConfiguration"].values()), name
@@ -58,10 +58,13 @@ def test_queues_are_encrypted_and_only_the_uploads_bucket_may_send(
 ) -> None:
     for queue in of_type(storage, "AWS::SQS::Queue").values():
         assert queue["Properties"]["SqsManagedSseEnabled"] is True
-    [policy] = of_type(storage, "AWS::SQS::QueuePolicy").values()
-    allow = next(
-        s for s in policy["Properties"]["PolicyDocument"]["Statement"] if s["Effect"] == "Allow"
-    )
+    allows = [
+        s
+        for policy in of_type(storage, "AWS::SQS::QueuePolicy").values()
+        for s in policy["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Allow"
+    ]
+    (allow,) = allows  # the ingest queue's, and no other queue lets anyone send
     assert allow["Principal"] == {"Service": "s3.amazonaws.com"}
     assert "aws:SourceArn" in allow["Condition"]["ArnEquals"]
 
@@ -221,7 +224,11 @@ def test_app_queue_gets_raw_messages_from_the_topic_only(notify: dict[str, Any])
     subscription = notify["AppSubscription"]["Properties"]
     assert subscription["Protocol"] == "sqs" and subscription["RawMessageDelivery"] is True
     assert notify["AppQueue"]["Properties"]["SqsManagedSseEnabled"] is True
-    (statement,) = notify["AppQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    (statement,) = [
+        s
+        for s in notify["AppQueuePolicy"]["Properties"]["PolicyDocument"]["Statement"]
+        if s["Effect"] == "Allow"
+    ]
     assert statement["Condition"] == {"ArnEquals": {"aws:SourceArn": {"Ref": "OutcomeTopic"}}}
     rule = notify["RetryableFailuresRule"]
     assert rule["Condition"] == "WithEventBus"
@@ -547,3 +554,71 @@ def test_the_server_image_is_pinned_by_digest_with_prefect_redis_built_in(
     dockerfile = (Path(__file__).parents[2] / "infra/aws/server-image/Dockerfile").read_text()
     assert "--require-hashes --no-deps -r /tmp/server.txt" in dockerfile
     assert "PREFECT_IMAGE must be pinned by digest" in dockerfile
+
+
+def _statements_of(resources: dict[str, Any], policy: str) -> list[dict[str, Any]]:
+    return list(resources[policy]["Properties"]["PolicyDocument"]["Statement"])
+
+
+def test_the_models_bucket_is_written_only_by_its_named_writers(storage: dict[str, Any]) -> None:
+    """It holds the wheel and the compiled artifacts every host runs: whoever else may
+    write S3 in the account is denied there (a bucket policy deny beats any IAM allow)."""
+    props = storage["ModelsBucket"]["Properties"]
+    assert props["VersioningConfiguration"]["Status"] == "Enabled"
+    by_sid = {s["Sid"]: s for s in _statements_of(storage, "ModelsBucketPolicy")}
+    writes = by_sid["OnlyTheNamedWritersWrite"]
+    assert writes["Effect"] == "Deny" and writes["Principal"] == "*"
+    assert {"s3:PutObject", "s3:DeleteObject", "s3:DeleteObjectVersion"} <= set(writes["Action"])
+    assert writes["Condition"] == {"ArnNotLike": {"aws:PrincipalArn": {"Ref": "ModelsWriterArns"}}}
+    change = by_sid["OnlyTheNamedWritersChangeTheBucket"]
+    assert "s3:PutBucketVersioning" in change["Action"]
+    params = load_template("storage.yaml")["Parameters"]
+    assert "Default" not in params["ModelsWriterArns"]  # named at deploy, never "anyone"
+    outputs = load_template("storage.yaml")["Outputs"]
+    assert outputs["ModelsBucket"]["Export"] == {
+        "Name": {"Fn::Sub": "${AWS::StackName}-ModelsBucket"}
+    }
+
+
+def test_every_queue_is_tls_only_and_outcomes_expire(
+    storage: dict[str, Any], notify: dict[str, Any]
+) -> None:
+    for resources, queues in (
+        (storage, ("IngestQueue", "DeadLetterQueue")),
+        (notify, ("AppQueue", "RetryableFailuresQueue")),
+    ):
+        policies = of_type(resources, "AWS::SQS::QueuePolicy").values()
+        for queue in queues:
+            (policy,) = [p for p in policies if p["Properties"]["Queues"] == [{"Ref": queue}]]
+            statements = policy["Properties"]["PolicyDocument"]["Statement"]
+            assert any(
+                s["Effect"] == "Deny"
+                and s["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+                for s in statements
+            ), queue
+    rules = storage["ResultsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
+    (expiry,) = [r for r in rules if r["Id"] == "expire-outcomes"]
+    assert expiry["ExpirationInDays"] == {"Ref": "ResultExpiryDays"}
+
+
+def test_only_the_pipeline_roles_put_events_on_the_bus(notify: dict[str, Any]) -> None:
+    policy = notify["OutcomeBusPolicy"]
+    assert policy["Condition"] == "WithEventBus"
+    statement = policy["Properties"]["Statement"]
+    assert statement["Effect"] == "Deny" and statement["Action"] == "events:PutEvents"
+    allowed = statement["Condition"]["ArnNotEquals"]["aws:PrincipalArn"]
+    assert [json.dumps(a) for a in allowed] == [
+        json.dumps({"Fn::ImportValue": {"Fn::Sub": "${ComputeStack}-WorkerRoleArn"}}),
+        json.dumps({"Fn::ImportValue": {"Fn::Sub": "${ComputeStack}-ControlRoleArn"}}),
+    ]
+
+
+def test_hosts_get_session_manager_and_no_other_ssm_reads(compute: dict[str, Any]) -> None:
+    for role in ("WorkerRole", "ControlRole"):
+        assert compute[role]["Properties"]["ManagedPolicyArns"] == [{"Ref": "SessionManagerPolicy"}]
+    text = json.dumps(compute)
+    assert "AmazonSSMManagedInstanceCore" not in text
+    statements = compute["SessionManagerPolicy"]["Properties"]["PolicyDocument"]["Statement"]
+    actions = {a for s in statements for a in _as_list(s["Action"])}
+    assert not [a for a in actions if a.startswith("ssm:Get") or a.endswith("*")], actions
+    assert not [a for a in actions if a.split(":")[0] not in ("ssm", "ssmmessages", "ec2messages")]
