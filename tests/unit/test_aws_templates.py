@@ -272,6 +272,8 @@ def test_server_runs_api_and_services_apart_on_the_pinned_image(server: dict[str
     assert "database upgrade -y" in services["Command"][-1]
     api_env = {e["Name"]: e["Value"] for e in api["Environment"]}
     assert api_env["PREFECT_SERVER_DATABASE_MIGRATE_ON_START"] == "false"
+    # Not Prefect's default "*": only the UI's own origin may call the API from a browser.
+    assert api_env["PREFECT_SERVER_CORS_ALLOWED_ORIGINS"] == {"Fn::Sub": "https://${DomainName}"}
     assert server["ServicesService"]["Properties"]["DesiredCount"] == 1
     assert server["ApiService"]["Properties"]["DesiredCount"] == {"Ref": "ApiReplicas"}
     for container in (api, services):
