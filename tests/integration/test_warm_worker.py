@@ -224,6 +224,28 @@ def test_the_pool_refuses_env_job_variables_with_a_reason(client: SyncPrefectCli
     client.delete_flow_run(run.id)
 
 
+def _shell(script: str) -> dict[str, Any]:
+    return {"prefect.deployments.steps.run_shell_script": {"script": script}}
+
+
+def _deployment(
+    client: Any,
+    pool: str,
+    name: str,
+    flow: str = "img2img-pipeline",
+    entrypoint: str = "flows.pipeline.img2img_pipeline",
+    steps: list[dict[str, Any]] | None = None,
+) -> Any:
+    """A deployment in `pool`, as anyone holding the API credential could register one."""
+    return client.create_deployment(
+        flow_id=client.create_flow_from_name(flow),
+        name=f"{pool}-{name}",
+        entrypoint=entrypoint,
+        work_pool_name=pool,
+        pull_steps=steps,
+    )
+
+
 def test_a_deployment_with_a_foreign_pull_step_or_flow_is_refused_and_never_run(
     aws: AwsEnv, client: SyncPrefectClient, tmp_path: Path
 ) -> None:
@@ -233,29 +255,10 @@ def test_a_deployment_with_a_foreign_pull_step_or_flow_is_refused_and_never_run(
     clients, settings = aws
     marker = tmp_path / "pwned"
     with loaded_worker(client, tmp_path, SLOW_SIM) as (deployment_id, _log, _proc):
-        pool = client.read_deployment(deployment_id).work_pool_name
-        pipeline = client.create_flow_from_name("img2img-pipeline")
-        shell = client.create_deployment(
-            flow_id=pipeline,
-            name=f"{pool}-shell",
-            entrypoint="flows.pipeline.img2img_pipeline",
-            work_pool_name=pool,
-            pull_steps=[
-                {"prefect.deployments.steps.run_shell_script": {"script": f"touch {marker}"}}
-            ],
-        )
-        other = client.create_deployment(
-            flow_id=client.create_flow_from_name("not-ours"),
-            name=f"{pool}-other",
-            entrypoint="flows.pipeline.img2img_pipeline",
-            work_pool_name=pool,
-        )
-        moved = client.create_deployment(
-            flow_id=pipeline,
-            name=f"{pool}-moved",
-            entrypoint="os:system",
-            work_pool_name=pool,
-        )
+        pool = str(client.read_deployment(deployment_id).work_pool_name)
+        shell = _deployment(client, pool, "shell", steps=[_shell(f"touch {marker}")])
+        other = _deployment(client, pool, "other", flow="not-ours")
+        moved = _deployment(client, pool, "moved", entrypoint="os:system")
         runs = {
             name: client.create_flow_run_from_deployment(d, parameters={"objects": []})
             for name, d in (("shell", shell), ("other", other), ("moved", moved))
@@ -282,21 +285,8 @@ def test_a_slot_loads_only_the_allow_listed_flow_and_checks_the_deployment_again
     from img2img.config.worker import RELEASE_FLOWS
 
     pool, release = create_pool_and_deployment(client)
-    pipeline = client.create_flow_from_name("img2img-pipeline")
-    stepped = client.create_deployment(
-        flow_id=pipeline,
-        name=f"{pool}-release-steps",
-        entrypoint="flows.pipeline.img2img_pipeline",
-        work_pool_name=pool,
-        pull_steps=release_steps(str(tmp_path)),
-    )
-    shell = client.create_deployment(
-        flow_id=pipeline,
-        name=f"{pool}-shell",
-        entrypoint="flows.pipeline.img2img_pipeline",
-        work_pool_name=pool,
-        pull_steps=[{"prefect.deployments.steps.run_shell_script": {"script": "true"}}],
-    )
+    stepped = _deployment(client, pool, "release-steps", steps=release_steps(str(tmp_path)))
+    shell = _deployment(client, pool, "shell", steps=[_shell("true")])
     monkeypatch.setattr(slot_process, "_guard", RunGuard(RELEASE_FLOWS, str(tmp_path)))
     monkeypatch.chdir(Path.cwd())  # restored after the slot's chdir
 
