@@ -139,9 +139,14 @@ def test_a_killed_worker_s_runs_are_found_orphaned_and_finish_on_another(
     pool, deployment_id = create_pool_and_deployment(client)
     first_log, second_log = tmp_path / "first.log", tmp_path / "second.log"
     with recovery(client, clients, settings, pool) as rec:
-        # One image per device call: each run lasts seconds, long enough to be caught
-        # running (in one call of 4 a run is over in under two).
-        slow = {**SIM, "IMG2IMG_STAGES__DEVICE_BATCH": "1"}
+        # One image per device call of 1.2 s: each run lasts about 6 s, long enough to be
+        # caught running while the full suite's load stalls the test server's SQLite for
+        # seconds (at 0.4 s a call, a run was once over before a read saw it running).
+        slow = {
+            **SIM,
+            "IMG2IMG_STAGES__DEVICE_BATCH": "1",
+            "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "1200",
+        }
         with warm_worker(pool, first_log, slow) as first:
             wait_for(lambda: ready(first_log), 120, "the slot to load")
             runs = [
