@@ -182,14 +182,16 @@ def test_a_run_sharing_a_slot_with_the_crash_is_re_run_at_once_with_no_crash_cou
     env = {
         **SIM,
         "IMG2IMG_WORKER__RUNS_PER_SLOT": "2",
-        # One image per device call, each 1 s: the innocent run has calls left when the
-        # poisoned one takes the device between two of them.
+        # One image per device call, each 1 s: the innocent run (12 images, about 14 s) has
+        # calls left when the poisoned one takes the device between two of them, even when
+        # the full suite's load delays the poisoned run's claim by seconds (6 images once
+        # finished first).
         "IMG2IMG_STAGES__DEVICE_BATCH": "1",
         "IMG2IMG_STAGES__SIMULATED__GENERATE_MS": "1000",
     }
     with warm_worker(pool, log, env), recovery(client, clients, settings, pool):
         wait_for(lambda: ready(log), 120, "the slot to load")
-        innocent, innocent_refs = submit(client, clients, settings, deployment_id, "bystander", 6)
+        innocent, innocent_refs = submit(client, clients, settings, deployment_id, "bystander", 12)
         wait_for(
             lambda: (s := client.read_flow_run(innocent.id).state) is not None and s.is_running(),
             60,
