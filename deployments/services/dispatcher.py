@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from uuid import UUID
 
 from deployments.services.loop import LoopService
-from deployments.services.placing import Placer
+from deployments.services.placing import Placer, refused
 from deployments.services.quotas import Quotas
 from deployments.services.run_claims import RunClaims
 from img2img.config.aws import StorageSettings
@@ -581,12 +581,7 @@ class Dispatcher(LoopService[DispatchStats]):
             return ref
         log.warning("%s refused: %s", ref.uri, reason)
         self.stats.oversize += 1
-        update: dict[str, Any] = {"refused": reason}
-        if self.lanes.enabled:
-            update["lane"] = self.lanes.default
-        if self.tenants.enabled:
-            update["tenant"] = self.tenants.default
-        return ref.model_copy(update=update)
+        return refused(ref, reason, self.lanes, self.tenants)
 
     def _dead_letter(self, message: Any, reason: str) -> None:
         log.error(

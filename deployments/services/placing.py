@@ -21,6 +21,18 @@ log = logging.getLogger("img2img.dispatcher")
 HEADS_AT_ONCE = 16
 
 
+def refused(ref: ObjectRef, reason: str, lanes: LaneSettings, tenants: TenantSettings) -> ObjectRef:
+    """`ref` refused for `reason`, in the default lane and tenant (when on): its run records
+    the failure, so the upload still ends with one outcome."""
+    return ref.model_copy(
+        update={
+            "lane": lanes.default if lanes.enabled else None,
+            "tenant": tenants.default if tenants.enabled else None,
+            "refused": reason,
+        }
+    )
+
+
 class Placer:
     """Places uploads: lane and tenant from their metadata and the settings' rules."""
 
@@ -43,13 +55,7 @@ class Placer:
             placed = place(metadata, ref.bucket, ref.key, self.lanes, self.tenants)
         except BadPlacement as exc:
             log.warning("%s cannot run: %s", ref.uri, exc)
-            return ref.model_copy(
-                update={
-                    "lane": self.lanes.default if self.lanes.enabled else None,
-                    "tenant": self.tenants.default if self.tenants.enabled else None,
-                    "refused": str(exc),
-                }
-            )
+            return refused(ref, str(exc), self.lanes, self.tenants)
         return ref.model_copy(update={"lane": placed.lane, "tenant": placed.tenant})
 
     def _metadata(self, ref: ObjectRef) -> dict[str, str]:

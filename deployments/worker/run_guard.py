@@ -20,6 +20,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 SET_WORKING_DIRECTORY = "prefect.deployments.steps.set_working_directory"
@@ -47,7 +48,9 @@ class RunGuard:
     entrypoints: Mapping[str, str]
     directory: str
 
+    @cached_property
     def accepted_digests(self) -> frozenset[str]:
+        """Computed once per guard (the worker asks for every run it takes)."""
         return frozenset({steps_digest([]), steps_digest(release_steps(self.directory))})
 
     def refusal(
@@ -66,7 +69,7 @@ class RunGuard:
                 f"{expected!r} for flow {flow_name!r}"
             )
         digest = steps_digest(pull_steps)
-        if digest not in self.accepted_digests():
+        if digest not in self.accepted_digests:
             return (
                 f"the deployment's pull steps {step_names(pull_steps)} (sha256 {digest[:12]}) "
                 f"are not the release's (none, or {SET_WORKING_DIRECTORY} to "

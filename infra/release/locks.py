@@ -61,17 +61,21 @@ def project_table(pyproject: str) -> dict[str, object]:
     return table
 
 
+def project_dependencies(pyproject: str, *, prefect_only: bool = False) -> list[str]:
+    """pyproject's dependencies (only its prefect pin, for the server image's lock)."""
+    deps = project_table(pyproject).get("dependencies") or []
+    assert isinstance(deps, list)
+    return [str(d) for d in deps if not prefect_only or re.match(r"prefect[<>=]", str(d))]
+
+
 def inputs_digest(pyproject: str, lock: Lock) -> str:
     """SHA-256 of what a lock is built from: the dependencies it takes from pyproject and
     how it is built. Anything else in pyproject (its version, scripts) does not count."""
     project = project_table(pyproject)
     extras = project.get("optional-dependencies") or {}
     assert isinstance(extras, dict)
-    deps = project.get("dependencies") or []
-    assert isinstance(deps, list)
-    pin = [d for d in deps if re.match(r"prefect[<>=]", str(d))]
     doc = {
-        "dependencies": deps if lock.project else pin,
+        "dependencies": project_dependencies(pyproject, prefect_only=not lock.project),
         "extras": {e: extras.get(e, []) for e in lock.extras},
         "extra_requirements": list(lock.extra_requirements),
         "requires_python": project.get("requires-python"),
@@ -138,10 +142,7 @@ def compile_lock(lock: Lock, pyproject: str, uv: list[str]) -> str:
         requirements = Path(tmp) / "requirements.in"
         lines = [f".[{','.join(lock.extras)}]" if lock.extras else "."] if lock.project else []
         if not lock.project:
-            project = project_table(pyproject)
-            deps = project.get("dependencies") or []
-            assert isinstance(deps, list)
-            lines += [str(d) for d in deps if re.match(r"prefect[<>=]", str(d))]
+            lines += project_dependencies(pyproject, prefect_only=True)
         lines += list(lock.extra_requirements)
         requirements.write_text("\n".join(lines) + "\n")
         out = Path(tmp) / "out.txt"
