@@ -39,8 +39,10 @@ def _run_on_device(jobs: list[ImageJob], stage: Stage) -> list[ImageJob]:
             device_lock=rt.models.device_lock,
             should_stop=stop,
             sizes=backends.call_sizes(st, pipe),
-            # A warm slot's lock (lanes): a more urgent run's call goes between two of ours.
+            # A warm slot's lock (lanes): a more urgent run's call goes between two of ours,
+            # and between two diffusion steps of ours when the lanes say so.
             between_calls=getattr(rt.models.device_lock, "yield_to_waiting", None),
+            between_steps=rt.settings.lanes.enabled and rt.settings.lanes.between_steps,
         )
     finally:
         for problem in outputs.close():

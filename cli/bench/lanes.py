@@ -15,13 +15,13 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
     from infra.bench.lanes import LanesConfig, run_lanes
 
     if (
-        min(args.hosts, args.slots, args.bulk, args.fair, args.idle) < 1
+        min(args.hosts, args.slots, args.bulk, args.fair, args.idle, args.steps) < 1
         or args.every_s <= 0
         or args.upload_rate <= 0
     ):
         print(
-            "--hosts, --slots, --bulk, --fair and --idle must be at least 1, --every-s and "
-            "--upload-rate above 0",
+            "--hosts, --slots, --bulk, --fair, --idle and --steps must be at least 1, "
+            "--every-s and --upload-rate above 0",
             file=sys.stderr,
         )
         return 2
@@ -36,6 +36,7 @@ def command(args: argparse.Namespace, settings: Settings) -> int:
         idle=args.idle,
         generate_ms=args.generate_ms,
         upscale_ms=args.upscale_ms,
+        steps=args.steps,
         upload_rate=args.upload_rate,
         rows=args.rows,
         database=args.database,
@@ -80,6 +81,13 @@ def add_command(bench_sub: Any) -> None:
         type=float,
         default=200.0,
         help="simulated stage-2 call (one image): the published 1.0 s ÷ 5",
+    )
+    lanes.add_argument(
+        "--steps",
+        type=int,
+        default=50,
+        help="denoising steps a simulated call is cut into (a bulk call hands the device to "
+        "an interactive one between two, lanes on)",
     )
     lanes.add_argument(
         "--upload-rate",

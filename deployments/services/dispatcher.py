@@ -257,8 +257,14 @@ class Dispatcher(LoopService[DispatchStats]):
         now = self.clock()
         deletable: list[str] = []
         placed = self._place_round(messages)
+        first = self.lanes.first if self.lanes.enabled else None
+        people = self.batcher.pending_in(first) if first is not None else 0
         for message in messages:
             deletable += self._take(message, now, placed)
+        if first is not None and self.batcher.pending_in(first) > people:
+            # People's uploads came in this round: their lane is planned again now, so
+            # they may leave in this round rather than after the next receive.
+            self.batcher.resize(self._plan_lane(first, self._flows[first], 0), first)
         self._delete(deletable)
         self._dispatch_due(flush=False)
 
@@ -313,10 +319,15 @@ class Dispatcher(LoopService[DispatchStats]):
         plan = plan_batch(self.settings, in_hand, depth, rate, self.run_slots, queued, image_s)
         if self.fair_hold:
             plan = self._fair_room(lane, flow, plan, queued, in_hand + (depth or 0) > base)
-        if lane is not None and lane == self.lanes.first and plan.hold_s > self.settings.max_wait_s:
-            # The first lane's uploads are people waiting: while its runs wait for a place,
-            # what comes is still sent within max_wait_s, not held to fill a bigger run.
-            plan = BatchPlan(plan.size, self.settings.max_wait_s, plan.reason)
+        if lane is not None and lane == self.lanes.first:
+            # The first lane's uploads are people waiting: while the pool can take its run
+            # they leave at once (no window to gather more: each round's arrivals go as
+            # one run anyway); while its runs wait for a place, what comes is still sent
+            # within max_wait_s, not held to fill a bigger run.
+            if queued == 0 and in_hand:
+                plan = BatchPlan(plan.size, 0.0, f"{plan.reason}; people waiting: at once")
+            elif plan.hold_s > self.settings.max_wait_s:
+                plan = BatchPlan(plan.size, self.settings.max_wait_s, plan.reason)
         if lane is not None:
             log.debug("next %s batch: %d images: %s", lane, plan.size, plan.reason)
         return plan
@@ -603,7 +614,9 @@ class Dispatcher(LoopService[DispatchStats]):
         now = self.clock()
         if now < self._retry_after:
             return
-        for batch in self.batcher.due(now, flush=flush):
+        # Highest lane first: a run for people waiting is not made behind bulk runs.
+        rank = {lane: i for i, lane in enumerate(self._flows)}
+        for batch in sorted(self.batcher.due(now, flush=flush), key=lambda b: rank.get(b.lane, 0)):
             try:
                 run_id = self._create_run(batch)
             except Exception as exc:  # the server may be restarting: keep and retry

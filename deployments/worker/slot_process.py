@@ -208,7 +208,9 @@ class ReportingDeviceLock:
         from prefect.runtime import flow_run
 
         self._send(OnDevice(run_id=str(flow_run.id) if flow_run.id else None))
-        self._progress.device(True)
+        # Back on the device: progress, not one more holder (the run that took it
+        # meanwhile counted itself in and out; this one never left the count).
+        self._progress.mark()
         return True
 
 

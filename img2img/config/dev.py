@@ -41,6 +41,14 @@ class SimulatedDevice(BaseModel):
         "published Inf2 batch curve exists for these models; 0.35 is an assumption, "
         "replace it with `img2img bench device` on the target host.",
     )
+    steps: int = Field(
+        1,
+        ge=1,
+        le=1000,
+        description="Denoising steps a simulated call is cut into (its time shared equally; "
+        "the step callback runs after each, where a bulk call hands the device to an "
+        "interactive one with lanes on). 1: a call is one wait.",
+    )
     load_s: float = Field(
         20.0,
         ge=0,

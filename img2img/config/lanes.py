@@ -70,6 +70,14 @@ class LaneSettings(BaseModel):
         "slot full of lower-priority runs still takes an interactive one at once (each slot "
         "holds worker.runs_per_slot runs).",
     )
+    between_steps: bool = Field(
+        True,
+        description="Inside a slot, a lower lane's device call also hands the device to a "
+        "waiting higher lane's call between two of its diffusion steps (it waits with its "
+        "latents, then goes on), not only between two calls: an interactive image waits for "
+        "one step of a bulk call (about 1/50 of it at 50 steps), not the whole call. Off: "
+        "between calls only.",
+    )
 
     @model_validator(mode="after")
     def _names_known(self) -> LaneSettings:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,9 @@ class SimulatedPipeline:
     """Called like a diffusers pipeline; returns each input resized by `scale`.
 
     A call of n images waits `call_ms × (1 + image_share × (n − 1))`: a fixed part paid
-    once per call (weights read, launch, host round trip) and a part per image.
+    once per call (weights read, launch, host round trip) and a part per image, cut into
+    `steps` equal waits with the pipeline's step callback (`callback_on_step_end`) between
+    two, as a diffusers call runs its denoising steps (one step: no callback, as before).
     """
 
     def __init__(
@@ -39,6 +42,7 @@ class SimulatedPipeline:
         hang_marker: str | None = None,
         hang_file: Path | None = None,
         image_share: float = 1.0,
+        steps: int = 1,
     ) -> None:
         self.kind = kind
         self.call_ms = call_ms
@@ -47,6 +51,7 @@ class SimulatedPipeline:
         self.hang_marker = hang_marker
         self.hang_file = hang_file
         self.image_share = image_share
+        self.steps = max(1, steps)
         self.calls = 0
         self.images = 0
 
@@ -55,7 +60,12 @@ class SimulatedPipeline:
         return self.call_ms * (1.0 + self.image_share * (count - 1)) / 1000.0
 
     def __call__(
-        self, *, image: Image.Image | list[Image.Image], prompt: Any = None, **_: Any
+        self,
+        *,
+        image: Image.Image | list[Image.Image],
+        prompt: Any = None,
+        callback_on_step_end: Callable[[Any, int, Any, dict[str, Any]], Any] | None = None,
+        **_: Any,
     ) -> SimulatedOutput:
         images = image if isinstance(image, list) else [image]
         prompts = prompt if isinstance(prompt, list) else [prompt]
@@ -70,7 +80,11 @@ class SimulatedPipeline:
             # its other threads run, as with a Neuron runtime or a GPU kernel that stopped).
             while True:
                 time.sleep(3600)
-        time.sleep(self.call_s(len(images)))
+        step_s = self.call_s(len(images)) / self.steps
+        for step in range(self.steps):
+            if step and callback_on_step_end is not None:
+                callback_on_step_end(self, step - 1, None, {})  # between two steps
+            time.sleep(step_s)
         self.calls += 1
         self.images += len(images)
         out = [

@@ -75,6 +75,7 @@ def _simulated(
             hang_marker=settings.simulated.hang_marker,
             hang_file=settings.simulated.hang_file,
             image_share=settings.simulated.image_share,
+            steps=settings.simulated.steps,
         )
     return SimulatedPipeline(
         kind,
@@ -82,6 +83,7 @@ def _simulated(
         scale=4,
         hang_file=settings.simulated.hang_file,
         image_share=settings.simulated.image_share,
+        steps=settings.simulated.steps,
     )
 
 

@@ -41,6 +41,7 @@ from img2img.pipeline.jobs import ImageJob, finish_timings, result_record
 from img2img.pipeline.stages.spec import Stage
 from img2img.slots import progress
 from img2img.slots.cancel import RunCancelled
+from img2img.slots.step_turns import Turns, offered
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -403,7 +404,8 @@ def run_stage(
     device_lock: AbstractContextManager[Any] | None = None,
     should_stop: Callable[[], bool] | None = None,
     sizes: CallSizes = ONE_AT_A_TIME,
-    between_calls: Callable[[], object] | None = None,
+    between_calls: Callable[[], bool] | None = None,
+    between_steps: bool = False,
 ) -> int:
     """Run one inference stage over the active jobs, in device calls of several images.
 
@@ -414,7 +416,9 @@ def run_stage(
     an upload are reused instead of recomputed (stage 2 can be retried without redoing
     stage 1); that lookup happens before the device is taken. `device_lock` is held for
     the whole stage over the batch; `between_calls` runs between two of its calls (the
-    slot's lock hands the device to a more urgent lane's waiting run there).
+    slot's lock hands the device to a more urgent lane's waiting run there, returning
+    whether it did), and with `between_steps` between two diffusion steps of a call too
+    (`img2img.slots.step_turns`): the time given away is not the call's images' own.
 
     Each image's stage time is its share of its call's time (a call's images are laid end
     to end over it on the image's timeline), and `job.device_batch` says how many images
@@ -434,6 +438,8 @@ def run_stage(
         each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     errors: list[BaseException] = []
     done = 0
+    turns = Turns(between_calls) if between_calls is not None else None
+    in_calls = turns if between_steps else None
     with device_lock if device_lock is not None else nullcontext():
         progress.mark(stage.name)  # the stage on the device, for the hang deadline
         todo = [j for j in jobs if j.active and stage.output(j) is None]
@@ -441,12 +447,15 @@ def run_stage(
         for group in group_by(todo, stage.call_shape):
             calls = plan_calls(len(group), sizes.sizes, exact=sizes.exact)
             for chunk, call in zip(cut(group, calls), calls, strict=True):
-                if not first and between_calls is not None:
-                    between_calls()
+                if not first and turns is not None:
+                    turns()
                 first = False
                 if should_stop is not None and should_stop():
                     raise RunCancelled(f"cancelled before {stage.name}")
-                done += _device_call(chunk, call.size, stage, infer, outputs, sizes, errors)
+                with offered(in_calls):
+                    done += _device_call(
+                        chunk, call.size, stage, infer, outputs, sizes, errors, in_calls
+                    )
     if errors:
         raise errors[0]
     return done
@@ -460,13 +469,16 @@ def _device_call(
     outputs: OutputStore,
     sizes: CallSizes,
     errors: list[BaseException],
+    turns: Turns | None = None,
 ) -> int:
     """One device call over `chunk` (padded to `size`), its outputs accepted and kept; on
     failure, smaller calls (see `run_stage`) or the error kept in `errors`. Returns the
-    calls that gave their outputs."""
+    calls that gave their outputs. The time `turns` gave to other calls between this one's
+    steps is taken off its images' stage time (it shows as a wait on their timelines)."""
     padded = chunk + [chunk[-1]] * (size - len(chunk))
     wall = time.time()
     start = time.perf_counter()
+    given_before = turns.given_s if turns is not None else 0.0
     try:
         images = infer(padded)[: len(chunk)]
     except RunCancelled:
@@ -481,7 +493,9 @@ def _device_call(
         retry = CallSizes(tuple(s for s in smaller if s <= limit), sizes.exact)
         calls = plan_calls(len(chunk), retry.sizes, exact=retry.exact)
         parts = zip(cut(chunk, calls), calls, strict=True)
-        return sum(_device_call(p, c.size, stage, infer, outputs, retry, errors) for p, c in parts)
+        return sum(
+            _device_call(p, c.size, stage, infer, outputs, retry, errors, turns) for p, c in parts
+        )
     except Exception as exc:
         if is_retryable(exc):
             errors.append(exc)
@@ -492,9 +506,11 @@ def _device_call(
         # Find the image it was about: each alone (at the smallest size there is).
         smallest = sizes.sizes[0]
         return sum(
-            _device_call([job], smallest, stage, infer, outputs, sizes, errors) for job in chunk
+            _device_call([job], smallest, stage, infer, outputs, sizes, errors, turns)
+            for job in chunk
         )
-    elapsed = time.perf_counter() - start
+    given = turns.given_s - given_before if turns is not None else 0.0
+    elapsed = max(0.0, time.perf_counter() - start - given)
     for k, (job, share, image) in enumerate(
         zip(chunk, split_shares(elapsed, len(chunk)), images, strict=True)
     ):

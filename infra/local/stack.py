@@ -540,14 +540,26 @@ class LocalStack:
         return self.logs / f"{name}.log"
 
     def down(self, say: Callable[[str], None] = log.info) -> None:
+        """Stop every service: first those that start workers or send them work (the
+        supervisor, the autoscaler, recovery, the dispatchers), so none is started again
+        while the workers drain; then the workers (looked for again: an autoscaler may have
+        started one since); then the servers."""
+        starters = ("supervise", "autoscale", "recover", "dispatch")
+        configured = self.services()
+        first = [s for s in reversed(configured) if s.marker in starters]
+        for service in [*first, *self._extra_services()]:
+            self._stop(service, say)
         for service in reversed(self.services() + self._extra_services()):
-            pid = self.pid_of(service)
-            if pid is None:
-                self.procs.pidfile(service.name).unlink(missing_ok=True)
-                continue
-            say(f"{service.name}: stopping (pid {pid})")
-            terminate(pid)
+            self._stop(service, say)
+
+    def _stop(self, service: Service, say: Callable[[str], None]) -> None:
+        pid = self.pid_of(service)
+        if pid is None:
             self.procs.pidfile(service.name).unlink(missing_ok=True)
+            return
+        say(f"{service.name}: stopping (pid {pid})")
+        terminate(pid)
+        self.procs.pidfile(service.name).unlink(missing_ok=True)
 
     def _extra_services(self) -> list[Service]:
         """Workers and dispatcher replicas started beyond the configured count (by the

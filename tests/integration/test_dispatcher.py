@@ -503,3 +503,69 @@ def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
     d.flush()
     assert d.batcher.pending_count == 0 and sum(d.stats.batch_sizes) == 80
     assert queue_depth(clients, settings.storage.ingest_queue) == 0
+
+
+def _lanes_dispatcher(aws: AwsEnv, client: SyncPrefectClient, name: str, **dispatch: Any) -> Any:
+    """A dispatcher with lanes on (uploads under cat/ are bulk, the rest interactive) for a
+    deployment of its own, in a pool with both lanes' queues."""
+    from prefect.client.schemas.actions import WorkPoolCreate
+
+    from img2img.config.lanes import LaneSettings
+
+    clients, settings = aws
+    client.create_work_pool(WorkPoolCreate(name=f"{name}-pool", type="process"))
+    lanes = LaneSettings(enabled=True, prefix_rules={"cat/": "bulk"})
+    for lane in lanes.lanes:
+        client.create_work_queue(lane.name, work_pool_name=f"{name}-pool", priority=lane.priority)
+    flow_id = client.create_flow_from_name(name)
+    client.create_deployment(
+        flow_id=flow_id, name="lanes", entrypoint="flows.pipeline.x", work_pool_name=f"{name}-pool"
+    )
+    cfg = settings.dispatch.model_copy(
+        update={"poll_wait_s": 1, "max_wait_s": 5.0, "max_batch": 64, **dispatch}
+    )
+    return Dispatcher(
+        clients.sqs, client, settings.storage, cfg, f"{name}/lanes", lanes=lanes, s3=clients.s3
+    )
+
+
+def test_with_lanes_an_interactive_upload_leaves_in_the_round_it_arrives(
+    aws: AwsEnv, client: SyncPrefectClient
+) -> None:
+    """The interactive lane was planned (a 5 s hold: nothing known in hand) before the
+    round received its upload: it is planned again as it comes, and its run is made in
+    that same round."""
+    clients, settings = aws
+    d = _lanes_dispatcher(aws, client, "lanes-round")
+    d.step()  # nothing to receive: the lanes planned with nothing in hand
+    upload(clients, settings.storage.uploads_bucket, "shop/edit.png", png())
+    d.step()
+    assert d.stats.objects == 1 and d.stats.runs_created == 1, d.stats
+    run = client.read_flow_run(UUID(d.stats.flow_run_ids[0]))
+    assert run.work_queue_name == "interactive"
+    d.flush()
+
+
+def test_with_lanes_due_runs_are_made_highest_lane_first(
+    aws: AwsEnv, client: SyncPrefectClient
+) -> None:
+    """Bulk uploads that came first and an interactive one after, all due together: the
+    interactive run is made before the bulk one."""
+    clients, settings = aws
+    # Whatever the rate, batches wait out max_wait_s; an interactive run waits for a place,
+    # so the interactive upload is held too (within max_wait_s) until the flush.
+    d = _lanes_dispatcher(aws, client, "lanes-order", full_window_rate=0.001)
+    waiting = client.read_deployment_by_name("lanes-order/lanes")
+    client.create_flow_run_from_deployment(waiting.id, work_queue_name="interactive")
+    bucket = settings.storage.uploads_bucket
+    for i in range(5):
+        upload(clients, bucket, f"cat/{i}.png", png())
+    upload(clients, bucket, "shop/edit.png", png())
+    deadline = time.monotonic() + 30
+    while d.stats.objects < 6 and time.monotonic() < deadline:
+        d.step()
+    assert d.stats.objects == 6 and d.stats.runs_created == 0, d.stats
+    d.flush()
+    queues = [client.read_flow_run(UUID(i)).work_queue_name for i in d.stats.flow_run_ids]
+    assert queues == ["interactive", "bulk"], queues
+    assert d.stats.batch_sizes == [1, 5]

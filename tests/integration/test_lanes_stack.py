@@ -8,6 +8,7 @@ lane is a work queue of its own with its priority."""
 
 from __future__ import annotations
 
+import json
 import time
 from datetime import datetime
 from pathlib import Path
@@ -128,7 +129,11 @@ def test_an_interactive_upload_overtakes_a_waiting_bulk_burst(tmp_path: Path) ->
         scraped = wait_for(lambda: _lanes_seen(url), 60, "lanes and tenants in /metrics")
         top = img2img(["top", "--once", "--url", url], env, 60)
     finally:
-        img2img(["local", "down"], env, 180)
+        down = img2img(["local", "down"], env, 180)
+    # Nothing left running: the autoscaler (which still wants its host) is stopped before
+    # the workers, so it cannot start one again while they drain.
+    status = json.loads(img2img(["local", "status"], env, 60).stdout)
+    assert down.returncode == 0 and not any(s["running"] for s in status.values()), status
 
     by_key = {m["upload"]["key"]: m for m in messages}
     assert len(messages) == len(by_key) == BULK + 5, sorted(by_key)

@@ -101,3 +101,35 @@ def test_released_when_nobody_waits_and_misuse_is_refused() -> None:
     lock.release()
     with pytest.raises(RuntimeError, match="not held"):
         lock.release()
+
+
+def test_the_slots_lock_counts_the_device_held_once_per_holder_through_a_hand_over(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hang rule reads whether the device is held: after a bulk holder handed it to an
+    interactive call and took it back, and both let go, it is free again."""
+    from deployments.worker.slot_process import ReportingDeviceLock
+    from img2img.slots import progress
+
+    recorder = progress.ProgressRecorder()
+    monkeypatch.setattr(progress, "_recorder", recorder)
+    priority = threading.local()
+    sent: list[object] = []
+    lock = ReportingDeviceLock(sent.append, lambda _queue: priority.value)
+    priority.value = 10
+    lock.__enter__()
+
+    def interactive() -> None:
+        priority.value = 1
+        with lock:
+            assert recorder.snapshot().on_device
+
+    waiter = threading.Thread(target=interactive, daemon=True)
+    waiter.start()
+    _wait_until(lambda: lock._lock.waiting() == [1])
+    assert lock.yield_to_waiting() is True
+    waiter.join(5)
+    assert recorder.snapshot().on_device  # the bulk holder has it back
+    lock.__exit__(None, None, None)
+    assert not recorder.snapshot().on_device
+    assert len(sent) == 5  # on, the interactive on and off, back on, off

@@ -13,6 +13,7 @@ was given, padded where that is cheaper: `img2img.pipeline.device_batches`).
 
 from __future__ import annotations
 
+import copy
 import inspect
 import json
 from collections.abc import Mapping
@@ -124,6 +125,16 @@ class CompiledSizes:
     @property
     def call_sizes(self) -> tuple[int, ...]:
         return tuple(self.pipes)
+
+    def for_one_call(self) -> CompiledSizes:
+        """A view for one call that may be paused between its steps (`own_state`): the
+        same compiled graphs, each size's pipeline with its own per-call state; the call
+        counts stay shared."""
+        from img2img.models.per_call import own_state
+
+        view = copy.copy(self)
+        view.pipes = {size: own_state(pipe) for size, pipe in self.pipes.items()}
+        return view
 
     def __call__(self, **kwargs: Any) -> Any:
         images = kwargs.get("image")

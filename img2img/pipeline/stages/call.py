@@ -1,7 +1,8 @@
 """The one way a stage calls its pipeline (one device call over one or more images): no
 autograd, device faults mapped onto the error tree, progress marked before, during (each
-diffusion step) and after the call, and a cancel request honoured between diffusion steps,
-not only between calls."""
+diffusion step) and after the call, a cancel request honoured between diffusion steps, not
+only between calls, and the device handed to a more urgent lane's call between two steps
+when the slot offers turns (`img2img.slots.step_turns`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from PIL import Image
 
 from img2img.errors import DeviceError, DeviceOutOfMemory
 from img2img.intake.params import ImageParams
-from img2img.slots import progress
+from img2img.models.per_call import own_state
+from img2img.slots import progress, step_turns
 from img2img.slots.cancel import RunCancelled
 
 
@@ -32,10 +34,15 @@ def call_pipeline(
     takes once. The pipeline's step callback (diffusers' `callback_on_step_end`, or the
     older `callback` of the x4 upscaler) marks progress after every denoising step, so a
     device that stops is seen within a step; with `should_stop`, it also stops the call
-    with `RunCancelled` when that says so. A device out of memory is `DeviceOutOfMemory`
+    with `RunCancelled` when that says so, and takes a turn when the slot offers them (a
+    more urgent call runs between two of this call's steps, on a view of the pipeline with
+    its own per-call state: `own_state`). A device out of memory is `DeviceOutOfMemory`
     (retryable: a smaller call may fit)."""
     import torch
 
+    turns = step_turns.current()
+    if turns is not None:
+        pipe = own_state(pipe)
     count = len(images)
     negatives = [p.negative_prompt or "" for p in params]
     kwargs.update(
@@ -45,7 +52,7 @@ def call_pipeline(
         negative_prompt=negatives if any(negatives) else None,
         generator=[torch.Generator(device="cpu").manual_seed(s) for s in seeds],
     )
-    kwargs.update(_step_guard(pipe, stage, should_stop))
+    kwargs.update(_step_guard(pipe, stage, should_stop, turns))
     progress.mark()
     try:
         with torch.inference_mode():
@@ -61,7 +68,12 @@ def call_pipeline(
     return outputs
 
 
-def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool] | None) -> dict[str, Any]:
+def _step_guard(
+    pipe: Any,
+    stage: str,
+    should_stop: Callable[[], bool] | None,
+    turns: step_turns.Turns | None = None,
+) -> dict[str, Any]:
     # A wrapper around pipelines (compiled sizes) says what its pipelines take.
     accepted = getattr(pipe, "call_parameters", None)
     if accepted is None:
@@ -74,6 +86,8 @@ def _step_guard(pipe: Any, stage: str, should_stop: Callable[[], bool] | None) -
         progress.mark()
         if should_stop is not None and should_stop():
             raise RunCancelled(f"run cancelled during {stage}, after denoising step {step + 1}")
+        if turns is not None:
+            turns()
 
     if "callback_on_step_end" in accepted:
 
