@@ -28,7 +28,8 @@ pool's worker once a stage-2 run is running on it; the line adds `generate_rerun
 runs run more than once: 0 when the kill cost stage 1 nothing) and `handoff_p50_ms` (stage-1
 outputs of the batch written → stage-2 run started, from the result documents).
 `lanes-worker-kill` runs the dispatcher, the autoscaler and the workers with lanes and
-tenants on (`LANES_ENV`), uploads a mix (every third upload interactive, the rest bulk, two
+tenants on (`LANES_ENV`, each device call in 10 steps: bulk calls hand the device to
+interactive ones between two), uploads a mix (every third upload interactive, the rest bulk, two
 tenants) and SIGKILLs the worker once a run is running; the line adds `by_lane`, the
 outcomes by the lane their documents name (each upload must keep its lane through the
 recovery).
@@ -87,8 +88,14 @@ WAITS_FOR_A_RUN = (
     *CLUSTER_SCENARIOS,
 )
 # The lanes scenario's services: lanes and tenants on (each lane a work queue, a place per
-# slot kept for the interactive lane, the dispatcher holding bulk for tenants' turns).
-LANES_ENV = {"IMG2IMG_LANES__ENABLED": "true", "IMG2IMG_TENANTS__ENABLED": "true"}
+# slot kept for the interactive lane, the dispatcher holding bulk for tenants' turns), each
+# device call cut into steps, so that bulk calls hand the device over between two of them
+# when the kill comes.
+LANES_ENV = {
+    "IMG2IMG_LANES__ENABLED": "true",
+    "IMG2IMG_TENANTS__ENABLED": "true",
+    "IMG2IMG_STAGES__SIMULATED__STEPS": "10",
+}
 # The backlog scenario: the fewest uploads it takes (a run of at least this many is killed),
 # and the services' settings while it runs: one run slot, so the whole backlog is one run;
 # a hold long enough to receive the whole backlog on a loaded machine (under a backlog the
