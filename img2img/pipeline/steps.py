@@ -438,7 +438,11 @@ def run_stage(
         each(jobs, f"{stage.name}_lookup", reuse, concurrency=8, measure=False)
     errors: list[BaseException] = []
     done = 0
-    turns = Turns(between_calls) if between_calls is not None else None
+    turns = (
+        Turns(between_calls, on_back=lambda: progress.mark(stage.name))
+        if between_calls is not None
+        else None
+    )
     in_calls = turns if between_steps else None
     with device_lock if device_lock is not None else nullcontext():
         progress.mark(stage.name)  # the stage on the device, for the hang deadline

@@ -20,10 +20,14 @@ from contextvars import ContextVar
 
 class Turns:
     """`hand_over` (the slot lock's `yield_to_waiting`: True when it gave the device away
-    and got it back) with the seconds given away counted."""
+    and got it back) with the seconds given away counted; `on_back` runs each time the
+    device comes back (the stage on it is this one's again, for the hang rule)."""
 
-    def __init__(self, hand_over: Callable[[], bool]) -> None:
+    def __init__(
+        self, hand_over: Callable[[], bool], on_back: Callable[[], object] | None = None
+    ) -> None:
         self.hand_over = hand_over
+        self.on_back = on_back
         self.given_s = 0.0
         self.given = 0
 
@@ -33,6 +37,8 @@ class Turns:
         if handed:
             self.given_s += time.perf_counter() - start
             self.given += 1
+            if self.on_back is not None:
+                self.on_back()
         return handed
 
 

@@ -81,13 +81,15 @@ def _side_by_side(
     bulk: tuple[list[ImageJob], Traced],
     urgent: tuple[list[ImageJob], Traced],
     between_steps: bool,
+    urgent_stage: Stage | None = None,
 ) -> None:
-    """The bulk stage takes the device; once its call is under way, the urgent one asks."""
+    """The bulk stage takes the device; once its call is under way, the urgent one asks
+    (for the same stage unless `urgent_stage`)."""
 
     def run(jobs: list[ImageJob], infer: Traced, priority: int) -> None:
         run_stage(
             jobs,
-            stage,
+            infer.stage if priority == INTERACTIVE and urgent_stage else stage,
             infer,
             NoOutputs(),
             resume=False,
@@ -186,3 +188,28 @@ def test_a_compiled_pipeline_of_several_sizes_gives_each_call_its_own_state(
         assert view.pipes[size].scheduler is not pipe.scheduler
         assert view.pipes[size].scheduler.config == pipe.scheduler.config
     assert view.calls is sizes.calls  # one count of the calls per size
+
+
+def test_after_a_hand_over_the_device_is_marked_as_the_bulk_stage_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The hang rule reads which stage is on the device: an interactive stage-2 call that
+    ran inside a bulk stage-1 call leaves it marked as stage 1 again when the bulk call
+    goes on."""
+    from img2img.slots import progress
+
+    recorder = progress.ProgressRecorder()
+    monkeypatch.setattr(progress, "_recorder", recorder)
+    st = StageSettings(backend="simulated")
+    bulk_pipe = SimulatedPipeline("generate", call_ms=300.0, scale=1, steps=20)
+    urgent_pipe = SimulatedPipeline("upscale", call_ms=50.0, scale=4, steps=5)
+    (bulk_job,) = make_jobs([("bulk.png", BULK_PARAMS)])
+    urgent_jobs = make_jobs([("urgent.png", URGENT_PARAMS)])
+    urgent_jobs[0].generate = urgent_jobs[0].image
+    bulk, urgent = Traced(bulk_pipe, GENERATE, st), Traced(urgent_pipe, UPSCALE, st)
+    _side_by_side(
+        Slot(), GENERATE, ([bulk_job], bulk), (urgent_jobs, urgent), True, urgent_stage=UPSCALE
+    )
+    (bulk_span,), (urgent_span,) = bulk.spans, urgent.spans
+    assert bulk_span[0] < urgent_span[0] < urgent_span[1] < bulk_span[1]
+    assert recorder.snapshot().stage == "generate"

@@ -133,3 +133,25 @@ def test_the_slots_lock_counts_the_device_held_once_per_holder_through_a_hand_ov
     lock.__exit__(None, None, None)
     assert not recorder.snapshot().on_device
     assert len(sent) == 5  # on, the interactive on and off, back on, off
+
+
+def test_turns_count_the_time_given_away_and_mark_the_stage_back_only_when_handed_over() -> None:
+    from img2img.slots.step_turns import Turns, current, offered
+
+    back: list[str] = []
+    answers = iter([False, True])
+
+    def hand_over() -> bool:
+        handed = next(answers)
+        if handed:
+            time.sleep(0.05)  # another call on the device meanwhile
+        return handed
+
+    turns = Turns(hand_over, on_back=lambda: back.append("generate"))
+    assert turns() is False and turns.given == 0 and back == []
+    assert turns() is True and turns.given == 1 and back == ["generate"]
+    assert turns.given_s >= 0.05
+    assert current() is None
+    with offered(turns):
+        assert current() is turns
+    assert current() is None
