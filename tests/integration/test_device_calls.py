@@ -201,6 +201,13 @@ def test_the_simulated_device_charges_a_fixed_part_per_call_and_a_part_per_image
     assert pipe.call_s(4) == pytest.approx(0.205)  # 4 images for 2.05 calls of one
     out = pipe(image=[Image.new("RGB", (8, 8))] * 3, prompt=["a", "b", "c"])
     assert len(out.images) == 3 and pipe.calls == 1 and pipe.images == 3
+    # Cut into steps, the step callback runs between two of them (one step: never).
+    between: list[int] = []
+    stepped = SimulatedPipeline("generate", call_ms=1.0, scale=1, steps=4)
+    stepped(image=[Image.new("RGB", (8, 8))], callback_on_step_end=lambda *a: between.append(a[1]))
+    assert between == [0, 1, 2]
+    pipe(image=[Image.new("RGB", (8, 8))], callback_on_step_end=lambda *a: between.append(-1))
+    assert between == [0, 1, 2]
 
 
 def test_torchscript_compiled_at_two_batch_sizes_runs_both(

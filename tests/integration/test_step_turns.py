@@ -164,6 +164,7 @@ def test_a_paused_bulk_call_is_charged_its_own_device_time_not_the_interactive_c
     charged = bulk_job.timings["generate"]
     assert charged == pytest.approx(wall_ms - urgent_ms, abs=60.0), (charged, wall_ms, urgent_ms)
     assert charged < wall_ms - urgent_ms / 2
+    assert charged == pytest.approx(400.0, abs=80.0)  # its own call: 20 steps of 20 ms
 
 
 def test_between_calls_only_the_interactive_call_waits_for_the_whole_bulk_call() -> None:
