@@ -174,6 +174,9 @@ class Dispatcher(LoopService[DispatchStats]):
         # Each lane's flow (lanes off: one, keyed None), highest priority first.
         names: list[str | None] = list(self.lanes.names()) if self.lanes.enabled else [None]
         self._flows = {lane: _LaneFlow(clock) for lane in names}
+        # Due runs are made highest lane first: one for people waiting is not made behind
+        # bulk runs.
+        self._lane_rank = {lane: i for i, lane in enumerate(names)}
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
@@ -614,9 +617,8 @@ class Dispatcher(LoopService[DispatchStats]):
         now = self.clock()
         if now < self._retry_after:
             return
-        # Highest lane first: a run for people waiting is not made behind bulk runs.
-        rank = {lane: i for i, lane in enumerate(self._flows)}
-        for batch in sorted(self.batcher.due(now, flush=flush), key=lambda b: rank.get(b.lane, 0)):
+        due = self.batcher.due(now, flush=flush)
+        for batch in sorted(due, key=lambda b: self._lane_rank.get(b.lane, 0)):
             try:
                 run_id = self._create_run(batch)
             except Exception as exc:  # the server may be restarting: keep and retry

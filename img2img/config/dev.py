@@ -46,7 +46,7 @@ class SimulatedDevice(BaseModel):
         ge=1,
         le=1000,
         description="Denoising steps a simulated call is cut into (its time shared equally; "
-        "the step callback runs after each, where a bulk call hands the device to an "
+        "the step callback runs between two, where a bulk call hands the device to an "
         "interactive one with lanes on). 1: a call is one wait.",
     )
     load_s: float = Field(

@@ -3,11 +3,11 @@
 A device call of stage 1 is tens of denoising steps. Handing the device over only between
 calls holds an interactive image behind the whole bulk call on it (a stage-1 call of 2 s on
 Inf2). Between two steps the call's state is its latents on the host, so it can wait there:
-`run_stage` offers `Turns` for each call (`offered`), the pipeline's step callback takes
-one (`take_turn`: the slot's lock hands the device to a more urgent waiting run and gets it
-back), and the time given away is counted so the call's images are charged their own device
-time only. A call that may be paused shares its pipeline's models with the call that runs
-meanwhile, never its per-call state (`pipeline.stages.call`).
+`run_stage` offers its `Turns` to each call (`offered`), the pipeline's step callback
+takes one (`current()()`: the slot's lock hands the device to a more urgent waiting run and
+gets it back), and the time given away is counted so the call's images are charged their
+own device time only. A call that may be paused shares its pipeline's models with the call
+that runs meanwhile, never its per-call state (`img2img.models.per_call`).
 """
 
 from __future__ import annotations

@@ -517,16 +517,11 @@ class LocalStack:
 
     def stop(self, names: list[str], say: Callable[[str], None] = log.info) -> None:
         """Stop the named services (for example the worker and dispatcher, to restart them
-        with other settings) and leave the rest running. A supervisor named goes first: it
-        would restart the others while they stop."""
+        with other settings) and leave the rest running, in `_stop_order`."""
         listed = self.services() + self._extra_services()
-        for service in sorted(listed, key=lambda svc: svc.name != "supervisor"):
+        for service in _stop_order(listed):
             if any(fnmatch.fnmatchcase(service.name, n) for n in names):
-                pid = self.pid_of(service)
-                if pid is not None:
-                    say(f"{service.name}: stopping (pid {pid})")
-                    terminate(pid)
-                self._forget(service.name, pid)
+                self._stop(service, say)
 
     def _forget(self, name: str, pid: int | None) -> None:
         """Remove `name`'s PID file unless it names another process than `pid` by now (the
@@ -540,26 +535,22 @@ class LocalStack:
         return self.logs / f"{name}.log"
 
     def down(self, say: Callable[[str], None] = log.info) -> None:
-        """Stop every service: first those that start workers or send them work (the
-        supervisor, the autoscaler, recovery, the dispatchers), so none is started again
-        while the workers drain; then the workers (looked for again: an autoscaler may have
-        started one since); then the servers."""
-        starters = ("supervise", "autoscale", "recover", "dispatch")
-        configured = self.services()
-        first = [s for s in reversed(configured) if s.marker in starters]
-        for service in [*first, *self._extra_services()]:
-            self._stop(service, say)
-        for service in reversed(self.services() + self._extra_services()):
+        """Stop every service, in `_stop_order`; the workers are looked for again once the
+        services that start them have stopped (an autoscaler may have started one since
+        the first listing)."""
+        listed = self.services() + self._extra_services()
+        for service in _stop_order(listed):
+            if service.marker in STARTERS:
+                self._stop(service, say)
+        for service in _stop_order(self.services() + self._extra_services()):
             self._stop(service, say)
 
     def _stop(self, service: Service, say: Callable[[str], None]) -> None:
         pid = self.pid_of(service)
-        if pid is None:
-            self.procs.pidfile(service.name).unlink(missing_ok=True)
-            return
-        say(f"{service.name}: stopping (pid {pid})")
-        terminate(pid)
-        self.procs.pidfile(service.name).unlink(missing_ok=True)
+        if pid is not None:
+            say(f"{service.name}: stopping (pid {pid})")
+            terminate(pid)
+        self._forget(service.name, pid)
 
     def _extra_services(self) -> list[Service]:
         """Workers and dispatcher replicas started beyond the configured count (by the
@@ -585,6 +576,22 @@ class LocalStack:
                 "healthy": pid is not None and service.healthy(),
             }
         return out
+
+
+# The services that start workers or send them work, in the order they stop: the supervisor
+# (it restarts the others), the autoscaler (it starts workers), recovery, the dispatchers.
+STARTERS = ("supervise", "autoscale", "recover", "dispatch")
+
+
+def _stop_order(services: list[Service]) -> list[Service]:
+    """The order to stop `services` in: the starters first (none starts a worker or sends it
+    work again while the workers drain), then the rest in the reverse of their start order
+    (workers before the servers they use)."""
+
+    def rank(service: Service) -> int:
+        return STARTERS.index(service.marker) if service.marker in STARTERS else len(STARTERS)
+
+    return sorted(reversed(services), key=rank)
 
 
 def describe(status: dict[str, dict[str, object]]) -> str:
