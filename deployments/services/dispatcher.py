@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from uuid import UUID
 from deployments.services.loop import LoopService
 from deployments.services.placing import Placer, refused
 from deployments.services.quotas import Quotas
+from deployments.services.receiving import Received, Receiver
 from deployments.services.run_claims import RunClaims
 from img2img.config.aws import StorageSettings
 from img2img.config.dispatch import DispatchSettings
@@ -63,6 +65,9 @@ QUEUED_EVERY_S = 1.0
 CLAIM_PAUSE_S = 0.2
 # Receives of 10 messages in one round while a backlog is taken in to be held.
 RECEIVES_HOLDING = 5
+# How often a dispatcher in a loop reads the queue's depth (one SQS call; a round comes
+# with each receive, and moto's answer takes longer with every message in flight).
+DEPTH_EVERY_S = 1.0
 # Held messages whose visibility one round extends at most (three SQS calls).
 RENEWALS_PER_ROUND = 30
 
@@ -178,6 +183,7 @@ class Dispatcher(LoopService[DispatchStats]):
         # bulk runs.
         self._lane_rank = {lane: i for i, lane in enumerate(names)}
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
+        self._depth: _AtMostEvery[int] = _AtMostEvery(0.0, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
         self._retry_after = 0.0
@@ -186,6 +192,11 @@ class Dispatcher(LoopService[DispatchStats]):
         self.claims: RunClaims | None = None
         self._claims_at = -1e9
         self._listening = False  # from `started()`: a loop of rounds, not a step on its own
+        # In a loop of rounds, messages are received in a thread of their own (`receiving`);
+        # an arrival, a run claim heard or a stop wakes the round's wait (`_wake`). A step
+        # on its own receives in the step.
+        self.receiver: Receiver | None = None
+        self._wake = threading.Event()
         # Tenants' turns over a backlog (see `_fair_room`): the dispatcher holds it.
         self.fair_hold = self.tenants.enabled and settings.adaptive
 
@@ -193,6 +204,9 @@ class Dispatcher(LoopService[DispatchStats]):
 
     def started(self) -> None:
         self._listening = True
+        self.receiver = Receiver(
+            self._receive_one, self.settings.poll_wait_s, self._room, self._wake, log
+        ).start()
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
@@ -208,7 +222,12 @@ class Dispatcher(LoopService[DispatchStats]):
         self.step()
 
     def finished(self) -> DispatchStats:
-        """Dispatch every pending object before the process exits."""
+        """Take what the receiving thread still holds, then dispatch every pending object
+        before the process exits."""
+        if self.receiver is not None:
+            if not self.receiver.stop():
+                log.warning("a receive was still out at the stop: its messages reappear")
+            self._take_in(self.receiver.take())
         self.flush()
         if self.claims is not None:
             self.claims.stop()
@@ -216,12 +235,15 @@ class Dispatcher(LoopService[DispatchStats]):
 
     def stop(self) -> None:
         super().stop()
+        self._wake.set()
         if self.claims is not None:
             self.claims.heard.set()  # a wait for a claim ends too
 
     def step(self) -> None:
-        """Receive one round of messages (long-polling up to the next batch deadline),
-        then dispatch every batch that is due."""
+        """Receive one round of messages (long-polling up to the next batch deadline; in
+        a loop, what the receiving thread brought, waiting for it up to then), then
+        dispatch every batch that is due."""
+        self._wake.clear()  # what happens from here on ends this round's wait
         self._listen_for_claims()
         depth = self._replan()
         self._renew_held()
@@ -229,8 +251,9 @@ class Dispatcher(LoopService[DispatchStats]):
         wait: float = (
             self.settings.poll_wait_s if due_in is None else min(self.settings.poll_wait_s, due_in)
         )
-        # Holding a backlog for tenants' turns: receive the rest of it at once (the turns
-        # are taken among what is held), up to what may be held.
+        # Holding a backlog for tenants' turns with more of it in the queue: the rest is
+        # taken in at once, not waited for (the turns are taken among what is held), up to
+        # what may be held (`_room`).
         taking_all = (
             self.fair_hold and depth > 0 and self.batcher.pending_count < self.tenants.max_held
         )
@@ -238,38 +261,77 @@ class Dispatcher(LoopService[DispatchStats]):
             # Holding images: look again within a second whether the pool can take them.
             wait = min(wait, 1.0)
             queued = any(f.queued.value for f in self._flows.values())
-            if wait > 0 and queued and self.claims and self.claims.connected and not taking_all:
+            if (
+                wait > 0
+                and queued
+                and self.claims
+                and self.claims.connected
+                and not taking_all
+                and self.receiver is None
+            ):
                 # Held because runs wait for a slot: the moment that changes is one of them
                 # being claimed, which the stream tells (the next round plans again). A
                 # long poll would not wake for it: wait for a claim a little at a time,
                 # then receive without waiting, so what arrives meanwhile is not held up.
+                # (With the receiving thread, a claim wakes the round's wait as an arrival
+                # does.)
                 self.claims.heard.wait(min(wait, CLAIM_PAUSE_S))
                 wait = 0
-        if depth and (not self.batcher.full() or taking_all):
-            wait = 0  # a backlog is there: fill the batch as fast as SQS gives it
+        if depth and (not self.batcher.full() or taking_all) and self.receiver is None:
+            # A backlog is there: fill the batch as fast as SQS gives it (the receiving
+            # thread does, and wakes the round with each receive).
+            wait = 0
         if self.fair_hold and self.batcher.pending_count >= self.tenants.max_held:
             self._dispatch_due(flush=False)
             self.wait(min(wait, 1.0) if wait else 0.2)  # hold no more: let runs go first
             return
+        self._take_in(self._next(wait))
+        self._dispatch_due(flush=False)
+
+    def _next(self, wait: float) -> list[Received]:
+        """This round's messages: what the receiving thread brought, waiting up to `wait`
+        for it (a claim heard or a stop ends the wait too); without the thread, what the
+        round has room for (`_room`), the first receive long-polling up to `wait`."""
+        if self.receiver is not None:
+            if wait > 0 and not self.receiver.ready and not self.stopped:
+                self._wake.wait(wait)
+            return self.receiver.take()
         if 0 < wait < 1:
             # SQS waits whole seconds: sleep to the deadline here rather than spin on
             # zero-second receives (or overshoot it by up to a second).
             self.wait(wait)
             wait = 0
-        messages = self._receive(int(wait), RECEIVES_HOLDING if taking_all else 1)
+        messages = self._receive(int(wait), self._room(0))
+        at = datetime.now(UTC)
+        return [Received(message, at) for message in messages]
+
+    def _room(self, unsettled: int) -> int:
+        """Messages a round takes in at most (the receiving thread: may bring now, with
+        `unsettled` received and not yet in its batches): one receive's 10;
+        RECEIVES_HOLDING receives' while the dispatcher holds a backlog for tenants'
+        turns, never past `tenants.max_held`."""
+        most = 10 * (RECEIVES_HOLDING if self.fair_hold else 1) - unsettled
+        if self.fair_hold:
+            most = min(most, self.tenants.max_held - self.batcher.pending_count - unsettled)
+        return most
+
+    def _take_in(self, got: list[Received]) -> None:
+        """Take a round's messages: each upload placed and added to its batch, what is
+        not to be dispatched deleted; people's lane planned again when its uploads came."""
         now = self.clock()
         deletable: list[str] = []
-        placed = self._place_round(messages)
+        placed = self._place_round([r.message for r in got])
         first = self.lanes.first if self.lanes.enabled else None
         people = self.batcher.pending_in(first) if first is not None else 0
-        for message in messages:
-            deletable += self._take(message, now, placed)
+        for received in got:
+            deletable += self._take(received.message, now, placed, received.at)
         if first is not None and self.batcher.pending_in(first) > people:
             # People's uploads came in this round: their lane is planned again now, so
             # they may leave in this round rather than after the next receive.
             self.batcher.resize(self._plan_lane(first, self._flows[first], 0), first)
+        if self.receiver is not None:
+            self.receiver.settled()
         self._delete(deletable)
-        self._dispatch_due(flush=False)
 
     def _replan(self) -> int:
         """Choose the next batch's size from what waits (adaptive only), each lane's from
@@ -277,14 +339,10 @@ class Dispatcher(LoopService[DispatchStats]):
         known)."""
         if not self.settings.adaptive:
             return 0
-        try:
-            attrs = self.sqs.get_queue_attributes(
-                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-            )["Attributes"]
-            depth: int | None = int(attrs["ApproximateNumberOfMessages"])
-        except Exception as exc:  # advisory: size from what is in hand
-            log.debug("could not read the queue's depth: %s", exc)
-            depth = None
+        # In a loop, rounds come with each receive: the depth is read at most every
+        # DEPTH_EVERY_S (the receiving thread keeps the queue drained meanwhile).
+        self._depth.every_s = DEPTH_EVERY_S if self.receiver is not None else 0.0
+        depth = self._depth.get(lambda _: self._read_depth())
         if self.claims is not None and self.claims.heard.is_set():
             self.claims.heard.clear()  # a claim since the last count: count again
             for flow in self._flows.values():
@@ -301,6 +359,18 @@ class Dispatcher(LoopService[DispatchStats]):
                 self.plan = plan
             self.batcher.resize(plan, lane)
         return depth or 0
+
+    def _read_depth(self) -> int | None:
+        """The messages visible in the queue; None when it cannot be read (advisory: the
+        batch is sized from what is in hand)."""
+        try:
+            attrs = self.sqs.get_queue_attributes(
+                QueueUrl=self.queue_url, AttributeNames=["ApproximateNumberOfMessages"]
+            )["Attributes"]
+            return int(attrs["ApproximateNumberOfMessages"])
+        except Exception as exc:
+            log.debug("could not read the queue's depth: %s", exc)
+            return None
 
     def _flow_of(self, lane: str | None) -> _LaneFlow:
         """A lane's flow (lanes off: the one flow)."""
@@ -408,7 +478,7 @@ class Dispatcher(LoopService[DispatchStats]):
             return
         self._claims_at = self.clock()
         try:
-            self.claims = RunClaims(self._deployment(), log).start()
+            self.claims = RunClaims(self._deployment(), log, wake=self._wake).start()
         except Exception as exc:  # advisory: the count is read once a second meanwhile
             log.debug("cannot listen for run claims yet: %s", exc)
 
@@ -500,22 +570,27 @@ class Dispatcher(LoopService[DispatchStats]):
 
     # -- parts --------------------------------------------------------------------------------
 
-    def _receive(self, wait_s: int, calls: int) -> list[Any]:
-        """Up to `calls` receives of 10 messages (more than one while taking in a backlog
-        held for tenants' turns, so a round's fixed costs are shared), stopping at the
-        first that comes back short."""
+    def _receive(self, wait_s: int, most: int) -> list[Any]:
+        """Up to `most` messages in receives of 10 (more than one while taking in a
+        backlog held for tenants' turns, so a round's fixed costs are shared), stopping at
+        the first that comes back short."""
         messages: list[Any] = []
-        for _ in range(calls):
-            got = self.sqs.receive_message(
-                QueueUrl=self.queue_url,
-                MaxNumberOfMessages=10,
-                WaitTimeSeconds=wait_s,
-                VisibilityTimeout=self.settings.visibility_timeout_s,
-            ).get("Messages", [])
+        while len(messages) < most:
+            want = min(10, most - len(messages))
+            got = self._receive_one(wait_s, want)
             messages += got
-            if len(got) < 10:
+            if len(got) < want:
                 break
         return messages
+
+    def _receive_one(self, wait_s: int, most: int) -> list[Any]:
+        """One receive of up to `most` (≤ 10) messages, long-polling up to `wait_s`."""
+        return self.sqs.receive_message(
+            QueueUrl=self.queue_url,
+            MaxNumberOfMessages=most,
+            WaitTimeSeconds=wait_s,
+            VisibilityTimeout=self.settings.visibility_timeout_s,
+        ).get("Messages", [])
 
     def _place_round(self, messages: list[Any]) -> dict[str, ObjectRef]:
         """Every upload of a round's messages placed at once (their HEADs side by side, not
@@ -532,7 +607,9 @@ class Dispatcher(LoopService[DispatchStats]):
         fits = [ref for ref in accepted if self._oversize(ref) is None]
         return {ref.identity: ref for ref in self.placer.place_all(fits)}
 
-    def _take(self, message: Any, now: float, placed: dict[str, ObjectRef]) -> list[str]:
+    def _take(
+        self, message: Any, now: float, placed: dict[str, ObjectRef], received: datetime
+    ) -> list[str]:
         self.stats.messages += 1
         try:
             parsed = parse_message(message.get("Body", ""))
@@ -542,7 +619,6 @@ class Dispatcher(LoopService[DispatchStats]):
         for reason in parsed.skipped:
             log.info("skipped message %s: %s", message["MessageId"], reason)
             self.stats.skipped += 1
-        received = datetime.now(UTC)
         accepted, refused = self._screen(
             [ref.model_copy(update={"received_at": received}) for ref in parsed.objects]
         )

@@ -62,8 +62,12 @@ class RunClaims:
         deployment_id: UUID,
         logger: logging.Logger,
         subscriber: Callable[[EventFilter], Any] | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
+        """`wake`: set with `heard` (the dispatcher's round waits on it for an arrival
+        or a claim, whichever comes first)."""
         self.heard = threading.Event()
+        self._wake = wake
         self._stop = threading.Event()
         self._stream = RunEventStream(
             claims_filter(deployment_id),
@@ -91,11 +95,16 @@ class RunClaims:
 
     def _on_event(self, event: Event, since: datetime.datetime) -> None:
         if heard_claim(event.event, event.resource.id, event.occurred, since):
-            self.heard.set()
+            self._heard()
 
     async def _caught_up(self) -> None:
         """(Re)connected: the count read next is read afresh."""
+        self._heard()
+
+    def _heard(self) -> None:
         self.heard.set()
+        if self._wake is not None:
+            self._wake.set()
 
     def _main(self) -> None:
         async def until_stopped() -> None:

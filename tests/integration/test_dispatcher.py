@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any
@@ -189,6 +190,100 @@ def test_a_held_upload_leaves_when_the_waiting_run_is_claimed_heard_on_the_strea
         d.stop()
         thread.join(timeout=30)
     assert d.claims is not None and not thread.is_alive()
+
+
+def test_a_claim_heard_wakes_the_rounds_wait_as_an_arrival_does(
+    client: SyncPrefectClient,
+) -> None:
+    """In a loop, a round waits for the receiving thread's next messages or a run claim,
+    whichever comes first: the claims stream sets the round's wake as well as `heard`."""
+    from prefect.states import Running
+
+    from deployments.services.run_claims import RunClaims
+
+    flow_id = client.create_flow_from_name("claim-wake")
+    deployment_id = client.create_deployment(
+        flow_id=flow_id, name="busy", entrypoint="flows.pipeline.x"
+    )
+    waiting = client.create_flow_run_from_deployment(deployment_id)
+    wake = threading.Event()
+    claims = RunClaims(deployment_id, logging.getLogger("test"), wake=wake).start()
+    try:
+        deadline = time.monotonic() + 30
+        while not claims.connected and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert claims.connected, "the claims stream did not open"
+        assert wake.wait(10)  # (re)connected: counted afresh, the round woken
+        wake.clear()
+        claims.heard.clear()
+        client.set_flow_run_state(waiting.id, Running(), force=True)
+        assert wake.wait(20), "a claim heard did not wake the round"
+        assert claims.heard.is_set()
+    finally:
+        claims.stop()
+
+
+def test_in_a_loop_what_the_receiving_thread_holds_at_the_stop_is_dispatched(
+    aws: AwsEnv, client: SyncPrefectClient, deployment: str
+) -> None:
+    """In a loop, messages are received by a thread of their own. Those it received that
+    no round took yet are taken at the stop and sent: one run for all, every message
+    deleted, none left to reappear."""
+    clients, settings = aws
+    d = dispatcher(clients, client, settings, max_wait_s=60.0)
+    d.started()  # the receiving thread runs; no round takes what it brings
+    for i in range(3):
+        upload(clients, settings.storage.uploads_bucket, f"held/{i}.png", png())
+    url = d.queue_url
+    deadline = time.monotonic() + 20
+    # S3's test event (from the bucket's notification set-up) and the 3 uploads.
+    while time.monotonic() < deadline and _in_flight(clients, url) < 4:
+        time.sleep(0.05)
+    assert _in_flight(clients, url) == 4 and d.stats.objects == 0
+    d.stop()
+    stats = d.finished()
+    assert stats.objects == 3 and stats.runs_created == 1 and stats.batch_sizes == [3], stats
+    assert queue_depth(clients, settings.storage.ingest_queue) == 0
+    assert d.receiver is not None and not d.receiver.ready
+
+
+def test_in_a_loop_a_failed_receive_ends_the_dispatcher_with_its_error(
+    aws: AwsEnv, client: SyncPrefectClient
+) -> None:
+    """The receiving thread's failure is not swallowed with the thread: the loop ends with
+    it (the service exits and is restarted), as a failed receive in the round did."""
+    clients, settings = aws
+    d = dispatcher(clients, client, settings)
+    errors: list[Exception] = []
+
+    def loop() -> None:
+        try:
+            d.run(stop_after_s=60)
+        except Exception as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    # S3's test event (from the bucket's notification set-up) taken and deleted first: the
+    # receive is then the only call the missing queue fails.
+    while d.stats.messages == 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert d.stats.skipped == 1, d.stats
+    while _in_flight(clients, d.queue_url) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    clients.sqs.delete_queue(QueueUrl=d.queue_url)
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the dispatcher went on without its receives"
+    assert len(errors) == 1, errors
+    assert "NonExistentQueue" in str(errors[0]) or "QueueDoesNotExist" in str(errors[0]), errors
+
+
+def _in_flight(clients: Any, url: str) -> int:
+    attrs = clients.sqs.get_queue_attributes(
+        QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"]
+    )["Attributes"]
+    return int(attrs["ApproximateNumberOfMessagesNotVisible"])
 
 
 def test_the_same_event_twice_gives_one_run_and_one_result(
@@ -419,6 +514,58 @@ def test_the_dispatcher_learns_what_an_image_adds_to_a_run_from_its_completed_ru
     # two rates would be another figure.
     assert d._image_s() == pytest.approx(seconds["batch-8-learn.png"] / 8)
     assert seconds["reconcile-1-x.png"] != pytest.approx(seconds["batch-8-learn.png"] / 8)
+
+
+@pytest.mark.parametrize("thread", [False, True], ids=["round-receives", "receiving-thread"])
+def test_with_tenants_a_dispatcher_holds_max_held_uploads_and_no_more(
+    aws: AwsEnv, client: SyncPrefectClient, thread: bool
+) -> None:
+    """Tenants on and a run waiting for a slot (so no run leaves): the backlog is taken in
+    up to `tenants.max_held` and not one more, whether the round receives or the
+    receiving thread does; the rest stays in the queue. Stopping sends what is held."""
+    from img2img.config.lanes import TenantSettings
+
+    clients, settings = aws
+    flow_id = client.create_flow_from_name("held-most")
+    deployment_id = client.create_deployment(
+        flow_id=flow_id, name="held", entrypoint="flows.pipeline.x"
+    )
+    client.create_flow_run_from_deployment(deployment_id)  # no worker: it waits
+    dispatch = settings.dispatch.model_copy(
+        update={"poll_wait_s": 1, "max_wait_s": 0.5, "max_batch": 512}
+    )
+    d = Dispatcher(
+        clients.sqs,
+        client,
+        settings.storage,
+        dispatch,
+        "held-most/held",
+        tenants=TenantSettings(enabled=True, max_held=100),
+        s3=clients.s3,
+    )
+    bucket = settings.storage.uploads_bucket
+    for i in range(133):
+        upload(clients, bucket, f"a/{i:03d}.png", png())
+    if thread:
+        d.started()
+    try:
+        deadline = time.monotonic() + 60
+        while d.batcher.pending_count < 100 and time.monotonic() < deadline:
+            d.step()
+        for _ in range(3):  # more rounds take no more
+            d.step()
+        assert d.batcher.pending_count == 100 and d.stats.runs_created == 0, d.stats
+        url = d.queue_url
+        visible = clients.sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["ApproximateNumberOfMessages"]
+        )["Attributes"]["ApproximateNumberOfMessages"]
+        assert int(visible) == 33
+        assert d.receiver is None or not d.receiver.ready  # nothing more received ahead
+    finally:
+        d.stop()
+        stats = d.finished()
+    assert sum(stats.batch_sizes) == 100
+    assert queue_depth(clients, settings.storage.ingest_queue) == 33
 
 
 def test_with_tenants_a_held_backlog_gives_a_later_tenant_its_turns(
