@@ -17,6 +17,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from typing import Any
 from uuid import UUID, uuid4
@@ -49,6 +50,9 @@ from img2img.slots.lane_room import admit, is_first_lane, reserve_of
 ACQUIRE_POLL_S = 0.1
 # A run of a lower lane claimed without a place left for it waits this long, then goes back.
 PLACE_WAIT_S = 1.0
+# A drained worker asks Prefect's CLI for its clean exit (SIGINT); if the process is still
+# there this long after, it stops its slots and exits itself (see `_exit_after`).
+EXIT_GRACE_S = 30.0
 
 
 def slot_base_env() -> dict[str, str]:
@@ -274,7 +278,28 @@ class WarmWorker(BaseWorker[WarmJobConfiguration, WarmVariables, WarmWorkerResul
     async def _drain_then_exit(self) -> None:
         await self.wait_idle(self.worker_settings.drain_timeout_s)
         self._logger.info("drained; stopping")
+        self._exit_after(EXIT_GRACE_S)
         os.kill(os.getpid(), signal.SIGINT)  # the CLI's handler turns this into a clean exit
+
+    def _exit_after(self, grace_s: float) -> None:
+        """Exit the process `grace_s` from now unless the clean exit ended it first. The
+        CLI's SIGINT handling cancels the worker's main task, and on a loaded host that
+        cancellation was seen not to end it: the process stayed, its loops idle, every time
+        under a CPU hog (`test_sigterm_drains_running_runs_and_takes_no_new_ones`). Its runs
+        are drained by now, so nothing is lost: the slots are stopped and the process
+        exits 0, saying so."""
+
+        def exit_now() -> None:
+            self._logger.warning(
+                "still running %.0f s after the drain: stopping the slots and exiting", grace_s
+            )
+            if self.pool is not None:
+                self.pool.stop(10.0)
+            os._exit(0)
+
+        timer = threading.Timer(grace_s, exit_now)
+        timer.daemon = True
+        timer.start()
 
     def running_count(self) -> int:
         try:
