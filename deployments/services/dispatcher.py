@@ -183,6 +183,7 @@ class Dispatcher(LoopService[DispatchStats]):
         # bulk runs.
         self._lane_rank = {lane: i for i, lane in enumerate(names)}
         self._image_s_read: _AtMostEvery[float] = _AtMostEvery(IMAGE_S_EVERY_S, clock)
+        # The queue's depth: every round on its own; in a loop, see `started`.
         self._depth: _AtMostEvery[int] = _AtMostEvery(0.0, clock)
         self.stats = DispatchStats()
         self._deployment_id: UUID | None = None
@@ -207,6 +208,9 @@ class Dispatcher(LoopService[DispatchStats]):
         self.receiver = Receiver(
             self._receive_one, self.settings.poll_wait_s, self._room, self._wake, log
         ).start()
+        # Rounds now come with each receive: the queue's depth is read at most every
+        # DEPTH_EVERY_S (the receiving thread keeps the queue drained meanwhile).
+        self._depth.every_s = DEPTH_EVERY_S
         log.info(
             "dispatching from %s to deployment %s (%s, %.1f s wait)",
             self.queue_url,
@@ -339,9 +343,6 @@ class Dispatcher(LoopService[DispatchStats]):
         known)."""
         if not self.settings.adaptive:
             return 0
-        # In a loop, rounds come with each receive: the depth is read at most every
-        # DEPTH_EVERY_S (the receiving thread keeps the queue drained meanwhile).
-        self._depth.every_s = DEPTH_EVERY_S if self.receiver is not None else 0.0
         depth = self._depth.get(lambda _: self._read_depth())
         if self.claims is not None and self.claims.heard.is_set():
             self.claims.heard.clear()  # a claim since the last count: count again
@@ -577,7 +578,8 @@ class Dispatcher(LoopService[DispatchStats]):
         messages: list[Any] = []
         while len(messages) < most:
             want = min(10, most - len(messages))
-            got = self._receive_one(wait_s, want)
+            # Only the first receive long-polls: the rest take what is already there.
+            got = self._receive_one(0 if messages else wait_s, want)
             messages += got
             if len(got) < want:
                 break

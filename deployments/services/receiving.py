@@ -23,6 +23,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+# While the dispatcher has no room, how long the thread waits for a take before asking again.
+FULL_PAUSE_S = 0.2
+
 
 @dataclass(frozen=True)
 class Received:
@@ -46,7 +49,6 @@ class Receiver:
         room: Callable[[int], int],
         wake: threading.Event,
         logger: logging.Logger,
-        full_pause_s: float = 0.2,
     ) -> None:
         """`receive(wait_s, most)`: one receive. `room(unsettled)`: how many more the
         dispatcher would take now. `wake` is set whenever the inbox gets messages or the
@@ -56,7 +58,6 @@ class Receiver:
         self._room = room
         self.wake = wake
         self.log = logger
-        self.full_pause_s = full_pause_s
         self._inbox: list[Received] = []
         self._handed = 0  # taken, not yet settled
         self._lock = threading.Lock()
@@ -109,7 +110,7 @@ class Receiver:
             most = min(10, self._room(unsettled))
             if most <= 0:
                 # Full: the dispatcher takes what it holds first.
-                self._taken.wait(self.full_pause_s)
+                self._taken.wait(FULL_PAUSE_S)
                 self._taken.clear()
                 continue
             try:
